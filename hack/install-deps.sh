@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what `make demo` and `make test` need on a fresh Debian machine:
+# the real components the end-to-end environment starts (dockerd, two
+# distribution registries, etcd, htpasswd) from Debian packages. Idempotent:
+# does nothing when everything is already there. kube-apiserver is built from
+# Go modules by hack/build-kube.sh; Python packages go into .venv (Makefile).
+set -euo pipefail
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v etcd >/dev/null || need+=(etcd-server)
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo=sudo
+  echo "install-deps: apt-get install ${need[*]}" >&2
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
