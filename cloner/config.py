@@ -1,0 +1,201 @@
+"""Settings: loaded from YAML and the environment, validated in this one place.
+
+Called once by ``controller.py`` at start-up. A bad value raises ``ConfigError``
+naming the field, so start-up stops with a clear message. Keys are camelCase
+in YAML, as in Kubernetes manifests; unknown keys are rejected so a typo does
+not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloner.errors import ConfigError, InvalidReference
+from cloner.reference import Target
+
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+#: Environment variables that override a setting: variable -> YAML key.
+ENV_OVERRIDES = {
+    "IMAGE_CLONER_TARGET": "target",
+    "IMAGE_CLONER_POLL_INTERVAL": "pollInterval",
+    "DOCKER_HOST": "dockerHost",
+    "IMAGE_CLONER_DOCKER_CONFIG": "dockerConfig",
+    "IMAGE_CLONER_METRICS_PORT": "metricsPort",
+    "POD_NAMESPACE": "controllerNamespace",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the controller, with its default and unit.
+
+    Attributes:
+        target: owned registry host with an optional path prefix, for example
+            ``registry.example.com/mirror`` (YAML ``target``; required).
+        poll_interval: seconds between the starts of two reconcile cycles
+            (``pollInterval``; default 60; > 0).
+        docker_host: Docker engine address, ``unix://`` or ``tcp://``
+            (``dockerHost``; default ``unix:///var/run/docker.sock``).
+        docker_config: path of the docker ``config.json`` with the registry
+            credentials (``dockerConfig``).
+        docker_timeout: seconds one Docker engine API call may take
+            (``dockerTimeout``; default 600: pulls of large images are slow).
+        metrics_port: TCP port of the Prometheus endpoint, 0 to disable
+            (``metricsPort``; default 9090).
+        metrics_address: address the metrics endpoint binds
+            (``metricsAddress``; default ``0.0.0.0``).
+        exclude_namespaces: namespaces never reconciled (``excludeNamespaces``).
+        controller_namespace: the controller's own namespace, also excluded
+            (``controllerNamespace``, usually from ``POD_NAMESPACE``).
+        list_page_size: items per list call, the ``limit`` parameter
+            (``listPageSize``; default 500; 1..5000).
+        owned: the parsed ``target`` (derived, not a YAML key).
+    """
+
+    target: str
+    poll_interval: float = 60.0
+    docker_host: str = "unix:///var/run/docker.sock"
+    docker_config: Path = Path("/etc/image-cloner/docker/config.json")
+    docker_timeout: float = 600.0
+    metrics_port: int = 9090
+    metrics_address: str = "0.0.0.0"
+    exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
+    controller_namespace: str | None = None
+    list_page_size: int = 500
+    owned: Target = field(init=False, default=Target("invalid.invalid"))
+
+    def __post_init__(self) -> None:
+        try:
+            owned = Target.parse(self.target)
+        except InvalidReference as exc:
+            raise ConfigError("target", exc.problem) from None
+        object.__setattr__(self, "owned", owned)
+
+    @property
+    def excluded_namespaces(self) -> frozenset[str]:
+        """Configured exclusions plus the controller's own namespace."""
+        names = set(self.exclude_namespaces)
+        if self.controller_namespace:
+            names.add(self.controller_namespace)
+        return frozenset(names)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+_KEYS = {_camel(f.name): f.name for f in fields(Settings) if f.init}
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(key, f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _integer(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value != number:
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if not low <= number <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, got {number}")
+    return number
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    return tuple(_string(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _convert(key: str, value: Any) -> Any:
+    if key in ("pollInterval", "dockerTimeout"):
+        return _positive_number(key, value)
+    if key == "metricsPort":
+        return _integer(key, value, 0, 65535)
+    if key == "listPageSize":
+        return _integer(key, value, 1, 5000)
+    if key == "excludeNamespaces":
+        return _string_list(key, value)
+    if key == "dockerConfig":
+        return Path(_string(key, value))
+    if key == "dockerHost":
+        host = _string(key, value)
+        if not host.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+            raise ConfigError(key, f"must be a unix://, tcp:// or ssh:// address, got {host!r}")
+        return host
+    return _string(key, value)
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from a YAML file, then apply environment overrides.
+
+    Args:
+        path: the YAML file, or None to use only the environment.
+        environ: the environment (default ``os.environ``); see ``ENV_OVERRIDES``.
+
+    Returns:
+        Validated ``Settings``.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, has an unknown key, a
+            value of the wrong type or range, or no ``target``. The message
+            names the field (or the file).
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(str(path), "must be a mapping of settings")
+        raw.update(loaded)
+    for variable, key in ENV_OVERRIDES.items():
+        value = environ.get(variable)
+        if value not in (None, ""):
+            raw[key] = value
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _KEYS:
+            raise ConfigError(str(key), f"unknown setting; known: {', '.join(sorted(_KEYS))}")
+        if value is None:
+            continue
+        values[_KEYS[key]] = _convert(key, value)
+    if "target" not in values:
+        raise ConfigError(
+            "target", "required: the owned registry, e.g. registry.example.com/mirror"
+        )
+    return Settings(**values)

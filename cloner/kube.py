@@ -1,0 +1,168 @@
+"""Kubernetes adapter: the only module that imports ``kubernetes``.
+
+Called by ``reconcile`` through the ``KubeAPI`` protocol and built by
+``controller.py``. It lists workloads (paginated, all namespaces, one list
+call per kind per page) and sends JSON patches. Responses are read as raw JSON
+(``_preload_content=False``) and turned into ``workloads.Workload`` snapshots,
+which is much cheaper than the client's model deserialization on large
+clusters. Every ``ApiException`` and transport error becomes a ``KubeError``;
+no library exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from cloner.errors import ConfigError, KubeError
+from cloner.workloads import KINDS, Workload
+
+log = logging.getLogger(__name__)
+
+#: (connect, read) timeout in seconds for every API call.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
+def load_api_client(kubeconfig: Path | None = None) -> client.ApiClient:
+    """Build an API client, with controller-runtime's precedence.
+
+    Args:
+        kubeconfig: an explicit kubeconfig file; when None, the in-cluster
+            ServiceAccount is used if present, else ``KUBECONFIG`` or
+            ``~/.kube/config``.
+
+    Returns:
+        A configured ``kubernetes.client.ApiClient``.
+
+    Raises:
+        ConfigError: no usable configuration was found (names the source).
+    """
+    try:
+        if kubeconfig is not None:
+            return config.new_client_from_config(config_file=str(kubeconfig))
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except ConfigException:
+            return config.new_client_from_config()
+    except (ConfigException, OSError, TypeError, ValueError) as exc:
+        source = str(kubeconfig) if kubeconfig else "kubeconfig"
+        raise ConfigError(source, f"no usable Kubernetes configuration: {exc}") from None
+
+
+def _translate(exc: Exception, what: str) -> KubeError:
+    """Turn a client or transport exception into a ``KubeError``."""
+    if isinstance(exc, ApiException):
+        reason = exc.reason or ""
+        try:
+            message = json.loads(exc.body or "{}").get("message") or reason
+        except (ValueError, AttributeError):
+            message = reason
+        return KubeError(exc.status or 0, f"{what}: {exc.status} {message}")
+    return KubeError(0, f"{what}: API server unreachable: {type(exc).__name__}: {exc}")
+
+
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+
+
+class KubeClient:
+    """Workload listing and patching against a real API server.
+
+    Args:
+        api_client: from ``load_api_client``.
+        page_size: the ``limit`` of each list call (items per page).
+    """
+
+    def __init__(self, api_client: client.ApiClient, page_size: int = 500) -> None:
+        self._apps = client.AppsV1Api(api_client)
+        self._page_size = page_size
+        self._list: dict[str, Callable[..., Any]] = {
+            "Deployment": self._apps.list_deployment_for_all_namespaces,
+            "DaemonSet": self._apps.list_daemon_set_for_all_namespaces,
+            "StatefulSet": self._apps.list_stateful_set_for_all_namespaces,
+        }
+        self._patch: dict[str, Callable[..., Any]] = {
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "DaemonSet": self._apps.patch_namespaced_daemon_set,
+            "StatefulSet": self._apps.patch_namespaced_stateful_set,
+        }
+
+    def list_workloads(self, kind: str, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
+        """Yield every workload of one kind in all namespaces but the excluded ones.
+
+        Pages through the list with ``limit``/``continue``; the exclusions are
+        sent as a field selector (``metadata.namespace!=NS``) so the API
+        server does not send what would be dropped. If the continue token
+        expires (410 Gone) mid-list, the list starts again once.
+
+        Args:
+            kind: one of ``workloads.KINDS``.
+            excluded_namespaces: namespaces to leave out.
+
+        Raises:
+            KubeError: a list call failed.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown workload kind {kind!r}")
+        selector = ",".join(f"metadata.namespace!={ns}" for ns in sorted(excluded_namespaces))
+        restarted = False
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            try:
+                response = self._list[kind](
+                    limit=self._page_size,
+                    _continue=token,
+                    field_selector=selector or None,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+                page = json.loads(response.data)
+            except ApiException as exc:
+                if exc.status == 410 and token and not restarted:
+                    log.info("list %s: continue token expired, listing again", kind)
+                    restarted, token = True, None
+                    continue
+                raise _translate(exc, f"list {KINDS[kind]}") from None
+            except _TRANSPORT_ERRORS as exc:
+                raise _translate(exc, f"list {KINDS[kind]}") from None
+            for item in page.get("items") or ():
+                workload = Workload.from_api(kind, item)
+                if workload.uid in seen:  # a restarted list repeats items
+                    continue
+                seen.add(workload.uid)
+                yield workload
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
+
+    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch (RFC 6902) to a workload.
+
+        Args:
+            workload: the snapshot the patch was planned from.
+            patch: the operations (a list, so the client sends
+                ``application/json-patch+json``).
+
+        Raises:
+            KubeError: refused; ``conflict`` is True when a ``test`` failed or
+                the object changed (422/409), which means a concurrent edit.
+        """
+        try:
+            self._patch[workload.kind](
+                workload.name,
+                workload.namespace,
+                patch,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except (ApiException, *_TRANSPORT_ERRORS) as exc:
+            raise _translate(exc, f"patch {workload.key}") from None

@@ -1,0 +1,115 @@
+"""Prometheus metrics: every ``prometheus_client`` object lives here.
+
+Called by ``loop`` (``record_cycle`` after each pass, ``record_cycle_error``
+when a pass raised) and by ``controller.py`` (``serve``). Names follow the
+Prometheus conventions with the ``image_cloner_`` prefix and base units
+(seconds); ``prometheus_client`` appends ``_total`` to counters itself. The
+metrics live in a registry of their own so tests can read them without the
+process-wide default collectors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from cloner.errors import RegistryError
+from cloner.reconcile import Summary
+from cloner.workloads import KINDS
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+IMAGES_CLONED = Counter(
+    "image_cloner_images_cloned",
+    "Images copied into the owned registry (pull, tag, push, verified).",
+    registry=REGISTRY,
+)
+CLONE_FAILURES = Counter(
+    "image_cloner_clone_failures",
+    "Images whose clone failed in a reconcile cycle, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+WORKLOADS_PATCHED = Counter(
+    "image_cloner_workloads_patched",
+    "Workloads patched to owned images, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+PATCH_FAILURES = Counter(
+    "image_cloner_patch_failures",
+    "Workload patches the API server refused (including concurrent edits).",
+    registry=REGISTRY,
+)
+INVALID_REFERENCES = Counter(
+    "image_cloner_invalid_references",
+    "Containers skipped because their image reference does not parse, per cycle seen.",
+    registry=REGISTRY,
+)
+CYCLES = Counter(
+    "image_cloner_reconcile_cycles",
+    "Reconcile cycles run, by result (ok, failed: something failed, error: the cycle raised).",
+    ["result"],
+    registry=REGISTRY,
+)
+CYCLE_DURATION = Histogram(
+    "image_cloner_reconcile_duration_seconds",
+    "Duration of one reconcile cycle in seconds.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
+WORKLOADS_SEEN = Gauge(
+    "image_cloner_workloads",
+    "Workloads in scope in the last reconcile cycle, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+LAST_SUCCESS = Gauge(
+    "image_cloner_last_successful_reconcile_timestamp_seconds",
+    "Unix time at which the last cycle with no failure ended.",
+    registry=REGISTRY,
+)
+
+# Label values known up front appear (at zero) before the first failure, so
+# dashboards and alerts see the series exist.
+for _reason in RegistryError.REASONS:
+    CLONE_FAILURES.labels(reason=_reason)
+for _kind in KINDS:
+    WORKLOADS_PATCHED.labels(kind=_kind)
+for _result in ("ok", "failed", "error"):
+    CYCLES.labels(result=_result)
+
+
+def record_cycle(summary: Summary) -> None:
+    """Update every metric from the Summary of one pass (the one update site)."""
+    IMAGES_CLONED.inc(summary.cloned)
+    for reason, count in summary.clone_failures.items():
+        CLONE_FAILURES.labels(reason=reason).inc(count)
+    for kind, count in summary.patched.items():
+        WORKLOADS_PATCHED.labels(kind=kind).inc(count)
+    PATCH_FAILURES.inc(len(summary.patch_failures))
+    INVALID_REFERENCES.inc(len(summary.invalid))
+    for kind in KINDS:
+        WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
+    CYCLE_DURATION.observe(summary.duration)
+    CYCLES.labels(result="ok" if summary.ok else "failed").inc()
+    if summary.ok:
+        LAST_SUCCESS.set(summary.started + summary.duration)
+
+
+def record_cycle_error(duration: float) -> None:
+    """Count a cycle that raised instead of returning a Summary.
+
+    Args:
+        duration: seconds the cycle ran before it raised.
+    """
+    CYCLE_DURATION.observe(duration)
+    CYCLES.labels(result="error").inc()
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` on ``address:port`` in a background thread.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    start_http_server(port, addr=address, registry=REGISTRY)

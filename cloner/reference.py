@@ -1,0 +1,335 @@
+"""Image references: parsing, normalization and owned names. Pure: no I/O.
+
+Called by ``workloads`` and ``reconcile`` to decide what an image is and what
+its owned copy is called. It must stay free of ``kubernetes`` and ``docker``.
+
+The grammar is the one of the distribution ``reference`` package
+(github.com/distribution/reference ``reference.go`` and ``regexp.go``), applied
+the way Docker's ``ParseNormalizedNamed`` (``normalize.go``) applies it::
+
+    reference       := name [ ":" tag ] [ "@" digest ]
+    name            := [domain '/'] remote-name
+    domain          := host [':' port-number]
+    host            := domain-name | IPv4address | \\[ IPv6address \\]
+    domain-name     := domain-component ['.' domain-component]*
+    domain-component:= /([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])/
+    port-number     := /[0-9]+/
+    remote-name     := path-component ['/' path-component]*
+    path-component  := alpha-numeric [separator alpha-numeric]*
+    alpha-numeric   := /[a-z0-9]+/
+    separator       := /[_.]|__|[-]+/
+    tag             := /[\\w][\\w.-]{0,127}/
+    digest          := digest-algorithm ":" digest-hex
+    digest-algorithm:= component [ separator component ]*    (here: sha256, sha384, sha512)
+    digest-hex      := /[0-9a-f]{64}/ for sha256, {96} sha384, {128} sha512 (go-digest)
+
+Python ``re`` traps avoided: ``fullmatch`` instead of ``$`` (which accepts a
+trailing newline) and explicit ASCII classes instead of ``\\w`` and ``\\d``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cloner.errors import InvalidReference
+
+DEFAULT_REGISTRY = "docker.io"
+LEGACY_DEFAULT_REGISTRY = "index.docker.io"
+OFFICIAL_REPOSITORY_PREFIX = "library/"
+DEFAULT_TAG = "latest"
+NAME_TOTAL_LENGTH_MAX = 255  # distribution: NameTotalLengthMax, domain + "/" + path
+TAG_MAX = 128
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[_.]|__|-+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_REMOTE_NAME = rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
+_IPV6 = r"\[[a-fA-F0-9:]+\]"
+_DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+
+_REFERENCE_RE = re.compile(
+    rf"(?P<name>(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_REMOTE_NAME}))"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?"
+)
+_DOMAIN_RE = re.compile(_DOMAIN)
+_REMOTE_NAME_RE = re.compile(_REMOTE_NAME)
+_TAG_RE = re.compile(_TAG)
+_HEX64_RE = re.compile(r"[a-f0-9]{64}")
+_DIGEST_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A normalized image reference.
+
+    Attributes:
+        registry: registry host with optional port, for example ``docker.io``,
+            ``quay.io``, ``localhost:5000``, ``[::1]:5000``.
+        repository: path within the registry, for example ``library/nginx``.
+        tag: the tag, or None when the reference has none (no implicit
+            ``latest``; see ``tag_or_default``).
+        digest: ``algorithm:hex``, or None.
+
+    ``str(ref)`` is the canonical form ``registry/repository[:tag][@digest]``.
+    """
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def tag_or_default(self) -> str:
+        """The tag, or ``latest`` when there is none (Docker's implicit tag)."""
+        return self.tag or DEFAULT_TAG
+
+    @property
+    def pull_reference(self) -> str:
+        """What to pull: ``name@digest`` when there is a digest, else ``name:tag``.
+
+        A digest pins content, so it wins over a tag, as container runtimes do.
+        """
+        if self.digest:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag_or_default}"
+
+    def with_tag(self, tag: str | None) -> Reference:
+        """A copy with ``tag`` and no digest."""
+        return Reference(self.registry, self.repository, tag, None)
+
+    def with_digest(self, digest: str | None) -> Reference:
+        """A copy that keeps the tag and carries ``digest``."""
+        return Reference(self.registry, self.repository, self.tag, digest)
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def validate_digest(digest: str) -> None:
+    """Check a digest as go-digest's ``Digest.Validate`` does.
+
+    Args:
+        digest: ``algorithm:hex``.
+
+    Raises:
+        InvalidReference: unknown algorithm (only sha256, sha384, sha512 are
+            registered), wrong hex length, or uppercase or non-hex characters.
+    """
+    algorithm, sep, encoded = digest.partition(":")
+    if not sep:
+        raise InvalidReference(digest, "digest has no algorithm")
+    length = _DIGEST_HEX_LENGTH.get(algorithm)
+    if length is None:
+        raise InvalidReference(digest, f"unsupported digest algorithm {algorithm!r}")
+    if len(encoded) != length or not set(encoded) <= _LOWER_HEX:
+        raise InvalidReference(
+            digest, f"{algorithm} digest must be {length} lowercase hex characters"
+        )
+
+
+def _split_domain(text: str) -> tuple[str, str]:
+    """Split off the registry as Docker's ``splitDockerDomain`` does.
+
+    The first component is a registry only if it contains ``.`` or ``:``, is
+    ``localhost``, or has an uppercase letter; otherwise the registry is
+    Docker Hub and single-component repositories get ``library/``.
+    """
+    first, sep, rest = text.partition("/")
+    if not sep or (
+        not any(c in first for c in ".:") and first != "localhost" and first == first.lower()
+    ):
+        registry, remainder = DEFAULT_REGISTRY, text
+    else:
+        registry, remainder = first, rest
+    if registry == LEGACY_DEFAULT_REGISTRY:
+        registry = DEFAULT_REGISTRY
+    if registry == DEFAULT_REGISTRY and "/" not in remainder:
+        remainder = OFFICIAL_REPOSITORY_PREFIX + remainder
+    return registry, remainder
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse and normalize an image reference as written in a pod spec.
+
+    Args:
+        text: for example ``nginx``, ``nginx:1.25``, ``quay.io/a/b@sha256:...``.
+
+    Returns:
+        The normalized ``Reference``: ``nginx`` becomes registry ``docker.io``,
+        repository ``library/nginx``, tag None, digest None.
+
+    Raises:
+        InvalidReference: the text does not follow the grammar (see the module
+            docstring), the repository has uppercase letters, the name is longer
+            than 255 characters, the digest is not valid, or the text is a bare
+            64-character hex identifier (refused by ``ParseNormalizedNamed``).
+    """
+    if not isinstance(text, str) or not text:
+        raise InvalidReference(str(text), "reference is empty")
+    if _HEX64_RE.fullmatch(text):
+        raise InvalidReference(text, "a 64-character hex string is an image ID, not a reference")
+    registry, remainder = _split_domain(text)
+    repository_part = remainder.split("@", 1)[0].split(":", 1)[0]
+    if repository_part != repository_part.lower():
+        raise InvalidReference(text, "repository name must be lowercase")
+    match = _REFERENCE_RE.fullmatch(f"{registry}/{remainder}")
+    if match is None:
+        raise InvalidReference(text, _explain(registry, remainder))
+    name = match["name"]
+    if len(name) > NAME_TOTAL_LENGTH_MAX:
+        raise InvalidReference(
+            text, f"repository name must not be longer than {NAME_TOTAL_LENGTH_MAX} characters"
+        )
+    digest = match["digest"]
+    if digest is not None:
+        validate_digest(digest)
+    return Reference(match["domain"], match["path"], match["tag"], digest)
+
+
+def _explain(registry: str, remainder: str) -> str:
+    """Say which part of a reference the grammar rejects (for error messages)."""
+    if not _DOMAIN_RE.fullmatch(registry):
+        return f"invalid registry {registry!r}"
+    rest, _, digest = remainder.partition("@")
+    path, _, tag = rest.partition(":")
+    if not _REMOTE_NAME_RE.fullmatch(path):
+        return f"invalid repository {path!r}"
+    if ":" in rest and not _TAG_RE.fullmatch(tag):
+        if len(tag) > TAG_MAX:
+            return f"tag is longer than {TAG_MAX} characters"
+        return f"invalid tag {tag!r}"
+    if "@" in remainder:
+        return f"invalid digest {digest!r}"
+    return "invalid reference format"
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """Parse the owned target: a registry host with an optional path prefix.
+
+    Args:
+        text: for example ``registry.example.com/mirror`` or ``127.0.0.1:5000``.
+
+    Returns:
+        ``(registry, prefix)``; ``prefix`` is ``""`` when there is none.
+
+    Raises:
+        InvalidReference: the registry part is not a valid domain (it must be
+            explicit: contain ``.`` or ``:`` or be ``localhost``), or the prefix
+            is not a valid repository path.
+    """
+    text = text.strip().rstrip("/")
+    registry, _, prefix = text.partition("/")
+    if not _DOMAIN_RE.fullmatch(registry) or not (
+        any(c in registry for c in ".:") or registry == "localhost"
+    ):
+        raise InvalidReference(
+            text, "target must start with a registry host such as registry.example.com"
+        )
+    if prefix and not _REMOTE_NAME_RE.fullmatch(prefix):
+        raise InvalidReference(text, f"invalid path prefix {prefix!r}")
+    if registry == LEGACY_DEFAULT_REGISTRY:
+        registry = DEFAULT_REGISTRY
+    return registry, prefix
+
+
+def digest_tag(digest: str) -> str:
+    """The tag an image referenced only by digest is pushed under.
+
+    ``sha256:abc...`` becomes ``sha256-abc...`` (a valid tag of at most 128
+    characters: sha512's 128 hex characters are cut to fit), so registries
+    whose lifecycle rules delete untagged manifests keep the copy.
+    """
+    return digest.replace(":", "-", 1)[:TAG_MAX]
+
+
+def registry_path_component(registry: str) -> str:
+    """A registry host as one repository path component.
+
+    ``quay.io`` stays ``quay.io``; ``localhost:5000`` becomes ``localhost-5000``;
+    ``[::1]:5000`` becomes ``1-5000``. Letters are lowered and every run of
+    characters a path component cannot hold becomes one ``-``, so the result
+    always matches ``path-component`` of the grammar.
+    """
+    runs = [r for r in re.split(r"[^a-z0-9.]+", registry.lower()) if r]
+    return "-".join(runs) or "registry"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The owned target: where copies go and how they are named.
+
+    Attributes:
+        registry: the owned registry host, for example ``registry.example.com``.
+        prefix: a repository path prefix under it, ``""`` for none.
+
+    Build it with ``Target.parse("registry.example.com/mirror")``.
+    """
+
+    registry: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """``Target`` from ``host[/prefix]``; raises ``InvalidReference`` (see ``parse_target``)."""
+        return cls(*parse_target(text))
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.prefix}" if self.prefix else self.registry
+
+    def owns(self, ref: Reference) -> bool:
+        """True when ``ref`` already lives under this target (no clone needed)."""
+        if ref.registry != self.registry:
+            return False
+        return not self.prefix or ref.repository.startswith(self.prefix + "/")
+
+    def owned_name(self, ref: Reference) -> Reference:
+        """The owned name of a source image (naming strategy ``nested``).
+
+        ``<target>/<source registry>/<repository>:<tag>``: the whole source path
+        is kept (as skopeo sync ``--scoped`` does) so that ``docker.io/a/nginx``
+        and ``quay.io/b/nginx`` cannot collide. A reference without a tag gets
+        ``latest``; one with only a digest gets the tag ``digest_tag(digest)``.
+        The result carries no digest: the pushed digest is added by the caller.
+
+        Args:
+            ref: the normalized source reference.
+
+        Returns:
+            The owned reference, always one the grammar accepts.
+
+        Raises:
+            InvalidReference: the owned name would exceed 255 characters.
+        """
+        parts = [
+            p for p in (self.prefix, registry_path_component(ref.registry), ref.repository) if p
+        ]
+        if ref.tag:
+            tag = ref.tag
+        elif ref.digest:
+            tag = digest_tag(ref.digest)
+        else:
+            tag = DEFAULT_TAG
+        owned = Reference(self.registry, "/".join(parts), tag, None)
+        if len(owned.name) > NAME_TOTAL_LENGTH_MAX:
+            raise InvalidReference(
+                str(ref),
+                f"owned name {owned.name!r} is longer than {NAME_TOTAL_LENGTH_MAX} characters",
+            )
+        # Defensive: the mapping must never produce a name the grammar rejects.
+        return parse_reference(str(owned))

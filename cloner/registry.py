@@ -1,0 +1,284 @@
+"""Registry adapter: the only module that imports ``docker``.
+
+Called by ``reconcile`` through the ``ImageRegistry`` protocol and built by
+``controller.py``. It asks the owned registry for a manifest digest without
+pulling layers (the engine's distribution inspect), and clones an image by
+pull, tag and push through a Docker engine. Credentials come from a docker
+``config.json`` (``credentials.DockerConfig``) and are passed per call, never
+logged. Every docker or transport error becomes a ``RegistryError`` whose
+``reason`` says what went wrong; no library exception leaves this module.
+
+The engine reports pull and push failures inside an HTTP 200 stream (docker-py
+issues 3161 and 3277), so both streams are read to the end and an ``error``
+line is a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from cloner.credentials import Credential, DockerConfig
+from cloner.errors import ClonerError, ConfigError, RegistryError
+from cloner.reference import Reference
+
+log = logging.getLogger(__name__)
+
+_REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("rate_limited", re.compile(r"toomanyrequests|too many requests|rate limit|\b429\b", re.I)),
+    (
+        "auth",
+        re.compile(
+            r"unauthori[sz]ed|authentication required|no basic auth|denied|forbidden|"
+            r"incorrect username or password|\b401\b|\b403\b",
+            re.I,
+        ),
+    ),
+    (
+        "not_found",
+        re.compile(
+            r"manifest unknown|not found|does not exist|no such image|name unknown|\b404\b",
+            re.I,
+        ),
+    ),
+    (
+        "network",
+        re.compile(
+            r"connection refused|connection reset|no such host|i/o timeout|timed out|timeout|"
+            r"network is unreachable|\bEOF\b|dial tcp|no route to host|server misbehaving",
+            re.I,
+        ),
+    ),
+)
+
+
+def classify_registry_message(message: str) -> str:
+    """The failure reason for an error message from a Docker engine or registry.
+
+    Args:
+        message: the engine's error text, for example ``manifest unknown``.
+
+    Returns:
+        One of ``auth``, ``not_found``, ``rate_limited``, ``network`` or
+        ``registry_error`` (the default: a 5xx or anything unrecognised). The
+        classes follow skopeo's and go-containerregistry's retry classifiers:
+        auth and not-found are final, the others temporary.
+    """
+    for reason, pattern in _REASON_PATTERNS:
+        if pattern.search(message):
+            return reason
+    return "registry_error"
+
+
+def _stream_errors(lines: Iterable[Mapping[str, Any]], what: str) -> list[Mapping[str, Any]]:
+    """Read a decoded pull/push stream to the end; raise on an error line.
+
+    Returns:
+        Every ``aux`` payload seen (the push's ``Digest`` and ``Size``).
+    """
+    aux = []
+    for line in lines:
+        error = line.get("error") or (line.get("errorDetail") or {}).get("message")
+        if error:
+            raise RegistryError(classify_registry_message(error), f"{what}: {error}")
+        if "aux" in line:
+            aux.append(line["aux"])
+    return aux
+
+
+class DockerRegistry:
+    """Image inspection and cloning through a Docker engine.
+
+    Args:
+        docker_host: engine address, for example ``unix:///var/run/docker.sock``.
+        docker_config: path of the docker ``config.json`` with credentials.
+        timeout: seconds one engine API call may block (a pull or push stream
+            may take longer in total; each read is bounded).
+    """
+
+    def __init__(self, docker_host: str, docker_config: Path, timeout: float = 600.0) -> None:
+        self._docker_host = docker_host
+        self._config_path = Path(docker_config)
+        self._timeout = timeout
+        self._client: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        self._credentials = DockerConfig({})
+        self._config_text: str | None = None
+
+    # Credentials -----------------------------------------------------------
+
+    def load_credentials(self) -> bool:
+        """Read the docker ``config.json`` again if it changed.
+
+        Called at start-up (where an error stops the controller) and at the
+        start of every cycle, so a ConfigMap or Secret that updates in place
+        takes effect within one cycle.
+
+        Returns:
+            True when new credentials were loaded, False when unchanged.
+
+        Raises:
+            ConfigError: the file cannot be read or is malformed; the
+                credentials loaded before stay in use.
+        """
+        try:
+            text = self._config_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                str(self._config_path), f"cannot read docker config: {exc.strerror}"
+            ) from None
+        if text == self._config_text:
+            return False
+        self._credentials = DockerConfig.parse(text, str(self._config_path))
+        self._config_text = text
+        log.info(
+            "loaded registry credentials from %s for: %s",
+            self._config_path,
+            ", ".join(sorted(self._credentials.credentials)) or "(none)",
+        )
+        return True
+
+    def _auth(self, registry: str) -> dict[str, str] | None:
+        credential: Credential | None = self._credentials.for_registry(registry)
+        return credential.docker_auth_config() if credential else None
+
+    # Engine ----------------------------------------------------------------
+
+    def _api(self) -> docker.APIClient:
+        """The engine client, created on first use (API version negotiated)."""
+        with self._lock:
+            if self._client is None:
+                self._client = docker.APIClient(
+                    base_url=self._docker_host, version="auto", timeout=self._timeout
+                )
+            return self._client
+
+    def _reset(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+
+    def _fail(self, exc: Exception, what: str) -> RegistryError:
+        """Translate a docker or transport exception into a ``RegistryError``."""
+        if isinstance(exc, RegistryError):
+            return exc
+        if isinstance(exc, docker.errors.APIError):
+            explanation = str(exc.explanation or exc)
+            reason = classify_registry_message(explanation)
+            if reason == "registry_error" and exc.status_code == 404:
+                reason = "not_found"
+            return RegistryError(reason, f"{what}: {explanation}")
+        if isinstance(exc, (requests.exceptions.RequestException, OSError)):
+            self._reset()
+            return RegistryError("network", f"{what}: Docker engine unreachable: {exc}")
+        if isinstance(exc, docker.errors.DockerException):
+            self._reset()
+            return RegistryError("network", f"{what}: Docker engine error: {exc}")
+        raise exc
+
+    # Operations ------------------------------------------------------------
+
+    def manifest_digest(self, ref: Reference) -> str | None:
+        """Ask the registry for the manifest digest of ``ref`` without pulling layers.
+
+        Args:
+            ref: a reference with a tag or digest.
+
+        Returns:
+            ``sha256:...``, or None when the registry has no such manifest.
+
+        Raises:
+            RegistryError: the registry could not be asked (auth, network...).
+        """
+        what = f"inspect {ref}"
+        try:
+            data = self._api().inspect_distribution(str(ref), auth_config=self._auth(ref.registry))
+        except Exception as exc:  # translated below; nothing else leaves this module
+            error = self._fail(exc, what)
+            if error.reason == "not_found":
+                return None
+            raise error from None
+        digest = (data.get("Descriptor") or {}).get("digest")
+        if not digest:
+            raise RegistryError("registry_error", f"{what}: the engine returned no digest")
+        return str(digest)
+
+    def clone(self, source: Reference, owned: Reference) -> str:
+        """Copy an image: pull ``source``, tag it ``owned``, push, verify.
+
+        Args:
+            source: the source reference (pulled by digest when it has one).
+            owned: the owned name with a tag and no digest.
+
+        Returns:
+            The digest of the pushed manifest, after the owned registry has
+            answered for ``owned`` with exactly that digest.
+
+        Raises:
+            RegistryError: pull, push or verification failed; nothing that
+                failed is reported as success.
+        """
+        if owned.tag is None or owned.digest is not None:
+            raise ValueError(f"owned reference must have a tag and no digest: {owned}")
+        pulled = source.pull_reference
+        api = None
+        try:
+            api = self._api()
+            log.info("pulling %s", pulled)
+            _stream_errors(
+                api.pull(
+                    source.name,
+                    tag=source.digest or source.tag_or_default,
+                    stream=True,
+                    decode=True,
+                    auth_config=self._auth(source.registry),
+                ),
+                f"pull {pulled}",
+            )
+            api.tag(pulled, owned.name, owned.tag, force=True)
+            log.info("pushing %s", owned)
+            aux = _stream_errors(
+                api.push(
+                    owned.name,
+                    tag=owned.tag,
+                    stream=True,
+                    decode=True,
+                    auth_config=self._auth(owned.registry),
+                ),
+                f"push {owned}",
+            )
+        except ClonerError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, f"clone {source} to {owned}") from None
+        finally:
+            if api is not None:
+                self._remove_local(api, (str(owned), pulled))
+        digests = [a["Digest"] for a in aux if isinstance(a, Mapping) and a.get("Digest")]
+        if not digests:
+            raise RegistryError("registry_error", f"push {owned}: the engine reported no digest")
+        pushed = str(digests[-1])
+        answered = self.manifest_digest(owned)
+        if answered != pushed:
+            raise RegistryError(
+                "verify_failed",
+                f"verify {owned}: registry answers {answered or 'nothing'}, pushed {pushed}",
+            )
+        return pushed
+
+    def _remove_local(self, api: docker.APIClient, references: Iterable[str]) -> None:
+        """Remove the local tags of a clone so the engine's disk does not grow."""
+        for reference in references:
+            try:
+                api.remove_image(reference)
+            except Exception as exc:  # best effort: a leftover tag is not a failure
+                log.debug("could not remove local image %s: %s", reference, exc)

@@ -1,0 +1,196 @@
+"""Workload snapshots, which containers need a clone, and the patch. Pure: no I/O.
+
+Called by ``kube`` (to turn API objects into ``Workload`` snapshots) and by
+``reconcile`` (to plan and to build patches). It must stay free of
+``kubernetes`` and ``docker``: every decision here is testable with plain data.
+
+Patches are built from the plan, never by editing the object that was read
+(sample-controller ``syncHandler``). They are JSON patches (RFC 6902) whose
+``test`` operations make the API server refuse them when a container moved or
+its image changed since the read, so a concurrent edit is never overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloner.errors import InvalidReference
+from cloner.reference import Reference, Target, parse_reference
+
+#: Workload kinds reconciled, with their apps/v1 plural resource names.
+KINDS: Mapping[str, str] = {
+    "Deployment": "deployments",
+    "DaemonSet": "daemonsets",
+    "StatefulSet": "statefulsets",
+}
+
+#: Pod template lists that hold containers whose image can be changed.
+#: (Ephemeral containers cannot be set on a template.)
+CONTAINER_LISTS = ("initContainers", "containers")
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """One container of a pod template.
+
+    Attributes:
+        name: the container name (unique within the pod).
+        image: the image reference exactly as written.
+        list_name: ``containers`` or ``initContainers``.
+        index: position in that list (for the JSON patch path).
+    """
+
+    name: str
+    image: str
+    list_name: str
+    index: int
+
+    @property
+    def image_path(self) -> str:
+        """JSON pointer of this container's image in the workload."""
+        return f"/spec/template/spec/{self.list_name}/{self.index}/image"
+
+    @property
+    def name_path(self) -> str:
+        """JSON pointer of this container's name in the workload."""
+        return f"/spec/template/spec/{self.list_name}/{self.index}/name"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A snapshot of a Deployment, DaemonSet or StatefulSet.
+
+    Attributes:
+        kind: ``Deployment``, ``DaemonSet`` or ``StatefulSet``.
+        namespace, name: identify the object.
+        uid, resource_version: as read (``metadata``).
+        containers: init containers first, then containers.
+        labels, annotations: of the workload's ``metadata``.
+        service_account: the pod template's ``serviceAccountName`` (``default`` when unset).
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str = ""
+    resource_version: str = ""
+    containers: tuple[Container, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    service_account: str = "default"
+
+    @property
+    def key(self) -> str:
+        """``Kind namespace/name``, for logs."""
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @classmethod
+    def from_api(cls, kind: str, obj: Mapping[str, Any]) -> Workload:
+        """Build a snapshot from an apps/v1 object as the API returns it (JSON dict).
+
+        Args:
+            kind: one of ``KINDS``.
+            obj: the object (``metadata``, ``spec.template.spec``...).
+
+        Returns:
+            The snapshot; a container without an image is left out (it has
+            nothing to clone and the API server would reject it anyway).
+        """
+        meta = obj.get("metadata") or {}
+        pod_spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        containers = []
+        for list_name in CONTAINER_LISTS:
+            for index, container in enumerate(pod_spec.get(list_name) or ()):
+                image = container.get("image")
+                if image:
+                    containers.append(Container(container.get("name", ""), image, list_name, index))
+        return cls(
+            kind=kind,
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            resource_version=meta.get("resourceVersion", ""),
+            containers=tuple(containers),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+            service_account=pod_spec.get("serviceAccountName") or "default",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPlan:
+    """What to do with one container's image.
+
+    Attributes:
+        container: the container.
+        decision: ``clone`` (not owned yet), ``owned`` (already under the
+            target) or ``invalid`` (the reference does not parse).
+        source: the parsed source reference (None when invalid).
+        owned: the owned name to clone to (None unless ``clone``).
+        problem: why the reference is invalid (None otherwise).
+    """
+
+    container: Container
+    decision: str
+    source: Reference | None = None
+    owned: Reference | None = None
+    problem: str | None = None
+
+
+def plan_workload(workload: Workload, target: Target) -> list[ContainerPlan]:
+    """Decide, for every container of a workload, whether its image needs a clone.
+
+    Args:
+        workload: the snapshot.
+        target: the owned target.
+
+    Returns:
+        One ``ContainerPlan`` per container, in the workload's order. An
+        invalid reference yields ``invalid`` for that container only; the
+        other containers are still planned.
+    """
+    plans = []
+    for container in workload.containers:
+        try:
+            source = parse_reference(container.image)
+        except InvalidReference as exc:
+            plans.append(ContainerPlan(container, "invalid", problem=exc.problem))
+            continue
+        if target.owns(source):
+            plans.append(ContainerPlan(container, "owned", source=source))
+            continue
+        try:
+            owned = target.owned_name(source)
+        except InvalidReference as exc:
+            plans.append(ContainerPlan(container, "invalid", source=source, problem=exc.problem))
+            continue
+        plans.append(ContainerPlan(container, "clone", source=source, owned=owned))
+    return plans
+
+
+def image_patch(changes: Sequence[tuple[Container, str]]) -> list[dict[str, Any]]:
+    """The JSON patch (RFC 6902) that sets new images on a workload's containers.
+
+    For each change it first ``test``s that the container at that index still
+    has the same name and still has the image the decision was based on, then
+    ``replace``s the image. If anything changed since the read, the API server
+    rejects the whole patch (422) and nothing is written.
+
+    Args:
+        changes: ``(container as read, new image reference)`` pairs.
+
+    Returns:
+        The list of patch operations (empty when there are no changes).
+    """
+    operations: list[dict[str, Any]] = []
+    for container, image in changes:
+        if image == container.image:
+            continue
+        operations += [
+            {"op": "test", "path": container.name_path, "value": container.name},
+            {"op": "test", "path": container.image_path, "value": container.image},
+            {"op": "replace", "path": container.image_path, "value": image},
+        ]
+    return operations

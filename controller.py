@@ -1,0 +1,98 @@
+"""image-cloner entry point: arguments, logging, settings, adapters, metrics, loop.
+
+    python controller.py [--config PATH] [--kubeconfig PATH] [--once]
+
+Without ``--once`` it reconciles every ``pollInterval`` seconds until SIGTERM
+and exits 0. With ``--once`` it runs a single cycle and exits 0 when nothing
+failed, 1 otherwise. A bad setting or docker ``config.json`` stops start-up
+with exit code 2 and a message that names the field or file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cloner import metrics
+from cloner.config import load_settings
+from cloner.errors import ConfigError
+from cloner.kube import KubeClient, load_api_client
+from cloner.loop import Loop
+from cloner.reconcile import Reconciler
+from cloner.registry import DockerRegistry
+
+log = logging.getLogger("image_cloner")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "config.yaml"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line arguments; see the module docstring."""
+    parser = argparse.ArgumentParser(
+        prog="controller.py",
+        description="Clone public images used by workloads into an owned registry "
+        "and patch the workloads to use the copies.",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="settings YAML")
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig file (default: in-cluster, then KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument("--once", action="store_true", help="run one cycle and exit")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the controller; returns the process exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("urllib3", "docker", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = load_settings(args.config)
+        registry = DockerRegistry(
+            settings.docker_host, settings.docker_config, settings.docker_timeout
+        )
+        registry.load_credentials()
+        kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
+    except ConfigError as exc:
+        log.error("start-up failed: %s", exc)
+        return 2
+    log.info(
+        "starting: target=%s pollInterval=%ss excluded namespaces=%s",
+        settings.owned,
+        settings.poll_interval,
+        ",".join(sorted(settings.excluded_namespaces)),
+    )
+    if settings.metrics_port:
+        try:
+            metrics.serve(settings.metrics_port, settings.metrics_address)
+        except OSError as exc:
+            log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
+            return 2
+    reconciler = Reconciler(kube, registry, settings)
+
+    def reload_credentials() -> None:
+        try:
+            registry.load_credentials()
+        except ConfigError as exc:
+            log.error("keeping the previous registry credentials: %s", exc)
+
+    loop = Loop(reconciler.reconcile_once, settings.poll_interval, reload_credentials)
+    if args.once:
+        summary = loop.tick()
+        return 0 if summary is not None and summary.ok else 1
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

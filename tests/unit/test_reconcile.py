@@ -1,0 +1,214 @@
+"""reconcile_once against small in-memory stand-ins for the two Protocols.
+
+These check the decisions of a pass (what is cloned, what is patched, what is
+left alone). The same behaviour is proven against real components in tests/e2e.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from cloner.config import Settings
+from cloner.errors import KubeError, RegistryError
+from cloner.reconcile import Reconciler
+from cloner.reference import Reference
+from cloner.workloads import Workload
+
+OWNED = "owned.example.com"
+SETTINGS = Settings(target=f"{OWNED}/m", controller_namespace="image-cloner")
+
+
+def workload(
+    kind: str, ns: str, name: str, *images: str, init: Iterable[str] = ()
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)],
+                    "initContainers": [{"name": f"i{i}", "image": im} for i, im in enumerate(init)],
+                }
+            }
+        },
+    }
+
+
+class FakeKube:
+    """Applies JSON patches (test/replace) to stored dicts, like the API server."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.objects = objects
+        self.patches: list[tuple[str, list[dict[str, Any]]]] = []
+        self.fail_list: set[str] = set()
+
+    def list_workloads(self, kind: str, excluded: Iterable[str]) -> Iterator[Workload]:
+        if kind in self.fail_list:
+            raise KubeError(0, "unreachable")
+        for obj in self.objects:
+            if obj["kind"] == kind and obj["metadata"]["namespace"] not in excluded:
+                yield Workload.from_api(kind, obj)
+
+    def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
+        self.patches.append((w.key, patch))
+        obj = next(o for o in self.objects if o["metadata"]["uid"] == w.uid)
+        for op in patch:
+            parts = op["path"].strip("/").split("/")
+            node: Any = obj
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if op["op"] == "test" and node[parts[-1]] != op["value"]:
+                raise KubeError(422, "test failed")
+        for op in patch:
+            if op["op"] == "replace":
+                parts = op["path"].strip("/").split("/")
+                node = obj
+                for part in parts[:-1]:
+                    node = node[int(part)] if isinstance(node, list) else node[part]
+                node[parts[-1]] = op["value"]
+
+    def image(self, uid: str, name: str) -> str:
+        obj = next(o for o in self.objects if o["metadata"]["uid"] == uid)
+        spec = obj["spec"]["template"]["spec"]
+        return next(
+            c["image"] for c in spec["containers"] + spec["initContainers"] if c["name"] == name
+        )
+
+
+class FakeRegistry:
+    """Holds owned manifests; sources listed in `missing` fail to clone."""
+
+    def __init__(self, existing: dict[str, str] | None = None, missing: Iterable[str] = ()) -> None:
+        self.owned: dict[str, str] = dict(existing or {})
+        self.missing = set(missing)
+        self.clones: list[tuple[str, str]] = []
+        self.lookups = 0
+
+    def manifest_digest(self, ref: Reference) -> str | None:
+        self.lookups += 1
+        return self.owned.get(str(ref))
+
+    def clone(self, source: Reference, owned: Reference) -> str:
+        if str(source) in self.missing:
+            raise RegistryError("not_found", f"pull {source}: manifest unknown")
+        self.clones.append((str(source), str(owned)))
+        digest = "sha256:" + format(len(self.clones), "064x")
+        self.owned[str(owned)] = digest
+        return digest
+
+
+def test_one_clone_per_distinct_image_and_every_workload_patched() -> None:
+    kube = FakeKube(
+        [
+            workload("Deployment", "a", "web", "nginx:1.25", "redis", init=["busybox:1"]),
+            workload("DaemonSet", "b", "agent", "docker.io/library/nginx:1.25"),
+            workload("StatefulSet", "c", "db", "index.docker.io/library/nginx:1.25"),
+        ]
+    )
+    registry = FakeRegistry()
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert sorted(s for s, _ in registry.clones) == [
+        "docker.io/library/busybox:1",
+        "docker.io/library/nginx:1.25",
+        "docker.io/library/redis",
+    ]
+    assert summary.cloned == 3
+    assert dict(summary.patched) == {"Deployment": 1, "DaemonSet": 1, "StatefulSet": 1}
+    assert kube.image("a/web", "c1") == f"{OWNED}/m/docker.io/library/redis:latest"
+    assert kube.image("a/web", "i0") == f"{OWNED}/m/docker.io/library/busybox:1"
+    assert kube.image("c/db", "c0") == f"{OWNED}/m/docker.io/library/nginx:1.25"
+    assert summary.ok
+
+
+def test_second_pass_makes_no_clone_no_lookup_and_no_patch() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    registry = FakeRegistry()
+    reconciler = Reconciler(kube, registry, SETTINGS)
+    reconciler.reconcile_once()
+    lookups, patches = registry.lookups, len(kube.patches)
+    summary = reconciler.reconcile_once()
+    assert summary.cloned == 0 and not summary.patched
+    assert registry.lookups == lookups and len(kube.patches) == patches
+
+
+def test_cached_source_is_not_cloned_again_for_a_new_workload() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    registry = FakeRegistry()
+    reconciler = Reconciler(kube, registry, SETTINGS)
+    reconciler.reconcile_once()
+    kube.objects.append(workload("Deployment", "a", "web2", "nginx:1.25"))
+    summary = reconciler.reconcile_once()
+    assert len(registry.clones) == 1
+    assert summary.patched["Deployment"] == 1
+    assert kube.image("a/web2", "c0") == f"{OWNED}/m/docker.io/library/nginx:1.25"
+
+
+def test_existing_owned_copy_is_used_without_cloning() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "quay.io/x/y:2")])
+    registry = FakeRegistry(existing={f"{OWNED}/m/quay.io/x/y:2": "sha256:" + "1" * 64})
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert registry.clones == []
+    assert summary.patched["Deployment"] == 1
+
+
+def test_failed_image_leaves_its_container_and_others_proceed() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25", "ghost:1")])
+    registry = FakeRegistry(missing=["docker.io/library/ghost:1"])
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert kube.image("a/web", "c0") == f"{OWNED}/m/docker.io/library/nginx:1.25"
+    assert kube.image("a/web", "c1") == "ghost:1"
+    assert dict(summary.clone_failures) == {"not_found": 1}
+    assert not summary.ok
+
+
+def test_invalid_reference_is_reported_and_left_alone() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25", "NOT//valid")])
+    summary = Reconciler(kube, FakeRegistry(), SETTINGS).reconcile_once()
+    assert kube.image("a/web", "c1") == "NOT//valid"
+    assert kube.image("a/web", "c0").startswith(OWNED)
+    assert summary.invalid == [("Deployment a/web", "c1", summary.invalid[0][2])]
+
+
+def test_digest_reference_points_to_pushed_digest() -> None:
+    digest = "sha256:" + "b" * 64
+    kube = FakeKube([workload("Deployment", "a", "web", f"quay.io/x/y@{digest}")])
+    registry = FakeRegistry()
+    Reconciler(kube, registry, SETTINGS).reconcile_once()
+    pushed = registry.owned[f"{OWNED}/m/quay.io/x/y:sha256-{'b' * 64}"]
+    assert kube.image("a/web", "c0") == f"{OWNED}/m/quay.io/x/y@{pushed}"
+
+
+def test_excluded_and_own_namespace_are_untouched() -> None:
+    kube = FakeKube(
+        [
+            workload("Deployment", "kube-system", "dns", "coredns:1"),
+            workload("Deployment", "image-cloner", "self", "python:3"),
+        ]
+    )
+    registry = FakeRegistry()
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert registry.clones == [] and kube.patches == []
+    assert sum(summary.workloads.values()) == 0
+
+
+def test_list_failure_of_one_kind_does_not_stop_the_others() -> None:
+    kube = FakeKube([workload("StatefulSet", "a", "db", "postgres:16")])
+    kube.fail_list.add("Deployment")
+    summary = Reconciler(kube, FakeRegistry(), SETTINGS).reconcile_once()
+    assert summary.patched["StatefulSet"] == 1
+    assert summary.list_failures and summary.list_failures[0][0] == "Deployment"
+
+
+def test_concurrent_edit_makes_patch_fail_and_user_value_stands() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+
+    class EditingRegistry(FakeRegistry):
+        def clone(self, source: Reference, owned: Reference) -> str:
+            kube.objects[0]["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.26"
+            return super().clone(source, owned)
+
+    summary = Reconciler(kube, EditingRegistry(), SETTINGS).reconcile_once()
+    assert kube.image("a/web", "c0") == "nginx:1.26"
+    assert len(summary.patch_failures) == 1

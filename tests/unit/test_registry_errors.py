@@ -1,0 +1,50 @@
+"""Error classification of Docker engine and registry messages, and stream errors."""
+
+import pytest
+
+from cloner.errors import RegistryError
+from cloner.registry import _stream_errors, classify_registry_message
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("unauthorized: authentication required", "auth"),
+        ("no basic auth credentials", "auth"),
+        ("denied: requested access to the resource is denied", "auth"),
+        ("manifest unknown: manifest unknown", "not_found"),
+        ("manifest for 127.0.0.1:5000/x:1 not found: manifest unknown", "not_found"),
+        ("toomanyrequests: You have reached your pull rate limit", "rate_limited"),
+        (
+            "Get http://127.0.0.1:5000/v2/: dial tcp 127.0.0.1:5000: connect: connection refused",
+            "network",
+        ),
+        ("received unexpected HTTP status: 500 Internal Server Error", "registry_error"),
+    ],
+)
+def test_messages_are_classified(message: str, reason: str) -> None:
+    assert classify_registry_message(message) == reason
+
+
+def test_error_line_in_a_200_stream_raises() -> None:
+    lines = [
+        {"status": "Preparing", "id": "abc"},
+        {
+            "errorDetail": {"message": "unauthorized: authentication required"},
+            "error": "unauthorized: authentication required",
+        },
+    ]
+    with pytest.raises(RegistryError) as caught:
+        _stream_errors(lines, "push x")
+    assert caught.value.reason == "auth"
+    assert not caught.value.temporary
+
+
+def test_aux_payloads_are_returned() -> None:
+    lines = [
+        {"status": "Pushed"},
+        {"aux": {"Tag": "1", "Digest": "sha256:" + "a" * 64, "Size": 527}},
+    ]
+    assert _stream_errors(lines, "push x") == [
+        {"Tag": "1", "Digest": "sha256:" + "a" * 64, "Size": 527}
+    ]
