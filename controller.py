@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "starting: target=%s pollInterval=%ss excluded namespaces=%s",
         settings.owned,
         settings.poll_interval,
-        ",".join(sorted(settings.excluded_namespaces)),
+        ",".join(settings.excluded_namespaces),
     )
     if settings.metrics_port:
         try:

@@ -51,7 +51,11 @@ class Settings:
             (``metricsPort``; default 9090).
         metrics_address: address the metrics endpoint binds
             (``metricsAddress``; default ``0.0.0.0``).
-        exclude_namespaces: namespaces never reconciled (``excludeNamespaces``).
+        include_namespaces: glob patterns (``fnmatch``) of the namespaces
+            reconciled; empty means all (``namespaces.include``; default ``[]``).
+        exclude_namespaces: glob patterns of namespaces never reconciled; an
+            exclusion wins over an inclusion (``namespaces.exclude``; default
+            ``kube-system``, ``kube-public``, ``kube-node-lease``).
         controller_namespace: the controller's own namespace, also excluded
             (``controllerNamespace``, usually from ``POD_NAMESPACE``).
         list_page_size: items per list call, the ``limit`` parameter
@@ -66,6 +70,7 @@ class Settings:
     docker_timeout: float = 600.0
     metrics_port: int = 9090
     metrics_address: str = "0.0.0.0"
+    include_namespaces: tuple[str, ...] = ()
     exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
     controller_namespace: str | None = None
     list_page_size: int = 500
@@ -79,20 +84,46 @@ class Settings:
         object.__setattr__(self, "owned", owned)
 
     @property
-    def excluded_namespaces(self) -> frozenset[str]:
-        """Configured exclusions plus the controller's own namespace."""
-        names = set(self.exclude_namespaces)
-        if self.controller_namespace:
-            names.add(self.controller_namespace)
-        return frozenset(names)
+    def excluded_namespaces(self) -> tuple[str, ...]:
+        """Configured exclusion patterns plus the controller's own namespace."""
+        names = list(self.exclude_namespaces)
+        if self.controller_namespace and self.controller_namespace not in names:
+            names.append(self.controller_namespace)
+        return tuple(names)
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+#: YAML key (dotted for nested sections) -> Settings field.
+_KEYS = {
+    "target": "target",
+    "pollInterval": "poll_interval",
+    "dockerHost": "docker_host",
+    "dockerConfig": "docker_config",
+    "dockerTimeout": "docker_timeout",
+    "metricsPort": "metrics_port",
+    "metricsAddress": "metrics_address",
+    "namespaces.include": "include_namespaces",
+    "namespaces.exclude": "exclude_namespaces",
+    "controllerNamespace": "controller_namespace",
+    "listPageSize": "list_page_size",
+}
+_SECTIONS = frozenset(key.split(".")[0] for key in _KEYS if "." in key)
+assert set(_KEYS.values()) == {f.name for f in fields(Settings) if f.init}
 
 
-_KEYS = {_camel(f.name): f.name for f in fields(Settings) if f.init}
+def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
+    """``{"namespaces": {"include": x}}`` -> ``{"namespaces.include": x}``."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(str(key), f"must be a mapping, got {value!r}")
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[str(key)] = value
+    return flat
 
 
 def _positive_number(key: str, value: Any) -> float:
@@ -142,7 +173,7 @@ def _convert(key: str, value: Any) -> Any:
         return _integer(key, value, 0, 65535)
     if key == "listPageSize":
         return _integer(key, value, 1, 5000)
-    if key == "excludeNamespaces":
+    if key in ("namespaces.include", "namespaces.exclude"):
         return _string_list(key, value)
     if key == "dockerConfig":
         return Path(_string(key, value))
@@ -182,7 +213,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(str(path), "must be a mapping of settings")
-        raw.update(loaded)
+        raw.update(_flatten(loaded))
     for variable, key in ENV_OVERRIDES.items():
         value = environ.get(variable)
         if value not in (None, ""):

@@ -30,7 +30,14 @@ from typing import Any, Protocol
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
 from cloner.reference import Reference
-from cloner.workloads import KINDS, Container, Workload, image_patch, plan_workload
+from cloner.workloads import (
+    KINDS,
+    Container,
+    Workload,
+    image_patch,
+    namespace_in_scope,
+    plan_workload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +199,20 @@ class Reconciler:
 
     def _list(self, summary: Summary) -> list[Workload]:
         workloads: list[Workload] = []
+        include = self._settings.include_namespaces
         excluded = self._settings.excluded_namespaces
+        # Exact names go to the API server as a field selector, so it does
+        # not send what would be dropped; patterns are applied here only.
+        exact = [ns for ns in excluded if not any(c in ns for c in "*?[")]
         for kind in KINDS:
             try:
-                found = [w for w in self._kube.list_workloads(kind, excluded)]
+                found = list(self._kube.list_workloads(kind, exact))
             except KubeError as exc:
                 summary.list_failures.append((kind, str(exc)))
                 log.error("listing %s failed, skipping them this cycle: %s", kind, exc)
                 continue
-            # Exclusion is also checked here: the field selector is an
-            # optimisation, this is the rule.
-            found = [w for w in found if w.namespace not in excluded]
+            # The rule is applied here; the field selector is an optimisation.
+            found = [w for w in found if namespace_in_scope(w.namespace, include, excluded)]
             summary.workloads[kind] += len(found)
             workloads += found
         return workloads

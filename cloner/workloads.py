@@ -12,8 +12,9 @@ its image changed since the read, so a concurrent edit is never overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from cloner.errors import InvalidReference
@@ -117,6 +118,20 @@ class Workload:
             annotations=dict(meta.get("annotations") or {}),
             service_account=pod_spec.get("serviceAccountName") or "default",
         )
+
+
+def namespace_in_scope(namespace: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    """True when a namespace is reconciled.
+
+    Args:
+        namespace: the namespace name.
+        include: glob patterns (``fnmatch``, case-sensitive); empty means all.
+        exclude: glob patterns; an exclusion wins over an inclusion.
+    """
+    if any(fnmatchcase(namespace, pattern) for pattern in exclude):
+        return False
+    include = tuple(include)
+    return not include or any(fnmatchcase(namespace, pattern) for pattern in include)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ def test_shipped_config_loads_with_documented_defaults() -> None:
     assert settings.owned == Target("registry.example.com", "mirror")
     assert settings.poll_interval == 60.0
     assert settings.metrics_port == 9090
-    assert settings.excluded_namespaces == {"kube-system", "kube-public", "kube-node-lease"}
+    assert settings.excluded_namespaces == ("kube-system", "kube-public", "kube-node-lease")
+    assert settings.include_namespaces == ()
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
@@ -59,8 +60,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("target: a.example.com\nmetricsPort: 70000\n", "metricsPort"),
         ("target: a.example.com\nmetricsPort: 80.5\n", "metricsPort"),
         ("target: a.example.com\nlistPageSize: 0\n", "listPageSize"),
-        ("target: a.example.com\nexcludeNamespaces: 3\n", "excludeNamespaces"),
-        ("target: a.example.com\nexcludeNamespaces: ['']\n", "excludeNamespaces[0]"),
+        ("target: a.example.com\nnamespaces:\n  exclude: 3\n", "namespaces.exclude"),
+        ("target: a.example.com\nnamespaces:\n  include: ['']\n", "namespaces.include[0]"),
+        ("target: a.example.com\nnamespaces:\n  excluded: [a]\n", "namespaces.excluded"),
+        ("target: a.example.com\nnamespaces: [a]\n", "namespaces"),
         ("target: a.example.com\ndockerHost: /var/run/docker.sock\n", "dockerHost"),
         ("target: a.example.com\npolInterval: 5\n", "polInterval"),
     ],
@@ -87,3 +90,12 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
 def test_settings_direct_construction_validates_target() -> None:
     with pytest.raises(ConfigError):
         Settings(target="not a registry")
+
+
+def test_namespace_section_is_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "target: a.example.com\nnamespaces:\n  include: [team-*]\n  exclude: [team-x]\n"
+    )
+    settings = load_settings(path, environ={"POD_NAMESPACE": "ops"})
+    assert settings.include_namespaces == ("team-*",)
+    assert settings.excluded_namespaces == ("team-x", "ops")

@@ -89,3 +89,13 @@ def test_patch_is_empty_when_nothing_changes() -> None:
     container = Container("app", "a.example.com/x:1", "initContainers", 0)
     assert image_patch([(container, "a.example.com/x:1")]) == []
     assert image_patch([]) == []
+
+
+def test_namespace_scope_globs_exclude_wins() -> None:
+    from cloner.workloads import namespace_in_scope
+
+    assert namespace_in_scope("shop", (), ("kube-*",))
+    assert not namespace_in_scope("kube-system", (), ("kube-*",))
+    assert namespace_in_scope("team-a", ("team-*",), ())
+    assert not namespace_in_scope("other", ("team-*",), ())
+    assert not namespace_in_scope("team-x", ("team-*",), ("team-x",))
