@@ -1,0 +1,59 @@
+# image-cloner. `make demo` and `make test` work from a clean clone: they
+# install the Debian components, build kube-apiserver once per machine (cached
+# in ~/.cache/image-cloner) and create .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KUBECTL ?= kubectl
+
+.PHONY: help deps test unit e2e lint format demo bench deploy undeploy image clean
+
+help:
+	@echo "make demo      run the controller against a local control plane, engine and registries"
+	@echo "make test      lint, unit and end-to-end tests (real components on loopback)"
+	@echo "make deploy    apply manifests/ to the current kubectl context; make undeploy removes them"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+deps: $(VENV)/.installed
+	hack/install-deps.sh
+	hack/build-kube.sh >/dev/null
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit -q
+
+e2e: deps
+	$(PY) -m pytest tests/e2e -q
+
+test: deps lint
+	$(PY) -m pytest tests -q -ra
+
+demo: deps
+	$(PY) hack/demo.py
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+deploy:
+	$(KUBECTL) apply -k manifests/
+
+undeploy:
+	$(KUBECTL) delete -k manifests/ --ignore-not-found
+
+image:
+	docker build -t image-cloner:dev .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

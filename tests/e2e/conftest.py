@@ -1,0 +1,56 @@
+"""Pytest fixtures for the end-to-end tests: one real :class:`Environment` per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes.client
+import pytest
+
+from tests.e2e.harness import Environment, ensure_components
+
+
+@pytest.fixture(scope="session")
+def env(request: pytest.FixtureRequest) -> Iterator[Environment]:
+    """Start etcd, kube-apiserver, dockerd and both registries once for the session.
+
+    Missing components are installed/built first (``hack/install-deps.sh``,
+    ``hack/build-kube.sh``). The work dir (logs, data) is removed at the end
+    unless a test failed or ``IC_KEEP_WORKDIR=1``.
+    """
+    kube_bin = ensure_components()
+    workdir = Path(tempfile.mkdtemp(prefix="ic-", dir="/tmp"))
+    started = time.monotonic()
+    environment = Environment.start(workdir, kube_bin=kube_bin)
+    elapsed = time.monotonic() - started
+    print(f"\ne2e environment started in {elapsed:.1f}s in {workdir}")
+    try:
+        yield environment
+    finally:
+        environment.stop()
+        keep = os.environ.get("IC_KEEP_WORKDIR") == "1" or request.session.testsfailed
+        if keep:
+            print(f"\ne2e work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(env: Environment) -> str:
+    """Create a fresh, uniquely named namespace for one test and return its name.
+
+    Namespaces are not deleted: without kube-controller-manager their deletion
+    never completes.
+    """
+    name = f"e2e-{uuid.uuid4().hex[:10]}"
+    with env.api_client() as api:
+        kubernetes.client.CoreV1Api(api).create_namespace(
+            kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
+        )
+    return name

@@ -1,0 +1,455 @@
+"""The controller against real components: kube-apiserver, dockerd, two registries.
+
+Each test runs ``controller.py`` as a real process, scoped to its own
+namespaces (``namespaces.include``) and its own owned path prefix, so tests
+sharing one environment do not see each other's workloads. Assertions are on
+what the API server and the registries hold afterwards, and on the requests
+the registries logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+import yaml
+
+from tests.e2e.harness import Environment, Registry, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+@dataclass
+class Scope:
+    """One test's slice of the shared environment."""
+
+    env: Environment
+    namespace: str
+    target: str  # owned host + per-test prefix
+    config: Path
+
+    @property
+    def public(self) -> Registry:
+        return self.env.public
+
+    def source(self, name: str) -> str:
+        """A reference in the public registry, unique to this test."""
+        return f"{self.public.host}/{self.namespace}/{name}"
+
+    def owned_repository(self, source_name: str) -> str:
+        """The owned repository (path on the owned registry) of ``source(name)``'s repo."""
+        host = self.public.host.replace(":", "-")
+        prefix = self.target.split("/", 1)[1]
+        return f"{prefix}/{host}/{self.namespace}/{source_name}"
+
+    def owned(self, source_name: str) -> str:
+        return f"{self.env.owned.host}/{self.owned_repository(source_name)}"
+
+
+def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Path:
+    config = {
+        "target": target,
+        "pollInterval": 1,
+        "dockerHost": env.docker_host,
+        "dockerConfig": str(env.docker_config),
+        "dockerTimeout": 120,
+        "metricsPort": 0,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def scope(env: Environment, namespace: str, tmp_path: Path) -> Scope:
+    target = f"{env.owned.host}/t-{namespace}"
+    config = write_config(
+        tmp_path / "config.yaml", env, target, namespaces={"include": [namespace]}
+    )
+    return Scope(env, namespace, target, config)
+
+
+def run_controller(
+    env: Environment, config: Path, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``controller.py --once`` as a real process; returns its result (output captured)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "controller.py"),
+            "--config",
+            str(config),
+            "--kubeconfig",
+            str(env.kubeconfig),
+            "--once",
+            *args,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def pod_spec(containers: dict[str, str], init: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "containers": [{"name": n, "image": i} for n, i in containers.items()],
+        "initContainers": [{"name": n, "image": i} for n, i in (init or {}).items()],
+    }
+
+
+def create(
+    api: kubernetes.client.ApiClient,
+    kind: str,
+    namespace: str,
+    name: str,
+    containers: dict[str, str],
+    init: dict[str, str] | None = None,
+) -> None:
+    """Create a Deployment, DaemonSet or StatefulSet with the given images."""
+    labels = {"app": name}
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec(containers, init)},
+    }
+    apps = kubernetes.client.AppsV1Api(api)
+    body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    if kind == "Deployment":
+        apps.create_namespaced_deployment(namespace, body)
+    elif kind == "DaemonSet":
+        apps.create_namespaced_daemon_set(namespace, body)
+    else:
+        spec["serviceName"] = name
+        apps.create_namespaced_stateful_set(namespace, body)
+
+
+def read(api: kubernetes.client.ApiClient, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    """The workload as the API server holds it (raw JSON)."""
+    apps = kubernetes.client.AppsV1Api(api)
+    method = {
+        "Deployment": apps.read_namespaced_deployment,
+        "DaemonSet": apps.read_namespaced_daemon_set,
+        "StatefulSet": apps.read_namespaced_stateful_set,
+    }[kind]
+    return json.loads(method(name, namespace, _preload_content=False).data)
+
+
+def images(obj: dict[str, Any]) -> dict[str, str]:
+    """Container name -> image, init containers included."""
+    spec = obj["spec"]["template"]["spec"]
+    return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def push_to_owned(env: Environment, source: str, owned: str) -> str:
+    """Copy an image into the owned registry with the test's own credentials; return digest."""
+    repository, tag = owned.rsplit(":", 1)
+    with closing(env.docker_client()) as client:
+        client.images.pull(source)
+        client.api.tag(source, repository, tag)
+        for line in client.api.push(
+            repository,
+            tag=tag,
+            stream=True,
+            decode=True,
+            auth_config={"username": env.owned.username, "password": env.owned.password},
+        ):
+            assert "error" not in line, line
+        client.api.remove_image(owned)
+    digest = env.owned.manifest_digest(repository.split("/", 1)[1], tag)
+    assert digest is not None
+    return digest
+
+
+def request_lines(registry: Registry, start: int = 0) -> list[str]:
+    """Access-log lines the registry wrote after byte offset ``start``."""
+    with open(registry.log_path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return [
+        line for line in text.splitlines() if re.search(r'"(GET|HEAD|PUT|POST|PATCH) /v2/', line)
+    ]
+
+
+def log_size(registry: Registry) -> int:
+    return registry.log_path.stat().st_size
+
+
+# --- tests ------------------------------------------------------------------
+
+
+def test_once_clones_every_kind_and_patches_only_verified_images(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    core = kubernetes.client.CoreV1Api(api)
+    excluded_ns = f"{ns}-excluded"
+    core.create_namespace({"metadata": {"name": excluded_ns}})
+    config = write_config(
+        tmp_path / "scoped.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [f"{ns}*"], "exclude": [excluded_ns]},
+    )
+
+    app_digest = env.build_image(scope.source("app:1.0"), layers=3, seed=f"{ns}-app")
+    env.build_image(scope.source("tools:latest"), layers=2, seed=f"{ns}-tools")
+    env.build_image(scope.source("base:1"), layers=2, seed=f"{ns}-base")
+    pinned_digest = env.build_image(scope.source("pinned:moving"), layers=2, seed=f"{ns}-pin")
+    env.build_image(scope.source("prebuilt:1"), layers=2, seed=f"{ns}-pre")
+    # The owned registry already holds prebuilt's owned name (with other content):
+    # the controller must use it and not clone.
+    env.build_image(scope.source("other:1"), layers=2, seed=f"{ns}-other")
+    prebuilt_owned_digest = push_to_owned(env, scope.source("other:1"), scope.owned("prebuilt:1"))
+    already_owned = f"{env.owned.host}/t-{ns}/in-house/tool:3"
+
+    create(
+        api,
+        "Deployment",
+        ns,
+        "web",
+        {"app": scope.source("app:1.0"), "sidecar": scope.source("tools")},
+        init={"setup": scope.source("base:1")},
+    )
+    create(api, "DaemonSet", ns, "agent", {"agent": f"{scope.source('pinned')}@{pinned_digest}"})
+    create(
+        api,
+        "StatefulSet",
+        ns,
+        "db",
+        {"db": scope.source("app:1.0"), "house": already_owned},
+    )
+    create(
+        api,
+        "Deployment",
+        ns,
+        "broken",
+        {"good": scope.source("tools"), "missing": scope.source("ghost:1")},
+    )
+    create(api, "Deployment", ns, "prebuilt", {"main": scope.source("prebuilt:1")})
+    create(api, "Deployment", excluded_ns, "skipped", {"main": scope.source("app:1.0")})
+    public_log = log_size(env.public)
+
+    result = run_controller(env, config)
+    assert result.returncode == 1, result.stderr  # the ghost image failed
+    assert "ghost:1" in result.stderr and "not_found" in result.stderr
+
+    web = images(read(api, "Deployment", ns, "web"))
+    assert web == {
+        "setup": f"{scope.owned('base')}:1",
+        "app": f"{scope.owned('app')}:1.0",
+        "sidecar": f"{scope.owned('tools')}:latest",
+    }
+    # The owned copies are the same manifests as the sources (same layers pushed).
+    owned = env.owned
+    assert owned.manifest_digest(scope.owned_repository("app"), "1.0") == app_digest
+    assert owned.tags(scope.owned_repository("app")) == ["1.0"]
+
+    agent = images(read(api, "DaemonSet", ns, "agent"))["agent"]
+    owned_pinned_tag = "sha256-" + pinned_digest.split(":")[1]
+    pushed = owned.manifest_digest(scope.owned_repository("pinned"), owned_pinned_tag)
+    assert pushed is not None
+    assert agent == f"{scope.owned('pinned')}@{pushed}"
+
+    assert images(read(api, "StatefulSet", ns, "db")) == {
+        "db": f"{scope.owned('app')}:1.0",
+        "house": already_owned,
+    }
+    assert images(read(api, "Deployment", ns, "broken")) == {
+        "good": f"{scope.owned('tools')}:latest",
+        "missing": scope.source("ghost:1"),
+    }
+    assert images(read(api, "Deployment", ns, "prebuilt")) == {
+        "main": f"{scope.owned('prebuilt')}:1"
+    }
+    assert owned.manifest_digest(scope.owned_repository("prebuilt"), "1") == prebuilt_owned_digest
+    assert images(read(api, "Deployment", excluded_ns, "skipped")) == {
+        "main": scope.source("app:1.0")
+    }
+
+    # One pull per distinct source: app is used twice but fetched once, and
+    # prebuilt (already owned) is never fetched.
+    fetched = request_lines(env.public, public_log)
+    app_manifest_gets = [line for line in fetched if f"GET /v2/{ns}/app/manifests/" in line]
+    assert len(app_manifest_gets) == 1, app_manifest_gets
+    assert not [line for line in fetched if f"/v2/{ns}/prebuilt/" in line]
+
+    # Second cycle: no writes anywhere, no pulls of what is already owned.
+    versions = {
+        (kind, name): read(api, kind, ns, name)["metadata"]["resourceVersion"]
+        for kind, name in [
+            ("Deployment", "web"),
+            ("DaemonSet", "agent"),
+            ("StatefulSet", "db"),
+            ("Deployment", "broken"),
+            ("Deployment", "prebuilt"),
+        ]
+    }
+    public_log, owned_log = log_size(env.public), log_size(env.owned)
+    again = run_controller(env, config)
+    assert again.returncode == 1  # ghost is still missing and is retried
+    for (kind, name), version in versions.items():
+        assert read(api, kind, ns, name)["metadata"]["resourceVersion"] == version
+    assert [line for line in request_lines(env.owned, owned_log) if '"PUT ' in line] == []
+    refetched = [
+        line
+        for line in request_lines(env.public, public_log)
+        if f"/v2/{ns}/" in line and f"/v2/{ns}/ghost/" not in line
+    ]
+    assert refetched == []
+
+
+def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("svc:2"), layers=2, seed=f"{ns}-svc")
+    port = free_port()
+    config = write_config(
+        tmp_path / "loop.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [ns]},
+        metricsPort=port,
+        metricsAddress="127.0.0.1",
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "controller.py"),
+            "--config",
+            str(config),
+            "--kubeconfig",
+            str(env.kubeconfig),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        time.sleep(2)  # the loop is running with nothing to do
+        create(api, "Deployment", ns, "late", {"svc": scope.source("svc:2")})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2":
+                break
+            time.sleep(0.5)
+        assert images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2"
+        time.sleep(2.5)  # more cycles over unchanged workloads
+        metrics = scrape(port)
+        assert metrics["image_cloner_images_cloned_total"] == 1
+        assert metrics['image_cloner_workloads_patched_total{kind="Deployment"}'] == 1
+        assert metrics['image_cloner_clone_failures_total{reason="not_found"}'] == 0
+        assert metrics["image_cloner_reconcile_duration_seconds_count"] >= 3
+        assert metrics['image_cloner_reconcile_cycles_total{result="error"}'] == 0
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert "stopped after" in output
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Samples of the controller's /metrics: ``name{labels}`` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+def test_wrong_owned_password_fails_with_auth_and_patches_nothing(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("locked:1"), layers=1, seed=f"{ns}-locked")
+    create(api, "Deployment", ns, "web", {"main": scope.source("locked:1")})
+    wrong = tmp_path / "docker-config.json"
+    token = base64.b64encode(f"{env.owned.username}:not-the-password".encode()).decode()
+    wrong.write_text(json.dumps({"auths": {env.owned.host: {"auth": token}}}))
+    config = write_config(
+        tmp_path / "wrong.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [ns]},
+        dockerConfig=str(wrong),
+    )
+    owned_log = log_size(env.owned)
+    result = run_controller(env, config)
+    assert result.returncode == 1
+    assert "(auth)" in result.stderr
+    assert "not-the-password" not in result.stderr + result.stdout
+    assert images(read(api, "Deployment", ns, "web")) == {"main": scope.source("locked:1")}
+    assert env.owned.tags(scope.owned_repository("locked")) == []
+    assert [line for line in request_lines(env.owned, owned_log) if '"PUT ' in line] == []
+
+    # With the right credentials the next run completes the work.
+    assert run_controller(env, scope.config).returncode == 0
+    assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('locked')}:1"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("pollInterval", -1, "pollInterval"),
+        ("target", "no-registry-host", "target"),
+        ("dockerConfig", "/nonexistent/config.json", "/nonexistent/config.json"),
+    ],
+)
+def test_bad_setting_stops_startup_naming_it(
+    env: Environment, tmp_path: Path, setting: str, value: Any, named: str
+) -> None:
+    config = write_config(tmp_path / "bad.yaml", env, f"{env.owned.host}/bad")
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), setting: value}))
+    result = run_controller(env, config, timeout=60)
+    assert result.returncode == 2
+    assert named in result.stderr
+
+
+def test_malformed_docker_config_stops_startup(env: Environment, tmp_path: Path) -> None:
+    broken = tmp_path / "config.json"
+    broken.write_text('{"auths": {"x": ')
+    config = write_config(
+        tmp_path / "c.yaml", env, f"{env.owned.host}/bad", dockerConfig=str(broken)
+    )
+    result = run_controller(env, config, timeout=60)
+    assert result.returncode == 2
+    assert str(broken) in result.stderr and "not valid JSON" in result.stderr
+
+
+def test_manifests_pass_server_side_dry_run(env: Environment) -> None:
+    core = kubernetes.client.CoreV1Api(env.api_client())
+    try:
+        core.create_namespace({"metadata": {"name": "image-cloner"}})
+    except kubernetes.client.ApiException as exc:
+        assert exc.status == 409  # already there from an earlier run in this session
+    result = env.run_kubectl("apply", "--dry-run=server", "-k", str(REPO / "manifests"))
+    assert result.returncode == 0, result.stderr
+    for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "configmap", "deployment"):
+        assert kind in result.stdout.lower(), result.stdout
