@@ -23,6 +23,13 @@ the way Docker's ``ParseNormalizedNamed`` (``normalize.go``) applies it::
     digest-algorithm:= component [ separator component ]*    (here: sha256, sha384, sha512)
     digest-hex      := /[0-9a-f]{64}/ for sha256, {96} sha384, {128} sha512 (go-digest)
 
+The repository path (after normalization, so ``library/`` counts) may be at
+most 255 characters; the registry does not count (upstream
+``RepositoryNameTotalLengthMax``). One deliberate difference from upstream: a
+first component taken as a registry (it has a ``.``) that is not a valid host,
+such as ``foo_bar.com/app``, is refused here, where upstream's regexp falls back
+to a reference with an empty domain, which has no registry to pull from.
+
 Python ``re`` traps avoided: ``fullmatch`` instead of ``$`` (which accepts a
 trailing newline) and explicit ASCII classes instead of ``\\w`` and ``\\d``.
 """
@@ -38,7 +45,7 @@ DEFAULT_REGISTRY = "docker.io"
 LEGACY_DEFAULT_REGISTRY = "index.docker.io"
 OFFICIAL_REPOSITORY_PREFIX = "library/"
 DEFAULT_TAG = "latest"
-NAME_TOTAL_LENGTH_MAX = 255  # distribution: NameTotalLengthMax, domain + "/" + path
+NAME_TOTAL_LENGTH_MAX = 255  # distribution: RepositoryNameTotalLengthMax, path only
 TAG_MAX = 128
 
 _ALNUM = r"[a-z0-9]+"
@@ -176,9 +183,11 @@ def parse_reference(text: str) -> Reference:
 
     Raises:
         InvalidReference: the text does not follow the grammar (see the module
-            docstring), the repository has uppercase letters, the name is longer
-            than 255 characters, the digest is not valid, or the text is a bare
-            64-character hex identifier (refused by ``ParseNormalizedNamed``).
+            docstring), the first component is taken as a registry but is not a
+            valid host (``foo_bar.com/app``), the repository has uppercase
+            letters, the repository path is longer than 255 characters, the
+            digest is not valid, or the text is a bare 64-character hex
+            identifier (refused by ``ParseNormalizedNamed``).
     """
     if not isinstance(text, str) or not text:
         raise InvalidReference(str(text), "reference is empty")
@@ -189,17 +198,22 @@ def parse_reference(text: str) -> Reference:
     if repository_part != repository_part.lower():
         raise InvalidReference(text, "repository name must be lowercase")
     match = _REFERENCE_RE.fullmatch(f"{registry}/{remainder}")
-    if match is None:
+    # The domain group is optional, so a registry that is not a valid host but is
+    # a valid path component (``foo_bar.com``) would match as part of the path.
+    if match is None or match["domain"] != registry:
         raise InvalidReference(text, _explain(registry, remainder))
-    name = match["name"]
-    if len(name) > NAME_TOTAL_LENGTH_MAX:
+    path = match["path"]
+    if len(path) > NAME_TOTAL_LENGTH_MAX:
         raise InvalidReference(
             text, f"repository name must not be longer than {NAME_TOTAL_LENGTH_MAX} characters"
         )
     digest = match["digest"]
     if digest is not None:
-        validate_digest(digest)
-    return Reference(match["domain"], match["path"], match["tag"], digest)
+        try:
+            validate_digest(digest)
+        except InvalidReference as err:
+            raise InvalidReference(text, err.problem) from None
+    return Reference(registry, path, match["tag"], digest)
 
 
 def _explain(registry: str, remainder: str) -> str:
@@ -261,12 +275,14 @@ def digest_tag(digest: str) -> str:
 def registry_path_component(registry: str) -> str:
     """A registry host as one repository path component.
 
-    ``quay.io`` stays ``quay.io``; ``localhost:5000`` becomes ``localhost-5000``;
-    ``[::1]:5000`` becomes ``1-5000``. Letters are lowered and every run of
-    characters a path component cannot hold becomes one ``-``, so the result
-    always matches ``path-component`` of the grammar.
+    ``quay.io`` stays ``quay.io``; ``xn--n3h.com`` stays ``xn--n3h.com`` (runs
+    of ``-`` are a valid separator, so they are kept); ``localhost:5000`` becomes
+    ``localhost-5000``; ``[::1]:5000`` becomes ``1-5000``. Letters are lowered
+    and every run of characters a path component cannot hold (``:``, ``[``,
+    ``]``) becomes one ``-``, so for any valid registry host the result matches
+    ``path-component`` of the grammar.
     """
-    runs = [r for r in re.split(r"[^a-z0-9.]+", registry.lower()) if r]
+    runs = [r for r in re.split(r"[^a-z0-9.-]+", registry.lower()) if r]
     return "-".join(runs) or "registry"
 
 
@@ -314,7 +330,8 @@ class Target:
             The owned reference, always one the grammar accepts.
 
         Raises:
-            InvalidReference: the owned name would exceed 255 characters.
+            InvalidReference: the owned repository path would exceed 255
+                characters.
         """
         parts = [
             p for p in (self.prefix, registry_path_component(ref.registry), ref.repository) if p
@@ -326,10 +343,11 @@ class Target:
         else:
             tag = DEFAULT_TAG
         owned = Reference(self.registry, "/".join(parts), tag, None)
-        if len(owned.name) > NAME_TOTAL_LENGTH_MAX:
+        if len(owned.repository) > NAME_TOTAL_LENGTH_MAX:
             raise InvalidReference(
                 str(ref),
-                f"owned name {owned.name!r} is longer than {NAME_TOTAL_LENGTH_MAX} characters",
+                f"owned repository {owned.repository!r} is longer than"
+                f" {NAME_TOTAL_LENGTH_MAX} characters",
             )
         # Defensive: the mapping must never produce a name the grammar rejects.
         return parse_reference(str(owned))
