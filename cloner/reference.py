@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cloner.errors import InvalidReference
 
@@ -171,6 +172,7 @@ def _split_domain(text: str) -> tuple[str, str]:
     return registry, remainder
 
 
+@lru_cache(maxsize=8192)
 def parse_reference(text: str) -> Reference:
     """Parse and normalize an image reference as written in a pod spec.
 
@@ -333,21 +335,25 @@ class Target:
             InvalidReference: the owned repository path would exceed 255
                 characters.
         """
-        parts = [
-            p for p in (self.prefix, registry_path_component(ref.registry), ref.repository) if p
-        ]
-        if ref.tag:
-            tag = ref.tag
-        elif ref.digest:
-            tag = digest_tag(ref.digest)
-        else:
-            tag = DEFAULT_TAG
-        owned = Reference(self.registry, "/".join(parts), tag, None)
-        if len(owned.repository) > NAME_TOTAL_LENGTH_MAX:
-            raise InvalidReference(
-                str(ref),
-                f"owned repository {owned.repository!r} is longer than"
-                f" {NAME_TOTAL_LENGTH_MAX} characters",
-            )
-        # Defensive: the mapping must never produce a name the grammar rejects.
-        return parse_reference(str(owned))
+        return _owned_name(self, ref)
+
+
+@lru_cache(maxsize=8192)
+def _owned_name(target: Target, ref: Reference) -> Reference:
+    """``Target.owned_name``, cached: workloads share few distinct images."""
+    parts = [p for p in (target.prefix, registry_path_component(ref.registry), ref.repository) if p]
+    if ref.tag:
+        tag = ref.tag
+    elif ref.digest:
+        tag = digest_tag(ref.digest)
+    else:
+        tag = DEFAULT_TAG
+    owned = Reference(target.registry, "/".join(parts), tag, None)
+    if len(owned.repository) > NAME_TOTAL_LENGTH_MAX:
+        raise InvalidReference(
+            str(ref),
+            f"owned repository {owned.repository!r} is longer than"
+            f" {NAME_TOTAL_LENGTH_MAX} characters",
+        )
+    # Defensive: the mapping must never produce a name the grammar rejects.
+    return parse_reference(str(owned))
