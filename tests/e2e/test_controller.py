@@ -453,3 +453,40 @@ def test_manifests_pass_server_side_dry_run(env: Environment) -> None:
     assert result.returncode == 0, result.stderr
     for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "configmap", "deployment"):
         assert kind in result.stdout.lower(), result.stdout
+
+
+def test_controller_works_with_only_the_manifests_rbac(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    """Run as the image-cloner ServiceAccount, bound by manifests/rbac.yaml alone."""
+    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"))
+    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "rbac.yaml"))
+    kubeconfig = env.service_account_kubeconfig("image-cloner", "image-cloner")
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("rbac:1"), layers=1, seed=f"{ns}-rbac")
+    create(api, "StatefulSet", ns, "db", {"db": scope.source("rbac:1")})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "controller.py"),
+            "--config",
+            str(scope.config),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--once",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert images(read(api, "StatefulSet", ns, "db")) == {"db": f"{scope.owned('rbac')}:1"}
+    # ...and the ServiceAccount can do nothing beyond that.
+    denied = env.run_kubectl(
+        "--kubeconfig", str(kubeconfig), "auth", "can-i", "get", "secrets", "-A", check=False
+    )
+    assert denied.stdout.strip() == "no"
