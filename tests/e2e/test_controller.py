@@ -207,6 +207,7 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
         env,
         scope.target,
         namespaces={"include": [f"{ns}*"], "exclude": [excluded_ns]},
+        listPageSize=2,  # several pages per kind: exercises limit/continue for real
     )
 
     app_digest = env.build_image(scope.source("app:1.0"), layers=3, seed=f"{ns}-app")
