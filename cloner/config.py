@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
-from cloner.reference import Target
+from cloner.reference import NAMING_STRATEGIES, Policy, Target
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
@@ -60,7 +60,19 @@ class Settings:
             (``controllerNamespace``, usually from ``POD_NAMESPACE``).
         list_page_size: items per list call, the ``limit`` parameter
             (``listPageSize``; default 500; 1..5000).
+        naming: how owned names are formed, ``nested`` or ``flat``
+            (``naming``; default ``nested``; see ``reference.Target.owned_name``).
+        flat_separator: what ``flat`` joins the source path with
+            (``flatSeparator``; default ``_``; ``_``, ``.``, ``__`` or ``-`` runs).
+        pin_digest: patch workloads to ``owned:tag@digest`` so a later tag
+            move in the owned registry cannot change what runs (``pinDigest``;
+            default false).
+        owned_registries: other registries (``host[/prefix]``) the team
+            controls; their images are never cloned (``ownedRegistries``).
+        include_images: image globs to clone, empty for all (``images.include``).
+        exclude_images: image globs never cloned; exclusion wins (``images.exclude``).
         owned: the parsed ``target`` (derived, not a YAML key).
+        policy: ownership, naming and image scope (derived, not a YAML key).
     """
 
     target: str
@@ -74,14 +86,36 @@ class Settings:
     exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
     controller_namespace: str | None = None
     list_page_size: int = 500
+    naming: str = "nested"
+    flat_separator: str = "_"
+    pin_digest: bool = False
+    owned_registries: tuple[str, ...] = ()
+    include_images: tuple[str, ...] = ()
+    exclude_images: tuple[str, ...] = ()
     owned: Target = field(init=False, default=Target("invalid.invalid"))
+    policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
     def __post_init__(self) -> None:
+        if self.naming not in NAMING_STRATEGIES:
+            raise ConfigError("naming", f"must be one of {', '.join(NAMING_STRATEGIES)}")
         try:
-            owned = Target.parse(self.target)
+            owned = Target.parse(self.target, self.naming, self.flat_separator)
         except InvalidReference as exc:
             raise ConfigError("target", exc.problem) from None
+        except ValueError as exc:
+            raise ConfigError("flatSeparator", str(exc)) from None
+        others = []
+        for i, text in enumerate(self.owned_registries):
+            try:
+                others.append(Target.parse(text))
+            except InvalidReference as exc:
+                raise ConfigError(f"ownedRegistries[{i}]", exc.problem) from None
         object.__setattr__(self, "owned", owned)
+        object.__setattr__(
+            self,
+            "policy",
+            Policy(owned, tuple(others), self.include_images, self.exclude_images),
+        )
 
     @property
     def excluded_namespaces(self) -> tuple[str, ...]:
@@ -105,6 +139,12 @@ _KEYS = {
     "namespaces.exclude": "exclude_namespaces",
     "controllerNamespace": "controller_namespace",
     "listPageSize": "list_page_size",
+    "naming": "naming",
+    "flatSeparator": "flat_separator",
+    "pinDigest": "pin_digest",
+    "ownedRegistries": "owned_registries",
+    "images.include": "include_images",
+    "images.exclude": "exclude_images",
 }
 _SECTIONS = frozenset(key.split(".")[0] for key in _KEYS if "." in key)
 assert set(_KEYS.values()) == {f.name for f in fields(Settings) if f.init}
@@ -152,6 +192,14 @@ def _integer(key: str, value: Any, low: int, high: int) -> int:
     return number
 
 
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(key, f"must be true or false, got {value!r}")
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(key, f"must be a non-empty string, got {value!r}")
@@ -173,7 +221,15 @@ def _convert(key: str, value: Any) -> Any:
         return _integer(key, value, 0, 65535)
     if key == "listPageSize":
         return _integer(key, value, 1, 5000)
-    if key in ("namespaces.include", "namespaces.exclude"):
+    if key == "pinDigest":
+        return _boolean(key, value)
+    if key in (
+        "namespaces.include",
+        "namespaces.exclude",
+        "images.include",
+        "images.exclude",
+        "ownedRegistries",
+    ):
         return _string_list(key, value)
     if key == "dockerConfig":
         return Path(_string(key, value))

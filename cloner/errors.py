@@ -64,6 +64,7 @@ class RegistryError(ClonerError):
         "registry_error",
         "invalid_reference",
         "verify_failed",
+        "naming_collision",
     )
     _TEMPORARY = frozenset({"rate_limited", "network", "registry_error", "verify_failed"})
 

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from cloner.errors import ConfigError, KubeError
-from cloner.workloads import KINDS, Workload
+from cloner.workloads import KINDS, NamespaceInfo, Workload
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class KubeClient:
 
     def __init__(self, api_client: client.ApiClient, page_size: int = 500) -> None:
         self._apps = client.AppsV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
         self._page_size = page_size
         self._list: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.list_deployment_for_all_namespaces,
@@ -100,8 +101,7 @@ class KubeClient:
 
         Pages through the list with ``limit``/``continue``; the exclusions are
         sent as a field selector (``metadata.namespace!=NS``) so the API
-        server does not send what would be dropped. If the continue token
-        expires (410 Gone) mid-list, the list starts again once.
+        server does not send what would be dropped.
 
         Args:
             kind: one of ``workloads.KINDS``.
@@ -113,33 +113,53 @@ class KubeClient:
         if kind not in KINDS:
             raise ValueError(f"unknown workload kind {kind!r}")
         selector = ",".join(f"metadata.namespace!={ns}" for ns in sorted(excluded_namespaces))
+        for item in self._paginate(self._list[kind], f"list {KINDS[kind]}", selector or None):
+            yield Workload.from_api(kind, item)
+
+    def list_namespaces(self) -> Iterator[NamespaceInfo]:
+        """Yield every namespace with its labels and annotations (paginated).
+
+        Raises:
+            KubeError: a list call failed.
+        """
+        for item in self._paginate(self._core.list_namespace, "list namespaces", None):
+            yield NamespaceInfo.from_api(item)
+
+    def _paginate(
+        self, call: Callable[..., Any], what: str, field_selector: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """Items of a list call, page by page (``limit``/``continue``).
+
+        If the continue token expires (410 Gone) mid-list, the list starts
+        again once; items already yielded (by uid) are not yielded twice.
+        """
         restarted = False
         token: str | None = None
         seen: set[str] = set()
         while True:
             try:
-                response = self._list[kind](
+                response = call(
                     limit=self._page_size,
                     _continue=token,
-                    field_selector=selector or None,
+                    field_selector=field_selector,
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 )
                 page = json.loads(response.data)
             except ApiException as exc:
                 if exc.status == 410 and token and not restarted:
-                    log.info("list %s: continue token expired, listing again", kind)
+                    log.info("%s: continue token expired, listing again", what)
                     restarted, token = True, None
                     continue
-                raise _translate(exc, f"list {KINDS[kind]}") from None
-            except _TRANSPORT_ERRORS as exc:
-                raise _translate(exc, f"list {KINDS[kind]}") from None
+                raise _translate(exc, what) from None
+            except (*_TRANSPORT_ERRORS, ValueError) as exc:
+                raise _translate(exc, what) from None
             for item in page.get("items") or ():
-                workload = Workload.from_api(kind, item)
-                if workload.uid in seen:  # a restarted list repeats items
+                uid = (item.get("metadata") or {}).get("uid", "")
+                if uid in seen:  # a restarted list repeats items
                     continue
-                seen.add(workload.uid)
-                yield workload
+                seen.add(uid)
+                yield item
             token = (page.get("metadata") or {}).get("continue") or None
             if not token:
                 return

@@ -25,7 +25,8 @@ IMAGES_CLONED = Counter(
 )
 CLONE_FAILURES = Counter(
     "image_cloner_clone_failures",
-    "Images whose clone failed in a reconcile cycle, by reason.",
+    "Images whose clone failed in a reconcile cycle, by reason (an unparseable "
+    "reference counts once per container per cycle as invalid_reference).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -38,11 +39,6 @@ WORKLOADS_PATCHED = Counter(
 PATCH_FAILURES = Counter(
     "image_cloner_patch_failures",
     "Workload patches the API server refused (including concurrent edits).",
-    registry=REGISTRY,
-)
-INVALID_REFERENCES = Counter(
-    "image_cloner_invalid_references",
-    "Containers skipped because their image reference does not parse, per cycle seen.",
     registry=REGISTRY,
 )
 CYCLES = Counter(
@@ -87,7 +83,6 @@ def record_cycle(summary: Summary) -> None:
     for kind, count in summary.patched.items():
         WORKLOADS_PATCHED.labels(kind=kind).inc(count)
     PATCH_FAILURES.inc(len(summary.patch_failures))
-    INVALID_REFERENCES.inc(len(summary.invalid))
     for kind in KINDS:
         WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
     CYCLE_DURATION.observe(summary.duration)

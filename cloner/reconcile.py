@@ -33,6 +33,7 @@ from cloner.reference import Reference
 from cloner.workloads import (
     KINDS,
     Container,
+    NamespaceInfo,
     Workload,
     image_patch,
     namespace_in_scope,
@@ -51,6 +52,10 @@ class KubeAPI(Protocol):
 
     def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
         """Apply a JSON patch; raises ``KubeError``."""
+        ...
+
+    def list_namespaces(self) -> Iterator[NamespaceInfo]:
+        """Every namespace with its labels and annotations; raises ``KubeError``."""
         ...
 
 
@@ -95,6 +100,7 @@ class Summary:
         patched: workloads patched, by kind.
         patch_failures: ``(workload key, message)`` of refused patches.
         invalid: ``(workload key, container, problem)`` of unparseable references.
+        excluded: containers left alone by a rule or an opt-out.
         list_failures: ``(kind, message)`` of failed list calls.
         started, duration: wall-clock start (epoch seconds) and length (seconds).
     """
@@ -104,6 +110,7 @@ class Summary:
     patched: Counter[str] = field(default_factory=Counter)
     patch_failures: list[tuple[str, str]] = field(default_factory=list)
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
+    excluded: int = 0
     list_failures: list[tuple[str, str]] = field(default_factory=list)
     started: float = 0.0
     duration: float = 0.0
@@ -115,8 +122,11 @@ class Summary:
 
     @property
     def clone_failures(self) -> Counter[str]:
-        """Failed images by reason."""
-        return Counter(r.reason for r in self.images.values() if r.reason)
+        """Failed images by reason; each unparseable reference counts as ``invalid_reference``."""
+        failures = Counter(r.reason for r in self.images.values() if r.reason)
+        if self.invalid:
+            failures["invalid_reference"] += len(self.invalid)
+        return failures
 
     @property
     def ok(self) -> bool:
@@ -134,7 +144,7 @@ class Summary:
             f"images={len(self.images)} cloned={self.cloned} "
             f"clone_failures={sum(self.clone_failures.values())}{failures} "
             f"patched={sum(self.patched.values())} patch_failures={len(self.patch_failures)} "
-            f"invalid_references={len(self.invalid)} list_failures={len(self.list_failures)} "
+            f"excluded={self.excluded} list_failures={len(self.list_failures)} "
             f"duration={self.duration:.2f}s"
         )
 
@@ -156,6 +166,9 @@ class Reconciler:
         # once the owned registry has answered for it. Saves a manifest lookup
         # per image per pass; a source in here is never pulled again.
         self._verified: dict[str, str] = {}
+        # owned repository -> the one source repository it holds copies of,
+        # so two sources that would map to one owned name are caught.
+        self._owned_sources: dict[str, str] = {}
 
     def reconcile_once(self) -> Summary:
         """Run one pass; see the module docstring for the order.
@@ -166,20 +179,38 @@ class Reconciler:
         """
         summary = Summary(started=time.time())
         clock = time.monotonic()
+        try:
+            namespaces = {ns.name: ns for ns in self._kube.list_namespaces()}
+        except KubeError as exc:
+            # Without namespace metadata a namespace opt-out cannot be
+            # honoured, so nothing is touched this cycle.
+            summary.list_failures.append(("Namespace", str(exc)))
+            log.error("listing namespaces failed, skipping this cycle: %s", exc)
+            summary.duration = time.monotonic() - clock
+            return summary
         workloads = self._list(summary)
-        plans = {w.key: plan_workload(w, self._settings.owned) for w in workloads}
+        policy = self._settings.policy
+        plans = {w.key: plan_workload(w, policy, namespaces.get(w.namespace)) for w in workloads}
         for workload in workloads:
             for plan in plans[workload.key]:
                 if plan.decision == "invalid":
                     summary.invalid.append(
-                        (workload.key, plan.container.name, plan.problem or "invalid")
+                        (workload.key, plan.container.name, plan.reason or "invalid")
                     )
                     log.warning(
                         "skipping container %s of %s: invalid reference %r: %s",
                         plan.container.name,
                         workload.key,
                         plan.container.image,
-                        plan.problem,
+                        plan.reason,
+                    )
+                elif plan.decision == "excluded":
+                    summary.excluded += 1
+                    log.debug(
+                        "leaving container %s of %s alone: %s",
+                        plan.container.name,
+                        workload.key,
+                        plan.reason,
                     )
                 elif plan.decision == "clone" and plan.source and plan.owned:
                     key = str(plan.source)
@@ -223,6 +254,14 @@ class Reconciler:
         cached = self._verified.get(key)
         if cached is not None:
             return ImageResult(source, cached)
+        claimed = self._owned_sources.setdefault(owned.name, source.name)
+        if claimed != source.name:
+            message = (
+                f"owned name {owned.name} of {source} is already used by {claimed}; "
+                "not cloned (change naming or flatSeparator)"
+            )
+            log.error(message)
+            return ImageResult(source, None, reason="naming_collision", message=message)
         try:
             digest = self._registry.manifest_digest(owned)
             # The owned tag of a digest-only source is derived from that digest,
@@ -240,7 +279,7 @@ class Reconciler:
             log.error("clone of %s to %s failed (%s): %s", source, owned, exc.reason, exc)
             return ImageResult(source, None, reason=exc.reason, message=str(exc))
         assert digest is not None
-        image = _patched_image(source, owned, digest)
+        image = _patched_image(source, owned, digest, self._settings.pin_digest)
         self._verified[key] = image
         return ImageResult(source, image, cloned=cloned)
 
@@ -271,14 +310,16 @@ class Reconciler:
                 )
 
 
-def _patched_image(source: Reference, owned: Reference, digest: str) -> str:
+def _patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
     """The reference a workload is patched to.
 
     A source pinned by digest stays pinned: ``owned@digest`` (and the tag too
-    when the source had one). A tagged source points to ``owned:tag``.
+    when the source had one). A tagged source points to ``owned:tag``, or to
+    ``owned:tag@digest`` with ``pin`` (``pinDigest``), so that a later move of
+    the owned tag cannot change what runs.
     """
     if source.digest is None:
-        return str(owned)
+        return str(owned.with_digest(digest)) if pin else str(owned)
     if source.tag is None:
         return str(owned.with_tag(None).with_digest(digest))
     return str(owned.with_digest(digest))

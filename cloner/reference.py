@@ -36,6 +36,7 @@ trailing newline) and explicit ASCII classes instead of ``\\w`` and ``\\d``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -288,6 +289,10 @@ def registry_path_component(registry: str) -> str:
     return "-".join(runs) or "registry"
 
 
+NAMING_STRATEGIES = ("nested", "flat")
+_SEPARATOR_RE = re.compile(_SEPARATOR)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """The owned target: where copies go and how they are named.
@@ -295,17 +300,38 @@ class Target:
     Attributes:
         registry: the owned registry host, for example ``registry.example.com``.
         prefix: a repository path prefix under it, ``""`` for none.
+        naming: ``nested`` (keep the source path as path components) or
+            ``flat`` (join it into one path component); see ``owned_name``.
+        separator: what ``flat`` joins with; one of the grammar's separators
+            (``_``, ``.``, ``__`` or a run of ``-``).
 
     Build it with ``Target.parse("registry.example.com/mirror")``.
+
+    Raises:
+        ValueError: unknown ``naming`` or a ``separator`` the grammar rejects.
     """
 
     registry: str
     prefix: str = ""
+    naming: str = "nested"
+    separator: str = "_"
+
+    def __post_init__(self) -> None:
+        if self.naming not in NAMING_STRATEGIES:
+            raise ValueError(f"naming must be one of {', '.join(NAMING_STRATEGIES)}")
+        if not _SEPARATOR_RE.fullmatch(self.separator):
+            raise ValueError("separator must be '_', '.', '__' or a run of '-'")
 
     @classmethod
-    def parse(cls, text: str) -> Target:
-        """``Target`` from ``host[/prefix]``; raises ``InvalidReference`` (see ``parse_target``)."""
-        return cls(*parse_target(text))
+    def parse(cls, text: str, naming: str = "nested", separator: str = "_") -> Target:
+        """``Target`` from ``host[/prefix]``.
+
+        Raises:
+            InvalidReference: see ``parse_target``.
+            ValueError: see the class docstring.
+        """
+        registry, prefix = parse_target(text)
+        return cls(registry, prefix, naming, separator)
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.prefix}" if self.prefix else self.registry
@@ -317,13 +343,24 @@ class Target:
         return not self.prefix or ref.repository.startswith(self.prefix + "/")
 
     def owned_name(self, ref: Reference) -> Reference:
-        """The owned name of a source image (naming strategy ``nested``).
+        """The owned name of a source image.
 
-        ``<target>/<source registry>/<repository>:<tag>``: the whole source path
-        is kept (as skopeo sync ``--scoped`` does) so that ``docker.io/a/nginx``
-        and ``quay.io/b/nginx`` cannot collide. A reference without a tag gets
-        ``latest``; one with only a digest gets the tag ``digest_tag(digest)``.
-        The result carries no digest: the pushed digest is added by the caller.
+        ``nested`` (default): ``<target>/<source registry>/<repository>:<tag>``.
+        The whole source path is kept (as skopeo sync ``--scoped`` does), so
+        ``docker.io/a/nginx`` and ``quay.io/b/nginx`` cannot collide.
+
+        ``flat``: ``<target>/<source registry><sep><path with / as sep>:<tag>``,
+        one path component under the target, for registries that allow only
+        one or two (Docker Hub, some Quay and ECR setups); with ``_``,
+        ``docker.io/library/nginx`` becomes ``docker.io_library_nginx``. When a
+        source component itself contains the separator the join would be
+        ambiguous (``a_b/c`` and ``a/b_c``), so ``-`` and the first 12 hex
+        characters of the SHA-256 of the source name are appended, which keeps
+        distinct sources apart.
+
+        Either way a reference without a tag gets ``latest``, one with only a
+        digest gets the tag ``digest_tag(digest)``, and the result carries no
+        digest (the pushed digest is added by the caller).
 
         Args:
             ref: the normalized source reference.
@@ -341,7 +378,15 @@ class Target:
 @lru_cache(maxsize=8192)
 def _owned_name(target: Target, ref: Reference) -> Reference:
     """``Target.owned_name``, cached: workloads share few distinct images."""
-    parts = [p for p in (target.prefix, registry_path_component(ref.registry), ref.repository) if p]
+    components = [registry_path_component(ref.registry), *ref.repository.split("/")]
+    if target.naming == "flat":
+        sep = target.separator
+        joined = sep.join(components)
+        if any(sep in c for c in components):
+            digest = hashlib.sha256(ref.name.encode()).hexdigest()[:12]
+            joined = f"{joined}-{digest}"
+        components = [joined]
+    parts = [target.prefix, *components] if target.prefix else components
     if ref.tag:
         tag = ref.tag
     elif ref.digest:
@@ -357,3 +402,72 @@ def _owned_name(target: Target, ref: Reference) -> Reference:
         )
     # Defensive: the mapping must never produce a name the grammar rejects.
     return parse_reference(str(owned))
+
+
+@lru_cache(maxsize=1024)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile an image glob: ``**`` any text, ``*`` and ``?`` within one ``/`` segment."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def image_matches(pattern: str, ref: Reference) -> bool:
+    """True when an image glob matches a reference.
+
+    The pattern is matched against the canonical reference
+    (``registry/repository[:tag][@digest]``) and against the name alone
+    (``registry/repository``), so ``docker.io/library/nginx`` matches every
+    tag of it. ``*`` and ``?`` stay within one ``/``-separated segment, ``**``
+    crosses segments: ``docker.io/library/*``, ``*/bitnami/*``, ``quay.io/**``.
+
+    Args:
+        pattern: the glob, written against normalized references (``docker.io/...``).
+        ref: the normalized reference.
+    """
+    regex = _glob_regex(pattern)
+    return bool(regex.fullmatch(str(ref)) or regex.fullmatch(ref.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What is owned, how copies are named, and which images are in scope.
+
+    Attributes:
+        target: where copies go and how they are named.
+        owned_registries: other registries (with optional path prefix) the
+            team controls; images under them are never cloned.
+        include_images: image globs to clone; empty means all (see ``image_matches``).
+        exclude_images: image globs never cloned; exclusion wins.
+    """
+
+    target: Target
+    owned_registries: tuple[Target, ...] = ()
+    include_images: tuple[str, ...] = ()
+    exclude_images: tuple[str, ...] = ()
+
+    def owns(self, ref: Reference) -> bool:
+        """True when ``ref`` is under the target or one of ``owned_registries``."""
+        return self.target.owns(ref) or any(o.owns(ref) for o in self.owned_registries)
+
+    def image_exclusion(self, ref: Reference) -> str | None:
+        """Why ``ref`` is out of scope (the rule, for logs and plans), or None."""
+        for pattern in self.exclude_images:
+            if image_matches(pattern, ref):
+                return f"images.exclude {pattern!r}"
+        if self.include_images and not any(image_matches(p, ref) for p in self.include_images):
+            return "not in images.include"
+        return None

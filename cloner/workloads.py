@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from cloner.errors import InvalidReference
-from cloner.reference import Reference, Target, parse_reference
+from cloner.reference import Policy, Reference, parse_reference
 
 #: Workload kinds reconciled, with their apps/v1 plural resource names.
 KINDS: Mapping[str, str] = {
@@ -134,52 +134,118 @@ def namespace_in_scope(namespace: str, include: Iterable[str], exclude: Iterable
     return not include or any(fnmatchcase(namespace, pattern) for pattern in include)
 
 
+#: Label or annotation that opts a workload, or every workload of a
+#: namespace, out of cloning and patching.
+SKIP_KEY = "image-cloner.io/skip"
+
+
+def _opted_out(metadata_labels: Mapping[str, str], annotations: Mapping[str, str]) -> str | None:
+    if str(metadata_labels.get(SKIP_KEY, "")).lower() == "true":
+        return "label"
+    if str(annotations.get(SKIP_KEY, "")).lower() == "true":
+        return "annotation"
+    return None
+
+
+def skip_reason(workload: Workload, namespace: NamespaceInfo | None) -> str | None:
+    """Why a whole workload is opted out, or None.
+
+    The label or annotation ``image-cloner.io/skip: "true"`` on the workload
+    or on its namespace opts it out (any other value does not).
+
+    Args:
+        workload: the snapshot.
+        namespace: its namespace's labels and annotations (None if unknown).
+    """
+    how = _opted_out(workload.labels, workload.annotations)
+    if how:
+        return f"{SKIP_KEY} {how} on the workload"
+    if namespace is not None:
+        how = _opted_out(namespace.labels, namespace.annotations)
+        if how:
+            return f"{SKIP_KEY} {how} on namespace {namespace.name}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """A namespace's metadata, as far as decisions need it."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> NamespaceInfo:
+        """Build from a core/v1 Namespace as the API returns it (JSON dict)."""
+        meta = obj.get("metadata") or {}
+        return cls(
+            meta.get("name", ""),
+            dict(meta.get("labels") or {}),
+            dict(meta.get("annotations") or {}),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerPlan:
     """What to do with one container's image.
 
     Attributes:
         container: the container.
-        decision: ``clone`` (not owned yet), ``owned`` (already under the
-            target) or ``invalid`` (the reference does not parse).
-        source: the parsed source reference (None when invalid).
+        decision: ``clone`` (not owned yet), ``owned`` (under the target or an
+            owned registry), ``excluded`` (out of scope by a rule or opt-out)
+            or ``invalid`` (the reference does not parse, or its owned name
+            would not be valid).
+        source: the parsed source reference (None when it does not parse).
         owned: the owned name to clone to (None unless ``clone``).
-        problem: why the reference is invalid (None otherwise).
+        reason: the rule for ``excluded``, the problem for ``invalid``, else None.
     """
 
     container: Container
     decision: str
     source: Reference | None = None
     owned: Reference | None = None
-    problem: str | None = None
+    reason: str | None = None
 
 
-def plan_workload(workload: Workload, target: Target) -> list[ContainerPlan]:
+def plan_workload(
+    workload: Workload, policy: Policy, namespace: NamespaceInfo | None = None
+) -> list[ContainerPlan]:
     """Decide, for every container of a workload, whether its image needs a clone.
 
     Args:
         workload: the snapshot.
-        target: the owned target.
+        policy: ownership, naming and image scope.
+        namespace: the workload's namespace metadata, for the opt-out.
 
     Returns:
         One ``ContainerPlan`` per container, in the workload's order. An
+        opted-out workload yields ``excluded`` for every container, whatever
+        its references. An
         invalid reference yields ``invalid`` for that container only; the
         other containers are still planned.
     """
+    opted_out = skip_reason(workload, namespace)
+    if opted_out:  # left alone entirely: not even its references are judged
+        return [ContainerPlan(c, "excluded", reason=opted_out) for c in workload.containers]
     plans = []
     for container in workload.containers:
         try:
             source = parse_reference(container.image)
         except InvalidReference as exc:
-            plans.append(ContainerPlan(container, "invalid", problem=exc.problem))
+            plans.append(ContainerPlan(container, "invalid", reason=exc.problem))
             continue
-        if target.owns(source):
+        if policy.owns(source):
             plans.append(ContainerPlan(container, "owned", source=source))
             continue
+        excluded = policy.image_exclusion(source)
+        if excluded:
+            plans.append(ContainerPlan(container, "excluded", source=source, reason=excluded))
+            continue
         try:
-            owned = target.owned_name(source)
+            owned = policy.target.owned_name(source)
         except InvalidReference as exc:
-            plans.append(ContainerPlan(container, "invalid", source=source, problem=exc.problem))
+            plans.append(ContainerPlan(container, "invalid", source=source, reason=exc.problem))
             continue
         plans.append(ContainerPlan(container, "clone", source=source, owned=owned))
     return plans

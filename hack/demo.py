@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.harness import Environment, ensure_components  # noqa: E402
+from tests.e2e.support import controller_command  # noqa: E402
 
 KINDS = {
     "Deployment": ("create_namespaced_deployment", "read_namespaced_deployment"),
@@ -107,14 +108,7 @@ def main() -> int:
         )
         print("demo: running the controller loop (pollInterval 2s); its log follows\n")
         controller = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "controller.py"),
-                "--config",
-                str(config),
-                "--kubeconfig",
-                str(env.kubeconfig),
-            ],
+            controller_command(env.kubeconfig, config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -14,6 +14,7 @@ import kubernetes.client
 import pytest
 
 from tests.e2e.harness import Environment, ensure_components
+from tests.e2e.support import Scope, write_config
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +55,12 @@ def namespace(env: Environment) -> str:
             kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
         )
     return name
+
+
+@pytest.fixture
+def scope(env: Environment, namespace: str, tmp_path: Path) -> Scope:
+    target = f"{env.owned.host}/t-{namespace}"
+    config = write_config(
+        tmp_path / "config.yaml", env, target, namespaces={"include": [namespace]}
+    )
+    return Scope(env, namespace, target, config)

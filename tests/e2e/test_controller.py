@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,172 +21,21 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.e2e.harness import Environment, Registry, free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-# --- helpers ----------------------------------------------------------------
-
-
-@dataclass
-class Scope:
-    """One test's slice of the shared environment."""
-
-    env: Environment
-    namespace: str
-    target: str  # owned host + per-test prefix
-    config: Path
-
-    @property
-    def public(self) -> Registry:
-        return self.env.public
-
-    def source(self, name: str) -> str:
-        """A reference in the public registry, unique to this test."""
-        return f"{self.public.host}/{self.namespace}/{name}"
-
-    def owned_repository(self, source_name: str) -> str:
-        """The owned repository (path on the owned registry) of ``source(name)``'s repo."""
-        host = self.public.host.replace(":", "-")
-        prefix = self.target.split("/", 1)[1]
-        return f"{prefix}/{host}/{self.namespace}/{source_name}"
-
-    def owned(self, source_name: str) -> str:
-        return f"{self.env.owned.host}/{self.owned_repository(source_name)}"
-
-
-def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Path:
-    config = {
-        "target": target,
-        "pollInterval": 1,
-        "dockerHost": env.docker_host,
-        "dockerConfig": str(env.docker_config),
-        "dockerTimeout": 120,
-        "metricsPort": 0,
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture
-def scope(env: Environment, namespace: str, tmp_path: Path) -> Scope:
-    target = f"{env.owned.host}/t-{namespace}"
-    config = write_config(
-        tmp_path / "config.yaml", env, target, namespaces={"include": [namespace]}
-    )
-    return Scope(env, namespace, target, config)
-
-
-def run_controller(
-    env: Environment, config: Path, *args: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """``controller.py --once`` as a real process; returns its result (output captured)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "controller.py"),
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(env.kubeconfig),
-            "--once",
-            *args,
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-
-
-def pod_spec(containers: dict[str, str], init: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "containers": [{"name": n, "image": i} for n, i in containers.items()],
-        "initContainers": [{"name": n, "image": i} for n, i in (init or {}).items()],
-    }
-
-
-def create(
-    api: kubernetes.client.ApiClient,
-    kind: str,
-    namespace: str,
-    name: str,
-    containers: dict[str, str],
-    init: dict[str, str] | None = None,
-) -> None:
-    """Create a Deployment, DaemonSet or StatefulSet with the given images."""
-    labels = {"app": name}
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec(containers, init)},
-    }
-    apps = kubernetes.client.AppsV1Api(api)
-    body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
-    if kind == "Deployment":
-        apps.create_namespaced_deployment(namespace, body)
-    elif kind == "DaemonSet":
-        apps.create_namespaced_daemon_set(namespace, body)
-    else:
-        spec["serviceName"] = name
-        apps.create_namespaced_stateful_set(namespace, body)
-
-
-def read(api: kubernetes.client.ApiClient, kind: str, namespace: str, name: str) -> dict[str, Any]:
-    """The workload as the API server holds it (raw JSON)."""
-    apps = kubernetes.client.AppsV1Api(api)
-    method = {
-        "Deployment": apps.read_namespaced_deployment,
-        "DaemonSet": apps.read_namespaced_daemon_set,
-        "StatefulSet": apps.read_namespaced_stateful_set,
-    }[kind]
-    return json.loads(method(name, namespace, _preload_content=False).data)
-
-
-def images(obj: dict[str, Any]) -> dict[str, str]:
-    """Container name -> image, init containers included."""
-    spec = obj["spec"]["template"]["spec"]
-    return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
-
-
-def push_to_owned(env: Environment, source: str, owned: str) -> str:
-    """Copy an image into the owned registry with the test's own credentials; return digest."""
-    repository, tag = owned.rsplit(":", 1)
-    with closing(env.docker_client()) as client:
-        client.images.pull(source)
-        client.api.tag(source, repository, tag)
-        for line in client.api.push(
-            repository,
-            tag=tag,
-            stream=True,
-            decode=True,
-            auth_config={"username": env.owned.username, "password": env.owned.password},
-        ):
-            assert "error" not in line, line
-        client.api.remove_image(owned)
-    digest = env.owned.manifest_digest(repository.split("/", 1)[1], tag)
-    assert digest is not None
-    return digest
-
-
-def request_lines(registry: Registry, start: int = 0) -> list[str]:
-    """Access-log lines the registry wrote after byte offset ``start``."""
-    with open(registry.log_path, "rb") as f:
-        f.seek(start)
-        text = f.read().decode(errors="replace")
-    return [
-        line for line in text.splitlines() if re.search(r'"(GET|HEAD|PUT|POST|PATCH) /v2/', line)
-    ]
-
-
-def log_size(registry: Registry) -> int:
-    return registry.log_path.stat().st_size
-
-
-# --- tests ------------------------------------------------------------------
+from tests.e2e.harness import Environment, free_port
+from tests.e2e.support import (
+    REPO,
+    Scope,
+    controller_command,
+    create,
+    images,
+    log_size,
+    push_to_owned,
+    read,
+    request_lines,
+    run_controller,
+    scrape,
+    write_config,
+)
 
 
 def test_once_clones_every_kind_and_patches_only_verified_images(
@@ -333,14 +177,7 @@ def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
         metricsAddress="127.0.0.1",
     )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "controller.py"),
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(env.kubeconfig),
-        ],
+        controller_command(env.kubeconfig, config),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -370,18 +207,6 @@ def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
             process.communicate()
     assert process.returncode == 0, output
     assert "stopped after" in output
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Samples of the controller's /metrics: ``name{labels}`` -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
 
 
 def test_wrong_owned_password_fails_with_auth_and_patches_nothing(
@@ -467,23 +292,7 @@ def test_controller_works_with_only_the_manifests_rbac(
     api = env.api_client()
     env.build_image(scope.source("rbac:1"), layers=1, seed=f"{ns}-rbac")
     create(api, "StatefulSet", ns, "db", {"db": scope.source("rbac:1")})
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "controller.py"),
-            "--config",
-            str(scope.config),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--once",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = run_controller(env, scope.config, kubeconfig=kubeconfig)
     assert result.returncode == 0, result.stderr
     assert images(read(api, "StatefulSet", ns, "db")) == {"db": f"{scope.owned('rbac')}:1"}
     # ...and the ServiceAccount can do nothing beyond that.

@@ -99,3 +99,43 @@ def test_namespace_section_is_read(tmp_path: Path) -> None:
     settings = load_settings(path, environ={"POD_NAMESPACE": "ops"})
     assert settings.include_namespaces == ("team-*",)
     assert settings.excluded_namespaces == ("team-x", "ops")
+
+
+def test_naming_and_selection_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "target: docker.io/myorg\n"
+        "naming: flat\n"
+        "flatSeparator: __\n"
+        "pinDigest: true\n"
+        "ownedRegistries: [harbor.internal/team, 'ecr.example.com']\n"
+        "images:\n  include: ['docker.io/**']\n  exclude: ['*/library/busybox']\n",
+    )
+    settings = load_settings(path, environ={})
+    assert settings.owned == Target("docker.io", "myorg", "flat", "__")
+    assert settings.pin_digest is True
+    assert settings.policy.owned_registries == (
+        Target("harbor.internal", "team"),
+        Target("ecr.example.com"),
+    )
+    assert settings.policy.include_images == ("docker.io/**",)
+    assert settings.policy.exclude_images == ("*/library/busybox",)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("naming: deep\n", "naming"),
+        ("naming: flat\nflatSeparator: '/'\n", "flatSeparator"),
+        ("pinDigest: maybe\n", "pinDigest"),
+        ("ownedRegistries: [nohost]\n", "ownedRegistries[0]"),
+        ("images:\n  include: [1]\n", "images.include[0]"),
+        ("images:\n  exclude: {a: 1}\n", "images.exclude"),
+    ],
+)
+def test_bad_naming_and_selection_values_name_the_field(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "target: a.example.com\n" + text), environ={})
+    assert caught.value.field == field

@@ -13,7 +13,7 @@ from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
 from cloner.reconcile import Reconciler
 from cloner.reference import Reference
-from cloner.workloads import Workload
+from cloner.workloads import NamespaceInfo, Workload
 
 OWNED = "owned.example.com"
 SETTINGS = Settings(target=f"{OWNED}/m", controller_namespace="image-cloner")
@@ -43,6 +43,14 @@ class FakeKube:
         self.objects = objects
         self.patches: list[tuple[str, list[dict[str, Any]]]] = []
         self.fail_list: set[str] = set()
+        self.namespaces: dict[str, NamespaceInfo] = {}
+
+    def list_namespaces(self) -> Iterator[NamespaceInfo]:
+        if "Namespace" in self.fail_list:
+            raise KubeError(503, "unavailable")
+        names = {o["metadata"]["namespace"] for o in self.objects}
+        for name in sorted(names):
+            yield self.namespaces.get(name, NamespaceInfo(name))
 
     def list_workloads(self, kind: str, excluded: Iterable[str]) -> Iterator[Workload]:
         if kind in self.fail_list:
@@ -212,3 +220,60 @@ def test_concurrent_edit_makes_patch_fail_and_user_value_stands() -> None:
     summary = Reconciler(kube, EditingRegistry(), SETTINGS).reconcile_once()
     assert kube.image("a/web", "c0") == "nginx:1.26"
     assert len(summary.patch_failures) == 1
+
+
+def test_namespace_list_failure_touches_nothing() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.fail_list.add("Namespace")
+    registry = FakeRegistry()
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert registry.clones == [] and kube.patches == []
+    assert not summary.ok
+
+
+def test_namespace_opt_out_is_honoured() -> None:
+    kube = FakeKube(
+        [
+            workload("Deployment", "quiet", "web", "nginx:1.25"),
+            workload("Deployment", "b", "x", "redis:7"),
+        ]
+    )
+    kube.namespaces["quiet"] = NamespaceInfo("quiet", {"image-cloner.io/skip": "true"})
+    registry = FakeRegistry()
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert [s for s, _ in registry.clones] == ["docker.io/library/redis:7"]
+    assert kube.image("quiet/web", "c0") == "nginx:1.25"
+    assert summary.excluded == 1
+
+
+def test_pin_digest_patches_tag_and_pushed_digest() -> None:
+    settings = Settings(target=f"{OWNED}/m", pin_digest=True)
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    registry = FakeRegistry()
+    Reconciler(kube, registry, settings).reconcile_once()
+    owned = f"{OWNED}/m/docker.io/library/nginx:1.25"
+    assert kube.image("a/web", "c0") == f"{owned}@{registry.owned[owned]}"
+
+
+def test_flat_naming_collision_is_reported_and_not_cloned() -> None:
+    # With separator '-' every name is hashed when ambiguous, so force a
+    # collision through two registries whose path components coincide.
+    settings = Settings(target=f"{OWNED}/m", naming="flat")
+    kube = FakeKube(
+        [
+            workload("Deployment", "a", "one", "example.com-5000/app:1"),
+            workload("Deployment", "a", "two", "example.com:5000/app:1"),
+        ]
+    )
+    registry = FakeRegistry()
+    summary = Reconciler(kube, registry, settings).reconcile_once()
+    assert len(registry.clones) == 1
+    assert summary.clone_failures["naming_collision"] == 1
+    reasons = {r.source.registry: r.reason for r in summary.images.values()}
+    assert reasons == {"example.com-5000": None, "example.com:5000": "naming_collision"}
+
+
+def test_invalid_reference_counts_as_failure_reason() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "UPPER:1", "nginx")])
+    summary = Reconciler(kube, FakeRegistry(), SETTINGS).reconcile_once()
+    assert summary.clone_failures["invalid_reference"] == 1

@@ -33,6 +33,7 @@ from cloner.reference import (
     Reference,
     Target,
     digest_tag,
+    image_matches,
     parse_reference,
     parse_target,
     registry_path_component,
@@ -1239,3 +1240,96 @@ def test_property_owned_name(
         assert owned.tag == digest_tag(digest)
     else:
         assert owned.tag == "latest"
+
+
+# --- flat naming ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "separator", "source", "owned"),
+    [
+        ("docker.io/myorg", "_", "nginx", "docker.io/myorg/docker.io_library_nginx:latest"),
+        ("quay.io/team", "_", "quay.io/a/b:1", "quay.io/team/quay.io_a_b:1"),
+        ("ecr.example.com", "_", "localhost:5000/x", "ecr.example.com/localhost-5000_x:latest"),
+        ("r.example.com/m", "__", "ghcr.io/o/r:2", "r.example.com/m/ghcr.io__o__r:2"),
+        ("r.example.com", "-", "ghcr.io/o/r:2", "r.example.com/ghcr.io-o-r:2"),
+    ],
+)
+def test_flat_owned_name(target: str, separator: str, source: str, owned: str) -> None:
+    t = Target.parse(target, naming="flat", separator=separator)
+    assert str(t.owned_name(parse_reference(source))) == owned
+
+
+def test_flat_ambiguous_joins_get_distinct_hash_suffixes() -> None:
+    t = Target.parse("docker.io/myorg", naming="flat", separator="_")
+    a = t.owned_name(parse_reference("quay.io/a_b/c:1"))
+    b = t.owned_name(parse_reference("quay.io/a/b_c:1"))
+    assert a.repository.startswith("myorg/quay.io_a_b_c-")
+    assert b.repository.startswith("myorg/quay.io_a_b_c-")
+    assert a != b
+    assert a.repository.count("/") == 1 and b.repository.count("/") == 1
+
+
+@pytest.mark.parametrize("separator", ["/", "", "___", "-_", "x"])
+def test_flat_separator_must_be_a_grammar_separator(separator: str) -> None:
+    with pytest.raises(ValueError, match="separator"):
+        Target.parse("r.example.com", naming="flat", separator=separator)
+
+
+def test_unknown_naming_is_refused() -> None:
+    with pytest.raises(ValueError, match="naming"):
+        Target.parse("r.example.com", naming="deep")
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    target_text=_TARGETS,
+    separator=st.sampled_from(["_", ".", "__", "-", "--"]),
+    **_REFERENCE_PIECES,
+)
+def test_property_flat_owned_name_is_valid_and_one_component(
+    target_text: str,
+    separator: str,
+    domain: str | None,
+    path: str,
+    tag: str | None,
+    digest: str | None,
+) -> None:
+    if _expected_name(domain, path) is None:
+        return
+    ref = parse_reference(_build(domain, path, tag, digest))
+    target = Target.parse(target_text, naming="flat", separator=separator)
+    try:
+        owned = target.owned_name(ref)
+    except InvalidReference as exc:
+        assert "longer than" in exc.problem
+        return
+    assert parse_reference(str(owned)) == owned
+    assert target.owns(owned)
+    below = owned.repository[len(target.prefix) + 1 :] if target.prefix else owned.repository
+    assert "/" not in below
+
+
+# --- image globs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reference", "matches"),
+    [
+        ("docker.io/library/*", "nginx:1.25", True),
+        ("docker.io/library/*", "docker.io/bitnami/redis", False),
+        ("docker.io/library/nginx", "nginx:1.25", True),
+        ("docker.io/library/nginx:1.*", "nginx:1.25", True),
+        ("docker.io/library/nginx:1.*", "nginx:2.0", False),
+        ("*/bitnami/*", "bitnami/redis:7", True),
+        ("*/bitnami/*", "quay.io/bitnami/redis:7", True),
+        ("*/bitnami/*", "quay.io/org/bitnami/redis", False),
+        ("quay.io/**", "quay.io/org/team/app:2", True),
+        ("quay.io/**", "ghcr.io/quay.io/app", False),
+        ("**/app@sha256:*", "ghcr.io/o/app@sha256:" + "a" * 64, True),
+        ("ghcr.io/o/ap?", "ghcr.io/o/app", True),
+        ("ghcr.io/o/a.p", "ghcr.io/o/app", False),
+    ],
+)
+def test_image_glob(pattern: str, reference: str, matches: bool) -> None:
+    assert image_matches(pattern, parse_reference(reference)) is matches

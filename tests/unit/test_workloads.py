@@ -1,9 +1,17 @@
 """Workload snapshots, per-container plans and the JSON patch."""
 
-from cloner.reference import Target
-from cloner.workloads import Container, Workload, image_patch, plan_workload
+from cloner.reference import Policy, Target
+from cloner.workloads import (
+    Container,
+    NamespaceInfo,
+    Workload,
+    image_patch,
+    plan_workload,
+    skip_reason,
+)
 
 TARGET = Target("owned.example.com", "mirror")
+POLICY = Policy(TARGET)
 
 
 def deployment(containers: list[dict], init: list[dict] | None = None, **meta: object) -> dict:
@@ -55,10 +63,10 @@ def test_plan_decides_clone_owned_and_invalid_per_container() -> None:
             ]
         ),
     )
-    plans = plan_workload(workload, TARGET)
+    plans = plan_workload(workload, POLICY)
     assert [p.decision for p in plans] == ["clone", "owned", "invalid", "clone"]
     assert str(plans[0].owned) == "owned.example.com/mirror/docker.io/library/nginx:1.25"
-    assert plans[2].problem
+    assert plans[2].reason
     assert str(plans[3].owned) == "owned.example.com/mirror/quay.io/org/app:sha256-" + "a" * 64
 
 
@@ -66,7 +74,7 @@ def test_plan_skips_image_under_target_registry_but_outside_prefix_is_cloned() -
     workload = Workload.from_api(
         "Deployment", deployment([{"name": "a", "image": "owned.example.com/other/app:1"}])
     )
-    (plan,) = plan_workload(workload, TARGET)
+    (plan,) = plan_workload(workload, POLICY)
     assert plan.decision == "clone"
     assert str(plan.owned) == "owned.example.com/mirror/owned.example.com/other/app:1"
 
@@ -99,3 +107,66 @@ def test_namespace_scope_globs_exclude_wins() -> None:
     assert namespace_in_scope("team-a", ("team-*",), ())
     assert not namespace_in_scope("other", ("team-*",), ())
     assert not namespace_in_scope("team-x", ("team-*",), ("team-x",))
+
+
+def test_owned_registries_are_never_cloned() -> None:
+    policy = Policy(TARGET, owned_registries=(Target("harbor.internal", "team"),))
+    workload = Workload.from_api(
+        "Deployment",
+        deployment(
+            [
+                {"name": "a", "image": "harbor.internal/team/app:1"},
+                {"name": "b", "image": "harbor.internal/other/app:1"},
+            ]
+        ),
+    )
+    assert [p.decision for p in plan_workload(workload, policy)] == ["owned", "clone"]
+
+
+def test_image_include_and_exclude_globs_exclude_wins() -> None:
+    policy = Policy(
+        TARGET,
+        include_images=("docker.io/library/*", "quay.io/**"),
+        exclude_images=("*/library/busybox",),
+    )
+    workload = Workload.from_api(
+        "Deployment",
+        deployment(
+            [
+                {"name": "a", "image": "nginx:1.25"},
+                {"name": "b", "image": "busybox:1.36"},
+                {"name": "c", "image": "quay.io/org/team/app:2"},
+                {"name": "d", "image": "ghcr.io/org/app:2"},
+            ]
+        ),
+    )
+    plans = plan_workload(workload, policy)
+    assert [p.decision for p in plans] == ["clone", "excluded", "clone", "excluded"]
+    assert plans[1].reason == "images.exclude '*/library/busybox'"
+    assert plans[3].reason == "not in images.include"
+
+
+def test_skip_label_or_annotation_on_workload_or_namespace_opts_out() -> None:
+    labelled = Workload.from_api(
+        "Deployment",
+        deployment([{"name": "a", "image": "nginx"}], labels={"image-cloner.io/skip": "true"}),
+    )
+    annotated = Workload.from_api(
+        "Deployment",
+        deployment([{"name": "a", "image": "nginx"}], annotations={"image-cloner.io/skip": "True"}),
+    )
+    plain = Workload.from_api("Deployment", deployment([{"name": "a", "image": "BAD ref"}]))
+    quiet_ns = NamespaceInfo("shop", labels={"image-cloner.io/skip": "true"})
+    other_value = NamespaceInfo("shop", annotations={"image-cloner.io/skip": "yes"})
+    assert skip_reason(labelled, None) == "image-cloner.io/skip label on the workload"
+    assert skip_reason(annotated, None) == "image-cloner.io/skip annotation on the workload"
+    assert skip_reason(plain, quiet_ns) == "image-cloner.io/skip label on namespace shop"
+    assert skip_reason(plain, other_value) is None
+    # An opted-out workload is left alone entirely, even its invalid references.
+    (plan,) = plan_workload(plain, POLICY, quiet_ns)
+    assert plan.decision == "excluded"
+
+
+def test_namespace_info_from_api() -> None:
+    info = NamespaceInfo.from_api({"metadata": {"name": "a", "labels": {"x": "1"}}})
+    assert info == NamespaceInfo("a", {"x": "1"}, {})

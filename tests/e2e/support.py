@@ -1,0 +1,192 @@
+"""Helpers shared by the end-to-end tests: a per-test Scope, workload I/O, controller runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import yaml
+
+from tests.e2e.harness import Environment, Registry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Scope:
+    """One test's slice of the shared environment."""
+
+    env: Environment
+    namespace: str
+    target: str  # owned host + per-test prefix
+    config: Path
+
+    @property
+    def public(self) -> Registry:
+        return self.env.public
+
+    def source(self, name: str) -> str:
+        """A reference in the public registry, unique to this test."""
+        return f"{self.public.host}/{self.namespace}/{name}"
+
+    def owned_repository(self, source_name: str) -> str:
+        """The owned repository (path on the owned registry) of ``source(name)``'s repo."""
+        host = self.public.host.replace(":", "-")
+        prefix = self.target.split("/", 1)[1]
+        return f"{prefix}/{host}/{self.namespace}/{source_name}"
+
+    def owned(self, source_name: str) -> str:
+        return f"{self.env.owned.host}/{self.owned_repository(source_name)}"
+
+
+def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Path:
+    config = {
+        "target": target,
+        "pollInterval": 1,
+        "dockerHost": env.docker_host,
+        "dockerConfig": str(env.docker_config),
+        "dockerTimeout": 120,
+        "metricsPort": 0,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def controller_command(kubeconfig: Path, config: Path, *args: str) -> list[str]:
+    """The command line that runs ``controller.py`` with this Python."""
+    return [
+        sys.executable,
+        str(REPO / "controller.py"),
+        "--config",
+        str(config),
+        "--kubeconfig",
+        str(kubeconfig),
+        *args,
+    ]
+
+
+def run_controller(
+    env: Environment,
+    config: Path,
+    *args: str,
+    timeout: float = 300,
+    kubeconfig: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``controller.py --once`` as a real process; returns its result (output captured).
+
+    The environment is reduced to PATH so no DOCKER_HOST or KUBECONFIG of the
+    caller overrides the test's settings.
+    """
+    return subprocess.run(
+        controller_command(kubeconfig or env.kubeconfig, config, "--once", *args),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def pod_spec(containers: dict[str, str], init: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "containers": [{"name": n, "image": i} for n, i in containers.items()],
+        "initContainers": [{"name": n, "image": i} for n, i in (init or {}).items()],
+    }
+
+
+def create(
+    api: kubernetes.client.ApiClient,
+    kind: str,
+    namespace: str,
+    name: str,
+    containers: dict[str, str],
+    init: dict[str, str] | None = None,
+) -> None:
+    """Create a Deployment, DaemonSet or StatefulSet with the given images."""
+    labels = {"app": name}
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec(containers, init)},
+    }
+    apps = kubernetes.client.AppsV1Api(api)
+    body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    if kind == "Deployment":
+        apps.create_namespaced_deployment(namespace, body)
+    elif kind == "DaemonSet":
+        apps.create_namespaced_daemon_set(namespace, body)
+    else:
+        spec["serviceName"] = name
+        apps.create_namespaced_stateful_set(namespace, body)
+
+
+def read(api: kubernetes.client.ApiClient, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    """The workload as the API server holds it (raw JSON)."""
+    apps = kubernetes.client.AppsV1Api(api)
+    method = {
+        "Deployment": apps.read_namespaced_deployment,
+        "DaemonSet": apps.read_namespaced_daemon_set,
+        "StatefulSet": apps.read_namespaced_stateful_set,
+    }[kind]
+    return json.loads(method(name, namespace, _preload_content=False).data)
+
+
+def images(obj: dict[str, Any]) -> dict[str, str]:
+    """Container name -> image, init containers included."""
+    spec = obj["spec"]["template"]["spec"]
+    return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def push_to_owned(env: Environment, source: str, owned: str) -> str:
+    """Copy an image into the owned registry with the test's own credentials; return digest."""
+    repository, tag = owned.rsplit(":", 1)
+    with closing(env.docker_client()) as client:
+        client.images.pull(source)
+        client.api.tag(source, repository, tag)
+        for line in client.api.push(
+            repository,
+            tag=tag,
+            stream=True,
+            decode=True,
+            auth_config={"username": env.owned.username, "password": env.owned.password},
+        ):
+            assert "error" not in line, line
+        client.api.remove_image(owned)
+    digest = env.owned.manifest_digest(repository.split("/", 1)[1], tag)
+    assert digest is not None
+    return digest
+
+
+def request_lines(registry: Registry, start: int = 0) -> list[str]:
+    """Access-log lines the registry wrote after byte offset ``start``."""
+    with open(registry.log_path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return [
+        line for line in text.splitlines() if re.search(r'"(GET|HEAD|PUT|POST|PATCH) /v2/', line)
+    ]
+
+
+def log_size(registry: Registry) -> int:
+    return registry.log_path.stat().st_size
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Samples of the controller's /metrics: ``name{labels}`` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
