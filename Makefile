@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECTL ?= kubectl
 
-.PHONY: help deps test unit e2e lint format demo bench deploy undeploy image clean
+.PHONY: help deps test unit e2e lint format demo bench deploy deploy-secret undeploy image clean
 
 help:
 	@echo "make demo      run the controller against a local control plane, engine and registries"
@@ -48,6 +48,9 @@ bench: $(VENV)/.installed
 
 deploy:
 	$(KUBECTL) apply -k manifests/
+
+deploy-secret:
+	$(KUBECTL) apply -k manifests/secret-credentials/
 
 undeploy:
 	$(KUBECTL) delete -k manifests/ --ignore-not-found

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cloner import metrics
 from cloner.config import load_settings
+from cloner.credentials import CredentialStore
 from cloner.errors import ConfigError
 from cloner.kube import KubeClient, load_api_client
 from cloner.loop import Loop
@@ -58,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
-        registry = DockerRegistry(
-            settings.docker_host, settings.docker_config, settings.docker_timeout
-        )
-        registry.load_credentials()
+        credentials = CredentialStore(settings.docker_config)
+        credentials.reload()
+        registry = DockerRegistry(settings.docker_host, credentials, settings.docker_timeout)
         kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
     except ConfigError as exc:
         log.error("start-up failed: %s", exc)
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
             return 2
-    reconciler = Reconciler(kube, registry, settings)
+    reconciler = Reconciler(kube, registry, settings, credentials)
 
     def reload_credentials() -> None:
         try:
-            registry.load_credentials()
+            credentials.reload()
         except ConfigError as exc:
             log.error("keeping the previous registry credentials: %s", exc)
 

@@ -9,6 +9,7 @@ not silently fall back to a default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import Any
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
+from cloner.pullsecrets import ATTACH_MODES
 from cloner.reference import NAMING_STRATEGIES, Policy, Target
+
+# Kubernetes object names: RFC 1123 DNS subdomain (apimachinery validation).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
@@ -71,6 +76,15 @@ class Settings:
             controls; their images are never cloned (``ownedRegistries``).
         include_images: image globs to clone, empty for all (``images.include``).
         exclude_images: image globs never cloned; exclusion wins (``images.exclude``).
+        pull_secret_name: name of the pull Secret created in each patched
+            namespace (``pullSecret.name``; default ``image-cloner-pull-secret``;
+            a DNS subdomain name).
+        pull_secret_attach: ``serviceaccount`` (add the Secret to the
+            ServiceAccount the pods run as) or ``workload`` (add it to the pod
+            template in the image patch) (``pullSecret.attach``).
+        pull_secret_provision: create and attach pull Secrets at all
+            (``pullSecret.provision``; default true; false where node
+            credentials or another tool handle pulls).
         owned: the parsed ``target`` (derived, not a YAML key).
         policy: ownership, naming and image scope (derived, not a YAML key).
     """
@@ -92,10 +106,19 @@ class Settings:
     owned_registries: tuple[str, ...] = ()
     include_images: tuple[str, ...] = ()
     exclude_images: tuple[str, ...] = ()
+    pull_secret_name: str = "image-cloner-pull-secret"
+    pull_secret_attach: str = "serviceaccount"
+    pull_secret_provision: bool = True
     owned: Target = field(init=False, default=Target("invalid.invalid"))
     policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
     def __post_init__(self) -> None:
+        if self.pull_secret_attach not in ATTACH_MODES:
+            raise ConfigError("pullSecret.attach", f"must be one of {', '.join(ATTACH_MODES)}")
+        if len(self.pull_secret_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.pull_secret_name):
+            raise ConfigError(
+                "pullSecret.name", "must be a DNS subdomain name (lowercase, digits, '-', '.')"
+            )
         if self.naming not in NAMING_STRATEGIES:
             raise ConfigError("naming", f"must be one of {', '.join(NAMING_STRATEGIES)}")
         try:
@@ -145,6 +168,9 @@ _KEYS = {
     "ownedRegistries": "owned_registries",
     "images.include": "include_images",
     "images.exclude": "exclude_images",
+    "pullSecret.name": "pull_secret_name",
+    "pullSecret.attach": "pull_secret_attach",
+    "pullSecret.provision": "pull_secret_provision",
 }
 _SECTIONS = frozenset(key.split(".")[0] for key in _KEYS if "." in key)
 assert set(_KEYS.values()) == {f.name for f in fields(Settings) if f.init}
@@ -221,7 +247,7 @@ def _convert(key: str, value: Any) -> Any:
         return _integer(key, value, 0, 65535)
     if key == "listPageSize":
         return _integer(key, value, 1, 5000)
-    if key == "pinDigest":
+    if key in ("pinDigest", "pullSecret.provision"):
         return _boolean(key, value)
     if key in (
         "namespaces.include",

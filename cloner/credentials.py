@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloner.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
@@ -118,19 +122,6 @@ class DockerConfig:
                 credentials[credential.registry] = credential
         return cls(credentials)
 
-    @classmethod
-    def load(cls, path: Path) -> DockerConfig:
-        """Read and parse a docker ``config.json`` file.
-
-        Raises:
-            ConfigError: the file cannot be read (names the path), or see ``parse``.
-        """
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read docker config: {exc.strerror}") from None
-        return cls.parse(text, str(path))
-
 
 def _parse_entry(source: str, key: str, entry: Any) -> Credential | None:
     where = f"{source}: auths.{key}"
@@ -152,3 +143,52 @@ def _parse_entry(source: str, key: str, entry: Any) -> Credential | None:
     if not isinstance(username, str) or not isinstance(password, str):
         raise ConfigError(where, "'username' and 'password' must be strings")
     return Credential(registry, username, password, key, dict(entry))
+
+
+class CredentialStore:
+    """The docker ``config.json`` in force, re-read when the file changes.
+
+    A ConfigMap or Secret volume updates the file in place, so the file is
+    read again before every cycle; a malformed new file is reported and the
+    last good credentials stay in use.
+
+    Args:
+        path: the file (``dockerConfig``).
+
+    Attributes:
+        current: the credentials in use (empty until the first ``reload``).
+        version: SHA-256 hex of the file text in use, ``""`` before the first load.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.current = DockerConfig({})
+        self.version = ""
+
+    def reload(self) -> bool:
+        """Read the file again; adopt it if it changed and parses.
+
+        Returns:
+            True when new credentials were adopted, False when unchanged.
+
+        Raises:
+            ConfigError: the file cannot be read or is malformed (names the
+                file and the problem, never a secret); ``current`` is kept.
+        """
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                str(self.path), f"cannot read docker config: {exc.strerror}"
+            ) from None
+        version = hashlib.sha256(text.encode()).hexdigest()
+        if version == self.version:
+            return False
+        self.current = DockerConfig.parse(text, str(self.path))
+        self.version = version
+        log.info(
+            "loaded registry credentials from %s for: %s",
+            self.path,
+            ", ".join(sorted(self.current.credentials)) or "(none)",
+        )
+        return True

@@ -186,3 +186,73 @@ class KubeClient:
             )
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise _translate(exc, f"patch {workload.key}") from None
+
+    # Pull secrets and ServiceAccounts ----------------------------------------
+
+    def _read(self, call: Callable[..., Any], what: str, *args: str) -> dict[str, Any] | None:
+        """GET an object as raw JSON; None on 404."""
+        try:
+            response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            return dict(json.loads(response.data))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _translate(exc, what) from None
+        except (*_TRANSPORT_ERRORS, ValueError) as exc:
+            raise _translate(exc, what) from None
+
+    def _write(self, call: Callable[..., Any], what: str, *args: Any) -> None:
+        try:
+            call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except (ApiException, *_TRANSPORT_ERRORS) as exc:
+            raise _translate(exc, what) from None
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as JSON, or None when there is none. Raises ``KubeError``."""
+        return self._read(
+            self._core.read_namespaced_secret, f"get secret {namespace}/{name}", name, namespace
+        )
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a Secret. Raises ``KubeError`` (409 when one appeared meanwhile)."""
+        name = body["metadata"]["name"]
+        self._write(
+            self._core.create_namespaced_secret,
+            f"create secret {namespace}/{name}",
+            namespace,
+            body,
+        )
+
+    def replace_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        """Update (PUT) a Secret; ``metadata.resourceVersion`` is the precondition.
+
+        Raises:
+            KubeError: 409 when it changed since it was read.
+        """
+        name = body["metadata"]["name"]
+        self._write(
+            self._core.replace_namespaced_secret,
+            f"update secret {namespace}/{name}",
+            name,
+            namespace,
+            body,
+        )
+
+    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ServiceAccount as JSON, or None when there is none. Raises ``KubeError``."""
+        return self._read(
+            self._core.read_namespaced_service_account,
+            f"get serviceaccount {namespace}/{name}",
+            name,
+            namespace,
+        )
+
+    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch to a ServiceAccount. Raises ``KubeError``."""
+        self._write(
+            self._core.patch_namespaced_service_account,
+            f"patch serviceaccount {namespace}/{name}",
+            name,
+            namespace,
+            patch,
+        )

@@ -41,6 +41,25 @@ PATCH_FAILURES = Counter(
     "Workload patches the API server refused (including concurrent edits).",
     registry=REGISTRY,
 )
+PULL_SECRETS_WRITTEN = Counter(
+    "image_cloner_pull_secrets_written",
+    "Managed pull Secrets written, by action (created, updated).",
+    ["action"],
+    registry=REGISTRY,
+)
+SERVICE_ACCOUNTS_PATCHED = Counter(
+    "image_cloner_service_accounts_patched",
+    "ServiceAccounts that got the pull Secret added to imagePullSecrets.",
+    registry=REGISTRY,
+)
+NAMESPACE_FAILURES = Counter(
+    "image_cloner_namespace_failures",
+    "Namespaces whose workloads were not patched in a cycle because pull credentials "
+    "could not be put in place, by reason (foreign_secret, serviceaccount_missing, "
+    "api_error).",
+    ["reason"],
+    registry=REGISTRY,
+)
 CYCLES = Counter(
     "image_cloner_reconcile_cycles",
     "Reconcile cycles run, by result (ok, failed: something failed, error: the cycle raised).",
@@ -71,6 +90,10 @@ for _reason in RegistryError.REASONS:
     CLONE_FAILURES.labels(reason=_reason)
 for _kind in KINDS:
     WORKLOADS_PATCHED.labels(kind=_kind)
+for _action in ("created", "updated"):
+    PULL_SECRETS_WRITTEN.labels(action=_action)
+for _reason in ("foreign_secret", "serviceaccount_missing", "api_error"):
+    NAMESPACE_FAILURES.labels(reason=_reason)
 for _result in ("ok", "failed", "error"):
     CYCLES.labels(result=_result)
 
@@ -83,6 +106,11 @@ def record_cycle(summary: Summary) -> None:
     for kind, count in summary.patched.items():
         WORKLOADS_PATCHED.labels(kind=kind).inc(count)
     PATCH_FAILURES.inc(len(summary.patch_failures))
+    for action, count in summary.provisioning.secrets.items():
+        PULL_SECRETS_WRITTEN.labels(action=action).inc(count)
+    SERVICE_ACCOUNTS_PATCHED.inc(summary.provisioning.service_accounts_patched)
+    for _namespace, reason, _message in summary.provisioning.failures:
+        NAMESPACE_FAILURES.labels(reason=reason).inc()
     for kind in KINDS:
         WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
     CYCLE_DURATION.observe(summary.duration)

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloner.config import Settings
+from cloner.credentials import DockerConfig
 from cloner.errors import KubeError, RegistryError
+from cloner.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 from cloner.reference import Reference
 from cloner.workloads import (
     KINDS,
@@ -43,7 +45,7 @@ from cloner.workloads import (
 log = logging.getLogger(__name__)
 
 
-class KubeAPI(Protocol):
+class KubeAPI(SecretAPI, Protocol):
     """What a pass needs from Kubernetes (implemented by ``kube.KubeClient``)."""
 
     def list_workloads(self, kind: str, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
@@ -102,6 +104,8 @@ class Summary:
         invalid: ``(workload key, container, problem)`` of unparseable references.
         excluded: containers left alone by a rule or an opt-out.
         list_failures: ``(kind, message)`` of failed list calls.
+        provisioning: pull secrets written and namespaces that could not be
+            made ready (their workloads were not patched).
         started, duration: wall-clock start (epoch seconds) and length (seconds).
     """
 
@@ -112,6 +116,7 @@ class Summary:
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
     excluded: int = 0
     list_failures: list[tuple[str, str]] = field(default_factory=list)
+    provisioning: ProvisionReport = field(default_factory=ProvisionReport)
     started: float = 0.0
     duration: float = 0.0
 
@@ -132,7 +137,11 @@ class Summary:
     def ok(self) -> bool:
         """True when nothing failed (invalid references count as failures)."""
         return not (
-            self.clone_failures or self.patch_failures or self.invalid or self.list_failures
+            self.clone_failures
+            or self.patch_failures
+            or self.invalid
+            or self.list_failures
+            or self.provisioning.failures
         )
 
     def line(self) -> str:
@@ -145,6 +154,8 @@ class Summary:
             f"clone_failures={sum(self.clone_failures.values())}{failures} "
             f"patched={sum(self.patched.values())} patch_failures={len(self.patch_failures)} "
             f"excluded={self.excluded} list_failures={len(self.list_failures)} "
+            f"secrets_written={sum(self.provisioning.secrets.values())} "
+            f"namespace_failures={len(self.provisioning.failures)} "
             f"duration={self.duration:.2f}s"
         )
 
@@ -156,12 +167,29 @@ class Reconciler:
         kube: the Kubernetes side (``KubeAPI``).
         registry: the registry side (``ImageRegistry``).
         settings: the controller's settings (target, exclusions).
+        credentials: the registry credentials in force, for pull secrets
+            (``credentials.CredentialStore``); None means none (no Secret).
     """
 
-    def __init__(self, kube: KubeAPI, registry: ImageRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        kube: KubeAPI,
+        registry: ImageRegistry,
+        settings: Settings,
+        credentials: Credentials | None = None,
+    ) -> None:
         self._kube = kube
         self._registry = registry
         self._settings = settings
+        self._pull_secrets: PullSecrets | None = None
+        if settings.pull_secret_provision:
+            self._pull_secrets = PullSecrets(
+                kube,
+                credentials or _NoCredentials(),
+                settings.owned.registry,
+                settings.pull_secret_name,
+                settings.pull_secret_attach == "serviceaccount",
+            )
         # canonical source reference -> the owned reference workloads point to,
         # once the owned registry has answered for it. Saves a manifest lookup
         # per image per pass; a source in here is never pulled again.
@@ -178,6 +206,8 @@ class Reconciler:
             list call; those are recorded in the Summary.
         """
         summary = Summary(started=time.time())
+        if self._pull_secrets is not None:
+            summary.provisioning = self._pull_secrets.start_cycle()
         clock = time.monotonic()
         try:
             namespaces = {ns.name: ns for ns in self._kube.list_namespaces()}
@@ -216,6 +246,8 @@ class Reconciler:
                     key = str(plan.source)
                     if key not in summary.images:
                         summary.images[key] = self._ensure(plan.source, plan.owned)
+        if self._pull_secrets is not None:
+            self._pull_secrets.sweep(w.namespace for w in workloads)
         for workload in workloads:
             changes: list[tuple[Container, str]] = []
             for plan in plans[workload.key]:
@@ -224,7 +256,17 @@ class Reconciler:
                 result = summary.images[str(plan.source)]
                 if result.image is not None:
                     changes.append((plan.container, result.image))
-            self._patch(workload, changes, summary)
+            if not changes:
+                continue
+            pull_secret = None
+            if self._pull_secrets is not None:
+                # Credentials first: no new pod may start without them.
+                if not self._pull_secrets.namespace_ready(
+                    workload.namespace, workload.service_account
+                ):
+                    continue
+                pull_secret = self._pull_secrets.workload_pull_secret()
+            self._patch(workload, changes, summary, pull_secret)
         summary.duration = time.monotonic() - clock
         return summary
 
@@ -284,9 +326,13 @@ class Reconciler:
         return ImageResult(source, image, cloned=cloned)
 
     def _patch(
-        self, workload: Workload, changes: list[tuple[Container, str]], summary: Summary
+        self,
+        workload: Workload,
+        changes: list[tuple[Container, str]],
+        summary: Summary,
+        pull_secret: str | None = None,
     ) -> None:
-        patch = image_patch(changes)
+        patch = image_patch(changes, pull_secret, workload)
         if not patch:
             return
         try:
@@ -323,3 +369,10 @@ def _patched_image(source: Reference, owned: Reference, digest: str, pin: bool) 
     if source.tag is None:
         return str(owned.with_tag(None).with_digest(digest))
     return str(owned.with_digest(digest))
+
+
+class _NoCredentials:
+    """Credentials with no entries (no pull secret is ever needed)."""
+
+    current = DockerConfig({})
+    version = ""

@@ -19,15 +19,14 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import requests
 
-from cloner.credentials import Credential, DockerConfig
-from cloner.errors import ClonerError, ConfigError, RegistryError
+from cloner.credentials import Credential, CredentialStore
+from cloner.errors import ClonerError, RegistryError
 from cloner.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -99,55 +98,24 @@ class DockerRegistry:
 
     Args:
         docker_host: engine address, for example ``unix:///var/run/docker.sock``.
-        docker_config: path of the docker ``config.json`` with credentials.
+        credentials: the registry credentials in force (read per call).
         timeout: seconds one engine API call may block (a pull or push stream
             may take longer in total; each read is bounded).
     """
 
-    def __init__(self, docker_host: str, docker_config: Path, timeout: float = 600.0) -> None:
+    def __init__(
+        self, docker_host: str, credentials: CredentialStore, timeout: float = 600.0
+    ) -> None:
         self._docker_host = docker_host
-        self._config_path = Path(docker_config)
+        self._store = credentials
         self._timeout = timeout
         self._client: docker.APIClient | None = None
         self._lock = threading.Lock()
-        self._credentials = DockerConfig({})
-        self._config_text: str | None = None
 
     # Credentials -----------------------------------------------------------
 
-    def load_credentials(self) -> bool:
-        """Read the docker ``config.json`` again if it changed.
-
-        Called at start-up (where an error stops the controller) and at the
-        start of every cycle, so a ConfigMap or Secret that updates in place
-        takes effect within one cycle.
-
-        Returns:
-            True when new credentials were loaded, False when unchanged.
-
-        Raises:
-            ConfigError: the file cannot be read or is malformed; the
-                credentials loaded before stay in use.
-        """
-        try:
-            text = self._config_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                str(self._config_path), f"cannot read docker config: {exc.strerror}"
-            ) from None
-        if text == self._config_text:
-            return False
-        self._credentials = DockerConfig.parse(text, str(self._config_path))
-        self._config_text = text
-        log.info(
-            "loaded registry credentials from %s for: %s",
-            self._config_path,
-            ", ".join(sorted(self._credentials.credentials)) or "(none)",
-        )
-        return True
-
     def _auth(self, registry: str) -> dict[str, str] | None:
-        credential: Credential | None = self._credentials.for_registry(registry)
+        credential: Credential | None = self._store.current.for_registry(registry)
         return credential.docker_auth_config() if credential else None
 
     # Engine ----------------------------------------------------------------

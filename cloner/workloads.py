@@ -70,6 +70,8 @@ class Workload:
         containers: init containers first, then containers.
         labels, annotations: of the workload's ``metadata``.
         service_account: the pod template's ``serviceAccountName`` (``default`` when unset).
+        pull_secrets: names in the pod template's ``imagePullSecrets``, or
+            None when the field is absent.
     """
 
     kind: str
@@ -81,6 +83,7 @@ class Workload:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     service_account: str = "default"
+    pull_secrets: tuple[str, ...] | None = None
 
     @property
     def key(self) -> str:
@@ -117,6 +120,11 @@ class Workload:
             labels=dict(meta.get("labels") or {}),
             annotations=dict(meta.get("annotations") or {}),
             service_account=pod_spec.get("serviceAccountName") or "default",
+            pull_secrets=(
+                tuple((e or {}).get("name", "") for e in pod_spec["imagePullSecrets"] or ())
+                if "imagePullSecrets" in pod_spec
+                else None
+            ),
         )
 
 
@@ -251,7 +259,11 @@ def plan_workload(
     return plans
 
 
-def image_patch(changes: Sequence[tuple[Container, str]]) -> list[dict[str, Any]]:
+def image_patch(
+    changes: Sequence[tuple[Container, str]],
+    pull_secret: str | None = None,
+    workload: Workload | None = None,
+) -> list[dict[str, Any]]:
     """The JSON patch (RFC 6902) that sets new images on a workload's containers.
 
     For each change it first ``test``s that the container at that index still
@@ -261,6 +273,10 @@ def image_patch(changes: Sequence[tuple[Container, str]]) -> list[dict[str, Any]
 
     Args:
         changes: ``(container as read, new image reference)`` pairs.
+        pull_secret: a Secret to add to the pod template's ``imagePullSecrets``
+            in the same patch (``pullSecret.attach: workload``: one rollout,
+            not two); ignored when there is no image change or it is listed.
+        workload: the snapshot the changes come from (needed with ``pull_secret``).
 
     Returns:
         The list of patch operations (empty when there are no changes).
@@ -274,4 +290,29 @@ def image_patch(changes: Sequence[tuple[Container, str]]) -> list[dict[str, Any]
             {"op": "test", "path": container.image_path, "value": container.image},
             {"op": "replace", "path": container.image_path, "value": image},
         ]
+    if operations and pull_secret and workload is not None:
+        current = workload.pull_secrets
+        if current is None:
+            # Adding the whole list would replace one added concurrently, so
+            # this case is guarded by the resourceVersion that was read.
+            operations += [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": workload.resource_version,
+                },
+                {
+                    "op": "add",
+                    "path": "/spec/template/spec/imagePullSecrets",
+                    "value": [{"name": pull_secret}],
+                },
+            ]
+        elif pull_secret not in current:
+            operations.append(
+                {
+                    "op": "add",
+                    "path": "/spec/template/spec/imagePullSecrets/-",
+                    "value": {"name": pull_secret},
+                }
+            )
     return operations

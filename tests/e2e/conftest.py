@@ -10,11 +10,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import kubernetes.client
 import pytest
 
 from tests.e2e.harness import Environment, ensure_components
-from tests.e2e.support import Scope, write_config
+from tests.e2e.support import Scope, create_namespace, install_controller_rbac, write_config
 
 
 @pytest.fixture(scope="session")
@@ -50,17 +49,25 @@ def namespace(env: Environment) -> str:
     never completes.
     """
     name = f"e2e-{uuid.uuid4().hex[:10]}"
-    with env.api_client() as api:
-        kubernetes.client.CoreV1Api(api).create_namespace(
-            kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
-        )
+    create_namespace(env, name)
     return name
 
 
+@pytest.fixture(scope="session")
+def controller_kubeconfig(env: Environment) -> Path:
+    """A kubeconfig with a token of the image-cloner ServiceAccount, bound by manifests/ RBAC.
+
+    Every scenario that runs the controller through ``Scope.run`` runs with
+    exactly the permissions the shipped ClusterRole grants.
+    """
+    return install_controller_rbac(env)
+
+
 @pytest.fixture
-def scope(env: Environment, namespace: str, tmp_path: Path) -> Scope:
+def scope(env: Environment, namespace: str, tmp_path: Path, controller_kubeconfig: Path) -> Scope:
+    """The test's namespace, owned path prefix, config file and controller identity."""
     target = f"{env.owned.host}/t-{namespace}"
     config = write_config(
         tmp_path / "config.yaml", env, target, namespaces={"include": [namespace]}
     )
-    return Scope(env, namespace, target, config)
+    return Scope(env, namespace, target, config, controller_kubeconfig)

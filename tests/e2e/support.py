@@ -28,10 +28,15 @@ class Scope:
     namespace: str
     target: str  # owned host + per-test prefix
     config: Path
+    kubeconfig: Path  # the controller's: image-cloner ServiceAccount token
 
     @property
     def public(self) -> Registry:
         return self.env.public
+
+    def run(self, config: Path | None = None, *args: str) -> subprocess.CompletedProcess[str]:
+        """``controller.py --once`` as the image-cloner ServiceAccount."""
+        return run_controller(self.env, config or self.config, *args, kubeconfig=self.kubeconfig)
 
     def source(self, name: str) -> str:
         """A reference in the public registry, unique to this test."""
@@ -45,6 +50,25 @@ class Scope:
 
     def owned(self, source_name: str) -> str:
         return f"{self.env.owned.host}/{self.owned_repository(source_name)}"
+
+
+def create_namespace(env: Environment, name: str, **metadata: Any) -> None:
+    """Create a namespace with its ``default`` ServiceAccount.
+
+    There is no kube-controller-manager, so the ServiceAccount controller that
+    would add ``default`` is played here.
+    """
+    with closing(env.api_client()) as api:
+        core = kubernetes.client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": name, **metadata}})
+        core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+
+
+def install_controller_rbac(env: Environment) -> Path:
+    """Apply manifests/ namespace and RBAC; return the image-cloner ServiceAccount's kubeconfig."""
+    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
+    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "base" / "rbac.yaml"))
+    return env.service_account_kubeconfig("image-cloner", "image-cloner")
 
 
 def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Path:

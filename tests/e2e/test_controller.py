@@ -27,6 +27,7 @@ from tests.e2e.support import (
     Scope,
     controller_command,
     create,
+    create_namespace,
     images,
     log_size,
     push_to_owned,
@@ -43,9 +44,8 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
-    core = kubernetes.client.CoreV1Api(api)
     excluded_ns = f"{ns}-excluded"
-    core.create_namespace({"metadata": {"name": excluded_ns}})
+    create_namespace(env, excluded_ns)
     config = write_config(
         tmp_path / "scoped.yaml",
         env,
@@ -92,7 +92,7 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
     create(api, "Deployment", excluded_ns, "skipped", {"main": scope.source("app:1.0")})
     public_log = log_size(env.public)
 
-    result = run_controller(env, config)
+    result = scope.run(config)
     assert result.returncode == 1, result.stderr  # the ghost image failed
     assert "ghost:1" in result.stderr and "not_found" in result.stderr
 
@@ -148,7 +148,7 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
         ]
     }
     public_log, owned_log = log_size(env.public), log_size(env.owned)
-    again = run_controller(env, config)
+    again = scope.run(config)
     assert again.returncode == 1  # ghost is still missing and is retried
     for (kind, name), version in versions.items():
         assert read(api, kind, ns, name)["metadata"]["resourceVersion"] == version
@@ -177,7 +177,7 @@ def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
         metricsAddress="127.0.0.1",
     )
     process = subprocess.Popen(
-        controller_command(env.kubeconfig, config),
+        controller_command(scope.kubeconfig, config),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -227,7 +227,7 @@ def test_wrong_owned_password_fails_with_auth_and_patches_nothing(
         dockerConfig=str(wrong),
     )
     owned_log = log_size(env.owned)
-    result = run_controller(env, config)
+    result = scope.run(config)
     assert result.returncode == 1
     assert "(auth)" in result.stderr
     assert "not-the-password" not in result.stderr + result.stdout
@@ -236,7 +236,7 @@ def test_wrong_owned_password_fails_with_auth_and_patches_nothing(
     assert [line for line in request_lines(env.owned, owned_log) if '"PUT ' in line] == []
 
     # With the right credentials the next run completes the work.
-    assert run_controller(env, scope.config).returncode == 0
+    assert scope.run().returncode == 0
     assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('locked')}:1"}
 
 
@@ -280,23 +280,56 @@ def test_manifests_pass_server_side_dry_run(env: Environment) -> None:
     for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "configmap", "deployment"):
         assert kind in result.stdout.lower(), result.stdout
 
+    # The Secret variant: same objects, credentials volume from a Secret.
+    overlay = str(REPO / "manifests" / "secret-credentials")
+    result = env.run_kubectl("apply", "--dry-run=server", "-k", overlay)
+    assert result.returncode == 0, result.stderr
+    assert "configmap/docker-configuration" not in result.stdout
+    rendered = list(yaml.safe_load_all(env.run_kubectl("kustomize", overlay).stdout))
+    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["docker-configuration"] == {
+        "name": "docker-configuration",
+        "secret": {"secretName": "docker-configuration"},
+    }
+    assert volumes["config"]["configMap"]["name"] == "image-cloner-config"
+
 
 def test_controller_works_with_only_the_manifests_rbac(
     scope: Scope, env: Environment, tmp_path: Path
 ) -> None:
     """Run as the image-cloner ServiceAccount, bound by manifests/rbac.yaml alone."""
-    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"))
-    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "rbac.yaml"))
-    kubeconfig = env.service_account_kubeconfig("image-cloner", "image-cloner")
+    kubeconfig = scope.kubeconfig  # manifests/ RBAC applied by the fixture
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("rbac:1"), layers=1, seed=f"{ns}-rbac")
     create(api, "StatefulSet", ns, "db", {"db": scope.source("rbac:1")})
-    result = run_controller(env, scope.config, kubeconfig=kubeconfig)
+    result = scope.run()
     assert result.returncode == 0, result.stderr
     assert images(read(api, "StatefulSet", ns, "db")) == {"db": f"{scope.owned('rbac')}:1"}
-    # ...and the ServiceAccount can do nothing beyond that.
-    denied = env.run_kubectl(
-        "--kubeconfig", str(kubeconfig), "auth", "can-i", "get", "secrets", "-A", check=False
-    )
-    assert denied.stdout.strip() == "no"
+    # ...and the ServiceAccount can do nothing beyond what it uses.
+    for verb, resource in [
+        ("list", "secrets"),  # cannot enumerate the cluster's Secrets
+        ("watch", "secrets"),
+        ("delete", "secrets"),
+        ("update", "deployments"),
+        ("delete", "deployments"),
+        ("create", "pods"),
+        ("patch", "namespaces"),
+        ("create", "serviceaccounts"),
+        ("create", "clusterrolebindings"),
+    ]:
+        denied = env.run_kubectl(
+            "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, "-A", check=False
+        )
+        assert denied.stdout.strip() == "no", (verb, resource)
+    for verb, resource in [
+        ("list", "deployments"),
+        ("patch", "statefulsets"),
+        ("get", "secrets"),
+        ("patch", "serviceaccounts"),
+    ]:
+        allowed = env.run_kubectl(
+            "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, "-A", check=False
+        )
+        assert allowed.stdout.strip() == "yes", (verb, resource)

@@ -10,11 +10,11 @@ from tests.e2e.harness import Environment
 from tests.e2e.support import (
     Scope,
     create,
+    create_namespace,
     images,
     log_size,
     read,
     request_lines,
-    run_controller,
     write_config,
 )
 
@@ -24,11 +24,8 @@ def test_invalid_references_opt_outs_and_image_globs(
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
-    core = kubernetes.client.CoreV1Api(api)
     quiet_ns = f"{ns}-quiet"
-    core.create_namespace(
-        {"metadata": {"name": quiet_ns, "labels": {"image-cloner.io/skip": "true"}}}
-    )
+    create_namespace(env, quiet_ns, labels={"image-cloner.io/skip": "true"})
     for name in ("good", "kept", "vendor"):
         env.build_image(scope.source(f"{name}:1"), layers=1, seed=f"{ns}-{name}")
     env.build_image(f"{env.public.host}/{ns}-vendor/tool:1", layers=1, seed=f"{ns}-vt")
@@ -66,7 +63,7 @@ def test_invalid_references_opt_outs_and_image_globs(
         },
     )
     owned_log = log_size(env.owned)
-    result = run_controller(env, config)
+    result = scope.run(config)
     assert result.returncode == 1  # invalid references are failures
     assert "invalid reference 'Registry.Example.com/UPPER/Case:1'" in result.stderr
     assert "container bad of Deployment" in result.stderr
@@ -97,7 +94,7 @@ def test_invalid_references_opt_outs_and_image_globs(
         f"{scope.target.split('/', 1)[1]}/{host}/{ns}-vendor/tool",
     }
 
-    metrics = run_controller(env, config)
+    metrics = scope.run(config)
     assert "clone_failures=2 (invalid_reference=2)" in metrics.stderr
 
 
@@ -116,7 +113,7 @@ def test_flat_naming_with_pin_digest(scope: Scope, env: Environment, tmp_path: P
         flatSeparator="_",
         pinDigest=True,
     )
-    result = run_controller(env, config)
+    result = scope.run(config)
     assert result.returncode == 0, result.stderr
 
     host = env.public.host.replace(":", "-")

@@ -7,7 +7,7 @@ import yaml
 from cloner.config import load_settings
 from cloner.credentials import DockerConfig
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
 
 
 def configmap(name: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ def workload(
 ) -> dict[str, Any]:
     return {
         "kind": kind,
-        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}"},
+        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "resourceVersion": "1"},
         "spec": {
             "template": {
                 "spec": {
@@ -70,12 +70,15 @@ class FakeKube:
             if op["op"] == "test" and node[parts[-1]] != op["value"]:
                 raise KubeError(422, "test failed")
         for op in patch:
-            if op["op"] == "replace":
+            if op["op"] in ("replace", "add"):
                 parts = op["path"].strip("/").split("/")
                 node = obj
                 for part in parts[:-1]:
                     node = node[int(part)] if isinstance(node, list) else node[part]
-                node[parts[-1]] = op["value"]
+                if parts[-1] == "-":
+                    node.append(op["value"])
+                else:
+                    node[parts[-1]] = op["value"]
 
     def image(self, uid: str, name: str) -> str:
         obj = next(o for o in self.objects if o["metadata"]["uid"] == uid)
@@ -277,3 +280,134 @@ def test_invalid_reference_counts_as_failure_reason() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", "UPPER:1", "nginx")])
     summary = Reconciler(kube, FakeRegistry(), SETTINGS).reconcile_once()
     assert summary.clone_failures["invalid_reference"] == 1
+
+
+# --- pull secrets ----------------------------------------------------------------
+
+import base64  # noqa: E402
+import json  # noqa: E402
+
+from cloner.credentials import DockerConfig  # noqa: E402
+
+
+class Creds:
+    def __init__(self, password: str) -> None:
+        self.set(password)
+
+    def set(self, password: str) -> None:
+        token = base64.b64encode(f"cloner:{password}".encode()).decode()
+        self.current = DockerConfig.parse(json.dumps({"auths": {OWNED: {"auth": token}}}))
+        self.version = password
+
+
+class SecretKube(FakeKube):
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        super().__init__(objects)
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.accounts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get((ns, name))
+
+    def create_secret(self, ns: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"create secret {ns}")
+        self.secrets[(ns, body["metadata"]["name"])] = body
+
+    def replace_secret(self, ns: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"update secret {ns}")
+        self.secrets[(ns, body["metadata"]["name"])] = body
+
+    def get_service_account(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.accounts.get((ns, name))
+
+    def patch_service_account(self, ns: str, name: str, patch: list[dict[str, Any]]) -> None:
+        self.calls.append(f"patch sa {ns}/{name}")
+        account = self.accounts[(ns, name)]
+        for op in patch:
+            if op["path"] == "/imagePullSecrets":
+                account["imagePullSecrets"] = op["value"]
+            elif op["path"] == "/imagePullSecrets/-":
+                account["imagePullSecrets"].append(op["value"])
+
+    def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
+        self.calls.append(f"patch {w.key}")
+        super().patch_workload(w, patch)
+
+
+def test_secret_and_service_account_are_in_place_before_the_patch() -> None:
+    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.accounts[("a", "default")] = {
+        "metadata": {"resourceVersion": "1"},
+        "imagePullSecrets": [{"name": "mine"}],
+    }
+    summary = Reconciler(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
+    assert kube.calls == ["create secret a", "patch sa a/default", "patch Deployment a/web"]
+    assert kube.accounts[("a", "default")]["imagePullSecrets"] == [
+        {"name": "mine"},
+        {"name": "image-cloner-pull-secret"},
+    ]
+    assert summary.provisioning.secrets["created"] == 1 and summary.ok
+
+
+def test_foreign_secret_blocks_the_namespace() -> None:
+    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.accounts[("a", "default")] = {"metadata": {}}
+    foreign = {"metadata": {"name": "image-cloner-pull-secret"}, "type": "Opaque", "data": {}}
+    kube.secrets[("a", "image-cloner-pull-secret")] = foreign
+    summary = Reconciler(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
+    assert kube.calls == []
+    assert kube.secrets[("a", "image-cloner-pull-secret")] is foreign
+    assert summary.provisioning.failures[0][:2] == ("a", "foreign_secret")
+    assert kube.image("a/web", "c0") == "nginx:1.25"
+
+
+def test_missing_service_account_blocks_the_workload() -> None:
+    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    summary = Reconciler(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
+    assert "patch Deployment a/web" not in kube.calls
+    assert summary.provisioning.failures[0][1] == "serviceaccount_missing"
+
+
+def test_workload_mode_leaves_service_accounts_alone() -> None:
+    settings = Settings(target=f"{OWNED}/m", pull_secret_attach="workload")
+    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    Reconciler(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
+    assert kube.calls == ["create secret a", "patch Deployment a/web"]
+    spec = kube.objects[0]["spec"]["template"]["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "image-cloner-pull-secret"}]
+    assert len(kube.patches) == 1  # images and pull secret in one patch: one rollout
+
+
+def test_changed_credentials_update_every_managed_secret_next_cycle() -> None:
+    kube = SecretKube(
+        [
+            workload("Deployment", "a", "web", "nginx:1.25"),
+            workload("Deployment", "b", "x", "redis"),
+        ]
+    )
+    for ns in ("a", "b"):
+        kube.accounts[(ns, "default")] = {"metadata": {}}
+    creds = Creds("old")
+    reconciler = Reconciler(kube, FakeRegistry(), SETTINGS, creds)
+    reconciler.reconcile_once()
+    creds.set("new")
+    kube.calls.clear()
+    summary = reconciler.reconcile_once()
+    assert sorted(kube.calls) == ["update secret a", "update secret b"]
+    assert summary.provisioning.secrets["updated"] == 2
+    for ns in ("a", "b"):
+        data = kube.secrets[(ns, "image-cloner-pull-secret")]["data"][".dockerconfigjson"]
+        assert b"cloner:new" in base64.b64decode(
+            json.loads(base64.b64decode(data))["auths"][OWNED]["auth"]
+        )
+    kube.calls.clear()
+    reconciler.reconcile_once()
+    assert kube.calls == []  # nothing left to do
+
+
+def test_provision_false_creates_nothing() -> None:
+    settings = Settings(target=f"{OWNED}/m", pull_secret_provision=False)
+    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    Reconciler(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
+    assert kube.calls == ["patch Deployment a/web"]

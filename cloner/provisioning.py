@@ -1,0 +1,237 @@
+"""Pull secret provisioning for one reconcile cycle.
+
+Called by ``reconcile`` before it patches a workload: the workload's namespace
+must hold the managed pull Secret, and (``pullSecret.attach: serviceaccount``)
+the ServiceAccount its pods run as must list it, so no new pod starts without
+the credentials it needs. Also called once per change of the docker
+``config.json`` (and at start) to bring every managed Secret up to date. It
+works through the ``SecretAPI`` protocol; the decisions are the pure functions
+of ``pullsecrets``. Failures are recorded, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cloner.credentials import Credential, DockerConfig
+from cloner.errors import KubeError
+from cloner.pullsecrets import (
+    desired_secret,
+    is_managed,
+    secret_action,
+    service_account_patch,
+    updated_secret,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SecretAPI(Protocol):
+    """The Kubernetes calls provisioning needs (implemented by ``kube.KubeClient``)."""
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, None if absent; raises ``KubeError``."""
+        ...
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a Secret; raises ``KubeError``."""
+        ...
+
+    def replace_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        """Update a Secret (resourceVersion precondition); raises ``KubeError``."""
+        ...
+
+    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ServiceAccount, None if absent; raises ``KubeError``."""
+        ...
+
+    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch to a ServiceAccount; raises ``KubeError``."""
+        ...
+
+
+class Credentials(Protocol):
+    """The registry credentials in force (``credentials.CredentialStore``)."""
+
+    current: DockerConfig
+    version: str
+
+
+@dataclass(slots=True)
+class ProvisionReport:
+    """What provisioning did in one cycle.
+
+    Attributes:
+        secrets: Secrets written, by action (``created``, ``updated``).
+        service_accounts_patched: ServiceAccounts that got the Secret added.
+        failures: ``(namespace, reason, message)``; reason is
+            ``foreign_secret``, ``serviceaccount_missing`` or ``api_error``.
+    """
+
+    secrets: Counter[str] = field(default_factory=Counter)
+    service_accounts_patched: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class PullSecrets:
+    """Makes namespaces ready to pull from the owned registry, once per cycle each.
+
+    Args:
+        kube: the Kubernetes side.
+        credentials: the credentials in force.
+        owned_registry: the owned registry host (whose entry is provisioned).
+        name: the Secret name.
+        attach_service_accounts: True for ``pullSecret.attach: serviceaccount``.
+    """
+
+    def __init__(
+        self,
+        kube: SecretAPI,
+        credentials: Credentials,
+        owned_registry: str,
+        name: str,
+        attach_service_accounts: bool,
+    ) -> None:
+        self._kube = kube
+        self._credentials = credentials
+        self._owned_registry = owned_registry
+        self.name = name
+        self._attach_service_accounts = attach_service_accounts
+        self._swept_version = ""
+        self._warned_version = ""
+        self._report = ProvisionReport()
+        self._namespaces: dict[str, bool] = {}
+        self._service_accounts: dict[tuple[str, str], bool] = {}
+
+    def start_cycle(self) -> ProvisionReport:
+        """Forget the per-cycle state; returns the report this cycle fills."""
+        self._report = ProvisionReport()
+        self._namespaces.clear()
+        self._service_accounts.clear()
+        return self._report
+
+    def credential(self) -> Credential | None:
+        """The owned registry's credential, or None (then no Secret is needed)."""
+        credential = self._credentials.current.for_registry(self._owned_registry)
+        if credential is None and self._warned_version != self._credentials.version:
+            self._warned_version = self._credentials.version
+            log.warning(
+                "the docker config has no entry for the owned registry %s: no pull "
+                "secret is provisioned (nodes must be able to pull from it already)",
+                self._owned_registry,
+            )
+        return credential
+
+    def sweep(self, namespaces: Iterable[str]) -> None:
+        """Bring every managed Secret in ``namespaces`` up to date, once per credentials version.
+
+        Runs at the first cycle and after the docker ``config.json`` changed;
+        only Secrets the controller manages are updated, none are created.
+        If any read fails the sweep runs again next cycle.
+        """
+        credential = self.credential()
+        version = self._credentials.version
+        if credential is None or self._swept_version == version:
+            return
+        complete = True
+        for namespace in sorted(set(namespaces)):
+            try:
+                existing = self._kube.get_secret(namespace, self.name)
+            except KubeError as exc:
+                log.error("checking the pull secret of %s failed: %s", namespace, exc)
+                complete = False
+                continue
+            if existing is None or not is_managed(existing):
+                continue
+            complete &= self._converge(namespace, existing, credential)
+        if complete:
+            self._swept_version = version
+
+    def namespace_ready(self, namespace: str, service_account: str) -> bool:
+        """Make sure pods of ``service_account`` in ``namespace`` can pull owned images.
+
+        Returns:
+            True when the Secret (and, in ``serviceaccount`` mode, the
+            attachment) is in place or not needed; False when the workload
+            must not be patched this cycle (the failure is recorded).
+        """
+        credential = self.credential()
+        if credential is None:
+            return True
+        if namespace not in self._namespaces:
+            self._namespaces[namespace] = self._ensure_secret(namespace, credential)
+        if not self._namespaces[namespace]:
+            return False
+        if not self._attach_service_accounts:
+            return True
+        key = (namespace, service_account)
+        if key not in self._service_accounts:
+            self._service_accounts[key] = self._ensure_attached(namespace, service_account)
+        return self._service_accounts[key]
+
+    def workload_pull_secret(self) -> str | None:
+        """The Secret to add to pod templates (``workload`` mode), else None."""
+        if self._attach_service_accounts or self.credential() is None:
+            return None
+        return self.name
+
+    def _fail(self, namespace: str, reason: str, message: str) -> bool:
+        self._report.failures.append((namespace, reason, message))
+        log.error("not patching workloads in %s this cycle: %s", namespace, message)
+        return False
+
+    def _ensure_secret(self, namespace: str, credential: Credential) -> bool:
+        try:
+            existing = self._kube.get_secret(namespace, self.name)
+        except KubeError as exc:
+            return self._fail(namespace, "api_error", str(exc))
+        return self._converge(namespace, existing, credential)
+
+    def _converge(
+        self, namespace: str, existing: dict[str, Any] | None, credential: Credential
+    ) -> bool:
+        desired = desired_secret(self.name, namespace, credential)
+        action = secret_action(existing, desired)
+        try:
+            if action == "foreign":
+                return self._fail(
+                    namespace,
+                    "foreign_secret",
+                    f"Secret {namespace}/{self.name} exists and is not managed by "
+                    "image-cloner (no app.kubernetes.io/managed-by=image-cloner label); "
+                    "it is left as it is",
+                )
+            if action == "create":
+                self._kube.create_secret(namespace, desired)
+                self._report.secrets["created"] += 1
+                log.info("created pull secret %s/%s", namespace, self.name)
+            elif action == "update":
+                assert existing is not None
+                self._kube.replace_secret(namespace, updated_secret(existing, desired))
+                self._report.secrets["updated"] += 1
+                log.info("updated pull secret %s/%s", namespace, self.name)
+        except KubeError as exc:
+            return self._fail(namespace, "api_error", str(exc))
+        return True
+
+    def _ensure_attached(self, namespace: str, name: str) -> bool:
+        try:
+            account = self._kube.get_service_account(namespace, name)
+            if account is None:
+                return self._fail(
+                    namespace,
+                    "serviceaccount_missing",
+                    f"ServiceAccount {namespace}/{name} does not exist",
+                )
+            patch = service_account_patch(account, self.name)
+            if patch:
+                self._kube.patch_service_account(namespace, name, patch)
+                self._report.service_accounts_patched += 1
+                log.info("added pull secret %s to ServiceAccount %s/%s", self.name, namespace, name)
+        except KubeError as exc:
+            return self._fail(namespace, "api_error", str(exc))
+        return True

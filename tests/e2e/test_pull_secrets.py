@@ -1,0 +1,279 @@
+"""Issue 4 on real components: pull secrets per namespace, attachment, rotation, foreign Secrets.
+
+Every controller run here uses a token of the image-cloner ServiceAccount,
+bound by manifests/rbac.yaml alone (the ``scope`` fixture).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import closing, suppress
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import kubernetes.client
+import pytest
+
+from tests.e2e.harness import Environment
+from tests.e2e.support import (
+    REPO,
+    Scope,
+    controller_command,
+    create,
+    create_namespace,
+    images,
+    read,
+    write_config,
+)
+
+SECRET = "image-cloner-pull-secret"
+
+
+def docker_config(env: Environment, password: str) -> str:
+    """A docker config.json with the owned registry and a second, unrelated registry."""
+    token = base64.b64encode(f"{env.owned.username}:{password}".encode()).decode()
+    other = base64.b64encode(b"someone:else-entirely").decode()
+    return json.dumps(
+        {"auths": {env.owned.host: {"auth": token}, "other.example.com": {"auth": other}}}
+    )
+
+
+def secret_of(api: kubernetes.client.ApiClient, namespace: str) -> dict[str, Any] | None:
+    core = kubernetes.client.CoreV1Api(api)
+    try:
+        return json.loads(
+            core.read_namespaced_secret(SECRET, namespace, _preload_content=False).data
+        )
+    except kubernetes.client.ApiException as exc:
+        assert exc.status == 404
+        return None
+
+
+def auths(secret: dict[str, Any]) -> dict[str, Any]:
+    payload = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    return payload["auths"]
+
+
+def pull_secrets_of_account(api: kubernetes.client.ApiClient, ns: str, name: str) -> list[str]:
+    account = kubernetes.client.CoreV1Api(api).read_namespaced_service_account(name, ns)
+    return [ref.name for ref in account.image_pull_secrets or []]
+
+
+def pull_as_kubelet(env: Environment, secret: dict[str, Any], image: str) -> None:
+    """Pull ``image`` (``repo:tag``) with the credentials in the Secret, as kubelet would.
+
+    Raises:
+        AssertionError: the registry refused the pull.
+    """
+    entry = auths(secret)[env.owned.host]
+    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    repository, tag = image.rsplit(":", 1)
+    with closing(env.docker_client()) as client:
+        with suppress(docker.errors.ImageNotFound):
+            client.api.remove_image(image)
+        try:
+            for line in client.api.pull(
+                repository,
+                tag=tag,
+                stream=True,
+                decode=True,
+                auth_config={"username": user, "password": password},
+            ):
+                if "error" in line:
+                    raise AssertionError(f"pull of {image} refused: {line['error']}")
+        except docker.errors.APIError as exc:
+            raise AssertionError(f"pull of {image} refused: {exc.explanation}") from None
+        client.api.remove_image(image)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until ``check()``; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"not {what} within {timeout}s")
+
+
+def test_three_namespaces_get_the_secret_rotation_updates_all(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    core = kubernetes.client.CoreV1Api(api)
+    ns_b, ns_c, unrelated = f"{ns}-b", f"{ns}-c", f"{ns}-d"
+    for name in (ns_b, ns_c, unrelated):
+        create_namespace(env, name)
+    core.create_namespaced_service_account(ns_b, {"metadata": {"name": "runner"}})
+    core.patch_namespaced_service_account(
+        "default", ns_c, {"imagePullSecrets": [{"name": "existing"}]}
+    )
+    env.build_image(scope.source("svc:1"), layers=2, seed=f"{ns}-svc")
+    create(api, "Deployment", ns, "a", {"main": scope.source("svc:1")})
+    create(api, "StatefulSet", ns_b, "b", {"main": scope.source("svc:1")})
+    apps = kubernetes.client.AppsV1Api(api)
+    apps.patch_namespaced_stateful_set(
+        "b", ns_b, {"spec": {"template": {"spec": {"serviceAccountName": "runner"}}}}
+    )
+    create(api, "DaemonSet", ns_c, "c", {"main": scope.source("svc:1")})
+    create(api, "Deployment", unrelated, "d", {"main": f"{env.owned.host}/in-house/app:1"})
+
+    credentials = tmp_path / "config.json"
+    credentials.write_text(docker_config(env, env.owned.password or ""))
+    config = write_config(
+        tmp_path / "c.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [f"{ns}*"]},
+        dockerConfig=str(credentials),
+    )
+    process = subprocess.Popen(
+        controller_command(scope.kubeconfig, config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        owned_image = f"{scope.owned('svc')}:1"
+        workloads = [("Deployment", ns, "a"), ("StatefulSet", ns_b, "b"), ("DaemonSet", ns_c, "c")]
+        wait_for(
+            lambda: all(images(read(api, *w))["main"] == owned_image for w in workloads),
+            60,
+            "patched",
+        )
+        old_password = env.owned.password or ""
+        for namespace in (ns, ns_b, ns_c):
+            secret = secret_of(api, namespace)
+            assert secret is not None, namespace
+            assert secret["type"] == "kubernetes.io/dockerconfigjson"
+            assert secret["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "image-cloner"}
+            entries = auths(secret)
+            assert list(entries) == [env.owned.host]  # the other registry is not copied
+            assert base64.b64decode(entries[env.owned.host]["auth"]).decode() == (
+                f"{env.owned.username}:{old_password}"
+            )
+        assert secret_of(api, unrelated) is None
+        assert pull_secrets_of_account(api, ns, "default") == [SECRET]
+        assert pull_secrets_of_account(api, ns_b, "runner") == [SECRET]
+        assert pull_secrets_of_account(api, ns_b, "default") == []
+        assert pull_secrets_of_account(api, ns_c, "default") == ["existing", SECRET]
+        assert pull_secrets_of_account(api, unrelated, "default") == []
+
+        # The Secret's credentials really pull the owned copy.
+        first = secret_of(api, ns)
+        assert first is not None
+        pull_as_kubelet(env, first, owned_image)
+
+        # A malformed new file: reported, the last good credentials stay.
+        versions = {n: secret_of(api, n)["metadata"]["resourceVersion"] for n in (ns, ns_b, ns_c)}
+        credentials.write_text('{"auths": ')
+        time.sleep(3)
+        for namespace, version in versions.items():
+            assert secret_of(api, namespace)["metadata"]["resourceVersion"] == version
+
+        # Rotate the owned registry's password and the docker config.json.
+        new_password = secrets.token_urlsafe(12)
+        env.owned.set_password(new_password)
+        credentials.write_text(docker_config(env, new_password))
+        expected = f"{env.owned.username}:{new_password}"
+
+        def rotated() -> bool:
+            for namespace in (ns, ns_b, ns_c):
+                entry = auths(secret_of(api, namespace) or {})[env.owned.host]
+                if base64.b64decode(entry["auth"]).decode() != expected:
+                    return False
+            return True
+
+        took = wait_for(rotated, 10, "rotated in every namespace")
+        print(f"\nmanaged secrets rotated {took:.1f}s after the config.json change")
+        rotated_secret = secret_of(api, ns_c)
+        assert rotated_secret is not None
+        pull_as_kubelet(env, rotated_secret, owned_image)
+        with pytest.raises(AssertionError, match="pull of"):
+            pull_as_kubelet(env, first, owned_image)  # the old password no longer works
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert "keeping the previous registry credentials" in output
+    assert "not valid JSON" in output
+    for password in (old_password, new_password):
+        assert password not in output
+
+
+def test_unmanaged_secret_is_left_byte_for_byte(scope: Scope, env: Environment) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": SECRET, "labels": {"team": "payments"}},
+            "type": "Opaque",
+            "data": {"token": base64.b64encode(b"theirs").decode()},
+        },
+    )
+    before = secret_of(api, ns)
+    env.build_image(scope.source("pay:1"), layers=1, seed=f"{ns}-pay")
+    create(api, "Deployment", ns, "pay", {"main": scope.source("pay:1")})
+    result = scope.run()
+    assert result.returncode == 1
+    assert f"not patching workloads in {ns}" in result.stderr
+    assert "not managed by image-cloner" in result.stderr
+    assert secret_of(api, ns) == before
+    assert images(read(api, "Deployment", ns, "pay")) == {"main": scope.source("pay:1")}
+    assert pull_secrets_of_account(api, ns, "default") == []
+
+
+def test_workload_mode_adds_the_secret_in_the_same_patch(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("w:1"), layers=1, seed=f"{ns}-w")
+    create(api, "Deployment", ns, "web", {"main": scope.source("w:1")})
+    generation = read(api, "Deployment", ns, "web")["metadata"]["generation"]
+    config = write_config(
+        tmp_path / "w.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [ns]},
+        pullSecret={"attach": "workload"},
+    )
+    assert scope.run(config).returncode == 0
+    web = read(api, "Deployment", ns, "web")
+    assert web["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": SECRET}]
+    assert images(web) == {"main": f"{scope.owned('w')}:1"}
+    assert web["metadata"]["generation"] == generation + 1  # one rollout, not two
+    assert secret_of(api, ns) is not None
+    assert pull_secrets_of_account(api, ns, "default") == []
+
+
+def test_provision_false_creates_no_secret(scope: Scope, env: Environment, tmp_path: Path) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("n:1"), layers=1, seed=f"{ns}-n")
+    create(api, "Deployment", ns, "web", {"main": scope.source("n:1")})
+    config = write_config(
+        tmp_path / "n.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [ns]},
+        pullSecret={"provision": False},
+    )
+    assert scope.run(config).returncode == 0
+    assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('n')}:1"}
+    assert secret_of(api, ns) is None
+    assert pull_secrets_of_account(api, ns, "default") == []
