@@ -27,7 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.harness import Environment, ensure_components  # noqa: E402
-from tests.e2e.support import controller_command  # noqa: E402
+from tests.e2e.support import (  # noqa: E402
+    controller_command,
+    create_namespace,
+    install_controller_rbac,
+)
 
 KINDS = {
     "Deployment": ("create_namespaced_deployment", "read_namespaced_deployment"),
@@ -88,7 +92,7 @@ def main() -> int:
         api = env.api_client()
         core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
         for ns in ("shop", "ops"):
-            core.create_namespace({"metadata": {"name": ns}})
+            create_namespace(env, ns)
         before = {}
         for kind, ns, name, containers, init in samples:
             getattr(apps, KINDS[kind][0])(ns, workload(kind, name, containers, init))
@@ -106,9 +110,12 @@ def main() -> int:
                 }
             )
         )
-        print("demo: running the controller loop (pollInterval 2s); its log follows\n")
+        print(
+            "demo: running the controller loop (pollInterval 2s) as the image-cloner "
+            "ServiceAccount with the RBAC of manifests/base/rbac.yaml; its log follows\n"
+        )
         controller = subprocess.Popen(
-            controller_command(env.kubeconfig, config),
+            controller_command(install_controller_rbac(env), config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -129,19 +136,36 @@ def main() -> int:
         controller.send_signal(signal.SIGTERM)
         controller.wait(timeout=30)
 
-        print("\nworkload                      container  before -> after")
+        rows = [("WORKLOAD", "CONTAINER", "BEFORE", "AFTER")]
         changed = 0
         for key, old in before.items():
             new = images(apps, *key)
             for container, image in old.items():
                 after = new[container]
-                mark = "" if after != image else "  (unchanged)"
                 changed += after != image
-                print(
-                    f"{key[0]} {key[1]}/{key[2]:<12} {container:<9} {image}\n"
-                    f"{'':40}-> {after}{mark}"
+                rows.append(
+                    (
+                        f"{key[0]} {key[1]}/{key[2]}",
+                        container,
+                        image,
+                        after if after != image else "(unchanged)",
+                    )
                 )
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        print()
+        for row in rows:
+            print(
+                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
+            )
         print(f"\nowned registry now holds: {', '.join(env.owned.catalog())}")
+        for ns in ("shop", "ops"):
+            secret = core.read_namespaced_secret("image-cloner-pull-secret", ns)
+            account = core.read_namespaced_service_account("default", ns)
+            attached = [ref.name for ref in account.image_pull_secrets or []]
+            print(
+                f"namespace {ns}: Secret image-cloner-pull-secret ({secret.type}), "
+                f"ServiceAccount default imagePullSecrets={attached}"
+            )
         print(
             f"demo: {changed} container images switched to owned copies; "
             "kube-system is excluded by default"
