@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cloner.credentials import Credential
+from cloner.workloads import ADDED_PULL_SECRET, annotation_ops
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "image-cloner"
@@ -121,6 +122,8 @@ def service_account_patch(service_account: Mapping[str, Any], name: str) -> list
     Entries already there are kept as they are. The patch ``test``s the
     ``resourceVersion`` that was read, so a concurrent edit of the
     ServiceAccount makes the API server refuse it rather than lose either change.
+    It also sets the ``image-cloner.io/added-pull-secret`` annotation, so
+    ``revert`` removes only what the controller added.
 
     Args:
         service_account: the ServiceAccount as read (JSON dict).
@@ -135,5 +138,11 @@ def service_account_patch(service_account: Mapping[str, Any], name: str) -> list
     version = (service_account.get("metadata") or {}).get("resourceVersion", "")
     test = {"op": "test", "path": "/metadata/resourceVersion", "value": version}
     if current is None:
-        return [test, {"op": "add", "path": "/imagePullSecrets", "value": [{"name": name}]}]
-    return [test, {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": name}}]
+        add = {"op": "add", "path": "/imagePullSecrets", "value": [{"name": name}]}
+    else:
+        add = {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": name}}
+    annotations = (service_account.get("metadata") or {}).get("annotations") or {}
+    marks = annotation_ops(annotations, version, {ADDED_PULL_SECRET: name})
+    if marks and marks[0]["path"] == "/metadata/resourceVersion":
+        marks = marks[1:]  # tested once already
+    return [test, add, *marks]

@@ -332,7 +332,7 @@ class Reconciler:
         summary: Summary,
         pull_secret: str | None = None,
     ) -> None:
-        patch = image_patch(changes, pull_secret, workload)
+        patch = image_patch(workload, changes, pull_secret)
         if not patch:
             return
         try:

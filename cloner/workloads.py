@@ -12,6 +12,7 @@ its image changed since the read, so a concurrent edit is never overwritten.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -259,29 +260,90 @@ def plan_workload(
     return plans
 
 
+#: Annotation on a patched workload: JSON object, container name -> the
+#: reference the controller replaced (for ``controller.py revert``).
+ORIGINAL_IMAGES = "image-cloner.io/original-images"
+#: Annotation on a workload or ServiceAccount whose ``imagePullSecrets`` the
+#: controller extended: the Secret name it added (revert removes only that).
+ADDED_PULL_SECRET = "image-cloner.io/added-pull-secret"
+
+
+def original_images(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The ``image-cloner.io/original-images`` annotation as a dict ({} if absent or malformed)."""
+    try:
+        value = json.loads(annotations.get(ORIGINAL_IMAGES) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def json_pointer_token(key: str) -> str:
+    """Escape a key for a JSON pointer (RFC 6901: ``~`` -> ``~0``, ``/`` -> ``~1``)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def annotation_ops(
+    current: Mapping[str, str], resource_version: str, updates: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """JSON patch operations that set annotations without losing concurrent edits.
+
+    Args:
+        current: the object's annotations as read.
+        resource_version: its ``metadata.resourceVersion`` as read.
+        updates: annotations to set.
+
+    Returns:
+        With no annotations at all, one ``add`` of the whole map guarded by a
+        ``test`` of the resourceVersion; otherwise per key a ``test`` of the
+        old value (when it had one) and an ``add`` (which replaces).
+    """
+    if not updates:
+        return []
+    if not current:
+        return [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/metadata/annotations", "value": dict(updates)},
+        ]
+    operations: list[dict[str, Any]] = []
+    for key, value in updates.items():
+        path = f"/metadata/annotations/{json_pointer_token(key)}"
+        if key in current:
+            if current[key] == value:
+                continue
+            operations.append({"op": "test", "path": path, "value": current[key]})
+        operations.append({"op": "add", "path": path, "value": value})
+    return operations
+
+
 def image_patch(
+    workload: Workload,
     changes: Sequence[tuple[Container, str]],
     pull_secret: str | None = None,
-    workload: Workload | None = None,
 ) -> list[dict[str, Any]]:
-    """The JSON patch (RFC 6902) that sets new images on a workload's containers.
+    """The JSON patch (RFC 6902) that switches a workload's containers to new images.
 
     For each change it first ``test``s that the container at that index still
     has the same name and still has the image the decision was based on, then
     ``replace``s the image. If anything changed since the read, the API server
-    rejects the whole patch (422) and nothing is written.
+    rejects the whole patch (422) and nothing is written. The same patch
+    records each replaced reference in the ``image-cloner.io/original-images``
+    annotation, so ``revert`` can restore it.
 
     Args:
+        workload: the snapshot the changes were planned from.
         changes: ``(container as read, new image reference)`` pairs.
         pull_secret: a Secret to add to the pod template's ``imagePullSecrets``
             in the same patch (``pullSecret.attach: workload``: one rollout,
             not two); ignored when there is no image change or it is listed.
-        workload: the snapshot the changes come from (needed with ``pull_secret``).
+            Recorded in ``image-cloner.io/added-pull-secret``.
 
     Returns:
         The list of patch operations (empty when there are no changes).
     """
     operations: list[dict[str, Any]] = []
+    originals = original_images(workload.annotations)
     for container, image in changes:
         if image == container.image:
             continue
@@ -290,11 +352,17 @@ def image_patch(
             {"op": "test", "path": container.image_path, "value": container.image},
             {"op": "replace", "path": container.image_path, "value": image},
         ]
-    if operations and pull_secret and workload is not None:
+        originals[container.name] = container.image
+    if not operations:
+        return []
+    annotations = {ORIGINAL_IMAGES: json.dumps(originals, sort_keys=True, separators=(",", ":"))}
+    guarded = False
+    if pull_secret:
         current = workload.pull_secrets
         if current is None:
             # Adding the whole list would replace one added concurrently, so
             # this case is guarded by the resourceVersion that was read.
+            guarded = True
             operations += [
                 {
                     "op": "test",
@@ -315,4 +383,9 @@ def image_patch(
                     "value": {"name": pull_secret},
                 }
             )
-    return operations
+        if current is None or pull_secret not in current:
+            annotations[ADDED_PULL_SECRET] = pull_secret
+    extra = annotation_ops(workload.annotations, workload.resource_version, annotations)
+    if guarded and extra and extra[0]["path"] == "/metadata/resourceVersion":
+        extra = extra[1:]  # the resourceVersion is tested once already
+    return operations + extra

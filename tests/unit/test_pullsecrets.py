@@ -79,7 +79,21 @@ def test_service_account_patch_appends_and_keeps_existing_entries() -> None:
     assert service_account_patch(account, "s") == [
         {"op": "test", "path": "/metadata/resourceVersion", "value": "3"},
         {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "s"}},
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": {"image-cloner.io/added-pull-secret": "s"},
+        },
     ]
+    annotated = {
+        "metadata": {"resourceVersion": "3", "annotations": {"team": "x"}},
+        "imagePullSecrets": [],
+    }
+    assert service_account_patch(annotated, "s")[-1] == {
+        "op": "add",
+        "path": "/metadata/annotations/image-cloner.io~1added-pull-secret",
+        "value": "s",
+    }
     bare = {"metadata": {"resourceVersion": "4"}}
     assert service_account_patch(bare, "s")[1] == {
         "op": "add",
@@ -106,19 +120,29 @@ def _workload(pull_secrets: list[dict] | None) -> Workload:
 def test_workload_mode_adds_secret_in_the_image_patch() -> None:
     container = Container("a", "nginx", "containers", 0)
     bare = _workload(None)
-    ops = image_patch([(container, "o.example.com/x:1")], "s", bare)
-    assert ops[-2:] == [
+    ops = image_patch(bare, [(container, "o.example.com/x:1")], "s")
+    assert ops[3:] == [
         {"op": "test", "path": "/metadata/resourceVersion", "value": "9"},
         {"op": "add", "path": "/spec/template/spec/imagePullSecrets", "value": [{"name": "s"}]},
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": {
+                "image-cloner.io/original-images": '{"a":"nginx"}',
+                "image-cloner.io/added-pull-secret": "s",
+            },
+        },
     ]
     with_list = _workload([{"name": "mine"}])
     assert with_list.pull_secrets == ("mine",)
-    ops = image_patch([(container, "o.example.com/x:1")], "s", with_list)
-    assert ops[-1] == {
+    ops = image_patch(with_list, [(container, "o.example.com/x:1")], "s")
+    assert {
         "op": "add",
         "path": "/spec/template/spec/imagePullSecrets/-",
         "value": {"name": "s"},
-    }
+    } in ops
     listed = _workload([{"name": "s"}])
-    assert len(image_patch([(container, "o.example.com/x:1")], "s", listed)) == 3
-    assert image_patch([], "s", bare) == []
+    ops = image_patch(listed, [(container, "o.example.com/x:1")], "s")
+    assert not [op for op in ops if "imagePullSecrets" in op["path"]]
+    assert "added-pull-secret" not in json.dumps(ops)
+    assert image_patch(bare, [], "s") == []

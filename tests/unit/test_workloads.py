@@ -2,7 +2,6 @@
 
 from cloner.reference import Policy, Target
 from cloner.workloads import (
-    Container,
     NamespaceInfo,
     Workload,
     image_patch,
@@ -79,9 +78,16 @@ def test_plan_skips_image_under_target_registry_but_outside_prefix_is_cloned() -
     assert str(plan.owned) == "owned.example.com/mirror/owned.example.com/other/app:1"
 
 
-def test_patch_tests_name_and_old_image_before_replacing() -> None:
-    container = Container("app", "nginx:1.25", "containers", 1)
-    patch = image_patch([(container, "owned.example.com/x:1.25")])
+def test_patch_tests_name_and_old_image_before_replacing_and_records_originals() -> None:
+    workload = Workload.from_api(
+        "Deployment",
+        deployment(
+            [{"name": "side", "image": "busybox"}, {"name": "app", "image": "nginx:1.25"}],
+            annotations={"team": "shop"},
+        ),
+    )
+    container = workload.containers[1]
+    patch = image_patch(workload, [(container, "owned.example.com/x:1.25")])
     assert patch == [
         {"op": "test", "path": "/spec/template/spec/containers/1/name", "value": "app"},
         {"op": "test", "path": "/spec/template/spec/containers/1/image", "value": "nginx:1.25"},
@@ -90,13 +96,53 @@ def test_patch_tests_name_and_old_image_before_replacing() -> None:
             "path": "/spec/template/spec/containers/1/image",
             "value": "owned.example.com/x:1.25",
         },
+        {
+            "op": "add",
+            "path": "/metadata/annotations/image-cloner.io~1original-images",
+            "value": '{"app":"nginx:1.25"}',
+        },
+    ]
+
+
+def test_patch_merges_originals_recorded_earlier_and_guards_them() -> None:
+    earlier = '{"side":"busybox"}'
+    workload = Workload.from_api(
+        "Deployment",
+        deployment(
+            [
+                {"name": "side", "image": "o.example.com/b:latest"},
+                {"name": "app", "image": "nginx"},
+            ],
+            annotations={"image-cloner.io/original-images": earlier},
+        ),
+    )
+    patch = image_patch(workload, [(workload.containers[1], "o.example.com/n:latest")])
+    path = "/metadata/annotations/image-cloner.io~1original-images"
+    assert patch[-2:] == [
+        {"op": "test", "path": path, "value": earlier},
+        {"op": "add", "path": path, "value": '{"app":"nginx","side":"busybox"}'},
+    ]
+
+
+def test_patch_without_annotations_guards_with_resource_version() -> None:
+    workload = Workload.from_api("Deployment", deployment([{"name": "a", "image": "nginx"}]))
+    patch = image_patch(workload, [(workload.containers[0], "o.example.com/n:latest")])
+    assert patch[-2:] == [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": {"image-cloner.io/original-images": '{"a":"nginx"}'},
+        },
     ]
 
 
 def test_patch_is_empty_when_nothing_changes() -> None:
-    container = Container("app", "a.example.com/x:1", "initContainers", 0)
-    assert image_patch([(container, "a.example.com/x:1")]) == []
-    assert image_patch([]) == []
+    workload = Workload.from_api(
+        "Deployment", deployment([{"name": "a", "image": "a.example.com/x:1"}])
+    )
+    assert image_patch(workload, [(workload.containers[0], "a.example.com/x:1")]) == []
+    assert image_patch(workload, []) == []
 
 
 def test_namespace_scope_globs_exclude_wins() -> None:
