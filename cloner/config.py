@@ -24,6 +24,8 @@ from cloner.reference import NAMING_STRATEGIES, Policy, Target
 # Kubernetes object names: RFC 1123 DNS subdomain (apimachinery validation).
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
+GITOPS_MODES = ("report", "skip", "patch")
+
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 #: Environment variables that override a setting: variable -> YAML key.
@@ -85,6 +87,34 @@ class Settings:
         pull_secret_provision: create and attach pull Secrets at all
             (``pullSecret.provision``; default true; false where node
             credentials or another tool handle pulls).
+        backoff_initial: seconds to wait before retrying an image whose clone
+            failed; doubles per consecutive failure (``backoff.initial``; default 30).
+        backoff_max: cap of that wait in seconds (``backoff.max``; default 3600).
+        backoff_jitter: random spread of each wait, as a fraction of it
+            (``backoff.jitter``; default 0.2; 0..1).
+        rate_limit_pause: seconds a registry that answered "too many requests"
+            is paused when it gave no Retry-After (``rateLimitPause``; default 300).
+        clone_concurrency: clones run at once, at most one per source
+            registry (``cloneConcurrency``; default 2; 1..16).
+        shutdown_timeout: seconds from SIGTERM to exit at the latest
+            (``shutdownTimeout``; default 30).
+        verify_interval: seconds between checks that the owned copies patched
+            workloads use still exist (``verifyInterval``; default 3600; 0 disables).
+        gitops: what to do with a workload whose pod template an owner would
+            undo (Argo CD, Flux, an owner reference): ``report`` (leave it, log and
+            count), ``skip`` (leave it quietly) or ``patch`` (``gitops``; default report).
+        fight_limit: patches of one workload per hour after which the
+            controller stops patching it and reports a fight (``fightLimit``; default 3).
+        insecure_registries: registries (``host[:port]``) the controller may
+            push to or pull from although the Docker engine reaches them without
+            TLS verification (``insecureRegistries``; default none).
+        leader_election: act only while holding the Lease (``leaderElection.enabled``;
+            default true).
+        lease_name: the Lease's name, in the controller's namespace
+            (``leaderElection.leaseName``; default ``image-cloner``).
+        lease_duration, renew_deadline, retry_period: seconds
+            (``leaderElection.leaseDuration`` 15, ``.renewDeadline`` 10,
+            ``.retryPeriod`` 2), as client-go's leader election.
         owned: the parsed ``target`` (derived, not a YAML key).
         policy: ownership, naming and image scope (derived, not a YAML key).
     """
@@ -109,10 +139,36 @@ class Settings:
     pull_secret_name: str = "image-cloner-pull-secret"
     pull_secret_attach: str = "serviceaccount"
     pull_secret_provision: bool = True
+    backoff_initial: float = 30.0
+    backoff_max: float = 3600.0
+    backoff_jitter: float = 0.2
+    rate_limit_pause: float = 300.0
+    clone_concurrency: int = 2
+    shutdown_timeout: float = 30.0
+    verify_interval: float = 3600.0
+    gitops: str = "report"
+    fight_limit: int = 3
+    insecure_registries: tuple[str, ...] = ()
+    leader_election: bool = True
+    lease_name: str = "image-cloner"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
     owned: Target = field(init=False, default=Target("invalid.invalid"))
     policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
     def __post_init__(self) -> None:
+        if self.gitops not in GITOPS_MODES:
+            raise ConfigError("gitops", f"must be one of {', '.join(GITOPS_MODES)}")
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError("backoff.max", "must not be less than backoff.initial")
+        if not 0 <= self.backoff_jitter <= 1:
+            raise ConfigError("backoff.jitter", "must be between 0 and 1")
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ConfigError(
+                "leaderElection",
+                "must have retryPeriod < renewDeadline < leaseDuration",
+            )
         if self.pull_secret_attach not in ATTACH_MODES:
             raise ConfigError("pullSecret.attach", f"must be one of {', '.join(ATTACH_MODES)}")
         if len(self.pull_secret_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.pull_secret_name):
@@ -171,6 +227,21 @@ _KEYS = {
     "pullSecret.name": "pull_secret_name",
     "pullSecret.attach": "pull_secret_attach",
     "pullSecret.provision": "pull_secret_provision",
+    "backoff.initial": "backoff_initial",
+    "backoff.max": "backoff_max",
+    "backoff.jitter": "backoff_jitter",
+    "rateLimitPause": "rate_limit_pause",
+    "cloneConcurrency": "clone_concurrency",
+    "shutdownTimeout": "shutdown_timeout",
+    "verifyInterval": "verify_interval",
+    "gitops": "gitops",
+    "fightLimit": "fight_limit",
+    "insecureRegistries": "insecure_registries",
+    "leaderElection.enabled": "leader_election",
+    "leaderElection.leaseName": "lease_name",
+    "leaderElection.leaseDuration": "lease_duration",
+    "leaderElection.renewDeadline": "renew_deadline",
+    "leaderElection.retryPeriod": "retry_period",
 }
 _SECTIONS = frozenset(key.split(".")[0] for key in _KEYS if "." in key)
 assert set(_KEYS.values()) == {f.name for f in fields(Settings) if f.init}
@@ -202,6 +273,16 @@ def _positive_number(key: str, value: Any) -> float:
     if not number > 0 or number == float("inf"):
         raise ConfigError(key, f"must be greater than 0, got {value!r}")
     return number
+
+
+def _non_negative_number(key: str, value: Any) -> float:
+    if not isinstance(value, bool):
+        try:
+            if float(value) == 0:
+                return 0.0
+        except (TypeError, ValueError):
+            pass
+    return _positive_number(key, value)
 
 
 def _integer(key: str, value: Any, low: int, high: int) -> int:
@@ -241,13 +322,29 @@ def _string_list(key: str, value: Any) -> tuple[str, ...]:
 
 
 def _convert(key: str, value: Any) -> Any:
-    if key in ("pollInterval", "dockerTimeout"):
+    if key in (
+        "pollInterval",
+        "dockerTimeout",
+        "backoff.initial",
+        "backoff.max",
+        "rateLimitPause",
+        "shutdownTimeout",
+        "leaderElection.leaseDuration",
+        "leaderElection.renewDeadline",
+        "leaderElection.retryPeriod",
+    ):
         return _positive_number(key, value)
+    if key in ("backoff.jitter", "verifyInterval"):
+        return _non_negative_number(key, value)
+    if key == "cloneConcurrency":
+        return _integer(key, value, 1, 16)
+    if key == "fightLimit":
+        return _integer(key, value, 1, 1000)
     if key == "metricsPort":
         return _integer(key, value, 0, 65535)
     if key == "listPageSize":
         return _integer(key, value, 1, 5000)
-    if key in ("pinDigest", "pullSecret.provision"):
+    if key in ("pinDigest", "pullSecret.provision", "leaderElection.enabled"):
         return _boolean(key, value)
     if key in (
         "namespaces.include",
@@ -255,6 +352,7 @@ def _convert(key: str, value: Any) -> Any:
         "images.include",
         "images.exclude",
         "ownedRegistries",
+        "insecureRegistries",
     ):
         return _string_list(key, value)
     if key == "dockerConfig":

@@ -79,6 +79,8 @@ def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Pat
         "dockerConfig": str(env.docker_config),
         "dockerTimeout": 120,
         "metricsPort": 0,
+        "leaderElection": {"enabled": False},
+        "backoff": {"initial": 0.5, "max": 2},
         **extra,
     }
     path.write_text(yaml.safe_dump(config))
