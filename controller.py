@@ -1,11 +1,14 @@
 """image-cloner entry point: arguments, logging, settings, adapters, metrics, loop.
 
     python controller.py [--config PATH] [--kubeconfig PATH] [--once]
+    python controller.py revert [--namespace NS] [--dry-run] [--config PATH] [--kubeconfig PATH]
 
 Without ``--once`` it reconciles every ``pollInterval`` seconds until SIGTERM
 and exits 0. With ``--once`` it runs a single cycle and exits 0 when nothing
 failed, 1 otherwise. A bad setting or docker ``config.json`` stops start-up
-with exit code 2 and a message that names the field or file.
+with exit code 2 and a message that names the field or file. ``revert``
+undoes the controller's patches (``cloner.revert``) and exits 0 when
+everything was reverted, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cloner.kube import KubeClient, load_api_client
 from cloner.loop import Loop
 from cloner.reconcile import Reconciler
 from cloner.registry import DockerRegistry
+from cloner.revert import run_revert
 
 log = logging.getLogger("image_cloner")
 
@@ -45,7 +49,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    return parser.parse_args(argv)
+    add_revert_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.command != "revert" and (args.namespace or args.dry_run):
+        parser.error("--namespace and --dry-run go with the revert command")
+    if args.command == "revert" and args.once:
+        parser.error("--once does not go with the revert command")
+    return args
+
+
+def add_revert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``revert`` command: an optional positional plus its two options."""
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["revert"],
+        help="revert: restore every workload and ServiceAccount the controller patched",
+    )
+    parser.add_argument("--namespace", help="revert: only this namespace (default: all)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="revert: print what would change, write nothing"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
+        if args.command == "revert":
+            return run_revert(args, settings)
         credentials = CredentialStore(settings.docker_config)
         credentials.reload()
         registry = DockerRegistry(settings.docker_host, credentials, settings.docker_timeout)
@@ -86,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             log.error("keeping the previous registry credentials: %s", exc)
 
-    loop = Loop(reconciler.reconcile_once, settings.poll_interval, reload_credentials)
+    loop = Loop(
+        reconciler.reconcile_once,
+        settings.poll_interval,
+        reload_credentials,
+        on_stop=reconciler.stop,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
     if args.once:
         summary = loop.tick()
         return 0 if summary is not None and summary.ok else 1

@@ -54,6 +54,10 @@ class RegistryError(ClonerError):
     Args:
         reason: one of ``REASONS``; the label of the clone-failure metric.
         message: what happened, with the reference; never credentials.
+        registry: the registry host the failure concerns, when known (a 429
+            pauses that registry as a whole).
+        retry_after: seconds the registry asked to wait (HTTP ``Retry-After``),
+            when it said.
     """
 
     REASONS = (
@@ -68,11 +72,19 @@ class RegistryError(ClonerError):
     )
     _TEMPORARY = frozenset({"rate_limited", "network", "registry_error", "verify_failed"})
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        registry: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         if reason not in self.REASONS:
             raise ValueError(f"unknown registry error reason {reason!r}")
         super().__init__(message)
         self.reason = reason
+        self.registry = registry
+        self.retry_after = retry_after
         self.temporary = reason in self._TEMPORARY
 
 

@@ -116,6 +116,16 @@ class KubeClient:
         for item in self._paginate(self._list[kind], f"list {KINDS[kind]}", selector or None):
             yield Workload.from_api(kind, item)
 
+    def get_workload(self, kind: str, namespace: str, name: str) -> Workload | None:
+        """The workload as it is now, or None when it is gone. Raises ``KubeError``."""
+        read = {
+            "Deployment": self._apps.read_namespaced_deployment,
+            "DaemonSet": self._apps.read_namespaced_daemon_set,
+            "StatefulSet": self._apps.read_namespaced_stateful_set,
+        }[kind]
+        obj = self._read(read, f"get {KINDS[kind]} {namespace}/{name}", name, namespace)
+        return None if obj is None else Workload.from_api(kind, obj)
+
     def list_namespaces(self) -> Iterator[NamespaceInfo]:
         """Yield every namespace with its labels and annotations (paginated).
 
@@ -256,3 +266,31 @@ class KubeClient:
             namespace,
             patch,
         )
+
+    # Revert ------------------------------------------------------------------
+
+    def list_workload_objects(
+        self, kind: str, namespace: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every workload of one kind as raw JSON, for ``revert`` (paginated).
+
+        Uses the same all-namespaces list call as ``list_workloads`` (so the
+        same ``list`` permission), narrowed by the field selector
+        ``metadata.namespace=NS`` when ``namespace`` is given.
+
+        Args:
+            kind: one of ``workloads.KINDS``.
+            namespace: only this namespace; None for all.
+
+        Returns:
+            An iterator of apps/v1 objects as the API returns them (list items
+            carry no ``kind``).
+
+        Raises:
+            ValueError: unknown kind.
+            KubeError: a list call failed.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown workload kind {kind!r}")
+        selector = f"metadata.namespace={namespace}" if namespace else None
+        yield from self._paginate(self._list[kind], f"list {KINDS[kind]}", selector)

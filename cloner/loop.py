@@ -9,6 +9,7 @@ keeps running. Metrics are updated here, from the pass's ``Summary``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -53,6 +54,13 @@ class Loop:
             overruns delays the next; passes never overlap).
         before_cycle: called before each pass (for example to reload credentials);
             its exceptions are logged and do not stop the pass.
+        on_stop: called once when a stop is requested (for example
+            ``Reconciler.stop``: no new clone, nothing patched for one in flight).
+        shutdown_timeout: seconds after a stop request by which the process
+            exits (status 0) even if a pass is still blocked in a pull or push;
+            nothing is patched for such a clone, so this is safe. None: wait.
+        is_leader: when given, a pass runs only while it returns True (the
+            others stand by).
     """
 
     def __init__(
@@ -60,20 +68,58 @@ class Loop:
         reconcile: Callable[[], Summary],
         interval: float,
         before_cycle: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        shutdown_timeout: float | None = None,
+        is_leader: Callable[[], bool] | None = None,
     ) -> None:
         self._reconcile = reconcile
         self._interval = interval
         self._before_cycle = before_cycle
+        self._on_stop = on_stop
+        self._shutdown_timeout = shutdown_timeout
+        self._is_leader = is_leader
         self._stop = threading.Event()
         self._scheduler = schedule.Scheduler()
+        self._was_leader: bool | None = None
         self.cycles = 0
 
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
+
     def stop(self, *_: object) -> None:
-        """Ask the loop to end after the current pass (safe from a signal handler)."""
+        """Ask the loop to end (safe from a signal handler); see ``shutdown_timeout``."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        log.info("stopping: no new clones; the cycle in flight patches nothing more")
+        if self._on_stop is not None:
+            self._on_stop()
+        if self._shutdown_timeout is not None:
+            threading.Thread(target=self._deadline, name="shutdown", daemon=True).start()
+
+    def _deadline(self) -> None:
+        time.sleep(self._shutdown_timeout or 0)
+        log.warning(
+            "still busy %ss after the stop request; exiting (nothing was patched for the "
+            "clone in flight)",
+            self._shutdown_timeout,
+        )
+        logging.shutdown()
+        os._exit(0)
 
     def tick(self) -> Summary | None:
         """One scheduled pass (also used directly by ``--once``)."""
+        if self._stop.is_set():
+            return None
+        if self._is_leader is not None:
+            leading = self._is_leader()
+            if leading != self._was_leader:
+                log.info("%s", "leading: reconciling" if leading else "standing by (not leader)")
+                self._was_leader = leading
+            if not leading:
+                return None
         if self._before_cycle is not None:
             try:
                 self._before_cycle()

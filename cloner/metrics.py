@@ -60,6 +60,34 @@ NAMESPACE_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+IMAGES_WAITING = Gauge(
+    "image_cloner_images_waiting",
+    "Source images not tried in the last cycle: backing off after a failure, their "
+    "registry paused after too many requests, or shutting down.",
+    registry=REGISTRY,
+)
+GITOPS_HELD = Gauge(
+    "image_cloner_gitops_workloads",
+    "Workloads held back in the last cycle because Argo CD, Flux or another controller "
+    "would undo the patch (gitops: report).",
+    registry=REGISTRY,
+)
+FIGHTS = Gauge(
+    "image_cloner_fighting_workloads",
+    "Workloads no longer patched because their images keep being set back.",
+    registry=REGISTRY,
+)
+IMAGES_HEALED = Counter(
+    "image_cloner_images_healed",
+    "Owned copies found missing by verification and cloned again.",
+    registry=REGISTRY,
+)
+PATCH_CONFLICTS = Counter(
+    "image_cloner_patch_conflicts",
+    "Patches refused because the workload changed since it was read (each retried "
+    "once with the workload read again).",
+    registry=REGISTRY,
+)
 CYCLES = Counter(
     "image_cloner_reconcile_cycles",
     "Reconcile cycles run, by result (ok, failed: something failed, error: the cycle raised).",
@@ -113,6 +141,11 @@ def record_cycle(summary: Summary) -> None:
         NAMESPACE_FAILURES.labels(reason=reason).inc()
     for kind in KINDS:
         WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
+    IMAGES_WAITING.set(summary.waiting)
+    GITOPS_HELD.set(len(summary.gitops))
+    FIGHTS.set(len(summary.fights))
+    IMAGES_HEALED.inc(summary.healed)
+    PATCH_CONFLICTS.inc(summary.conflicts_retried)
     CYCLE_DURATION.observe(summary.duration)
     CYCLES.labels(result="ok" if summary.ok else "failed").inc()
     if summary.ok:

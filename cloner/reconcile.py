@@ -10,28 +10,37 @@ reads the Summary.
 
 Order inside a pass (push before patch, always):
 
-1. list Deployments, DaemonSets and StatefulSets (paginated, all namespaces);
+1. list namespaces, then Deployments, DaemonSets and StatefulSets (paginated,
+   all namespaces);
 2. plan every container (pure, ``workloads.plan_workload``);
-3. for each distinct source image, once: ask the owned registry for the owned
-   name; clone only if it is missing; the result is cached for later passes;
-4. patch each workload once, changing only the containers whose image is
-   verified in the owned registry.
+3. for each distinct source image, once: ``cloning.ImageCloner`` asks the
+   owned registry for the owned name and clones only if it is missing
+   (backoff, registry pauses and the verified cache live there);
+4. every ``verifyInterval``: check that the owned copies patched workloads
+   use still exist, and clone a missing one again from the original;
+5. make each namespace ready to pull (``provisioning``), then patch each
+   workload once, changing only the containers whose image is verified. A
+   patch refused because the workload changed is retried once with the
+   workload read again; a workload patched ``fightLimit`` times within an
+   hour (something keeps setting it back) is left alone and reported.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloner.backoff import BackoffPolicy
+from cloner.cloning import ImageCloner, ImageRegistry, ImageResult
 from cloner.config import Settings
 from cloner.credentials import DockerConfig
-from cloner.errors import KubeError, RegistryError
+from cloner.errors import InvalidReference, KubeError, RegistryError
 from cloner.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
-from cloner.reference import Reference
+from cloner.reference import parse_reference
 from cloner.workloads import (
     KINDS,
     Container,
@@ -39,8 +48,13 @@ from cloner.workloads import (
     Workload,
     image_patch,
     namespace_in_scope,
+    original_images,
     plan_workload,
 )
+
+__all__ = ["ImageRegistry", "ImageResult", "KubeAPI", "Reconciler", "Summary"]
+
+FIGHT_WINDOW = 3600.0  # seconds over which fightLimit counts patches
 
 log = logging.getLogger(__name__)
 
@@ -60,36 +74,9 @@ class KubeAPI(SecretAPI, Protocol):
         """Every namespace with its labels and annotations; raises ``KubeError``."""
         ...
 
-
-class ImageRegistry(Protocol):
-    """What a pass needs from registries (implemented by ``registry.DockerRegistry``)."""
-
-    def manifest_digest(self, ref: Reference) -> str | None:
-        """Digest of ``ref``'s manifest, None if absent; raises ``RegistryError``."""
+    def get_workload(self, kind: str, namespace: str, name: str) -> Workload | None:
+        """The workload as it is now, None if gone; raises ``KubeError``."""
         ...
-
-    def clone(self, source: Reference, owned: Reference) -> str:
-        """Copy ``source`` to ``owned``; returns the verified pushed digest."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class ImageResult:
-    """The outcome for one distinct source image in a pass.
-
-    Attributes:
-        source: the source reference.
-        image: the reference to patch workloads to (None when it failed).
-        cloned: True when this pass pushed it (False: it was already there).
-        reason: the failure reason (``RegistryError.reason``), None on success.
-        message: the failure message, None on success.
-    """
-
-    source: Reference
-    image: str | None
-    cloned: bool = False
-    reason: str | None = None
-    message: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +90,12 @@ class Summary:
         patch_failures: ``(workload key, message)`` of refused patches.
         invalid: ``(workload key, container, problem)`` of unparseable references.
         excluded: containers left alone by a rule or an opt-out.
+        gitops: ``(workload key, owner)`` held back by ``gitops: report``.
+        fights: ``(workload key, message)`` of workloads no longer patched
+            because something keeps setting their images back.
+        healed: owned copies found missing and cloned again.
+        conflicts_retried: patches refused for a concurrent change and retried.
+        stopped: the pass ended early for shutdown.
         list_failures: ``(kind, message)`` of failed list calls.
         provisioning: pull secrets written and namespaces that could not be
             made ready (their workloads were not patched).
@@ -115,6 +108,11 @@ class Summary:
     patch_failures: list[tuple[str, str]] = field(default_factory=list)
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
     excluded: int = 0
+    gitops: list[tuple[str, str]] = field(default_factory=list)
+    fights: list[tuple[str, str]] = field(default_factory=list)
+    healed: int = 0
+    conflicts_retried: int = 0
+    stopped: bool = False
     list_failures: list[tuple[str, str]] = field(default_factory=list)
     provisioning: ProvisionReport = field(default_factory=ProvisionReport)
     started: float = 0.0
@@ -124,6 +122,11 @@ class Summary:
     def cloned(self) -> int:
         """Images pushed in this pass."""
         return sum(1 for r in self.images.values() if r.cloned)
+
+    @property
+    def waiting(self) -> int:
+        """Images not tried this pass (backing off, registry paused, shutting down)."""
+        return sum(1 for r in self.images.values() if r.waiting is not None)
 
     @property
     def clone_failures(self) -> Counter[str]:
@@ -142,6 +145,9 @@ class Summary:
             or self.invalid
             or self.list_failures
             or self.provisioning.failures
+            or self.waiting
+            or self.fights
+            or self.stopped
         )
 
     def line(self) -> str:
@@ -154,6 +160,8 @@ class Summary:
             f"clone_failures={sum(self.clone_failures.values())}{failures} "
             f"patched={sum(self.patched.values())} patch_failures={len(self.patch_failures)} "
             f"excluded={self.excluded} list_failures={len(self.list_failures)} "
+            f"waiting={self.waiting} gitops_held={len(self.gitops)} fights={len(self.fights)} "
+            f"healed={self.healed} "
             f"secrets_written={sum(self.provisioning.secrets.values())} "
             f"namespace_failures={len(self.provisioning.failures)} "
             f"duration={self.duration:.2f}s"
@@ -161,14 +169,16 @@ class Summary:
 
 
 class Reconciler:
-    """Runs passes and remembers, across passes, which images are verified.
+    """Runs passes and remembers what must outlive one: verified images,
+    backoff, patch history, the last verification.
 
     Args:
         kube: the Kubernetes side (``KubeAPI``).
-        registry: the registry side (``ImageRegistry``).
-        settings: the controller's settings (target, exclusions).
+        registry: the registry side (``cloning.ImageRegistry``).
+        settings: the controller's settings.
         credentials: the registry credentials in force, for pull secrets
             (``credentials.CredentialStore``); None means none (no Secret).
+        clock: monotonic seconds (injectable for tests).
     """
 
     def __init__(
@@ -177,10 +187,22 @@ class Reconciler:
         registry: ImageRegistry,
         settings: Settings,
         credentials: Credentials | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
         self._registry = registry
         self._settings = settings
+        self._clock = clock
+        self._images = ImageCloner(
+            registry,
+            pin_digest=settings.pin_digest,
+            backoff=BackoffPolicy(
+                settings.backoff_initial, settings.backoff_max, settings.backoff_jitter
+            ),
+            rate_limit_pause=settings.rate_limit_pause,
+            concurrency=settings.clone_concurrency,
+            clock=clock,
+        )
         self._pull_secrets: PullSecrets | None = None
         if settings.pull_secret_provision:
             self._pull_secrets = PullSecrets(
@@ -190,13 +212,19 @@ class Reconciler:
                 settings.pull_secret_name,
                 settings.pull_secret_attach == "serviceaccount",
             )
-        # canonical source reference -> the owned reference workloads point to,
-        # once the owned registry has answered for it. Saves a manifest lookup
-        # per image per pass; a source in here is never pulled again.
-        self._verified: dict[str, str] = {}
-        # owned repository -> the one source repository it holds copies of,
-        # so two sources that would map to one owned name are caught.
-        self._owned_sources: dict[str, str] = {}
+        self._patch_times: dict[str, deque[float]] = {}
+        self._fight_reported: set[str] = set()
+        self._gitops_reported: set[str] = set()
+        self._last_verify: float | None = None
+
+    def stop(self) -> None:
+        """Shut down: no new clone, and nothing is patched for a clone in flight."""
+        self._images.stop()
+
+    @property
+    def backing_off(self) -> int:
+        """Images waiting for their next try now."""
+        return self._images.backing_off()
 
     def reconcile_once(self) -> Summary:
         """Run one pass; see the module docstring for the order.
@@ -219,33 +247,24 @@ class Reconciler:
             summary.duration = time.monotonic() - clock
             return summary
         workloads = self._list(summary)
-        policy = self._settings.policy
-        plans = {w.key: plan_workload(w, policy, namespaces.get(w.namespace)) for w in workloads}
+        plans = {
+            w.key: plan_workload(
+                w, self._settings.policy, namespaces.get(w.namespace), self._settings.gitops
+            )
+            for w in workloads
+        }
+        pairs = []
         for workload in workloads:
             for plan in plans[workload.key]:
-                if plan.decision == "invalid":
-                    summary.invalid.append(
-                        (workload.key, plan.container.name, plan.reason or "invalid")
-                    )
-                    log.warning(
-                        "skipping container %s of %s: invalid reference %r: %s",
-                        plan.container.name,
-                        workload.key,
-                        plan.container.image,
-                        plan.reason,
-                    )
-                elif plan.decision == "excluded":
-                    summary.excluded += 1
-                    log.debug(
-                        "leaving container %s of %s alone: %s",
-                        plan.container.name,
-                        workload.key,
-                        plan.reason,
-                    )
-                elif plan.decision == "clone" and plan.source and plan.owned:
-                    key = str(plan.source)
-                    if key not in summary.images:
-                        summary.images[key] = self._ensure(plan.source, plan.owned)
+                self._note(workload, plan.decision, plan.container, plan.reason, summary)
+                if plan.decision == "clone" and plan.source and plan.owned:
+                    pairs.append((plan.source, plan.owned))
+        summary.images = self._images.ensure_all(pairs)
+        if self._images.stopping:
+            summary.stopped = True
+            summary.duration = time.monotonic() - clock
+            return summary
+        self._verify(workloads, summary)
         if self._pull_secrets is not None:
             self._pull_secrets.sweep(w.namespace for w in workloads)
         for workload in workloads:
@@ -256,19 +275,43 @@ class Reconciler:
                 result = summary.images[str(plan.source)]
                 if result.image is not None:
                     changes.append((plan.container, result.image))
-            if not changes:
-                continue
-            pull_secret = None
-            if self._pull_secrets is not None:
-                # Credentials first: no new pod may start without them.
-                if not self._pull_secrets.namespace_ready(
-                    workload.namespace, workload.service_account
-                ):
-                    continue
-                pull_secret = self._pull_secrets.workload_pull_secret()
-            self._patch(workload, changes, summary, pull_secret)
+            if changes and not self._images.stopping:
+                self._apply(workload, changes, summary)
+        summary.stopped = self._images.stopping
         summary.duration = time.monotonic() - clock
         return summary
+
+    def _note(
+        self,
+        workload: Workload,
+        decision: str,
+        container: Container,
+        reason: str | None,
+        summary: Summary,
+    ) -> None:
+        """Record and log a non-clone decision."""
+        if decision == "invalid":
+            summary.invalid.append((workload.key, container.name, reason or "invalid"))
+            log.warning(
+                "skipping container %s of %s: invalid reference %r: %s",
+                container.name,
+                workload.key,
+                container.image,
+                reason,
+            )
+        elif decision == "excluded":
+            summary.excluded += 1
+            log.debug("leaving container %s of %s alone: %s", container.name, workload.key, reason)
+        elif decision == "gitops" and not any(k == workload.key for k, _ in summary.gitops):
+            summary.gitops.append((workload.key, reason or "gitops"))
+            if workload.uid not in self._gitops_reported:
+                self._gitops_reported.add(workload.uid)
+                log.warning(
+                    "not patching %s: %s would undo it (gitops: report); change the "
+                    "image in its source instead, e.g. to the owned copy",
+                    workload.key,
+                    reason,
+                )
 
     def _list(self, summary: Summary) -> list[Workload]:
         workloads: list[Workload] = []
@@ -290,61 +333,123 @@ class Reconciler:
             workloads += found
         return workloads
 
-    def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
-        """Make sure the owned copy of ``source`` exists; clone it if not."""
-        key = str(source)
-        cached = self._verified.get(key)
-        if cached is not None:
-            return ImageResult(source, cached)
-        claimed = self._owned_sources.setdefault(owned.name, source.name)
-        if claimed != source.name:
-            message = (
-                f"owned name {owned.name} of {source} is already used by {claimed}; "
-                "not cloned (change naming or flatSeparator)"
-            )
-            log.error(message)
-            return ImageResult(source, None, reason="naming_collision", message=message)
-        try:
-            digest = self._registry.manifest_digest(owned)
-            # The owned tag of a digest-only source is derived from that digest,
-            # so its presence is proof enough. A source with a tag and a digest
-            # reuses the owned tag only if it holds that very manifest.
-            reuse = digest is not None and (
-                source.digest is None or source.tag is None or source.digest == digest
-            )
-            cloned = False
-            if not reuse:
-                digest = self._registry.clone(source, owned)
-                cloned = True
-                log.info("cloned %s to %s (%s)", source, owned, digest)
-        except RegistryError as exc:
-            log.error("clone of %s to %s failed (%s): %s", source, owned, exc.reason, exc)
-            return ImageResult(source, None, reason=exc.reason, message=str(exc))
-        assert digest is not None
-        image = _patched_image(source, owned, digest, self._settings.pin_digest)
-        self._verified[key] = image
-        return ImageResult(source, image, cloned=cloned)
+    # Self-heal -------------------------------------------------------------
 
-    def _patch(
+    def _verify(self, workloads: list[Workload], summary: Summary) -> None:
+        """Every ``verifyInterval``: re-clone owned copies that patched workloads miss."""
+        interval = self._settings.verify_interval
+        now = self._clock()
+        if not interval or (self._last_verify is not None and now - self._last_verify < interval):
+            return
+        self._last_verify = now
+        checked: dict[str, str | None] = {}  # owned reference in use -> image to patch to
+        for workload in workloads:
+            originals = original_images(workload.annotations)
+            changes: list[tuple[Container, str]] = []
+            for container in workload.containers:
+                original = originals.get(container.name)
+                if original is None:
+                    continue
+                if container.image not in checked:
+                    checked[container.image] = self._heal(container.image, original, summary)
+                healed = checked[container.image]
+                if healed is not None and healed != container.image:
+                    changes.append((container, healed))
+            if changes and not self._images.stopping:
+                self._apply(workload, changes, summary, heal=True)
+
+    def _heal(self, current: str, original: str, summary: Summary) -> str | None:
+        """Check one owned reference in use; clone it again from ``original`` if missing.
+
+        Returns:
+            The reference the workload should use (``current`` when it is
+            fine), or None when it could not be checked or restored.
+        """
+        try:
+            in_use = parse_reference(current)
+            source = parse_reference(original)
+        except InvalidReference:
+            return None
+        if not self._settings.owned.owns(in_use):
+            return None  # the user changed it since; not ours to heal
+        try:
+            if self._registry.manifest_digest(in_use) is not None:
+                return current
+        except RegistryError as exc:
+            log.warning("cannot verify %s now: %s", current, exc)
+            return None
+        owned = self._settings.owned.owned_name(source)
+        log.warning("owned copy %s is missing; cloning it again from %s", current, original)
+        self._images.forget(source)
+        result = self._images.ensure_all([(source, owned)])[str(source)]
+        if result.image is None:
+            log.error("could not restore %s: %s", current, result.message)
+            return None
+        summary.healed += 1
+        return result.image
+
+    # Patching --------------------------------------------------------------
+
+    def _fighting(self, workload: Workload, summary: Summary) -> bool:
+        """True when the workload was patched ``fightLimit`` times within the last hour."""
+        times = self._patch_times.get(workload.uid)
+        if times is None:
+            return False
+        now = self._clock()
+        while times and now - times[0] > FIGHT_WINDOW:
+            times.popleft()
+        if len(times) < self._settings.fight_limit:
+            return False
+        message = (
+            f"its images were set back {len(times)} times within an hour after being "
+            "patched; not patching it again (something else manages it: change the "
+            "image at its source, or add the label image-cloner.io/skip=true)"
+        )
+        summary.fights.append((workload.key, message))
+        if workload.uid not in self._fight_reported:
+            self._fight_reported.add(workload.uid)
+            log.error("fight detected on %s: %s", workload.key, message)
+        return True
+
+    def _apply(
         self,
         workload: Workload,
         changes: list[tuple[Container, str]],
         summary: Summary,
-        pull_secret: str | None = None,
+        heal: bool = False,
     ) -> None:
-        patch = image_patch(workload, changes, pull_secret)
-        if not patch:
+        """Make the namespace ready, then patch; retry once on a concurrent change."""
+        if not heal and self._fighting(workload, summary):
             return
-        try:
-            self._kube.patch_workload(workload, patch)
-        except KubeError as exc:
-            summary.patch_failures.append((workload.key, str(exc)))
-            if exc.conflict:
-                log.warning("%s changed since it was read; reconsidered next cycle", workload.key)
+        pull_secret = None
+        if self._pull_secrets is not None:
+            # Credentials first: no new pod may start without them.
+            if not self._pull_secrets.namespace_ready(workload.namespace, workload.service_account):
+                return
+            pull_secret = self._pull_secrets.workload_pull_secret()
+        error = self._patch(workload, changes, pull_secret)
+        if error is not None and error.conflict:
+            summary.conflicts_retried += 1
+            log.info("%s changed since it was read; reading it again", workload.key)
+            try:
+                fresh = self._kube.get_workload(workload.kind, workload.namespace, workload.name)
+            except KubeError as exc:
+                fresh, error = None, exc
+            if fresh is not None:
+                changes = _rebase(changes, fresh)
+                workload = fresh
+                error = self._patch(workload, changes, pull_secret) if changes else None
+        if error is not None:
+            summary.patch_failures.append((workload.key, str(error)))
+            if error.conflict:
+                log.warning("%s changed again; reconsidered next cycle", workload.key)
             else:
-                log.error("patching %s failed: %s", workload.key, exc)
+                log.error("patching %s failed: %s", workload.key, error)
+            return
+        if not changes:
             return
         summary.patched[workload.kind] += 1
+        self._patch_times.setdefault(workload.uid, deque()).append(self._clock())
         for container, image in changes:
             if image != container.image:
                 log.info(
@@ -355,20 +460,36 @@ class Reconciler:
                     image,
                 )
 
+    def _patch(
+        self,
+        workload: Workload,
+        changes: list[tuple[Container, str]],
+        pull_secret: str | None,
+    ) -> KubeError | None:
+        patch = image_patch(workload, changes, pull_secret)
+        if not patch:
+            return None
+        try:
+            self._kube.patch_workload(workload, patch)
+        except KubeError as exc:
+            return exc
+        return None
 
-def _patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
-    """The reference a workload is patched to.
 
-    A source pinned by digest stays pinned: ``owned@digest`` (and the tag too
-    when the source had one). A tagged source points to ``owned:tag``, or to
-    ``owned:tag@digest`` with ``pin`` (``pinDigest``), so that a later move of
-    the owned tag cannot change what runs.
+def _rebase(changes: list[tuple[Container, str]], fresh: Workload) -> list[tuple[Container, str]]:
+    """The changes still valid on a workload read again.
+
+    A container keeps its change only if it still exists (matched by name)
+    and still holds the image the decision was based on; a value someone set
+    meanwhile stands.
     """
-    if source.digest is None:
-        return str(owned.with_digest(digest)) if pin else str(owned)
-    if source.tag is None:
-        return str(owned.with_tag(None).with_digest(digest))
-    return str(owned.with_digest(digest))
+    by_name = {c.name: c for c in fresh.containers}
+    rebased = []
+    for container, image in changes:
+        now = by_name.get(container.name)
+        if now is not None and now.image == container.image:
+            rebased.append((now, image))
+    return rebased
 
 
 class _NoCredentials:

@@ -77,17 +77,50 @@ def classify_registry_message(message: str) -> str:
     return "registry_error"
 
 
-def _stream_errors(lines: Iterable[Mapping[str, Any]], what: str) -> list[Mapping[str, Any]]:
+_RETRY_AFTER_RE = re.compile(r"retry[- ]after[\s:=]+(\d+(?:\.\d+)?)", re.I)
+
+
+def retry_after_seconds(message: str) -> float | None:
+    """Seconds a "retry after N" in an error message asks for, or None.
+
+    The engine does not pass HTTP headers on, but registries commonly repeat
+    ``Retry-After`` in the error text of a 429.
+    """
+    match = _RETRY_AFTER_RE.search(message)
+    return float(match.group(1)) if match else None
+
+
+def registry_error(message: str, what: str, registry: str | None) -> RegistryError:
+    """A ``RegistryError`` for an engine or registry message about ``registry``."""
+    return RegistryError(
+        classify_registry_message(message),
+        f"{what}: {message}",
+        registry=registry,
+        retry_after=retry_after_seconds(message),
+    )
+
+
+def _stream_errors(
+    lines: Iterable[Mapping[str, Any]], what: str, registry: str | None = None
+) -> list[Mapping[str, Any]]:
     """Read a decoded pull/push stream to the end; raise on an error line.
+
+    Args:
+        lines: the decoded stream.
+        what: the operation, for the message.
+        registry: the registry the stream talks to (recorded on the error).
 
     Returns:
         Every ``aux`` payload seen (the push's ``Digest`` and ``Size``).
+
+    Raises:
+        RegistryError: an ``error`` / ``errorDetail`` line.
     """
     aux = []
     for line in lines:
         error = line.get("error") or (line.get("errorDetail") or {}).get("message")
         if error:
-            raise RegistryError(classify_registry_message(error), f"{what}: {error}")
+            raise registry_error(str(error), what, registry)
         if "aux" in line:
             aux.append(line["aux"])
     return aux
@@ -135,16 +168,23 @@ class DockerRegistry:
                 self._client.close()
             self._client = None
 
-    def _fail(self, exc: Exception, what: str) -> RegistryError:
-        """Translate a docker or transport exception into a ``RegistryError``."""
+    def _fail(self, exc: Exception, what: str, registry: str | None = None) -> RegistryError:
+        """Translate a docker or transport exception into a ``RegistryError``.
+
+        Args:
+            exc: the exception.
+            what: the operation, for the message.
+            registry: the registry the operation talks to; engine and
+                transport failures concern the engine, not a registry.
+        """
         if isinstance(exc, RegistryError):
             return exc
         if isinstance(exc, docker.errors.APIError):
             explanation = str(exc.explanation or exc)
-            reason = classify_registry_message(explanation)
-            if reason == "registry_error" and exc.status_code == 404:
-                reason = "not_found"
-            return RegistryError(reason, f"{what}: {explanation}")
+            error = registry_error(explanation, what, registry)
+            if error.reason == "registry_error" and exc.status_code == 404:
+                error = RegistryError("not_found", str(error), registry=registry)
+            return error
         if isinstance(exc, (requests.exceptions.RequestException, OSError)):
             self._reset()
             return RegistryError("network", f"{what}: Docker engine unreachable: {exc}")
@@ -171,13 +211,15 @@ class DockerRegistry:
         try:
             data = self._api().inspect_distribution(str(ref), auth_config=self._auth(ref.registry))
         except Exception as exc:  # translated below; nothing else leaves this module
-            error = self._fail(exc, what)
+            error = self._fail(exc, what, ref.registry)
             if error.reason == "not_found":
                 return None
             raise error from None
         digest = (data.get("Descriptor") or {}).get("digest")
         if not digest:
-            raise RegistryError("registry_error", f"{what}: the engine returned no digest")
+            raise RegistryError(
+                "registry_error", f"{what}: the engine returned no digest", ref.registry
+            )
         return str(digest)
 
     def clone(self, source: Reference, owned: Reference) -> str:
@@ -199,6 +241,7 @@ class DockerRegistry:
             raise ValueError(f"owned reference must have a tag and no digest: {owned}")
         pulled = source.pull_reference
         api = None
+        phase, registry = f"pull {pulled}", source.registry
         try:
             api = self._api()
             log.info("pulling %s", pulled)
@@ -210,9 +253,12 @@ class DockerRegistry:
                     decode=True,
                     auth_config=self._auth(source.registry),
                 ),
-                f"pull {pulled}",
+                phase,
+                registry,
             )
+            phase, registry = f"tag {pulled} as {owned}", None
             api.tag(pulled, owned.name, owned.tag, force=True)
+            phase, registry = f"push {owned}", owned.registry
             log.info("pushing %s", owned)
             aux = _stream_errors(
                 api.push(
@@ -222,24 +268,28 @@ class DockerRegistry:
                     decode=True,
                     auth_config=self._auth(owned.registry),
                 ),
-                f"push {owned}",
+                phase,
+                registry,
             )
         except ClonerError:
             raise
         except Exception as exc:
-            raise self._fail(exc, f"clone {source} to {owned}") from None
+            raise self._fail(exc, phase, registry) from None
         finally:
             if api is not None:
                 self._remove_local(api, (str(owned), pulled))
         digests = [a["Digest"] for a in aux if isinstance(a, Mapping) and a.get("Digest")]
         if not digests:
-            raise RegistryError("registry_error", f"push {owned}: the engine reported no digest")
+            raise RegistryError(
+                "registry_error", f"push {owned}: the engine reported no digest", owned.registry
+            )
         pushed = str(digests[-1])
         answered = self.manifest_digest(owned)
         if answered != pushed:
             raise RegistryError(
                 "verify_failed",
                 f"verify {owned}: registry answers {answered or 'nothing'}, pushed {pushed}",
+                owned.registry,
             )
         return pushed
 

@@ -73,6 +73,9 @@ class Workload:
         service_account: the pod template's ``serviceAccountName`` (``default`` when unset).
         pull_secrets: names in the pod template's ``imagePullSecrets``, or
             None when the field is absent.
+        controller_owner: ``Kind/name`` of the owner reference marked
+            ``controller: true``, or None.
+        generation: ``metadata.generation`` as read.
     """
 
     kind: str
@@ -85,6 +88,8 @@ class Workload:
     annotations: Mapping[str, str] = field(default_factory=dict)
     service_account: str = "default"
     pull_secrets: tuple[str, ...] | None = None
+    controller_owner: str | None = None
+    generation: int = 0
 
     @property
     def key(self) -> str:
@@ -126,6 +131,15 @@ class Workload:
                 if "imagePullSecrets" in pod_spec
                 else None
             ),
+            controller_owner=next(
+                (
+                    f"{ref.get('kind')}/{ref.get('name')}"
+                    for ref in meta.get("ownerReferences") or ()
+                    if ref.get("controller")
+                ),
+                None,
+            ),
+            generation=int(meta.get("generation") or 0),
         )
 
 
@@ -195,6 +209,34 @@ class NamespaceInfo:
         )
 
 
+#: Marks of tools that reconcile a workload back to a source of truth (Git):
+#: (where, key, tool). Argo CD's annotation tracking and its legacy label,
+#: and the labels Flux's kustomize and helm controllers set.
+GITOPS_MARKS = (
+    ("annotation", "argocd.argoproj.io/tracking-id", "Argo CD"),
+    ("label", "argocd.argoproj.io/instance", "Argo CD"),
+    ("label", "kustomize.toolkit.fluxcd.io/name", "Flux"),
+    ("label", "helm.toolkit.fluxcd.io/name", "Flux"),
+)
+
+
+def gitops_owner(workload: Workload) -> str | None:
+    """Who would undo a patch of this workload's pod template, or None.
+
+    Returns:
+        For example ``Argo CD (annotation argocd.argoproj.io/tracking-id)``,
+        ``Flux (label kustomize.toolkit.fluxcd.io/name)`` or ``owner
+        reference to Rollout/web`` (another controller owns the workload).
+    """
+    for where, key, tool in GITOPS_MARKS:
+        values = workload.annotations if where == "annotation" else workload.labels
+        if values.get(key):
+            return f"{tool} ({where} {key})"
+    if workload.controller_owner:
+        return f"owner reference to {workload.controller_owner}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerPlan:
     """What to do with one container's image.
@@ -202,9 +244,10 @@ class ContainerPlan:
     Attributes:
         container: the container.
         decision: ``clone`` (not owned yet), ``owned`` (under the target or an
-            owned registry), ``excluded`` (out of scope by a rule or opt-out)
-            or ``invalid`` (the reference does not parse, or its owned name
-            would not be valid).
+            owned registry), ``excluded`` (out of scope by a rule or opt-out),
+            ``gitops`` (would be cloned, but an owner would undo the patch and
+            ``gitops: report`` holds it back) or ``invalid`` (the reference
+            does not parse, or its owned name would not be valid).
         source: the parsed source reference (None when it does not parse).
         owned: the owned name to clone to (None unless ``clone``).
         reason: the rule for ``excluded``, the problem for ``invalid``, else None.
@@ -218,7 +261,10 @@ class ContainerPlan:
 
 
 def plan_workload(
-    workload: Workload, policy: Policy, namespace: NamespaceInfo | None = None
+    workload: Workload,
+    policy: Policy,
+    namespace: NamespaceInfo | None = None,
+    gitops: str = "patch",
 ) -> list[ContainerPlan]:
     """Decide, for every container of a workload, whether its image needs a clone.
 
@@ -226,6 +272,9 @@ def plan_workload(
         workload: the snapshot.
         policy: ownership, naming and image scope.
         namespace: the workload's namespace metadata, for the opt-out.
+        gitops: ``gitops`` setting for a workload that ``gitops_owner`` names:
+            ``report`` turns its ``clone`` decisions into ``gitops``, ``skip``
+            into ``excluded``, ``patch`` leaves them.
 
     Returns:
         One ``ContainerPlan`` per container, in the workload's order. An
@@ -257,6 +306,16 @@ def plan_workload(
             plans.append(ContainerPlan(container, "invalid", source=source, reason=exc.problem))
             continue
         plans.append(ContainerPlan(container, "clone", source=source, owned=owned))
+    if gitops != "patch" and any(p.decision == "clone" for p in plans):
+        owner = gitops_owner(workload)
+        if owner:
+            decision = "gitops" if gitops == "report" else "excluded"
+            plans = [
+                ContainerPlan(p.container, decision, p.source, None, f"managed by {owner}")
+                if p.decision == "clone"
+                else p
+                for p in plans
+            ]
     return plans
 
 

@@ -16,7 +16,7 @@ from cloner.reference import Reference
 from cloner.workloads import NamespaceInfo, Workload
 
 OWNED = "owned.example.com"
-SETTINGS = Settings(target=f"{OWNED}/m", controller_namespace="image-cloner")
+SETTINGS = Settings(target=f"{OWNED}/m", controller_namespace="image-cloner", backoff_jitter=0.0)
 
 
 def workload(
@@ -79,6 +79,13 @@ class FakeKube:
                     node.append(op["value"])
                 else:
                     node[parts[-1]] = op["value"]
+
+    def get_workload(self, kind: str, ns: str, name: str) -> Workload | None:
+        for obj in self.objects:
+            meta = obj["metadata"]
+            if obj["kind"] == kind and meta["namespace"] == ns and meta["name"] == name:
+                return Workload.from_api(kind, obj)
+        return None
 
     def image(self, uid: str, name: str) -> str:
         obj = next(o for o in self.objects if o["metadata"]["uid"] == uid)
@@ -222,7 +229,8 @@ def test_concurrent_edit_makes_patch_fail_and_user_value_stands() -> None:
 
     summary = Reconciler(kube, EditingRegistry(), SETTINGS).reconcile_once()
     assert kube.image("a/web", "c0") == "nginx:1.26"
-    assert len(summary.patch_failures) == 1
+    assert summary.conflicts_retried == 1
+    assert summary.patch_failures == []  # nothing left to patch after the fresh read
 
 
 def test_namespace_list_failure_touches_nothing() -> None:
@@ -411,3 +419,152 @@ def test_provision_false_creates_nothing() -> None:
     kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
     Reconciler(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
     assert kube.calls == ["patch Deployment a/web"]
+
+
+# --- faults and safety ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_image_backs_off_exponentially_without_retry_storm() -> None:
+    clock = Clock()
+    kube = FakeKube([workload("Deployment", "a", "web", "ghost:1")])
+    registry = FakeRegistry(missing=["docker.io/library/ghost:1"])
+    settings = Settings(target=f"{OWNED}/m", backoff_initial=10, backoff_max=40, backoff_jitter=0)
+    reconciler = Reconciler(kube, registry, settings, clock=clock)
+    attempts = []
+    for _ in range(12):  # one pass every 5 s for a minute
+        before = registry.lookups
+        summary = reconciler.reconcile_once()
+        attempts.append(registry.lookups - before)
+        clock.now += 5
+    # tried at t=0, 10 (after 10 s) and 30 (after 20 s), next at 70: 3 tries, not 12
+    assert attempts == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert summary.waiting == 1 and not summary.ok
+
+
+def test_rate_limited_registry_is_paused_as_a_whole_with_retry_after() -> None:
+    clock = Clock()
+    kube = FakeKube(
+        [
+            workload("Deployment", "a", "web", "quay.io/x/a:1"),
+            workload("Deployment", "a", "api", "ghcr.io/x/b:1"),
+        ]
+    )
+
+    class Limited(FakeRegistry):
+        def clone(self, source: Reference, owned: Reference) -> str:
+            if source.registry == "quay.io":
+                raise RegistryError("rate_limited", "toomanyrequests", "quay.io", retry_after=120)
+            return super().clone(source, owned)
+
+    registry = Limited()
+    reconciler = Reconciler(kube, registry, SETTINGS, clock=clock)
+    first = reconciler.reconcile_once()
+    assert first.clone_failures == {"rate_limited": 1}
+    assert kube.image("a/api", "c0").startswith(OWNED)  # the other registry went on
+    kube.objects.append(workload("Deployment", "a", "new", "quay.io/x/other:2"))
+    clock.now += 60
+    second = reconciler.reconcile_once()
+    waiting = {r.source.repository: r for r in second.images.values() if r.waiting}
+    assert set(waiting) == {"x/a", "x/other"}  # the whole registry waits
+    assert "paused" in (waiting["x/other"].message or "")
+    clock.now += 61
+    lookups = registry.lookups
+    reconciler.reconcile_once()
+    assert registry.lookups > lookups  # tried again after Retry-After
+
+
+def test_conflict_is_retried_once_with_fresh_state() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25", "redis:7")])
+
+    class EditingRegistry(FakeRegistry):
+        def clone(self, source: Reference, owned: Reference) -> str:
+            if "redis" in str(source):  # a user edits the other container meanwhile
+                spec = kube.objects[0]["spec"]["template"]["spec"]
+                spec["containers"][0]["image"] = "nginx:1.26"
+            return super().clone(source, owned)
+
+    summary = Reconciler(kube, EditingRegistry(), SETTINGS).reconcile_once()
+    assert kube.image("a/web", "c0") == "nginx:1.26"  # the user's value stands
+    assert kube.image("a/web", "c1") == f"{OWNED}/m/docker.io/library/redis:7"
+    assert summary.conflicts_retried == 1 and not summary.patch_failures
+
+
+def test_gitops_workloads_are_reported_not_patched() -> None:
+    argo = workload("Deployment", "a", "web", "nginx:1.25")
+    argo["metadata"]["annotations"] = {
+        "argocd.argoproj.io/tracking-id": "app:apps/Deployment:a/web"
+    }
+    owned_by = workload("Deployment", "a", "rollout", "redis:7")
+    owned_by["metadata"]["ownerReferences"] = [{"kind": "Rollout", "name": "r", "controller": True}]
+    kube = FakeKube([argo, owned_by])
+    registry = FakeRegistry()
+    summary = Reconciler(kube, registry, SETTINGS).reconcile_once()
+    assert registry.clones == [] and kube.patches == []
+    assert sorted(k for k, _ in summary.gitops) == ["Deployment a/rollout", "Deployment a/web"]
+    patching = Settings(target=f"{OWNED}/m", gitops="patch")
+    Reconciler(kube, registry, patching).reconcile_once()
+    assert kube.image("a/web", "c0").startswith(OWNED)
+
+
+def test_fight_is_detected_and_patching_stops() -> None:
+    clock = Clock()
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    settings = Settings(target=f"{OWNED}/m", fight_limit=3)
+    reconciler = Reconciler(kube, FakeRegistry(), settings, clock=clock)
+    patches = []
+    for _ in range(6):
+        summary = reconciler.reconcile_once()
+        patches.append(len(kube.patches))
+        kube.objects[0]["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.25"
+        clock.now += 10
+    assert patches == [1, 2, 3, 3, 3, 3]
+    assert summary.fights and "set back 3 times" in summary.fights[0][1]
+    clock.now += 3600
+    reconciler.reconcile_once()
+    assert len(kube.patches) == 4  # an hour later it tries again
+
+
+def test_missing_owned_copy_is_cloned_again_from_the_original() -> None:
+    clock = Clock()
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    registry = FakeRegistry()
+    settings = Settings(target=f"{OWNED}/m", verify_interval=60)
+    reconciler = Reconciler(kube, registry, settings, clock=clock)
+    reconciler.reconcile_once()
+    owned = f"{OWNED}/m/docker.io/library/nginx:1.25"
+    assert kube.image("a/web", "c0") == owned
+    kube.objects[0]["metadata"]["annotations"] = {
+        "image-cloner.io/original-images": '{"c0":"nginx:1.25"}'
+    }
+    del registry.owned[owned]
+    clock.now += 30
+    reconciler.reconcile_once()
+    assert owned not in registry.owned  # not yet: verifyInterval is 60 s
+    clock.now += 31
+    summary = reconciler.reconcile_once()
+    assert owned in registry.owned and summary.healed == 1
+    assert len(registry.clones) == 2
+
+
+def test_stop_abandons_and_patches_nothing() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    reconciler: Reconciler
+
+    class StoppingRegistry(FakeRegistry):
+        def clone(self, source: Reference, owned: Reference) -> str:
+            reconciler.stop()  # SIGTERM arrives during the push
+            return super().clone(source, owned)
+
+    registry = StoppingRegistry()
+    reconciler = Reconciler(kube, registry, SETTINGS)
+    summary = reconciler.reconcile_once()
+    assert kube.patches == [] and summary.stopped and not summary.ok
+    assert kube.image("a/web", "c0") == "nginx:1.25"

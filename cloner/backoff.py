@@ -1,0 +1,113 @@
+"""Retry timing: per-image exponential backoff with jitter, per-registry pauses. Pure.
+
+Called by ``reconcile``. Nothing here sleeps or reads a clock: callers pass
+``now`` (seconds, any monotonic origin) and, for jitter, a random source, so
+the rules are unit-testable. A failed image is retried after
+``initial * 2**(failures-1)`` seconds, capped at ``max``, spread by
+``±jitter`` (as client-go's ``wait.Backoff`` and gRPC's connection backoff
+do); a registry that answered HTTP 429 is paused as a whole until its
+``Retry-After`` (or a default pause), so no image from it is tried meanwhile.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """How long to wait after failures.
+
+    Attributes:
+        initial: seconds after the first failure.
+        maximum: cap in seconds.
+        jitter: fraction of each wait added or removed at random (0..1).
+    """
+
+    initial: float = 30.0
+    maximum: float = 3600.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (>= 1)."""
+        base = min(self.maximum, self.initial * 2 ** max(0, failures - 1))
+        spread = base * self.jitter * (2 * rand() - 1)
+        return max(0.0, min(self.maximum, base + spread))
+
+
+@dataclass(slots=True)
+class _Entry:
+    failures: int
+    until: float
+    reason: str
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Per-key failure state (a key is a canonical source reference).
+
+    Args:
+        policy: the timing.
+        rand: random source in [0, 1), for jitter.
+    """
+
+    policy: BackoffPolicy = field(default_factory=BackoffPolicy)
+    rand: Callable[[], float] = random.random
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def waiting(self, key: str, now: float) -> tuple[float, str] | None:
+        """``(until, reason)`` while ``key`` is backing off, else None."""
+        entry = self._entries.get(key)
+        if entry is None or entry.until <= now:
+            return None
+        return entry.until, entry.reason
+
+    def failed(self, key: str, reason: str, now: float, not_before: float | None = None) -> float:
+        """Record a failure; returns the time (same origin as ``now``) of the next try.
+
+        Args:
+            key: the image.
+            reason: the failure reason (shown while it waits).
+            now: the current time.
+            not_before: a time the next try must not precede (a Retry-After).
+        """
+        previous = self._entries.get(key)
+        failures = previous.failures + 1 if previous else 1
+        until = now + self.policy.delay(failures, self.rand)
+        if not_before is not None:
+            until = max(until, not_before)
+        self._entries[key] = _Entry(failures, until, reason)
+        return until
+
+    def succeeded(self, key: str) -> None:
+        """Forget the failures of ``key``."""
+        self._entries.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        """Consecutive failures recorded for ``key``."""
+        entry = self._entries.get(key)
+        return entry.failures if entry else 0
+
+    def backing_off(self, now: float) -> int:
+        """How many keys are waiting at ``now``."""
+        return sum(1 for e in self._entries.values() if e.until > now)
+
+
+@dataclass(slots=True)
+class RegistryPauses:
+    """Registries paused after "too many requests", until a time."""
+
+    _until: dict[str, float] = field(default_factory=dict)
+
+    def pause(self, registry: str, until: float) -> None:
+        """Pause ``registry`` until ``until`` (never shortens a pause)."""
+        self._until[registry] = max(until, self._until.get(registry, 0.0))
+
+    def paused_until(self, registry: str, now: float) -> float | None:
+        """The end of the pause of ``registry``, or None when it is not paused."""
+        until = self._until.get(registry)
+        if until is None or until <= now:
+            return None
+        return until

@@ -1,0 +1,643 @@
+"""``controller.py revert``: undo what the controller did to workloads and ServiceAccounts.
+
+Every patch the controller makes records what it replaced: the workload
+annotation ``image-cloner.io/original-images`` (container name -> the
+reference it replaced) and, where it extended an ``imagePullSecrets`` list,
+the annotation ``image-cloner.io/added-pull-secret`` (the Secret name it
+added) on the workload (``pullSecret.attach: workload``) or on the
+ServiceAccount (``serviceaccount``). Revert reads those annotations and undoes
+exactly that:
+
+- each recorded container is set back to its original reference, but only
+  while it still holds an owned image (under ``target`` or one of
+  ``ownedRegistries``); a container someone has changed since is left alone
+  and reported;
+- the added pull Secret entry is removed from the pod template (the whole
+  ``imagePullSecrets`` field when that entry was its only one), unless a
+  container of the workload still uses an owned image after the revert;
+- the annotations go.
+
+One JSON patch per workload, with ``test`` operations on every value it is
+based on (the container's name and image at its index, the pull Secret entry,
+the annotation values), so an edit made after the list makes the API server
+refuse the whole patch instead of being overwritten. Then each ServiceAccount
+annotated by the controller loses the entry it added and the annotation, but
+only when no workload in its namespace that still uses an owned image runs as
+it (patched with a ``resourceVersion`` test). Secrets are left in place.
+
+The plans are pure functions of the objects as read (``revert_patch``,
+``service_account_revert_patch``); ``revert_all`` does the I/O through the
+``RevertAPI`` protocol (implemented by ``kube.KubeClient``) and
+``run_revert`` wires it to the command line. Neither imports ``kubernetes``
+at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cloner.errors import ConfigError, InvalidReference, KubeError
+from cloner.reference import Policy, parse_reference
+from cloner.workloads import (
+    ADDED_PULL_SECRET,
+    CONTAINER_LISTS,
+    KINDS,
+    ORIGINAL_IMAGES,
+    Workload,
+    json_pointer_token,
+)
+
+if TYPE_CHECKING:
+    from cloner.config import Settings
+
+log = logging.getLogger(__name__)
+
+_TEMPLATE_SPEC = "/spec/template/spec"
+_PULL_SECRETS = f"{_TEMPLATE_SPEC}/imagePullSecrets"
+
+
+def _annotation_path(key: str) -> str:
+    return f"/metadata/annotations/{json_pointer_token(key)}"
+
+
+def owned_predicate(policy: Policy) -> Callable[[str], bool]:
+    """``is_owned(image)`` for ``revert_patch``: under the target or an owned registry.
+
+    Args:
+        policy: ``Settings.policy``.
+
+    Returns:
+        A function of an image reference as written; False for one that
+        does not parse.
+    """
+
+    def is_owned(image: str) -> bool:
+        try:
+            return policy.owns(parse_reference(image))
+        except InvalidReference:
+            return False
+
+    return is_owned
+
+
+def _recorded_originals(raw: str) -> dict[str, str] | None:
+    """The original-images annotation as a dict, or None when it is not one of str -> str."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+        return None
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRevert:
+    """What revert does with one container recorded in the original-images annotation.
+
+    Attributes:
+        name: the container name.
+        original: the reference recorded as replaced.
+        current: the container's image as read; None when there is no such
+            container any more.
+        action: ``restore`` (it holds an owned image: set back to
+            ``original``), ``unchanged`` (it already holds ``original``),
+            ``changed`` (someone set another, not owned image since: left
+            alone) or ``missing`` (the container is gone).
+    """
+
+    name: str
+    original: str
+    current: str | None
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevertPlan:
+    """The revert of one workload.
+
+    Attributes:
+        kind, namespace, name: identify the workload.
+        service_account: the pod template's ``serviceAccountName`` (``default`` when unset).
+        operations: the JSON patch (RFC 6902); empty when nothing is to be written.
+        containers: one entry per container recorded in the annotation, in pod order.
+        pull_secret: the Secret named by ``image-cloner.io/added-pull-secret``, or None.
+        pull_secret_action: None without ``pull_secret``; else ``remove`` (the
+            entry goes), ``absent`` (not listed any more; only the annotation
+            goes) or ``kept`` (containers still use owned images, so the
+            entry and its annotation stay).
+        owned_after: ``(container, image)`` of every container that still
+            uses an owned image once the patch is applied.
+        problem: why the workload is left alone entirely (a malformed
+            annotation), else None.
+        removed_annotations: the controller's annotations the patch removes.
+        recorded: True when the workload carries either annotation (the
+            controller patched it); False plans have nothing else set.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    service_account: str = "default"
+    operations: tuple[dict[str, Any], ...] = ()
+    containers: tuple[ContainerRevert, ...] = ()
+    pull_secret: str | None = None
+    pull_secret_action: str | None = None
+    owned_after: tuple[tuple[str, str], ...] = ()
+    problem: str | None = None
+    removed_annotations: tuple[str, ...] = ()
+    recorded: bool = False
+
+    @property
+    def key(self) -> str:
+        """``Kind namespace/name``, for output."""
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def restored(self) -> int:
+        """Containers set back to their original reference."""
+        return sum(1 for c in self.containers if c.action == "restore")
+
+    @property
+    def left(self) -> int:
+        """Things left as the controller made them, or changed by someone else since."""
+        left = sum(1 for c in self.containers if c.action == "changed")
+        if self.pull_secret_action == "kept":
+            left += 1
+        return left + (1 if self.problem else 0)
+
+    def lines(self, dry_run: bool = False) -> list[str]:
+        """One line per change (``would ...`` when ``dry_run``) and per thing left alone."""
+        restore, remove = ("would restore", "would remove") if dry_run else ("restored", "removed")
+        out: list[str] = []
+        if self.problem:
+            return [f"left {self.key}: {self.problem}"]
+        for c in self.containers:
+            where = f"{self.key} container {c.name}"
+            if c.action == "restore":
+                out.append(f"{restore} {where}: {c.current} -> {c.original}")
+            elif c.action == "changed":
+                out.append(
+                    f"left {where}: its image is {c.current} now, not an owned copy, so it was "
+                    f"changed after the controller's patch (recorded original {c.original})"
+                )
+            elif c.action == "unchanged":
+                out.append(f"unchanged {where}: already {c.original}")
+            else:
+                out.append(f"gone {where}: no such container any more (recorded {c.original})")
+        if self.pull_secret_action == "remove":
+            out.append(f"{remove} {self.key} imagePullSecrets entry {self.pull_secret}")
+        elif self.pull_secret_action == "kept":
+            users = ", ".join(f"{n} ({i})" for n, i in self.owned_after)
+            out.append(
+                f"left {self.key} imagePullSecrets entry {self.pull_secret}: "
+                f"containers still on owned images: {users}"
+            )
+        elif self.pull_secret_action == "absent":
+            out.append(
+                f"unchanged {self.key}: pull secret {self.pull_secret} is not listed any more"
+            )
+        if self.removed_annotations:
+            out.append(f"{remove} {self.key} annotations {', '.join(self.removed_annotations)}")
+        return out
+
+
+def _pod_containers(pod_spec: Mapping[str, Any]) -> Iterator[tuple[str, int, str, str]]:
+    """``(list name, index, container name, image)`` of init containers, then containers."""
+    for list_name in CONTAINER_LISTS:
+        for index, entry in enumerate(pod_spec.get(list_name) or ()):
+            container = entry or {}
+            yield list_name, index, str(container.get("name", "")), str(container.get("image", ""))
+
+
+def revert_patch(
+    kind: str, workload: Mapping[str, Any], is_owned: Callable[[str], bool]
+) -> RevertPlan:
+    """Plan the revert of one workload. Pure: no I/O.
+
+    Args:
+        kind: ``Deployment``, ``DaemonSet`` or ``StatefulSet`` (list items
+            carry no ``kind``).
+        workload: the apps/v1 object as the API returns it (JSON dict).
+        is_owned: True for an image reference under the owned target or an
+            owned registry (see ``owned_predicate``).
+
+    Returns:
+        The plan. Its ``operations`` are empty when the workload carries
+        neither annotation, when its original-images annotation is malformed
+        (``problem`` says so; nothing is touched), or when only a pull Secret
+        entry is recorded and it must stay. Otherwise they are, in order: per
+        restored container a ``test`` of its name and image at its index and
+        a ``replace`` of the image; for the pull Secret a ``test`` of the
+        entry (or of the whole list when it is the only entry) and its
+        ``remove``; per annotation removed a ``test`` of its value and its
+        ``remove``.
+    """
+    meta = workload.get("metadata") or {}
+    annotations: Mapping[str, str] = meta.get("annotations") or {}
+    pod_spec = ((workload.get("spec") or {}).get("template") or {}).get("spec") or {}
+    plan = RevertPlan(
+        kind=kind,
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        service_account=str(pod_spec.get("serviceAccountName") or "default"),
+    )
+    raw_originals = annotations.get(ORIGINAL_IMAGES)
+    pull_secret = annotations.get(ADDED_PULL_SECRET)
+    if raw_originals is None and pull_secret is None:
+        return plan
+    plan = replace(plan, recorded=True)
+    originals: dict[str, str] = {}
+    if raw_originals is not None:
+        parsed = _recorded_originals(raw_originals)
+        if parsed is None:
+            return replace(
+                plan,
+                problem=f"annotation {ORIGINAL_IMAGES} is not a JSON object of container "
+                f"name to image ({raw_originals!r}); nothing changed",
+            )
+        originals = parsed
+
+    operations: list[dict[str, Any]] = []
+    containers: list[ContainerRevert] = []
+    owned_after: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for list_name, index, name, image in _pod_containers(pod_spec):
+        after = image
+        original = originals.get(name)
+        if original is not None and name not in seen:
+            seen.add(name)
+            if image == original:
+                action = "unchanged"
+            elif image and is_owned(image):
+                action = "restore"
+                base = f"{_TEMPLATE_SPEC}/{list_name}/{index}"
+                operations += [
+                    {"op": "test", "path": f"{base}/name", "value": name},
+                    {"op": "test", "path": f"{base}/image", "value": image},
+                    {"op": "replace", "path": f"{base}/image", "value": original},
+                ]
+                after = original
+            else:
+                action = "changed"
+            containers.append(ContainerRevert(name, original, image, action))
+        if after and is_owned(after):
+            owned_after.append((name, after))
+    for name in sorted(set(originals) - seen):
+        containers.append(ContainerRevert(name, originals[name], None, "missing"))
+
+    pull_secret_action: str | None = None
+    if pull_secret is not None:
+        entries = list(pod_spec.get("imagePullSecrets") or ())
+        positions = [i for i, e in enumerate(entries) if (e or {}).get("name") == pull_secret]
+        if not positions:
+            pull_secret_action = "absent"
+        elif owned_after:
+            pull_secret_action = "kept"
+        else:
+            pull_secret_action = "remove"
+            if len(entries) == 1:  # only ours: the field was created by the controller
+                operations += [
+                    {"op": "test", "path": _PULL_SECRETS, "value": entries},
+                    {"op": "remove", "path": _PULL_SECRETS},
+                ]
+            else:  # the controller appended it, so the last one of that name is ours
+                index = positions[-1]
+                operations += [
+                    {"op": "test", "path": f"{_PULL_SECRETS}/{index}/name", "value": pull_secret},
+                    {"op": "remove", "path": f"{_PULL_SECRETS}/{index}"},
+                ]
+
+    removed = []
+    if raw_originals is not None:
+        removed.append((ORIGINAL_IMAGES, raw_originals))
+    if pull_secret is not None and pull_secret_action != "kept":
+        removed.append((ADDED_PULL_SECRET, pull_secret))
+    for key, value in removed:
+        path = _annotation_path(key)
+        operations += [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
+
+    return replace(
+        plan,
+        operations=tuple(operations),
+        containers=tuple(containers),
+        pull_secret=pull_secret,
+        pull_secret_action=pull_secret_action,
+        owned_after=tuple(owned_after),
+        removed_annotations=tuple(key for key, _ in removed),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountPlan:
+    """The revert of one ServiceAccount the controller added a pull Secret to.
+
+    Attributes:
+        namespace, name: identify the ServiceAccount.
+        pull_secret: the Secret named by ``image-cloner.io/added-pull-secret``.
+        action: ``remove`` (the entry and the annotation go), ``absent``
+            (the entry is not listed any more; the annotation goes) or
+            ``kept`` (workloads still on owned images run as it; nothing changes).
+        operations: the JSON patch; empty for ``kept``.
+        users: for ``kept``, the workloads (``Kind ns/name``) that still use owned images.
+    """
+
+    namespace: str
+    name: str
+    pull_secret: str
+    action: str
+    operations: tuple[dict[str, Any], ...] = ()
+    users: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """``ServiceAccount namespace/name``, for output."""
+        return f"ServiceAccount {self.namespace}/{self.name}"
+
+    def lines(self, dry_run: bool = False) -> list[str]:
+        """One line describing the change (``would ...`` when ``dry_run``) or why there is none."""
+        remove = "would remove" if dry_run else "removed"
+        if self.action == "remove":
+            return [f"{remove} {self.key} imagePullSecrets entry {self.pull_secret}"]
+        if self.action == "absent":
+            return [
+                f"{remove} {self.key} annotation {ADDED_PULL_SECRET} "
+                f"(pull secret {self.pull_secret} is not listed any more)"
+            ]
+        return [
+            f"left {self.key} imagePullSecrets entry {self.pull_secret}: "
+            f"still used by {', '.join(self.users)} (owned images)"
+        ]
+
+
+def service_account_revert_patch(
+    service_account: Mapping[str, Any], users: Iterable[str] = ()
+) -> ServiceAccountPlan | None:
+    """Plan the revert of one ServiceAccount. Pure: no I/O.
+
+    Args:
+        service_account: the core/v1 ServiceAccount as read (JSON dict).
+        users: the workloads (``Kind ns/name``) in its namespace that run as it
+            and still use owned images (after their own revert).
+
+    Returns:
+        None when it carries no ``image-cloner.io/added-pull-secret``
+        annotation. Otherwise the plan; its patch ``test``s the
+        ``resourceVersion`` that was read, then removes the last entry of that
+        name from ``imagePullSecrets`` (the whole field when it is the only
+        entry, as the controller then created the field) and the annotation.
+    """
+    meta = service_account.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    pull_secret = annotations.get(ADDED_PULL_SECRET)
+    if pull_secret is None:
+        return None
+    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    users = tuple(sorted(users))
+    if users:
+        return ServiceAccountPlan(namespace, name, pull_secret, "kept", users=users)
+    operations: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")}
+    ]
+    entries = list(service_account.get("imagePullSecrets") or ())
+    positions = [i for i, e in enumerate(entries) if (e or {}).get("name") == pull_secret]
+    action = "absent"
+    if positions:
+        action = "remove"
+        if len(entries) == 1:
+            operations.append({"op": "remove", "path": "/imagePullSecrets"})
+        else:
+            operations.append({"op": "remove", "path": f"/imagePullSecrets/{positions[-1]}"})
+    operations.append({"op": "remove", "path": _annotation_path(ADDED_PULL_SECRET)})
+    return ServiceAccountPlan(namespace, name, pull_secret, action, tuple(operations))
+
+
+class RevertAPI(Protocol):
+    """The Kubernetes calls revert needs (implemented by ``kube.KubeClient``)."""
+
+    def list_workload_objects(
+        self, kind: str, namespace: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every workload of a kind (in one namespace or all), raw JSON; raises ``KubeError``."""
+        ...
+
+    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch to a workload; raises ``KubeError``."""
+        ...
+
+    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ServiceAccount, None if absent; raises ``KubeError``."""
+        ...
+
+    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch to a ServiceAccount; raises ``KubeError``."""
+        ...
+
+
+@dataclass
+class RevertReport:
+    """Counts of one revert run.
+
+    Attributes:
+        workloads: workloads carrying a controller annotation.
+        patched: workloads patched (would be, with ``--dry-run``).
+        containers: containers set back to their original images.
+        service_accounts: ServiceAccounts patched.
+        left: containers, pull Secret entries and workloads left as they are
+            (changed by someone since, still needed, or unreadable annotations).
+        failed: list, get and patch calls that failed.
+        secrets: ``namespace/name`` of the pull Secrets named by the annotations seen.
+    """
+
+    dry_run: bool = False
+    workloads: int = 0
+    patched: int = 0
+    containers: int = 0
+    service_accounts: int = 0
+    left: int = 0
+    failed: int = 0
+    secrets: set[str] = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        """True when everything was reverted: nothing left, nothing failed."""
+        return not self.left and not self.failed
+
+    def line(self) -> str:
+        """The final summary line."""
+        return (
+            f"revert{' (dry run, nothing written)' if self.dry_run else ''}: "
+            f"workloads={self.workloads} patched={self.patched} containers={self.containers} "
+            f"serviceaccounts={self.service_accounts} left={self.left} failed={self.failed}"
+        )
+
+
+def _failure(exc: KubeError) -> str:
+    if exc.conflict:
+        return f"{exc} (it changed since it was read; nothing of it was written, run revert again)"
+    return str(exc)
+
+
+def revert_all(
+    api: RevertAPI,
+    is_owned: Callable[[str], bool],
+    namespace: str | None = None,
+    dry_run: bool = False,
+    out: Callable[[str], None] = print,
+) -> RevertReport:
+    """Revert every workload and ServiceAccount the controller changed.
+
+    Lists every Deployment, DaemonSet and StatefulSet (in ``namespace``, or
+    all), patches each one carrying a controller annotation (``revert_patch``),
+    then reads by name the ServiceAccounts the listed workloads run as plus
+    ``default``, in each namespace that has a workload (or ``namespace``),
+    and patches those the controller annotated (``service_account_revert_patch``).
+    A ServiceAccount keeps the entry while a workload that runs as it still
+    uses an owned image: one not recorded by the controller, one whose
+    revert failed, or one that keeps its own pull Secret entry.
+
+    Args:
+        api: the Kubernetes calls.
+        is_owned: see ``revert_patch``.
+        namespace: only this namespace; None for all.
+        dry_run: report what would change, write nothing.
+        out: receives every output line (one per change, then the summary).
+
+    Returns:
+        The report; ``ok`` is False when something was left or failed. A
+        failing list call stops the run before anything is written. Never
+        raises ``KubeError``.
+    """
+    report = RevertReport(dry_run=dry_run)
+    listed: list[tuple[str, dict[str, Any]]] = []
+    for kind in KINDS:
+        try:
+            listed += [(kind, obj) for obj in api.list_workload_objects(kind, namespace)]
+        except KubeError as exc:
+            report.failed += 1
+            out(f"failed: {exc}; nothing was changed")
+            out(report.line())
+            return report
+
+    # (namespace, ServiceAccount) -> workloads still on owned images after the revert.
+    users: dict[tuple[str, str], set[str]] = defaultdict(set)
+    namespaces: set[str] = {namespace} if namespace else set()
+    accounts: set[tuple[str, str]] = set()
+    for kind, obj in listed:
+        plan = revert_patch(kind, obj, is_owned)
+        account = (plan.namespace, plan.service_account)
+        namespaces.add(plan.namespace)
+        accounts.add(account)
+        owned_now = any(i and is_owned(i) for *_, i in _pod_containers(_pod_spec(obj)))
+        if not plan.recorded:  # never patched by the controller
+            if owned_now:
+                users[account].add(plan.key)
+            continue
+        report.workloads += 1
+        report.left += plan.left
+        if plan.pull_secret:
+            report.secrets.add(f"{plan.namespace}/{plan.pull_secret}")
+        lines = plan.lines(dry_run)
+        still_owned = bool(plan.owned_after)
+        if plan.operations:
+            try:
+                if not dry_run:
+                    api.patch_workload(
+                        Workload(kind, plan.namespace, plan.name), [*plan.operations]
+                    )
+            except KubeError as exc:
+                report.failed += 1
+                lines = [f"failed {plan.key}: {_failure(exc)}"]
+                still_owned = owned_now
+            else:
+                report.patched += 1
+                report.containers += plan.restored
+        if still_owned:
+            users[account].add(plan.key)
+        for line in lines:
+            out(line)
+
+    for ns in namespaces:
+        accounts.add((ns, "default"))
+    for ns, name in sorted(accounts):
+        try:
+            account = api.get_service_account(ns, name)
+        except KubeError as exc:
+            report.failed += 1
+            out(f"failed ServiceAccount {ns}/{name}: {exc}")
+            continue
+        if account is None:
+            continue
+        sa_plan = service_account_revert_patch(account, users.get((ns, name), ()))
+        if sa_plan is None:
+            continue
+        report.secrets.add(f"{ns}/{sa_plan.pull_secret}")
+        lines = sa_plan.lines(dry_run)
+        if sa_plan.action == "kept":
+            report.left += 1
+        elif not dry_run:
+            try:
+                api.patch_service_account(ns, name, list(sa_plan.operations))
+            except KubeError as exc:
+                report.failed += 1
+                lines = [f"failed {sa_plan.key}: {_failure(exc)}"]
+            else:
+                report.service_accounts += 1
+        else:
+            report.service_accounts += 1
+        for line in lines:
+            out(line)
+
+    for secret in sorted(report.secrets):
+        ns, _, name = secret.partition("/")
+        out(
+            f"note: Secret {secret} is left in place; once no pod needs it: "
+            f"kubectl -n {ns} delete secret {name}"
+        )
+    out(report.line())
+    return report
+
+
+def _pod_spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def run_revert(args: argparse.Namespace, settings: Settings) -> int:
+    """``controller.py revert``: build the client, revert, print one line per change.
+
+    Args:
+        args: the parsed command line; uses ``kubeconfig`` (Path or None),
+            ``namespace`` (str or None) and ``dry_run`` (bool).
+        settings: the loaded settings (``policy`` decides what is owned,
+            ``list_page_size`` the page size).
+
+    Returns:
+        The exit code: 0 when everything was reverted (or, with ``--dry-run``,
+        always unless listing failed or the configuration is unusable), 1 when
+        something was left or failed, 2 when no Kubernetes configuration was found.
+    """
+    from cloner.kube import KubeClient, load_api_client
+
+    try:
+        kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
+    except ConfigError as exc:
+        log.error("revert failed: %s", exc)
+        return 2
+    report = revert_all(
+        kube,
+        owned_predicate(settings.policy),
+        namespace=args.namespace,
+        dry_run=args.dry_run,
+        out=lambda line: print(line, flush=True),
+    )
+    if args.dry_run:
+        return 0 if not report.failed else 1
+    return 0 if report.ok else 1
