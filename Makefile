@@ -52,6 +52,10 @@ deploy:
 deploy-secret:
 	$(KUBECTL) apply -k manifests/secret-credentials/
 
+# Run `python controller.py revert` first (README "Reverting"), e.g.
+# kubectl -n image-cloner exec deploy/image-cloner -c controller -- python controller.py revert --config /etc/image-cloner/config/config.yaml
+# with the loop paused (README step 5 "Remove"); otherwise patched workloads
+# keep using the owned copies.
 undeploy:
 	$(KUBECTL) delete -k manifests/ --ignore-not-found
 

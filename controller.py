@@ -23,6 +23,7 @@ from cloner.config import load_settings
 from cloner.credentials import CredentialStore
 from cloner.errors import ConfigError
 from cloner.kube import KubeClient, load_api_client
+from cloner.leader import LeaderElector
 from cloner.loop import Loop
 from cloner.reconcile import Reconciler
 from cloner.registry import DockerRegistry
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         credentials = CredentialStore(settings.docker_config)
         credentials.reload()
         registry = DockerRegistry(settings.docker_host, credentials, settings.docker_timeout)
-        kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
+        api_client = load_api_client(args.kubeconfig)
+        kube = KubeClient(api_client, settings.list_page_size)
     except ConfigError as exc:
         log.error("start-up failed: %s", exc)
         return 2
@@ -105,6 +107,29 @@ def main(argv: list[str] | None = None) -> int:
             log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
             return 2
     reconciler = Reconciler(kube, registry, settings, credentials)
+    elector: LeaderElector | None = None
+    if settings.leader_election and not args.once:
+        if not settings.controller_namespace:
+            log.error(
+                "start-up failed: config: controllerNamespace: leader election needs the "
+                "controller's namespace (POD_NAMESPACE), or set leaderElection.enabled: false"
+            )
+            return 2
+        elector = LeaderElector(
+            api_client,
+            settings.controller_namespace,
+            name=settings.lease_name,
+            lease_duration=settings.lease_duration,
+            renew_deadline=settings.renew_deadline,
+            retry_period=settings.retry_period,
+        )
+        elector.start()
+        log.info(
+            "leader election: Lease %s/%s as %s",
+            settings.controller_namespace,
+            settings.lease_name,
+            elector.identity,
+        )
 
     def reload_credentials() -> None:
         try:
@@ -118,11 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         reload_credentials,
         on_stop=reconciler.stop,
         shutdown_timeout=settings.shutdown_timeout,
+        is_leader=elector.is_leader if elector is not None else None,
     )
     if args.once:
         summary = loop.tick()
         return 0 if summary is not None and summary.ok else 1
-    loop.run()
+    try:
+        loop.run()
+    finally:
+        if elector is not None:
+            elector.stop(release=True)  # another replica takes over at once
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
+from cloner.lease import validate_timing
 from cloner.pullsecrets import ATTACH_MODES
 from cloner.reference import NAMING_STRATEGIES, Policy, Target
 
@@ -164,11 +165,10 @@ class Settings:
             raise ConfigError("backoff.max", "must not be less than backoff.initial")
         if not 0 <= self.backoff_jitter <= 1:
             raise ConfigError("backoff.jitter", "must be between 0 and 1")
-        if not self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ConfigError(
-                "leaderElection",
-                "must have retryPeriod < renewDeadline < leaseDuration",
-            )
+        try:
+            validate_timing(self.lease_duration, self.renew_deadline, self.retry_period)
+        except ValueError as exc:
+            raise ConfigError("leaderElection", str(exc)) from None
         if self.pull_secret_attach not in ATTACH_MODES:
             raise ConfigError("pullSecret.attach", f"must be one of {', '.join(ATTACH_MODES)}")
         if len(self.pull_secret_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.pull_secret_name):

@@ -500,9 +500,10 @@ def revert_all(
     then reads by name the ServiceAccounts the listed workloads run as plus
     ``default``, in each namespace that has a workload (or ``namespace``),
     and patches those the controller annotated (``service_account_revert_patch``).
-    A ServiceAccount keeps the entry while a workload that runs as it still
-    uses an owned image: one not recorded by the controller, one whose
-    revert failed, or one that keeps its own pull Secret entry.
+    A ServiceAccount keeps the entry while a workload in its namespace that
+    runs as it still uses an owned image after this run: one the controller
+    never patched (it was on owned images already), one whose patch failed,
+    or one with a container that could not be restored to a public image.
 
     Args:
         api: the Kubernetes calls.
@@ -569,14 +570,14 @@ def revert_all(
         accounts.add((ns, "default"))
     for ns, name in sorted(accounts):
         try:
-            account = api.get_service_account(ns, name)
+            found = api.get_service_account(ns, name)
         except KubeError as exc:
             report.failed += 1
             out(f"failed ServiceAccount {ns}/{name}: {exc}")
             continue
-        if account is None:
+        if found is None:
             continue
-        sa_plan = service_account_revert_patch(account, users.get((ns, name), ()))
+        sa_plan = service_account_revert_patch(found, users.get((ns, name), ()))
         if sa_plan is None:
             continue
         report.secrets.add(f"{ns}/{sa_plan.pull_secret}")

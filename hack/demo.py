@@ -107,6 +107,8 @@ def main() -> int:
                     "dockerHost": env.docker_host,
                     "dockerConfig": str(env.docker_config),
                     "metricsPort": 0,
+                    # its own namespace: excluded, and where its leader-election Lease lives
+                    "controllerNamespace": "image-cloner",
                 }
             )
         )

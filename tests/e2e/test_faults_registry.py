@@ -1,0 +1,288 @@
+"""Fault injection on real registries: errors from the source, a GitOps fight, self-heal.
+
+A source registry that answers 500 is the real public registry behind a
+small loopback proxy that fails one repository; everything else is the
+components themselves. Assertions are on what the API server and registries
+hold, on the registries' own request logs, and on the controller's metrics.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import kubernetes.client
+
+from tests.e2e.harness import Environment, free_port
+from tests.e2e.support import (
+    REPO,
+    Scope,
+    controller_command,
+    create,
+    images,
+    read,
+    request_lines,
+    scrape,
+    write_config,
+)
+
+
+class FailingProxy(http.server.ThreadingHTTPServer):
+    """Forwards to a registry, but answers 500 for paths containing ``fail_marker``."""
+
+    def __init__(self, upstream: str, fail_marker: str) -> None:
+        self.upstream = upstream
+        self.fail_marker = fail_marker
+        self.failed: list[str] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: FailingProxy
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def _forward(self) -> None:
+        if self.server.fail_marker in self.path:
+            self.server.failed.append(f"{self.command} {self.path}")
+            body = b'{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}'
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        connection = http.client.HTTPConnection(self.server.upstream, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        connection.request(self.command, self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        connection.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _forward  # noqa: N815
+
+
+@contextmanager
+def failing_proxy(upstream: str, fail_marker: str) -> Iterator[FailingProxy]:
+    proxy = FailingProxy(upstream, fail_marker)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@contextmanager
+def controller_loop(kubeconfig: Path, config: Path) -> Iterator[list[str]]:
+    """Run the controller loop; yields its output lines (filled as they come)."""
+    process = subprocess.Popen(
+        controller_command(kubeconfig, config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    stream = process.stdout
+    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        reader.join(timeout=5)
+    assert process.returncode == 0, "".join(lines[-50:])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"not {what} within {timeout}s")
+
+
+def test_source_404_and_500_back_off_without_a_retry_storm(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("broken:1"), layers=1, seed=f"{ns}-broken")
+    with failing_proxy(env.public.host, f"/{ns}/broken/") as proxy:
+        missing = scope.source("missing:1")
+        broken = f"{proxy.host}/{ns}/broken:1"
+        create(api, "Deployment", ns, "web", {"missing": missing, "broken": broken})
+        port = free_port()
+        config = write_config(
+            tmp_path / "c.yaml",
+            env,
+            scope.target,
+            namespaces={"include": [ns]},
+            pollInterval=0.5,
+            backoff={"initial": 2, "max": 8, "jitter": 0},
+            metricsPort=port,
+            metricsAddress="127.0.0.1",
+        )
+        log_start = env.public.log_path.stat().st_size
+        with controller_loop(scope.kubeconfig, config) as output:
+            time.sleep(12)  # ~24 cycles
+            metrics = scrape(port)
+        # Untouched: nothing was patched, nothing pushed.
+        assert images(read(api, "Deployment", ns, "web")) == {"missing": missing, "broken": broken}
+        assert env.owned.tags(scope.owned_repository("missing")) == []
+        # Backoff: tries at 0, 2, 6 (then 14) s, not once per cycle.
+        pulls_missing = [
+            line
+            for line in request_lines(env.public, log_start)
+            if f"/v2/{ns}/missing/manifests/" in line
+        ]
+        manifest_500s = [p for p in proxy.failed if "/manifests/" in p]
+        cycles = metrics["image_cloner_reconcile_duration_seconds_count"]
+        print(
+            f"\n{cycles:.0f} cycles; source manifest requests: missing={len(pulls_missing)} "
+            f"broken={len(manifest_500s)}"
+        )
+        assert cycles >= 15
+        missing_tries = sum(1 for line in output if "clone of" in line and "missing" in line)
+        broken_tries = sum(1 for line in output if "clone of" in line and "broken" in line)
+        # Tries at 0, 2 and 6 s (next at 14 s): 3 in 12 s instead of one per cycle.
+        assert 2 <= missing_tries <= 4 and 2 <= broken_tries <= 4, (missing_tries, broken_tries)
+        # A pull asks for the manifest with HEAD then GET at most: bounded by the tries.
+        assert len(pulls_missing) <= 2 * missing_tries, pulls_missing
+        assert len(manifest_500s) <= 2 * 5 * broken_tries  # the engine retries a 5xx itself
+        assert metrics['image_cloner_clone_failures_total{reason="not_found"}'] == missing_tries
+        assert metrics['image_cloner_clone_failures_total{reason="registry_error"}'] == (
+            broken_tries
+        )
+        assert metrics["image_cloner_images_waiting"] >= 1
+
+
+def test_gitops_reverter_fight_is_detected_and_patching_stops(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    apps = kubernetes.client.AppsV1Api(api)
+    public = scope.source("fought:1")
+    env.build_image(public, layers=1, seed=f"{ns}-fought")
+    create(api, "Deployment", ns, "fought", {"main": public})
+    create(api, "Deployment", ns, "argo", {"main": public})
+    apps.patch_namespaced_deployment(
+        "argo",
+        ns,
+        {"metadata": {"annotations": {"argocd.argoproj.io/tracking-id": "shop:apps/Deployment"}}},
+    )
+    config = write_config(
+        tmp_path / "c.yaml", env, scope.target, namespaces={"include": [ns]}, fightLimit=3
+    )
+    stop = threading.Event()
+    resets = []
+
+    def reverter() -> None:  # a GitOps tool that puts the public image back
+        while not stop.wait(1.5):
+            if images(read(api, "Deployment", ns, "fought"))["main"] != public:
+                apps.patch_namespaced_deployment(
+                    "fought",
+                    ns,
+                    {
+                        "spec": {
+                            "template": {
+                                "spec": {"containers": [{"name": "main", "image": public}]}
+                            }
+                        }
+                    },
+                )
+                resets.append(time.monotonic())
+
+    thread = threading.Thread(target=reverter, daemon=True)
+    thread.start()
+    try:
+        with controller_loop(scope.kubeconfig, config) as output:
+            took = wait_for(
+                lambda: any("fight detected on Deployment" in line for line in output),
+                40,
+                "fight detected",
+            )
+            patches = sum(1 for line in output if f"patched Deployment {ns}/fought" in line)
+            time.sleep(5)  # no more patches after detection
+            assert sum(1 for line in output if f"patched Deployment {ns}/fought" in line) == (
+                patches
+            )
+    finally:
+        stop.set()
+        thread.join()
+    print(f"\nfight detected after {took:.1f}s, {patches} patches, {len(resets)} resets")
+    assert patches == 3
+    assert images(read(api, "Deployment", ns, "fought")) == {"main": public}
+    # The Argo CD tracked workload was reported, never patched.
+    assert images(read(api, "Deployment", ns, "argo")) == {"main": public}
+    assert any(f"not patching Deployment {ns}/argo: managed by Argo CD" in line for line in output)
+
+
+def test_deleted_owned_copy_is_cloned_again_within_verify_interval(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("keep:1"), layers=2, seed=f"{ns}-keep")
+    create(api, "Deployment", ns, "web", {"main": scope.source("keep:1")})
+    config = write_config(
+        tmp_path / "c.yaml", env, scope.target, namespaces={"include": [ns]}, verifyInterval=3
+    )
+    repository = scope.owned_repository("keep")
+    with controller_loop(scope.kubeconfig, config) as output:
+        wait_for(
+            lambda: (
+                images(read(api, "Deployment", ns, "web"))["main"] == f"{scope.owned('keep')}:1"
+            ),
+            30,
+            "patched",
+        )
+        digest = env.owned.manifest_digest(repository, "1")
+        assert digest is not None
+        request = env.owned._request(f"/v2/{repository}/manifests/{digest}", method="DELETE")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        assert env.owned.manifest_digest(repository, "1") is None
+        deleted = time.monotonic()
+        took = wait_for(
+            lambda: env.owned.manifest_digest(repository, "1") is not None, 15, "restored"
+        )
+    print(f"\nowned copy restored {took:.1f}s after deletion (verifyInterval 3 s)")
+    assert took <= 3 + 5
+    assert time.monotonic() - deleted >= took
+    assert env.owned.manifest_digest(repository, "1") == digest  # same content again
+    assert images(read(api, "Deployment", ns, "web"))["main"] == f"{scope.owned('keep')}:1"
+    assert any("is missing; cloning it again" in line for line in output)
