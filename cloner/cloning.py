@@ -234,6 +234,11 @@ class ImageCloner:
                     cloned = True
             except RegistryError as exc:
                 return self._failed(source, owned, exc)
+            except Exception as exc:  # one image's surprise must not end the cycle
+                log.exception("unexpected error while cloning %s", source)
+                return self._failed(
+                    source, owned, RegistryError("registry_error", f"clone {source}: {exc!r}")
+                )
         if self.stopping:
             log.warning("abandoning %s: shutting down (nothing is patched for it)", source)
             return ImageResult(source, None, message="abandoned: shutting down", waiting=0.0)
