@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_revert(args, settings)
         credentials = CredentialStore(settings.docker_config)
         credentials.reload()
-        registry = DockerRegistry(settings.docker_host, credentials, settings.docker_timeout)
+        registry = DockerRegistry(
+            settings.docker_host,
+            credentials,
+            settings.docker_timeout,
+            insecure_registries=settings.insecure_registries,
+        )
         api_client = load_api_client(args.kubeconfig)
         kube = KubeClient(api_client, settings.list_page_size)
     except ConfigError as exc:

@@ -53,6 +53,9 @@ class RegistryError(ClonerError):
 
     Args:
         reason: one of ``REASONS``; the label of the clone-failure metric.
+            ``insecure_registry``: the Docker engine would reach the registry
+            without TLS verification and it is not listed in
+            ``insecureRegistries`` (final: a config change is needed).
         message: what happened, with the reference; never credentials.
         registry: the registry host the failure concerns, when known (a 429
             pauses that registry as a whole).
@@ -69,6 +72,7 @@ class RegistryError(ClonerError):
         "invalid_reference",
         "verify_failed",
         "naming_collision",
+        "insecure_registry",
     )
     _TEMPORARY = frozenset({"rate_limited", "network", "registry_error", "verify_failed"})
 

@@ -1,4 +1,6 @@
-"""Kubernetes adapter: the only module that imports ``kubernetes``.
+"""Kubernetes adapter: workloads, namespaces, Secrets and ServiceAccounts.
+
+With ``leader`` (Leases), the only module that imports ``kubernetes``.
 
 Called by ``reconcile`` through the ``KubeAPI`` protocol and built by
 ``controller.py``. It lists workloads (paginated, all namespaces, one list

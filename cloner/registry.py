@@ -11,6 +11,14 @@ logged. Every docker or transport error becomes a ``RegistryError`` whose
 The engine reports pull and push failures inside an HTTP 200 stream (docker-py
 issues 3161 and 3277), so both streams are read to the end and an ``error``
 line is a failure.
+
+Registry TLS is verified unless a registry is listed in ``insecureRegistries``:
+the engine verifies TLS for every registry except those it is configured to
+treat as insecure (``dockerd --insecure-registry`` and, by default, loopback
+addresses), so before any pull, push or manifest inspection the engine's
+registry configuration (``/info`` -> ``RegistryConfig``, read once per engine
+client) is checked with ``cloner.tls`` and a registry it would reach without
+verification is refused with reason ``insecure_registry`` unless listed.
 """
 
 from __future__ import annotations
@@ -18,16 +26,18 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import docker
 import docker.errors
 import requests
+import urllib3
 
 from cloner.credentials import Credential, CredentialStore
 from cloner.errors import ClonerError, RegistryError
 from cloner.reference import Reference
+from cloner.tls import EngineRegistryConfig, listed_insecure
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +144,26 @@ class DockerRegistry:
         credentials: the registry credentials in force (read per call).
         timeout: seconds one engine API call may block (a pull or push stream
             may take longer in total; each read is bounded).
+        insecure_registries: ``insecureRegistries``: ``host[:port]`` glob
+            patterns (``tls.listed_insecure``) of registries that may be used
+            although the engine reaches them without TLS verification. Every
+            other such registry is refused with reason ``insecure_registry``.
     """
 
     def __init__(
-        self, docker_host: str, credentials: CredentialStore, timeout: float = 600.0
+        self,
+        docker_host: str,
+        credentials: CredentialStore,
+        timeout: float = 600.0,
+        *,
+        insecure_registries: Sequence[str] = (),
     ) -> None:
         self._docker_host = docker_host
         self._store = credentials
         self._timeout = timeout
+        self._insecure_registries = tuple(insecure_registries)
         self._client: docker.APIClient | None = None
+        self._engine_config: EngineRegistryConfig | None = None
         self._lock = threading.Lock()
 
     # Credentials -----------------------------------------------------------
@@ -167,6 +188,84 @@ class DockerRegistry:
             if self._client is not None:
                 self._client.close()
             self._client = None
+            self._engine_config = None
+
+    def engine_registry_config(self) -> EngineRegistryConfig:
+        """The engine's registry configuration, read once per engine client.
+
+        ``APIClient.info()["RegistryConfig"]`` (``IndexConfigs``,
+        ``InsecureRegistryCIDRs``, ``Mirrors``) is read on first use and again
+        after the client was reset (an engine or transport failure), since
+        the engine may have been restarted with other settings.
+
+        Returns:
+            The ``tls.EngineRegistryConfig``.
+
+        Raises:
+            RegistryError: ``network`` when the engine cannot be asked;
+                ``registry_error`` when its answer has no usable
+                ``RegistryConfig`` (then nothing can be checked, so nothing
+                is pulled or pushed).
+        """
+        with self._lock:
+            if self._engine_config is not None:
+                return self._engine_config
+        what = "read the Docker engine's registry configuration"
+        try:
+            api = self._api()
+            info = api.info()
+        except Exception as exc:  # translated; nothing else leaves this module
+            raise self._fail(exc, what) from None
+        raw = info.get("RegistryConfig") if isinstance(info, Mapping) else None
+        try:
+            if raw is None:
+                raise ValueError("the engine's /info has no RegistryConfig")
+            config = EngineRegistryConfig.from_info(raw)
+        except ValueError as exc:
+            raise RegistryError(
+                "registry_error",
+                f"{what}: {exc}; cannot tell which registries it reaches without TLS "
+                "verification, so none is used",
+            ) from None
+        log.debug(
+            "Docker engine registry configuration: insecure CIDRs %s, indexes %s, mirrors %s",
+            ",".join(config.insecure_cidrs) or "none",
+            ",".join(
+                f"{name}(secure={entry.get('Secure')})"
+                for name, entry in config.index_configs.items()
+            )
+            or "none",
+            ",".join(host for host, _ in config.mirrors) or "none",
+        )
+        with self._lock:
+            if self._client is api:  # not reset meanwhile: the answer is the current engine's
+                self._engine_config = config
+        return config
+
+    def _require_tls(self, registry: str, pull: bool) -> None:
+        """Refuse ``registry`` if the engine skips TLS verification for it and it is not listed.
+
+        Args:
+            registry: ``host[:port]`` of the reference about to be used.
+            pull: True for a pull or manifest inspection (``docker.io`` pulls
+                also go to the engine's mirrors), False for a push.
+
+        Raises:
+            RegistryError: ``insecure_registry`` naming the first unlisted host
+                the engine would reach without TLS verification (``registry``
+                itself, or a ``docker.io`` mirror); or the errors of
+                ``engine_registry_config``.
+        """
+        for host in self.engine_registry_config().unverified_hosts(registry, pull):
+            if listed_insecure(host, self._insecure_registries):
+                continue
+            name = host if host == registry else f"{host} (mirror of {registry})"
+            raise RegistryError(
+                "insecure_registry",
+                f"{name} is reached without TLS verification by the Docker engine "
+                "(insecure registry or loopback); list it in insecureRegistries to allow this",
+                registry=registry,
+            )
 
     def _fail(self, exc: Exception, what: str, registry: str | None = None) -> RegistryError:
         """Translate a docker or transport exception into a ``RegistryError``.
@@ -185,7 +284,9 @@ class DockerRegistry:
             if error.reason == "registry_error" and exc.status_code == 404:
                 error = RegistryError("not_found", str(error), registry=registry)
             return error
-        if isinstance(exc, (requests.exceptions.RequestException, OSError)):
+        if isinstance(
+            exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+        ):
             self._reset()
             return RegistryError("network", f"{what}: Docker engine unreachable: {exc}")
         if isinstance(exc, docker.errors.DockerException):
@@ -205,8 +306,12 @@ class DockerRegistry:
             ``sha256:...``, or None when the registry has no such manifest.
 
         Raises:
-            RegistryError: the registry could not be asked (auth, network...).
+            RegistryError: the registry could not be asked (auth, network...);
+                ``insecure_registry`` when the engine would reach it without
+                TLS verification and it is not in ``insecureRegistries``
+                (checked before the registry is contacted).
         """
+        self._require_tls(ref.registry, pull=True)
         what = f"inspect {ref}"
         try:
             data = self._api().inspect_distribution(str(ref), auth_config=self._auth(ref.registry))
@@ -235,10 +340,16 @@ class DockerRegistry:
 
         Raises:
             RegistryError: pull, push or verification failed; nothing that
-                failed is reported as success.
+                failed is reported as success. ``insecure_registry`` when the
+                engine would reach the source or the owned registry without
+                TLS verification and it is not in ``insecureRegistries``
+                (checked before anything is pulled).
+            ValueError: ``owned`` has no tag or has a digest.
         """
         if owned.tag is None or owned.digest is not None:
             raise ValueError(f"owned reference must have a tag and no digest: {owned}")
+        self._require_tls(source.registry, pull=True)
+        self._require_tls(owned.registry, pull=False)
         pulled = source.pull_reference
         api = None
         phase, registry = f"pull {pulled}", source.registry

@@ -107,6 +107,9 @@ def main() -> int:
                     "dockerHost": env.docker_host,
                     "dockerConfig": str(env.docker_config),
                     "metricsPort": 0,
+                    # the demo registries are plain HTTP on 127.0.0.1, which the
+                    # engine reaches without TLS verification: allow them explicitly
+                    "insecureRegistries": ["127.0.0.1:*"],
                     # its own namespace: excluded, and where its leader-election Lease lives
                     "controllerNamespace": "image-cloner",
                 }

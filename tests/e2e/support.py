@@ -86,6 +86,9 @@ def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Pat
         "metricsPort": 0,
         "leaderElection": {"enabled": False},
         "backoff": {"initial": 0.5, "max": 2},
+        # The registries (and any test proxy) listen on 127.0.0.1, which the
+        # engine reaches without TLS verification: allow them explicitly.
+        "insecureRegistries": ["127.0.0.1:*"],
         **extra,
     }
     path.write_text(yaml.safe_dump(config))

@@ -8,7 +8,7 @@ def test_pure_modules_import_no_io_library() -> None:
     code = (
         "import sys\n"
         "import cloner.reference, cloner.workloads, cloner.reconcile, cloner.revert\n"
-        "import cloner.config, cloner.credentials, cloner.errors\n"
+        "import cloner.config, cloner.credentials, cloner.errors, cloner.tls\n"
         "bad = [m for m in ('kubernetes', 'docker') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
