@@ -60,8 +60,14 @@ def load_api_client(kubeconfig: Path | None = None) -> client.ApiClient:
         raise ConfigError(source, f"no usable Kubernetes configuration: {exc}") from None
 
 
-def _translate(exc: Exception, what: str) -> KubeError:
-    """Turn a client or transport exception into a ``KubeError``."""
+def translate_error(exc: Exception, what: str) -> KubeError:
+    """Turn a client or transport exception into a ``KubeError`` naming the call.
+
+    Args:
+        exc: an ``ApiException``, a urllib3 or OS error, or a ``ValueError``
+            from an unreadable response body.
+        what: the call, for example ``list deployments``.
+    """
     if isinstance(exc, ApiException):
         reason = exc.reason or ""
         try:
@@ -69,6 +75,8 @@ def _translate(exc: Exception, what: str) -> KubeError:
         except (ValueError, AttributeError):
             message = reason
         return KubeError(exc.status or 0, f"{what}: {exc.status} {message}")
+    if isinstance(exc, ValueError):
+        return KubeError(0, f"{what}: unreadable response: {exc}")
     return KubeError(0, f"{what}: API server unreachable: {type(exc).__name__}: {exc}")
 
 
@@ -163,9 +171,9 @@ class KubeClient:
                     log.info("%s: continue token expired, listing again", what)
                     restarted, token = True, None
                     continue
-                raise _translate(exc, what) from None
+                raise translate_error(exc, what) from None
             except (*_TRANSPORT_ERRORS, ValueError) as exc:
-                raise _translate(exc, what) from None
+                raise translate_error(exc, what) from None
             for item in page.get("items") or ():
                 uid = (item.get("metadata") or {}).get("uid", "")
                 if uid in seen:  # a restarted list repeats items
@@ -197,7 +205,7 @@ class KubeClient:
                 _request_timeout=REQUEST_TIMEOUT,
             )
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
-            raise _translate(exc, f"patch {workload.key}") from None
+            raise translate_error(exc, f"patch {workload.key}") from None
 
     # Pull secrets and ServiceAccounts ----------------------------------------
 
@@ -209,15 +217,15 @@ class KubeClient:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _translate(exc, what) from None
+            raise translate_error(exc, what) from None
         except (*_TRANSPORT_ERRORS, ValueError) as exc:
-            raise _translate(exc, what) from None
+            raise translate_error(exc, what) from None
 
     def _write(self, call: Callable[..., Any], what: str, *args: Any) -> None:
         try:
             call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
-            raise _translate(exc, what) from None
+            raise translate_error(exc, what) from None
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as JSON, or None when there is none. Raises ``KubeError``."""

@@ -47,6 +47,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from cloner.errors import KubeError
+from cloner.kube import translate_error
 from cloner.lease import (
     LeaseRecord,
     acquired_record,
@@ -71,20 +72,6 @@ def default_identity() -> str:
         suffix so that two electors never share an identity).
     """
     return f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}"
-
-
-def _translate(exc: Exception, what: str) -> KubeError:
-    """Turn a client or transport exception into a ``KubeError`` naming the call."""
-    if isinstance(exc, ApiException):
-        reason = exc.reason or ""
-        try:
-            message = json.loads(exc.body or "{}").get("message") or reason
-        except (ValueError, AttributeError):
-            message = reason
-        return KubeError(exc.status or 0, f"{what}: {exc.status} {message}")
-    if isinstance(exc, ValueError):
-        return KubeError(0, f"{what}: unreadable response: {exc}")
-    return KubeError(0, f"{what}: API server unreachable: {type(exc).__name__}: {exc}")
 
 
 class LeaderElector:
@@ -441,7 +428,7 @@ class LeaderElector:
             response = method(*args, _preload_content=False, _request_timeout=timeout)
             return dict(json.loads(response.data))
         except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
-            raise _translate(exc, what) from None
+            raise translate_error(exc, what) from None
 
     # Reporting ----------------------------------------------------------------
 

@@ -6,7 +6,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +226,17 @@ def scrape(port: int) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             samples[key] = float(value)
     return samples
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check()`` every 0.2 s until it is true; returns the seconds it took.
+
+    Raises:
+        AssertionError: not true within ``timeout`` seconds (names ``what``).
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} within {timeout}s")

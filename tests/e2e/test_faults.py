@@ -355,20 +355,26 @@ class ImageWatch:
 
     def _run(self) -> None:
         with contextlib.closing(self.env.api_client()) as api:
-            while not self._stop.is_set():
-                try:
-                    image = images(read(api, *self.target))[self.container]
-                except Exception:  # the API server is down: nothing to observe
-                    image = None
-                if image is not None and (not self.history or self.history[-1] != image):
-                    self.history.append(image)
-                    try:
-                        problem = missing_owned_copy(self.env, image)
-                    except Exception as exc:  # the owned registry is down
-                        problem = f"{image} seen but could not be checked: {exc!r}"
-                    if problem:
-                        self.violations.append(problem)
+            while True:
+                stopping = self._stop.is_set()  # one last sample after the stop request
+                self._sample(api)
+                if stopping:
+                    return
                 self._stop.wait(0.05)
+
+    def _sample(self, api: kubernetes.client.ApiClient) -> None:
+        try:
+            image = images(read(api, *self.target))[self.container]
+        except Exception:  # the API server is down: nothing to observe
+            return
+        if not self.history or self.history[-1] != image:
+            self.history.append(image)
+            try:
+                problem = missing_owned_copy(self.env, image)
+            except Exception as exc:  # the owned registry is down
+                problem = f"{image} seen but could not be checked: {exc!r}"
+            if problem:
+                self.violations.append(problem)
 
     def __enter__(self) -> ImageWatch:
         self._thread.start()

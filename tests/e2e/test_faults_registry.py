@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from tests.e2e.support import (
     read,
     request_lines,
     scrape,
+    wait_for,
     write_config,
 )
 
@@ -123,15 +124,6 @@ def controller_loop(kubeconfig: Path, config: Path) -> Iterator[list[str]]:
                 process.kill()
         reader.join(timeout=5)
     assert process.returncode == 0, "".join(lines[-50:])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"not {what} within {timeout}s")
 
 
 def test_source_404_and_500_back_off_without_a_retry_storm(

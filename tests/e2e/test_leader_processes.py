@@ -6,13 +6,21 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import kubernetes.client
 
 from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, controller_command, create, images, read, write_config
+from tests.e2e.support import (
+    REPO,
+    Scope,
+    controller_command,
+    create,
+    images,
+    read,
+    wait_for,
+    write_config,
+)
 
 
 def identity(lines: list[str]) -> str:
@@ -36,15 +44,6 @@ def start(scope: Scope, config: Path) -> tuple[subprocess.Popen[str], list[str]]
     stream = process.stdout
     threading.Thread(target=lambda: lines.extend(stream), daemon=True).start()
     return process, lines
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} within {timeout}s")
 
 
 def test_only_the_leader_patches_and_a_standby_takes_over(

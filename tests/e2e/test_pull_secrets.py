@@ -12,7 +12,6 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.e2e.support import (
     create_namespace,
     images,
     read,
+    wait_for,
     write_config,
 )
 
@@ -91,16 +91,6 @@ def pull_as_kubelet(env: Environment, secret: dict[str, Any], image: str) -> Non
         except docker.errors.APIError as exc:
             raise AssertionError(f"pull of {image} refused: {exc.explanation}") from None
         client.api.remove_image(image)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until ``check()``; returns the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"not {what} within {timeout}s")
 
 
 def test_three_namespaces_get_the_secret_rotation_updates_all(
