@@ -10,6 +10,9 @@ process-wide default collectors.
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from cloner.errors import RegistryError
@@ -88,6 +91,52 @@ PATCH_CONFLICTS = Counter(
     "once with the workload read again).",
     registry=REGISTRY,
 )
+CLONE_DURATION = Histogram(
+    "image_cloner_clone_duration_seconds",
+    "Duration of one successful clone (pull, tag, push, verify) in seconds.",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+    registry=REGISTRY,
+)
+PUSHED_BYTES = Counter(
+    "image_cloner_pushed_bytes",
+    "Bytes of image layers pushed to the owned registry (layers it already had excluded).",
+    registry=REGISTRY,
+)
+IMAGES = Gauge(
+    "image_cloner_images",
+    "Distinct source images in scope in the last cycle, by state: owned (copy verified "
+    "in the owned registry), pending (to be cloned, or failed this cycle), backing_off "
+    "(waiting for the next try).",
+    ["state"],
+    registry=REGISTRY,
+)
+API_REQUESTS = Counter(
+    "image_cloner_api_requests",
+    "Kubernetes API requests by outcome (success, or the HTTP status class such as "
+    "4xx/5xx, or unreachable).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+REGISTRY_REQUESTS = Counter(
+    "image_cloner_registry_requests",
+    "Registry operations through the Docker engine by operation (inspect, pull, push) "
+    "and outcome (success or the failure reason).",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "image_cloner_leader",
+    "1 while this replica holds the leader Lease (or leader election is off), else 0.",
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "image_cloner_build_info",
+    "Always 1; labels carry the version of image-cloner and of Python.",
+    ["version", "python_version"],
+    registry=REGISTRY,
+)
+VERSION = "0.1.0"
+BUILD_INFO.labels(version=VERSION, python_version=platform.python_version()).set(1)
 CYCLES = Counter(
     "image_cloner_reconcile_cycles",
     "Reconcile cycles run, by result (ok, failed: something failed, error: the cycle raised).",
@@ -118,6 +167,8 @@ for _reason in RegistryError.REASONS:
     CLONE_FAILURES.labels(reason=_reason)
 for _kind in KINDS:
     WORKLOADS_PATCHED.labels(kind=_kind)
+for _state in ("owned", "pending", "backing_off"):
+    IMAGES.labels(state=_state)
 for _action in ("created", "updated"):
     PULL_SECRETS_WRITTEN.labels(action=_action)
 for _reason in ("foreign_secret", "serviceaccount_missing", "api_error"):
@@ -142,6 +193,11 @@ def record_cycle(summary: Summary) -> None:
     for kind in KINDS:
         WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
     IMAGES_WAITING.set(summary.waiting)
+    IMAGES.labels(state="owned").set(sum(1 for r in summary.images.values() if r.image))
+    IMAGES.labels(state="backing_off").set(summary.waiting)
+    IMAGES.labels(state="pending").set(
+        sum(1 for r in summary.images.values() if r.image is None and r.waiting is None)
+    )
     GITOPS_HELD.set(len(summary.gitops))
     FIGHTS.set(len(summary.fights))
     IMAGES_HEALED.inc(summary.healed)
@@ -150,6 +206,40 @@ def record_cycle(summary: Summary) -> None:
     CYCLES.labels(result="ok" if summary.ok else "failed").inc()
     if summary.ok:
         LAST_SUCCESS.set(summary.started + summary.duration)
+
+
+_seen_requests: dict[tuple[str, ...], int] = {}
+
+
+def record_requests(api: Mapping[str, int], registry: Mapping[tuple[str, str], int]) -> None:
+    """Bring the request counters up to the adapters' running totals.
+
+    Args:
+        api: Kubernetes API requests so far, outcome -> count (``KubeClient.requests``).
+        registry: registry operations so far, (operation, outcome) -> count
+            (``DockerRegistry.requests``).
+    """
+    for outcome, total in api.items():
+        key = ("api", outcome)
+        API_REQUESTS.labels(outcome=outcome).inc(total - _seen_requests.get(key, 0))
+        _seen_requests[key] = total
+    for (operation, outcome), total in registry.items():
+        key = ("registry", operation, outcome)
+        REGISTRY_REQUESTS.labels(operation=operation, outcome=outcome).inc(
+            total - _seen_requests.get(key, 0)
+        )
+        _seen_requests[key] = total
+
+
+def record_clone(duration: float, pushed_bytes: int) -> None:
+    """Count one successful clone: its duration (seconds) and layer bytes pushed."""
+    CLONE_DURATION.observe(duration)
+    PUSHED_BYTES.inc(pushed_bytes)
+
+
+def set_leader(leading: bool) -> None:
+    """Whether this replica acts (holds the Lease, or leader election is off)."""
+    LEADER.set(1 if leading else 0)
 
 
 def record_cycle_error(duration: float) -> None:
