@@ -52,6 +52,12 @@ deploy:
 deploy-secret:
 	$(KUBECTL) apply -k manifests/secret-credentials/
 
+# Optional, after make deploy: the ServiceMonitor (Prometheus Operator CRDs
+# needed) and the Grafana dashboard ConfigMap of manifests/monitoring/.
+.PHONY: deploy-monitoring
+deploy-monitoring:
+	$(KUBECTL) apply -k manifests/monitoring/
+
 # Run `python controller.py revert` first (README "Reverting"), e.g.
 # kubectl -n image-cloner exec deploy/image-cloner -c controller -- python controller.py revert --config /etc/image-cloner/config/config.yaml
 # with the loop paused (README step 5 "Remove"); otherwise patched workloads

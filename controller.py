@@ -2,6 +2,7 @@
 
     python controller.py [--config PATH] [--kubeconfig PATH] [--once]
     python controller.py revert [--namespace NS] [--dry-run] [--config PATH] [--kubeconfig PATH]
+    python controller.py plan [--output table|json] [--config PATH] [--kubeconfig PATH]
 
 Without ``--once`` it reconciles every ``pollInterval`` seconds until SIGTERM
 and exits 0. With ``--once`` it runs a single cycle and exits 0 when nothing
@@ -14,17 +15,21 @@ everything was reverted, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from cloner import metrics
-from cloner.config import load_settings
+from cloner.config import Settings, load_settings
 from cloner.credentials import CredentialStore
-from cloner.errors import ConfigError
+from cloner.errors import ConfigError, KubeError
+from cloner.events import EventRecorder
 from cloner.kube import KubeClient, load_api_client
 from cloner.leader import LeaderElector
 from cloner.loop import Loop
+from cloner.plan import build_plan, format_json, format_table
 from cloner.reconcile import Reconciler
 from cloner.registry import DockerRegistry
 from cloner.revert import run_revert
@@ -32,6 +37,33 @@ from cloner.revert import run_revert
 log = logging.getLogger("image_cloner")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "config.yaml"
+
+
+class Readiness:
+    """``/readyz``: config loaded (true once serving), API server reachable, leader or standby.
+
+    The API check is cached for ``ttl`` seconds so probes do not load the API server.
+    """
+
+    def __init__(self, kube: KubeClient, elector: LeaderElector | None, ttl: float = 5.0) -> None:
+        self._kube = kube
+        self._elector = elector
+        self._ttl = ttl
+        self._checked = -ttl
+        self._reachable = False
+
+    def __call__(self) -> tuple[bool, str]:
+        """``(ready, reason)``."""
+        now = time.monotonic()
+        if now - self._checked >= self._ttl:
+            self._reachable = self._kube.reachable()
+            self._checked = now
+        if not self._reachable:
+            return False, "API server unreachable"
+        role = "standalone"
+        if self._elector is not None:
+            role = "leader" if self._elector.is_leader() else "standby"
+        return True, f"ok: config loaded, API server reachable, {role}"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,8 +82,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--output", choices=["table", "json"], default="table", help="plan: output format"
+    )
     add_revert_arguments(parser)
     args = parser.parse_args(argv)
+    if args.command == "plan" and args.once:
+        parser.error("--once does not go with the plan command")
     if args.command != "revert" and (args.namespace or args.dry_run):
         parser.error("--namespace and --dry-run go with the revert command")
     if args.command == "revert" and args.once:
@@ -64,8 +104,9 @@ def add_revert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["revert"],
-        help="revert: restore every workload and ServiceAccount the controller patched",
+        choices=["revert", "plan"],
+        help="revert: restore every workload and ServiceAccount the controller patched; "
+        "plan: print what a cycle would do (no pull, push or patch)",
     )
     parser.add_argument("--namespace", help="revert: only this namespace (default: all)")
     parser.add_argument(
@@ -73,15 +114,48 @@ def add_revert_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Root logging: ``text`` (human) or ``json`` (log pipelines), at ``level``."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for noisy in ("urllib3", "docker", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_plan(kube: KubeClient, registry: DockerRegistry, settings: Settings, output: str) -> int:
+    """``plan``: print the table (or JSON) of what a cycle would do; exit 0, 1 if listing failed."""
+    try:
+        rows = build_plan(kube, registry, settings)
+    except KubeError as exc:
+        log.error("plan failed: %s", exc)
+        return 1
+    print(format_json(rows) if output == "json" else format_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the controller; returns the process exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("urllib3", "docker", "kubernetes"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = load_settings(args.config)
         if args.command == "revert":
@@ -96,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         api_client = load_api_client(args.kubeconfig)
         kube = KubeClient(api_client, settings.list_page_size)
+        if args.command == "plan":
+            return run_plan(kube, registry, settings, args.output)
     except ConfigError as exc:
         log.error("start-up failed: %s", exc)
         return 2
@@ -105,13 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.poll_interval,
         ",".join(settings.excluded_namespaces),
     )
-    if settings.metrics_port:
-        try:
-            metrics.serve(settings.metrics_port, settings.metrics_address)
-        except OSError as exc:
-            log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
-            return 2
-    reconciler = Reconciler(kube, registry, settings, credentials)
+    reconciler = Reconciler(kube, registry, settings, credentials, events=EventRecorder(kube))
     elector: LeaderElector | None = None
     if settings.leader_election and not args.once:
         if not settings.controller_namespace:
@@ -142,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             log.error("keeping the previous registry credentials: %s", exc)
 
+    if settings.metrics_port:
+        readiness = Readiness(kube, elector)
+        try:
+            metrics.serve(settings.metrics_port, settings.metrics_address, readiness)
+        except OSError as exc:
+            log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
+            return 2
     loop = Loop(
         reconciler.reconcile_once,
         settings.poll_interval,
@@ -149,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         on_stop=reconciler.stop,
         shutdown_timeout=settings.shutdown_timeout,
         is_leader=elector.is_leader if elector is not None else None,
+        after_cycle=lambda: metrics.record_adapters(
+            kube.requests, registry.requests, registry.pushed_bytes
+        ),
     )
     if args.once:
         summary = loop.tick()

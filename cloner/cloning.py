@@ -57,6 +57,7 @@ class ImageResult:
         message: what failed, or why the image waits.
         waiting: seconds until the next try when the image was not tried this
             cycle (backing off, registry paused, shutting down), else None.
+        duration: seconds the clone took, when this cycle cloned it.
     """
 
     source: Reference
@@ -65,6 +66,7 @@ class ImageResult:
     reason: str | None = None
     message: str | None = None
     waiting: float | None = None
+    duration: float | None = None
 
 
 def patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
@@ -229,6 +231,7 @@ class ImageCloner:
                     source.digest is None or source.tag is None or source.digest == digest
                 )
                 cloned = False
+                started = self._clock()
                 if not reuse:
                     digest = self._registry.clone(source, owned)
                     cloned = True
@@ -249,7 +252,8 @@ class ImageCloner:
         with self._lock:
             self._verified[key] = image
         self._backoff.succeeded(key)
-        return ImageResult(source, image, cloned=cloned)
+        duration = self._clock() - started if cloned else None
+        return ImageResult(source, image, cloned=cloned, duration=duration)
 
     def _failed(self, source: Reference, owned: Reference, exc: RegistryError) -> ImageResult:
         now = self._clock()

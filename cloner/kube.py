@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class KubeClient:
     def __init__(self, api_client: client.ApiClient, page_size: int = 500) -> None:
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._version = client.VersionApi(api_client)
+        #: requests so far by outcome: success, 4xx, 5xx, unreachable (for metrics)
+        self.requests: Counter[str] = Counter()
         self._page_size = page_size
         self._list: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.list_deployment_for_all_namespaces,
@@ -105,6 +109,23 @@ class KubeClient:
             "DaemonSet": self._apps.patch_namespaced_daemon_set,
             "StatefulSet": self._apps.patch_namespaced_stateful_set,
         }
+
+    def reachable(self, timeout: float = 3.0) -> bool:
+        """True when the API server answers ``/version`` within ``timeout`` seconds."""
+        try:
+            self._version.get_code(_request_timeout=(timeout, timeout))
+        except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
+            self._failed(exc, "get /version")
+            return False
+        self.requests["success"] += 1
+        return True
+
+    def _failed(self, exc: Exception, what: str) -> KubeError:
+        """Count a failed request by outcome and translate it."""
+        error = translate_error(exc, what)
+        status = error.status
+        self.requests[f"{status // 100}xx" if status else "unreachable"] += 1
+        return error
 
     def list_workloads(self, kind: str, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
         """Yield every workload of one kind in all namespaces but the excluded ones.
@@ -166,14 +187,15 @@ class KubeClient:
                     _request_timeout=REQUEST_TIMEOUT,
                 )
                 page = json.loads(response.data)
+                self.requests["success"] += 1
             except ApiException as exc:
                 if exc.status == 410 and token and not restarted:
                     log.info("%s: continue token expired, listing again", what)
                     restarted, token = True, None
                     continue
-                raise translate_error(exc, what) from None
+                raise self._failed(exc, what) from None
             except (*_TRANSPORT_ERRORS, ValueError) as exc:
-                raise translate_error(exc, what) from None
+                raise self._failed(exc, what) from None
             for item in page.get("items") or ():
                 uid = (item.get("metadata") or {}).get("uid", "")
                 if uid in seen:  # a restarted list repeats items
@@ -204,8 +226,9 @@ class KubeClient:
                 _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT,
             )
+            self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
-            raise translate_error(exc, f"patch {workload.key}") from None
+            raise self._failed(exc, f"patch {workload.key}") from None
 
     # Pull secrets and ServiceAccounts ----------------------------------------
 
@@ -213,19 +236,23 @@ class KubeClient:
         """GET an object as raw JSON; None on 404."""
         try:
             response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            return dict(json.loads(response.data))
+            obj = dict(json.loads(response.data))
+            self.requests["success"] += 1
+            return obj
         except ApiException as exc:
             if exc.status == 404:
+                self.requests["4xx"] += 1
                 return None
-            raise translate_error(exc, what) from None
+            raise self._failed(exc, what) from None
         except (*_TRANSPORT_ERRORS, ValueError) as exc:
-            raise translate_error(exc, what) from None
+            raise self._failed(exc, what) from None
 
     def _write(self, call: Callable[..., Any], what: str, *args: Any) -> None:
         try:
             call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
-            raise translate_error(exc, what) from None
+            raise self._failed(exc, what) from None
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as JSON, or None when there is none. Raises ``KubeError``."""
@@ -304,3 +331,55 @@ class KubeClient:
             raise ValueError(f"unknown workload kind {kind!r}")
         selector = f"metadata.namespace={namespace}" if namespace else None
         yield from self._paginate(self._list[kind], f"list {KINDS[kind]}", selector)
+
+    # Events ------------------------------------------------------------------
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> str:
+        """Create a core/v1 Event (``events.EventRecorder``).
+
+        Args:
+            namespace: the Event's namespace (the involved object's).
+            body: the Event as JSON; usually named by ``metadata.generateName``.
+
+        Returns:
+            The ``metadata.name`` the API server gave it.
+
+        Raises:
+            KubeError: refused or unreachable, or the answer names no Event.
+        """
+        what = f"create event in {namespace}"
+        try:
+            response = self._core.create_namespaced_event(
+                namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
+            created = json.loads(response.data)
+        except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
+            raise self._failed(exc, what) from None
+        self.requests["success"] += 1
+        meta = created.get("metadata") if isinstance(created, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str) or not name:
+            raise translate_error(ValueError("no metadata.name in the created Event"), what)
+        return name
+
+    def patch_event(
+        self, namespace: str, name: str, patch: list[dict[str, Any]] | dict[str, Any]
+    ) -> None:
+        """Patch a core/v1 Event, for example its ``count`` and ``lastTimestamp``.
+
+        Args:
+            namespace, name: the Event.
+            patch: a dict (sent as a strategic merge patch) or a list of
+                operations (sent as a JSON patch, RFC 6902).
+
+        Raises:
+            KubeError: refused or unreachable; status 404 when the Event is gone
+                (expired after the API server's ``--event-ttl``, or deleted).
+        """
+        self._write(
+            self._core.patch_namespaced_event,
+            f"patch event {namespace}/{name}",
+            name,
+            namespace,
+            patch,
+        )

@@ -61,6 +61,8 @@ class Loop:
             nothing is patched for such a clone, so this is safe. None: wait.
         is_leader: when given, a pass runs only while it returns True (the
             others stand by).
+        after_cycle: called after each pass that ran (for example to copy the
+            adapters' request counters into the metrics); exceptions are logged.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Loop:
         on_stop: Callable[[], None] | None = None,
         shutdown_timeout: float | None = None,
         is_leader: Callable[[], bool] | None = None,
+        after_cycle: Callable[[], None] | None = None,
     ) -> None:
         self._reconcile = reconcile
         self._interval = interval
@@ -78,6 +81,7 @@ class Loop:
         self._on_stop = on_stop
         self._shutdown_timeout = shutdown_timeout
         self._is_leader = is_leader
+        self._after_cycle = after_cycle
         self._stop = threading.Event()
         self._scheduler = schedule.Scheduler()
         self._was_leader: bool | None = None
@@ -113,20 +117,26 @@ class Loop:
         """One scheduled pass (also used directly by ``--once``)."""
         if self._stop.is_set():
             return None
-        if self._is_leader is not None:
-            leading = self._is_leader()
-            if leading != self._was_leader:
-                log.info("%s", "leading: reconciling" if leading else "standing by (not leader)")
-                self._was_leader = leading
-            if not leading:
-                return None
+        leading = self._is_leader() if self._is_leader is not None else True
+        metrics.set_leader(leading)
+        if leading != self._was_leader and self._is_leader is not None:
+            log.info("%s", "leading: reconciling" if leading else "standing by (not leader)")
+        self._was_leader = leading
+        if not leading:
+            return None
         if self._before_cycle is not None:
             try:
                 self._before_cycle()
             except Exception:
                 log.exception("preparing the cycle failed; running it with the previous state")
         self.cycles += 1
-        return run_cycle(self._reconcile)
+        summary = run_cycle(self._reconcile)
+        if self._after_cycle is not None:
+            try:
+                self._after_cycle()
+            except Exception:
+                log.exception("after-cycle hook failed")
+        return summary
 
     def run(self, install_signals: bool = True) -> None:
         """Run passes until ``stop`` is called or SIGTERM/SIGINT arrives.

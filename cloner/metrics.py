@@ -11,9 +11,18 @@ process-wide default collectors.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from cloner.errors import RegistryError
 from cloner.reconcile import Summary
@@ -192,8 +201,11 @@ def record_cycle(summary: Summary) -> None:
         NAMESPACE_FAILURES.labels(reason=reason).inc()
     for kind in KINDS:
         WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
+    for result in summary.images.values():
+        if result.cloned and result.duration is not None:
+            CLONE_DURATION.observe(result.duration)
     IMAGES_WAITING.set(summary.waiting)
-    IMAGES.labels(state="owned").set(sum(1 for r in summary.images.values() if r.image))
+    IMAGES.labels(state="owned").set(summary.owned_images)
     IMAGES.labels(state="backing_off").set(summary.waiting)
     IMAGES.labels(state="pending").set(
         sum(1 for r in summary.images.values() if r.image is None and r.waiting is None)
@@ -211,14 +223,19 @@ def record_cycle(summary: Summary) -> None:
 _seen_requests: dict[tuple[str, ...], int] = {}
 
 
-def record_requests(api: Mapping[str, int], registry: Mapping[tuple[str, str], int]) -> None:
-    """Bring the request counters up to the adapters' running totals.
+def record_adapters(
+    api: Mapping[str, int], registry: Mapping[tuple[str, str], int], pushed_bytes: int
+) -> None:
+    """Bring the request and byte counters up to the adapters' running totals.
 
     Args:
         api: Kubernetes API requests so far, outcome -> count (``KubeClient.requests``).
         registry: registry operations so far, (operation, outcome) -> count
             (``DockerRegistry.requests``).
+        pushed_bytes: layer bytes pushed so far (``DockerRegistry.pushed_bytes``).
     """
+    PUSHED_BYTES.inc(pushed_bytes - _seen_requests.get(("bytes",), 0))
+    _seen_requests[("bytes",)] = pushed_bytes
     for outcome, total in api.items():
         key = ("api", outcome)
         API_REQUESTS.labels(outcome=outcome).inc(total - _seen_requests.get(key, 0))
@@ -229,12 +246,6 @@ def record_requests(api: Mapping[str, int], registry: Mapping[tuple[str, str], i
             total - _seen_requests.get(key, 0)
         )
         _seen_requests[key] = total
-
-
-def record_clone(duration: float, pushed_bytes: int) -> None:
-    """Count one successful clone: its duration (seconds) and layer bytes pushed."""
-    CLONE_DURATION.observe(duration)
-    PUSHED_BYTES.inc(pushed_bytes)
 
 
 def set_leader(leading: bool) -> None:
@@ -252,10 +263,55 @@ def record_cycle_error(duration: float) -> None:
     CYCLES.labels(result="error").inc()
 
 
-def serve(port: int, address: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` on ``address:port`` in a background thread.
+class _Handler(BaseHTTPRequestHandler):
+    """``/metrics``, ``/healthz`` and ``/readyz`` on the metrics port."""
+
+    ready: Callable[[], tuple[bool, str]] = staticmethod(lambda: (True, "ok"))
+
+    def log_message(self, *args: object) -> None:  # no access log on stderr
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain")
+        elif path == "/readyz":
+            ok, reason = type(self).ready()
+            self._send(200 if ok else 503, f"{reason}\n".encode(), "text/plain")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+
+def serve(
+    port: int,
+    address: str = "0.0.0.0",
+    ready: Callable[[], tuple[bool, str]] | None = None,
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``address:port`` in a thread.
+
+    ``/healthz`` answers 200 while the process runs. ``/readyz`` answers 200
+    or 503 with a one-line reason from ``ready()`` (config loaded, API
+    server reachable, leader or standby).
+
+    Returns:
+        The server (``shutdown()`` stops it).
 
     Raises:
         OSError: the port cannot be bound.
     """
-    start_http_server(port, addr=address, registry=REGISTRY)
+    handler = type("Handler", (_Handler,), {})
+    if ready is not None:
+        handler.ready = staticmethod(ready)
+    server = ThreadingHTTPServer((address, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

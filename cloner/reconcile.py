@@ -39,11 +39,24 @@ from cloner.cloning import ImageCloner, ImageRegistry, ImageResult
 from cloner.config import Settings
 from cloner.credentials import DockerConfig
 from cloner.errors import InvalidReference, KubeError, RegistryError
+from cloner.events import (
+    CLONE_FAILED,
+    CLONED,
+    NORMAL,
+    PATCHED,
+    WARNING,
+    EventRecorder,
+    NullRecorder,
+    clone_failed_message,
+    cloned_message,
+    patched_message,
+)
 from cloner.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 from cloner.reference import parse_reference
 from cloner.workloads import (
     KINDS,
     Container,
+    ContainerPlan,
     NamespaceInfo,
     Workload,
     image_patch,
@@ -52,7 +65,7 @@ from cloner.workloads import (
     plan_workload,
 )
 
-__all__ = ["ImageRegistry", "ImageResult", "KubeAPI", "Reconciler", "Summary"]
+__all__ = ["ImageRegistry", "ImageResult", "KubeAPI", "Reconciler", "Summary", "list_in_scope"]
 
 FIGHT_WINDOW = 3600.0  # seconds over which fightLimit counts patches
 
@@ -96,6 +109,8 @@ class Summary:
         healed: owned copies found missing and cloned again.
         conflicts_retried: patches refused for a concurrent change and retried.
         stopped: the pass ended early for shutdown.
+        owned_images: distinct images in use that are owned copies or whose
+            copy is verified (for the ``images{state="owned"}`` gauge).
         list_failures: ``(kind, message)`` of failed list calls.
         provisioning: pull secrets written and namespaces that could not be
             made ready (their workloads were not patched).
@@ -113,6 +128,7 @@ class Summary:
     healed: int = 0
     conflicts_retried: int = 0
     stopped: bool = False
+    owned_images: int = 0
     list_failures: list[tuple[str, str]] = field(default_factory=list)
     provisioning: ProvisionReport = field(default_factory=ProvisionReport)
     started: float = 0.0
@@ -179,6 +195,8 @@ class Reconciler:
         credentials: the registry credentials in force, for pull secrets
             (``credentials.CredentialStore``); None means none (no Secret).
         clock: monotonic seconds (injectable for tests).
+        events: records Kubernetes Events on the workloads acted on
+            (``events.EventRecorder``); None records none.
     """
 
     def __init__(
@@ -188,8 +206,10 @@ class Reconciler:
         settings: Settings,
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.monotonic,
+        events: EventRecorder | NullRecorder | None = None,
     ) -> None:
         self._kube = kube
+        self._events = events or NullRecorder()
         self._registry = registry
         self._settings = settings
         self._clock = clock
@@ -260,6 +280,15 @@ class Reconciler:
                 if plan.decision == "clone" and plan.source and plan.owned:
                     pairs.append((plan.source, plan.owned))
         summary.images = self._images.ensure_all(pairs)
+        owned_in_use = {
+            str(plan.source)
+            for workload in workloads
+            for plan in plans[workload.key]
+            if plan.decision == "owned" and plan.source is not None
+        }
+        owned_in_use |= {key for key, result in summary.images.items() if result.image}
+        summary.owned_images = len(owned_in_use)
+        self._record_clone_events(workloads, plans, summary)
         if self._images.stopping:
             summary.stopped = True
             summary.duration = time.monotonic() - clock
@@ -280,6 +309,35 @@ class Reconciler:
         summary.stopped = self._images.stopping
         summary.duration = time.monotonic() - clock
         return summary
+
+    def _record_clone_events(
+        self,
+        workloads: list[Workload],
+        plans: dict[str, list[ContainerPlan]],
+        summary: Summary,
+    ) -> None:
+        """``Cloned`` / ``CloneFailed`` Events on each workload using an image cloned or failed."""
+        for workload in workloads:
+            seen: set[str] = set()
+            for plan in plans[workload.key]:
+                if plan.decision != "clone" or plan.source is None:
+                    continue
+                source = str(plan.source)
+                result = summary.images.get(source)
+                if result is None or source in seen:
+                    continue
+                seen.add(source)
+                if result.cloned and result.image:
+                    self._events.record(
+                        workload, NORMAL, CLONED, cloned_message(source, result.image)
+                    )
+                elif result.reason:
+                    self._events.record(
+                        workload,
+                        WARNING,
+                        CLONE_FAILED,
+                        clone_failed_message(source, result.reason, result.message),
+                    )
 
     def _note(
         self,
@@ -314,23 +372,10 @@ class Reconciler:
                 )
 
     def _list(self, summary: Summary) -> list[Workload]:
-        workloads: list[Workload] = []
-        include = self._settings.include_namespaces
-        excluded = self._settings.excluded_namespaces
-        # Exact names go to the API server as a field selector, so it does
-        # not send what would be dropped; patterns are applied here only.
-        exact = [ns for ns in excluded if not any(c in ns for c in "*?[")]
-        for kind in KINDS:
-            try:
-                found = list(self._kube.list_workloads(kind, exact))
-            except KubeError as exc:
-                summary.list_failures.append((kind, str(exc)))
-                log.error("listing %s failed, skipping them this cycle: %s", kind, exc)
-                continue
-            # The rule is applied here; the field selector is an optimisation.
-            found = [w for w in found if namespace_in_scope(w.namespace, include, excluded)]
-            summary.workloads[kind] += len(found)
-            workloads += found
+        workloads, failures = list_in_scope(self._kube, self._settings)
+        summary.list_failures += failures
+        for workload in workloads:
+            summary.workloads[workload.kind] += 1
         return workloads
 
     # Self-heal -------------------------------------------------------------
@@ -450,6 +495,12 @@ class Reconciler:
             return
         summary.patched[workload.kind] += 1
         self._patch_times.setdefault(workload.uid, deque()).append(self._clock())
+        self._events.record(
+            workload,
+            NORMAL,
+            PATCHED,
+            patched_message([(c.name, c.image, image) for c, image in changes if image != c.image]),
+        )
         for container, image in changes:
             if image != container.image:
                 log.info(
@@ -474,6 +525,35 @@ class Reconciler:
         except KubeError as exc:
             return exc
         return None
+
+
+def list_in_scope(
+    kube: KubeAPI, settings: Settings
+) -> tuple[list[Workload], list[tuple[str, str]]]:
+    """List the workloads of every kind in the namespaces in scope.
+
+    Exact excluded names go to the API server as a field selector, so it does
+    not send what would be dropped; patterns (and the rule itself) are applied
+    here.
+
+    Returns:
+        ``(workloads, failures)``; a kind whose list failed is left out and
+        named in ``failures`` as ``(kind, message)``.
+    """
+    include = settings.include_namespaces
+    excluded = settings.excluded_namespaces
+    exact = [ns for ns in excluded if not any(c in ns for c in "*?[")]
+    workloads: list[Workload] = []
+    failures: list[tuple[str, str]] = []
+    for kind in KINDS:
+        try:
+            found = list(kube.list_workloads(kind, exact))
+        except KubeError as exc:
+            failures.append((kind, str(exc)))
+            log.error("listing %s failed, skipping them this cycle: %s", kind, exc)
+            continue
+        workloads += [w for w in found if namespace_in_scope(w.namespace, include, excluded)]
+    return workloads, failures
 
 
 def _rebase(changes: list[tuple[Container, str]], fresh: Workload) -> list[tuple[Container, str]]:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import docker
@@ -110,8 +112,55 @@ def registry_error(message: str, what: str, registry: str | None) -> RegistryErr
     )
 
 
+class PushProgress:
+    """Follows a push stream: layer bytes pushed, and a progress log line at most every few seconds.
+
+    Args:
+        what: the image, for the log line.
+        every: seconds between two progress lines.
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self, what: str, every: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._what = what
+        self._every = every
+        self._clock = clock
+        self._started = clock()
+        self._last_log = self._started
+        self._layers: dict[str, tuple[int, int]] = {}  # layer id -> (current, total) bytes
+        self._pushed: set[str] = set()
+
+    def __call__(self, line: Mapping[str, Any]) -> None:
+        layer = str(line.get("id") or "")
+        status = str(line.get("status") or "")
+        detail = line.get("progressDetail") or {}
+        if layer and status == "Pushing" and detail.get("total"):
+            self._layers[layer] = (int(detail.get("current") or 0), int(detail["total"]))
+        elif layer and status == "Pushed":
+            self._pushed.add(layer)
+        now = self._clock()
+        if now - self._last_log >= self._every and self._layers:
+            self._last_log = now
+            done = sum(
+                total if layer in self._pushed else current
+                for layer, (current, total) in self._layers.items()
+            )
+            total = sum(t for _, t in self._layers.values())
+            log.info("pushing %s: %d of %d bytes", self._what, done, total)
+
+    @property
+    def pushed_bytes(self) -> int:
+        """Bytes of the layers this push uploaded (layers the registry had are not counted)."""
+        return sum(self._layers.get(layer, (0, 0))[1] for layer in self._pushed)
+
+
 def _stream_errors(
-    lines: Iterable[Mapping[str, Any]], what: str, registry: str | None = None
+    lines: Iterable[Mapping[str, Any]],
+    what: str,
+    registry: str | None = None,
+    on_line: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> list[Mapping[str, Any]]:
     """Read a decoded pull/push stream to the end; raise on an error line.
 
@@ -119,6 +168,7 @@ def _stream_errors(
         lines: the decoded stream.
         what: the operation, for the message.
         registry: the registry the stream talks to (recorded on the error).
+        on_line: called with every line (progress).
 
     Returns:
         Every ``aux`` payload seen (the push's ``Digest`` and ``Size``).
@@ -131,6 +181,8 @@ def _stream_errors(
         error = line.get("error") or (line.get("errorDetail") or {}).get("message")
         if error:
             raise registry_error(str(error), what, registry)
+        if on_line is not None:
+            on_line(line)
         if "aux" in line:
             aux.append(line["aux"])
     return aux
@@ -162,6 +214,9 @@ class DockerRegistry:
         self._store = credentials
         self._timeout = timeout
         self._insecure_registries = tuple(insecure_registries)
+        #: operations so far by (operation, outcome) and layer bytes pushed (for metrics)
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.pushed_bytes = 0
         self._client: docker.APIClient | None = None
         self._engine_config: EngineRegistryConfig | None = None
         self._lock = threading.Lock()
@@ -317,9 +372,11 @@ class DockerRegistry:
             data = self._api().inspect_distribution(str(ref), auth_config=self._auth(ref.registry))
         except Exception as exc:  # translated below; nothing else leaves this module
             error = self._fail(exc, what, ref.registry)
+            self.requests["inspect", error.reason] += 1
             if error.reason == "not_found":
                 return None
             raise error from None
+        self.requests["inspect", "success"] += 1
         digest = (data.get("Descriptor") or {}).get("digest")
         if not digest:
             raise RegistryError(
@@ -352,7 +409,8 @@ class DockerRegistry:
         self._require_tls(owned.registry, pull=False)
         pulled = source.pull_reference
         api = None
-        phase, registry = f"pull {pulled}", source.registry
+        phase, registry, operation = f"pull {pulled}", source.registry, "pull"
+        progress = PushProgress(str(owned))
         try:
             api = self._api()
             log.info("pulling %s", pulled)
@@ -367,9 +425,10 @@ class DockerRegistry:
                 phase,
                 registry,
             )
-            phase, registry = f"tag {pulled} as {owned}", None
+            self.requests["pull", "success"] += 1
+            phase, registry, operation = f"tag {pulled} as {owned}", None, "tag"
             api.tag(pulled, owned.name, owned.tag, force=True)
-            phase, registry = f"push {owned}", owned.registry
+            phase, registry, operation = f"push {owned}", owned.registry, "push"
             log.info("pushing %s", owned)
             aux = _stream_errors(
                 api.push(
@@ -381,11 +440,19 @@ class DockerRegistry:
                 ),
                 phase,
                 registry,
+                progress,
             )
+            self.requests["push", "success"] += 1
+            self.pushed_bytes += progress.pushed_bytes
+        except RegistryError as exc:
+            self.requests[operation, exc.reason] += 1
+            raise
         except ClonerError:
             raise
         except Exception as exc:
-            raise self._fail(exc, phase, registry) from None
+            error = self._fail(exc, phase, registry)
+            self.requests[operation, error.reason] += 1
+            raise error from None
         finally:
             if api is not None:
                 self._remove_local(api, (str(owned), pulled))

@@ -43,6 +43,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cloner.errors import ConfigError, InvalidReference, KubeError
+from cloner.events import (
+    NORMAL,
+    REVERTED,
+    EventRecorder,
+    NullRecorder,
+    reverted_message,
+)
 from cloner.reference import Policy, parse_reference
 from cloner.workloads import (
     ADDED_PULL_SECRET,
@@ -492,6 +499,7 @@ def revert_all(
     namespace: str | None = None,
     dry_run: bool = False,
     out: Callable[[str], None] = print,
+    events: EventRecorder | NullRecorder | None = None,
 ) -> RevertReport:
     """Revert every workload and ServiceAccount the controller changed.
 
@@ -561,6 +569,13 @@ def revert_all(
             else:
                 report.patched += 1
                 report.containers += plan.restored
+                if not dry_run and events is not None:
+                    restored = [
+                        (c.name, c.original) for c in plan.containers if c.action == "restore"
+                    ]
+                    events.record(
+                        Workload.from_api(kind, obj), NORMAL, REVERTED, reverted_message(restored)
+                    )
         if still_owned:
             users[account].add(plan.key)
         for line in lines:
@@ -638,6 +653,7 @@ def run_revert(args: argparse.Namespace, settings: Settings) -> int:
         namespace=args.namespace,
         dry_run=args.dry_run,
         out=lambda line: print(line, flush=True),
+        events=EventRecorder(kube),
     )
     if args.dry_run:
         return 0 if not report.failed else 1

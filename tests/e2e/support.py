@@ -116,6 +116,7 @@ def run_controller(
     *args: str,
     timeout: float = 300,
     kubeconfig: Path | None = None,
+    once: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """``controller.py --once`` as a real process; returns its result (output captured).
 
@@ -123,7 +124,9 @@ def run_controller(
     caller overrides the test's settings.
     """
     return subprocess.run(
-        controller_command(kubeconfig or env.kubeconfig, config, "--once", *args),
+        controller_command(
+            kubeconfig or env.kubeconfig, config, *(("--once",) if once else ()), *args
+        ),
         check=False,
         capture_output=True,
         text=True,

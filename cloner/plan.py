@@ -1,0 +1,129 @@
+"""``python controller.py plan``: what a cycle would do, with no writes anywhere.
+
+Called by ``controller.py``. It lists namespaces and workloads, plans every
+container with the same pure functions a cycle uses, and asks the owned
+registry (manifest lookup through the engine, no layers pulled) whether each
+owned copy exists. It never pulls, pushes or patches. The model is skopeo
+sync's dry run ("Would have copied"), with from/to fields.
+
+A separate process has none of the running controller's memory, so it cannot
+show an image's backoff; the controller's log and the
+``image_cloner_images_waiting`` metric do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from cloner.config import Settings
+from cloner.errors import KubeError, RegistryError
+from cloner.reconcile import KubeAPI, list_in_scope
+from cloner.reference import Reference
+from cloner.workloads import plan_workload
+
+
+class ManifestLookup(Protocol):
+    """The one registry call a plan makes (``registry.DockerRegistry.manifest_digest``)."""
+
+    def manifest_digest(self, ref: Reference) -> str | None:
+        """Digest of ``ref``'s manifest, None if absent; raises ``RegistryError``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One workload container and what a cycle would do with its image.
+
+    Attributes:
+        namespace, kind, name, container: where the image is.
+        image: the current reference.
+        owned: the owned reference it would be switched to (None when none).
+        decision: ``clone``, ``patch (copy exists)``, ``already owned``,
+            ``excluded by <rule>``, ``held: managed by <owner> (gitops: report)``,
+            ``invalid reference: <why>``, or ``clone (owned registry: <problem>)``
+            when the owned registry could not be asked.
+    """
+
+    namespace: str
+    kind: str
+    name: str
+    container: str
+    image: str
+    owned: str | None
+    decision: str
+
+
+def build_plan(kube: KubeAPI, registry: ManifestLookup, settings: Settings) -> list[PlanRow]:
+    """Plan every container in scope, checking the owned registry for each owned name once.
+
+    Raises:
+        KubeError: namespaces or workloads could not be listed.
+    """
+    namespaces = {ns.name: ns for ns in kube.list_namespaces()}
+    workloads, failures = list_in_scope(kube, settings)
+    if failures:
+        kind, message = failures[0]
+        raise KubeError(0, f"listing {kind} failed: {message}")
+    exists: dict[str, str] = {}
+    rows = []
+    for workload in workloads:
+        plans = plan_workload(
+            workload, settings.policy, namespaces.get(workload.namespace), settings.gitops
+        )
+        for plan in plans:
+            owned = None
+            if plan.decision == "clone" and plan.owned is not None:
+                owned = str(plan.owned)
+                if owned not in exists:
+                    exists[owned] = _lookup(registry, plan.owned)
+                decision = exists[owned]
+            elif plan.decision == "owned":
+                decision = "already owned"
+            elif plan.decision == "excluded":
+                decision = f"excluded by {plan.reason}"
+            elif plan.decision == "gitops":
+                decision = f"held: {plan.reason} (gitops: report)"
+            else:
+                decision = f"invalid reference: {plan.reason}"
+            rows.append(
+                PlanRow(
+                    workload.namespace,
+                    workload.kind,
+                    workload.name,
+                    plan.container.name,
+                    plan.container.image,
+                    owned,
+                    decision,
+                )
+            )
+    return rows
+
+
+def _lookup(registry: ManifestLookup, owned: Reference) -> str:
+    try:
+        found = registry.manifest_digest(owned)
+    except RegistryError as exc:
+        return f"clone (owned registry: {exc.reason})"
+    return "clone" if found is None else "patch (copy exists)"
+
+
+def format_table(rows: list[PlanRow]) -> str:
+    """Rows as an aligned text table with a header line."""
+    header = ("NAMESPACE", "WORKLOAD", "CONTAINER", "IMAGE", "OWNED IMAGE", "DECISION")
+    table = [header] + [
+        (r.namespace, f"{r.kind}/{r.name}", r.container, r.image, r.owned or "-", r.decision)
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
+        for row in table
+    ]
+    return "\n".join(lines)
+
+
+def format_json(rows: list[PlanRow]) -> str:
+    """Rows as a JSON array of objects (the ``PlanRow`` fields)."""
+    return json.dumps([asdict(r) for r in rows], indent=2)
