@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import kubernetes.client
+
 from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
     REPO,
@@ -192,6 +194,14 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
             process.wait()
         reader.join(timeout=5)
     assert process.returncode == 0
+    core = kubernetes.client.CoreV1Api(api)
+
+    def reasons(name: str) -> dict[str, tuple[str, int]]:
+        found = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
+        return {e.reason: (e.type, e.count or 1) for e in found.items}
+
+    assert reasons("agent") == {"Cloned": ("Normal", 1), "Patched": ("Normal", 1)}
+    assert reasons("ghost") == {"CloneFailed": ("Warning", 1)}  # backoff: tried once
     records = [json.loads(line) for line in lines if line.strip()]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any(r["message"].startswith("patched DaemonSet") for r in records)

@@ -48,3 +48,28 @@ def test_aux_payloads_are_returned() -> None:
     assert _stream_errors(lines, "push x") == [
         {"Tag": "1", "Digest": "sha256:" + "a" * 64, "Size": 527}
     ]
+
+
+def test_push_progress_counts_pushed_layers_and_logs_at_most_every_few_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cloner.registry import PushProgress
+
+    now = [0.0]
+    progress = PushProgress("owned.example.com/x:1", every=5, clock=lambda: now[0])
+    lines = [
+        {"status": "Layer already exists", "id": "aaa"},
+        {"status": "Pushing", "id": "bbb", "progressDetail": {"current": 100, "total": 1000}},
+        {"status": "Pushing", "id": "bbb", "progressDetail": {"current": 600, "total": 1000}},
+        {"status": "Pushing", "id": "ccc", "progressDetail": {"current": 10, "total": 50}},
+        {"status": "Pushed", "id": "bbb"},
+        {"status": "Pushed", "id": "ccc"},
+    ]
+    with caplog.at_level("INFO", logger="cloner.registry"):
+        for i, line in enumerate(lines):
+            now[0] = i * 2.0  # 0, 2, 4, 6, 8, 10 s
+            progress(line)
+    assert progress.pushed_bytes == 1050
+    logged = [r.getMessage() for r in caplog.records]
+    # at t=6 s (>= 5 s after the start); t=8 and t=10 are within 5 s of it
+    assert logged == ["pushing owned.example.com/x:1: 610 of 1050 bytes"]
