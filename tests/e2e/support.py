@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,3 +245,34 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
             return time.monotonic() - started
         time.sleep(0.2)
     raise AssertionError(f"not {what} within {timeout}s")
+
+
+@contextmanager
+def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list[str]]:
+    """Run the controller loop as a process; yields its output lines (filled as they come).
+
+    On exit it sends SIGTERM and asserts the process exited 0 within 30 s.
+    """
+    process = subprocess.Popen(
+        controller_command(kubeconfig, config, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    stream = process.stdout
+    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        reader.join(timeout=5)
+    assert process.returncode == 0, "".join(lines[-50:])

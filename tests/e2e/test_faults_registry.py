@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -23,9 +21,8 @@ import kubernetes.client
 
 from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
-    REPO,
     Scope,
-    controller_command,
+    controller_loop,
     create,
     images,
     read,
@@ -96,34 +93,6 @@ def failing_proxy(upstream: str, fail_marker: str) -> Iterator[FailingProxy]:
     finally:
         proxy.shutdown()
         proxy.server_close()
-
-
-@contextmanager
-def controller_loop(kubeconfig: Path, config: Path) -> Iterator[list[str]]:
-    """Run the controller loop; yields its output lines (filled as they come)."""
-    process = subprocess.Popen(
-        controller_command(kubeconfig, config),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    stream = process.stdout
-    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
-    reader.start()
-    try:
-        yield lines
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        reader.join(timeout=5)
-    assert process.returncode == 0, "".join(lines[-50:])
 
 
 def test_source_404_and_500_back_off_without_a_retry_storm(

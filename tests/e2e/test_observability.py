@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,9 +11,8 @@ import kubernetes.client
 
 from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
-    REPO,
     Scope,
-    controller_command,
+    controller_loop,
     create,
     images,
     log_size,
@@ -136,19 +132,7 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
         metricsAddress="127.0.0.1",
         backoff={"initial": 60, "max": 60, "jitter": 0},
     )
-    process = subprocess.Popen(
-        [*controller_command(scope.kubeconfig, config), "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    stream = process.stdout
-    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
-    reader.start()
-    try:
+    with controller_loop(scope.kubeconfig, config, "--log-format", "json") as lines:
         wait_for(
             lambda: images(read(api, "DaemonSet", ns, "agent"))["a"] == f"{scope.owned('a')}:1",
             60,
@@ -186,14 +170,6 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
             assert get(port, "/readyz")[1].strip() == "API server unreachable"
             assert get(port, "/healthz")[0] == 200
         wait_for(lambda: get(port, "/readyz")[0] == 200, 30, "ready again")
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        reader.join(timeout=5)
-    assert process.returncode == 0
     core = kubernetes.client.CoreV1Api(api)
 
     def reasons(name: str) -> dict[str, tuple[str, int]]:
