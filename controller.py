@@ -29,7 +29,7 @@ from cloner.events import EventRecorder
 from cloner.kube import KubeClient, load_api_client
 from cloner.leader import LeaderElector
 from cloner.loop import Loop
-from cloner.plan import build_plan, format_json, format_table
+from cloner.plan import build_plan, fetch_backoff, format_json, format_table
 from cloner.reconcile import Reconciler
 from cloner.registry import DockerRegistry
 from cloner.revert import run_revert
@@ -88,6 +88,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--output", choices=["table", "json"], default="table", help="plan: output format"
     )
+    parser.add_argument(
+        "--controller",
+        default=None,
+        help="plan: URL of a running controller's metrics port, for its backoff state "
+        "(default http://127.0.0.1:<metricsPort>)",
+    )
     add_revert_arguments(parser)
     args = parser.parse_args(argv)
     if args.command == "plan" and args.once:
@@ -141,10 +147,26 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_plan(kube: KubeClient, registry: DockerRegistry, settings: Settings, output: str) -> int:
-    """``plan``: print the table (or JSON) of what a cycle would do; exit 0, 1 if listing failed."""
+def run_plan(
+    kube: KubeClient,
+    registry: DockerRegistry,
+    settings: Settings,
+    output: str,
+    controller: str | None,
+) -> int:
+    """``plan``: print the table (or JSON) of what a cycle would do; exit 0, 1 if listing failed.
+
+    Args:
+        controller: base URL of a running controller's metrics port, asked
+            for its backoff state (``/state/backoff``); default
+            ``http://127.0.0.1:<metricsPort>``, which is the running
+            controller when ``plan`` runs in its container. Unreachable: no
+            backoff is shown.
+    """
+    if controller is None and settings.metrics_port:
+        controller = f"http://127.0.0.1:{settings.metrics_port}"
     try:
-        rows = build_plan(kube, registry, settings)
+        rows = build_plan(kube, registry, settings, fetch_backoff(controller))
     except KubeError as exc:
         log.error("plan failed: %s", exc)
         return 1
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         api_client = load_api_client(args.kubeconfig)
         kube = KubeClient(api_client, settings.list_page_size)
         if args.command == "plan":
-            return run_plan(kube, registry, settings, args.output)
+            return run_plan(kube, registry, settings, args.output, args.controller)
     except ConfigError as exc:
         log.error("start-up failed: %s", exc)
         return 2
@@ -215,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port:
         readiness = Readiness(kube, elector)
         try:
-            metrics.serve(settings.metrics_port, settings.metrics_address, readiness)
+            metrics.serve(
+                settings.metrics_port,
+                settings.metrics_address,
+                readiness,
+                reconciler.waiting_images,
+            )
         except OSError as exc:
             log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
             return 2

@@ -94,6 +94,10 @@ class Backoff:
         """How many keys are waiting at ``now``."""
         return sum(1 for e in self._entries.values() if e.until > now)
 
+    def waiting_all(self, now: float) -> dict[str, tuple[float, str]]:
+        """Every key waiting at ``now``: key -> (until, reason)."""
+        return {k: (e.until, e.reason) for k, e in self._entries.items() if e.until > now}
+
 
 @dataclass(slots=True)
 class RegistryPauses:

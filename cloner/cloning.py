@@ -133,6 +133,22 @@ class ImageCloner:
         """Images waiting for their next try now."""
         return self._backoff.backing_off(self._clock())
 
+    def waiting_images(self) -> dict[str, dict[str, str]]:
+        """Images backing off now: canonical source -> ``{"until": RFC 3339, "reason": ...}``.
+
+        Served by the running controller (``/state/backoff``) so that ``plan``
+        can show it.
+        """
+        now = self._clock()
+        wall = time.time()
+        return {
+            key: {
+                "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
+                "reason": reason,
+            }
+            for key, (until, reason) in self._backoff.waiting_all(now).items()
+        }
+
     def forget(self, source: Reference) -> None:
         """Drop a verified source, so the next cycle asks the owned registry again."""
         with self._lock:

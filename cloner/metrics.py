@@ -10,6 +10,7 @@ process-wide default collectors.
 
 from __future__ import annotations
 
+import json
 import platform
 import threading
 from collections.abc import Callable, Mapping
@@ -267,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
     """``/metrics``, ``/healthz`` and ``/readyz`` on the metrics port."""
 
     ready: Callable[[], tuple[bool, str]] = staticmethod(lambda: (True, "ok"))
+    backoff: Callable[[], Mapping[str, object]] = staticmethod(lambda: {})
 
     def log_message(self, *args: object) -> None:  # no access log on stderr
         pass
@@ -284,6 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain")
+        elif path == "/state/backoff":
+            body = json.dumps(type(self).backoff(), sort_keys=True).encode()
+            self._send(200, body, "application/json")
         elif path == "/readyz":
             ok, reason = type(self).ready()
             self._send(200 if ok else 503, f"{reason}\n".encode(), "text/plain")
@@ -295,12 +300,14 @@ def serve(
     port: int,
     address: str = "0.0.0.0",
     ready: Callable[[], tuple[bool, str]] | None = None,
+    backoff: Callable[[], Mapping[str, object]] | None = None,
 ) -> ThreadingHTTPServer:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``address:port`` in a thread.
+    """Serve ``/metrics``, ``/healthz``, ``/readyz`` and ``/state/backoff`` in a thread.
 
     ``/healthz`` answers 200 while the process runs. ``/readyz`` answers 200
     or 503 with a one-line reason from ``ready()`` (config loaded, API
-    server reachable, leader or standby).
+    server reachable, leader or standby). ``/state/backoff`` is the JSON of
+    ``backoff()``: the images backing off, for ``plan``.
 
     Returns:
         The server (``shutdown()`` stops it).
@@ -311,6 +318,8 @@ def serve(
     handler = type("Handler", (_Handler,), {})
     if ready is not None:
         handler.ready = staticmethod(ready)
+    if backoff is not None:
+        handler.backoff = staticmethod(backoff)
     server = ThreadingHTTPServer((address, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

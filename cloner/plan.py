@@ -6,16 +6,19 @@ registry (manifest lookup through the engine, no layers pulled) whether each
 owned copy exists. It never pulls, pushes or patches. The model is skopeo
 sync's dry run ("Would have copied"), with from/to fields.
 
-A separate process has none of the running controller's memory, so it cannot
-show an image's backoff; the controller's log and the
-``image_cloner_images_waiting`` metric do.
+A separate process has none of the running controller's memory, so the
+backoff of an image comes from the running controller's metrics port
+(``/state/backoff``), when it answers.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
@@ -40,7 +43,8 @@ class PlanRow:
         namespace, kind, name, container: where the image is.
         image: the current reference.
         owned: the owned reference it would be switched to (None when none).
-        decision: ``clone``, ``patch (copy exists)``, ``already owned``,
+        decision: ``clone``, ``patch (copy exists)``, ``backing off until
+            <time> (<reason>)``, ``already owned``,
             ``excluded by <rule>``, ``held: managed by <owner> (gitops: report)``,
             ``invalid reference: <why>``, or ``clone (owned registry: <problem>)``
             when the owned registry could not be asked.
@@ -55,8 +59,39 @@ class PlanRow:
     decision: str
 
 
-def build_plan(kube: KubeAPI, registry: ManifestLookup, settings: Settings) -> list[PlanRow]:
+def fetch_backoff(controller: str | None, timeout: float = 2.0) -> Mapping[str, Any]:
+    """The backoff state of a running controller, or {} when it does not answer.
+
+    Args:
+        controller: base URL of its metrics port, for example ``http://127.0.0.1:9090``.
+        timeout: seconds to wait.
+
+    Returns:
+        Canonical source -> ``{"until": RFC 3339, "reason": ...}``.
+    """
+    if not controller:
+        return {}
+    try:
+        with urllib.request.urlopen(
+            controller.rstrip("/") + "/state/backoff", timeout=timeout
+        ) as r:
+            data = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_plan(
+    kube: KubeAPI,
+    registry: ManifestLookup,
+    settings: Settings,
+    backoff: Mapping[str, Any] | None = None,
+) -> list[PlanRow]:
     """Plan every container in scope, checking the owned registry for each owned name once.
+
+    Args:
+        kube, registry, settings: as for a cycle.
+        backoff: a running controller's backoff state (``fetch_backoff``).
 
     Raises:
         KubeError: namespaces or workloads could not be listed.
@@ -74,7 +109,11 @@ def build_plan(kube: KubeAPI, registry: ManifestLookup, settings: Settings) -> l
         )
         for plan in plans:
             owned = None
-            if plan.decision == "clone" and plan.owned is not None:
+            waiting = (backoff or {}).get(str(plan.source)) if plan.source else None
+            if plan.decision == "clone" and plan.owned is not None and waiting:
+                owned = str(plan.owned)
+                decision = f"backing off until {waiting.get('until')} ({waiting.get('reason')})"
+            elif plan.decision == "clone" and plan.owned is not None:
                 owned = str(plan.owned)
                 if owned not in exists:
                     exists[owned] = _lookup(registry, plan.owned)

@@ -246,6 +246,10 @@ class Reconciler:
         """Images waiting for their next try now."""
         return self._images.backing_off()
 
+    def waiting_images(self) -> dict[str, dict[str, str]]:
+        """Images backing off now (see ``cloning.ImageCloner.waiting_images``)."""
+        return self._images.waiting_images()
+
     def reconcile_once(self) -> Summary:
         """Run one pass; see the module docstring for the order.
 

@@ -181,3 +181,40 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
     records = [json.loads(line) for line in lines if line.strip()]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any(r["message"].startswith("patched DaemonSet") for r in records)
+
+
+def test_plan_shows_the_running_controllers_backoff(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    create(api, "Deployment", ns, "ghost", {"g": scope.source("ghost:1")})
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [ns]},
+        metricsPort=port,
+        metricsAddress="127.0.0.1",
+        backoff={"initial": 120, "max": 120, "jitter": 0},
+    )
+
+    def backing_off() -> bool:
+        try:
+            return scrape(port)["image_cloner_images_waiting"] == 1
+        except OSError:  # not serving yet
+            return False
+
+    with controller_loop(scope.kubeconfig, config):
+        wait_for(backing_off, 30, "backing off")
+        # plan with the same config asks http://127.0.0.1:<metricsPort>, as it
+        # would inside the controller's container
+        result = run_controller(
+            env, config, "plan", "--output", "json", kubeconfig=scope.kubeconfig, once=False
+        )
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["decision"].startswith("backing off until 20")
+    assert row["decision"].endswith("(not_found)")
+    assert row["owned"] == f"{scope.owned('ghost')}:1"
