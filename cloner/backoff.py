@@ -90,10 +90,6 @@ class Backoff:
         entry = self._entries.get(key)
         return entry.failures if entry else 0
 
-    def backing_off(self, now: float) -> int:
-        """How many keys are waiting at ``now``."""
-        return sum(1 for e in self._entries.values() if e.until > now)
-
     def waiting_all(self, now: float) -> dict[str, tuple[float, str]]:
         """Every key waiting at ``now``: key -> (until, reason)."""
         return {k: (e.until, e.reason) for k, e in self._entries.items() if e.until > now}

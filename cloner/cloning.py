@@ -129,10 +129,6 @@ class ImageCloner:
         """True after ``stop()``."""
         return self._stopping.is_set()
 
-    def backing_off(self) -> int:
-        """Images waiting for their next try now."""
-        return self._backoff.backing_off(self._clock())
-
     def waiting_images(self) -> dict[str, dict[str, str]]:
         """Images backing off now: canonical source -> ``{"until": RFC 3339, "reason": ...}``.
 

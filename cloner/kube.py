@@ -104,6 +104,11 @@ class KubeClient:
             "DaemonSet": self._apps.list_daemon_set_for_all_namespaces,
             "StatefulSet": self._apps.list_stateful_set_for_all_namespaces,
         }
+        self._get: dict[str, Callable[..., Any]] = {
+            "Deployment": self._apps.read_namespaced_deployment,
+            "DaemonSet": self._apps.read_namespaced_daemon_set,
+            "StatefulSet": self._apps.read_namespaced_stateful_set,
+        }
         self._patch: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.patch_namespaced_deployment,
             "DaemonSet": self._apps.patch_namespaced_daemon_set,
@@ -149,12 +154,7 @@ class KubeClient:
 
     def get_workload(self, kind: str, namespace: str, name: str) -> Workload | None:
         """The workload as it is now, or None when it is gone. Raises ``KubeError``."""
-        read = {
-            "Deployment": self._apps.read_namespaced_deployment,
-            "DaemonSet": self._apps.read_namespaced_daemon_set,
-            "StatefulSet": self._apps.read_namespaced_stateful_set,
-        }[kind]
-        obj = self._read(read, f"get {KINDS[kind]} {namespace}/{name}", name, namespace)
+        obj = self._read(self._get[kind], f"get {KINDS[kind]} {namespace}/{name}", name, namespace)
         return None if obj is None else Workload.from_api(kind, obj)
 
     def list_namespaces(self) -> Iterator[NamespaceInfo]:

@@ -123,7 +123,6 @@ class LeaderElector:
         self.namespace = namespace
         self.name = name
         self.identity: str = identity or default_identity()
-        self._lease_duration = lease_duration
         self._duration_seconds = lease_duration_seconds(lease_duration)
         self._renew_deadline = renew_deadline
         self._retry_period = retry_period

@@ -241,11 +241,6 @@ class Reconciler:
         """Shut down: no new clone, and nothing is patched for a clone in flight."""
         self._images.stop()
 
-    @property
-    def backing_off(self) -> int:
-        """Images waiting for their next try now."""
-        return self._images.backing_off()
-
     def waiting_images(self) -> dict[str, dict[str, str]]:
         """Images backing off now (see ``cloning.ImageCloner.waiting_images``)."""
         return self._images.waiting_images()

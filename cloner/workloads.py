@@ -75,7 +75,6 @@ class Workload:
             None when the field is absent.
         controller_owner: ``Kind/name`` of the owner reference marked
             ``controller: true``, or None.
-        generation: ``metadata.generation`` as read.
     """
 
     kind: str
@@ -89,7 +88,6 @@ class Workload:
     service_account: str = "default"
     pull_secrets: tuple[str, ...] | None = None
     controller_owner: str | None = None
-    generation: int = 0
 
     @property
     def key(self) -> str:
@@ -139,7 +137,6 @@ class Workload:
                 ),
                 None,
             ),
-            generation=int(meta.get("generation") or 0),
         )
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
     REPO,
     Scope,
-    controller_command,
+    controller_loop,
     create,
     create_namespace,
     images,
@@ -176,14 +174,7 @@ def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
         metricsPort=port,
         metricsAddress="127.0.0.1",
     )
-    process = subprocess.Popen(
-        controller_command(scope.kubeconfig, config),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    try:
+    with controller_loop(scope.kubeconfig, config) as lines:  # exits 0 on SIGTERM
         time.sleep(2)  # the loop is running with nothing to do
         create(api, "Deployment", ns, "late", {"svc": scope.source("svc:2")})
         deadline = time.monotonic() + 60
@@ -199,14 +190,7 @@ def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
         assert metrics['image_cloner_clone_failures_total{reason="not_found"}'] == 0
         assert metrics["image_cloner_reconcile_duration_seconds_count"] >= 3
         assert metrics['image_cloner_reconcile_cycles_total{result="error"}'] == 0
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, output
-    assert "stopped after" in output
+    assert "stopped after" in "".join(lines)
 
 
 def test_wrong_owned_password_fails_with_auth_and_patches_nothing(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import signal
-import subprocess
 import time
 from contextlib import closing, suppress
 from pathlib import Path
@@ -22,9 +20,8 @@ import pytest
 
 from tests.e2e.harness import Environment
 from tests.e2e.support import (
-    REPO,
     Scope,
-    controller_command,
+    controller_loop,
     create,
     create_namespace,
     images,
@@ -125,14 +122,7 @@ def test_three_namespaces_get_the_secret_rotation_updates_all(
         namespaces={"include": [f"{ns}*"]},
         dockerConfig=str(credentials),
     )
-    process = subprocess.Popen(
-        controller_command(scope.kubeconfig, config),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    try:
+    with controller_loop(scope.kubeconfig, config) as lines:  # exits 0 on SIGTERM
         owned_image = f"{scope.owned('svc')}:1"
         workloads = [("Deployment", ns, "a"), ("StatefulSet", ns_b, "b"), ("DaemonSet", ns_c, "c")]
         wait_for(
@@ -190,13 +180,7 @@ def test_three_namespaces_get_the_secret_rotation_updates_all(
         pull_as_kubelet(env, rotated_secret, owned_image)
         with pytest.raises(AssertionError, match="pull of"):
             pull_as_kubelet(env, first, owned_image)  # the old password no longer works
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
+    output = "".join(lines)
     assert "keeping the previous registry credentials" in output
     assert "not valid JSON" in output
     for password in (old_password, new_password):
