@@ -9,6 +9,8 @@ is kopf's TemporaryError/PermanentError and go-containerregistry's
 
 from __future__ import annotations
 
+import re
+
 
 class ClonerError(Exception):
     """Root of every error image-cloner raises on purpose.
@@ -111,3 +113,72 @@ class KubeError(ClonerError):
     def conflict(self) -> bool:
         """True when the object changed under us (409, or a failed patch ``test``)."""
         return self.status in (409, 422)
+
+
+_REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("rate_limited", re.compile(r"toomanyrequests|too many requests|rate limit|\b429\b", re.I)),
+    (
+        "auth",
+        re.compile(
+            r"unauthori[sz]ed|authentication required|no basic auth|denied|forbidden|"
+            r"incorrect username or password|\b401\b|\b403\b",
+            re.I,
+        ),
+    ),
+    (
+        "not_found",
+        re.compile(
+            r"manifest unknown|not found|does not exist|no such image|name unknown|\b404\b",
+            re.I,
+        ),
+    ),
+    (
+        "network",
+        re.compile(
+            r"connection refused|connection reset|no such host|i/o timeout|timed out|timeout|"
+            r"network is unreachable|\bEOF\b|dial tcp|no route to host|server misbehaving",
+            re.I,
+        ),
+    ),
+)
+
+
+def classify_registry_message(message: str) -> str:
+    """The failure reason for an error message from a Docker engine or registry.
+
+    Args:
+        message: the engine's error text, for example ``manifest unknown``.
+
+    Returns:
+        One of ``auth``, ``not_found``, ``rate_limited``, ``network`` or
+        ``registry_error`` (the default: a 5xx or anything unrecognised). The
+        classes follow skopeo's and go-containerregistry's retry classifiers:
+        auth and not-found are final, the others temporary.
+    """
+    for reason, pattern in _REASON_PATTERNS:
+        if pattern.search(message):
+            return reason
+    return "registry_error"
+
+
+_RETRY_AFTER_RE = re.compile(r"retry[- ]after[\s:=]+(\d+(?:\.\d+)?)", re.I)
+
+
+def retry_after_seconds(message: str) -> float | None:
+    """Seconds a "retry after N" in an error message asks for, or None.
+
+    The engine does not pass HTTP headers on, but registries commonly repeat
+    ``Retry-After`` in the error text of a 429.
+    """
+    match = _RETRY_AFTER_RE.search(message)
+    return float(match.group(1)) if match else None
+
+
+def registry_error(message: str, what: str, registry: str | None) -> RegistryError:
+    """A ``RegistryError`` for an engine or registry message about ``registry``."""
+    return RegistryError(
+        classify_registry_message(message),
+        f"{what}: {message}",
+        registry=registry,
+        retry_after=retry_after_seconds(message),
+    )

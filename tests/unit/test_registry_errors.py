@@ -2,8 +2,8 @@
 
 import pytest
 
-from cloner.errors import RegistryError
-from cloner.registry import _stream_errors, classify_registry_message
+from cloner.errors import RegistryError, classify_registry_message
+from cloner.registry import _stream_errors
 
 
 @pytest.mark.parametrize(
