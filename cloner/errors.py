@@ -58,6 +58,12 @@ class RegistryError(ClonerError):
             ``insecure_registry``: the Docker engine would reach the registry
             without TLS verification and it is not listed in
             ``insecureRegistries`` (final: a config change is needed).
+            ``source_unverified``: the source cannot be asked and the owned
+            name has no record of verification, so it is not used.
+            ``multi_platform``: the Docker engine backend would drop platforms
+            the cluster's nodes run (final: use ``copyBackend: skopeo``).
+            ``unsupported``: the copy tool refused the operation itself, for
+            example skopeo's "Instructed to preserve digests" (final).
         message: what happened, with the reference; never credentials.
         registry: the registry host the failure concerns, when known (a 429
             pauses that registry as a whole).
@@ -75,8 +81,13 @@ class RegistryError(ClonerError):
         "verify_failed",
         "naming_collision",
         "insecure_registry",
+        "source_unverified",
+        "multi_platform",
+        "unsupported",
     )
-    _TEMPORARY = frozenset({"rate_limited", "network", "registry_error", "verify_failed"})
+    _TEMPORARY = frozenset(
+        {"rate_limited", "network", "registry_error", "verify_failed", "source_unverified"}
+    )
 
     def __init__(
         self,
@@ -116,6 +127,10 @@ class KubeError(ClonerError):
 
 
 _REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # skopeo (containers/image) refusing the copy itself: no retry helps.
+    ("unsupported", re.compile(r"instructed to preserve digests", re.I)),
+    # TLS verification on against a plain-HTTP registry (Go's net/http text).
+    ("insecure_registry", re.compile(r"server gave HTTP response to HTTPS client", re.I)),
     ("rate_limited", re.compile(r"toomanyrequests|too many requests|rate limit|\b429\b", re.I)),
     (
         "auth",
@@ -136,7 +151,8 @@ _REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "network",
         re.compile(
             r"connection refused|connection reset|no such host|i/o timeout|timed out|timeout|"
-            r"network is unreachable|\bEOF\b|dial tcp|no route to host|server misbehaving",
+            r"network is unreachable|\bEOF\b|dial tcp|no route to host|server misbehaving|"
+            r"context deadline exceeded",
             re.I,
         ),
     ),

@@ -20,10 +20,46 @@ from cloner.registry import _stream_errors
             "network",
         ),
         ("received unexpected HTTP status: 500 Internal Server Error", "registry_error"),
+        # skopeo 1.9 fatal messages (level=fatal msg=...), as seen on the test bed
+        (
+            "initializing source docker://127.0.0.1:5000/a:1: pinging container registry "
+            '127.0.0.1:5000: Get "https://127.0.0.1:5000/v2/": http: server gave HTTP '
+            "response to HTTPS client",
+            "insecure_registry",
+        ),
+        (
+            "reading manifest 1 in 127.0.0.1:5000/a: manifest unknown: manifest unknown",
+            "not_found",
+        ),
+        ("copying system image from manifest list: context deadline exceeded", "network"),
+        (
+            "Instructed to preserve digests, but an image of the given format cannot be "
+            "written without changing its digest",
+            "unsupported",
+        ),
+        (
+            "writing manifest: uploading manifest 1 to 127.0.0.1:5001/a: toomanyrequests: "
+            "slow down",
+            "rate_limited",
+        ),
     ],
 )
 def test_messages_are_classified(message: str, reason: str) -> None:
     assert classify_registry_message(message) == reason
+
+
+@pytest.mark.parametrize(
+    ("reason", "temporary"),
+    [
+        ("source_unverified", True),
+        ("network", True),
+        ("multi_platform", False),
+        ("unsupported", False),
+        ("insecure_registry", False),
+    ],
+)
+def test_reasons_know_if_retrying_may_help(reason: str, temporary: bool) -> None:
+    assert RegistryError(reason, "x").temporary is temporary
 
 
 def test_error_line_in_a_200_stream_raises() -> None:
