@@ -19,13 +19,18 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+
+from cloner.distribution import DistributionClient
+from cloner.skopeo import SkopeoBackend
 
 from cloner import metrics
 from cloner.config import Settings, load_settings
 from cloner.credentials import CredentialStore
 from cloner.errors import ConfigError, KubeError
 from cloner.events import EventRecorder
+from cloner.identity import SKOPEO
 from cloner.kube import KubeClient, load_api_client
 from cloner.leader import LeaderElector
 from cloner.loop import Loop
@@ -147,9 +152,37 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def build_backend(
+    settings: Settings, credentials: CredentialStore
+) -> DockerRegistry | SkopeoBackend:
+    """The copy backend ``copyBackend`` names: the Docker engine, or skopeo."""
+    if settings.copy_backend == SKOPEO:
+        return SkopeoBackend(
+            credentials,
+            insecure_registries=settings.insecure_registries,
+            command_timeout=settings.docker_timeout,
+        )
+    return DockerRegistry(
+        settings.docker_host,
+        credentials,
+        settings.docker_timeout,
+        insecure_registries=settings.insecure_registries,
+    )
+
+
+def registry_requests(
+    manifests: DistributionClient, backend: DockerRegistry | SkopeoBackend
+) -> Counter[tuple[str, str]]:
+    """Registry requests so far by (operation, outcome): manifest lookups and copies."""
+    total: Counter[tuple[str, str]] = Counter(backend.requests)
+    for (_registry, method, outcome), count in list(manifests.requests.items()):
+        total[method.lower(), outcome] += count
+    return total
+
+
 def run_plan(
     kube: KubeClient,
-    registry: DockerRegistry,
+    registry: DistributionClient,
     settings: Settings,
     output: str,
     controller: str | None,
@@ -184,16 +217,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_revert(args, settings)
         credentials = CredentialStore(settings.docker_config)
         credentials.reload()
-        registry = DockerRegistry(
-            settings.docker_host,
+        manifests = DistributionClient(
             credentials,
-            settings.docker_timeout,
             insecure_registries=settings.insecure_registries,
+            timeout=settings.registry_timeout,
         )
+        backend = build_backend(settings, credentials)
         api_client = load_api_client(args.kubeconfig)
         kube = KubeClient(api_client, settings.list_page_size)
         if args.command == "plan":
-            return run_plan(kube, registry, settings, args.output, args.controller)
+            return run_plan(kube, manifests, settings, args.output, args.controller)
     except ConfigError as exc:
         log.error("start-up failed: %s", exc)
         return 2
@@ -203,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         settings.poll_interval,
         ",".join(settings.excluded_namespaces),
     )
-    reconciler = Reconciler(kube, registry, settings, credentials, events=EventRecorder(kube))
+    reconciler = Reconciler(
+        kube,
+        manifests,
+        backend,
+        settings,
+        credentials,
+        events=EventRecorder(kube),
+        engine_platform=backend.engine_platform if isinstance(backend, DockerRegistry) else None,
+    )
     elector: LeaderElector | None = None
     if settings.leader_election and not args.once:
         if not settings.controller_namespace:
@@ -254,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_timeout=settings.shutdown_timeout,
         is_leader=elector.is_leader if elector is not None else None,
         after_cycle=lambda: metrics.record_adapters(
-            kube.requests, registry.requests, registry.pushed_bytes
+            kube.requests,
+            registry_requests(manifests, backend),
+            getattr(backend, "pushed_bytes", 0),
         ),
     )
     if args.once:

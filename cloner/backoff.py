@@ -81,6 +81,10 @@ class Backoff:
         self._entries[key] = _Entry(failures, until, reason)
         return until
 
+    def restore(self, key: str, failures: int, until: float, reason: str) -> None:
+        """Set the state of ``key`` as read back after a restart (``until`` on this clock)."""
+        self._entries[key] = _Entry(failures, until, reason)
+
     def succeeded(self, key: str) -> None:
         """Forget the failures of ``key``."""
         self._entries.pop(key, None)

@@ -1,13 +1,23 @@
-"""Ensuring owned copies for one reconcile cycle: cache, backoff, pauses, concurrency, stop.
+"""Ensuring owned copies for one reconcile cycle: identity, cache, backoff, pauses, stop.
 
 Called by ``reconcile`` with the distinct source images a cycle needs. For
 each it returns the reference workloads may be patched to, or why not:
 
-- a source verified before is answered from memory (no registry call);
+- a source verified within ``refreshInterval`` (a source with a digest:
+  ever) is answered from the record (``state.StateBook``), with no registry
+  call;
 - a source backing off after a failure, or whose source or owned registry is
   paused after "too many requests", is not tried (``waiting``);
-- otherwise the owned registry is asked for the owned name (no layers
-  pulled) and the image is cloned only if it is missing.
+- otherwise the source is asked for its manifest digest (one HEAD) and the
+  owned registry for the owned name, and ``identity.decide`` says what to do:
+  reuse the owned copy when it is the source's content, copy when it is
+  absent, copy over it when it holds other content (``replaced``), use the
+  earlier verified copy when the source cannot be asked, and never use an
+  owned name that was not verified. The copy is made from the digest just
+  answered, and checked afterwards: the same digest and every platform
+  (``skopeo``), or the same image config (``docker``).
+- With the Docker engine backend, a multi-platform source is refused
+  (``multi_platform``) when nodes run a platform the engine would drop.
 
 Clones run on ``cloneConcurrency`` threads, at most one per source registry
 at a time, so a slow or paused registry does not hold up the others. After
@@ -22,25 +32,48 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cloner.backoff import Backoff, BackoffPolicy, RegistryPauses
 from cloner.errors import RegistryError
+from cloner.identity import (
+    DOCKER,
+    SKOPEO,
+    Action,
+    Descriptor,
+    Manifest,
+    base_platform,
+    child_for,
+    decide,
+    engine_drops_platforms,
+    parse_manifest,
+    refresh_due,
+    same_content,
+)
 from cloner.reference import Reference
+from cloner.state import Failure, Record, StateBook
 
 log = logging.getLogger(__name__)
 
 
-class ImageRegistry(Protocol):
-    """What cloning needs from registries (implemented by ``registry.DockerRegistry``)."""
+class ManifestAPI(Protocol):
+    """Manifest lookups in any registry (implemented by ``distribution.DistributionClient``)."""
 
-    def manifest_digest(self, ref: Reference) -> str | None:
-        """Digest of ``ref``'s manifest, None if absent; raises ``RegistryError``."""
+    def head(self, ref: Reference) -> Descriptor | None:
+        """The manifest's descriptor, None when absent; raises ``RegistryError``."""
         ...
 
+    def get(self, ref: Reference) -> tuple[Descriptor, bytes]:
+        """The manifest's descriptor and bytes; raises ``RegistryError``."""
+        ...
+
+
+class CopyBackend(Protocol):
+    """Copies an image (``registry.DockerRegistry`` or ``skopeo.SkopeoBackend``)."""
+
     def clone(self, source: Reference, owned: Reference) -> str:
-        """Copy ``source`` to ``owned``; returns the verified pushed digest."""
+        """Copy ``source`` to ``owned``; returns the pushed manifest digest."""
         ...
 
 
@@ -58,6 +91,11 @@ class ImageResult:
         waiting: seconds until the next try when the image was not tried this
             cycle (backing off, registry paused, shutting down), else None.
         duration: seconds the clone took, when this cycle cloned it.
+        replaced: the digest of other content the owned name held and this
+            cycle copied over (``OwnedCopyReplaced``), else None.
+        moved: ``(before, now)`` source digests when a tagged source names
+            other content than at its last verification (``SourceMoved``).
+        platforms: the platforms the owned copy serves (() for one platform).
     """
 
     source: Reference
@@ -67,6 +105,9 @@ class ImageResult:
     message: str | None = None
     waiting: float | None = None
     duration: float | None = None
+    replaced: str | None = None
+    moved: tuple[str, str] | None = None
+    platforms: tuple[str, ...] = ()
 
 
 def patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
@@ -88,37 +129,68 @@ class ImageCloner:
     """Owned copies across cycles: what is verified, what backs off, what is paused.
 
     Args:
-        registry: the registry side.
+        manifests: manifest lookups in the source and owned registries.
+        backend: the copy backend.
+        backend_name: ``docker`` or ``skopeo`` (``copyBackend``): how an
+            owned copy is compared with its source (``identity.same_content``).
+        engine_platform: for ``docker``, returns the engine's ``os/arch``.
+        node_platforms: returns the ``os/arch`` of the cluster's nodes (read
+            at most once per ``ensure_all``); for ``docker`` only.
         pin_digest: ``pinDigest``.
         backoff: per-image retry timing.
         rate_limit_pause: seconds a registry is paused after a 429 without Retry-After.
         concurrency: clones at once (at most one per source registry).
+        refresh_interval: ``refreshInterval`` in seconds (0: never).
+        book: the durable state (verified copies, failures); a new empty one
+            when None.
         clock: monotonic seconds (injectable for tests).
+        wall: epoch seconds (injectable for tests).
     """
 
     def __init__(
         self,
-        registry: ImageRegistry,
+        manifests: ManifestAPI,
+        backend: CopyBackend,
+        *,
+        backend_name: str = DOCKER,
+        engine_platform: Callable[[], str] | None = None,
+        node_platforms: Callable[[], Iterable[str]] | None = None,
         pin_digest: bool = False,
         backoff: BackoffPolicy | None = None,
         rate_limit_pause: float = 300.0,
         concurrency: int = 1,
+        refresh_interval: float = 21600.0,
+        book: StateBook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        self._registry = registry
+        self._manifests = manifests
+        self._backend = backend
+        self._backend_name = backend_name
+        self._engine_platform = engine_platform or (lambda: "linux/amd64")
+        self._node_platforms_source = node_platforms or (lambda: ())
         self._pin = pin_digest
         self._backoff = Backoff(backoff or BackoffPolicy())
         self._pauses = RegistryPauses()
         self._rate_limit_pause = rate_limit_pause
         self._concurrency = max(1, concurrency)
+        self._refresh = refresh_interval
+        self.book = book or StateBook()
         self._clock = clock
+        self._wall = wall
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._registry_locks: dict[str, threading.Lock] = {}
-        # canonical source -> reference to patch to, once verified in the owned registry
-        self._verified: dict[str, str] = {}
+        self._nodes: tuple[str, ...] | None = None
         # owned repository -> the one source repository it holds copies of
         self._owned_sources: dict[str, str] = {}
+        self.restore_backoff()
+
+    def restore_backoff(self) -> None:
+        """Carry the failures of the durable state (``book``) into the in-memory backoff."""
+        now, wall = self._clock(), self._wall()
+        for key, failure in self.book.failures.items():
+            self._backoff.restore(key, failure.failures, now + failure.until - wall, failure.reason)
 
     def stop(self) -> None:
         """No new clone starts; results still in flight are abandoned."""
@@ -136,7 +208,7 @@ class ImageCloner:
         can show it.
         """
         now = self._clock()
-        wall = time.time()
+        wall = self._wall()
         return {
             key: {
                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
@@ -146,36 +218,42 @@ class ImageCloner:
         }
 
     def forget(self, source: Reference) -> None:
-        """Drop a verified source, so the next cycle asks the owned registry again."""
+        """Drop a verified source, so the next try asks the registries again."""
         with self._lock:
-            self._verified.pop(str(source), None)
+            self.book.forget(str(source))
+
+    def used(self, sources: Iterable[str]) -> None:
+        """Note the canonical sources workloads use now (``state.StateBook.used``)."""
+        with self._lock:
+            self.book.used(sources, self._wall())
 
     def ensure_all(self, pairs: Iterable[tuple[Reference, Reference]]) -> dict[str, ImageResult]:
-        """Make sure every ``(source, owned)`` has an owned copy, as far as possible now.
+        """Make sure every ``(source, owned)`` has a verified owned copy, as far as possible now.
 
         Returns:
             Canonical source -> ``ImageResult``. Never raises for an image.
         """
+        self._nodes = None
         results: dict[str, ImageResult] = {}
-        todo: list[tuple[Reference, Reference]] = []
+        todo: dict[str, tuple[Reference, Reference]] = {}
         for source, owned in pairs:
             key = str(source)
-            if key in results or any(str(s) == key for s, _ in todo):
+            if key in results or key in todo:
                 continue
             early = self._precheck(source, owned)
             if early is not None:
                 results[key] = early
             else:
-                todo.append((source, owned))
+                todo[key] = (source, owned)
         if not todo:
             return results
         workers = min(self._concurrency, len(todo))
         if workers == 1:
-            for source, owned in todo:
-                results[str(source)] = self._ensure(source, owned)
+            for key, (source, owned) in todo.items():
+                results[key] = self._ensure(source, owned)
             return results
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clone") as pool:
-            futures = {str(s): pool.submit(self._ensure, s, o) for s, o in todo}
+            futures = {key: pool.submit(self._ensure, s, o) for key, (s, o) in todo.items()}
             for key, future in futures.items():
                 results[key] = future.result()
         return results
@@ -184,9 +262,18 @@ class ImageCloner:
         """A result without any registry call, or None when the image must be tried."""
         key = str(source)
         with self._lock:
-            cached = self._verified.get(key)
-            if cached is not None:
-                return ImageResult(source, cached)
+            record = self.book.records.get(key)
+            fresh = (
+                record is not None
+                and record.backend == self._backend_name
+                and record.owned == str(owned)
+                and not refresh_due(
+                    key, record.verified, self._wall(), self._refresh, source.digest is not None
+                )
+            )
+            if fresh:
+                assert record is not None
+                return ImageResult(source, record.image, platforms=record.platforms)
             claimed = self._owned_sources.setdefault(owned.name, source.name)
         if claimed != source.name:
             message = (
@@ -227,26 +314,14 @@ class ImageCloner:
             return self._registry_locks.setdefault(registry, threading.Lock())
 
     def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
-        key = str(source)
         with self._registry_lock(source.registry):
             # Another clone of this registry may have paused it meanwhile.
             waiting = self._waiting(source, owned)
             if waiting is not None:
                 return waiting
+            started = self._clock()
             try:
-                digest = self._registry.manifest_digest(owned)
-                # The owned tag of a digest-only source is derived from that
-                # digest, so its presence is proof enough. A source with a tag
-                # and a digest reuses the owned tag only if it holds that very
-                # manifest.
-                reuse = digest is not None and (
-                    source.digest is None or source.tag is None or source.digest == digest
-                )
-                cloned = False
-                started = self._clock()
-                if not reuse:
-                    digest = self._registry.clone(source, owned)
-                    cloned = True
+                result = self._verify_or_copy(source, owned)
             except RegistryError as exc:
                 return self._failed(source, owned, exc)
             except Exception as exc:  # one image's surprise must not end the cycle
@@ -257,25 +332,223 @@ class ImageCloner:
         if self.stopping:
             log.warning("abandoning %s: shutting down (nothing is patched for it)", source)
             return ImageResult(source, None, message="abandoned: shutting down", waiting=0.0)
-        assert digest is not None
-        if cloned:
-            log.info("cloned %s to %s (%s)", source, owned, digest)
-        image = patched_image(source, owned, digest, self._pin)
+        self._succeeded(str(source))
+        if result.cloned:
+            return replace(result, duration=self._clock() - started)
+        return result
+
+    def _verify_or_copy(self, source: Reference, owned: Reference) -> ImageResult:
+        """Ask the source and the owned registry, then reuse, copy or refuse (``decide``)."""
+        key = str(source)
         with self._lock:
-            self._verified[key] = image
+            record = self.book.records.get(key)
+        source_error: RegistryError | None = None
+        head: Descriptor | None = None
+        try:
+            head = self._manifests.head(source)
+            if head is None:
+                raise RegistryError(
+                    "not_found",
+                    f"{source}: the source registry has no such manifest",
+                    source.registry,
+                )
+            if source.digest is not None and head.digest != source.digest:
+                raise RegistryError(
+                    "verify_failed",
+                    f"{source}: the source registry answers {head.digest} for it",
+                    source.registry,
+                )
+        except RegistryError as exc:
+            source_error = exc
+            self._pause_if_limited(exc, source.registry)
+        skopeo = self._backend_name == SKOPEO
+        looked_up = owned
+        owned_head = self._manifests.head(owned)
+        if skopeo and source.digest and (owned_head is None or owned_head.digest != source.digest):
+            # A copy that keeps digests is found by digest: workloads are
+            # patched to owned@digest, whatever the owned tag holds now.
+            pinned = self._manifests.head(owned.with_digest(source.digest))
+            if pinned is not None:
+                looked_up, owned_head = owned.with_digest(source.digest), pinned
+        owned_digest = owned_head.digest if owned_head else None
+        if source_error is not None or head is None:
+            action = decide(
+                source_known=False,
+                owned_digest=owned_digest,
+                matches=False,
+                recorded_owned_digest=record.owned_digest if record else None,
+            )
+            assert source_error is not None
+            if action is Action.USE_RECORD:
+                assert record is not None
+                log.warning(
+                    "source %s cannot be asked (%s); using the owned copy verified at %s",
+                    source,
+                    source_error,
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.verified)),
+                )
+                return ImageResult(source, record.image, platforms=record.platforms)
+            if action is Action.WAIT_UNVERIFIED:
+                raise RegistryError(
+                    "source_unverified",
+                    f"{source} cannot be asked ({source_error}); the owned name {looked_up} "
+                    "exists but was never verified against it, so it is not used",
+                    source.registry,
+                )
+            raise source_error
+        moved = None
+        if record is not None and source.digest is None and record.source_digest != head.digest:
+            moved = (record.source_digest, head.digest)
+        if head.is_index and not skopeo:
+            self._refuse_dropped_platforms(source, head)
+        expected = _Expected(self, source, head)
+        matches = owned_head is not None and (
+            (
+                record is not None
+                and record.source_digest == head.digest
+                and record.owned_digest == owned_head.digest
+                and record.backend == self._backend_name
+            )
+            or expected.matches(looked_up, owned_head)
+        )
+        action = decide(
+            source_known=True,
+            owned_digest=owned_digest,
+            matches=matches,
+            recorded_owned_digest=record.owned_digest if record else None,
+        )
+        if action is Action.REUSE:
+            assert owned_head is not None
+            return self._verified(source, owned, head, owned_head.digest, expected, False, moved)
+        replaced = None
+        if action is Action.REPLACE:
+            replaced = owned_digest
+            log.warning(
+                "owned name %s holds %s, which is not the content of %s (%s); copying over it",
+                looked_up,
+                owned_digest,
+                source,
+                head.digest,
+            )
+        if moved is not None:
+            log.info("source %s moved from %s to %s; copying it again", source, *moved)
+        # Copy exactly what was decided on: the digest just answered, not
+        # whatever the tag names by the time the copy starts.
+        pushed = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
+        self._check_copy(owned, pushed, head, expected)
+        log.info("cloned %s to %s (%s)", source, owned, pushed)
+        result = self._verified(source, owned, head, pushed, expected, True, moved)
+        return replace(result, replaced=replaced)
+
+    def _verified(
+        self,
+        source: Reference,
+        owned: Reference,
+        head: Descriptor,
+        owned_digest: str,
+        expected: _Expected,
+        cloned: bool,
+        moved: tuple[str, str] | None,
+    ) -> ImageResult:
+        image = patched_image(source, owned, owned_digest, self._pin)
+        platforms = expected.platforms() if self._backend_name == SKOPEO else ()
+        now = self._wall()
+        with self._lock:
+            previous = self.book.records.get(str(source))
+            self.book.verified(
+                Record(
+                    source=str(source),
+                    source_digest=head.digest,
+                    owned=str(owned),
+                    owned_digest=owned_digest,
+                    image=image,
+                    platforms=platforms,
+                    backend=self._backend_name,
+                    verified=now,
+                    used=previous.used if previous else now,
+                )
+            )
+        return ImageResult(source, image, cloned=cloned, moved=moved, platforms=platforms)
+
+    def _check_copy(
+        self, owned: Reference, pushed: str, head: Descriptor, expected: _Expected
+    ) -> None:
+        """After a copy: the owned registry serves ``pushed`` under the tag, and it is the source's.
+
+        Raises:
+            RegistryError: ``verify_failed`` naming what differs.
+        """
+        answered = self._manifests.head(owned)
+        if answered is None or answered.digest != pushed:
+            raise RegistryError(
+                "verify_failed",
+                f"verify {owned}: registry answers {answered.digest if answered else 'nothing'}, "
+                f"pushed {pushed}",
+                owned.registry,
+            )
+        if self._backend_name == SKOPEO:
+            if pushed != head.digest:
+                raise RegistryError(
+                    "verify_failed",
+                    f"verify {owned}: copied {pushed}, the source is {head.digest}",
+                    owned.registry,
+                )
+            for platform, child in expected.children().items():
+                if self._manifests.head(owned.with_digest(child)) is None:
+                    raise RegistryError(
+                        "verify_failed",
+                        f"verify {owned}: platform {platform} ({child}) is missing",
+                        owned.registry,
+                    )
+            return
+        if not expected.matches(owned.with_digest(pushed), answered):
+            raise RegistryError(
+                "verify_failed",
+                f"verify {owned}: its image config is not that of the source's "
+                f"{self._engine_platform()} image",
+                owned.registry,
+            )
+
+    def _refuse_dropped_platforms(self, source: Reference, head: Descriptor) -> None:
+        """Raise ``multi_platform`` when the Docker engine would drop a platform nodes run."""
+        with self._lock:
+            if self._nodes is None:
+                self._nodes = tuple(self._node_platforms_source())
+            nodes = self._nodes
+        engine = self._engine_platform()
+        if all(base_platform(n) == base_platform(engine) for n in nodes):
+            return
+        descriptor, body = self._manifests.get(source.with_tag(None).with_digest(head.digest))
+        index = _parse(descriptor, body, source)
+        message = engine_drops_platforms(index, engine, nodes)
+        if message is not None:
+            raise RegistryError("multi_platform", f"{source}: {message}", source.registry)
+
+    def _pause_if_limited(self, exc: RegistryError, default_registry: str) -> None:
+        if exc.reason != "rate_limited":
+            return
+        registry = exc.registry or default_registry
+        pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
+        if self._pauses.paused_until(registry, self._clock()) is None:
+            log.warning("pausing registry %s for %.0fs: too many requests", registry, pause)
+        self._pauses.pause(registry, self._clock() + pause)
+
+    def _succeeded(self, key: str) -> None:
         self._backoff.succeeded(key)
-        duration = self._clock() - started if cloned else None
-        return ImageResult(source, image, cloned=cloned, duration=duration)
+        with self._lock:
+            self.book.succeeded(key)
 
     def _failed(self, source: Reference, owned: Reference, exc: RegistryError) -> ImageResult:
         now = self._clock()
+        key = str(source)
         not_before = now + exc.retry_after if exc.retry_after is not None else None
-        until = self._backoff.failed(str(source), exc.reason, now, not_before)
-        if exc.reason == "rate_limited":
-            registry = exc.registry or source.registry
-            pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
-            self._pauses.pause(registry, now + pause)
-            log.warning("pausing registry %s for %.0fs: too many requests", registry, pause)
+        until = self._backoff.failed(key, exc.reason, now, not_before)
+        self._pause_if_limited(exc, source.registry)
+        with self._lock:
+            self.book.failed(
+                key,
+                Failure(self._backoff.failures(key), self._wall() + until - now, exc.reason),
+            )
         log.error(
             "clone of %s to %s failed (%s), next try in %.0fs: %s",
             source,
@@ -285,3 +558,69 @@ class ImageCloner:
             exc,
         )
         return ImageResult(source, None, reason=exc.reason, message=str(exc), waiting=None)
+
+
+class _Expected:
+    """The source's content, fetched lazily and at most once per decision.
+
+    For ``skopeo`` the index's children (to check every platform arrived);
+    for ``docker`` the config digest of the source's image for the engine's
+    platform (the index's matching child, or the manifest itself).
+    """
+
+    def __init__(self, cloner: ImageCloner, source: Reference, head: Descriptor) -> None:
+        self._cloner = cloner
+        self._ref = source.with_tag(None).with_digest(head.digest)
+        self._head = head
+        self._manifest: Manifest | None = None
+        self._config: str | None = None
+
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            descriptor, body = self._cloner._manifests.get(self._ref)
+            self._manifest = _parse(descriptor, body, self._ref)
+        return self._manifest
+
+    def children(self) -> dict[str, str]:
+        return dict(self.manifest().children) if self._head.is_index else {}
+
+    def platforms(self) -> tuple[str, ...]:
+        return self.manifest().platforms if self._head.is_index else ()
+
+    def config(self) -> str:
+        """The config digest a Docker engine copy must carry."""
+        if self._config is None:
+            manifest = self.manifest()
+            if manifest.is_index:
+                platform = self._cloner._engine_platform()
+                child = child_for(manifest, platform)
+                if child is None:
+                    raise RegistryError(
+                        "not_found",
+                        f"{self._ref}: the index has no {platform} image for the Docker engine",
+                        self._ref.registry,
+                    )
+                descriptor, body = self._cloner._manifests.get(self._ref.with_digest(child))
+                manifest = _parse(descriptor, body, self._ref)
+            assert manifest.config_digest is not None
+            self._config = manifest.config_digest
+        return self._config
+
+    def matches(self, owned: Reference, owned_head: Descriptor) -> bool:
+        """``identity.same_content`` of the owned manifest and the source."""
+        if owned_head.digest == self._head.digest:
+            return True
+        if self._cloner._backend_name == SKOPEO or owned_head.is_index:
+            return False
+        descriptor, body = self._cloner._manifests.get(
+            owned.with_tag(None).with_digest(owned_head.digest)
+        )
+        owned_manifest = _parse(descriptor, body, owned)
+        return same_content(DOCKER, self.manifest(), owned_manifest, self.config())
+
+
+def _parse(descriptor: Descriptor, body: bytes, ref: Reference) -> Manifest:
+    try:
+        return parse_manifest(descriptor.digest, descriptor.media_type, body)
+    except ValueError as exc:
+        raise RegistryError("registry_error", f"{ref}: {exc}", ref.registry) from None

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
+from cloner.identity import BACKENDS
 from cloner.lease import validate_timing
 from cloner.pullsecrets import ATTACH_MODES
 from cloner.reference import NAMING_STRATEGIES, Policy, Target
@@ -33,6 +34,7 @@ DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 ENV_OVERRIDES = {
     "IMAGE_CLONER_TARGET": "target",
     "IMAGE_CLONER_POLL_INTERVAL": "pollInterval",
+    "IMAGE_CLONER_COPY_BACKEND": "copyBackend",
     "DOCKER_HOST": "dockerHost",
     "IMAGE_CLONER_DOCKER_CONFIG": "dockerConfig",
     "IMAGE_CLONER_METRICS_PORT": "metricsPort",
@@ -116,6 +118,21 @@ class Settings:
         lease_duration, renew_deadline, retry_period: seconds
             (``leaderElection.leaseDuration`` 15, ``.renewDeadline`` 10,
             ``.retryPeriod`` 2), as client-go's leader election.
+        copy_backend: how images are copied: ``docker`` (pull, tag, push
+            through the Docker engine; one platform, new manifest digest) or
+            ``skopeo`` (registry to registry, every platform, the same
+            digests) (``copyBackend``; default ``docker``).
+        refresh_interval: seconds after which a verified tagged source in
+            use is asked again whether its tag moved, spread over the last
+            20% of the interval (``refreshInterval``; default 21600; 0 never).
+        registry_timeout: seconds one manifest request to a registry may
+            take (``registryTimeout``; default 30).
+        state_config_map: name prefix of the ConfigMaps, in the controller's
+            namespace, that keep verified copies and backoff across restarts
+            (``state.configMap``; default ``image-cloner-state``; 16 shards
+            ``-0`` .. ``-15``; kept only when ``controllerNamespace`` is set).
+        state_ttl: seconds after its last use that the record of a source
+            expires (``state.ttl``; default 604800, 7 days).
         owned: the parsed ``target`` (derived, not a YAML key).
         policy: ownership, naming and image scope (derived, not a YAML key).
     """
@@ -155,6 +172,11 @@ class Settings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    copy_backend: str = "docker"
+    refresh_interval: float = 21600.0
+    registry_timeout: float = 30.0
+    state_config_map: str = "image-cloner-state"
+    state_ttl: float = 7 * 86400.0
     owned: Target = field(init=False, default=Target("invalid.invalid"))
     policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
@@ -169,6 +191,12 @@ class Settings:
             validate_timing(self.lease_duration, self.renew_deadline, self.retry_period)
         except ValueError as exc:
             raise ConfigError("leaderElection", str(exc)) from None
+        if self.copy_backend not in BACKENDS:
+            raise ConfigError("copyBackend", f"must be one of {', '.join(BACKENDS)}")
+        if len(self.state_config_map) > 60 or not _DNS_SUBDOMAIN.fullmatch(self.state_config_map):
+            raise ConfigError(
+                "state.configMap", "must be a DNS subdomain name of at most 60 characters"
+            )
         if self.pull_secret_attach not in ATTACH_MODES:
             raise ConfigError("pullSecret.attach", f"must be one of {', '.join(ATTACH_MODES)}")
         if len(self.pull_secret_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.pull_secret_name):
@@ -242,6 +270,11 @@ _KEYS = {
     "leaderElection.leaseDuration": "lease_duration",
     "leaderElection.renewDeadline": "renew_deadline",
     "leaderElection.retryPeriod": "retry_period",
+    "copyBackend": "copy_backend",
+    "refreshInterval": "refresh_interval",
+    "registryTimeout": "registry_timeout",
+    "state.configMap": "state_config_map",
+    "state.ttl": "state_ttl",
 }
 _SECTIONS = frozenset(key.split(".")[0] for key in _KEYS if "." in key)
 assert set(_KEYS.values()) == {f.name for f in fields(Settings) if f.init}
@@ -332,9 +365,11 @@ def _convert(key: str, value: Any) -> Any:
         "leaderElection.leaseDuration",
         "leaderElection.renewDeadline",
         "leaderElection.retryPeriod",
+        "registryTimeout",
+        "state.ttl",
     ):
         return _positive_number(key, value)
-    if key in ("backoff.jitter", "verifyInterval"):
+    if key in ("backoff.jitter", "verifyInterval", "refreshInterval"):
         return _non_negative_number(key, value)
     if key == "cloneConcurrency":
         return _integer(key, value, 1, 16)

@@ -6,7 +6,11 @@
 - ``Patched`` (``PATCHED``, Normal): the workload was switched to owned copies;
 - ``CloneFailed`` (``CLONE_FAILED``, Warning): an image it uses could not be
   cloned; the message names the reason (``auth``, ``not_found``, ``network``...);
-- ``Reverted`` (``REVERTED``, Normal): ``controller.py revert`` restored it.
+- ``Reverted`` (``REVERTED``, Normal): ``controller.py revert`` restored it;
+- ``OwnedCopyReplaced`` (``OWNED_COPY_REPLACED``, Warning): the owned name of
+  an image it uses held other content, which was copied over before any patch;
+- ``SourceMoved`` (``SOURCE_MOVED``, Normal): the tag of an image it uses now
+  names other content upstream, and the owned tag was copied again.
 
 Two parts, as in client-go's ``tools/record`` package:
 
@@ -52,6 +56,8 @@ CLONED = "Cloned"
 PATCHED = "Patched"
 CLONE_FAILED = "CloneFailed"
 REVERTED = "Reverted"
+OWNED_COPY_REPLACED = "OwnedCopyReplaced"
+SOURCE_MOVED = "SourceMoved"
 
 #: Event types (``Event.type``).
 NORMAL = "Normal"
@@ -491,3 +497,13 @@ def reverted_message(restored: Iterable[tuple[str, str]]) -> str:
     """
     parts = [f"container {name} to {image}" for name, image in restored]
     return "Reverted " + "; ".join(parts) if parts else "Reverted"
+
+
+def owned_copy_replaced_message(source: str, before: str, image: str) -> str:
+    """``Owned name of <source> held <before>, not the source's content; copied over: <image>``."""
+    return f"Owned name of {source} held {before}, not the source's content; copied over: {image}"
+
+
+def source_moved_message(source: str, before: str, now: str) -> str:
+    """``Source <source> moved from <before> to <now>; the owned tag was copied again``."""
+    return f"Source {source} moved from {before} to {now}; the owned tag was copied again"

@@ -285,6 +285,50 @@ class KubeClient:
             body,
         )
 
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as JSON, or None when there is none. Raises ``KubeError``."""
+        return self._read(
+            self._core.read_namespaced_config_map,
+            f"get configmap {namespace}/{name}",
+            name,
+            namespace,
+        )
+
+    def create_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a ConfigMap. Raises ``KubeError`` (409 when one exists)."""
+        name = body["metadata"]["name"]
+        self._write(
+            self._core.create_namespaced_config_map,
+            f"create configmap {namespace}/{name}",
+            namespace,
+            body,
+        )
+
+    def replace_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        """Update (PUT) a ConfigMap. Raises ``KubeError`` (404 when it is gone)."""
+        name = body["metadata"]["name"]
+        self._write(
+            self._core.replace_namespaced_config_map,
+            f"update configmap {namespace}/{name}",
+            name,
+            namespace,
+            body,
+        )
+
+    def node_platforms(self) -> list[str]:
+        """``os/architecture`` of every Node (``status.nodeInfo``), paginated.
+
+        Raises:
+            KubeError: the list failed.
+        """
+        platforms = []
+        for item in self._paginate(self._core.list_node, "list nodes", None):
+            info = (item.get("status") or {}).get("nodeInfo") or {}
+            os, arch = info.get("operatingSystem"), info.get("architecture")
+            if os and arch:
+                platforms.append(f"{os}/{arch}")
+        return platforms
+
     def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ServiceAccount as JSON, or None when there is none. Raises ``KubeError``."""
         return self._read(

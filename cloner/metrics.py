@@ -43,6 +43,18 @@ CLONE_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+OWNED_COPIES_REPLACED = Counter(
+    "image_cloner_owned_copies_replaced",
+    "Owned names found holding other content than their source and copied over "
+    "before any workload was patched to them.",
+    registry=REGISTRY,
+)
+SOURCES_MOVED = Counter(
+    "image_cloner_sources_moved",
+    "Tagged sources found naming other content than when last verified "
+    "(refreshInterval); their owned tags were copied again.",
+    registry=REGISTRY,
+)
 WORKLOADS_PATCHED = Counter(
     "image_cloner_workloads_patched",
     "Workloads patched to owned images, by kind.",
@@ -214,6 +226,8 @@ def record_cycle(summary: Summary) -> None:
     GITOPS_HELD.set(len(summary.gitops))
     FIGHTS.set(len(summary.fights))
     IMAGES_HEALED.inc(summary.healed)
+    OWNED_COPIES_REPLACED.inc(summary.replaced)
+    SOURCES_MOVED.inc(summary.moved)
     PATCH_CONFLICTS.inc(summary.conflicts_retried)
     CYCLE_DURATION.observe(summary.duration)
     CYCLES.labels(result="ok" if summary.ok else "failed").inc()

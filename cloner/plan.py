@@ -22,16 +22,17 @@ from typing import Any, Protocol
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
+from cloner.identity import DOCKER, Descriptor
 from cloner.reconcile import KubeAPI, list_in_scope
 from cloner.reference import Reference
 from cloner.workloads import plan_workload
 
 
 class ManifestLookup(Protocol):
-    """The one registry call a plan makes (``registry.DockerRegistry.manifest_digest``)."""
+    """The one registry call a plan makes (``distribution.DistributionClient.head``)."""
 
-    def manifest_digest(self, ref: Reference) -> str | None:
-        """Digest of ``ref``'s manifest, None if absent; raises ``RegistryError``."""
+    def head(self, ref: Reference) -> Descriptor | None:
+        """The manifest's descriptor, None if absent; raises ``RegistryError``."""
         ...
 
 
@@ -118,6 +119,8 @@ def build_plan(
                 if owned not in exists:
                     exists[owned] = _lookup(registry, plan.owned)
                 decision = exists[owned]
+                if settings.copy_backend == DOCKER and plan.source and plan.source.digest:
+                    decision += DIGEST_CHANGES
             elif plan.decision == "owned":
                 decision = "already owned"
             elif plan.decision == "excluded":
@@ -140,9 +143,12 @@ def build_plan(
     return rows
 
 
+DIGEST_CHANGES = "; new digest with the docker backend (copyBackend: skopeo keeps it)"
+
+
 def _lookup(registry: ManifestLookup, owned: Reference) -> str:
     try:
-        found = registry.manifest_digest(owned)
+        found = registry.head(owned)
     except RegistryError as exc:
         return f"clone (owned registry: {exc.reason})"
     return "clone" if found is None else "patch (copy exists)"

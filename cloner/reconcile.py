@@ -1,7 +1,7 @@
 """One reconcile pass: list, plan, clone what is missing, patch what is ready.
 
 Called by ``loop`` (every ``pollInterval``) and by ``controller.py --once``.
-It depends on the ``KubeAPI`` and ``ImageRegistry`` protocols, not on the
+It depends on the ``KubeAPI``, ``ManifestAPI`` and ``CopyBackend`` protocols, not on the
 ``kubernetes`` or ``docker`` libraries, so unit tests drive it with small
 in-memory stand-ins. It never raises for one bad image or workload: failures
 are collected in the ``Summary`` and the pass goes on (skopeo sync
@@ -13,9 +13,12 @@ Order inside a pass (push before patch, always):
 1. list namespaces, then Deployments, DaemonSets and StatefulSets (paginated,
    all namespaces);
 2. plan every container (pure, ``workloads.plan_workload``);
-3. for each distinct source image, once: ``cloning.ImageCloner`` asks the
-   owned registry for the owned name and clones only if it is missing
-   (backoff, registry pauses and the verified cache live there);
+3. for each distinct source image, once: ``cloning.ImageCloner`` answers
+   from the record of an earlier verification, or asks the source and the
+   owned registry and reuses, copies or refuses (identity, backoff, registry
+   pauses and tag refresh live there); the sources of workloads patched
+   earlier are included, so their owned tags follow ``refreshInterval``;
+   then the changed records are written to the state ConfigMaps;
 4. every ``verifyInterval``: check that the owned copies patched workloads
    use still exist, and clone a missing one again from the original;
 5. make each namespace ready to pull (``provisioning``), then patch each
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloner.backoff import BackoffPolicy
-from cloner.cloning import ImageCloner, ImageRegistry, ImageResult
+from cloner.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
 from cloner.config import Settings
 from cloner.credentials import DockerConfig
 from cloner.errors import InvalidReference, KubeError, RegistryError
@@ -43,16 +46,21 @@ from cloner.events import (
     CLONE_FAILED,
     CLONED,
     NORMAL,
+    OWNED_COPY_REPLACED,
     PATCHED,
+    SOURCE_MOVED,
     WARNING,
     EventRecorder,
     NullRecorder,
     clone_failed_message,
     cloned_message,
+    owned_copy_replaced_message,
     patched_message,
+    source_moved_message,
 )
 from cloner.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
-from cloner.reference import parse_reference
+from cloner.reference import Reference, parse_reference
+from cloner.state import StateBook, shard_names
 from cloner.workloads import (
     KINDS,
     Container,
@@ -65,7 +73,15 @@ from cloner.workloads import (
     plan_workload,
 )
 
-__all__ = ["ImageRegistry", "ImageResult", "KubeAPI", "Reconciler", "Summary", "list_in_scope"]
+__all__ = [
+    "CopyBackend",
+    "ImageResult",
+    "KubeAPI",
+    "ManifestAPI",
+    "Reconciler",
+    "Summary",
+    "list_in_scope",
+]
 
 FIGHT_WINDOW = 3600.0  # seconds over which fightLimit counts patches
 
@@ -91,6 +107,22 @@ class KubeAPI(SecretAPI, Protocol):
         """The workload as it is now, None if gone; raises ``KubeError``."""
         ...
 
+    def node_platforms(self) -> list[str]:
+        """``os/arch`` of every Node; raises ``KubeError``."""
+        ...
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap as JSON, None if absent; raises ``KubeError``."""
+        ...
+
+    def create_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a ConfigMap; raises ``KubeError``."""
+        ...
+
+    def replace_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        """Update a ConfigMap; raises ``KubeError``."""
+        ...
+
 
 @dataclass(slots=True)
 class Summary:
@@ -107,6 +139,8 @@ class Summary:
         fights: ``(workload key, message)`` of workloads no longer patched
             because something keeps setting their images back.
         healed: owned copies found missing and cloned again.
+        replaced: owned names that held other content and were copied over.
+        moved: tagged sources found naming other content than when verified.
         conflicts_retried: patches refused for a concurrent change and retried.
         stopped: the pass ended early for shutdown.
         owned_images: distinct images in use that are owned copies or whose
@@ -126,6 +160,8 @@ class Summary:
     gitops: list[tuple[str, str]] = field(default_factory=list)
     fights: list[tuple[str, str]] = field(default_factory=list)
     healed: int = 0
+    replaced: int = 0
+    moved: int = 0
     conflicts_retried: int = 0
     stopped: bool = False
     owned_images: int = 0
@@ -190,31 +226,49 @@ class Reconciler:
 
     Args:
         kube: the Kubernetes side (``KubeAPI``).
-        registry: the registry side (``cloning.ImageRegistry``).
+        manifests: manifest lookups in every registry (``cloning.ManifestAPI``).
+        backend: the copy backend (``cloning.CopyBackend``), as
+            ``settings.copy_backend`` names it.
         settings: the controller's settings.
         credentials: the registry credentials in force, for pull secrets
             (``credentials.CredentialStore``); None means none (no Secret).
         clock: monotonic seconds (injectable for tests).
         events: records Kubernetes Events on the workloads acted on
             (``events.EventRecorder``); None records none.
+        engine_platform: for the Docker backend, returns the engine's
+            ``os/arch`` (``registry.DockerRegistry.engine_platform``).
     """
 
     def __init__(
         self,
         kube: KubeAPI,
-        registry: ImageRegistry,
+        manifests: ManifestAPI,
+        backend: CopyBackend,
         settings: Settings,
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.monotonic,
         events: EventRecorder | NullRecorder | None = None,
+        engine_platform: Callable[[], str] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._kube = kube
         self._events = events or NullRecorder()
-        self._registry = registry
+        self._manifests = manifests
         self._settings = settings
         self._clock = clock
+        self._state_namespace = settings.controller_namespace
+        self._book = StateBook(settings.state_config_map, settings.state_ttl)
+        self._state_loaded = False
+        self._state_exists: set[str] = set()
         self._images = ImageCloner(
-            registry,
+            manifests,
+            backend,
+            backend_name=settings.copy_backend,
+            engine_platform=engine_platform,
+            node_platforms=self._node_platforms,
+            refresh_interval=settings.refresh_interval,
+            book=self._book,
+            wall=wall,
             pin_digest=settings.pin_digest,
             backoff=BackoffPolicy(
                 settings.backoff_initial, settings.backoff_max, settings.backoff_jitter
@@ -237,6 +291,83 @@ class Reconciler:
         self._gitops_reported: set[str] = set()
         self._last_verify: float | None = None
 
+    def _node_platforms(self) -> list[str]:
+        try:
+            return self._kube.node_platforms()
+        except KubeError as exc:
+            raise RegistryError(
+                "registry_error", f"cannot list nodes to check their platforms: {exc}"
+            ) from None
+
+    # Durable state ---------------------------------------------------------
+
+    def _load_state(self) -> None:
+        """Read the state ConfigMaps once, before the first cycle decides anything.
+
+        A shard that cannot be read now is tried again next cycle; until all
+        are read nothing is written, so no shard is overwritten unseen.
+        """
+        namespace = self._state_namespace
+        if self._state_loaded or namespace is None:
+            return
+        shards: dict[str, dict[str, str] | None] = {}
+        try:
+            for name in shard_names(self._book.prefix):
+                obj = self._kube.get_config_map(namespace, name)
+                if obj is not None:
+                    self._state_exists.add(name)
+                shards[name] = (obj or {}).get("data")
+        except KubeError as exc:
+            log.warning("cannot read the state ConfigMaps yet (%s); trying next cycle", exc)
+            return
+        for problem in self._book.load(shards):
+            log.warning("state: %s", problem)
+        self._images.restore_backoff()
+        self._state_loaded = True
+        log.info(
+            "state: %d verified copies and %d backing-off images read from %s/%s-*",
+            len(self._book.records),
+            len(self._book.failures),
+            namespace,
+            self._book.prefix,
+        )
+
+    def _save_state(self) -> None:
+        """Write the shards that changed (create the ones that do not exist yet)."""
+        namespace = self._state_namespace
+        if namespace is None or not self._state_loaded:
+            return
+        written = []
+        for name, data in self._book.dirty_shards().items():
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {
+                        "app.kubernetes.io/name": "image-cloner",
+                        "app.kubernetes.io/component": "state",
+                    },
+                },
+                "data": data,
+            }
+            try:
+                if name in self._state_exists:
+                    self._kube.replace_config_map(namespace, body)
+                else:
+                    self._kube.create_config_map(namespace, body)
+                    self._state_exists.add(name)
+            except KubeError as exc:
+                if exc.status in (404, 409):  # deleted, or created by another writer
+                    self._state_exists ^= {name}
+                log.warning(
+                    "writing state %s/%s failed (%s); retried next cycle", namespace, name, exc
+                )
+                continue
+            written.append(name)
+        self._book.written(written)
+
     def stop(self) -> None:
         """Shut down: no new clone, and nothing is patched for a clone in flight."""
         self._images.stop()
@@ -253,6 +384,7 @@ class Reconciler:
             list call; those are recorded in the Summary.
         """
         summary = Summary(started=time.time())
+        self._load_state()
         if self._pull_secrets is not None:
             summary.provisioning = self._pull_secrets.start_cycle()
         clock = time.monotonic()
@@ -278,7 +410,12 @@ class Reconciler:
                 self._note(workload, plan.decision, plan.container, plan.reason, summary)
                 if plan.decision == "clone" and plan.source and plan.owned:
                     pairs.append((plan.source, plan.owned))
+        pairs += self._patched_sources(workloads)
         summary.images = self._images.ensure_all(pairs)
+        self._images.used(str(source) for source, _ in pairs)
+        self._save_state()
+        summary.replaced = sum(1 for r in summary.images.values() if r.replaced)
+        summary.moved = sum(1 for r in summary.images.values() if r.moved)
         owned_in_use = {
             str(plan.source)
             for workload in workloads
@@ -309,6 +446,30 @@ class Reconciler:
         summary.duration = time.monotonic() - clock
         return summary
 
+    def _patched_sources(self, workloads: list[Workload]) -> list[tuple[Reference, Reference]]:
+        """``(source, owned)`` of the originals recorded on patched workloads still in use.
+
+        Their records answer without a registry call until ``refreshInterval``
+        is due; then the source is asked again, and a moved tag is copied to
+        the owned tag the workloads point at.
+        """
+        pairs = []
+        owned = self._settings.owned
+        for workload in workloads:
+            originals = original_images(workload.annotations)
+            for container in workload.containers:
+                original = originals.get(container.name)
+                if original is None:
+                    continue
+                try:
+                    current = parse_reference(container.image)
+                    source = parse_reference(original)
+                    if owned.owns(current) and not owned.owns(source):
+                        pairs.append((source, owned.owned_name(source)))
+                except InvalidReference:
+                    continue
+        return pairs
+
     def _record_clone_events(
         self,
         workloads: list[Workload],
@@ -317,15 +478,31 @@ class Reconciler:
     ) -> None:
         """``Cloned`` / ``CloneFailed`` Events on each workload using an image cloned or failed."""
         for workload in workloads:
-            seen: set[str] = set()
-            for plan in plans[workload.key]:
-                if plan.decision != "clone" or plan.source is None:
+            sources = [
+                str(plan.source)
+                for plan in plans[workload.key]
+                if plan.decision == "clone" and plan.source is not None
+            ]
+            for original in original_images(workload.annotations).values():
+                try:
+                    sources.append(str(parse_reference(original)))
+                except InvalidReference:
                     continue
-                source = str(plan.source)
+            for source in dict.fromkeys(sources):
                 result = summary.images.get(source)
-                if result is None or source in seen:
+                if result is None:
                     continue
-                seen.add(source)
+                if result.replaced and result.image:
+                    self._events.record(
+                        workload,
+                        WARNING,
+                        OWNED_COPY_REPLACED,
+                        owned_copy_replaced_message(source, result.replaced, result.image),
+                    )
+                if result.moved:
+                    self._events.record(
+                        workload, NORMAL, SOURCE_MOVED, source_moved_message(source, *result.moved)
+                    )
                 if result.cloned and result.image:
                     self._events.record(
                         workload, NORMAL, CLONED, cloned_message(source, result.image)
@@ -417,7 +594,7 @@ class Reconciler:
         if not self._settings.owned.owns(in_use):
             return None  # the user changed it since; not ours to heal
         try:
-            if self._registry.manifest_digest(in_use) is not None:
+            if self._manifests.head(in_use) is not None:
                 return current
         except RegistryError as exc:
             log.warning("cannot verify %s now: %s", current, exc)

@@ -71,12 +71,14 @@ def create_namespace(env: Environment, name: str, **metadata: Any) -> None:
 def install_controller_rbac(env: Environment) -> Path:
     """Apply manifests/ namespace and RBAC; return the image-cloner ServiceAccount's kubeconfig.
 
-    The RBAC is ``rbac.yaml`` (the ClusterRole) and ``leader-election-rbac.yaml``
-    (the Role for the Lease in namespace image-cloner).
+    The RBAC is ``rbac.yaml`` (the ClusterRole), ``leader-election-rbac.yaml``
+    (the Role for the Lease in namespace image-cloner) and ``state-rbac.yaml``
+    (the Role for the durable-state ConfigMaps there).
     """
     env.run_kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     env.run_kubectl("apply", "-f", str(REPO / "manifests" / "base" / "rbac.yaml"))
     env.run_kubectl("apply", "-f", str(REPO / "manifests" / "base" / "leader-election-rbac.yaml"))
+    env.run_kubectl("apply", "-f", str(REPO / "manifests" / "base" / "state-rbac.yaml"))
     return env.service_account_kubeconfig("image-cloner", "image-cloner")
 
 

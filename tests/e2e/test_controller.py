@@ -56,11 +56,12 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
     env.build_image(scope.source("tools:latest"), layers=2, seed=f"{ns}-tools")
     env.build_image(scope.source("base:1"), layers=2, seed=f"{ns}-base")
     pinned_digest = env.build_image(scope.source("pinned:moving"), layers=2, seed=f"{ns}-pin")
-    env.build_image(scope.source("prebuilt:1"), layers=2, seed=f"{ns}-pre")
-    # The owned registry already holds prebuilt's owned name (with other content):
-    # the controller must use it and not clone.
+    prebuilt_digest = env.build_image(scope.source("prebuilt:1"), layers=2, seed=f"{ns}-pre")
+    # The owned registry already holds prebuilt's owned name with other content
+    # (a stale copy, a collision, someone else's push): it must be copied over
+    # before any workload is pointed at it, never reused.
     env.build_image(scope.source("other:1"), layers=2, seed=f"{ns}-other")
-    prebuilt_owned_digest = push_to_owned(env, scope.source("other:1"), scope.owned("prebuilt:1"))
+    impostor_digest = push_to_owned(env, scope.source("other:1"), scope.owned("prebuilt:1"))
     already_owned = f"{env.owned.host}/t-{ns}/in-house/tool:3"
 
     create(
@@ -122,19 +123,24 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
     assert images(read(api, "Deployment", ns, "prebuilt")) == {
         "main": f"{scope.owned('prebuilt')}:1"
     }
-    assert owned.manifest_digest(scope.owned_repository("prebuilt"), "1") == prebuilt_owned_digest
+    assert owned.manifest_digest(scope.owned_repository("prebuilt"), "1") == prebuilt_digest
+    assert prebuilt_digest != impostor_digest
+    assert "OwnedCopyReplaced" not in result.stderr  # an Event, not a log line
+    assert "holds " + impostor_digest in result.stderr  # the log names what was replaced
     assert images(read(api, "Deployment", excluded_ns, "skipped")) == {
         "main": scope.source("app:1.0")
     }
 
-    # One pull per distinct source: app is used twice but fetched once, and
-    # prebuilt (already owned) is never fetched.
+    # One pull per distinct source: app is used twice but fetched once; the
+    # source is asked for its digest with a HEAD (not counted as a pull).
     fetched = request_lines(env.public, public_log)
     app_manifest_gets = [line for line in fetched if f"GET /v2/{ns}/app/manifests/" in line]
     assert len(app_manifest_gets) == 1, app_manifest_gets
-    assert not [line for line in fetched if f"/v2/{ns}/prebuilt/" in line]
+    assert [line for line in fetched if f"HEAD /v2/{ns}/app/manifests/1.0" in line]
 
-    # Second cycle: no writes anywhere, no pulls of what is already owned.
+    # Second cycle (a new process, so without the records of the first): no
+    # writes anywhere, and no pulls of what is already owned: the sources are
+    # asked for their digests only (HEAD), and the owned copies match them.
     versions = {
         (kind, name): read(api, kind, ns, name)["metadata"]["resourceVersion"]
         for kind, name in [
@@ -154,7 +160,7 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
     refetched = [
         line
         for line in request_lines(env.public, public_log)
-        if f"/v2/{ns}/" in line and f"/v2/{ns}/ghost/" not in line
+        if f"/v2/{ns}/" in line and f"/v2/{ns}/ghost/" not in line and '"HEAD ' not in line
     ]
     assert refetched == []
 

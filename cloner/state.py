@@ -1,0 +1,207 @@
+"""What must survive a restart: verified copies and backoff. Pure: no I/O, no clock.
+
+Called by ``cloning.ImageCloner`` (which records verifications and failures
+here) and by ``reconcile`` (which writes the changed shards through the
+Kubernetes adapter once per cycle and reads them all at start). The records
+live in ConfigMaps in the controller's namespace, ``SHARDS`` of them named
+``<prefix>-<n>``; a source's shard is fixed by a hash of its canonical name,
+so a change rewrites one small object, not the whole state.
+
+Bounds (documented in docs and README): at most ``MAX_RECORDS`` verified
+copies in all (least recently used dropped first), about 500 bytes each, so a
+shard stays far below the 1 MiB object limit of etcd. A record of a source no
+workload has used for ``ttl`` seconds (``stateTtl``, default 7 days) expires.
+"Used" is kept with a resolution of ``USE_RESOLUTION`` seconds, so a warm
+cycle writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from cloner.identity import spread
+
+SHARDS = 16
+MAX_RECORDS = 16000
+USE_RESOLUTION = 86400.0
+RECORDS_KEY = "records.json"
+BACKOFF_KEY = "backoff.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One verified owned copy.
+
+    Attributes:
+        source: the canonical source reference.
+        source_digest: the manifest digest the source named when verified.
+        owned: the owned reference with its tag (no digest).
+        owned_digest: the manifest digest the owned registry served.
+        image: the reference workloads are patched to.
+        platforms: the platforms the owned copy serves (``os/arch``), () for
+            a single-platform image.
+        backend: ``docker`` or ``skopeo``, the backend that verified it.
+        verified: epoch seconds of the verification.
+        used: epoch seconds a workload last used the source (``USE_RESOLUTION``).
+    """
+
+    source: str
+    source_digest: str
+    owned: str
+    owned_digest: str
+    image: str
+    platforms: tuple[str, ...]
+    backend: str
+    verified: float
+    used: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A source backing off: ``failures`` in a row, next try at ``until`` (epoch seconds)."""
+
+    failures: int
+    until: float
+    reason: str
+
+
+def shard_of(key: str) -> int:
+    """The shard (0..SHARDS-1) of a canonical source reference."""
+    return int(spread(key) * SHARDS)
+
+
+def shard_names(prefix: str) -> list[str]:
+    """ConfigMap names of every shard: ``<prefix>-0`` .. ``<prefix>-15``."""
+    return [f"{prefix}-{n}" for n in range(SHARDS)]
+
+
+class StateBook:
+    """Verified copies and failures in memory, with the shards changed since the last write.
+
+    Thread-safe use is the caller's (``ImageCloner`` holds its lock around
+    calls).
+
+    Args:
+        prefix: ConfigMap name prefix (``stateConfigMap``).
+        ttl: seconds after its last use that a record expires.
+    """
+
+    def __init__(self, prefix: str = "image-cloner-state", ttl: float = 7 * 86400.0) -> None:
+        self.prefix = prefix
+        self.ttl = ttl
+        self.records: dict[str, Record] = {}
+        self.failures: dict[str, Failure] = {}
+        self._dirty: set[int] = set()
+
+    # Reading and writing shards -------------------------------------------
+
+    def load(self, shards: Mapping[str, Mapping[str, str] | None]) -> list[str]:
+        """Fill the book from ConfigMap ``data`` by name; returns problems found (entries dropped).
+
+        A shard that is absent (None) is empty; an entry that cannot be read
+        is dropped and named in the result, never raised: a damaged record
+        costs one re-verification, not the controller.
+        """
+        problems: list[str] = []
+        for name, data in shards.items():
+            if not data:
+                continue
+            for key, raw in _json_object(data.get(RECORDS_KEY), name, problems).items():
+                try:
+                    record = Record(**{**raw, "platforms": tuple(raw["platforms"])})
+                    if record.source != key:
+                        raise ValueError("key differs from source")
+                    self.records[key] = record
+                except (TypeError, KeyError, ValueError) as exc:
+                    problems.append(f"{name}: record {key!r} dropped: {exc}")
+            for key, raw in _json_object(data.get(BACKOFF_KEY), name, problems).items():
+                try:
+                    self.failures[key] = Failure(
+                        int(raw["failures"]), float(raw["until"]), str(raw["reason"])
+                    )
+                except (TypeError, KeyError, ValueError) as exc:
+                    problems.append(f"{name}: backoff {key!r} dropped: {exc}")
+        return problems
+
+    def dirty_shards(self) -> dict[str, dict[str, str]]:
+        """ConfigMap ``data`` of every shard changed since the last ``written()``."""
+        out: dict[str, dict[str, str]] = {}
+        for n in sorted(self._dirty):
+            records = {k: _record_json(r) for k, r in self.records.items() if shard_of(k) == n}
+            failures = {k: asdict(f) for k, f in self.failures.items() if shard_of(k) == n}
+            out[f"{self.prefix}-{n}"] = {
+                RECORDS_KEY: json.dumps(records, sort_keys=True, separators=(",", ":")),
+                BACKOFF_KEY: json.dumps(failures, sort_keys=True, separators=(",", ":")),
+            }
+        return out
+
+    def written(self, names: Iterable[str]) -> None:
+        """Mark shards as stored (a shard whose write failed stays dirty and is tried again)."""
+        for name in names:
+            self._dirty.discard(int(name.rsplit("-", 1)[1]))
+
+    # Changes ---------------------------------------------------------------
+
+    def verified(self, record: Record) -> None:
+        """Record a verification (replacing an earlier record of the source)."""
+        self.records[record.source] = record
+        self._touch(record.source)
+        if len(self.records) > MAX_RECORDS:
+            oldest = min(self.records.values(), key=lambda r: (r.used, r.verified))
+            self.forget(oldest.source)
+
+    def forget(self, key: str) -> None:
+        """Drop the record of a source (its owned copy must be verified again)."""
+        if self.records.pop(key, None) is not None:
+            self._touch(key)
+
+    def failed(self, key: str, failure: Failure) -> None:
+        """Record a failure of a source."""
+        self.failures[key] = failure
+        self._touch(key)
+
+    def succeeded(self, key: str) -> None:
+        """Forget the failures of a source."""
+        if self.failures.pop(key, None) is not None:
+            self._touch(key)
+
+    def used(self, keys: Iterable[str], now: float) -> None:
+        """Note the sources workloads use at ``now`` (epoch seconds); expire unused records.
+
+        A record unused for ``ttl`` seconds is dropped. A record's ``used``
+        is rewritten only when it is ``USE_RESOLUTION`` older than ``now``,
+        so a warm cycle changes nothing.
+        """
+        for key in keys:
+            record = self.records.get(key)
+            if record is not None and now - record.used >= USE_RESOLUTION:
+                self.records[key] = replace(record, used=now)
+                self._touch(key)
+        for key in [k for k, r in self.records.items() if now - r.used > self.ttl]:
+            self.forget(key)
+
+    def _touch(self, key: str) -> None:
+        self._dirty.add(shard_of(key))
+
+
+def _record_json(record: Record) -> dict[str, Any]:
+    data = asdict(record)
+    data["platforms"] = list(record.platforms)
+    return data
+
+
+def _json_object(text: str | None, name: str, problems: list[str]) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(f"{name}: not JSON, ignored: {exc}")
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{name}: not a JSON object, ignored")
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, dict)}

@@ -1,0 +1,230 @@
+"""ImageCloner: identity before reuse, both backends, durable state, refresh.
+
+Against ``fakes.Registries`` (in-memory registries that copy like skopeo or
+like a Docker engine). The same behaviour is proven on real registries in
+tests/e2e/test_fidelity.py.
+"""
+
+from __future__ import annotations
+
+from cloner.cloning import ImageCloner
+from cloner.errors import RegistryError
+from cloner.identity import DOCKER_MANIFEST, OCI_INDEX, child_for, parse_manifest
+from cloner.reference import Reference, Target, parse_reference
+from cloner.state import StateBook
+from tests.unit.fakes import Registries
+
+SRC = "src.example"
+TARGET = Target.parse("owned.example/m")
+AMD_ARM = ("linux/amd64", "linux/arm64")
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cloner(
+    registries: Registries,
+    nodes: tuple[str, ...] = (),
+    book: StateBook | None = None,
+    wall: Wall | None = None,
+    **kw: object,
+) -> ImageCloner:
+    return ImageCloner(
+        registries,
+        registries,
+        backend_name=registries.backend,
+        engine_platform=lambda: registries.engine_platform,
+        node_platforms=lambda: nodes,
+        book=book,
+        wall=wall or Wall(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def ensure(c: ImageCloner, text: str) -> tuple[Reference, Reference, object]:
+    source = parse_reference(text)
+    owned = TARGET.owned_name(source)
+    return source, owned, c.ensure_all([(source, owned)])[str(source)]
+
+
+# --- skopeo: every platform, the same digests -------------------------------------
+
+
+def test_skopeo_copies_an_index_with_every_platform_and_the_same_digest() -> None:
+    regs = Registries("skopeo")
+    digest = regs.index(f"{SRC}/app", "1", "s", AMD_ARM)
+    _source, owned, result = ensure(cloner(regs), f"{SRC}/app:1")
+    assert result.image == str(owned)
+    assert result.cloned and result.platforms == AMD_ARM
+    assert regs.head(owned).digest == digest
+    for child in regs.repos[f"{SRC}/app"].manifests:
+        assert regs.head(owned.with_digest(child)) is not None
+
+
+def test_digest_only_source_keeps_its_digest() -> None:
+    regs = Registries("skopeo")
+    digest = regs.index(f"{SRC}/app", None, "s", AMD_ARM)
+    _, owned, result = ensure(cloner(regs), f"{SRC}/app@{digest}")
+    assert result.image == f"{owned.name}@{digest}"
+
+
+def test_impostor_under_the_owned_tag_is_copied_over_for_a_digest_only_source() -> None:
+    regs = Registries("skopeo")
+    digest = regs.image(f"{SRC}/app", None, "real")
+    source = parse_reference(f"{SRC}/app@{digest}")
+    owned = TARGET.owned_name(source)
+    impostor = regs.image(owned.name, owned.tag, "impostor")
+    result = cloner(regs).ensure_all([(source, owned)])[str(source)]
+    assert result.replaced == impostor
+    assert result.image == f"{owned.name}@{digest}"
+    assert regs.head(owned).digest == digest
+
+
+def test_impostor_under_the_owned_tag_is_copied_over_for_a_tagged_source() -> None:
+    regs = Registries("skopeo")
+    digest = regs.image(f"{SRC}/app", "1", "real")
+    owned = TARGET.owned_name(parse_reference(f"{SRC}/app:1"))
+    impostor = regs.image(owned.name, "1", "impostor")
+    _, _, result = ensure(cloner(regs), f"{SRC}/app:1")
+    assert result.replaced == impostor and result.cloned
+    assert regs.head(owned).digest == digest
+
+
+# --- docker: one platform, compared by config ---------------------------------------
+
+
+def test_docker_refuses_a_multi_platform_source_when_nodes_run_other_platforms() -> None:
+    regs = Registries("docker")
+    regs.index(f"{SRC}/app", "1", "s", AMD_ARM)
+    _, owned, result = ensure(cloner(regs, nodes=AMD_ARM), f"{SRC}/app:1")
+    assert result.image is None and result.reason == "multi_platform"
+    assert "copyBackend: skopeo" in (result.message or "")
+    assert regs.head(owned) is None and regs.clones == []
+
+
+def test_docker_copies_a_multi_platform_source_when_every_node_is_the_engines() -> None:
+    regs = Registries("docker")
+    index = regs.index(f"{SRC}/app", "1", "s", AMD_ARM)
+    _, owned, result = ensure(cloner(regs, nodes=("linux/amd64",)), f"{SRC}/app:1")
+    assert result.cloned and result.image == str(owned)
+    head = regs.head(owned)
+    assert head is not None and head.media_type == DOCKER_MANIFEST and head.digest != index
+    _, body = regs.repos[f"{SRC}/app"].manifests[index]
+    amd64 = child_for(parse_manifest(index, OCI_INDEX, body), "linux/amd64")
+    assert amd64 is not None
+    assert regs.config_of(owned.name, head.digest) == regs.config_of(f"{SRC}/app", amd64)
+
+
+def test_docker_digest_pinned_source_is_repinned_to_the_copy_with_the_same_config() -> None:
+    regs = Registries("docker")
+    digest = regs.image(f"{SRC}/app", None, "s")
+    _, owned, result = ensure(cloner(regs), f"{SRC}/app@{digest}")
+    assert result.image is not None and digest not in result.image
+    pushed = result.image.split("@")[1]
+    assert regs.config_of(owned.name, pushed) == regs.config_of(f"{SRC}/app", digest)
+
+
+def test_docker_reuses_an_owned_copy_with_the_same_config_and_replaces_another() -> None:
+    regs = Registries("docker")
+    regs.image(f"{SRC}/app", "1", "s")
+    regs.image(f"{SRC}/other", "1", "t")
+    first = cloner(regs)
+    _, owned, result = ensure(first, f"{SRC}/app:1")
+    assert result.cloned
+    # a fresh controller with no record: the copy is recognised by its config
+    _, _, again = ensure(cloner(regs), f"{SRC}/app:1")
+    assert not again.cloned and again.image == str(owned) and again.replaced is None
+    # someone pushes other content under the owned tag
+    regs.clone(parse_reference(f"{SRC}/other:1"), owned)
+    _, _, fixed = ensure(cloner(regs), f"{SRC}/app:1")
+    assert fixed.cloned and fixed.replaced is not None
+
+
+# --- the source cannot be asked ---------------------------------------------------
+
+
+def test_source_down_uses_the_copy_verified_earlier_without_asking_again() -> None:
+    regs = Registries("skopeo")
+    regs.image(f"{SRC}/app", "1", "s")
+    book = StateBook()
+    wall = Wall()
+    _, _owned, first = ensure(cloner(regs, book=book, wall=wall), f"{SRC}/app:1")
+    regs.down[SRC] = RegistryError("network", "connection refused", SRC)
+    wall.now += 10**6  # refresh due: the source is asked, and is down
+    _, _, result = ensure(cloner(regs, book=book, wall=wall), f"{SRC}/app:1")
+    assert result.image == first.image and not result.cloned
+
+
+def test_source_down_and_never_verified_owned_name_is_not_used() -> None:
+    regs = Registries("skopeo")
+    source = parse_reference(f"{SRC}/app:1")
+    owned = TARGET.owned_name(source)
+    regs.image(owned.name, owned.tag, "whatever")
+    regs.down[SRC] = RegistryError("network", "connection refused", SRC)
+    result = cloner(regs).ensure_all([(source, owned)])[str(source)]
+    assert result.image is None and result.reason == "source_unverified"
+
+
+def test_source_deleted_upstream_and_owned_copy_verified_keeps_workloads_served() -> None:
+    regs = Registries("skopeo")
+    regs.image(f"{SRC}/app", "1", "s")
+    book, wall = StateBook(), Wall()
+    _, _, first = ensure(cloner(regs, book=book, wall=wall), f"{SRC}/app:1")
+    del regs.repos[f"{SRC}/app"]  # upstream deleted it: the case we protect against
+    wall.now += 10**6
+    _, _, result = ensure(cloner(regs, book=book, wall=wall), f"{SRC}/app:1")
+    assert result.image == first.image
+
+
+# --- durable state and refresh ------------------------------------------------------
+
+
+def test_restart_with_the_durable_record_makes_no_registry_request() -> None:
+    regs = Registries("skopeo")
+    regs.image(f"{SRC}/app", "1", "s")
+    book = StateBook()
+    ensure(cloner(regs, book=book), f"{SRC}/app:1")
+    shards = book.dirty_shards()
+    restored = StateBook()
+    restored.load(shards)
+    regs.requests.clear()
+    _, _, result = ensure(cloner(regs, book=restored), f"{SRC}/app:1")
+    assert result.image is not None and sum(regs.requests.values()) == 0
+
+
+def test_backoff_survives_a_restart() -> None:
+    regs = Registries("skopeo")
+    book = StateBook()
+    _, _, failed = ensure(cloner(regs, book=book), f"{SRC}/ghost:1")
+    assert failed.reason == "not_found"
+    restored = StateBook()
+    restored.load(book.dirty_shards())
+    regs.requests.clear()
+    _, _, waiting = ensure(cloner(regs, book=restored), f"{SRC}/ghost:1")
+    assert waiting.waiting is not None and waiting.waiting > 0
+    assert sum(regs.requests.values()) == 0
+
+
+def test_moved_tag_is_copied_again_after_refresh_interval_and_pins_keep_theirs() -> None:
+    regs = Registries("skopeo")
+    old = regs.image(f"{SRC}/app", "1", "old")
+    book, wall = StateBook(), Wall()
+    c = cloner(regs, book=book, wall=wall, pin_digest=True, refresh_interval=600)
+    _source, owned, first = ensure(c, f"{SRC}/app:1")
+    assert first.image == f"{owned}@{old}"
+    new = regs.image(f"{SRC}/app", "1", "new")
+    regs.requests.clear()
+    wall.now += 100
+    _, _, same = ensure(c, f"{SRC}/app:1")
+    assert same.image == first.image and sum(regs.requests.values()) == 0  # not due yet
+    wall.now += 600
+    _, _, moved = ensure(c, f"{SRC}/app:1")
+    assert moved.moved == (old, new) and moved.cloned
+    assert moved.image == f"{owned}@{new}"
+    assert regs.head(owned).digest == new
+    assert regs.head(owned.with_digest(old)) is not None  # the old pin still resolves
