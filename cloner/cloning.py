@@ -421,7 +421,8 @@ class ImageCloner:
             assert owned_head is not None
             return self._verified(source, owned, head, owned_head.digest, expected, False, moved)
         replaced = None
-        if action is Action.REPLACE:
+        ours = record is not None and owned_digest == record.owned_digest
+        if action is Action.REPLACE and not ours:  # not the copy we verified earlier
             replaced = owned_digest
             log.warning(
                 "owned name %s holds %s, which is not the content of %s (%s); copying over it",

@@ -284,6 +284,21 @@ def test_manifests_pass_server_side_dry_run(env: Environment) -> None:
     }
     assert volumes["config"]["configMap"]["name"] == "image-cloner-config"
 
+    # The skopeo variant: no docker-in-docker sidecar, nothing privileged.
+    overlay = str(REPO / "manifests" / "skopeo")
+    result = env.run_kubectl("apply", "--dry-run=server", "-k", overlay)
+    assert result.returncode == 0, result.stderr
+    rendered = list(yaml.safe_load_all(env.run_kubectl("kustomize", overlay).stdout))
+    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["controller"]
+    assert not any(c.get("securityContext", {}).get("privileged") for c in spec["containers"])
+    assert {"name": "IMAGE_CLONER_COPY_BACKEND", "value": "skopeo"} in spec["containers"][0]["env"]
+    assert "DOCKER_HOST" not in {e["name"] for e in spec["containers"][0]["env"]}
+    assert {v["name"] for v in spec["volumes"]} == {"config", "docker-configuration", "tmp"}
+    (namespace,) = [d for d in rendered if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
 
 def test_controller_works_with_only_the_manifests_rbac(
     scope: Scope, env: Environment, tmp_path: Path
