@@ -50,15 +50,13 @@ import urllib3
 
 from cloner.credentials import Credential, CredentialStore
 from cloner.errors import InvalidReference, RegistryError
+from cloner.identity import DOCKER_LIST as DOCKER_MANIFEST_LIST
+from cloner.identity import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
 from cloner.reference import DEFAULT_REGISTRY, LEGACY_DEFAULT_REGISTRY, Reference, validate_digest
 from cloner.tls import listed_insecure
 
 log = logging.getLogger(__name__)
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_MEDIA_TYPES: tuple[str, ...] = (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -201,21 +199,6 @@ def registry_error_text(body: bytes) -> str:
 
 
 # --- the client --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """What a registry says about a manifest.
-
-    Attributes:
-        digest: ``sha256:<hex>`` (``Docker-Content-Digest``, or the digest of the body).
-        media_type: the manifest's ``Content-Type``.
-        size: the manifest's length in bytes.
-    """
-
-    digest: str
-    media_type: str
-    size: int
 
 
 @dataclass(frozen=True, slots=True)
