@@ -139,3 +139,38 @@ def test_bad_naming_and_selection_values_name_the_field(
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, "target: a.example.com\n" + text), environ={})
     assert caught.value.field == field
+
+
+def test_copy_refresh_and_state_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "target: a.example.com\ncopyBackend: skopeo\nrefreshInterval: 0\n"
+        "registryTimeout: 5\nstate: {configMap: cloner-state, ttl: 60}\n",
+    )
+    settings = load_settings(path, environ={})
+    assert settings.copy_backend == "skopeo"
+    assert settings.refresh_interval == 0.0  # never
+    assert settings.registry_timeout == 5.0
+    assert (settings.state_config_map, settings.state_ttl) == ("cloner-state", 60.0)
+    shipped = load_settings(REPO / "config" / "config.yaml", environ={})
+    assert (shipped.copy_backend, shipped.refresh_interval) == ("docker", 21600.0)
+    override = load_settings(path, environ={"IMAGE_CLONER_COPY_BACKEND": "docker"})
+    assert override.copy_backend == "docker"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("copyBackend: crane", "copyBackend"),
+        ("refreshInterval: -1", "refreshInterval"),
+        ("registryTimeout: 0", "registryTimeout"),
+        ("state: {configMap: Not_A_Name}", "state.configMap"),
+        ("state: {ttl: soon}", "state.ttl"),
+        ("state: {shards: 4}", "state.shards"),
+    ],
+)
+def test_bad_copy_and_state_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = write(tmp_path, f"target: a.example.com\n{text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.field == field
