@@ -72,6 +72,14 @@ class ManifestAPI(Protocol):
 class CopyBackend(Protocol):
     """Copies an image (``registry.DockerRegistry`` or ``skopeo.SkopeoBackend``)."""
 
+    def preflight(self, source: Reference, owned: Reference) -> None:
+        """Refuse a pair this backend must not touch, before any registry request.
+
+        Raises:
+            RegistryError: for example ``insecure_registry``.
+        """
+        ...
+
     def clone(self, source: Reference, owned: Reference) -> str:
         """Copy ``source`` to ``owned``; returns the pushed manifest digest."""
         ...
@@ -340,6 +348,7 @@ class ImageCloner:
     def _verify_or_copy(self, source: Reference, owned: Reference) -> ImageResult:
         """Ask the source and the owned registry, then reuse, copy or refuse (``decide``)."""
         key = str(source)
+        self._backend.preflight(source, owned)
         with self._lock:
             record = self.book.records.get(key)
         source_error: RegistryError | None = None
@@ -433,6 +442,7 @@ class ImageCloner:
             )
         if moved is not None:
             log.info("source %s moved from %s to %s; copying it again", source, *moved)
+        log.info("copying %s (%s) to %s", source, head.digest, owned)
         # Copy exactly what was decided on: the digest just answered, not
         # whatever the tag names by the time the copy starts.
         pushed = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)

@@ -635,13 +635,16 @@ class DistributionClient:
         host = urlsplit(url).netloc
         if isinstance(exc, requests.exceptions.SSLError):
             if verify:
+                # Final, like skopeo's "server gave HTTP response to HTTPS
+                # client": only a change of insecureRegistries (or of the
+                # registry's certificate) helps, not a retry.
                 message = (
                     f"{what}: TLS verification of {host} failed ({cause}); if the registry "
                     "serves plain http or a certificate not trusted here, list it in "
                     "insecureRegistries"
                 )
-            else:
-                message = f"{what}: TLS handshake with {host} failed ({cause})"
+                return RegistryError("insecure_registry", message, registry=registry)
+            message = f"{what}: TLS handshake with {host} failed ({cause})"
             return RegistryError("network", message, registry=registry)
         if isinstance(exc, requests.exceptions.Timeout):
             return RegistryError(

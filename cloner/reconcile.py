@@ -410,17 +410,21 @@ class Reconciler:
                 self._note(workload, plan.decision, plan.container, plan.reason, summary)
                 if plan.decision == "clone" and plan.source and plan.owned:
                     pairs.append((plan.source, plan.owned))
-        pairs += self._patched_sources(workloads)
+        patched_pairs, traced = self._patched_sources(workloads)
+        pairs += patched_pairs
         summary.images = self._images.ensure_all(pairs)
         self._images.used(str(source) for source, _ in pairs)
         self._save_state()
         summary.replaced = sum(1 for r in summary.images.values() if r.replaced)
         summary.moved = sum(1 for r in summary.images.values() if r.moved)
+        # An owned image traced to its source counts once, under its source.
         owned_in_use = {
             str(plan.source)
             for workload in workloads
             for plan in plans[workload.key]
-            if plan.decision == "owned" and plan.source is not None
+            if plan.decision == "owned"
+            and plan.source is not None
+            and (workload.key, plan.container.name) not in traced
         }
         owned_in_use |= {key for key, result in summary.images.items() if result.image}
         summary.owned_images = len(owned_in_use)
@@ -446,14 +450,20 @@ class Reconciler:
         summary.duration = time.monotonic() - clock
         return summary
 
-    def _patched_sources(self, workloads: list[Workload]) -> list[tuple[Reference, Reference]]:
+    def _patched_sources(
+        self, workloads: list[Workload]
+    ) -> tuple[list[tuple[Reference, Reference]], set[tuple[str, str]]]:
         """``(source, owned)`` of the originals recorded on patched workloads still in use.
 
         Their records answer without a registry call until ``refreshInterval``
         is due; then the source is asked again, and a moved tag is copied to
         the owned tag the workloads point at.
+
+        Returns:
+            The pairs, and the ``(workload key, container name)`` they came from.
         """
         pairs = []
+        traced: set[tuple[str, str]] = set()
         owned = self._settings.owned
         for workload in workloads:
             originals = original_images(workload.annotations)
@@ -466,9 +476,10 @@ class Reconciler:
                     source = parse_reference(original)
                     if owned.owns(current) and not owned.owns(source):
                         pairs.append((source, owned.owned_name(source)))
+                        traced.add((workload.key, container.name))
                 except InvalidReference:
                     continue
-        return pairs
+        return pairs, traced
 
     def _record_clone_events(
         self,

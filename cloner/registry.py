@@ -337,6 +337,16 @@ class DockerRegistry:
             )
         return str(digest)
 
+    def preflight(self, source: Reference, owned: Reference) -> None:
+        """Refuse registries the engine would reach without TLS verification, before any request.
+
+        Raises:
+            RegistryError: ``insecure_registry`` (see ``_require_tls``), or
+                ``network`` when the engine cannot be asked.
+        """
+        self._require_tls(owned.registry, pull=False)
+        self._require_tls(source.registry, pull=True)
+
     def clone(self, source: Reference, owned: Reference) -> str:
         """Copy an image: pull ``source``, tag it ``owned``, push, verify.
 

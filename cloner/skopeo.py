@@ -362,6 +362,9 @@ class SkopeoBackend:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.last_duration = 0.0
 
+    def preflight(self, source: Reference, owned: Reference) -> None:
+        """Nothing to refuse up front: TLS verification follows ``insecureRegistries`` per copy."""
+
     def clone(self, source: Reference, owned: Reference) -> str:
         """Copy every platform of ``source`` to ``owned``, preserving digests.
 

@@ -173,7 +173,7 @@ def test_registry_not_listed_as_insecure_fails_tls_with_a_hint(env: Environment,
     with pytest.raises(RegistryError) as caught:
         strict.head(parse_reference(f"{env.public.host}/{repo}:1"))
 
-    assert caught.value.reason == "network"
+    assert caught.value.reason == "insecure_registry"
     assert caught.value.registry == env.public.host
     message = str(caught.value)
     assert f"TLS verification of {env.public.host} failed" in message

@@ -571,7 +571,8 @@ def test_user_edit_between_read_and_patch_wins(
         ImageWatch(env, "Deployment", ns, "web", "app") as watch,
         controller_loop(scope) as controller,
     ):
-        pulling = controller.wait_for(f"pulling {old_source}", timeout=60)
+        # The copy is made from the digest the source answered (name@sha256:...).
+        pulling = controller.wait_for(f"pulling {old_source.rsplit(':', 1)[0]}@sha256:", timeout=60)
         # The user's edit, made only if the container still holds the old
         # image (otherwise the controller was faster and the test proves nothing).
         image_path = "/spec/template/spec/containers/0/image"

@@ -152,7 +152,10 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
         assert m['image_cloner_images{state="owned"}'] == 2
         assert m['image_cloner_images{state="backing_off"}'] == 1
         assert m['image_cloner_registry_requests_total{operation="push",outcome="success"}'] == 2
-        assert m['image_cloner_registry_requests_total{operation="pull",outcome="not_found"}'] == 1
+        # The missing source is found missing by the controller's own HEAD and never pulled.
+        assert m['image_cloner_registry_requests_total{operation="head",outcome="not_found"}'] >= 1
+        assert 'image_cloner_registry_requests_total{operation="pull",outcome="not_found"}' not in m
+        assert m['image_cloner_registry_requests_total{operation="pull",outcome="success"}'] == 2
         assert m["image_cloner_pushed_bytes_total"] > 0
         assert m['image_cloner_api_requests_total{outcome="success"}'] > 0
         assert m["image_cloner_leader"] == 1

@@ -106,6 +106,9 @@ class Registries:
 
     # CopyBackend ------------------------------------------------------------
 
+    def preflight(self, source: Reference, owned: Reference) -> None:
+        """Nothing is refused up front."""
+
     def clone(self, source: Reference, owned: Reference) -> str:
         self._ask(source)
         self._ask(owned)
