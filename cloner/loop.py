@@ -4,6 +4,13 @@ Called by ``controller.py``. ``schedule`` does not catch job exceptions
 (dbader/schedule ``docs/exception-handling.rst``), so every tick is wrapped:
 an unexpected error is logged with its traceback and counted, and the loop
 keeps running. Metrics are updated here, from the pass's ``Summary``.
+
+``schedule`` computes a job's next run from the moment the job *returned*
+(``Job.run`` calls ``_schedule_next_run`` after the job function; dbader/schedule
+issue 307), so by itself it spaces passes ``interval`` plus the pass's duration
+apart. ``pollInterval`` is documented as start-to-start, so ``Loop.run`` sets
+the job's ``next_run`` back to the pass's start plus the interval after every
+pass (``next_start``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import schedule
 
@@ -45,13 +53,30 @@ def run_cycle(reconcile: Callable[[], Summary]) -> Summary | None:
     return summary
 
 
+def next_start(started: datetime, interval: float) -> datetime:
+    """When the pass after one that started at ``started`` is due (start-to-start).
+
+    Args:
+        started: the local wall-clock start of the pass (naive, as ``schedule``
+            compares its ``next_run`` with ``datetime.now()``).
+        interval: ``pollInterval``, seconds between the starts of two passes.
+
+    Returns:
+        ``started + interval``. When the pass overran, that moment is already
+        past and the next pass starts as soon as this one ends; missed starts
+        are not made up (one pass, not a burst), and passes never overlap
+        because the loop runs them one at a time on one thread.
+    """
+    return started + timedelta(seconds=interval)
+
+
 class Loop:
     """Run a pass every ``interval`` seconds until stopped.
 
     Args:
         reconcile: the pass to run.
         interval: seconds between the starts of two passes (a pass that
-            overruns delays the next; passes never overlap).
+            overruns is followed at once by the next; passes never overlap).
         before_cycle: called before each pass (for example to reload credentials);
             its exceptions are logged and do not stop the pass.
         on_stop: called once when a stop is requested (for example
@@ -85,6 +110,7 @@ class Loop:
         self._stop = threading.Event()
         self._scheduler = schedule.Scheduler()
         self._was_leader: bool | None = None
+        self._tick_started: datetime | None = None
         self.cycles = 0
 
     @property
@@ -138,19 +164,32 @@ class Loop:
                 log.exception("after-cycle hook failed")
         return summary
 
+    def _scheduled_tick(self) -> Summary | None:
+        """The ``schedule`` job: note the start (for ``next_start``), then ``tick``."""
+        self._tick_started = datetime.now()
+        return self.tick()
+
     def run(self, install_signals: bool = True) -> None:
         """Run passes until ``stop`` is called or SIGTERM/SIGINT arrives.
 
-        The first pass starts at once. Returns after the pass in flight ends.
+        The first pass starts at once; each later one ``interval`` seconds after
+        the start of the one before, or at once when that one took longer
+        (``next_start``). Returns after the pass in flight ends.
         """
         if install_signals:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        self._scheduler.every(self._interval).seconds.do(self.tick)
-        self.tick()
+        job = self._scheduler.every(self._interval).seconds.do(self._scheduled_tick)
+        job.next_run = datetime.now()  # the first pass at once
         while not self._stop.is_set():
             self._scheduler.run_pending()
+            if self._tick_started is not None:
+                # schedule has just set next_run to end + interval; start-to-start instead.
+                job.next_run = next_start(self._tick_started, self._interval)
+                self._tick_started = None
             idle = self._scheduler.idle_seconds
-            self._stop.wait(timeout=max(0.05, min(1.0, idle if idle is not None else 1.0)))
+            timeout = min(1.0, idle) if idle is not None else 1.0
+            if timeout > 0:
+                self._stop.wait(timeout=timeout)
         self._scheduler.clear()
         log.info("stopped after %d cycles", self.cycles)

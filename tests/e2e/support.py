@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import re
 import signal
@@ -12,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +280,197 @@ def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list
                 process.kill()
         reader.join(timeout=5)
     assert process.returncode == 0, "".join(lines[-50:])
+
+
+# --- a loopback proxy in front of a registry, for injected faults ------------------
+
+#: ``/v2/<name>/manifests/<reference>`` (distribution spec "Pulling manifests").
+MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/?]+)(?:\?.*)?$")
+
+#: Hop-by-hop headers (RFC 9110 7.6.1), and those the proxy sets itself.
+_NOT_FORWARDED = (
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "content-length",
+    "date",
+    "server",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An answer the proxy gives instead of forwarding.
+
+    Attributes:
+        status: the HTTP status, e.g. 429 or 500.
+        code: the distribution-spec error code of the JSON body, e.g. ``TOOMANYREQUESTS``.
+        message: the error message of the body.
+        headers: extra response headers, e.g. ``{"Retry-After": "6"}``.
+    """
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One request the proxy received.
+
+    Attributes:
+        at: ``time.monotonic()`` when it arrived (seconds; the test's own clock).
+        method, path: as received.
+        status: what the proxy answered (the upstream's status or the fault's).
+    """
+
+    at: float
+    method: str
+    path: str
+    status: int
+
+    @property
+    def is_manifest(self) -> bool:
+        """A GET or HEAD of ``/v2/<name>/manifests/<reference>``."""
+        return self.method in ("GET", "HEAD") and MANIFEST_PATH.match(self.path) is not None
+
+
+class RegistryProxy(http.server.ThreadingHTTPServer):
+    """A loopback HTTP proxy in front of a real registry that can inject faults.
+
+    Every request is recorded (``requests``) with its arrival time and the
+    status answered. ``fault(method, path)`` decides per request: a ``Fault``
+    is answered instead of forwarding, None forwards it unchanged (method,
+    path, body and headers; the response's status, headers such as
+    ``WWW-Authenticate``, ``Docker-Content-Digest``, ``Content-Type`` and
+    ``Location``, and body; a HEAD keeps the upstream's ``Content-Length``).
+
+    Args:
+        upstream: ``host:port`` of the registry (plain HTTP).
+        fault: the per-request decision; called on the handler's thread,
+            under the proxy's lock (so counting faults is safe).
+    """
+
+    daemon_threads = True
+
+    def __init__(
+        self, upstream: str, fault: Callable[[str, str], Fault | None] | None = None
+    ) -> None:
+        self.upstream = upstream
+        self.fault = fault or (lambda _method, _path: None)
+        self.requests: list[ProxiedRequest] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _RegistryProxyHandler)
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``: use it as the registry host of image references."""
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def record(self, at: float, method: str, path: str, status: int) -> None:
+        with self.lock:
+            self.requests.append(ProxiedRequest(at, method, path, status))
+
+    def requests_between(self, start: float, end: float) -> list[ProxiedRequest]:
+        """Requests that arrived at ``start < at < end`` (monotonic seconds)."""
+        with self.lock:
+            return [r for r in self.requests if start < r.at < end]
+
+
+class _RegistryProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: RegistryProxy
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def _answer_fault(self, fault: Fault) -> None:
+        body = json.dumps({"errors": [{"code": fault.code, "message": fault.message}]}).encode()
+        self.send_response(fault.status)
+        self.send_header("Content-Type", "application/json")
+        for key, value in fault.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _forward(self) -> None:
+        arrived = time.monotonic()
+        with self.server.lock:
+            fault = self.server.fault(self.command, self.path)
+        if fault is not None:
+            self.server.record(arrived, self.command, self.path, fault.status)
+            self._answer_fault(fault)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        connection = http.client.HTTPConnection(self.server.upstream, timeout=30)
+        try:
+            # Every header line as sent, repeated ones too (clients send one
+            # Accept line per media type); Host is kept, so URLs the registry
+            # builds (Location) point at the proxy.
+            connection.putrequest(
+                self.command, self.path, skip_host=True, skip_accept_encoding=True
+            )
+            for key, value in self.headers.items():
+                connection.putheader(key, value)
+            connection.endheaders(body)
+            response = connection.getresponse()
+            data = response.read()
+            self.server.record(arrived, self.command, self.path, response.status)
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in _NOT_FORWARDED:
+                    self.send_header(key, value)
+            if self.command == "HEAD":
+                upstream_length = response.getheader("Content-Length")
+                if upstream_length is not None:
+                    self.send_header("Content-Length", upstream_length)
+            else:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            connection.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward  # noqa: N815
+
+
+@contextmanager
+def serving(proxy: RegistryProxy) -> Iterator[RegistryProxy]:
+    """Serve ``proxy`` on a thread for the block; shut it down and close it after."""
+    thread = threading.Thread(target=proxy.serve_forever, name="registry-proxy", daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=5)
+
+
+def too_many_requests(first: int, retry_after: float) -> Callable[[str, str], Fault | None]:
+    """A fault decision: 429 with ``Retry-After`` for the first ``first`` manifest requests.
+
+    Manifest requests are GET or HEAD of ``/v2/<name>/manifests/<reference>``
+    (of any repository); everything else, and every manifest request after
+    the first ``first``, is forwarded. The body is the distribution spec's
+    ``TOOMANYREQUESTS`` error; ``Retry-After`` is in seconds (RFC 9110 10.2.3).
+    """
+    answered = 0
+
+    def decide(method: str, path: str) -> Fault | None:
+        nonlocal answered
+        if answered >= first or method not in ("GET", "HEAD") or not MANIFEST_PATH.match(path):
+            return None
+        answered += 1
+        return Fault(
+            429,
+            "TOOMANYREQUESTS",
+            "injected: too many requests",
+            {"Retry-After": f"{retry_after:g}"},
+        )
+
+    return decide

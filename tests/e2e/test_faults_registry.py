@@ -1,15 +1,13 @@
 """Fault injection on real registries: errors from the source, a GitOps fight, self-heal.
 
 A source registry that answers 500 is the real public registry behind a
-small loopback proxy that fails one repository; everything else is the
+small loopback proxy (``support.RegistryProxy``) that fails one repository; everything else is the
 components themselves. Assertions are on what the API server and registries
 hold, on the registries' own request logs, and on the controller's metrics.
 """
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import threading
 import time
 import urllib.request
@@ -21,6 +19,8 @@ import kubernetes.client
 
 from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
+    Fault,
+    RegistryProxy,
     Scope,
     controller_loop,
     create,
@@ -28,71 +28,31 @@ from tests.e2e.support import (
     read,
     request_lines,
     scrape,
+    serving,
     wait_for,
     write_config,
 )
 
 
-class FailingProxy(http.server.ThreadingHTTPServer):
+class FailingProxy(RegistryProxy):
     """Forwards to a registry, but answers 500 for paths containing ``fail_marker``."""
 
     def __init__(self, upstream: str, fail_marker: str) -> None:
-        self.upstream = upstream
         self.fail_marker = fail_marker
         self.failed: list[str] = []
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        super().__init__(upstream, self._decide)
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    server: FailingProxy
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
-
-    def _forward(self) -> None:
-        if self.server.fail_marker in self.path:
-            self.server.failed.append(f"{self.command} {self.path}")
-            body = b'{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}'
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        connection = http.client.HTTPConnection(self.server.upstream, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        connection.request(self.command, self.path, body=body, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        connection.close()
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _forward  # noqa: N815
+    def _decide(self, method: str, path: str) -> Fault | None:
+        if self.fail_marker not in path:
+            return None
+        self.failed.append(f"{method} {path}")
+        return Fault(500, "UNKNOWN", "injected failure")
 
 
 @contextmanager
 def failing_proxy(upstream: str, fail_marker: str) -> Iterator[FailingProxy]:
-    proxy = FailingProxy(upstream, fail_marker)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(FailingProxy(upstream, fail_marker)) as proxy:
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
 
 
 def test_source_404_and_500_back_off_without_a_retry_storm(
