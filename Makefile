@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECTL ?= kubectl
 
-.PHONY: help deps test unit e2e lint format demo bench deploy deploy-secret undeploy image clean
+.PHONY: help deps test unit e2e lint format demo bench deploy deploy-secret deploy-skopeo undeploy image clean
 
 help:
 	@echo "make demo      run the controller against a local control plane, engine and registries"
@@ -51,6 +51,10 @@ deploy:
 
 deploy-secret:
 	$(KUBECTL) apply -k manifests/secret-credentials/
+
+# copyBackend skopeo: no docker-in-docker sidecar, nothing privileged (docs/copy-backends.md).
+deploy-skopeo:
+	$(KUBECTL) apply -k manifests/skopeo/
 
 # Optional, after make deploy: the ServiceMonitor (Prometheus Operator CRDs
 # needed) and the Grafana dashboard ConfigMap of manifests/monitoring/.

@@ -1,4 +1,4 @@
-"""A source registry that answers "too many requests", end to end (Docker backend).
+"""A source registry that answers "too many requests", end to end (both copy backends).
 
 The rate-limited registry is the real public registry behind the tests' own
 loopback proxy (``support.RegistryProxy``): its first manifest requests get
@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import kubernetes.client
+import pytest
 
 from tests.e2e.harness import Environment
 from tests.e2e.support import (
@@ -100,8 +101,9 @@ def repository(request: ProxiedRequest) -> str:
     return match.group("name") if match else ""
 
 
+@pytest.mark.parametrize("backend", ["docker", "skopeo"])
 def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_on(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment, tmp_path: Path, backend: str
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -119,6 +121,7 @@ def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_
             scope.target,
             namespaces={"include": [ns]},
             pollInterval=1,
+            copyBackend=backend,
             rateLimitPause=RETRY_AFTER,
             backoff={"initial": 0.5, "max": 2, "jitter": 0},
         )
