@@ -22,12 +22,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cloner.distribution import DistributionClient
-from cloner.skopeo import SkopeoBackend
-
 from cloner import metrics
 from cloner.config import Settings, load_settings
 from cloner.credentials import CredentialStore
+from cloner.distribution import DistributionClient
 from cloner.errors import ConfigError, KubeError
 from cloner.events import EventRecorder
 from cloner.identity import SKOPEO
@@ -38,6 +36,7 @@ from cloner.plan import build_plan, fetch_backoff, format_json, format_table
 from cloner.reconcile import Reconciler
 from cloner.registry import DockerRegistry
 from cloner.revert import run_revert
+from cloner.skopeo import SkopeoBackend
 
 log = logging.getLogger("image_cloner")
 
@@ -167,6 +166,7 @@ def build_backend(
         credentials,
         settings.docker_timeout,
         insecure_registries=settings.insecure_registries,
+        cache_bytes=settings.engine_cache_bytes,
     )
 
 
@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         credentials,
         events=EventRecorder(kube),
         engine_platform=backend.engine_platform if isinstance(backend, DockerRegistry) else None,
+        # The loop keeps ticking while long clones run: a cycle waits for
+        # clones until shortly before the next one starts; --once waits for all.
+        clone_wait=None if args.once else 0.9 * settings.poll_interval,
     )
     elector: LeaderElector | None = None
     if settings.leader_election and not args.once:

@@ -19,10 +19,16 @@ each it returns the reference workloads may be patched to, or why not:
 - With the Docker engine backend, a multi-platform source is refused
   (``multi_platform``) when nodes run a platform the engine would drop.
 
-Clones run on ``cloneConcurrency`` threads, at most one per source registry
-at a time, so a slow or paused registry does not hold up the others. After
-``stop()`` no new clone starts, and a clone still in flight is abandoned:
-its result is not used to patch anything.
+Clones run on a pool of ``cloneConcurrency`` threads that outlives a cycle,
+at most ``registryConcurrency`` at a time from one source registry, so a slow
+or paused registry does not hold up the others. ``submit`` returns at once
+with a future per source; a source already in flight gets the same future,
+so one source is never copied twice at once, and a cycle that stops waiting
+leaves its clones running for the next cycle to collect. Copies whose images
+share a layer run one after the other (a lock per blob digest, taken in
+digest order), so parallel copies do not fetch or push the same blob twice.
+After ``stop()`` no new clone starts, and a clone still in flight is
+abandoned: its result is not used to patch anything.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -147,7 +154,9 @@ class ImageCloner:
         pin_digest: ``pinDigest``.
         backoff: per-image retry timing.
         rate_limit_pause: seconds a registry is paused after a 429 without Retry-After.
-        concurrency: clones at once (at most one per source registry).
+        concurrency: clones at once in total (``cloneConcurrency``).
+        registry_concurrency: clones at once from one source registry
+            (``registryConcurrency``).
         refresh_interval: ``refreshInterval`` in seconds (0: never).
         book: the durable state (verified copies, failures); a new empty one
             when None.
@@ -167,6 +176,7 @@ class ImageCloner:
         backoff: BackoffPolicy | None = None,
         rate_limit_pause: float = 300.0,
         concurrency: int = 1,
+        registry_concurrency: int = 3,
         refresh_interval: float = 21600.0,
         book: StateBook | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -188,7 +198,11 @@ class ImageCloner:
         self._wall = wall
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._registry_locks: dict[str, threading.Lock] = {}
+        self._registry_concurrency = max(1, registry_concurrency)
+        self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._blob_locks: dict[str, threading.Lock] = {}
+        self._inflight: dict[str, Future[ImageResult]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._nodes: tuple[str, ...] | None = None
         # owned repository -> the one source repository it holds copies of
         self._owned_sources: dict[str, str] = {}
@@ -235,36 +249,64 @@ class ImageCloner:
         with self._lock:
             self.book.used(sources, self._wall())
 
+    def submit(
+        self, pairs: Iterable[tuple[Reference, Reference]]
+    ) -> dict[str, Future[ImageResult]]:
+        """Start what every ``(source, owned)`` needs; returns at once.
+
+        Returns:
+            Canonical source -> a future of its ``ImageResult``: already done
+            when no registry call is needed (a fresh record, backing off,
+            paused), the one in flight when the source is being copied (by
+            this call or an earlier cycle's), else a new clone on the pool.
+            Hand each future to ``collect`` once it is done.
+        """
+        self._nodes = None
+        futures: dict[str, Future[ImageResult]] = {}
+        for source, owned in pairs:
+            key = str(source)
+            if key in futures:
+                continue
+            with self._lock:
+                running = self._inflight.get(key)
+            if running is not None:
+                futures[key] = running
+                continue
+            early = self._precheck(source, owned)
+            if early is not None:
+                done: Future[ImageResult] = Future()
+                done.set_result(early)
+                futures[key] = done
+                continue
+            future = self._executor().submit(self._ensure, source, owned)
+            with self._lock:
+                self._inflight[key] = future
+            futures[key] = future
+        return futures
+
+    def collect(self, key: str, future: Future[ImageResult]) -> ImageResult:
+        """The result of a done future from ``submit``; the source is no longer in flight."""
+        result = future.result()
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        return result
+
     def ensure_all(self, pairs: Iterable[tuple[Reference, Reference]]) -> dict[str, ImageResult]:
-        """Make sure every ``(source, owned)`` has a verified owned copy, as far as possible now.
+        """``submit`` and wait for every result.
 
         Returns:
             Canonical source -> ``ImageResult``. Never raises for an image.
         """
-        self._nodes = None
-        results: dict[str, ImageResult] = {}
-        todo: dict[str, tuple[Reference, Reference]] = {}
-        for source, owned in pairs:
-            key = str(source)
-            if key in results or key in todo:
-                continue
-            early = self._precheck(source, owned)
-            if early is not None:
-                results[key] = early
-            else:
-                todo[key] = (source, owned)
-        if not todo:
-            return results
-        workers = min(self._concurrency, len(todo))
-        if workers == 1:
-            for key, (source, owned) in todo.items():
-                results[key] = self._ensure(source, owned)
-            return results
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clone") as pool:
-            futures = {key: pool.submit(self._ensure, s, o) for key, (s, o) in todo.items()}
-            for key, future in futures.items():
-                results[key] = future.result()
-        return results
+        return {key: self.collect(key, f) for key, f in self.submit(pairs).items()}
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._concurrency, thread_name_prefix="clone"
+                )
+            return self._pool
 
     def _precheck(self, source: Reference, owned: Reference) -> ImageResult | None:
         """A result without any registry call, or None when the image must be tried."""
@@ -317,12 +359,28 @@ class ImageCloner:
                 )
         return None
 
-    def _registry_lock(self, registry: str) -> threading.Lock:
+    def _registry_slot(self, registry: str) -> threading.BoundedSemaphore:
         with self._lock:
-            return self._registry_locks.setdefault(registry, threading.Lock())
+            slot = self._registry_slots.get(registry)
+            if slot is None:
+                slot = threading.BoundedSemaphore(self._registry_concurrency)
+                self._registry_slots[registry] = slot
+            return slot
+
+    @contextmanager
+    def _blobs_held(self, blobs: Iterable[str]) -> Iterator[None]:
+        """Hold the lock of every blob (in digest order, so two holders cannot deadlock)."""
+        with self._lock:
+            locks = [self._blob_locks.setdefault(b, threading.Lock()) for b in sorted(set(blobs))]
+        with ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            yield
 
     def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
-        with self._registry_lock(source.registry):
+        if self.stopping:
+            return ImageResult(source, None, message="shutting down", waiting=0.0)
+        with self._registry_slot(source.registry):
             # Another clone of this registry may have paused it meanwhile.
             waiting = self._waiting(source, owned)
             if waiting is not None:
@@ -445,7 +503,8 @@ class ImageCloner:
         log.info("copying %s (%s) to %s", source, head.digest, owned)
         # Copy exactly what was decided on: the digest just answered, not
         # whatever the tag names by the time the copy starts.
-        pushed = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
+        with self._blobs_held(expected.blobs()):
+            pushed = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
         self._check_copy(owned, pushed, head, expected)
         log.info("cloned %s to %s (%s)", source, owned, pushed)
         result = self._verified(source, owned, head, pushed, expected, True, moved)
@@ -594,6 +653,23 @@ class _Expected:
 
     def children(self) -> dict[str, str]:
         return dict(self.manifest().children) if self._head.is_index else {}
+
+    def blobs(self) -> set[str]:
+        """The layer and config digests the copy transfers (every child's for skopeo)."""
+        manifest = self.manifest()
+        if not manifest.is_index:
+            return {*manifest.layers, *(d for d in [manifest.config_digest] if d)}
+        if self._cloner._backend_name == SKOPEO:
+            children = list(manifest.children.values())
+        else:
+            child = child_for(manifest, self._cloner._engine_platform())
+            children = [child] if child else []
+        blobs: set[str] = set()
+        for child in children:
+            descriptor, body = self._cloner._manifests.get(self._ref.with_digest(child))
+            image = _parse(descriptor, body, self._ref)
+            blobs |= {*image.layers, *(d for d in [image.config_digest] if d)}
+        return blobs
 
     def platforms(self) -> tuple[str, ...]:
         return self.manifest().platforms if self._head.is_index else ()

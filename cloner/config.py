@@ -97,8 +97,18 @@ class Settings:
             (``backoff.jitter``; default 0.2; 0..1).
         rate_limit_pause: seconds a registry that answered "too many requests"
             is paused when it gave no Retry-After (``rateLimitPause``; default 300).
-        clone_concurrency: clones run at once, at most one per source
-            registry (``cloneConcurrency``; default 2; 1..16).
+        clone_concurrency: clones run at once in total
+            (``cloneConcurrency``; default 4; 1..32).
+        registry_concurrency: clones at once from one source registry
+            (``registryConcurrency``; default 3; 1..16).
+        patch_concurrency: workload patches and Events sent at once
+            (``patchConcurrency``; default 8; 1..64).
+        engine_cache_bytes: bytes of image layers the Docker engine keeps
+            after their push, so shared base layers are pulled once; beyond
+            it the least recently used images not in use by a clone are
+            removed (``engineCacheBytes``; default 16106127360, 15 GiB, for
+            the sidecar's 20Gi ``emptyDir``; 0 removes every image after its
+            push).
         shutdown_timeout: seconds from SIGTERM to exit at the latest
             (``shutdownTimeout``; default 30).
         verify_interval: seconds between checks that the owned copies patched
@@ -161,7 +171,10 @@ class Settings:
     backoff_max: float = 3600.0
     backoff_jitter: float = 0.2
     rate_limit_pause: float = 300.0
-    clone_concurrency: int = 2
+    clone_concurrency: int = 4
+    registry_concurrency: int = 3
+    patch_concurrency: int = 8
+    engine_cache_bytes: int = 15 * 1024**3
     shutdown_timeout: float = 30.0
     verify_interval: float = 3600.0
     gitops: str = "report"
@@ -260,6 +273,9 @@ _KEYS = {
     "backoff.jitter": "backoff_jitter",
     "rateLimitPause": "rate_limit_pause",
     "cloneConcurrency": "clone_concurrency",
+    "registryConcurrency": "registry_concurrency",
+    "patchConcurrency": "patch_concurrency",
+    "engineCacheBytes": "engine_cache_bytes",
     "shutdownTimeout": "shutdown_timeout",
     "verifyInterval": "verify_interval",
     "gitops": "gitops",
@@ -372,7 +388,13 @@ def _convert(key: str, value: Any) -> Any:
     if key in ("backoff.jitter", "verifyInterval", "refreshInterval"):
         return _non_negative_number(key, value)
     if key == "cloneConcurrency":
+        return _integer(key, value, 1, 32)
+    if key == "registryConcurrency":
         return _integer(key, value, 1, 16)
+    if key == "patchConcurrency":
+        return _integer(key, value, 1, 64)
+    if key == "engineCacheBytes":
+        return _integer(key, value, 0, 2**50)
     if key == "fightLimit":
         return _integer(key, value, 1, 1000)
     if key == "metricsPort":

@@ -354,9 +354,12 @@ class EventRecorder:
     """Writes aggregated, rate-limited Events about workloads; never raises.
 
     One instance per process, shared by every caller (the aggregation state
-    lives in it). Calls are serialised by a lock, so the same event recorded
-    from two threads cannot create two Events; each ``record`` makes at most
-    two API calls (a patch, then a create when the Event has gone).
+    lives in it). Its state is guarded by a lock, the API calls are made
+    outside it, so the patch pool writes Events of different workloads in
+    parallel; the same event recorded from two threads at the same instant
+    may then create two Events (the workload is patched once per cycle, so
+    this does not happen in a cycle). Each ``record`` makes at most two API
+    calls (a patch, then a create when the Event has gone).
 
     Args:
         api: the Event calls (``kube.KubeClient``).
@@ -409,15 +412,17 @@ class EventRecorder:
                     "not recording event %s on %s: unknown type %r", reason, workload.key, type
                 )
                 return
-            with self._lock:
-                self._record(workload, type, reason, clean_message(message))
+            self._record(workload, type, reason, clean_message(message))
         except Exception:  # an event must never break the caller
             log.warning("recording event %s on %s failed", reason, workload.key, exc_info=True)
 
     def _record(self, workload: Workload, type: str, reason: str, message: str) -> None:
         now = self._clock()
         key = EventKey.of(workload, type, reason, message)
-        decision = self._aggregator.observe(key, now)
+        # The lock guards the aggregator's state, not the API calls, so
+        # Events of different workloads are written in parallel.
+        with self._lock:
+            decision = self._aggregator.observe(key, now)
         if decision.action == DROP:
             log.debug(
                 "event %s on %s rate limited (count %d)", reason, workload.key, decision.count
@@ -441,7 +446,9 @@ class EventRecorder:
             body = event_body(
                 workload, type, reason, message, decision.count, decision.first, now, self._instance
             )
-            self._aggregator.created(key, self._api.create_event(workload.namespace, body))
+            name = self._api.create_event(workload.namespace, body)
+            with self._lock:
+                self._aggregator.created(key, name)
             self._warned.clear()
         except KubeError as exc:
             level = logging.DEBUG if exc.status in self._warned else logging.WARNING

@@ -96,12 +96,14 @@ class Manifest:
             left out); empty for a single manifest.
         config_digest: for a single manifest, its image config's digest; None
             for an index.
+        layers: for a single manifest, its layer digests in order; () for an index.
     """
 
     digest: str
     media_type: str
     children: Mapping[str, str]
     config_digest: str | None
+    layers: tuple[str, ...] = ()
 
     @property
     def is_index(self) -> bool:
@@ -149,7 +151,12 @@ def parse_manifest(digest: str, media_type: str, body: bytes) -> Manifest:
         config = data.get("config")
         if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
             raise ValueError(f"manifest {digest} has no config digest")
-        return Manifest(digest, kind, {}, config["digest"])
+        layers = tuple(
+            layer["digest"]
+            for layer in data.get("layers") or []
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str)
+        )
+        return Manifest(digest, kind, {}, config["digest"], layers)
     raise ValueError(f"manifest {digest} has an unsupported media type {kind!r}")
 
 

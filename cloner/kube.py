@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: (connect, read) timeout in seconds for every API call.
 REQUEST_TIMEOUT = (10.0, 60.0)
+#: Tries of a write the API server answered 429 (API Priority and Fairness).
+THROTTLE_TRIES = 4
+#: Seconds waited after a 429 without Retry-After, doubled per try.
+THROTTLE_BACKOFF = 0.5
 
 
 def load_api_client(kubeconfig: Path | None = None) -> client.ApiClient:
@@ -98,6 +104,8 @@ class KubeClient:
         self._version = client.VersionApi(api_client)
         #: requests so far by outcome: success, 4xx, 5xx, unreachable (for metrics)
         self.requests: Counter[str] = Counter()
+        self._paused_until = 0.0  # monotonic: writes wait after a 429 (shared by threads)
+        self._pause_lock = threading.Lock()
         self._page_size = page_size
         self._list: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.list_deployment_for_all_namespaces,
@@ -124,6 +132,33 @@ class KubeClient:
             return False
         self.requests["success"] += 1
         return True
+
+    def _throttled(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Make a write, waiting out the API server's "too many requests".
+
+        A 429 (API Priority and Fairness rejecting the request) pauses every
+        write of this client, on every thread, for its ``Retry-After`` (or
+        ``THROTTLE_BACKOFF`` doubled per try), then the write is tried again,
+        ``THROTTLE_TRIES`` times in all; the last 429 is raised.
+        """
+        for attempt in range(THROTTLE_TRIES):
+            with self._pause_lock:
+                wait = self._paused_until - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                return call(*args, **kwargs)
+            except ApiException as exc:
+                if exc.status != 429 or attempt == THROTTLE_TRIES - 1:
+                    raise
+                delay = _retry_after(exc) or THROTTLE_BACKOFF * 2**attempt
+                self.requests["4xx"] += 1
+                with self._pause_lock:
+                    first = self._paused_until <= time.monotonic()
+                    self._paused_until = max(self._paused_until, time.monotonic() + delay)
+                if first:
+                    log.warning("API server: too many requests; pausing writes for %.1fs", delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _failed(self, exc: Exception, what: str) -> KubeError:
         """Count a failed request by outcome and translate it."""
@@ -219,7 +254,8 @@ class KubeClient:
                 the object changed (422/409), which means a concurrent edit.
         """
         try:
-            self._patch[workload.kind](
+            self._throttled(
+                self._patch[workload.kind],
                 workload.name,
                 workload.namespace,
                 patch,
@@ -249,7 +285,7 @@ class KubeClient:
 
     def _write(self, call: Callable[..., Any], what: str, *args: Any) -> None:
         try:
-            call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            self._throttled(call, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
             self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, what) from None
@@ -393,8 +429,12 @@ class KubeClient:
         """
         what = f"create event in {namespace}"
         try:
-            response = self._core.create_namespaced_event(
-                namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            response = self._throttled(
+                self._core.create_namespaced_event,
+                namespace,
+                body,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
             )
             created = json.loads(response.data)
         except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
@@ -427,3 +467,13 @@ class KubeClient:
             namespace,
             patch,
         )
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """Seconds of a ``Retry-After`` header in seconds (the API server's form), or None."""
+    headers = exc.headers or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

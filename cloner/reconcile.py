@@ -31,9 +31,11 @@ Order inside a pass (push before patch, always):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,6 +144,7 @@ class Summary:
         replaced: owned names that held other content and were copied over.
         moved: tagged sources found naming other content than when verified.
         conflicts_retried: patches refused for a concurrent change and retried.
+        in_flight: clones still running when the cycle ended (collected later).
         stopped: the pass ended early for shutdown.
         owned_images: distinct images in use that are owned copies or whose
             copy is verified (for the ``images{state="owned"}`` gauge).
@@ -163,6 +166,7 @@ class Summary:
     replaced: int = 0
     moved: int = 0
     conflicts_retried: int = 0
+    in_flight: int = 0
     stopped: bool = False
     owned_images: int = 0
     list_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -199,6 +203,7 @@ class Summary:
             or self.provisioning.failures
             or self.waiting
             or self.fights
+            or self.in_flight
             or self.stopped
         )
 
@@ -213,7 +218,7 @@ class Summary:
             f"patched={sum(self.patched.values())} patch_failures={len(self.patch_failures)} "
             f"excluded={self.excluded} list_failures={len(self.list_failures)} "
             f"waiting={self.waiting} gitops_held={len(self.gitops)} fights={len(self.fights)} "
-            f"healed={self.healed} "
+            f"healed={self.healed} in_flight={self.in_flight} "
             f"secrets_written={sum(self.provisioning.secrets.values())} "
             f"namespace_failures={len(self.provisioning.failures)} "
             f"duration={self.duration:.2f}s"
@@ -237,6 +242,10 @@ class Reconciler:
             (``events.EventRecorder``); None records none.
         engine_platform: for the Docker backend, returns the engine's
             ``os/arch`` (``registry.DockerRegistry.engine_platform``).
+        wall: epoch seconds (injectable for tests).
+        clone_wait: seconds a cycle waits for clones before it ends and
+            leaves the rest in flight for later cycles; None waits for all
+            (``--once``).
     """
 
     def __init__(
@@ -250,6 +259,7 @@ class Reconciler:
         events: EventRecorder | NullRecorder | None = None,
         engine_platform: Callable[[], str] | None = None,
         wall: Callable[[], float] = time.time,
+        clone_wait: float | None = None,
     ) -> None:
         self._kube = kube
         self._events = events or NullRecorder()
@@ -275,6 +285,7 @@ class Reconciler:
             ),
             rate_limit_pause=settings.rate_limit_pause,
             concurrency=settings.clone_concurrency,
+            registry_concurrency=settings.registry_concurrency,
             clock=clock,
         )
         self._pull_secrets: PullSecrets | None = None
@@ -287,6 +298,9 @@ class Reconciler:
                 settings.pull_secret_attach == "serviceaccount",
             )
         self._patch_times: dict[str, deque[float]] = {}
+        self._summary_lock = threading.Lock()
+        self._patch_pool: ThreadPoolExecutor | None = None
+        self._clone_wait = clone_wait
         self._fight_reported: set[str] = set()
         self._gitops_reported: set[str] = set()
         self._last_verify: float | None = None
@@ -412,7 +426,7 @@ class Reconciler:
                     pairs.append((plan.source, plan.owned))
         patched_pairs, traced = self._patched_sources(workloads)
         pairs += patched_pairs
-        summary.images = self._images.ensure_all(pairs)
+        self._clone_and_patch(workloads, plans, pairs, summary, clock)
         self._images.used(str(source) for source, _ in pairs)
         self._save_state()
         summary.replaced = sum(1 for r in summary.images.values() if r.replaced)
@@ -428,27 +442,115 @@ class Reconciler:
         }
         owned_in_use |= {key for key, result in summary.images.items() if result.image}
         summary.owned_images = len(owned_in_use)
-        self._record_clone_events(workloads, plans, summary)
-        if self._images.stopping:
-            summary.stopped = True
-            summary.duration = time.monotonic() - clock
-            return summary
-        self._verify(workloads, summary)
-        if self._pull_secrets is not None:
-            self._pull_secrets.sweep(w.namespace for w in workloads)
-        for workload in workloads:
-            changes: list[tuple[Container, str]] = []
-            for plan in plans[workload.key]:
-                if plan.decision != "clone" or plan.source is None:
-                    continue
-                result = summary.images[str(plan.source)]
-                if result.image is not None:
-                    changes.append((plan.container, result.image))
-            if changes and not self._images.stopping:
-                self._apply(workload, changes, summary)
+        if not self._images.stopping:
+            self._verify(workloads, summary)
+            if self._pull_secrets is not None:
+                self._pull_secrets.sweep(w.namespace for w in workloads)
         summary.stopped = self._images.stopping
         summary.duration = time.monotonic() - clock
         return summary
+
+    def _clone_and_patch(
+        self,
+        workloads: list[Workload],
+        plans: dict[str, list[ContainerPlan]],
+        pairs: list[tuple[Reference, Reference]],
+        summary: Summary,
+        started: float,
+    ) -> None:
+        """Start every clone, and patch each workload as soon as its last image is ready.
+
+        Images answered from a record are ready at once, so their workloads
+        are patched first; the others as their clones finish. The wait ends
+        after ``clone_wait`` seconds (all clones with None): clones still in
+        flight go on and are collected by a later cycle, which never starts
+        a second copy of them. Patches go to the patch pool; this returns
+        when every patch it started has been sent.
+        """
+        futures = self._images.submit(pairs)
+        users = self._users(workloads, plans)
+        needed: dict[str, set[str]] = {}
+        waiting_on: dict[str, list[Workload]] = {}
+        for workload in workloads:
+            keys = {
+                str(plan.source)
+                for plan in plans[workload.key]
+                if plan.decision == "clone" and plan.source is not None
+            }
+            if keys:
+                needed[workload.key] = keys
+                for key in keys:
+                    waiting_on.setdefault(key, []).append(workload)
+        deadline = None if self._clone_wait is None else started + self._clone_wait
+        pending = dict(futures)
+        sent: list[Future[None]] = []
+        while pending and not self._images.stopping:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = wait(pending.values(), timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:
+                break
+            for key in [k for k, f in pending.items() if f in done]:
+                result = self._images.collect(key, pending.pop(key))
+                summary.images[key] = result
+                self._record_image_events(key, result, users.get(key, ()))
+                for workload in waiting_on.get(key, ()):
+                    needed[workload.key].discard(key)
+                    if not needed[workload.key] and not self._images.stopping:
+                        sent += self._dispatch(workload, plans[workload.key], summary)
+        summary.in_flight = len(pending)
+        if pending:
+            log.info(
+                "%d clones still in flight after %.0fs; later cycles collect them",
+                len(pending),
+                time.monotonic() - started,
+            )
+        for future in sent:
+            future.result()
+
+    def _dispatch(
+        self, workload: Workload, plans: list[ContainerPlan], summary: Summary
+    ) -> list[Future[None]]:
+        """Send the patch of a workload whose images are all decided, if it has changes."""
+        changes = [
+            (plan.container, image)
+            for plan in plans
+            if plan.decision == "clone"
+            and plan.source is not None
+            and (image := summary.images[str(plan.source)].image) is not None
+        ]
+        if not changes:
+            return []
+        pull_secret = self._prepare(workload, summary)
+        if pull_secret is False:
+            return []
+        return [self._patches().submit(self._send, workload, changes, pull_secret, summary)]
+
+    def _patches(self) -> ThreadPoolExecutor:
+        if self._patch_pool is None:
+            self._patch_pool = ThreadPoolExecutor(
+                max_workers=self._settings.patch_concurrency, thread_name_prefix="patch"
+            )
+        return self._patch_pool
+
+    def _users(
+        self, workloads: list[Workload], plans: dict[str, list[ContainerPlan]]
+    ) -> dict[str, list[Workload]]:
+        """Canonical source -> the workloads that use it (to clone, or recorded as original)."""
+        users: dict[str, list[Workload]] = {}
+        for workload in workloads:
+            sources = [
+                str(plan.source)
+                for plan in plans[workload.key]
+                if plan.decision == "clone" and plan.source is not None
+            ]
+            for original in original_images(workload.annotations).values():
+                try:
+                    sources.append(str(parse_reference(original)))
+                except InvalidReference:
+                    continue
+            for source in dict.fromkeys(sources):
+                users.setdefault(source, []).append(workload)
+        return users
 
     def _patched_sources(
         self, workloads: list[Workload]
@@ -481,50 +583,31 @@ class Reconciler:
                     continue
         return pairs, traced
 
-    def _record_clone_events(
-        self,
-        workloads: list[Workload],
-        plans: dict[str, list[ContainerPlan]],
-        summary: Summary,
+    def _record_image_events(
+        self, source: str, result: ImageResult, workloads: Iterable[Workload]
     ) -> None:
-        """``Cloned`` / ``CloneFailed`` Events on each workload using an image cloned or failed."""
+        """``Cloned`` / ``CloneFailed`` / ``OwnedCopyReplaced`` / ``SourceMoved`` on its users."""
         for workload in workloads:
-            sources = [
-                str(plan.source)
-                for plan in plans[workload.key]
-                if plan.decision == "clone" and plan.source is not None
-            ]
-            for original in original_images(workload.annotations).values():
-                try:
-                    sources.append(str(parse_reference(original)))
-                except InvalidReference:
-                    continue
-            for source in dict.fromkeys(sources):
-                result = summary.images.get(source)
-                if result is None:
-                    continue
-                if result.replaced and result.image:
-                    self._events.record(
-                        workload,
-                        WARNING,
-                        OWNED_COPY_REPLACED,
-                        owned_copy_replaced_message(source, result.replaced, result.image),
-                    )
-                if result.moved:
-                    self._events.record(
-                        workload, NORMAL, SOURCE_MOVED, source_moved_message(source, *result.moved)
-                    )
-                if result.cloned and result.image:
-                    self._events.record(
-                        workload, NORMAL, CLONED, cloned_message(source, result.image)
-                    )
-                elif result.reason:
-                    self._events.record(
-                        workload,
-                        WARNING,
-                        CLONE_FAILED,
-                        clone_failed_message(source, result.reason, result.message),
-                    )
+            if result.replaced and result.image:
+                self._events.record(
+                    workload,
+                    WARNING,
+                    OWNED_COPY_REPLACED,
+                    owned_copy_replaced_message(source, result.replaced, result.image),
+                )
+            if result.moved:
+                self._events.record(
+                    workload, NORMAL, SOURCE_MOVED, source_moved_message(source, *result.moved)
+                )
+            if result.cloned and result.image:
+                self._events.record(workload, NORMAL, CLONED, cloned_message(source, result.image))
+            elif result.reason:
+                self._events.record(
+                    workload,
+                    WARNING,
+                    CLONE_FAILED,
+                    clone_failed_message(source, result.reason, result.message),
+                )
 
     def _note(
         self,
@@ -651,17 +734,41 @@ class Reconciler:
         heal: bool = False,
     ) -> None:
         """Make the namespace ready, then patch; retry once on a concurrent change."""
+        pull_secret = self._prepare(workload, summary, heal)
+        if pull_secret is not False:
+            self._send(workload, changes, pull_secret, summary)
+
+    def _prepare(
+        self, workload: Workload, summary: Summary, heal: bool = False
+    ) -> str | bool | None:
+        """Checks made in the cycle's thread before a patch is sent.
+
+        Returns:
+            False when the workload must not be patched (a fight, or its
+            namespace is not ready to pull); else the pull Secret to add to
+            the pod template (None when there is none to add).
+        """
         if not heal and self._fighting(workload, summary):
-            return
-        pull_secret = None
-        if self._pull_secrets is not None:
-            # Credentials first: no new pod may start without them.
-            if not self._pull_secrets.namespace_ready(workload.namespace, workload.service_account):
-                return
-            pull_secret = self._pull_secrets.workload_pull_secret()
+            return False
+        if self._pull_secrets is None:
+            return None
+        # Credentials first: no new pod may start without them.
+        if not self._pull_secrets.namespace_ready(workload.namespace, workload.service_account):
+            return False
+        return self._pull_secrets.workload_pull_secret()
+
+    def _send(
+        self,
+        workload: Workload,
+        changes: list[tuple[Container, str]],
+        pull_secret: str | None,
+        summary: Summary,
+    ) -> None:
+        """Patch (on a patch pool thread or the cycle's); retry once on a concurrent change."""
         error = self._patch(workload, changes, pull_secret)
         if error is not None and error.conflict:
-            summary.conflicts_retried += 1
+            with self._summary_lock:
+                summary.conflicts_retried += 1
             log.info("%s changed since it was read; reading it again", workload.key)
             try:
                 fresh = self._kube.get_workload(workload.kind, workload.namespace, workload.name)
@@ -672,7 +779,8 @@ class Reconciler:
                 workload = fresh
                 error = self._patch(workload, changes, pull_secret) if changes else None
         if error is not None:
-            summary.patch_failures.append((workload.key, str(error)))
+            with self._summary_lock:
+                summary.patch_failures.append((workload.key, str(error)))
             if error.conflict:
                 log.warning("%s changed again; reconsidered next cycle", workload.key)
             else:
@@ -680,8 +788,9 @@ class Reconciler:
             return
         if not changes:
             return
-        summary.patched[workload.kind] += 1
-        self._patch_times.setdefault(workload.uid, deque()).append(self._clock())
+        with self._summary_lock:
+            summary.patched[workload.kind] += 1
+            self._patch_times.setdefault(workload.uid, deque()).append(self._clock())
         self._events.record(
             workload,
             NORMAL,

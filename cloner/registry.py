@@ -132,6 +132,11 @@ class DockerRegistry:
             patterns (``tls.listed_insecure``) of registries that may be used
             although the engine reaches them without TLS verification. Every
             other such registry is refused with reason ``insecure_registry``.
+        cache_bytes: ``engineCacheBytes``: bytes of layers (``/system/df``
+            ``LayersSize``) the engine keeps after pushes, so shared base
+            layers are pulled once; beyond it the least recently used images
+            that no clone in flight uses are removed. 0 removes the images of
+            each clone after its push.
     """
 
     def __init__(
@@ -141,8 +146,13 @@ class DockerRegistry:
         timeout: float = 600.0,
         *,
         insecure_registries: Sequence[str] = (),
+        cache_bytes: int = 0,
     ) -> None:
         self._docker_host = docker_host
+        self._cache_bytes = cache_bytes
+        self._cache_lock = threading.Lock()  # one trim at a time
+        self._in_use: Counter[str] = Counter()  # image IDs of clones in flight
+        self._last_used: dict[str, float] = {}  # image ID -> monotonic time of its last clone
         self._store = credentials
         self._timeout = timeout
         self._insecure_registries = tuple(insecure_registries)
@@ -373,6 +383,7 @@ class DockerRegistry:
         self._require_tls(owned.registry, pull=False)
         pulled = source.pull_reference
         api = None
+        image_id: str | None = None
         phase, registry, operation = f"pull {pulled}", source.registry, "pull"
         progress = PushProgress(str(owned))
         try:
@@ -390,6 +401,7 @@ class DockerRegistry:
                 registry,
             )
             self.requests["pull", "success"] += 1
+            image_id = self._hold(api, pulled)
             phase, registry, operation = f"tag {pulled} as {owned}", None, "tag"
             api.tag(pulled, owned.name, owned.tag, force=True)
             phase, registry, operation = f"push {owned}", owned.registry, "push"
@@ -419,7 +431,7 @@ class DockerRegistry:
             raise error from None
         finally:
             if api is not None:
-                self._remove_local(api, (str(owned), pulled))
+                self._release(api, image_id, (str(owned), pulled))
         digests = [a["Digest"] for a in aux if isinstance(a, Mapping) and a.get("Digest")]
         if not digests:
             raise RegistryError(
@@ -428,10 +440,67 @@ class DockerRegistry:
         # The caller checks what the owned registry serves (cloning._check_copy).
         return str(digests[-1])
 
-    def _remove_local(self, api: docker.APIClient, references: Iterable[str]) -> None:
-        """Remove the local tags of a clone so the engine's disk does not grow."""
-        for reference in references:
+    def _hold(self, api: docker.APIClient, pulled: str) -> str | None:
+        """Mark the pulled image as in use by a clone; returns its ID (config digest)."""
+        try:
+            image_id = str(api.inspect_image(pulled)["Id"])
+        except Exception as exc:  # best effort: only the cache bookkeeping needs it
+            log.debug("could not inspect %s: %s", pulled, exc)
+            return None
+        with self._lock:
+            self._in_use[image_id] += 1
+            self._last_used[image_id] = time.monotonic()
+        return image_id
+
+    def _release(
+        self, api: docker.APIClient, image_id: str | None, references: Iterable[str]
+    ) -> None:
+        """A clone is done with its image: remove it (budget 0) or trim the cache to the budget."""
+        if image_id is not None:
+            with self._lock:
+                self._in_use[image_id] -= 1
+                if self._in_use[image_id] <= 0:
+                    del self._in_use[image_id]
+        if self._cache_bytes <= 0:
+            for reference in references:
+                try:
+                    api.remove_image(reference)
+                except Exception as exc:  # best effort: a leftover tag is not a failure
+                    log.debug("could not remove local image %s: %s", reference, exc)
+            return
+        self._trim(api)
+
+    def _trim(self, api: docker.APIClient) -> None:
+        """Remove least recently used images until the layers fit ``cache_bytes``.
+
+        An image a clone in flight uses is never removed. Images the engine
+        holds that this process never cloned count as least recently used.
+        Best effort: a failure is logged and the next clone tries again.
+        """
+        with self._cache_lock:
             try:
-                api.remove_image(reference)
-            except Exception as exc:  # best effort: a leftover tag is not a failure
-                log.debug("could not remove local image %s: %s", reference, exc)
+                used = int(api.df().get("LayersSize") or 0)
+                if used <= self._cache_bytes:
+                    return
+                with self._lock:
+                    busy = set(self._in_use)
+                    last = dict(self._last_used)
+                candidates = sorted(
+                    (str(image["Id"]) for image in api.images() if image["Id"] not in busy),
+                    key=lambda image_id: last.get(image_id, 0.0),
+                )
+                for image_id in candidates:
+                    api.remove_image(image_id, force=True)
+                    with self._lock:
+                        self._last_used.pop(image_id, None)
+                    used = int(api.df().get("LayersSize") or 0)
+                    log.info(
+                        "engine cache: removed %s, %d of %d bytes of layers in use",
+                        image_id[:19],
+                        used,
+                        self._cache_bytes,
+                    )
+                    if used <= self._cache_bytes:
+                        return
+            except Exception as exc:  # best effort: the next clone trims again
+                log.warning("engine cache: could not trim to %d bytes: %s", self._cache_bytes, exc)

@@ -50,12 +50,24 @@ class Registries:
             repo.tags[tag] = digest
         return digest
 
-    def image(self, name: str, tag: str | None, seed: str, platform: str = "linux/amd64") -> str:
-        """A single-platform OCI image; returns its manifest digest."""
+    def image(
+        self,
+        name: str,
+        tag: str | None,
+        seed: str,
+        platform: str = "linux/amd64",
+        layers: tuple[str, ...] = (),
+    ) -> str:
+        """A single-platform OCI image (``layers``: blob digests); returns its manifest digest."""
         os, arch = platform.split("/")[:2]
         config = sha(json.dumps({"seed": seed, "os": os, "architecture": arch}).encode())
         body = json.dumps(
-            {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": config}}
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"digest": config},
+                "layers": [{"digest": d} for d in layers],
+            }
         ).encode()
         return self.put(name, tag, OCI_MANIFEST, body)
 

@@ -7,6 +7,9 @@ tests/e2e/test_fidelity.py.
 
 from __future__ import annotations
 
+import threading
+import time
+
 from cloner.cloning import ImageCloner
 from cloner.errors import RegistryError
 from cloner.identity import DOCKER_MANIFEST, OCI_INDEX, child_for, parse_manifest
@@ -228,3 +231,78 @@ def test_moved_tag_is_copied_again_after_refresh_interval_and_pins_keep_theirs()
     assert moved.image == f"{owned}@{new}"
     assert regs.head(owned).digest == new
     assert regs.head(owned.with_digest(old)) is not None  # the old pin still resolves
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+class Gated(Registries):
+    """Copies wait at a gate per source name; records how many run at once."""
+
+    def __init__(self) -> None:
+        super().__init__("skopeo")
+        self.gates: dict[str, threading.Event] = {}
+        self.active: set[str] = set()
+        self.max_active = 0
+        self.overlaps: list[tuple[str, str]] = []
+        self._guard = threading.Lock()
+
+    def clone(self, source: Reference, owned: Reference) -> str:
+        with self._guard:
+            for other in self.active:
+                self.overlaps.append((other, source.name))
+            self.active.add(source.name)
+            self.max_active = max(self.max_active, len(self.active))
+        gate = self.gates.get(source.name)
+        if gate is not None:
+            assert gate.wait(10), f"{source.name} was never released"
+        else:
+            time.sleep(0.05)
+        with self._guard:
+            self.active.discard(source.name)
+        return super().clone(source, owned)
+
+
+def pairs_of(*texts: str) -> list[tuple[Reference, Reference]]:
+    return [(parse_reference(t), TARGET.owned_name(parse_reference(t))) for t in texts]
+
+
+def test_one_source_registry_runs_at_most_registry_concurrency_clones() -> None:
+    regs = Gated()
+    names = [f"{SRC}/app{i}" for i in range(6)]
+    for name in names:
+        regs.image(name, "1", name)
+    c = cloner(regs, concurrency=8, registry_concurrency=2)
+    results = c.ensure_all(pairs_of(*(f"{n}:1" for n in names)))
+    assert all(r.image for r in results.values())
+    assert regs.max_active == 2
+
+
+def test_a_source_in_flight_is_never_copied_twice_and_a_later_cycle_collects_it() -> None:
+    regs = Gated()
+    regs.image(f"{SRC}/slow", "1", "slow")
+    regs.gates[f"{SRC}/slow"] = threading.Event()
+    c = cloner(regs, concurrency=4)
+    first = c.submit(pairs_of(f"{SRC}/slow:1"))
+    second = c.submit(pairs_of(f"{SRC}/slow:1"))  # the next cycle, the clone still running
+    assert first[f"{SRC}/slow:1"] is second[f"{SRC}/slow:1"]
+    regs.gates[f"{SRC}/slow"].set()
+    result = c.collect(f"{SRC}/slow:1", second[f"{SRC}/slow:1"])
+    assert result.cloned and len(regs.clones) == 1
+    # collected: the next cycle answers from the record, with no copy
+    again = c.ensure_all(pairs_of(f"{SRC}/slow:1"))
+    assert not again[f"{SRC}/slow:1"].cloned and len(regs.clones) == 1
+
+
+def test_images_sharing_a_layer_are_copied_one_after_the_other() -> None:
+    regs = Gated()
+    base = "sha256:" + "5" * 64
+    regs.image(f"{SRC}/a", "1", "a", layers=(base, "sha256:" + "a" * 64))
+    regs.image(f"{SRC}/b", "1", "b", layers=(base, "sha256:" + "b" * 64))
+    regs.image(f"{SRC}/c", "1", "c", layers=("sha256:" + "c" * 64,))
+    c = cloner(regs, concurrency=3, registry_concurrency=3)
+    results = c.ensure_all(pairs_of(f"{SRC}/a:1", f"{SRC}/b:1", f"{SRC}/c:1"))
+    assert all(r.image for r in results.values())
+    shared = {frozenset(pair) for pair in regs.overlaps}
+    assert frozenset({f"{SRC}/a", f"{SRC}/b"}) not in shared
+    assert regs.max_active >= 2  # c ran alongside one of them

@@ -643,3 +643,68 @@ def test_stop_abandons_and_patches_nothing() -> None:
     summary = reconciler.reconcile_once()
     assert kube.patches == [] and summary.stopped and not summary.ok
     assert kube.image("a/web", "c0") == "nginx:1.25"
+
+
+# --- patch as soon as ready, clones across cycles ------------------------------------
+
+import threading  # noqa: E402
+
+
+class SlowRegistry(FakeRegistry):
+    """Copies of ``slow`` sources wait for ``release``."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.release = threading.Event()
+
+    def clone(self, source: Reference, owned: Reference) -> str:
+        if self.slow in source.repository:
+            assert self.release.wait(10), "never released"
+        return super().clone(source, owned)
+
+
+def test_a_workload_is_patched_as_soon_as_its_images_are_ready() -> None:
+    settings = Settings(
+        target=f"{OWNED}/m", copy_backend="skopeo", clone_concurrency=4, backoff_jitter=0
+    )
+
+    class ReleasingKube(FakeKube):
+        def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
+            super().patch_workload(w, patch)
+            if w.name == "fast":
+                registry.release.set()  # the fast workload was patched while slow still copied
+
+    kube = ReleasingKube(
+        [
+            workload("Deployment", "a", "fast", "quay.io/x/fast:1"),
+            workload("Deployment", "a", "slow", "quay.io/x/slow:1"),
+        ]
+    )
+    registry = SlowRegistry("slow")
+    summary = make(kube, registry, settings).reconcile_once()
+    assert [key for key, _ in kube.patches] == ["Deployment a/fast", "Deployment a/slow"]
+    assert summary.patched["Deployment"] == 2 and summary.ok
+
+
+def test_a_cycle_stops_waiting_and_the_next_collects_the_clone_without_copying_again() -> None:
+    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", clone_concurrency=2)
+    kube = FakeKube(
+        [
+            workload("Deployment", "a", "fast", "quay.io/x/fast:1"),
+            workload("Deployment", "a", "slow", "quay.io/x/slow:1"),
+        ]
+    )
+    registry = SlowRegistry("slow")
+    reconciler = make(kube, registry, settings, clone_wait=0.3)
+    first = reconciler.reconcile_once()
+    assert first.in_flight == 1 and not first.ok
+    assert kube.image("a/fast", "c0").startswith(OWNED)  # not held up by the slow clone
+    assert kube.image("a/slow", "c0") == "quay.io/x/slow:1"
+    second = reconciler.reconcile_once()  # still running: the same clone, not a second one
+    assert second.in_flight == 1
+    registry.release.set()
+    third = reconciler.reconcile_once()
+    assert third.cloned == 1 and third.patched["Deployment"] == 1
+    assert kube.image("a/slow", "c0").startswith(OWNED)
+    assert [s.split("@")[0] for s, _ in registry.clones].count("quay.io/x/slow") == 1
