@@ -24,11 +24,14 @@ at most ``registryConcurrency`` at a time from one source registry, so a slow
 or paused registry does not hold up the others. ``submit`` returns at once
 with a future per source; a source already in flight gets the same future,
 so one source is never copied twice at once, and a cycle that stops waiting
-leaves its clones running for the next cycle to collect. Copies whose images
-share a layer run one after the other (a lock per blob digest, taken in
-digest order), so parallel copies do not fetch or push the same blob twice.
-After ``stop()`` no new clone starts, and a clone still in flight is
-abandoned: its result is not used to patch anything.
+leaves its clones running for the next cycle to collect. (Parallel pulls
+of images that share a layer do not fetch it twice: the Docker engine shares
+a layer download in flight between pulls, and keeps pulled layers within
+``engineCacheBytes``.) The source is asked for nothing but its manifest
+digest (a ``HEAD``, which Docker Hub does not count as a pull) and what the
+copy itself fetches; checks read the owned registry. After ``stop()`` no
+new clone starts, and a clone still in flight is abandoned: its result is
+not used to patch anything.
 """
 
 from __future__ import annotations
@@ -36,9 +39,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -48,6 +50,7 @@ from cloner.identity import (
     DOCKER,
     SKOPEO,
     Action,
+    Copied,
     Descriptor,
     Manifest,
     base_platform,
@@ -87,8 +90,8 @@ class CopyBackend(Protocol):
         """
         ...
 
-    def clone(self, source: Reference, owned: Reference) -> str:
-        """Copy ``source`` to ``owned``; returns the pushed manifest digest."""
+    def clone(self, source: Reference, owned: Reference) -> Copied:
+        """Copy ``source`` to ``owned``; returns the pushed digest (and config when known)."""
         ...
 
 
@@ -200,7 +203,6 @@ class ImageCloner:
         self._lock = threading.Lock()
         self._registry_concurrency = max(1, registry_concurrency)
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._blob_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._nodes: tuple[str, ...] | None = None
@@ -367,16 +369,6 @@ class ImageCloner:
                 self._registry_slots[registry] = slot
             return slot
 
-    @contextmanager
-    def _blobs_held(self, blobs: Iterable[str]) -> Iterator[None]:
-        """Hold the lock of every blob (in digest order, so two holders cannot deadlock)."""
-        with self._lock:
-            locks = [self._blob_locks.setdefault(b, threading.Lock()) for b in sorted(set(blobs))]
-        with ExitStack() as stack:
-            for lock in locks:
-                stack.enter_context(lock)
-            yield
-
     def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
         if self.stopping:
             return ImageResult(source, None, message="shutting down", waiting=0.0)
@@ -503,8 +495,10 @@ class ImageCloner:
         log.info("copying %s (%s) to %s", source, head.digest, owned)
         # Copy exactly what was decided on: the digest just answered, not
         # whatever the tag names by the time the copy starts.
-        with self._blobs_held(expected.blobs()):
-            pushed = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
+        copied = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
+        pushed = copied.digest
+        if copied.config_digest is not None:
+            expected.engine_config(copied.config_digest)
         self._check_copy(owned, pushed, head, expected)
         log.info("cloned %s to %s (%s)", source, owned, pushed)
         result = self._verified(source, owned, head, pushed, expected, True, moved)
@@ -521,7 +515,7 @@ class ImageCloner:
         moved: tuple[str, str] | None,
     ) -> ImageResult:
         image = patched_image(source, owned, owned_digest, self._pin)
-        platforms = expected.platforms() if self._backend_name == SKOPEO else ()
+        platforms = expected.platforms(owned) if self._backend_name == SKOPEO else ()
         now = self._wall()
         with self._lock:
             previous = self.book.records.get(str(source))
@@ -563,7 +557,7 @@ class ImageCloner:
                     f"verify {owned}: copied {pushed}, the source is {head.digest}",
                     owned.registry,
                 )
-            for platform, child in expected.children().items():
+            for platform, child in expected.children(owned).items():
                 if self._manifests.head(owned.with_digest(child)) is None:
                     raise RegistryError(
                         "verify_failed",
@@ -633,51 +627,45 @@ class ImageCloner:
 class _Expected:
     """The source's content, fetched lazily and at most once per decision.
 
-    For ``skopeo`` the index's children (to check every platform arrived);
-    for ``docker`` the config digest of the source's image for the engine's
-    platform (the index's matching child, or the manifest itself).
+    For ``skopeo`` the index's children and platforms, read from the owned
+    copy (a byte-for-byte copy: the same index, and the owned registry is
+    not rate limited); for ``docker`` the config digest of the source's image
+    for the engine's platform: the engine's image ID after a pull, else read
+    from the source (the index's matching child, or the manifest itself).
     """
 
     def __init__(self, cloner: ImageCloner, source: Reference, head: Descriptor) -> None:
         self._cloner = cloner
         self._ref = source.with_tag(None).with_digest(head.digest)
         self._head = head
-        self._manifest: Manifest | None = None
+        self._index: Manifest | None = None
         self._config: str | None = None
 
-    def manifest(self) -> Manifest:
-        if self._manifest is None:
-            descriptor, body = self._cloner._manifests.get(self._ref)
-            self._manifest = _parse(descriptor, body, self._ref)
-        return self._manifest
+    def _get(self, ref: Reference) -> Manifest:
+        descriptor, body = self._cloner._manifests.get(ref)
+        return _parse(descriptor, body, ref)
 
-    def children(self) -> dict[str, str]:
-        return dict(self.manifest().children) if self._head.is_index else {}
+    def _owned_index(self, owned: Reference) -> Manifest:
+        if self._index is None:
+            self._index = self._get(owned.with_tag(None).with_digest(self._head.digest))
+        return self._index
 
-    def blobs(self) -> set[str]:
-        """The layer and config digests the copy transfers (every child's for skopeo)."""
-        manifest = self.manifest()
-        if not manifest.is_index:
-            return {*manifest.layers, *(d for d in [manifest.config_digest] if d)}
-        if self._cloner._backend_name == SKOPEO:
-            children = list(manifest.children.values())
-        else:
-            child = child_for(manifest, self._cloner._engine_platform())
-            children = [child] if child else []
-        blobs: set[str] = set()
-        for child in children:
-            descriptor, body = self._cloner._manifests.get(self._ref.with_digest(child))
-            image = _parse(descriptor, body, self._ref)
-            blobs |= {*image.layers, *(d for d in [image.config_digest] if d)}
-        return blobs
+    def children(self, owned: Reference) -> dict[str, str]:
+        """Platform -> child digest of the index (read from the owned copy); {} for one image."""
+        return dict(self._owned_index(owned).children) if self._head.is_index else {}
 
-    def platforms(self) -> tuple[str, ...]:
-        return self.manifest().platforms if self._head.is_index else ()
+    def platforms(self, owned: Reference) -> tuple[str, ...]:
+        """The index's platforms (read from the owned copy); () for one image."""
+        return self._owned_index(owned).platforms if self._head.is_index else ()
+
+    def engine_config(self, config_digest: str) -> None:
+        """The config digest the engine verified while pulling the source (its image ID)."""
+        self._config = config_digest
 
     def config(self) -> str:
         """The config digest a Docker engine copy must carry."""
         if self._config is None:
-            manifest = self.manifest()
+            manifest = self._get(self._ref)
             if manifest.is_index:
                 platform = self._cloner._engine_platform()
                 child = child_for(manifest, platform)
@@ -687,8 +675,7 @@ class _Expected:
                         f"{self._ref}: the index has no {platform} image for the Docker engine",
                         self._ref.registry,
                     )
-                descriptor, body = self._cloner._manifests.get(self._ref.with_digest(child))
-                manifest = _parse(descriptor, body, self._ref)
+                manifest = self._get(self._ref.with_digest(child))
             assert manifest.config_digest is not None
             self._config = manifest.config_digest
         return self._config
@@ -699,11 +686,9 @@ class _Expected:
             return True
         if self._cloner._backend_name == SKOPEO or owned_head.is_index:
             return False
-        descriptor, body = self._cloner._manifests.get(
-            owned.with_tag(None).with_digest(owned_head.digest)
-        )
-        owned_manifest = _parse(descriptor, body, owned)
-        return same_content(DOCKER, self.manifest(), owned_manifest, self.config())
+        owned_manifest = self._get(owned.with_tag(None).with_digest(owned_head.digest))
+        source = Manifest(self._head.digest, self._head.media_type, {}, None)
+        return same_content(DOCKER, source, owned_manifest, self.config())
 
 
 def _parse(descriptor: Descriptor, body: bytes, ref: Reference) -> Manifest:

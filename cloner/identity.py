@@ -85,6 +85,23 @@ class Descriptor:
 
 
 @dataclass(frozen=True, slots=True)
+class Copied:
+    """What a copy backend reports.
+
+    Attributes:
+        digest: the manifest digest it pushed under the owned tag.
+        config_digest: the image config digest of what it copied, when it
+            knows it without asking the source again: the Docker engine's
+            image ID, which the engine checked against the source manifest
+            it pulled (OCI image-spec: content-addressable config). None for
+            skopeo, whose copies are compared by manifest digest.
+    """
+
+    digest: str
+    config_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """What a manifest or index says about identity.
 
@@ -96,14 +113,12 @@ class Manifest:
             left out); empty for a single manifest.
         config_digest: for a single manifest, its image config's digest; None
             for an index.
-        layers: for a single manifest, its layer digests in order; () for an index.
     """
 
     digest: str
     media_type: str
     children: Mapping[str, str]
     config_digest: str | None
-    layers: tuple[str, ...] = ()
 
     @property
     def is_index(self) -> bool:
@@ -151,12 +166,7 @@ def parse_manifest(digest: str, media_type: str, body: bytes) -> Manifest:
         config = data.get("config")
         if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
             raise ValueError(f"manifest {digest} has no config digest")
-        layers = tuple(
-            layer["digest"]
-            for layer in data.get("layers") or []
-            if isinstance(layer, dict) and isinstance(layer.get("digest"), str)
-        )
-        return Manifest(digest, kind, {}, config["digest"], layers)
+        return Manifest(digest, kind, {}, config["digest"])
     raise ValueError(f"manifest {digest} has an unsupported media type {kind!r}")
 
 

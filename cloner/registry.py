@@ -37,7 +37,7 @@ import urllib3
 
 from cloner.credentials import Credential, CredentialStore
 from cloner.errors import ClonerError, RegistryError, registry_error
-from cloner.identity import platform_name
+from cloner.identity import Copied, platform_name
 from cloner.reference import Reference
 from cloner.tls import EngineRegistryConfig, listed_insecure
 
@@ -357,7 +357,7 @@ class DockerRegistry:
         self._require_tls(owned.registry, pull=False)
         self._require_tls(source.registry, pull=True)
 
-    def clone(self, source: Reference, owned: Reference) -> str:
+    def clone(self, source: Reference, owned: Reference) -> Copied:
         """Copy an image: pull ``source``, tag it ``owned``, push, verify.
 
         Args:
@@ -365,9 +365,10 @@ class DockerRegistry:
             owned: the owned name with a tag and no digest.
 
         Returns:
-            The digest of the pushed manifest, as the engine reported it
-            (``cloning.ImageCloner`` then checks that the owned registry
-            serves it, with the source's image config).
+            ``Copied``: the digest of the pushed manifest, as the engine
+            reported it, and the image ID (the config digest the engine
+            verified while pulling); ``cloning.ImageCloner`` then checks that
+            the owned registry serves that digest with that config.
 
         Raises:
             RegistryError: pull, push or verification failed; nothing that
@@ -438,7 +439,7 @@ class DockerRegistry:
                 "registry_error", f"push {owned}: the engine reported no digest", owned.registry
             )
         # The caller checks what the owned registry serves (cloning._check_copy).
-        return str(digests[-1])
+        return Copied(str(digests[-1]), image_id)
 
     def _hold(self, api: docker.APIClient, pulled: str) -> str | None:
         """Mark the pulled image as in use by a clone; returns its ID (config digest)."""

@@ -62,6 +62,7 @@ from typing import Any, Literal
 
 from cloner.credentials import Credential, CredentialStore
 from cloner.errors import RegistryError, registry_error
+from cloner.identity import Copied
 from cloner.reference import Reference
 from cloner.tls import listed_insecure
 
@@ -365,7 +366,7 @@ class SkopeoBackend:
     def preflight(self, source: Reference, owned: Reference) -> None:
         """Nothing to refuse up front: TLS verification follows ``insecureRegistries`` per copy."""
 
-    def clone(self, source: Reference, owned: Reference) -> str:
+    def clone(self, source: Reference, owned: Reference) -> Copied:
         """Copy every platform of ``source`` to ``owned``, preserving digests.
 
         Args:
@@ -374,8 +375,8 @@ class SkopeoBackend:
                 source goes to a tag such as ``sha256-<hex>``).
 
         Returns:
-            The digest skopeo wrote (``--digestfile``): the index digest for a
-            multi-platform image, equal to the source's.
+            ``Copied`` with the digest skopeo wrote (``--digestfile``): the
+            index digest for a multi-platform image, equal to the source's.
 
         Raises:
             ValueError: ``owned`` has no tag, or has a digest.
@@ -395,7 +396,7 @@ class SkopeoBackend:
             self.last_duration = time.monotonic() - started
         self.requests["copy", "success"] += 1
         log.info("skopeo copied %s -> %s (%s) in %.2fs", source, owned, digest, self.last_duration)
-        return digest
+        return Copied(digest)
 
     def _copy(self, source: Reference, owned: Reference) -> str:
         what = f"skopeo copy {source} -> {owned}"

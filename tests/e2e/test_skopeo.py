@@ -56,10 +56,10 @@ def test_index_is_copied_with_its_digest_and_every_platform(
     owned = parse_reference(f"{env.owned.host}/{owned_repository}:1.0")
 
     started = time.monotonic()
-    digest = backend.clone(source, owned)
+    digest = backend.clone(source, owned).digest
     first = time.monotonic() - started
     started = time.monotonic()
-    again = backend.clone(source, owned)
+    again = backend.clone(source, owned).digest
     second = time.monotonic() - started
     print(
         f"\nskopeo copy of a {len(PLATFORMS)}-platform {media} index: {first:.2f}s, "
@@ -86,7 +86,7 @@ def test_digest_only_source_goes_to_a_digest_tag_and_the_engine_pulls_the_copy(
     source = parse_reference(f"{env.public.host}/{repository}@{index.digest}")
     owned = parse_reference(f"{env.owned.host}/{owned_repository}:{tag}")
 
-    assert backend.clone(source, owned) == index.digest
+    assert backend.clone(source, owned).digest == index.digest
 
     assert env.owned.tags(owned_repository) == [tag]
     assert images.platforms_served(env.owned, owned_repository, tag) == index.manifests
@@ -116,7 +116,7 @@ def test_single_platform_source_keeps_its_digest(env: Environment, backend: Skop
     )
     owned = parse_reference(f"{env.owned.host}/mirror/{repository}:v1")
 
-    digest = backend.clone(parse_reference(f"{env.public.host}/{repository}:v1"), owned)
+    digest = backend.clone(parse_reference(f"{env.public.host}/{repository}:v1"), owned).digest
 
     assert digest == image.digest
     assert images.platforms_served(env.owned, f"mirror/{repository}", "v1") == {

@@ -15,7 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cloner.errors import RegistryError
-from cloner.identity import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, child_for
+from cloner.identity import (
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Copied,
+    Descriptor,
+    child_for,
+)
 from cloner.reference import Reference
 
 
@@ -121,7 +128,7 @@ class Registries:
     def preflight(self, source: Reference, owned: Reference) -> None:
         """Nothing is refused up front."""
 
-    def clone(self, source: Reference, owned: Reference) -> str:
+    def clone(self, source: Reference, owned: Reference) -> Copied:
         self._ask(source)
         self._ask(owned)
         found = self._find(source)
@@ -138,7 +145,7 @@ class Registries:
             repo.manifests[digest] = (media, body)  # byte for byte: the same digest
             if owned.tag is not None:
                 repo.tags[owned.tag] = digest
-            return digest
+            return Copied(digest)
         # docker: one platform, re-serialised with the same config
         if media == OCI_INDEX:
             from cloner.identity import parse_manifest
@@ -151,4 +158,4 @@ class Registries:
             {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": {"digest": config}},
             indent=3,
         ).encode()
-        return self.put(owned.name, owned.tag, DOCKER_MANIFEST, new)
+        return Copied(self.put(owned.name, owned.tag, DOCKER_MANIFEST, new), config)

@@ -11,7 +11,7 @@ from typing import Any
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
-from cloner.identity import OCI_MANIFEST, Descriptor
+from cloner.identity import OCI_MANIFEST, Copied, Descriptor
 from cloner.reconcile import Reconciler
 from cloner.reference import Reference, parse_reference
 from cloner.workloads import NamespaceInfo, Workload
@@ -292,7 +292,7 @@ def test_concurrent_edit_makes_patch_fail_and_user_value_stands() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
 
     class EditingRegistry(FakeRegistry):
-        def clone(self, source: Reference, owned: Reference) -> str:
+        def clone(self, source: Reference, owned: Reference) -> Copied:
             kube.objects[0]["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.26"
             return super().clone(source, owned)
 
@@ -534,7 +534,7 @@ def test_rate_limited_registry_is_paused_as_a_whole_with_retry_after() -> None:
     )
 
     class Limited(FakeRegistry):
-        def clone(self, source: Reference, owned: Reference) -> str:
+        def clone(self, source: Reference, owned: Reference) -> Copied:
             if source.registry == "quay.io":
                 raise RegistryError("rate_limited", "toomanyrequests", "quay.io", retry_after=120)
             return super().clone(source, owned)
@@ -560,7 +560,7 @@ def test_conflict_is_retried_once_with_fresh_state() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25", "redis:7")])
 
     class EditingRegistry(FakeRegistry):
-        def clone(self, source: Reference, owned: Reference) -> str:
+        def clone(self, source: Reference, owned: Reference) -> Copied:
             if "redis" in str(source):  # a user edits the other container meanwhile
                 spec = kube.objects[0]["spec"]["template"]["spec"]
                 spec["containers"][0]["image"] = "nginx:1.26"
@@ -634,7 +634,7 @@ def test_stop_abandons_and_patches_nothing() -> None:
     reconciler: Reconciler
 
     class StoppingRegistry(FakeRegistry):
-        def clone(self, source: Reference, owned: Reference) -> str:
+        def clone(self, source: Reference, owned: Reference) -> Copied:
             reconciler.stop()  # SIGTERM arrives during the push
             return super().clone(source, owned)
 
@@ -658,7 +658,7 @@ class SlowRegistry(FakeRegistry):
         self.slow = slow
         self.release = threading.Event()
 
-    def clone(self, source: Reference, owned: Reference) -> str:
+    def clone(self, source: Reference, owned: Reference) -> Copied:
         if self.slow in source.repository:
             assert self.release.wait(10), "never released"
         return super().clone(source, owned)

@@ -384,7 +384,7 @@ def test_clone_returns_the_written_digest_and_the_auth_file_holds_only_the_two_r
     source = _ref(f"docker.io/library/nginx@{DIGEST}")
     owned = _ref(f"{OWNED}/mirror/nginx:sha256-{DIGEST[7:]}")
 
-    assert backend.clone(source, owned) == DIGEST
+    assert backend.clone(source, owned).digest == DIGEST
 
     record = fake.record
     assert record["auth_mode"] == 0o600

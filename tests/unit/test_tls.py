@@ -289,7 +289,7 @@ def test_listed_or_verified_registries_are_used(tmp_path: Path) -> None:
     registry = registry_with(engine, tmp_path, ("127.0.0.1:*",))
     digest = registry.clone(
         parse_reference("127.0.0.1:5001/src/app:1"), parse_reference("127.0.0.1:5000/owned/app:1")
-    )
+    ).digest
     assert digest == "sha256:" + "a" * 64
     assert registry.manifest_digest(parse_reference("quay.io/src/app:1")) == digest
     assert engine.calls[0] == "info" and engine.calls.count("info") == 1

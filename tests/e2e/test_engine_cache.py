@@ -1,0 +1,46 @@
+"""The Docker engine keeps layers within engineCacheBytes: a shared base layer is pulled once.
+
+Real dockerd and registries. Three images share one base layer blob (built
+through the registry API, so the bytes are identical). With the default
+budget the engine pulls the base blob once for all three; with
+``engineCacheBytes: 0`` every image is removed after its push, so each copy
+pulls it again. The public registry's access log counts the blob GETs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import images as img
+from tests.e2e.harness import Environment
+from tests.e2e.support import Scope, create, images, log_size, read, request_lines, write_config
+
+
+@pytest.mark.parametrize(("budget", "base_pulls"), [(None, 1), (0, 3)])
+def test_shared_base_layer_is_pulled_once_while_it_fits_the_cache(
+    scope: Scope, env: Environment, tmp_path: Path, budget: int | None, base_pulls: int
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    base = img.layer(f"{ns}-base", 64 * 1024)
+    base_digest = img.sha256_digest(base)
+    for name in ("one", "two", "three"):
+        img.build_image(env.public, f"{ns}/{name}", "1", layers=[base, img.layer(f"{ns}-{name}")])
+        create(api, "Deployment", ns, name, {"main": scope.source(f"{name}:1")})
+    extra = {} if budget is None else {"engineCacheBytes": budget}
+    config = write_config(
+        tmp_path / "c.yaml", env, scope.target, namespaces={"include": [ns]}, **extra
+    )
+    offset = log_size(env.public)
+    result = scope.run(config)
+    assert result.returncode == 0, result.stderr
+    for name in ("one", "two", "three"):
+        assert images(read(api, "Deployment", ns, name)) == {"main": f"{scope.owned(name)}:1"}
+    base_gets = [
+        line
+        for line in request_lines(env.public, offset)
+        if '"GET ' in line and f"/blobs/{base_digest}" in line
+    ]
+    assert len(base_gets) == base_pulls, base_gets
