@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.harness import free_ports
+from tests.e2e.harness import REPO_ROOT, free_ports
 
 NS_SECRET = "apps-with-secret"  # the default ServiceAccount already has a pull secret
 NS_SA = "apps-with-sa"  # every workload runs as a custom ServiceAccount
@@ -763,3 +764,26 @@ def test_make_undeploy_removes_the_controller_and_workloads_keep_running(
     for namespace, _kind, name in workloads.kinds:
         prefix = deployed.target + "/" if namespace == NS_SECRET else cluster.env.public.host + "/"
         assert pods_running_on(cluster, namespace, name, prefix, counts(name)), (namespace, name)
+
+
+# --- what make image and make deploy agree on (no cluster needed) ----------------
+
+
+def test_make_image_tags_the_name_the_shipped_kustomization_deploys() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    default = re.search(r"^IMAGE \?= (\S+)$", makefile, re.MULTILINE)
+    assert default is not None
+    kustomization = yaml.safe_load((REPO_ROOT / "manifests/base/kustomization.yaml").read_text())
+    (entry,) = [i for i in kustomization["images"] if i["name"] == "image-cloner"]
+    assert default.group(1) == f"{entry['newName']}:{entry['newTag']}"
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile, re.MULTILINE | re.IGNORECASE)
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in dockerfile
+
+
+def test_every_docs_reference_in_the_manifests_exists() -> None:
+    for path in (REPO_ROOT / "manifests").rglob("*.yaml"):
+        for doc in re.findall(r"docs/[\w./-]+\.md", path.read_text()):
+            assert (REPO_ROOT / doc).is_file(), f"{path.name} refers to missing {doc}"
+    deploy = (REPO_ROOT / "docs/deploy.md").read_text()
+    assert "The docker-in-docker sidecar's privileges" in deploy  # cited by namespace.yaml
