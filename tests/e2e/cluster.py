@@ -30,6 +30,7 @@ under the work dir, then the control plane.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -816,8 +817,6 @@ def write_overlay(
 
 
 def _b64(text: str) -> str:
-    import base64
-
     return base64.b64encode(text.encode()).decode()
 
 

@@ -356,7 +356,7 @@ def test_make_deploy_runs_the_controller_image_as_uid_10001_read_only(
     assert len(pods) == 1 and all_ready(pods[0], 2)
     images = {c["name"]: c["image"] for c in pods[0]["spec"]["containers"]}
     assert images["controller"] == deployed.image  # what make image built and make deploy set
-    assert images["dind"] == cluster.images.dind if cluster.images else False
+    assert cluster.images is not None and images["dind"] == cluster.images.dind
     exec_ = kubectl(
         cluster,
         "-n",
