@@ -11,7 +11,7 @@
 # Env:     KUBECTL   kubectl command (default kubectl)
 #
 # The generated overlay (one `images:` entry, resources: DIR) lives in a
-# temporary directory next to DIR's parent and is removed afterwards.
+# temporary directory beside DIR (in its parent) and is removed afterwards.
 set -euo pipefail
 action=$1 dir=$2 image=$3
 kubectl=${KUBECTL:-kubectl}
