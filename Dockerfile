@@ -1,23 +1,34 @@
-# syntax=docker/dockerfile:1
 # image-cloner controller image.
-#   docker build -t image-cloner:latest .
+#   make image                      (docker build -t image-cloner:latest .)
+#   make image IMAGE=ghcr.io/example/image-cloner:0.1.0
+# No `# syntax=` line: BuildKit would fetch a frontend image from Docker Hub
+# for it, so an offline build would fail.
 # Runs as uid/gid 10001 (matches runAsUser/runAsGroup and dind's --group=10001
-# in manifests/deployment.yaml) and works with a read-only root filesystem.
+# in manifests/base/deployment.yaml) and works with a read-only root filesystem.
+#
+# BASE_IMAGE: any Debian bookworm image with python3 (3.11) and the venv
+# module. The default is the public one; the cluster tests pass a base built
+# offline from a debootstrap rootfs (hack/base-image.sh).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --- build: install the pinned dependencies into a virtualenv ---------------
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
 
 # --- runtime -----------------------------------------------------------------
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN groupadd --system --gid 10001 cloner \
+# skopeo: the registry-to-registry copy backend (no Docker engine needed).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends skopeo \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 cloner \
  && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin cloner
 WORKDIR /app

@@ -6,13 +6,24 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KUBECTL ?= kubectl
+# One controller image name for `make image` and `make deploy`.
+IMAGE ?= image-cloner:latest
+# Any Debian bookworm image with python3 3.11 and venv (Dockerfile BASE_IMAGE).
+BASE_IMAGE ?= python:3.11-slim-bookworm
+DOCKER ?= docker
+# `make image DOCKER_BUILD_FLAGS=--network=host` when the engine has no bridge.
+DOCKER_BUILD_FLAGS ?=
+# The kustomize directory `make deploy` applies: manifests/ or an overlay of yours.
+DEPLOY_DIR ?= manifests
 
-.PHONY: help deps test unit e2e lint format demo bench deploy deploy-secret deploy-skopeo undeploy image clean
+.PHONY: help deps test unit e2e lint format demo demo-cluster bench deploy deploy-secret deploy-skopeo undeploy image clean
 
 help:
 	@echo "make demo      run the controller against a local control plane, engine and registries"
 	@echo "make test      lint, unit and end-to-end tests (real components on loopback)"
-	@echo "make deploy    apply manifests/ to the current kubectl context; make undeploy removes them"
+	@echo "make demo-cluster  the same on a real single-node cluster: make image, make deploy, pods on owned copies"
+	@echo "make image     build the controller image IMAGE (default image-cloner:latest)"
+	@echo "make deploy    apply manifests/ (DEPLOY_DIR) with IMAGE to the current kubectl context; make undeploy removes them"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,18 +54,24 @@ test: deps lint
 demo: deps
 	$(PY) hack/demo.py
 
+# A single-node cluster (containerd, kubelet, controller-manager, scheduler) on
+# loopback; builds the images, deploys with `make deploy`, tears down at the end.
+demo-cluster: deps
+	$(PY) hack/demo_cluster.py
+
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
 
+# docs/deploy.md: configure manifests/base first (target, credentials).
 deploy:
-	$(KUBECTL) apply -k manifests/
+	KUBECTL="$(KUBECTL)" hack/deploy.sh apply $(DEPLOY_DIR) $(IMAGE)
 
 deploy-secret:
-	$(KUBECTL) apply -k manifests/secret-credentials/
+	KUBECTL="$(KUBECTL)" hack/deploy.sh apply manifests/secret-credentials $(IMAGE)
 
 # copyBackend skopeo: no docker-in-docker sidecar, nothing privileged (docs/copy-backends.md).
 deploy-skopeo:
-	$(KUBECTL) apply -k manifests/skopeo/
+	KUBECTL="$(KUBECTL)" hack/deploy.sh apply manifests/skopeo $(IMAGE)
 
 # Optional, after make deploy: the ServiceMonitor (Prometheus Operator CRDs
 # needed) and the Grafana dashboard ConfigMap of manifests/monitoring/.
@@ -67,10 +84,10 @@ deploy-monitoring:
 # with the loop paused (README step 5 "Remove"); otherwise patched workloads
 # keep using the owned copies.
 undeploy:
-	$(KUBECTL) delete -k manifests/ --ignore-not-found
+	KUBECTL="$(KUBECTL)" hack/deploy.sh delete $(DEPLOY_DIR) $(IMAGE)
 
 image:
-	docker build -t image-cloner:dev .
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

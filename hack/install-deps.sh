@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install what `make demo` and `make test` need on a fresh Debian machine:
 # the real components the end-to-end environment starts (dockerd, two
-# distribution registries, etcd, htpasswd) from Debian packages. Idempotent:
+# distribution registries, etcd, htpasswd) and the single-node cluster of
+# tests/e2e/cluster.py (containerd with its CRI plugin, runc, the loopback CNI
+# plugin, debootstrap for the offline base image, skopeo, ip) from Debian
+# packages. Idempotent:
 # does nothing when everything is already there. kube-apiserver is built from
 # Go modules by hack/build-kube.sh; Python packages go into .venv (Makefile).
 set -euo pipefail
@@ -11,6 +14,13 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v openssl >/dev/null || need+=(openssl)
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[[ -x /usr/lib/cni/loopback ]] || need+=(containernetworking-plugins)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo=sudo

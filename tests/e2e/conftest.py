@@ -71,3 +71,35 @@ def scope(env: Environment, namespace: str, tmp_path: Path, controller_kubeconfi
         tmp_path / "config.yaml", env, target, namespaces={"include": [namespace]}
     )
     return Scope(env, namespace, target, config, controller_kubeconfig)
+
+
+from tests.e2e.cluster import Cluster  # noqa: E402  (appended with the cluster fixture)
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A real single-node cluster (tests/e2e/cluster.py) on its own Environment, once per session.
+
+    Its own etcd, API server (Node,RBAC), dockerd and registries, so the
+    other tests' workloads never get pods. Binaries, the debootstrap base and
+    the built images are cached between runs. Torn down at the end; the work
+    dir is kept when a test failed or ``IC_KEEP_WORKDIR=1``.
+    """
+    kube_bin = ensure_components()
+    workdir = Path(tempfile.mkdtemp(prefix="ic-c-", dir="/tmp"))
+    started = time.monotonic()
+    environment = Environment.start(workdir, kube_bin=kube_bin, node=True)
+    try:
+        node = Cluster.start(environment)
+        print(f"\ncluster started in {time.monotonic() - started:.1f}s in {workdir}")
+        try:
+            yield node
+        finally:
+            node.stop()
+    finally:
+        environment.stop()
+        keep = os.environ.get("IC_KEEP_WORKDIR") == "1" or request.session.testsfailed
+        if keep:
+            print(f"\ncluster work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -459,6 +459,7 @@ class Environment:
     etcd_peer_url: str = field(repr=False)
     ca_file: Path = field(repr=False)
     admin_token: str = field(repr=False)
+    node: bool = field(default=False, repr=False)
     _processes: dict[str, Process] = field(default_factory=dict, init=False, repr=False)
     _socket_dir: Path | None = field(default=None, init=False, repr=False)
     _socket_dir_owned: bool = field(default=False, init=False, repr=False)
@@ -467,12 +468,17 @@ class Environment:
     # --- lifecycle --------------------------------------------------------------
 
     @classmethod
-    def start(cls, workdir: Path, kube_bin: Path | None = None) -> Environment:
+    def start(cls, workdir: Path, kube_bin: Path | None = None, node: bool = False) -> Environment:
         """Start etcd, kube-apiserver, dockerd and both registries; wait until each is ready.
 
         ``kube_bin`` is the directory with kube-apiserver and kubectl; by
         default ``hack/build-kube.sh`` is asked for it (building if needed).
-        On any failure everything already started is stopped before raising.
+        ``node=True`` prepares the API server for a kubelet and the other
+        control-plane components (tests/e2e/cluster.py): Node,RBAC
+        authorization, the NodeRestriction admission plugin, kubelet client
+        certificates and client certificates for the controller-manager,
+        scheduler and kubelet (:meth:`client_cert`). On any failure everything
+        already started is stopped before raising.
         """
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -503,6 +509,7 @@ class Environment:
             etcd_peer_url=f"http://{LOOPBACK}:{etcd_peer_port}",
             ca_file=workdir / "pki" / "ca.crt",
             admin_token=secrets.token_hex(24),
+            node=node,
         )
         owned.on_password_change = lambda _registry: env.write_docker_config()
         atexit.register(env.stop)
@@ -698,6 +705,62 @@ class Environment:
         tokens.write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         for secret in (ca_key, key, pki / "sa.key", tokens):
             secret.chmod(0o600)
+        if self.node:
+            # Kubernetes' well-known identities: the Node authorizer and the
+            # system:kube-* ClusterRoleBindings match these names and groups.
+            self._client_cert(
+                "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"
+            )
+            self._client_cert("controller-manager", "system:kube-controller-manager")
+            self._client_cert("scheduler", "system:kube-scheduler")
+            self._client_cert("kubelet", f"system:node:{LOOPBACK}", "system:nodes")
+
+    def _client_cert(self, name: str, common_name: str, organization: str = "") -> None:
+        """Write ``pki/NAME.key`` and ``pki/NAME.crt``: a client certificate signed by the CA."""
+        pki = self.workdir / "pki"
+        key, csr, crt = pki / f"{name}.key", pki / f"{name}.csr", pki / f"{name}.crt"
+        ext = pki / f"{name}.ext"
+        ext.write_text(
+            "basicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n"
+        )
+        subject = f"/CN={common_name}" + (f"/O={organization}" if organization else "")
+        _run(["openssl", "genrsa", "-out", str(key), "2048"])
+        key.chmod(0o600)
+        _run(["openssl", "req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr)])
+        _run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(self.ca_file),
+                "-CAkey",
+                str(pki / "ca.key"),
+                "-CAcreateserial",
+                "-sha256",
+                "-days",
+                "30",
+                "-extfile",
+                str(ext),
+                "-out",
+                str(crt),
+            ]
+        )
+
+    def client_cert(self, name: str) -> tuple[Path, Path]:
+        """Return (certificate, key) paths of a client made with ``node=True``.
+
+        ``name`` is one of "controller-manager", "scheduler", "kubelet",
+        "apiserver-kubelet-client". Raises ValueError without ``node=True``.
+        """
+        if not self.node:
+            raise ValueError("client certificates exist only with Environment.start(node=True)")
+        pki = self.workdir / "pki"
+        return pki / f"{name}.crt", pki / f"{name}.key"
 
     def _apiserver_process(self) -> Process:
         pki = self.workdir / "pki"
@@ -715,7 +778,19 @@ class Environment:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
+                *(
+                    [
+                        "--authorization-mode=Node,RBAC",
+                        "--enable-admission-plugins=NodeRestriction",
+                        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                        # The node's Hostname address is 127.0.0.1 (kubelet
+                        # --hostname-override); its InternalIP is not loopback.
+                        "--kubelet-preferred-address-types=Hostname,InternalIP",
+                    ]
+                    if self.node
+                    else ["--authorization-mode=RBAC"]
+                ),
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
