@@ -43,8 +43,11 @@ test: deps lint
 demo: deps
 	$(PY) hack/demo.py
 
+# Hot-path figures, then the copy benchmark on real components (starts the
+# e2e environment itself; about 15 minutes at full size on 2 cores).
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+	$(PY) bench/copy.py
 
 deploy:
 	$(KUBECTL) apply -k manifests/

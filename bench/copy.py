@@ -317,6 +317,7 @@ class Bench:
             copy_seconds=sum(s.end - s.start for s in spans),
             max_parallel_copies=measure.max_overlap([(s.start, s.end) for s in spans]),
             cycle_s=float(cycle.group("seconds")) if cycle else None,
+            phases=measure.phases(result.stderr, started, started + wall),
         )
         if not ok:
             figures["error"] = result.stderr[-3000:]
@@ -490,7 +491,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         requests[registry] = {
             m: measure.median([r["requests"][registry].get(m, 0) for r in runs]) for m in methods
         }
+    phases = None
+    if any(r.get("phases") for r in runs):
+        phases = {
+            name: measure.median(
+                [r["phases"][name] for r in runs if r["phases"].get(name) is not None]
+            )
+            for name in measure.PHASES
+        }
     return {
+        "phases": phases,
         "runs": len(runs),
         "ok": all(r["ok"] for r in runs),
         "wall_min_s": min(walls),
@@ -549,7 +559,7 @@ def _req(counts: dict[str, Any], methods: tuple[str, ...]) -> str:
 
 
 HEADER = (
-    f"{'contender':<30} {'runs':>4} {'wall min':>8} {'wall med':>8} {'MB up':>7} "
+    f"{'contender':<32} {'runs':>4} {'wall min':>8} {'wall med':>8} {'MB up':>7} "
     f"{'MB pulled':>9} {'public H/G':>11} {'owned H/G/PUT/POST/PATCH':>25} "
     f"{'cycle':>5} {'1st patch':>9} {'last patch':>10} {'last copy':>9} {'par':>3} {'ok':>3}"
 )
@@ -558,7 +568,7 @@ HEADER = (
 def table_row(label: str, summary: dict[str, Any]) -> str:
     """One line of the table for a contender's summary. Pure."""
     return (
-        f"{label:<30} {summary['runs']:>4} {_s(summary['wall_min_s']):>8} "
+        f"{label:<32} {summary['runs']:>4} {_s(summary['wall_min_s']):>8} "
         f"{_s(summary['wall_median_s']):>8} {_mb(summary['uploaded_bytes']):>7} "
         f"{_mb(summary['pulled_blob_bytes']):>9} "
         f"{_req(summary['requests']['public'], ('HEAD', 'GET')):>11} "
@@ -613,7 +623,7 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
             text = ", ".join(
                 f"{k} {v / n:.2f}" for k, v in sorted(profile.items(), key=lambda kv: -kv[1])
             )
-            print(f"  {labels[key]:<30} {registry:<6} {text}")
+            print(f"  {labels[key]:<32} {registry:<6} {text}")
     print()
     print(
         "MB up: completed blob uploads in the owned registry's access log x blob size in its "
@@ -621,12 +631,17 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
         "cycle: the controller's own reconcile duration (summary line); "
         "par: most copies in flight at once (controller log; loop: its processes)."
     )
+    print("controller phases (median s): startup / prepare / copies / patches / exit")
+    for key, summary in report["summaries"].items():
+        if summary.get("phases"):
+            text = " / ".join(_s(summary["phases"][name]) for name in measure.PHASES)
+            print(f"  {labels[key]:<32} {text}")
     print("copy time per image (sum of copy durations / copies):")
     for key in report["summaries"]:
         runs = [r for r in report["runs"] if r["contender"] == key and r.get("copies")]
         per = [r["copy_seconds"] / r["copies"] for r in runs]
         if per:
-            print(f"  {labels[key]:<30} {measure.median(per):.2f}s")
+            print(f"  {labels[key]:<32} {measure.median(per):.2f}s")
 
 
 # --- main -----------------------------------------------------------------------------

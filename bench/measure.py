@@ -37,6 +37,7 @@ _ACCESS_RE = re.compile(
 _DIGEST_RE = re.compile(r"[?&]digest=(?P<digest>sha256(?::|%3A)[0-9a-f]{64})", re.I)
 _LOG_TIME_RE = re.compile(r"^(?P<time>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3}) ")
 METHODS = ("HEAD", "GET", "PUT", "POST", "PATCH")
+PHASES = ("startup", "prepare", "copies", "patches", "exit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,41 @@ def copy_spans(log: str) -> list[CopySpan]:
             source = match.group("source")
             spans.append(CopySpan(source, started.pop(source), at))
     return spans
+
+
+def phases(log: str, started: float, ended: float) -> dict[str, float | None]:
+    """Where a ``controller.py --once`` run spent its wall time (seconds each).
+
+    Args:
+        log: the controller's log (stderr).
+        started, ended: epoch seconds when the process was started and had exited.
+
+    Returns:
+        ``startup`` (process start to its first log line: interpreter and
+        imports), ``prepare`` (to the first copy: config, lists, plan, source
+        and owned HEADs of the first image), ``copies`` (first copy start to
+        the last verified copy), ``patches`` (from there to the summary line:
+        pull secrets, patches, Events), ``exit`` (summary line to process
+        end). A phase whose lines are missing is None.
+    """
+    times = [t for t in (log_time(line) for line in log.splitlines()) if t is not None]
+    spans = copy_spans(log)
+    summary = [log_time(line) for line in log.splitlines() if " cloner.loop: reconcile: " in line]
+    first = times[0] if times else None
+    copy_start = min((s.start for s in spans), default=None)
+    copy_end = max((s.end for s in spans), default=None)
+    done = summary[-1] if summary else None
+
+    def between(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    return {
+        "startup": between(started, first),
+        "prepare": between(first, copy_start),
+        "copies": between(copy_start, copy_end),
+        "patches": between(copy_end, done),
+        "exit": between(done, ended),
+    }
 
 
 def max_overlap(spans: Sequence[tuple[float, float]]) -> int:
