@@ -44,7 +44,7 @@ demo: deps
 	$(PY) hack/demo.py
 
 # Hot-path figures, then the copy benchmark on real components (starts the
-# e2e environment itself; about 15 minutes at full size on 2 cores).
+# e2e environment itself; 6-10 minutes at full size on a loaded 2-core machine).
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
 	$(PY) bench/copy.py
