@@ -59,8 +59,11 @@ demo: deps
 demo-cluster: deps
 	$(PY) hack/demo_cluster.py
 
+# Hot-path figures, then the copy benchmark on real components (starts the
+# e2e environment itself; 6-10 minutes at full size on a loaded 2-core machine).
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+	$(PY) bench/copy.py
 
 # docs/deploy.md: configure manifests/base first (target, credentials).
 deploy:

@@ -1,0 +1,773 @@
+"""Copy benchmark: the controller's two copy backends against plain skopeo and docker loops.
+
+Runs on real components: one ``tests/e2e/harness.Environment`` (etcd,
+kube-apiserver, dockerd, an anonymous "public" and an htpasswd "owned"
+distribution registry, all on 127.0.0.1), a corpus of images sharing base
+layers pushed into the public registry (``bench/corpus.py``), and these
+contenders, each run ``--reps`` times in alternating order (forward, then
+backward, ...):
+
+- ``controller.py --once`` with ``copyBackend: docker`` and with
+  ``copyBackend: skopeo``, at ``cloneConcurrency`` default (2) and 4; one
+  Deployment per image in a namespace of its own, ``namespaces.include``
+  scoped to it, as the image-cloner ServiceAccount (shipped RBAC);
+- a plain ``skopeo copy --all --preserve-digests`` loop: a thread pool of N
+  skopeo processes (N = 1, 2, 4), auth file 0600 as ``cloner/skopeo.py``
+  writes it;
+- a sequential ``docker pull; docker tag; docker push`` loop through the same
+  engine (the docker CLI).
+
+Every run copies into a fresh owned path prefix, and before every run the
+owned registry is stopped, its storage emptied and started again, and every
+image is removed from the engine, so no run reuses a blob of another (no
+cross-repository mount from an earlier run's repositories).
+
+Figures per run (``bench/measure.py`` says how each is derived): wall time;
+bytes uploaded to the owned registry (completed blob uploads in its access
+log, each with the blob's size in its storage); bytes pulled from the public
+registry (its access log's response sizes of ``GET`` blob requests);
+requests per registry and method; for the controller the times of the first
+and last patch and of the first and last verified copy after process start,
+and the largest number of copies that were in flight at once.
+
+Then a warm cycle per backend: a run with ``controllerNamespace:
+image-cloner`` (durable state in ConfigMaps ``image-cloner-state-*``), then
+``--once`` again with the same config over a new namespace of Deployments
+using the same sources: the public registry should see no request. The same
+again without ``controllerNamespace`` shows what the state saves.
+
+Prints one table and writes every figure to
+``bench/results/copy-<timestamp>.json`` (``--results-dir``).
+
+    .venv/bin/python bench/copy.py              # full size: 20 images, about 130 MB, 3 reps
+    .venv/bin/python bench/copy.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
+
+Target checked: skopeo backend wall time (median) at most 1.1x the plain
+skopeo loop's with the same parallelism. Exit status 0 when every run
+copied every image (the figures are printed either way), 1 when a run
+failed, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Running ``python bench/copy.py`` puts bench/ first on sys.path, where this
+# file would shadow the standard library's ``copy`` (imported by dataclasses).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from contextlib import closing  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import docker.errors  # noqa: E402
+import kubernetes.client  # noqa: E402
+
+from bench import measure  # noqa: E402
+from bench.corpus import Corpus, build_corpus, corpus_spec  # noqa: E402
+from tests.e2e.harness import Environment, ensure_components  # noqa: E402
+from tests.e2e.support import (  # noqa: E402
+    create,
+    create_namespace,
+    install_controller_rbac,
+    run_controller,
+    write_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DEFAULT_CONCURRENCY = 2  # cloneConcurrency's default (README)
+TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
+RUN_TIMEOUT = 1800.0  # seconds one contender run may take
+MB = 1_000_000
+_SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """One way of copying the corpus.
+
+    Attributes:
+        key: short identifier, used in the JSON (``controller-skopeo-c2``).
+        label: the table's row label.
+        kind: ``controller``, ``skopeo-loop`` or ``docker-loop``.
+        backend: ``docker`` or ``skopeo`` for the controller, else None.
+        parallelism: cloneConcurrency or thread-pool size (1 for the docker loop).
+        explicit: for the controller, whether ``cloneConcurrency`` is written
+            to the config (False: the default is left to the controller).
+    """
+
+    key: str
+    label: str
+    kind: str
+    backend: str | None
+    parallelism: int
+    explicit: bool = True
+
+
+def contenders(concurrencies: list[int], loop_parallelism: list[int]) -> list[Contender]:
+    """The contenders, controller first. Pure.
+
+    Args:
+        concurrencies: cloneConcurrency values; ``DEFAULT_CONCURRENCY`` is
+            run without the key (the controller's default).
+        loop_parallelism: thread-pool sizes of the plain skopeo loop.
+    """
+    out = []
+    for backend in ("docker", "skopeo"):
+        for c in concurrencies:
+            default = c == DEFAULT_CONCURRENCY
+            out.append(
+                Contender(
+                    f"controller-{backend}-c{c}",
+                    f"controller {backend} c={c}{' (default)' if default else ''}",
+                    "controller",
+                    backend,
+                    c,
+                    explicit=not default,
+                )
+            )
+    for n in loop_parallelism:
+        out.append(Contender(f"skopeo-loop-{n}", f"skopeo loop x{n}", "skopeo-loop", None, n))
+    out.append(Contender("docker-loop", "docker pull/tag/push loop", "docker-loop", None, 1))
+    return out
+
+
+def run_order(items: list[Contender], rep: int) -> list[Contender]:
+    """Round ``rep``'s order: forward on even rounds, backward on odd ones. Pure."""
+    return list(items) if rep % 2 == 0 else list(reversed(items))
+
+
+class Bench:
+    """The environment, the corpus and the runs of one benchmark invocation.
+
+    Args:
+        env: a started ``Environment``.
+        corpus: the pushed corpus (in ``env.public``).
+        kubeconfig: the image-cloner ServiceAccount's kubeconfig.
+        workdir: where configs and controller logs of each run are kept.
+    """
+
+    def __init__(self, env: Environment, corpus: Corpus, kubeconfig: Path, workdir: Path) -> None:
+        self.env = env
+        self.corpus = corpus
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.runs = 0
+        (workdir / "runs").mkdir(parents=True, exist_ok=True)
+
+    # --- isolation -----------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty the owned registry (stop, remove storage, start) and the engine's images."""
+        owned = self.env.owned
+        owned.stop()
+        shutil.rmtree(owned.root / "storage", ignore_errors=True)
+        owned.start()
+        with closing(self.env.docker_client()) as client:
+            for image in client.images.list(all=True):
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.images.remove(image.id, force=True)
+
+    def run_id(self, what: str) -> str:
+        """A fresh name for a run: namespace and owned path prefix."""
+        self.runs += 1
+        return f"b{self.runs:02d}-{what}"[:50].rstrip("-")
+
+    def owned_name(self, prefix: str, repository: str, tag: str) -> str:
+        """The owned reference, as the controller's ``nested`` naming makes it."""
+        host = self.env.public.host.replace(":", "-")
+        return f"{self.env.owned.host}/{prefix}/{host}/{repository}:{tag}"
+
+    # --- figures -------------------------------------------------------------------
+
+    def offsets(self) -> tuple[int, int]:
+        """Current sizes of the public and owned registry logs (bytes)."""
+        return (
+            self.env.public.log_path.stat().st_size,
+            self.env.owned.log_path.stat().st_size,
+        )
+
+    def stored_blobs(self) -> dict[str, int]:
+        """digest -> size of every blob in the owned registry's storage (manifests included)."""
+        root = self.env.owned.root / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+        out = {}
+        for data in root.glob("*/*/data"):
+            out["sha256:" + data.parent.name] = data.stat().st_size
+        return out
+
+    def registry_figures(self, offsets: tuple[int, int]) -> dict[str, Any]:
+        """The registry figures of the requests logged since ``offsets``."""
+        time.sleep(0.3)  # the access log line is written after the response
+        public = measure.parse_access(_read_from(self.env.public.log_path, offsets[0]))
+        owned = measure.parse_access(_read_from(self.env.owned.log_path, offsets[1]))
+        stored = self.stored_blobs()
+        return {
+            "uploaded_bytes": measure.uploaded_bytes(owned, stored),
+            "uploads": len(measure.completed_uploads(owned)),
+            "mounts": measure.mounts(owned),
+            "stored_bytes": sum(stored.values()),
+            "pulled_blob_bytes": measure.blob_bytes_served(public),
+            "pulled_manifest_bytes": measure.manifest_bytes_served(public),
+            "requests": {
+                "public": measure.request_counts(public),
+                "owned": measure.request_counts(owned),
+            },
+            "profile": {
+                "public": measure.request_profile(public),
+                "owned": measure.request_profile(owned),
+            },
+        }
+
+    # --- contenders ----------------------------------------------------------------
+
+    def run(self, contender: Contender, rep: int) -> dict[str, Any]:
+        """One run of a contender into a fresh prefix; returns its figures."""
+        self.reset()
+        run_id = self.run_id(contender.key)
+        if contender.kind == "controller":
+            figures = self._controller(contender, run_id)
+        elif contender.kind == "skopeo-loop":
+            figures = self._skopeo_loop(contender.parallelism, run_id)
+        else:
+            figures = self._docker_loop(run_id)
+        figures.update(contender=contender.key, round=rep, prefix=run_id)
+        return figures
+
+    def _workloads(self, namespace: str) -> None:
+        create_namespace(self.env, namespace)
+        with closing(self.env.api_client()) as api:
+            for image in self.corpus.images:
+                create(api, "Deployment", namespace, image.spec.name, {"main": image.reference})
+
+    def _patched(self, namespace: str) -> int:
+        """How many Deployments of the namespace run an owned image now."""
+        with closing(self.env.api_client()) as api:
+            response = kubernetes.client.AppsV1Api(api).list_namespaced_deployment(
+                namespace, _preload_content=False
+            )
+        items = json.loads(response.data)["items"]
+        owned = self.env.owned.host + "/"
+        return sum(
+            1
+            for item in items
+            if all(
+                c["image"].startswith(owned) for c in item["spec"]["template"]["spec"]["containers"]
+            )
+        )
+
+    def _controller(
+        self,
+        contender: Contender,
+        run_id: str,
+        *,
+        prefix: str | None = None,
+        state: bool = False,
+        fresh_workloads: bool = True,
+    ) -> dict[str, Any]:
+        """``controller.py --once`` over a new namespace of one Deployment per image."""
+        namespace = run_id
+        if fresh_workloads:
+            self._workloads(namespace)
+        extra: dict[str, Any] = {
+            "copyBackend": contender.backend,
+            "namespaces": {"include": [namespace]},
+        }
+        if contender.explicit:
+            extra["cloneConcurrency"] = contender.parallelism
+        if state:
+            extra["controllerNamespace"] = "image-cloner"
+        target = f"{self.env.owned.host}/{prefix or run_id}"
+        config = write_config(self.workdir / "runs" / f"{run_id}.yaml", self.env, target, **extra)
+        offsets = self.offsets()
+        started = time.time()
+        result = run_controller(self.env, config, kubeconfig=self.kubeconfig, timeout=RUN_TIMEOUT)
+        wall = time.time() - started
+        figures = self.registry_figures(offsets)
+        (self.workdir / "runs" / f"{run_id}.log").write_text(result.stderr)
+        patches = [t - started for t in measure.patch_times(result.stderr)]
+        spans = measure.copy_spans(result.stderr)
+        cycle = _SUMMARY_DURATION_RE.search(result.stderr)
+        patched = self._patched(namespace)
+        ok = result.returncode == 0 and patched == len(self.corpus.images)
+        figures.update(
+            wall_s=wall,
+            ok=ok,
+            exit_code=result.returncode,
+            patched=patched,
+            first_patch_s=min(patches) if patches else None,
+            last_patch_s=max(patches) if patches else None,
+            first_copy_s=min((s.end - started for s in spans), default=None),
+            last_copy_s=max((s.end - started for s in spans), default=None),
+            copies=len(spans),
+            copy_seconds=sum(s.end - s.start for s in spans),
+            max_parallel_copies=measure.max_overlap([(s.start, s.end) for s in spans]),
+            cycle_s=float(cycle.group("seconds")) if cycle else None,
+            phases=measure.phases(result.stderr, started, started + wall),
+        )
+        if not ok:
+            figures["error"] = result.stderr[-3000:]
+        return figures
+
+    def _skopeo_loop(self, parallelism: int, run_id: str) -> dict[str, Any]:
+        """A thread pool of ``parallelism`` ``skopeo copy --all --preserve-digests`` processes."""
+        owned = self.env.owned
+        assert owned.username is not None and owned.password is not None
+        workdir = Path(tempfile.mkdtemp(prefix="skopeo-loop-", dir=self.workdir))
+        home = workdir / "home"
+        home.mkdir(mode=0o700)
+        auth_file = workdir / "auth.json"
+        pair = base64.b64encode(f"{owned.username}:{owned.password}".encode()).decode()
+        descriptor = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump({"auths": {owned.host: {"auth": pair}}}, handle)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+        skopeo = shutil.which("skopeo") or "skopeo"
+
+        def copy_one(index: int) -> tuple[float, float, int, str]:
+            image = self.corpus.images[index]
+            began = time.time()
+            destination = self.owned_name(run_id, image.repository, image.spec.tag)
+            result = subprocess.run(
+                [
+                    skopeo,
+                    "copy",
+                    "-q",
+                    "--all",
+                    "--preserve-digests",
+                    "--retry-times",
+                    "0",
+                    "--authfile",
+                    str(auth_file),
+                    "--src-tls-verify=false",
+                    "--dest-tls-verify=false",
+                    f"docker://{image.reference}",
+                    f"docker://{destination}",
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=RUN_TIMEOUT,
+                check=False,
+            )
+            return began, time.time(), result.returncode, result.stderr
+
+        offsets = self.offsets()
+        started = time.time()
+        with ThreadPoolExecutor(max_workers=parallelism) as pool:
+            done = list(pool.map(copy_one, range(len(self.corpus.images))))
+        wall = time.time() - started
+        shutil.rmtree(workdir, ignore_errors=True)
+        figures = self.registry_figures(offsets)
+        errors = [stderr for _, _, code, stderr in done if code != 0]
+        copied = self._copied(run_id, same_digest=True)
+        figures.update(
+            wall_s=wall,
+            ok=not errors and copied == len(self.corpus.images),
+            copied=copied,
+            first_copy_s=min(end for _, end, _, _ in done) - started,
+            last_copy_s=max(end for _, end, _, _ in done) - started,
+            copies=len(done),
+            copy_seconds=sum(end - began for began, end, _, _ in done),
+            max_parallel_copies=measure.max_overlap([(b, e) for b, e, _, _ in done]),
+        )
+        if errors:
+            figures["error"] = errors[0][-3000:]
+        return figures
+
+    def _docker_loop(self, run_id: str) -> dict[str, Any]:
+        """``docker pull``, ``docker tag``, ``docker push`` per image, one image after the other."""
+        env = self.env.kubectl_env()
+        docker = shutil.which("docker") or "docker"
+        errors: list[str] = []
+        ends: list[float] = []
+        offsets = self.offsets()
+        started = time.time()
+        for image in self.corpus.images:
+            destination = self.owned_name(run_id, image.repository, image.spec.tag)
+            for argv in (
+                [docker, "pull", "-q", image.reference],
+                [docker, "tag", image.reference, destination],
+                [docker, "push", "-q", destination],
+            ):
+                result = subprocess.run(
+                    argv, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
+                )
+                if result.returncode != 0:
+                    errors.append(f"{' '.join(argv[1:])}: {result.stderr}")
+                    break
+            ends.append(time.time())
+        wall = time.time() - started
+        figures = self.registry_figures(offsets)
+        copied = self._copied(run_id, same_digest=False)
+        figures.update(
+            wall_s=wall,
+            ok=not errors and copied == len(self.corpus.images),
+            copied=copied,
+            first_copy_s=min(ends) - started,
+            last_copy_s=max(ends) - started,
+        )
+        if errors:
+            figures["error"] = errors[0][-3000:]
+        return figures
+
+    def _copied(self, prefix: str, *, same_digest: bool) -> int:
+        """How many images the owned registry serves under ``prefix`` (with the source digest)."""
+        count = 0
+        for image in self.corpus.images:
+            reference = self.owned_name(prefix, image.repository, image.spec.tag)
+            repository = reference.split("/", 1)[1].rsplit(":", 1)[0]
+            digest = self.env.owned.manifest_digest(repository, image.spec.tag)
+            if digest is not None and (not same_digest or digest == image.digest):
+                count += 1
+        return count
+
+    # --- warm cycle ----------------------------------------------------------------
+
+    def warm(self, backend: str) -> dict[str, Any]:
+        """A cold run with durable state, then a warm ``--once`` with and without the state.
+
+        Returns:
+            ``{"backend", "seed": figures, "warm": figures, "no_state": figures}``;
+            the warm and no-state runs use new namespaces whose Deployments
+            name the same sources, and the seed run's owned prefix.
+        """
+        self.reset()
+        contender = Contender(f"warm-{backend}", f"warm {backend}", "controller", backend, 2, False)
+        seed_id = self.run_id(f"seed-{backend}")
+        seed = self._controller(contender, seed_id, state=True)
+        warm = self._controller(
+            contender, self.run_id(f"warm-{backend}"), prefix=seed_id, state=True
+        )
+        no_state = self._controller(
+            contender, self.run_id(f"nostate-{backend}"), prefix=seed_id, state=False
+        )
+        return {"backend": backend, "seed": seed, "warm": warm, "no_state": no_state}
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace")
+
+
+# --- summaries and the table ----------------------------------------------------------
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Min and median wall time and the median of every other figure over a contender's runs.
+
+    Args:
+        runs: the figures of each run (``Bench.run``).
+
+    Returns:
+        ``runs``, ``ok`` (every run), ``wall_min_s``, ``wall_median_s``, and
+        the median of ``uploaded_bytes``, ``pulled_blob_bytes``, request
+        counts per registry and method, patch and copy times. Pure.
+    """
+    walls = [r["wall_s"] for r in runs]
+
+    def med(key: str) -> float | None:
+        return measure.median([r[key] for r in runs if r.get(key) is not None])
+
+    requests: dict[str, dict[str, float | None]] = {}
+    for registry in ("public", "owned"):
+        methods = sorted({m for r in runs for m in r["requests"][registry]})
+        requests[registry] = {
+            m: measure.median([r["requests"][registry].get(m, 0) for r in runs]) for m in methods
+        }
+    phases = None
+    if any(r.get("phases") for r in runs):
+        phases = {
+            name: measure.median(
+                [r["phases"][name] for r in runs if r["phases"].get(name) is not None]
+            )
+            for name in measure.PHASES
+        }
+    return {
+        "phases": phases,
+        "runs": len(runs),
+        "ok": all(r["ok"] for r in runs),
+        "wall_min_s": min(walls),
+        "wall_median_s": measure.median(walls),
+        "uploaded_bytes": med("uploaded_bytes"),
+        "uploads": med("uploads"),
+        "mounts": med("mounts"),
+        "pulled_blob_bytes": med("pulled_blob_bytes"),
+        "requests": requests,
+        "first_patch_s": med("first_patch_s"),
+        "last_patch_s": med("last_patch_s"),
+        "first_copy_s": med("first_copy_s"),
+        "last_copy_s": med("last_copy_s"),
+        "max_parallel_copies": med("max_parallel_copies"),
+        "copy_seconds": med("copy_seconds"),
+        "cycle_s": med("cycle_s"),
+    }
+
+
+def targets(summaries: dict[str, dict[str, Any]], concurrencies: list[int]) -> list[dict[str, Any]]:
+    """The 1.1x check: skopeo backend vs plain skopeo loop at the same parallelism. Pure."""
+    out = []
+    for c in concurrencies:
+        backend = summaries.get(f"controller-skopeo-c{c}")
+        loop = summaries.get(f"skopeo-loop-{c}")
+        if backend is None or loop is None:
+            continue
+        ratio = backend["wall_median_s"] / loop["wall_median_s"]
+        out.append(
+            {
+                "what": f"controller skopeo c={c} / skopeo loop x{c} (median wall)",
+                "backend_s": backend["wall_median_s"],
+                "loop_s": loop["wall_median_s"],
+                "ratio": ratio,
+                "target": TARGET_RATIO,
+                "met": ratio <= TARGET_RATIO,
+            }
+        )
+    return out
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / MB:.1f}"
+
+
+def _n(value: float | None) -> str:
+    return "-" if value is None else str(round(value))
+
+
+def _req(counts: dict[str, Any], methods: tuple[str, ...]) -> str:
+    return "/".join(str(round(counts.get(m) or 0)) for m in methods)
+
+
+HEADER = (
+    f"{'contender':<32} {'runs':>4} {'wall min':>8} {'wall med':>8} {'MB up':>7} "
+    f"{'MB pulled':>9} {'public H/G':>11} {'owned H/G/PUT/POST/PATCH':>25} "
+    f"{'cycle':>5} {'1st patch':>9} {'last patch':>10} {'last copy':>9} {'par':>3} {'ok':>3}"
+)
+
+
+def table_row(label: str, summary: dict[str, Any]) -> str:
+    """One line of the table for a contender's summary. Pure."""
+    return (
+        f"{label:<32} {summary['runs']:>4} {_s(summary['wall_min_s']):>8} "
+        f"{_s(summary['wall_median_s']):>8} {_mb(summary['uploaded_bytes']):>7} "
+        f"{_mb(summary['pulled_blob_bytes']):>9} "
+        f"{_req(summary['requests']['public'], ('HEAD', 'GET')):>11} "
+        f"{_req(summary['requests']['owned'], measure.METHODS):>25} "
+        f"{_s(summary['cycle_s']):>5} "
+        f"{_s(summary['first_patch_s']):>9} {_s(summary['last_patch_s']):>10} "
+        f"{_s(summary['last_copy_s']):>9} "
+        f"{_n(summary['max_parallel_copies']):>3} "
+        f"{'yes' if summary['ok'] else 'NO':>3}"
+    )
+
+
+def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
+    """Print the corpus, the table, the targets, the warm cycles and the per-image profile."""
+    figures = report["corpus"]["figures"]
+    print(
+        f"corpus: {figures['images']} images ({figures['indexes']} OCI indexes amd64+arm64), "
+        f"{figures['unique_blobs']} unique blobs, {_mb(figures['unique_bytes'])} MB unique, "
+        f"{_mb(figures['whole_bytes'])} MB if every image were copied whole "
+        f"({_mb(figures['whole_bytes_amd64'])} MB amd64 only)"
+    )
+    print()
+    print("copy benchmark (seconds; MB = 10^6 bytes; medians over runs except 'wall min')")
+    print(HEADER)
+    for key, summary in report["summaries"].items():
+        print(table_row(labels[key], summary))
+    print()
+    for target in report["targets"]:
+        print(
+            f"target: {target['what']}: {target['backend_s']:.1f}s / {target['loop_s']:.1f}s = "
+            f"{target['ratio']:.2f}x (target <= {target['target']:.2f}x): "
+            f"{'met' if target['met'] else 'MISSED'}"
+        )
+    for warm in report["warm"]:
+        for name in ("seed", "warm", "no_state"):
+            run = warm[name]
+            public, owned = run["requests"]["public"], run["requests"]["owned"]
+            print(
+                f"warm {warm['backend']:<6} {name:<8}: wall {run['wall_s']:.1f}s, "
+                f"public requests {public['total']} (HEAD/GET {_req(public, ('HEAD', 'GET'))}), "
+                f"owned requests {owned['total']}, patched {run['patched']}, "
+                f"copies {run['copies']}"
+            )
+    print()
+    n = figures["images"]
+    print(f"requests per image (median run / {n} images), METHOD kind:")
+    for key in report["summaries"]:
+        runs = [r for r in report["runs"] if r["contender"] == key]
+        middle = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+        for registry in ("public", "owned"):
+            profile = middle["profile"][registry]
+            text = ", ".join(
+                f"{k} {v / n:.2f}" for k, v in sorted(profile.items(), key=lambda kv: -kv[1])
+            )
+            print(f"  {labels[key]:<32} {registry:<6} {text}")
+    print()
+    print(
+        "MB up: completed blob uploads in the owned registry's access log x blob size in its "
+        "storage; MB pulled: bytes of GET blob responses in the public registry's access log; "
+        "cycle: the controller's own reconcile duration (summary line); "
+        "par: most copies in flight at once (controller log; loop: its processes)."
+    )
+    print("controller phases (median s): startup / prepare / copies / patches / exit")
+    for key, summary in report["summaries"].items():
+        if summary.get("phases"):
+            text = " / ".join(_s(summary["phases"][name]) for name in measure.PHASES)
+            print(f"  {labels[key]:<32} {text}")
+    print("copy time per image (sum of copy durations / copies):")
+    for key in report["summaries"]:
+        runs = [r for r in report["runs"] if r["contender"] == key and r.get("copies")]
+        per = [r["copy_seconds"] / r["copies"] for r in runs]
+        if per:
+            print(f"  {labels[key]:<32} {measure.median(per):.2f}s")
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options; ``--smoke`` sets the tiny defaults."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--smoke", action="store_true", help="4 tiny images, 1 repetition")
+    parser.add_argument("--images", type=int, help="images in the corpus (default 20; smoke 4)")
+    parser.add_argument("--scale", type=float, help="layer size factor (default 1.0; smoke 1/128)")
+    parser.add_argument("--reps", type=int, help="repetitions per contender (default 3; smoke 1)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        help="cloneConcurrency values of the controller runs (default 2 4; smoke 2)",
+    )
+    parser.add_argument(
+        "--loop-parallelism",
+        type=int,
+        nargs="+",
+        help="thread pools of the plain skopeo loop (default 1 2 4; smoke 2)",
+    )
+    parser.add_argument(
+        "--warm",
+        nargs="*",
+        choices=["docker", "skopeo"],
+        help="backends of the warm cycle (default docker skopeo; smoke skopeo)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
+    args = parser.parse_args(argv)
+    smoke = args.smoke
+    args.images = args.images or (4 if smoke else 20)
+    args.scale = args.scale or (1 / 128 if smoke else 1.0)
+    if args.reps is None:
+        args.reps = 1 if smoke else 3
+    args.concurrency = args.concurrency or ([2] if smoke else [2, 4])
+    args.loop_parallelism = args.loop_parallelism or ([2] if smoke else [1, 2, 4])
+    if args.warm is None:
+        args.warm = ["skopeo"] if smoke else ["docker", "skopeo"]
+    if args.images < 1 or args.reps < 1 or args.scale <= 0:
+        parser.error("--images and --reps must be at least 1, --scale positive")
+    if min(args.concurrency + args.loop_parallelism) < 1:
+        parser.error("--concurrency and --loop-parallelism must be at least 1")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; returns the exit status (0 all runs ok, 1 a run failed)."""
+    args = parse_args(argv)
+    kube_bin = ensure_components()
+    workdir = Path(tempfile.mkdtemp(prefix="ic-bench-", dir="/tmp"))
+    started = time.time()
+    env = Environment.start(workdir, kube_bin=kube_bin)
+    ok = False
+    try:
+        print(f"environment up in {time.time() - started:.1f}s ({workdir})", flush=True)
+        kubeconfig = install_controller_rbac(env)
+        built = time.time()
+        corpus = build_corpus(env.public, corpus_spec(args.images, args.scale))
+        print(f"corpus pushed in {time.time() - built:.1f}s", flush=True)
+        bench = Bench(env, corpus, kubeconfig, workdir)
+        field = contenders(args.concurrency, args.loop_parallelism)
+        runs: list[dict[str, Any]] = []
+        for rep in range(args.reps):
+            for contender in run_order(field, rep):
+                figures = bench.run(contender, rep)
+                runs.append(figures)
+                print(
+                    f"  round {rep + 1} {contender.label:<30} {figures['wall_s']:7.1f}s"
+                    f"{'' if figures['ok'] else '  FAILED'}",
+                    flush=True,
+                )
+        warm = [bench.warm(backend) for backend in args.warm]
+        summaries = {c.key: summarize([r for r in runs if r["contender"] == c.key]) for c in field}
+        report = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "options": {
+                "images": args.images,
+                "scale": args.scale,
+                "reps": args.reps,
+                "concurrency": args.concurrency,
+                "loop_parallelism": args.loop_parallelism,
+                "smoke": args.smoke,
+            },
+            "machine": {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+            "corpus": {
+                "figures": corpus.figures(),
+                "images": [
+                    {
+                        "reference": i.reference,
+                        "digest": i.digest,
+                        "index": i.spec.is_index,
+                        "group": i.spec.group,
+                        "bytes": sum(i.blobs.values()),
+                    }
+                    for i in corpus.images
+                ],
+            },
+            "contenders": {c.key: {"label": c.label, "kind": c.kind} for c in field},
+            "summaries": summaries,
+            "targets": targets(summaries, args.concurrency),
+            "warm": warm,
+            "runs": runs,
+        }
+        print()
+        print_report(report, {c.key: c.label for c in field})
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        out = args.results_dir / f"copy-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+        print(f"\nwrote {out}")
+        ok = all(r["ok"] for r in runs) and all(
+            w[name]["ok"] for w in warm for name in ("seed", "warm", "no_state")
+        )
+        for failed in [r for r in runs if not r["ok"]][:3]:
+            print(f"\nrun {failed['prefix']} failed:\n{failed.get('error', '')}", file=sys.stderr)
+        return 0 if ok else 1
+    finally:
+        env.stop()
+        if args.keep_workdir or not ok:
+            print(f"work dir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

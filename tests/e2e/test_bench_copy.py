@@ -1,0 +1,76 @@
+"""The copy benchmark runs end to end at a tiny size, prints its table and writes its JSON.
+
+``bench/copy.py --smoke`` starts its own real environment (etcd,
+kube-apiserver, dockerd, two registries), copies a 4-image corpus with every
+contender once and runs the warm cycle. Timings are not asserted (they mean
+nothing at this size); what is asserted is that every run copied every image
+and that the figures derived from the registries are there and plausible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "copy.py"
+CONTENDERS = (
+    "controller-docker-c2",
+    "controller-skopeo-c2",
+    "skopeo-loop-2",
+    "docker-loop",
+)
+
+
+def test_bench_copy_smoke_prints_its_table_and_writes_valid_json(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("contender "))
+    rows = lines[header + 1 : header + 1 + len(CONTENDERS)]
+    labels = (
+        "controller docker c=2 (default)",
+        "controller skopeo c=2 (default)",
+        "skopeo loop x2",
+        "docker pull/tag/push loop",
+    )
+    assert len(rows) == len(labels), result.stdout
+    for row, label in zip(rows, labels, strict=True):
+        assert row.startswith(label + " "), (row, result.stdout)
+    assert all(row.rstrip().endswith("yes") for row in rows), result.stdout
+    assert any(line.startswith("target: controller skopeo c=2") for line in lines)
+    assert any(line.startswith("warm skopeo warm") for line in lines)
+
+    written = list(tmp_path.glob("copy-*.json"))
+    assert len(written) == 1, written
+    report = json.loads(written[0].read_text())
+    corpus = report["corpus"]["figures"]
+    assert corpus["images"] == 4 and corpus["indexes"] == 1
+    assert 0 < corpus["unique_bytes"] < corpus["whole_bytes"]
+    assert set(report["summaries"]) == set(CONTENDERS)
+    for key, summary in report["summaries"].items():
+        assert summary["ok"], key
+        assert summary["wall_median_s"] > 0, key
+        # every contender pulled blobs from the public registry and pushed to the owned one
+        assert summary["pulled_blob_bytes"] > 0, key
+        assert summary["uploaded_bytes"] > 0, key
+    for key in ("controller-docker-c2", "controller-skopeo-c2"):
+        summary = report["summaries"][key]
+        assert 0 < summary["first_patch_s"] <= summary["last_patch_s"], key
+    # skopeo keeps every platform: it uploads at least the unique bytes of the corpus
+    assert report["summaries"]["controller-skopeo-c2"]["uploaded_bytes"] >= corpus["unique_bytes"]
+    (warm,) = report["warm"]
+    assert warm["backend"] == "skopeo"
+    assert warm["warm"]["ok"] and warm["warm"]["patched"] == 4
+    assert warm["warm"]["requests"]["public"]["total"] == 0  # the durable state answered
+    assert warm["no_state"]["requests"]["public"]["HEAD"] == 4  # one HEAD per source
+    assert [t["ratio"] > 0 for t in report["targets"]] == [True]
