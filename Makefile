@@ -61,9 +61,9 @@ demo-cluster: deps
 
 # Hot-path figures, then the copy benchmark on real components (starts the
 # e2e environment itself; 6-10 minutes at full size on a loaded 2-core machine).
-bench: $(VENV)/.installed
+bench: deps
 	$(PY) bench/run.py
-	$(PY) bench/copy.py
+	$(PY) bench/copies.py
 
 # docs/deploy.md: configure manifests/base first (target, credentials).
 deploy:

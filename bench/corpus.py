@@ -1,6 +1,6 @@
-"""A corpus of images that share base layers the way real images do, for bench/copy.py.
+"""A corpus of images that share base layers the way real images do, for bench/copies.py.
 
-Used only by the copy benchmark (``bench/copy.py``); nothing in ``cloner/``
+Used only by the copy benchmark (``bench/copies.py``); nothing in ``cloner/``
 imports it. :func:`corpus_spec` is pure: it lays out ``count`` images (20 by
 default) in three groups, each group sharing one base layer set (a large
 "debian"-like one, a small "alpine"-like one and a middle "distroless"-like

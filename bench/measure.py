@@ -1,6 +1,6 @@
-"""Figures from logs for bench/copy.py: registry access logs and controller log lines. Pure.
+"""Figures from logs for bench/copies.py: registry access logs and controller log lines. Pure.
 
-Nothing here does I/O; ``bench/copy.py`` reads the files and passes the text.
+Nothing here does I/O; ``bench/copies.py`` reads the files and passes the text.
 
 Registry access log: CNCF distribution 2.8 writes one combined-log-format
 line per request (gorilla ``handlers.CombinedLoggingHandler``)::

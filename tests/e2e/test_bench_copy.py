@@ -1,6 +1,6 @@
 """The copy benchmark runs end to end at a tiny size, prints its table and writes its JSON.
 
-``bench/copy.py --smoke`` starts its own real environment (etcd,
+``bench/copies.py --smoke`` starts its own real environment (etcd,
 kube-apiserver, dockerd, two registries), copies a 4-image corpus with every
 contender once and runs the warm cycle. Timings are not asserted (they mean
 nothing at this size); what is asserted is that every run copied every image
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "copy.py"
+BENCH = ROOT / "bench" / "copies.py"
 CONTENDERS = (
     "controller-docker-c2",
     "controller-skopeo-c2",

@@ -39,8 +39,8 @@ again without ``controllerNamespace`` shows what the state saves.
 Prints one table and writes every figure to
 ``bench/results/copy-<timestamp>.json`` (``--results-dir``).
 
-    .venv/bin/python bench/copy.py              # full size: 20 images, about 130 MB, 3 reps
-    .venv/bin/python bench/copy.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
+    .venv/bin/python bench/copies.py              # full size: 20 images, about 130 MB, 3 reps
+    .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
 
 Target checked: skopeo backend wall time (median) at most 1.1x the plain
 skopeo loop's with the same parallelism. Exit status 0 when every run
@@ -53,7 +53,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Running ``python bench/copy.py`` puts bench/ first on sys.path, where this
+# Running ``python bench/copies.py`` puts bench/ first on sys.path, where this
 # file would shadow the standard library's ``copy`` (imported by dataclasses).
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
