@@ -174,7 +174,8 @@ class Loop:
 
         The first pass starts at once; each later one ``interval`` seconds after
         the start of the one before, or at once when that one took longer
-        (``next_start``). Returns after the pass in flight ends.
+        (``next_start``); a standby that becomes leader starts one within a
+        second. Returns after the pass in flight ends.
         """
         if install_signals:
             signal.signal(signal.SIGTERM, self.stop)
@@ -187,6 +188,10 @@ class Loop:
                 # schedule has just set next_run to end + interval; start-to-start instead.
                 job.next_run = next_start(self._tick_started, self._interval)
                 self._tick_started = None
+            elif self._was_leader is False and self._is_leader is not None and self._is_leader():
+                # A standby that has just won the Lease reconciles at once,
+                # not a whole interval after its last (skipped) pass.
+                job.next_run = datetime.now()
             idle = self._scheduler.idle_seconds
             timeout = min(1.0, idle) if idle is not None else 1.0
             if timeout > 0:

@@ -193,7 +193,7 @@ for _state in ("owned", "pending", "backing_off"):
     IMAGES.labels(state=_state)
 for _action in ("created", "updated"):
     PULL_SECRETS_WRITTEN.labels(action=_action)
-for _reason in ("foreign_secret", "serviceaccount_missing", "api_error"):
+for _reason in ("foreign_secret", "serviceaccount_missing", "api_error", "credentials_unavailable"):
     NAMESPACE_FAILURES.labels(reason=_reason)
 for _result in ("ok", "failed", "error"):
     CYCLES.labels(result=_result)

@@ -161,7 +161,19 @@ class PullSecrets:
         """
         credential = self.credential()
         if credential is None:
-            return True
+            helper = self._credentials.current.helper_for(self._owned_registry)
+            if helper is None:
+                return True  # no credential configured: nodes pull by themselves
+            # A helper answers for the owned registry but gave nothing now:
+            # patching would start pods that cannot pull.
+            if namespace not in self._namespaces:
+                self._namespaces[namespace] = self._fail(
+                    namespace,
+                    "credentials_unavailable",
+                    f"credential helper docker-credential-{helper.name} gave no credential "
+                    f"for the owned registry {self._owned_registry}",
+                )
+            return False
         if namespace not in self._namespaces:
             self._namespaces[namespace] = self._ensure_secret(namespace, credential)
         if not self._namespaces[namespace]:
@@ -173,9 +185,22 @@ class PullSecrets:
             self._service_accounts[key] = self._ensure_attached(namespace, service_account)
         return self._service_accounts[key]
 
-    def workload_pull_secret(self) -> str | None:
-        """The Secret to add to pod templates (``workload`` mode), else None."""
-        if self._attach_service_accounts or self.credential() is None:
+    def workload_pull_secret(self, template_secrets: tuple[str, ...] | None = None) -> str | None:
+        """The Secret to add to a pod template, or None.
+
+        In ``workload`` mode always. In ``serviceaccount`` mode only when the
+        template lists ``imagePullSecrets`` of its own: the ServiceAccount
+        admission plugin adds a ServiceAccount's ``imagePullSecrets`` only to
+        pods that list none (Kubernetes ``plugin/pkg/admission/serviceaccount``),
+        so such pods would never see the managed Secret.
+
+        Args:
+            template_secrets: the pod template's ``imagePullSecrets`` names
+                (``Workload.pull_secrets``); None when it has none.
+        """
+        if self.credential() is None:
+            return None
+        if self._attach_service_accounts and not template_secrets:
             return None
         return self.name
 

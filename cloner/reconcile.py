@@ -755,7 +755,7 @@ class Reconciler:
         # Credentials first: no new pod may start without them.
         if not self._pull_secrets.namespace_ready(workload.namespace, workload.service_account):
             return False
-        return self._pull_secrets.workload_pull_secret()
+        return self._pull_secrets.workload_pull_secret(workload.pull_secrets)
 
     def _send(
         self,

@@ -440,16 +440,6 @@ def test_workloads_roll_out_on_owned_copies_pulled_with_the_provisioned_secret(
 NS_TEMPLATE = "apps-template-secret"  # the pod template lists its own imagePullSecrets
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug: with pullSecret.attach=serviceaccount the managed Secret goes onto the "
-        "ServiceAccount only (cloner/provisioning.py workload_pull_secret returns None), but "
-        "ServiceAccount admission adds a ServiceAccount's imagePullSecrets only to pods that "
-        "list none, so a template with its own imagePullSecrets gets no owned credentials "
-        "and its new pods fail to pull (ErrImagePull, 401 from the owned registry)"
-    ),
-)
 def test_template_with_its_own_pull_secret_gets_the_managed_one_and_runs(
     cluster: Cluster, deployed: Deployment
 ) -> None:

@@ -102,3 +102,19 @@ def test_after_an_overrun_the_timing_is_start_to_start_again_without_a_burst() -
     for gap in rest:
         assert 0.9 <= gap <= 1.4, gaps(slow.starts)
     assert slow.most_at_once == 1
+
+
+def test_a_standby_that_wins_the_lease_reconciles_at_once_not_an_interval_later() -> None:
+    leader = threading.Event()
+    slow = SlowPass([0.0])
+    loop = Loop(slow, 60.0, is_leader=leader.is_set)
+    slow.loop = loop
+    thread = threading.Thread(target=loop.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    time.sleep(1.5)  # the first scheduled pass came and was skipped: not leader
+    assert slow.starts == []
+    won = time.monotonic()
+    leader.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "no pass after winning the Lease"
+    assert slow.starts and slow.starts[0] - won < 3.0  # within a second or two, not 60 s

@@ -708,3 +708,34 @@ def test_a_cycle_stops_waiting_and_the_next_collects_the_clone_without_copying_a
     assert third.cloned == 1 and third.patched["Deployment"] == 1
     assert kube.image("a/slow", "c0").startswith(OWNED)
     assert [s.split("@")[0] for s, _ in registry.clones].count("quay.io/x/slow") == 1
+
+
+def test_a_template_with_its_own_pull_secrets_also_gets_the_managed_one() -> None:
+    # ServiceAccount admission adds the ServiceAccount's imagePullSecrets only
+    # to pods that list none, so this template must list the managed Secret.
+    obj = workload("Deployment", "a", "web", "nginx:1.25")
+    obj["spec"]["template"]["spec"]["imagePullSecrets"] = [{"name": "mine"}]
+    kube = SecretKube([obj, workload("Deployment", "a", "plain", "redis:7")])
+    kube.accounts[("a", "default")] = {"metadata": {"resourceVersion": "1"}}
+    summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
+    assert summary.ok
+    web = kube.objects[0]["spec"]["template"]["spec"]
+    assert web["imagePullSecrets"] == [{"name": "mine"}, {"name": "image-cloner-pull-secret"}]
+    plain = kube.objects[1]["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in plain  # it gets the Secret through its ServiceAccount
+    assert kube.accounts[("a", "default")]["imagePullSecrets"] == [
+        {"name": "image-cloner-pull-secret"}
+    ]
+
+
+def test_a_helper_giving_no_owned_credential_holds_the_namespace_back() -> None:
+    class HelperCreds:
+        current = DockerConfig.parse(json.dumps({"credHelpers": {OWNED: "broken"}}))
+        version = "v1"
+
+    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.accounts[("a", "default")] = {"metadata": {}}
+    summary = make(kube, FakeRegistry(), SETTINGS, HelperCreds()).reconcile_once()
+    assert kube.image("a/web", "c0") == "nginx:1.25"  # pods could not pull the owned copy
+    assert summary.provisioning.failures[0][:2] == ("a", "credentials_unavailable")
+    assert "docker-credential-broken" in summary.provisioning.failures[0][2]
