@@ -8,7 +8,7 @@ Without ``--once`` it reconciles every ``pollInterval`` seconds until SIGTERM
 and exits 0. With ``--once`` it runs a single cycle and exits 0 when nothing
 failed, 1 otherwise. A bad setting or docker ``config.json`` stops start-up
 with exit code 2 and a message that names the field or file. ``revert``
-undoes the controller's patches (``cloner.revert``) and exits 0 when
+undoes the controller's patches (``cloner.ops.revert``) and exits 0 when
 everything was reverted, 1 otherwise.
 """
 
@@ -23,20 +23,20 @@ from collections import Counter
 from pathlib import Path
 
 from cloner import metrics
+from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.distribution import DistributionClient
+from cloner.adapters.engine import DockerRegistry
+from cloner.adapters.kube import KubeClient, load_api_client
+from cloner.adapters.leader import LeaderElector
+from cloner.adapters.skopeo import SkopeoBackend
 from cloner.config import Settings, load_settings
-from cloner.credentials import CredentialStore
-from cloner.distribution import DistributionClient
 from cloner.errors import ConfigError, KubeError
-from cloner.events import EventRecorder
-from cloner.identity import SKOPEO
-from cloner.kube import KubeClient, load_api_client
-from cloner.leader import LeaderElector
-from cloner.loop import Loop
-from cloner.plan import build_plan, fetch_backoff, format_json, format_table
-from cloner.reconcile import Reconciler
-from cloner.registry import DockerRegistry
-from cloner.revert import run_revert
-from cloner.skopeo import SkopeoBackend
+from cloner.model.events import EventRecorder
+from cloner.model.identity import SKOPEO
+from cloner.ops.loop import Loop
+from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table
+from cloner.ops.reconcile import Reconciler
+from cloner.ops.revert import run_revert
 
 log = logging.getLogger("image_cloner")
 
@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.command == "revert":
-            return run_revert(args, settings)
+            kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
+            return run_revert(
+                kube, settings, args.namespace, args.dry_run, events=EventRecorder(kube)
+            )
         credentials = CredentialStore(settings.docker_config)
         credentials.reload()
         manifests = DistributionClient(

@@ -12,7 +12,7 @@ backward, ...):
   Deployment per image in a namespace of its own, ``namespaces.include``
   scoped to it, as the image-cloner ServiceAccount (shipped RBAC);
 - a plain ``skopeo copy --all --preserve-digests`` loop: a thread pool of N
-  skopeo processes (N = 1, 2, 4), auth file 0600 as ``cloner/skopeo.py``
+  skopeo processes (N = 1, 2, 4), auth file 0600 as ``cloner/adapters/skopeo.py``
   writes it;
 - a sequential ``docker pull; docker tag; docker push`` loop through the same
   engine (the docker CLI).

@@ -15,9 +15,9 @@ answered 201 (distribution spec ``spec.md`` "Pushing blobs"), each counted
 with the size of blob ``<d>`` as stored.
 
 Controller log (``controller.py`` text format, ``%(asctime)s`` local time
-with milliseconds): ``cloner.cloning`` logs ``copying SRC (DIGEST) to OWNED``
+with milliseconds): ``cloner.ops.cloning`` logs ``copying SRC (DIGEST) to OWNED``
 when a copy starts and ``cloned SRC to OWNED (DIGEST)`` when it is verified;
-``cloner.reconcile`` logs ``patched NS/KIND/NAME container C: OLD -> NEW``
+``cloner.ops.reconcile`` logs ``patched NS/KIND/NAME container C: OLD -> NEW``
 after each patch.
 """
 
@@ -168,7 +168,7 @@ def patch_times(log: str) -> list[float]:
     """Epoch seconds of every ``patched ... container`` line, in log order."""
     out = []
     for line in log.splitlines():
-        if " cloner.reconcile: patched " in line and " container " in line:
+        if " cloner.ops.reconcile: patched " in line and " container " in line:
             at = log_time(line)
             if at is not None:
                 out.append(at)
@@ -224,7 +224,9 @@ def phases(log: str, started: float, ended: float) -> dict[str, float | None]:
     """
     times = [t for t in (log_time(line) for line in log.splitlines()) if t is not None]
     spans = copy_spans(log)
-    summary = [log_time(line) for line in log.splitlines() if " cloner.loop: reconcile: " in line]
+    summary = [
+        log_time(line) for line in log.splitlines() if " cloner.ops.loop: reconcile: " in line
+    ]
     first = times[0] if times else None
     copy_start = min((s.start for s in spans), default=None)
     copy_end = max((s.end for s in spans), default=None)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloner.reference import Policy, Target, parse_reference
-from cloner.workloads import ContainerPlan, Workload, image_patch, plan_workload
+from cloner.model.reference import Policy, Target, parse_reference
+from cloner.model.workloads import ContainerPlan, Workload, image_patch, plan_workload
 
 IMAGES = [
     "nginx",

@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
-from cloner.identity import BACKENDS
-from cloner.lease import validate_timing
-from cloner.pullsecrets import ATTACH_MODES
-from cloner.reference import NAMING_STRATEGIES, Policy, Target
+from cloner.model.identity import BACKENDS
+from cloner.model.lease import validate_timing
+from cloner.model.pullsecrets import ATTACH_MODES
+from cloner.model.reference import NAMING_STRATEGIES, Policy, Target
 
 # Kubernetes object names: RFC 1123 DNS subdomain (apimachinery validation).
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -25,9 +25,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from cloner import __version__
 from cloner.errors import RegistryError
-from cloner.reconcile import Summary
-from cloner.workloads import KINDS
+from cloner.model.workloads import KINDS
+from cloner.ops.reconcile import Summary
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -157,7 +158,7 @@ BUILD_INFO = Gauge(
     ["version", "python_version"],
     registry=REGISTRY,
 )
-VERSION = "0.1.0"
+VERSION = __version__
 BUILD_INFO.labels(version=VERSION, python_version=platform.python_version()).set(1)
 CYCLES = Counter(
     "image_cloner_reconcile_cycles",

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from cloner.credentials import CredentialStore
-from cloner.distribution import MANIFEST_MEDIA_TYPES, DistributionClient
+from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.distribution import MANIFEST_MEDIA_TYPES, DistributionClient
 from cloner.errors import RegistryError
-from cloner.reference import parse_reference
+from cloner.model.reference import parse_reference
 from tests.e2e.harness import Environment
 from tests.e2e.support import log_size, push_to_owned, request_lines
 

@@ -16,7 +16,8 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from cloner.events import (
+from cloner.adapters.kube import KubeClient, load_api_client
+from cloner.model.events import (
     CLONE_FAILED,
     NORMAL,
     PATCHED,
@@ -25,8 +26,7 @@ from cloner.events import (
     clone_failed_message,
     patched_message,
 )
-from cloner.kube import KubeClient, load_api_client
-from cloner.workloads import Workload
+from cloner.model.workloads import Workload
 from tests.e2e.harness import Environment
 from tests.e2e.support import Scope, create, read
 

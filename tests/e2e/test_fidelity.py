@@ -28,7 +28,7 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from cloner.reference import parse_reference
+from cloner.model.reference import parse_reference
 from tests.e2e import images as img
 from tests.e2e.harness import Environment
 from tests.e2e.support import (

@@ -21,8 +21,8 @@ import kubernetes.client
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cloner.kube import load_api_client
-from cloner.leader import LeaderElector
+from cloner.adapters.kube import load_api_client
+from cloner.adapters.leader import LeaderElector
 from tests.e2e.harness import Environment
 
 pytestmark = pytest.mark.e2e

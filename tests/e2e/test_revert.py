@@ -19,10 +19,10 @@ from typing import Any
 import kubernetes.client
 import pytest
 
+from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import load_settings
-from cloner.kube import KubeClient, load_api_client
-from cloner.revert import owned_predicate, revert_all
-from cloner.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload
+from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload
+from cloner.ops.revert import owned_predicate, revert_all
 from tests.e2e.harness import Environment
 from tests.e2e.support import REPO, Scope, create, images, read, write_config
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cloner.credentials import CredentialStore
+from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.skopeo import SkopeoBackend
 from cloner.errors import RegistryError
-from cloner.reference import digest_tag, parse_reference
-from cloner.skopeo import SkopeoBackend
+from cloner.model.reference import digest_tag, parse_reference
 from tests.e2e import images
 from tests.e2e.harness import Environment
 

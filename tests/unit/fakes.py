@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cloner.errors import RegistryError
-from cloner.identity import (
+from cloner.model.identity import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -23,7 +23,7 @@ from cloner.identity import (
     Descriptor,
     child_for,
 )
-from cloner.reference import Reference
+from cloner.model.reference import Reference
 
 
 def sha(data: bytes) -> str:
@@ -148,7 +148,7 @@ class Registries:
             return Copied(digest)
         # docker: one platform, re-serialised with the same config
         if media == OCI_INDEX:
-            from cloner.identity import parse_manifest
+            from cloner.model.identity import parse_manifest
 
             child = child_for(parse_manifest(digest, media, body), self.engine_platform)
             assert child is not None

@@ -1,6 +1,6 @@
 """Backoff timing and registry pauses."""
 
-from cloner.backoff import Backoff, BackoffPolicy, RegistryPauses
+from cloner.model.backoff import Backoff, BackoffPolicy, RegistryPauses
 
 
 def test_delay_doubles_and_caps() -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 import time
 
-from cloner.cloning import ImageCloner
 from cloner.errors import RegistryError
-from cloner.identity import DOCKER_MANIFEST, OCI_INDEX, Copied, child_for, parse_manifest
-from cloner.reference import Reference, Target, parse_reference
-from cloner.state import StateBook
+from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, Copied, child_for, parse_manifest
+from cloner.model.reference import Reference, Target, parse_reference
+from cloner.model.state import StateBook
+from cloner.ops.cloning import ImageCloner
 from tests.unit.fakes import Registries
 
 SRC = "src.example"

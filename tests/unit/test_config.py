@@ -6,7 +6,7 @@ import pytest
 
 from cloner.config import Settings, load_settings
 from cloner.errors import ConfigError
-from cloner.reference import Target
+from cloner.model.reference import Target
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,17 +12,10 @@ from typing import Any
 
 import pytest
 
-from cloner.credentials import (
-    Credential,
-    CredentialStore,
-    DockerConfig,
-    HelperFailed,
-    HelperRef,
-    normalize_registry_key,
-    run_helper,
-)
+from cloner.adapters.credential_store import CredentialStore, HelperFailed, run_helper
 from cloner.errors import ConfigError
-from cloner.pullsecrets import dockerconfigjson
+from cloner.model.credentials import Credential, DockerConfig, HelperRef, normalize_registry_key
+from cloner.model.pullsecrets import dockerconfigjson
 from tests.credhelper import FakeHelper
 
 

@@ -30,9 +30,9 @@ import pytest
 import requests
 import urllib3
 
-from cloner import distribution
-from cloner.credentials import CredentialStore
-from cloner.distribution import (
+from cloner.adapters import distribution
+from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.distribution import (
     MANIFEST_MEDIA_TYPES,
     Challenge,
     DistributionClient,
@@ -42,7 +42,7 @@ from cloner.distribution import (
     registry_error_text,
 )
 from cloner.errors import RegistryError
-from cloner.reference import Reference, parse_reference
+from cloner.model.reference import Reference, parse_reference
 
 # --- pure parts ----------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cloner import events
 from cloner.errors import KubeError
-from cloner.events import (
+from cloner.model import events
+from cloner.model.events import (
     CLONE_FAILED,
     CLONED,
     CREATE,
@@ -25,7 +25,7 @@ from cloner.events import (
     EventRecorder,
     NullRecorder,
 )
-from cloner.workloads import Workload
+from cloner.model.workloads import Workload
 
 WEB = Workload("Deployment", "shop", "web", uid="uid-web", resource_version="7")
 API = Workload("Deployment", "shop", "api", uid="uid-api", resource_version="3")
@@ -282,7 +282,7 @@ def test_recorder_never_raises(failure: Exception, caplog: pytest.LogCaptureFixt
     api = FakeEvents()
     api.fail = failure
     rec = recorder(api)
-    with caplog.at_level(logging.DEBUG, logger="cloner.events"):
+    with caplog.at_level(logging.DEBUG, logger="cloner.model.events"):
         rec.record(WEB, WARNING, CLONE_FAILED, "m")
         rec.record(WEB, WARNING, CLONE_FAILED, "m")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -297,7 +297,7 @@ def test_recorder_never_raises(failure: Exception, caplog: pytest.LogCaptureFixt
 
 def test_recorder_refuses_an_unknown_type_without_raising(caplog: pytest.LogCaptureFixture) -> None:
     api = FakeEvents()
-    with caplog.at_level(logging.WARNING, logger="cloner.events"):
+    with caplog.at_level(logging.WARNING, logger="cloner.model.events"):
         recorder(api).record(WEB, "Error", CLONE_FAILED, "m")
     assert not api.calls
     assert "unknown type" in caplog.text
@@ -338,7 +338,7 @@ def test_null_recorder_records_nothing() -> None:
 
 def test_events_module_imports_no_io_library() -> None:
     code = (
-        "import sys, cloner.events\n"
+        "import sys, cloner.model.events\n"
         "print(','.join(m for m in ('kubernetes', 'docker') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cloner.identity import (
+from cloner.model.identity import (
     DOCKER,
     DOCKER_LIST,
     DOCKER_MANIFEST,

@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from cloner.kube import THROTTLE_TRIES, KubeClient
+from cloner.adapters.kube import THROTTLE_TRIES, KubeClient
 
 
 class Response:

@@ -18,8 +18,8 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from cloner.leader import LeaderElector, default_identity
-from cloner.lease import (
+from cloner.adapters.leader import LeaderElector, default_identity
+from cloner.model.lease import (
     LeaseRecord,
     acquired_record,
     expires_at,
@@ -195,7 +195,7 @@ def test_validate_timing(lease: float, renew: float, retry: float, problem: str 
 def test_lease_module_imports_no_io_library() -> None:
     code = (
         "import sys\n"
-        "import cloner.lease\n"
+        "import cloner.model.lease\n"
         "print(','.join(m for m in ('kubernetes', 'docker') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

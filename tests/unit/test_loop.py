@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from cloner.loop import Loop, next_start
-from cloner.reconcile import Summary
+from cloner.ops.loop import Loop, next_start
+from cloner.ops.reconcile import Summary
 
 
 class SlowPass:

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from cloner.config import load_settings
-from cloner.credentials import DockerConfig
+from cloner.model.credentials import DockerConfig
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
 

@@ -3,15 +3,15 @@
 import base64
 import json
 
-from cloner.credentials import DockerConfig
-from cloner.pullsecrets import (
+from cloner.model.credentials import DockerConfig
+from cloner.model.pullsecrets import (
     desired_secret,
     dockerconfigjson,
     secret_action,
     service_account_patch,
     updated_secret,
 )
-from cloner.workloads import Container, Workload, image_patch
+from cloner.model.workloads import Container, Workload, image_patch
 
 CONFIG = DockerConfig.parse(
     json.dumps(

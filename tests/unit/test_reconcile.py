@@ -11,10 +11,10 @@ from typing import Any
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
-from cloner.identity import OCI_MANIFEST, Copied, Descriptor
-from cloner.reconcile import Reconciler
-from cloner.reference import Reference, parse_reference
-from cloner.workloads import NamespaceInfo, Workload
+from cloner.model.identity import OCI_MANIFEST, Copied, Descriptor
+from cloner.model.reference import Reference, parse_reference
+from cloner.model.workloads import NamespaceInfo, Workload
+from cloner.ops.reconcile import Reconciler
 from tests.unit.fakes import Registries, Repo
 
 OWNED = "owned.example.com"
@@ -364,7 +364,7 @@ def test_invalid_reference_counts_as_failure_reason() -> None:
 import base64  # noqa: E402
 import json  # noqa: E402
 
-from cloner.credentials import DockerConfig  # noqa: E402
+from cloner.model.credentials import DockerConfig  # noqa: E402
 
 
 class Creds:

@@ -1,4 +1,4 @@
-"""Table-driven tests of ``cloner.reference`` against the upstream grammar.
+"""Table-driven tests of ``cloner.model.reference`` against the upstream grammar.
 
 Expected results are those of Docker's ``ParseNormalizedNamed`` (current
 github.com/distribution/reference). Vectors are taken from upstream test files
@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloner.errors import InvalidReference
-from cloner.reference import (
+from cloner.model.reference import (
     Reference,
     Target,
     digest_tag,

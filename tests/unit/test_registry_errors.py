@@ -2,8 +2,8 @@
 
 import pytest
 
+from cloner.adapters.engine import _stream_errors
 from cloner.errors import RegistryError, classify_registry_message
-from cloner.registry import _stream_errors
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_aux_payloads_are_returned() -> None:
 def test_push_progress_counts_pushed_layers_and_logs_at_most_every_few_seconds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from cloner.registry import PushProgress
+    from cloner.adapters.engine import PushProgress
 
     now = [0.0]
     progress = PushProgress("owned.example.com/x:1", every=5, clock=lambda: now[0])
@@ -101,7 +101,7 @@ def test_push_progress_counts_pushed_layers_and_logs_at_most_every_few_seconds(
         {"status": "Pushed", "id": "bbb"},
         {"status": "Pushed", "id": "ccc"},
     ]
-    with caplog.at_level("INFO", logger="cloner.registry"):
+    with caplog.at_level("INFO", logger="cloner.adapters.engine"):
         for i, line in enumerate(lines):
             now[0] = i * 2.0  # 0, 2, 4, 6, 8, 10 s
             progress(line)

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 from cloner.errors import KubeError
-from cloner.pullsecrets import service_account_patch
-from cloner.reference import Policy, Target
-from cloner.revert import (
+from cloner.model.pullsecrets import service_account_patch
+from cloner.model.reference import Policy, Target
+from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
+from cloner.ops.revert import (
     owned_predicate,
     revert_all,
     revert_patch,
     service_account_revert_patch,
 )
-from cloner.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
 
 POLICY = Policy(Target("owned.example.com", "mirror"), (Target("inhouse.example.com"),))
 IS_OWNED = owned_predicate(POLICY)

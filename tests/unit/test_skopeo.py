@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from cloner import skopeo
-from cloner.credentials import CredentialStore
+from cloner.adapters import skopeo
+from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.skopeo import SkopeoBackend, copy_argv, copy_error, failing_side, fatal_message
 from cloner.errors import RegistryError
-from cloner.reference import Reference, parse_reference
-from cloner.skopeo import SkopeoBackend, copy_argv, copy_error, failing_side, fatal_message
+from cloner.model.reference import Reference, parse_reference
 
 PUBLIC = "127.0.0.1:48191"
 OWNED = "127.0.0.1:58411"
@@ -552,7 +552,7 @@ def test_the_backend_imports_neither_docker_nor_kubernetes() -> None:
     import subprocess
 
     code = (
-        "import sys, cloner.skopeo\n"
+        "import sys, cloner.adapters.skopeo\n"
         "print(','.join(m for m in ('kubernetes', 'docker') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

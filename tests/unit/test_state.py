@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cloner.state import (
+from cloner.model.state import (
     BACKOFF_KEY,
     RECORDS_KEY,
     SHARDS,
@@ -100,7 +100,7 @@ def test_use_is_written_at_most_once_per_resolution_and_unused_records_expire() 
 
 
 def test_record_count_is_bounded_least_recently_used_first() -> None:
-    from cloner import state
+    from cloner.model import state
 
     saved = state.MAX_RECORDS
     state.MAX_RECORDS = 5

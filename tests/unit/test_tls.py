@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from cloner.credentials import CredentialStore
+from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.engine import DockerRegistry
 from cloner.errors import RegistryError
-from cloner.reference import parse_reference
-from cloner.registry import DockerRegistry
-from cloner.tls import (
+from cloner.model.reference import parse_reference
+from cloner.model.tls import (
     EngineRegistryConfig,
     engine_skips_tls,
     listed_insecure,

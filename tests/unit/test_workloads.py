@@ -1,7 +1,7 @@
 """Workload snapshots, per-container plans and the JSON patch."""
 
-from cloner.reference import Policy, Target
-from cloner.workloads import (
+from cloner.model.reference import Policy, Target
+from cloner.model.workloads import (
     NamespaceInfo,
     Workload,
     image_patch,
@@ -146,7 +146,7 @@ def test_patch_is_empty_when_nothing_changes() -> None:
 
 
 def test_namespace_scope_globs_exclude_wins() -> None:
-    from cloner.workloads import namespace_in_scope
+    from cloner.model.workloads import namespace_in_scope
 
     assert namespace_in_scope("shop", (), ("kube-*",))
     assert not namespace_in_scope("kube-system", (), ("kube-*",))

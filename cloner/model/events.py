@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cloner.errors import KubeError
-from cloner.workloads import Workload
+from cloner.model.workloads import Workload
 
 log = logging.getLogger(__name__)
 

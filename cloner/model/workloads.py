@@ -19,7 +19,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from cloner.errors import InvalidReference
-from cloner.reference import Policy, Reference, parse_reference
+from cloner.model.reference import Policy, Reference, parse_reference
 
 #: Workload kinds reconciled, with their apps/v1 plural resource names.
 KINDS: Mapping[str, str] = {

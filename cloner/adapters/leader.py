@@ -22,7 +22,7 @@ renewal (plus one round trip).
 
 Usage::
 
-    api_client = cloner.kube.load_api_client(kubeconfig)
+    api_client = cloner.adapters.kube.load_api_client(kubeconfig)
     elector = LeaderElector(api_client, namespace="image-cloner", on_change=callback)
     elector.start()
     if elector.wait_until_leader(stop_event):
@@ -46,9 +46,9 @@ import kubernetes.client
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from cloner.adapters.kube import translate_error
 from cloner.errors import KubeError
-from cloner.kube import translate_error
-from cloner.lease import (
+from cloner.model.lease import (
     LeaseRecord,
     acquired_record,
     expires_at,
@@ -78,7 +78,7 @@ class LeaderElector:
     """Acquires and renews one Lease in a background thread; tells whether this replica leads.
 
     Args:
-        api_client: a configured client (``cloner.kube.load_api_client``).
+        api_client: a configured client (``cloner.adapters.kube.load_api_client``).
         namespace: namespace of the Lease (the controller's own namespace).
         name: name of the Lease; every replica must use the same one.
         identity: this replica's ``holderIdentity``; default ``default_identity()``.

@@ -17,7 +17,7 @@ the engine verifies TLS for every registry except those it is configured to
 treat as insecure (``dockerd --insecure-registry`` and, by default, loopback
 addresses), so before any pull, push or manifest inspection the engine's
 registry configuration (``/info`` -> ``RegistryConfig``, read once per engine
-client) is checked with ``cloner.tls`` and a registry it would reach without
+client) is checked with ``cloner.model.tls`` and a registry it would reach without
 verification is refused with reason ``insecure_registry`` unless listed.
 """
 
@@ -35,11 +35,12 @@ import docker.errors
 import requests
 import urllib3
 
-from cloner.credentials import Credential, CredentialStore
+from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import ClonerError, RegistryError, registry_error
-from cloner.identity import Copied, platform_name
-from cloner.reference import Reference
-from cloner.tls import EngineRegistryConfig, listed_insecure
+from cloner.model.credentials import Credential
+from cloner.model.identity import Copied, platform_name
+from cloner.model.reference import Reference
+from cloner.model.tls import EngineRegistryConfig, listed_insecure
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from cloner.errors import ConfigError, KubeError
-from cloner.workloads import KINDS, NamespaceInfo, Workload
+from cloner.model.workloads import KINDS, NamespaceInfo, Workload
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ The command (skopeo-copy(1), skopeo 1.9; the test bed notes in
   ``password`` fields: "unauthorized"); skopeo reads it more than once, so it
   is a file, not a pipe;
 - ``--src-tls-verify``/``--dest-tls-verify``: false exactly for registries
-  listed in ``insecureRegistries`` (``cloner.tls.listed_insecure``); skopeo
+  listed in ``insecureRegistries`` (``cloner.model.tls.listed_insecure``); skopeo
   then also falls back to plain HTTP;
 - ``--command-timeout``: skopeo's own deadline ("context deadline exceeded").
 
@@ -60,11 +60,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from cloner.credentials import Credential, CredentialStore
+from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import RegistryError, registry_error
-from cloner.identity import Copied
-from cloner.reference import Reference
-from cloner.tls import listed_insecure
+from cloner.model.credentials import Credential
+from cloner.model.identity import Copied
+from cloner.model.reference import Reference
+from cloner.model.tls import listed_insecure
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cloner.credentials import Credential
-from cloner.workloads import ADDED_PULL_SECRET, annotation_ops
+from cloner.model.credentials import Credential
+from cloner.model.workloads import ADDED_PULL_SECRET, annotation_ops
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "image-cloner"

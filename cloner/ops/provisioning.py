@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cloner.credentials import Credential, DockerConfig
 from cloner.errors import KubeError
-from cloner.pullsecrets import (
+from cloner.model.credentials import Credential, DockerConfig
+from cloner.model.pullsecrets import (
     desired_secret,
     is_managed,
     secret_action,

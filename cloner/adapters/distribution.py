@@ -14,7 +14,7 @@ It is the only module that talks to registries with ``requests``. It must not:
 - let a ``requests`` or ``urllib3`` exception out: every failure is a
   ``RegistryError`` whose ``registry`` is the registry host;
 - reach a registry without TLS verification unless it is listed in
-  ``insecureRegistries`` (``cloner.tls.listed_insecure``); a listed one is
+  ``insecureRegistries`` (``cloner.model.tls.listed_insecure``); a listed one is
   tried over https without verification, then over plain http;
 - import ``kubernetes`` or ``docker``.
 
@@ -48,12 +48,18 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from cloner.credentials import Credential, CredentialStore
+from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import InvalidReference, RegistryError
-from cloner.identity import DOCKER_LIST as DOCKER_MANIFEST_LIST
-from cloner.identity import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
-from cloner.reference import DEFAULT_REGISTRY, LEGACY_DEFAULT_REGISTRY, Reference, validate_digest
-from cloner.tls import listed_insecure
+from cloner.model.credentials import Credential
+from cloner.model.identity import DOCKER_LIST as DOCKER_MANIFEST_LIST
+from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from cloner.model.reference import (
+    DEFAULT_REGISTRY,
+    LEGACY_DEFAULT_REGISTRY,
+    Reference,
+    validate_digest,
+)
+from cloner.model.tls import listed_insecure
 
 log = logging.getLogger(__name__)
 

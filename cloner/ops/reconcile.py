@@ -39,12 +39,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cloner.backoff import BackoffPolicy
-from cloner.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
 from cloner.config import Settings
-from cloner.credentials import DockerConfig
 from cloner.errors import InvalidReference, KubeError, RegistryError
-from cloner.events import (
+from cloner.model.backoff import BackoffPolicy
+from cloner.model.credentials import DockerConfig
+from cloner.model.events import (
     CLONE_FAILED,
     CLONED,
     NORMAL,
@@ -60,10 +59,9 @@ from cloner.events import (
     patched_message,
     source_moved_message,
 )
-from cloner.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
-from cloner.reference import Reference, parse_reference
-from cloner.state import StateBook, shard_names
-from cloner.workloads import (
+from cloner.model.reference import Reference, parse_reference
+from cloner.model.state import StateBook, shard_names
+from cloner.model.workloads import (
     KINDS,
     Container,
     ContainerPlan,
@@ -74,6 +72,8 @@ from cloner.workloads import (
     original_images,
     plan_workload,
 )
+from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
+from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 
 __all__ = [
     "CopyBackend",

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cloner.identity import spread
+from cloner.model.identity import spread
 
 SHARDS = 16
 MAX_RECORDS = 16000

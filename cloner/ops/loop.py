@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 import schedule
 
 from cloner import metrics
-from cloner.reconcile import Summary
+from cloner.ops.reconcile import Summary
 
 log = logging.getLogger(__name__)
 

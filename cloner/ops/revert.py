@@ -34,7 +34,6 @@ at module level.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import defaultdict
@@ -42,16 +41,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cloner.errors import ConfigError, InvalidReference, KubeError
-from cloner.events import (
+from cloner.errors import InvalidReference, KubeError
+from cloner.model.events import (
     NORMAL,
     REVERTED,
     EventRecorder,
     NullRecorder,
     reverted_message,
 )
-from cloner.reference import Policy, parse_reference
-from cloner.workloads import (
+from cloner.model.reference import Policy, parse_reference
+from cloner.model.workloads import (
     ADDED_PULL_SECRET,
     CONTAINER_LISTS,
     KINDS,
@@ -626,35 +625,34 @@ def _pod_spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
 
 
-def run_revert(args: argparse.Namespace, settings: Settings) -> int:
-    """``controller.py revert``: build the client, revert, print one line per change.
+def run_revert(
+    kube: RevertAPI,
+    settings: Settings,
+    namespace: str | None,
+    dry_run: bool,
+    events: EventRecorder | NullRecorder | None = None,
+) -> int:
+    """``controller.py revert``: revert, print one line per change.
 
     Args:
-        args: the parsed command line; uses ``kubeconfig`` (Path or None),
-            ``namespace`` (str or None) and ``dry_run`` (bool).
-        settings: the loaded settings (``policy`` decides what is owned,
-            ``list_page_size`` the page size).
+        kube: the Kubernetes side, built by the caller (``adapters.kube.KubeClient``).
+        settings: the loaded settings (``policy`` decides what is owned).
+        namespace: only this namespace, or None for all.
+        dry_run: print what would change, write nothing.
+        events: records ``Reverted`` Events; None records none.
 
     Returns:
         The exit code: 0 when everything was reverted (or, with ``--dry-run``,
-        always unless listing failed or the configuration is unusable), 1 when
-        something was left or failed, 2 when no Kubernetes configuration was found.
+        always unless listing failed), 1 when something was left or failed.
     """
-    from cloner.kube import KubeClient, load_api_client
-
-    try:
-        kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
-    except ConfigError as exc:
-        log.error("revert failed: %s", exc)
-        return 2
     report = revert_all(
         kube,
         owned_predicate(settings.policy),
-        namespace=args.namespace,
-        dry_run=args.dry_run,
+        namespace=namespace,
+        dry_run=dry_run,
         out=lambda line: print(line, flush=True),
-        events=EventRecorder(kube),
+        events=events,
     )
-    if args.dry_run:
+    if dry_run:
         return 0 if not report.failed else 1
     return 0 if report.ok else 1

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
-from cloner.identity import DOCKER, Descriptor
-from cloner.reconcile import KubeAPI, list_in_scope
-from cloner.reference import Reference
-from cloner.workloads import plan_workload
+from cloner.model.identity import DOCKER, Descriptor
+from cloner.model.reference import Reference
+from cloner.model.workloads import plan_workload
+from cloner.ops.reconcile import KubeAPI, list_in_scope
 
 
 class ManifestLookup(Protocol):

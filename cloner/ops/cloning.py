@@ -44,9 +44,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from cloner.backoff import Backoff, BackoffPolicy, RegistryPauses
 from cloner.errors import RegistryError
-from cloner.identity import (
+from cloner.model.backoff import Backoff, BackoffPolicy, RegistryPauses
+from cloner.model.identity import (
     DOCKER,
     SKOPEO,
     Action,
@@ -61,8 +61,8 @@ from cloner.identity import (
     refresh_due,
     same_content,
 )
-from cloner.reference import Reference
-from cloner.state import Failure, Record, StateBook
+from cloner.model.reference import Reference
+from cloner.model.state import Failure, Record, StateBook
 
 log = logging.getLogger(__name__)
 

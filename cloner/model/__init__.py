@@ -1,0 +1,1 @@
+"""Pure decisions: no I/O, no clock of their own, no client libraries (see ``cloner``)."""

@@ -1,0 +1,1 @@
+"""Operations: the reconcile cycle and the commands, against protocols, not adapters."""
