@@ -44,6 +44,13 @@ CLONE_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+UNPATCHABLE_PUBLIC_IMAGES = Gauge(
+    "image_cloner_unpatchable_public_images",
+    "Containers of Jobs and bare Pods that use images outside the owned registry; "
+    "their templates cannot be patched (counted every verifyInterval).",
+    ["kind"],
+    registry=REGISTRY,
+)
 OWNED_COPIES_REPLACED = Counter(
     "image_cloner_owned_copies_replaced",
     "Owned names found holding other content than their source and copied over "
@@ -228,6 +235,9 @@ def record_cycle(summary: Summary) -> None:
     FIGHTS.set(len(summary.fights))
     IMAGES_HEALED.inc(summary.healed)
     OWNED_COPIES_REPLACED.inc(summary.replaced)
+    if summary.unpatchable is not None:
+        for kind, count in summary.unpatchable.items():
+            UNPATCHABLE_PUBLIC_IMAGES.labels(kind=kind).set(count)
     SOURCES_MOVED.inc(summary.moved)
     PATCH_CONFLICTS.inc(summary.conflicts_retried)
     CYCLE_DURATION.observe(summary.duration)

@@ -100,6 +100,7 @@ class KubeClient:
 
     def __init__(self, api_client: client.ApiClient, page_size: int = 500) -> None:
         self._apps = client.AppsV1Api(api_client)
+        self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._version = client.VersionApi(api_client)
         #: requests so far by outcome: success, 4xx, 5xx, unreachable (for metrics)
@@ -111,16 +112,19 @@ class KubeClient:
             "Deployment": self._apps.list_deployment_for_all_namespaces,
             "DaemonSet": self._apps.list_daemon_set_for_all_namespaces,
             "StatefulSet": self._apps.list_stateful_set_for_all_namespaces,
+            "CronJob": self._batch.list_cron_job_for_all_namespaces,
         }
         self._get: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.read_namespaced_deployment,
             "DaemonSet": self._apps.read_namespaced_daemon_set,
             "StatefulSet": self._apps.read_namespaced_stateful_set,
+            "CronJob": self._batch.read_namespaced_cron_job,
         }
         self._patch: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.patch_namespaced_deployment,
             "DaemonSet": self._apps.patch_namespaced_daemon_set,
             "StatefulSet": self._apps.patch_namespaced_stateful_set,
+            "CronJob": self._batch.patch_namespaced_cron_job,
         }
 
     def reachable(self, timeout: float = 3.0) -> bool:
@@ -186,6 +190,28 @@ class KubeClient:
         selector = ",".join(f"metadata.namespace!={ns}" for ns in sorted(excluded_namespaces))
         for item in self._paginate(self._list[kind], f"list {KINDS[kind]}", selector or None):
             yield Workload.from_api(kind, item)
+
+    def list_unpatchable(self, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
+        """Jobs and bare Pods (no controller owner), to report the public images they use.
+
+        Their images cannot be changed (``workloads.UNPATCHABLE_KINDS``);
+        Pods that a workload controls are left out, since their workload is
+        reconciled. Paginated, excluded namespaces left out by field selector.
+
+        Raises:
+            KubeError: a list call failed.
+        """
+        selector = ",".join(f"metadata.namespace!={ns}" for ns in sorted(excluded_namespaces))
+        calls = (
+            ("Job", self._batch.list_job_for_all_namespaces),
+            ("Pod", self._core.list_pod_for_all_namespaces),
+        )
+        for kind, call in calls:
+            for item in self._paginate(call, f"list {kind.lower()}s", selector or None):
+                workload = Workload.from_api(kind, item)
+                if kind == "Pod" and workload.controller_owner is not None:
+                    continue
+                yield workload
 
     def get_workload(self, kind: str, namespace: str, name: str) -> Workload | None:
         """The workload as it is now, or None when it is gone. Raises ``KubeError``."""

@@ -21,12 +21,42 @@ from typing import Any
 from cloner.errors import InvalidReference
 from cloner.model.reference import Policy, Reference, parse_reference
 
-#: Workload kinds reconciled, with their apps/v1 plural resource names.
+#: Workload kinds reconciled, with their plural resource names (apps/v1, batch/v1).
 KINDS: Mapping[str, str] = {
     "Deployment": "deployments",
     "DaemonSet": "daemonsets",
     "StatefulSet": "statefulsets",
+    "CronJob": "cronjobs",
 }
+
+#: Where each kind keeps its pod spec (a CronJob's Jobs are made from
+#: ``spec.jobTemplate``; Kubernetes API reference, batch/v1 CronJobSpec).
+POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
+    "Deployment": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "Pod": ("spec",),
+}
+
+#: Kinds whose pod templates cannot be patched (a Job's template is
+#: immutable, a Pod's image fields are fixed for its life); only reported.
+UNPATCHABLE_KINDS = ("Job", "Pod")
+
+
+def pod_spec_pointer(kind: str) -> str:
+    """JSON pointer (RFC 6901) of a kind's pod spec, e.g. ``/spec/template/spec``."""
+    return "/" + "/".join(POD_SPEC_PATHS.get(kind, POD_SPEC_PATHS["Deployment"]))
+
+
+def pod_spec_of(kind: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod spec of a workload object as the API returns it ({} when absent)."""
+    node: Any = obj
+    for part in POD_SPEC_PATHS.get(kind, POD_SPEC_PATHS["Deployment"]):
+        node = (node or {}).get(part) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
 
 #: Pod template lists that hold containers whose image can be changed.
 #: (Ephemeral containers cannot be set on a template.)
@@ -42,30 +72,32 @@ class Container:
         image: the image reference exactly as written.
         list_name: ``containers`` or ``initContainers``.
         index: position in that list (for the JSON patch path).
+        spec_path: JSON pointer of the pod spec holding it (``pod_spec_pointer``).
     """
 
     name: str
     image: str
     list_name: str
     index: int
+    spec_path: str = "/spec/template/spec"
 
     @property
     def image_path(self) -> str:
         """JSON pointer of this container's image in the workload."""
-        return f"/spec/template/spec/{self.list_name}/{self.index}/image"
+        return f"{self.spec_path}/{self.list_name}/{self.index}/image"
 
     @property
     def name_path(self) -> str:
         """JSON pointer of this container's name in the workload."""
-        return f"/spec/template/spec/{self.list_name}/{self.index}/name"
+        return f"{self.spec_path}/{self.list_name}/{self.index}/name"
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """A snapshot of a Deployment, DaemonSet or StatefulSet.
+    """A snapshot of a Deployment, DaemonSet, StatefulSet or CronJob.
 
     Attributes:
-        kind: ``Deployment``, ``DaemonSet`` or ``StatefulSet``.
+        kind: ``Deployment``, ``DaemonSet``, ``StatefulSet`` or ``CronJob``.
         namespace, name: identify the object.
         uid, resource_version: as read (``metadata``).
         containers: init containers first, then containers.
@@ -107,13 +139,16 @@ class Workload:
             nothing to clone and the API server would reject it anyway).
         """
         meta = obj.get("metadata") or {}
-        pod_spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        pod_spec = pod_spec_of(kind, obj)
+        spec_path = pod_spec_pointer(kind)
         containers = []
         for list_name in CONTAINER_LISTS:
             for index, container in enumerate(pod_spec.get(list_name) or ()):
                 image = container.get("image")
                 if image:
-                    containers.append(Container(container.get("name", ""), image, list_name, index))
+                    containers.append(
+                        Container(container.get("name", ""), image, list_name, index, spec_path)
+                    )
         return cls(
             kind=kind,
             namespace=meta.get("namespace", ""),
@@ -427,7 +462,7 @@ def image_patch(
                 },
                 {
                     "op": "add",
-                    "path": "/spec/template/spec/imagePullSecrets",
+                    "path": f"{pod_spec_pointer(workload.kind)}/imagePullSecrets",
                     "value": [{"name": pull_secret}],
                 },
             ]
@@ -435,7 +470,7 @@ def image_patch(
             operations.append(
                 {
                     "op": "add",
-                    "path": "/spec/template/spec/imagePullSecrets/-",
+                    "path": f"{pod_spec_pointer(workload.kind)}/imagePullSecrets/-",
                     "value": {"name": pull_secret},
                 }
             )

@@ -24,7 +24,7 @@ from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
 from cloner.model.identity import DOCKER, Descriptor
 from cloner.model.reference import Reference
-from cloner.model.workloads import plan_workload
+from cloner.model.workloads import NamespaceInfo, namespace_in_scope, plan_workload
 from cloner.ops.reconcile import KubeAPI, list_in_scope
 
 
@@ -138,6 +138,44 @@ def build_plan(
                     plan.container.image,
                     owned,
                     decision,
+                )
+            )
+    rows += _unpatchable_rows(kube, settings, namespaces)
+    return rows
+
+
+#: Why a Job or bare Pod is only reported.
+UNPATCHABLE_REASONS = {
+    "Job": "not patched: a Job's template is immutable (patch its CronJob; its next Job "
+    "uses the owned copy)",
+    "Pod": "not patched: a bare Pod's images cannot be switched (recreate it with the owned image)",
+}
+
+
+def _unpatchable_rows(
+    kube: KubeAPI, settings: Settings, namespaces: Mapping[str, NamespaceInfo]
+) -> list[PlanRow]:
+    """Rows for the public images of Jobs and bare Pods, which a cycle only reports."""
+    rows = []
+    for workload in kube.list_unpatchable(settings.excluded_namespaces):
+        if not namespace_in_scope(
+            workload.namespace, settings.include_namespaces, settings.excluded_namespaces
+        ):
+            continue
+        for plan in plan_workload(
+            workload, settings.policy, namespaces.get(workload.namespace), "patch"
+        ):
+            if plan.decision != "clone":
+                continue
+            rows.append(
+                PlanRow(
+                    workload.namespace,
+                    workload.kind,
+                    workload.name,
+                    plan.container.name,
+                    plan.container.image,
+                    str(plan.owned) if plan.owned else None,
+                    UNPATCHABLE_REASONS[workload.kind],
                 )
             )
     return rows

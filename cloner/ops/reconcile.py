@@ -63,6 +63,7 @@ from cloner.model.reference import Reference, parse_reference
 from cloner.model.state import StateBook, shard_names
 from cloner.model.workloads import (
     KINDS,
+    UNPATCHABLE_KINDS,
     Container,
     ContainerPlan,
     NamespaceInfo,
@@ -113,6 +114,10 @@ class KubeAPI(SecretAPI, Protocol):
         """``os/arch`` of every Node; raises ``KubeError``."""
         ...
 
+    def list_unpatchable(self, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
+        """Jobs and bare Pods (reported, never patched); raises ``KubeError``."""
+        ...
+
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap as JSON, None if absent; raises ``KubeError``."""
         ...
@@ -145,6 +150,9 @@ class Summary:
         moved: tagged sources found naming other content than when verified.
         conflicts_retried: patches refused for a concurrent change and retried.
         in_flight: clones still running when the cycle ended (collected later).
+        unpatchable: containers of Jobs and bare Pods using images that would
+            be cloned, by kind; counted every ``verifyInterval`` (None in the
+            other cycles).
         stopped: the pass ended early for shutdown.
         owned_images: distinct images in use that are owned copies or whose
             copy is verified (for the ``images{state="owned"}`` gauge).
@@ -167,6 +175,7 @@ class Summary:
     moved: int = 0
     conflicts_retried: int = 0
     in_flight: int = 0
+    unpatchable: dict[str, int] | None = None
     stopped: bool = False
     owned_images: int = 0
     list_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -304,6 +313,7 @@ class Reconciler:
         self._fight_reported: set[str] = set()
         self._gitops_reported: set[str] = set()
         self._last_verify: float | None = None
+        self._last_report: float | None = None
 
     def _node_platforms(self) -> list[str]:
         try:
@@ -443,6 +453,7 @@ class Reconciler:
         owned_in_use |= {key for key, result in summary.images.items() if result.image}
         summary.owned_images = len(owned_in_use)
         if not self._images.stopping:
+            self._report_unpatchable(namespaces, summary)
             self._verify(workloads, summary)
             if self._pull_secrets is not None:
                 self._pull_secrets.sweep(w.namespace for w in workloads)
@@ -649,6 +660,44 @@ class Reconciler:
         return workloads
 
     # Self-heal -------------------------------------------------------------
+
+    def _report_unpatchable(self, namespaces: dict[str, NamespaceInfo], summary: Summary) -> None:
+        """Every ``verifyInterval``: count the public images Jobs and bare Pods still use.
+
+        Their templates cannot be changed: a Job's is immutable (a CronJob's
+        next Job uses the owned copy once the CronJob is patched), a Pod is
+        replaced only by whoever made it. They are logged at INFO and counted
+        (``image_cloner_unpatchable_public_images``), never patched.
+        """
+        interval = self._settings.verify_interval
+        now = self._clock()
+        if not interval or (self._last_report is not None and now - self._last_report < interval):
+            return
+        self._last_report = now
+        counts: Counter[str] = Counter({kind: 0 for kind in UNPATCHABLE_KINDS})
+        try:
+            for workload in self._kube.list_unpatchable(self._settings.excluded_namespaces):
+                if not namespace_in_scope(
+                    workload.namespace,
+                    self._settings.include_namespaces,
+                    self._settings.excluded_namespaces,
+                ):
+                    continue
+                plans = plan_workload(
+                    workload, self._settings.policy, namespaces.get(workload.namespace), "patch"
+                )
+                public = [p.container.image for p in plans if p.decision == "clone"]
+                if public:
+                    counts[workload.kind] += len(public)
+                    log.info(
+                        "%s uses public images it cannot be switched from (not patched): %s",
+                        workload.key,
+                        ", ".join(public),
+                    )
+        except KubeError as exc:
+            log.warning("cannot list Jobs and Pods to report their images: %s", exc)
+            return
+        summary.unpatchable = dict(counts)
 
     def _verify(self, workloads: list[Workload], summary: Summary) -> None:
         """Every ``verifyInterval``: re-clone owned copies that patched workloads miss."""

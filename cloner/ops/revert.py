@@ -57,15 +57,14 @@ from cloner.model.workloads import (
     ORIGINAL_IMAGES,
     Workload,
     json_pointer_token,
+    pod_spec_of,
+    pod_spec_pointer,
 )
 
 if TYPE_CHECKING:
     from cloner.config import Settings
 
 log = logging.getLogger(__name__)
-
-_TEMPLATE_SPEC = "/spec/template/spec"
-_PULL_SECRETS = f"{_TEMPLATE_SPEC}/imagePullSecrets"
 
 
 def _annotation_path(key: str) -> str:
@@ -230,8 +229,8 @@ def revert_patch(
     """Plan the revert of one workload. Pure: no I/O.
 
     Args:
-        kind: ``Deployment``, ``DaemonSet`` or ``StatefulSet`` (list items
-            carry no ``kind``).
+        kind: ``Deployment``, ``DaemonSet``, ``StatefulSet`` or ``CronJob``
+            (list items carry no ``kind``).
         workload: the apps/v1 object as the API returns it (JSON dict).
         is_owned: True for an image reference under the owned target or an
             owned registry (see ``owned_predicate``).
@@ -249,7 +248,9 @@ def revert_patch(
     """
     meta = workload.get("metadata") or {}
     annotations: Mapping[str, str] = meta.get("annotations") or {}
-    pod_spec = ((workload.get("spec") or {}).get("template") or {}).get("spec") or {}
+    pod_spec = pod_spec_of(kind, workload)
+    spec_path = pod_spec_pointer(kind)
+    pull_secrets_path = f"{spec_path}/imagePullSecrets"
     plan = RevertPlan(
         kind=kind,
         namespace=str(meta.get("namespace", "")),
@@ -285,7 +286,7 @@ def revert_patch(
                 action = "unchanged"
             elif image and is_owned(image):
                 action = "restore"
-                base = f"{_TEMPLATE_SPEC}/{list_name}/{index}"
+                base = f"{spec_path}/{list_name}/{index}"
                 operations += [
                     {"op": "test", "path": f"{base}/name", "value": name},
                     {"op": "test", "path": f"{base}/image", "value": image},
@@ -312,14 +313,18 @@ def revert_patch(
             pull_secret_action = "remove"
             if len(entries) == 1:  # only ours: the field was created by the controller
                 operations += [
-                    {"op": "test", "path": _PULL_SECRETS, "value": entries},
-                    {"op": "remove", "path": _PULL_SECRETS},
+                    {"op": "test", "path": pull_secrets_path, "value": entries},
+                    {"op": "remove", "path": pull_secrets_path},
                 ]
             else:  # the controller appended it, so the last one of that name is ours
                 index = positions[-1]
                 operations += [
-                    {"op": "test", "path": f"{_PULL_SECRETS}/{index}/name", "value": pull_secret},
-                    {"op": "remove", "path": f"{_PULL_SECRETS}/{index}"},
+                    {
+                        "op": "test",
+                        "path": f"{pull_secrets_path}/{index}/name",
+                        "value": pull_secret,
+                    },
+                    {"op": "remove", "path": f"{pull_secrets_path}/{index}"},
                 ]
 
     removed = []
@@ -544,7 +549,7 @@ def revert_all(
         account = (plan.namespace, plan.service_account)
         namespaces.add(plan.namespace)
         accounts.add(account)
-        owned_now = any(i and is_owned(i) for *_, i in _pod_containers(_pod_spec(obj)))
+        owned_now = any(i and is_owned(i) for *_, i in _pod_containers(pod_spec_of(kind, obj)))
         if not plan.recorded:  # never patched by the controller
             if owned_now:
                 users[account].add(plan.key)
@@ -619,10 +624,6 @@ def revert_all(
         )
     out(report.line())
     return report
-
-
-def _pod_spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
 
 
 def run_revert(

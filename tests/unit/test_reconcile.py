@@ -52,6 +52,7 @@ class FakeKube:
         self.fail_list: set[str] = set()
         self.namespaces: dict[str, NamespaceInfo] = {}
         self.nodes: list[str] = []
+        self.unpatchable: list[dict[str, Any]] = []
         self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
 
     def list_namespaces(self) -> Iterator[NamespaceInfo]:
@@ -98,6 +99,11 @@ class FakeKube:
 
     def node_platforms(self) -> list[str]:
         return list(self.nodes)
+
+    def list_unpatchable(self, excluded: Iterable[str]) -> Iterator[Workload]:
+        for obj in self.unpatchable:
+            if obj["metadata"]["namespace"] not in excluded:
+                yield Workload.from_api(obj["kind"], obj)
 
     def get_config_map(self, ns: str, name: str) -> dict[str, Any] | None:
         return self.config_maps.get((ns, name))
@@ -739,3 +745,49 @@ def test_a_helper_giving_no_owned_credential_holds_the_namespace_back() -> None:
     assert kube.image("a/web", "c0") == "nginx:1.25"  # pods could not pull the owned copy
     assert summary.provisioning.failures[0][:2] == ("a", "credentials_unavailable")
     assert "docker-credential-broken" in summary.provisioning.failures[0][2]
+
+
+# --- CronJobs, Jobs and bare Pods ---------------------------------------------------
+
+
+def cron_job(ns: str, name: str, image: str) -> dict[str, Any]:
+    return {
+        "kind": "CronJob",
+        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "resourceVersion": "1"},
+        "spec": {
+            "schedule": "* * * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {"containers": [{"name": "c0", "image": image}]},
+                    }
+                }
+            },
+        },
+    }
+
+
+def test_a_cron_job_is_patched_in_its_job_template() -> None:
+    kube = FakeKube([cron_job("a", "nightly", "busybox:1.36")])
+    summary = make(kube, FakeRegistry(), SETTINGS).reconcile_once()
+    assert summary.patched["CronJob"] == 1
+    spec = kube.objects[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == f"{OWNED}/m/docker.io/library/busybox:1.36"
+    paths = {op["path"] for _, patch in kube.patches for op in patch}
+    assert "/spec/jobTemplate/spec/template/spec/containers/0/image" in paths
+    annotations = kube.objects[0]["metadata"]["annotations"]
+    assert json.loads(annotations["image-cloner.io/original-images"]) == {"c0": "busybox:1.36"}
+
+
+def test_jobs_and_bare_pods_are_reported_not_patched() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    job = workload("Job", "a", "once", "busybox:1", "redis:7")
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "a", "uid": "a/p"},
+        "spec": {"containers": [{"name": "c0", "image": "alpine:3"}]},
+    }
+    kube.unpatchable = [job, pod]
+    summary = make(kube, FakeRegistry(), SETTINGS).reconcile_once()
+    assert summary.unpatchable == {"Job": 2, "Pod": 1}
+    assert [key for key, _ in kube.patches] == ["Deployment a/web"]
