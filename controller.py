@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from cloner import metrics
+from cloner.adapters import http
 from cloner.adapters.credential_store import CredentialStore
 from cloner.adapters.distribution import DistributionClient
 from cloner.adapters.engine import DockerRegistry
@@ -174,8 +175,9 @@ def registry_requests(
     manifests: DistributionClient, backend: DockerRegistry | SkopeoBackend
 ) -> Counter[tuple[str, str]]:
     """Registry requests so far by (operation, outcome): manifest lookups and copies."""
-    total: Counter[tuple[str, str]] = Counter(backend.requests)
-    for (_registry, method, outcome), count in list(manifests.requests.items()):
+    # dict() copies in one step: clone threads may add keys while Prometheus scrapes.
+    total: Counter[tuple[str, str]] = Counter(dict(backend.requests))
+    for (_registry, method, outcome), count in dict(manifests.requests).items():
         total[method.lower(), outcome] += count
     return total
 
@@ -281,11 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             log.error("keeping the previous registry credentials: %s", exc)
 
+    metrics.watch_adapters(
+        lambda: kube.requests,
+        lambda: registry_requests(manifests, backend),
+        lambda: getattr(backend, "pushed_bytes", 0),
+    )
     if settings.metrics_port:
         readiness = Readiness(kube, elector)
         try:
-            metrics.serve(
+            http.serve(
                 settings.metrics_port,
+                metrics.exposition,
                 settings.metrics_address,
                 readiness,
                 reconciler.waiting_images,
@@ -300,11 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         on_stop=reconciler.stop,
         shutdown_timeout=settings.shutdown_timeout,
         is_leader=elector.is_leader if elector is not None else None,
-        after_cycle=lambda: metrics.record_adapters(
-            kube.requests,
-            registry_requests(manifests, backend),
-            getattr(backend, "pushed_bytes", 0),
-        ),
     )
     if args.once:
         summary = loop.tick()

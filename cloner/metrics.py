@@ -10,11 +10,8 @@ process-wide default collectors.
 
 from __future__ import annotations
 
-import json
 import platform
-import threading
-from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +21,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from cloner import __version__
 from cloner.errors import RegistryError
@@ -127,31 +126,12 @@ CLONE_DURATION = Histogram(
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
     registry=REGISTRY,
 )
-PUSHED_BYTES = Counter(
-    "image_cloner_pushed_bytes",
-    "Bytes of image layers pushed to the owned registry (layers it already had excluded).",
-    registry=REGISTRY,
-)
 IMAGES = Gauge(
     "image_cloner_images",
     "Distinct source images in scope in the last cycle, by state: owned (copy verified "
     "in the owned registry), pending (to be cloned, or failed this cycle), backing_off "
     "(waiting for the next try).",
     ["state"],
-    registry=REGISTRY,
-)
-API_REQUESTS = Counter(
-    "image_cloner_api_requests",
-    "Kubernetes API requests by outcome (success, or the HTTP status class such as "
-    "4xx/5xx, or unreachable).",
-    ["outcome"],
-    registry=REGISTRY,
-)
-REGISTRY_REQUESTS = Counter(
-    "image_cloner_registry_requests",
-    "Registry operations through the Docker engine by operation (inspect, pull, push) "
-    "and outcome (success or the failure reason).",
-    ["operation", "outcome"],
     registry=REGISTRY,
 )
 LEADER = Gauge(
@@ -246,32 +226,69 @@ def record_cycle(summary: Summary) -> None:
         LAST_SUCCESS.set(summary.started + summary.duration)
 
 
-_seen_requests: dict[tuple[str, ...], int] = {}
+class AdapterCollector(Collector):
+    """The adapters' request and byte counters, read when Prometheus scrapes.
+
+    The adapters keep running totals (``KubeClient.requests``, the copy
+    backends' and ``DistributionClient.requests``, ``pushed_bytes``); this
+    collector turns them into counter families at scrape time, so nothing is
+    copied between cycles. Sources are set once at start (``watch_adapters``);
+    before that the families are exported empty.
+    """
+
+    def __init__(self) -> None:
+        self.api: Callable[[], Mapping[str, int]] = dict
+        self.registry: Callable[[], Mapping[tuple[str, str], int]] = dict
+        self.pushed_bytes: Callable[[], int] = int
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """Counter families ``image_cloner_api_requests_total``, ``..._registry_requests_total``,
+        ``..._pushed_bytes_total`` from the current totals."""
+        api = CounterMetricFamily(
+            "image_cloner_api_requests",
+            "Kubernetes API requests by outcome (success, 4xx, 5xx, unreachable).",
+            labels=["outcome"],
+        )
+        for outcome, total in sorted(self.api().items()):
+            api.add_metric([outcome], total)
+        registry = CounterMetricFamily(
+            "image_cloner_registry_requests",
+            "Registry operations by operation (inspect, pull, tag, push through the engine; "
+            "copy with skopeo; head, get, token by the controller) and outcome.",
+            labels=["operation", "outcome"],
+        )
+        for (operation, outcome), total in sorted(self.registry().items()):
+            registry.add_metric([operation, outcome], total)
+        pushed = CounterMetricFamily(
+            "image_cloner_pushed_bytes",
+            "Bytes of image layers pushed to the owned registry (layers it already had excluded).",
+        )
+        pushed.add_metric([], self.pushed_bytes())
+        yield from (api, registry, pushed)
 
 
-def record_adapters(
-    api: Mapping[str, int], registry: Mapping[tuple[str, str], int], pushed_bytes: int
+ADAPTERS = AdapterCollector()
+REGISTRY.register(ADAPTERS)
+
+
+def watch_adapters(
+    api: Callable[[], Mapping[str, int]],
+    registry: Callable[[], Mapping[tuple[str, str], int]],
+    pushed_bytes: Callable[[], int],
 ) -> None:
-    """Bring the request and byte counters up to the adapters' running totals.
+    """Point the request and byte counters at the adapters' running totals.
 
     Args:
-        api: Kubernetes API requests so far, outcome -> count (``KubeClient.requests``).
-        registry: registry operations so far, (operation, outcome) -> count
-            (``DockerRegistry.requests``).
-        pushed_bytes: layer bytes pushed so far (``DockerRegistry.pushed_bytes``).
+        api: Kubernetes API requests so far, outcome -> count.
+        registry: registry operations so far, (operation, outcome) -> count.
+        pushed_bytes: layer bytes pushed so far.
     """
-    PUSHED_BYTES.inc(pushed_bytes - _seen_requests.get(("bytes",), 0))
-    _seen_requests[("bytes",)] = pushed_bytes
-    for outcome, total in api.items():
-        key = ("api", outcome)
-        API_REQUESTS.labels(outcome=outcome).inc(total - _seen_requests.get(key, 0))
-        _seen_requests[key] = total
-    for (operation, outcome), total in registry.items():
-        key = ("registry", operation, outcome)
-        REGISTRY_REQUESTS.labels(operation=operation, outcome=outcome).inc(
-            total - _seen_requests.get(key, 0)
-        )
-        _seen_requests[key] = total
+    ADAPTERS.api, ADAPTERS.registry, ADAPTERS.pushed_bytes = api, registry, pushed_bytes
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics in the Prometheus text format, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def set_leader(leading: bool) -> None:
@@ -287,65 +304,3 @@ def record_cycle_error(duration: float) -> None:
     """
     CYCLE_DURATION.observe(duration)
     CYCLES.labels(result="error").inc()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """``/metrics``, ``/healthz`` and ``/readyz`` on the metrics port."""
-
-    ready: Callable[[], tuple[bool, str]] = staticmethod(lambda: (True, "ok"))
-    backoff: Callable[[], Mapping[str, object]] = staticmethod(lambda: {})
-
-    def log_message(self, *args: object) -> None:  # no access log on stderr
-        pass
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain")
-        elif path == "/state/backoff":
-            body = json.dumps(type(self).backoff(), sort_keys=True).encode()
-            self._send(200, body, "application/json")
-        elif path == "/readyz":
-            ok, reason = type(self).ready()
-            self._send(200 if ok else 503, f"{reason}\n".encode(), "text/plain")
-        else:
-            self._send(404, b"not found\n", "text/plain")
-
-
-def serve(
-    port: int,
-    address: str = "0.0.0.0",
-    ready: Callable[[], tuple[bool, str]] | None = None,
-    backoff: Callable[[], Mapping[str, object]] | None = None,
-) -> ThreadingHTTPServer:
-    """Serve ``/metrics``, ``/healthz``, ``/readyz`` and ``/state/backoff`` in a thread.
-
-    ``/healthz`` answers 200 while the process runs. ``/readyz`` answers 200
-    or 503 with a one-line reason from ``ready()`` (config loaded, API
-    server reachable, leader or standby). ``/state/backoff`` is the JSON of
-    ``backoff()``: the images backing off, for ``plan``.
-
-    Returns:
-        The server (``shutdown()`` stops it).
-
-    Raises:
-        OSError: the port cannot be bound.
-    """
-    handler = type("Handler", (_Handler,), {})
-    if ready is not None:
-        handler.ready = staticmethod(ready)
-    if backoff is not None:
-        handler.backoff = staticmethod(backoff)
-    server = ThreadingHTTPServer((address, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
