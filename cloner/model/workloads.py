@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -269,6 +270,16 @@ def gitops_owner(workload: Workload) -> str | None:
     return None
 
 
+class Decision(StrEnum):
+    """What a cycle does with one container's image (``ContainerPlan.decision``)."""
+
+    CLONE = "clone"  #: not owned yet: copy it, then patch
+    OWNED = "owned"  #: under the target or an owned registry
+    EXCLUDED = "excluded"  #: out of scope by a rule or an opt-out
+    GITOPS = "gitops"  #: would be cloned, but an owner would undo the patch (gitops: report)
+    INVALID = "invalid"  #: the reference (or its owned name) does not parse
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerPlan:
     """What to do with one container's image.
@@ -286,7 +297,7 @@ class ContainerPlan:
     """
 
     container: Container
-    decision: str
+    decision: Decision
     source: Reference | None = None
     owned: Reference | None = None
     reason: str | None = None
@@ -317,34 +328,38 @@ def plan_workload(
     """
     opted_out = skip_reason(workload, namespace)
     if opted_out:  # left alone entirely: not even its references are judged
-        return [ContainerPlan(c, "excluded", reason=opted_out) for c in workload.containers]
+        return [ContainerPlan(c, Decision.EXCLUDED, reason=opted_out) for c in workload.containers]
     plans = []
     for container in workload.containers:
         try:
             source = parse_reference(container.image)
         except InvalidReference as exc:
-            plans.append(ContainerPlan(container, "invalid", reason=exc.problem))
+            plans.append(ContainerPlan(container, Decision.INVALID, reason=exc.problem))
             continue
         if policy.owns(source):
-            plans.append(ContainerPlan(container, "owned", source=source))
+            plans.append(ContainerPlan(container, Decision.OWNED, source=source))
             continue
         excluded = policy.image_exclusion(source)
         if excluded:
-            plans.append(ContainerPlan(container, "excluded", source=source, reason=excluded))
+            plans.append(
+                ContainerPlan(container, Decision.EXCLUDED, source=source, reason=excluded)
+            )
             continue
         try:
             owned = policy.target.owned_name(source)
         except InvalidReference as exc:
-            plans.append(ContainerPlan(container, "invalid", source=source, reason=exc.problem))
+            plans.append(
+                ContainerPlan(container, Decision.INVALID, source=source, reason=exc.problem)
+            )
             continue
-        plans.append(ContainerPlan(container, "clone", source=source, owned=owned))
-    if gitops != "patch" and any(p.decision == "clone" for p in plans):
+        plans.append(ContainerPlan(container, Decision.CLONE, source=source, owned=owned))
+    if gitops != "patch" and any(p.decision == Decision.CLONE for p in plans):
         owner = gitops_owner(workload)
         if owner:
-            decision = "gitops" if gitops == "report" else "excluded"
+            decision = Decision.GITOPS if gitops == "report" else Decision.EXCLUDED
             plans = [
                 ContainerPlan(p.container, decision, p.source, None, f"managed by {owner}")
-                if p.decision == "clone"
+                if p.decision == Decision.CLONE
                 else p
                 for p in plans
             ]
