@@ -1,6 +1,6 @@
 """image-cloner entry point: arguments, logging, settings, adapters, metrics, loop.
 
-    python controller.py [--config PATH] [--kubeconfig PATH] [--once]
+    python controller.py [run] [--once] [--config PATH] [--kubeconfig PATH]
     python controller.py revert [--namespace NS] [--dry-run] [--config PATH] [--kubeconfig PATH]
     python controller.py plan [--output table|json] [--config PATH] [--kubeconfig PATH]
 
@@ -71,58 +71,103 @@ class Readiness:
         return True, f"ok: config loaded, API server reachable, {role}"
 
 
+COMMANDS = ("run", "plan", "revert")
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command word.
+
+    Args:
+        suppress: for a command's own parser: absent options leave the
+            values parsed before the command word in place.
+    """
+    default = argparse.SUPPRESS if suppress else None
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=default if suppress else DEFAULT_CONFIG,
+        help="settings YAML",
+    )
+    common.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=default,
+        help="kubeconfig file (default: in-cluster, then KUBECONFIG or ~/.kube/config)",
+    )
+    common.add_argument(
+        "--log-level", default=default if suppress else "INFO", help="DEBUG, INFO, WARNING, ERROR"
+    )
+    common.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=default if suppress else "text",
+        help="log line format",
+    )
+    return common
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Command-line arguments; see the module docstring."""
+    """Command-line arguments: ``run`` (the default), ``plan`` or ``revert``, each with its options.
+
+    ``python controller.py`` and ``python controller.py --once`` mean ``run``;
+    the common options may stand before or after the command word.
+
+    Returns:
+        The namespace with ``command`` and the command's options.
+    """
     parser = argparse.ArgumentParser(
         prog="controller.py",
         description="Clone public images used by workloads into an owned registry "
         "and patch the workloads to use the copies.",
+        parents=[_common(suppress=False)],
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="settings YAML")
-    parser.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=None,
-        help="kubeconfig file (default: in-cluster, then KUBECONFIG or ~/.kube/config)",
+    commands = parser.add_subparsers(dest="command", metavar="{run,plan,revert}")
+    run = commands.add_parser(
+        "run", parents=[_common(suppress=True)], help="reconcile every pollInterval (default)"
     )
-    parser.add_argument("--once", action="store_true", help="run one cycle and exit")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    run.add_argument("--once", action="store_true", help="run one cycle and exit")
+    plan = commands.add_parser(
+        "plan",
+        parents=[_common(suppress=True)],
+        help="print what a cycle would do (no pull, push or patch)",
     )
-    parser.add_argument(
-        "--output", choices=["table", "json"], default="table", help="plan: output format"
-    )
-    parser.add_argument(
+    plan.add_argument("--output", choices=["table", "json"], default="table", help="format")
+    plan.add_argument(
         "--controller",
         default=None,
-        help="plan: URL of a running controller's metrics port, for its backoff state "
+        help="URL of a running controller's metrics port, for its backoff state "
         "(default http://127.0.0.1:<metricsPort>)",
     )
-    add_revert_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.command == "plan" and args.once:
-        parser.error("--once does not go with the plan command")
-    if args.command != "revert" and (args.namespace or args.dry_run):
-        parser.error("--namespace and --dry-run go with the revert command")
-    if args.command == "revert" and args.once:
-        parser.error("--once does not go with the revert command")
+    revert = commands.add_parser(
+        "revert",
+        parents=[_common(suppress=True)],
+        help="restore every workload and ServiceAccount the controller patched",
+    )
+    revert.add_argument("--namespace", help="only this namespace (default: all)")
+    revert.add_argument(
+        "--dry-run", action="store_true", help="print what would change, write nothing"
+    )
+    args = parser.parse_args(_with_command(argv))
+    args.once = getattr(args, "once", False)
     return args
 
 
-def add_revert_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``revert`` command: an optional positional plus its two options."""
-    parser.add_argument(
-        "command",
-        nargs="?",
-        choices=["revert", "plan"],
-        help="revert: restore every workload and ServiceAccount the controller patched; "
-        "plan: print what a cycle would do (no pull, push or patch)",
-    )
-    parser.add_argument("--namespace", help="revert: only this namespace (default: all)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="revert: print what would change, write nothing"
-    )
+def _with_command(argv: list[str]) -> list[str]:
+    """``argv`` with ``run`` inserted where the command word is missing (after common options)."""
+    takes_value = {"--config", "--kubeconfig", "--log-level", "--log-format"}
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in COMMANDS or word in ("-h", "--help"):
+            return argv
+        if word in takes_value:
+            index += 2
+        elif word.split("=", 1)[0] in takes_value:
+            index += 1
+        else:
+            break
+    return [*argv[:index], "run", *argv[index:]]
 
 
 class JsonFormatter(logging.Formatter):
