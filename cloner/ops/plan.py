@@ -24,7 +24,13 @@ from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
 from cloner.model.identity import DOCKER, Descriptor
 from cloner.model.reference import Reference
-from cloner.model.workloads import NamespaceInfo, namespace_in_scope, plan_workload
+from cloner.model.workloads import (
+    ContainerPlan,
+    NamespaceInfo,
+    Workload,
+    namespace_in_scope,
+    plan_workload,
+)
 from cloner.ops.reconcile import KubeAPI, list_in_scope
 
 
@@ -129,19 +135,21 @@ def build_plan(
                 decision = f"held: {plan.reason} (gitops: report)"
             else:
                 decision = f"invalid reference: {plan.reason}"
-            rows.append(
-                PlanRow(
-                    workload.namespace,
-                    workload.kind,
-                    workload.name,
-                    plan.container.name,
-                    plan.container.image,
-                    owned,
-                    decision,
-                )
-            )
+            rows.append(_row(workload, plan, owned, decision))
     rows += _unpatchable_rows(kube, settings, namespaces)
     return rows
+
+
+def _row(workload: Workload, plan: ContainerPlan, owned: str | None, decision: str) -> PlanRow:
+    return PlanRow(
+        workload.namespace,
+        workload.kind,
+        workload.name,
+        plan.container.name,
+        plan.container.image,
+        owned,
+        decision,
+    )
 
 
 #: Why a Job or bare Pod is only reported.
@@ -167,17 +175,8 @@ def _unpatchable_rows(
         ):
             if plan.decision != "clone":
                 continue
-            rows.append(
-                PlanRow(
-                    workload.namespace,
-                    workload.kind,
-                    workload.name,
-                    plan.container.name,
-                    plan.container.image,
-                    str(plan.owned) if plan.owned else None,
-                    UNPATCHABLE_REASONS[workload.kind],
-                )
-            )
+            owned = str(plan.owned) if plan.owned else None
+            rows.append(_row(workload, plan, owned, UNPATCHABLE_REASONS[workload.kind]))
     return rows
 
 
