@@ -557,10 +557,11 @@ class TestBackendWithoutDocker:
         # and the owned copies have the same digests, so containerd already
         # holds their content. Forget it and replace the pod: the new one
         # must fetch everything from the owned registry.
-        refs = [
-            r for r in cluster.ctr("images", "ls", "-q").stdout.split() if f"/{NS_SKOPEO}/" in r
-        ]
-        assert refs
+        # Every name of those images: tag, repo@digest and the bare image ID.
+        listed = [line.split() for line in cluster.ctr("images", "ls").stdout.splitlines()[1:]]
+        digests = {row[2] for row in listed if f"/{NS_SKOPEO}/" in row[0]}
+        refs = [row[0] for row in listed if row[2] in digests]
+        assert len(digests) >= 3, listed
         removed = cluster.ctr("images", "rm", "--sync", *refs)
         assert removed.returncode == 0, removed.stderr
         deleted_at = time.time()
