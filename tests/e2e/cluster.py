@@ -33,12 +33,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,6 +52,7 @@ from typing import Any
 
 import yaml
 
+from tests.e2e import images
 from tests.e2e.harness import (
     HACK,
     LOOPBACK,
@@ -66,6 +71,9 @@ PAUSE_IMAGE = "localhost/pause:3.10"
 NODE_NAME = LOOPBACK
 CONTROLLER_NAMESPACE = "image-cloner"
 CGROUP_V1 = Path("/sys/fs/cgroup")
+#: Pods with a network namespace of their own get 127.0.10.N (tests/e2e/podnet.py).
+POD_ADDRESS_PREFIX = "127.0.10"
+PODNET = Path(__file__).with_name("podnet.py")
 #: Files whose content decides the controller image (Dockerfile COPY lines).
 CONTROLLER_INPUTS = ("Dockerfile", "requirements.txt", "controller.py", "cloner", "config")
 
@@ -202,6 +210,10 @@ class Cluster:
         started = time.monotonic()
         self.infra.start()
         self._make_cgroup_root()
+        podnet = self._podnet_process()
+        self._processes["podnet"] = podnet
+        podnet.start()
+        podnet.wait_until(self.podnet_control.exists, 30, "serving")
         containerd = self._containerd_process()
         self._processes["containerd"] = containerd
         containerd.start()
@@ -280,6 +292,9 @@ class Cluster:
         if "containerd" in self._processes:
             attempt("stop containerd", self._processes["containerd"].stop)
         attempt("stop shims", self._stop_shims)
+        if "podnet" in self._processes:
+            attempt("stop podnet", self._processes["podnet"].stop)
+        attempt("pod network namespaces", self._remove_pod_netns)
         attempt("unmount", self._unmount_all)
         attempt("cgroups", self._remove_cgroup_root)
         attempt("stop infra registry", self.infra.stop)
@@ -304,15 +319,81 @@ class Cluster:
             timeout=timeout,
         )
 
+    # --- pod network (tests/e2e/podnet.py) ------------------------------------
+
+    @property
+    def podnet_control(self) -> Path:
+        """The unix socket of the pod-network daemon (the ``ic-podnet`` CNI plugin's peer)."""
+        return self.run / "podnet.sock"
+
+    @property
+    def _podnet_state(self) -> Path:
+        return self.root / "podnet-netns.txt"
+
+    def _podnet_process(self) -> Process:
+        """The pod-network daemon: pods without hostNetwork reach 127.0.0.1 (podnet.py).
+
+        Outbound ports: the API server and the public and owned registries.
+        """
+        api_port = int(self.env.apiserver_url.rsplit(":", 1)[1])
+        ports = [api_port] + [
+            int(r.host.rsplit(":", 1)[1]) for r in (self.env.public, self.env.owned)
+        ]
+        config = self.root / "podnet.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "control": str(self.podnet_control),
+                    "out_ports": ports,
+                    "prefix": POD_ADDRESS_PREFIX,
+                    "kubectl": [str(self.env.kubectl), f"--kubeconfig={self.env.kubeconfig}"],
+                    "state": str(self._podnet_state),
+                }
+            )
+        )
+        return Process(
+            "podnet",
+            [sys.executable, str(PODNET), "serve", str(config)],
+            self.env.workdir / "logs" / "podnet.log",
+        )
+
+    def _remove_pod_netns(self) -> None:
+        """Unmount and remove the pod network namespaces this containerd left (podnet saw them).
+
+        containerd removes a sandbox's ``/var/run/netns/cni-*`` when the
+        sandbox stops; this only catches what a failed teardown left.
+        """
+        if not self._podnet_state.exists():
+            return
+        mounted = {
+            line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        }
+        for path in set(self._podnet_state.read_text().split()):
+            if path in mounted:
+                subprocess.run(["umount", path], capture_output=True, check=False)
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+
     def _containerd_process(self) -> Process:
         cni = self.root / "cni"
         cni.mkdir(exist_ok=True)
-        # Only the loopback plugin: every pod is hostNetwork (variant a).
-        (cni / "10-loopback.conflist").write_text(
+        # hostNetwork pods (variant a) use no CNI plugin at all; pods with a
+        # network namespace of their own get the ic-podnet plugin (podnet.py),
+        # which adds no bridge, route or address anywhere. containerd adds
+        # its built-in loopback network (the loopback plugin) to every sandbox.
+        (cni / "10-ic-podnet.conflist").write_text(
             json.dumps(
-                {"cniVersion": "0.4.0", "name": "loopback", "plugins": [{"type": "loopback"}]}
+                {"cniVersion": "0.4.0", "name": "ic-podnet", "plugins": [{"type": "ic-podnet"}]}
             )
         )
+        cni_bin = self.root / "cni-bin"
+        cni_bin.mkdir(exist_ok=True)
+        (cni_bin / "loopback").symlink_to("/usr/lib/cni/loopback")
+        plugin = cni_bin / "ic-podnet"
+        plugin.write_text(
+            f"#!/bin/sh\nexec {sys.executable} {PODNET} plugin {self.podnet_control}\n"
+        )
+        plugin.chmod(0o755)
         certs = self.root / "certs.d"
         for registry in (self.env.public, self.env.owned, self.infra):
             host_dir = certs / registry.host
@@ -350,7 +431,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         SystemdCgroup = false
         Root = "{self.run / "runc"}"
   [{cri}.cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{cni_bin}"
     conf_dir = "{cni}"
   [{cri}.registry]
     config_path = "{certs}"
@@ -655,6 +736,53 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             raise ComponentError(f"{reference} pushed but the public registry has no manifest")
         return digest
 
+    def build_runnable_index(
+        self,
+        reference: str,
+        seed: str,
+        platforms: tuple[images.Platform, ...] = (("linux", "amd64"), ("linux", "arm64")),
+    ) -> images.Index:
+        """Push a multi-platform OCI image index whose children run ``/pause``; return it.
+
+        Built through the registry API like :func:`tests.e2e.images.build_index`
+        (children by digest, then the index under the tag), but every child
+        has the static pause binary as its base layer (shared blob) plus a
+        layer of its own, so the node's child (amd64) can run. The configs
+        set no entrypoint: pods give ``command: ["/pause"]``. The binary is
+        amd64 in every child; the arm64 child is only ever copied.
+        ``reference`` is ``HOST:PORT/repo:tag`` on the public registry.
+        Raises images.ImageBuildError when the registry refuses a push.
+        """
+        repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+        base = _pause_layer()
+        children: dict[str, images.Image] = {}
+        descriptors = []
+        for platform in platforms:
+            key = images.platform_key(platform)
+            child = images.build_image(
+                self.env.public,
+                repository,
+                None,
+                platform=platform,
+                layers=[base, images.layer(f"{seed}/{key}")],
+                label=f"seed={seed} {key}",
+            )
+            children[key] = child
+            descriptors.append(
+                {
+                    "mediaType": child.media_type,
+                    "digest": child.digest,
+                    "size": child.size,
+                    "platform": {"architecture": platform[1], "os": platform[0]},
+                }
+            )
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": images.OCI_INDEX, "manifests": descriptors},
+            indent=3,
+        ).encode()
+        digest = images.push_manifest(self.env.public, repository, tag, body, images.OCI_INDEX)
+        return images.Index(repository, tag, digest, images.OCI_INDEX, children)
+
     # --- workloads --------------------------------------------------------------
 
     def wait_namespace_ready(self, namespace: str, timeout: float = 60) -> None:
@@ -711,7 +839,12 @@ class Deployment:
 
 
 def write_overlay(
-    cluster: Cluster, directory: Path, *, replicas: int = 1, poll_interval: int = 5
+    cluster: Cluster,
+    directory: Path,
+    *,
+    replicas: int = 1,
+    poll_interval: int = 5,
+    skopeo: bool = False,
 ) -> Deployment:
     """Write a kustomize overlay of ``manifests/`` for this cluster; return what it deploys.
 
@@ -725,6 +858,14 @@ def write_overlay(
     (no docker0, no rules on the node). The controller image is left to
     ``make deploy IMAGE=...``. Credentials go only into the overlay files
     (mode 0600), never onto a command line.
+
+    With ``skopeo=True`` the overlay is of ``manifests/skopeo/`` (no dind
+    container, a namespace that enforces the ``restricted`` Pod Security
+    Standard). That standard refuses ``hostNetwork`` and probe ``host``
+    fields, so the pod keeps its own network namespace and reaches
+    127.0.0.1 through the cluster's pod network (tests/e2e/podnet.py): of
+    the host-network settings only the metrics address/port and the API
+    server's address remain.
     """
     if cluster.images is None:
         raise ComponentError("cluster images not built")
@@ -746,13 +887,16 @@ def write_overlay(
     docker_config = json.dumps({"auths": {env.owned.host: {"auth": auth}}}, indent=2)
     api_port = env.apiserver_url.rsplit(":", 1)[1]
     controller, dind = "/spec/template/spec/containers/0", "/spec/template/spec/containers/1"
-    deployment_ops: list[dict[str, Any]] = [
-        {"op": "replace", "path": "/spec/replicas", "value": replicas},
+    host_network: list[dict[str, Any]] = [
         {"op": "add", "path": "/spec/template/spec/hostNetwork", "value": True},
         {"op": "add", "path": "/spec/template/spec/dnsPolicy", "value": "ClusterFirstWithHostNet"},
-        {"op": "replace", "path": f"{controller}/ports/0/containerPort", "value": metrics_port},
         {"op": "add", "path": f"{controller}/readinessProbe/httpGet/host", "value": LOOPBACK},
         {"op": "add", "path": f"{controller}/livenessProbe/httpGet/host", "value": LOOPBACK},
+    ]
+    deployment_ops: list[dict[str, Any]] = [
+        {"op": "replace", "path": "/spec/replicas", "value": replicas},
+        *([] if skopeo else host_network),
+        {"op": "replace", "path": f"{controller}/ports/0/containerPort", "value": metrics_port},
         {
             "op": "add",
             "path": f"{controller}/env/-",
@@ -763,7 +907,9 @@ def write_overlay(
             "path": f"{controller}/env/-",
             "value": {"name": "KUBERNETES_SERVICE_PORT", "value": api_port},
         },
-        *(
+    ]
+    if not skopeo:
+        deployment_ops += [
             {"op": "add", "path": f"{dind}/args/-", "value": flag}
             for flag in (
                 "--bridge=none",
@@ -772,14 +918,14 @@ def write_overlay(
                 "--ip-forward=false",
                 "--ip-masq=false",
             )
-        ),
-    ]
+        ]
     dind_name, dind_tag = cluster.images.dind.rsplit(":", 1)
-    kustomization = {
+    base = REPO_ROOT / "manifests" / ("skopeo" if skopeo else "")
+    kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO_ROOT / "manifests", directory)],
-        "images": [{"name": "docker", "newName": dind_name, "newTag": dind_tag}],
+        "resources": [os.path.relpath(base, directory)],
+        "images": [] if skopeo else [{"name": "docker", "newName": dind_name, "newTag": dind_tag}],
         "patches": [
             {
                 "target": {"kind": "ConfigMap", "name": "image-cloner-config"},
@@ -814,6 +960,20 @@ def write_overlay(
     for path in directory.iterdir():
         path.chmod(0o600)
     return Deployment(directory, cluster.images.controller, metrics_port, target)
+
+
+def _pause_layer() -> bytes:
+    """A deterministic gzip'd tar layer holding the static pause binary as ``/pause`` (0755)."""
+    content = pause_binary().read_bytes()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("pause")
+        info.size = len(content)
+        info.mode = 0o755
+        info.mtime = 0
+        info.uname = info.gname = "root"
+        tar.addfile(info, io.BytesIO(content))
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
 
 
 def _b64(text: str) -> str:

@@ -27,6 +27,7 @@ import yaml
 
 from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
 from tests.e2e.harness import REPO_ROOT, free_ports
+from tests.e2e.images import platforms_served
 
 NS_SECRET = "apps-with-secret"  # the default ServiceAccount already has a pull secret
 NS_SA = "apps-with-sa"  # every workload runs as a custom ServiceAccount
@@ -347,6 +348,249 @@ def counts(name: str) -> int:
 
 
 # --- scenarios -----------------------------------------------------------------
+
+NS_SKOPEO = "apps-skopeo"  # the workloads of the backend without Docker
+
+
+@pytest.fixture(scope="class")
+def skopeo_deployed(cluster: Cluster) -> Iterator[Deployment]:
+    """``make deploy`` of an overlay of manifests/skopeo; the controller pod 1/1 Ready.
+
+    Runs before the module's ``deployed`` fixture (file order) and undeploys
+    at the end of its class, waiting until the namespace is gone, so the
+    scenarios after it deploy manifests/ with the sidecar on a clean cluster.
+    """
+    absent = kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False)
+    assert absent.returncode != 0, "manifests/ already deployed: run this class first"
+    deployment = write_overlay(cluster, cluster.env.workdir / "overlay-skopeo", skopeo=True)
+    started = time.monotonic()
+    result = make(cluster, "deploy", deployment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        kubectl(
+            cluster,
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "rollout",
+            "status",
+            "deploy/image-cloner",
+            "--timeout=180s",
+        )
+        wait_for(
+            "controller pod 1/1 Ready",
+            lambda: any(all_ready(p, 1) for p in controller_pods(cluster)),
+            120,
+        )
+        print(
+            f"\nmake deploy (skopeo) -> controller 1/1 Ready in {time.monotonic() - started:.1f}s"
+        )
+        yield deployment
+    finally:
+        started = time.monotonic()
+        result = make(cluster, "undeploy", deployment)
+        kubectl(cluster, "delete", "namespace", NS_SKOPEO, "--wait=false", check=False)
+        wait_for(
+            f"namespaces {CONTROLLER_NAMESPACE} and {NS_SKOPEO} gone",
+            lambda: all(
+                kubectl(cluster, "get", "namespace", ns, check=False).returncode != 0
+                for ns in (CONTROLLER_NAMESPACE, NS_SKOPEO)
+            ),
+            120,
+        )
+        print(f"\nmake undeploy (skopeo) -> namespaces gone in {time.monotonic() - started:.1f}s")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def container_specs(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container of a pod spec (or pod template spec), init containers first."""
+    spec = pod["spec"]
+    return (spec.get("initContainers") or []) + spec["containers"]
+
+
+class TestBackendWithoutDocker:
+    """copyBackend skopeo from manifests/skopeo: no sidecar, restricted, same digests."""
+
+    def test_one_unprivileged_container_admitted_under_restricted(
+        self, cluster: Cluster, skopeo_deployed: Deployment
+    ) -> None:
+        namespace = get_json(cluster, "namespace", CONTROLLER_NAMESPACE)
+        labels = namespace["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+        (pod,) = controller_pods(cluster)
+        assert all_ready(pod, 1)
+        assert not pod["spec"].get("hostNetwork")  # restricted refuses it
+        assert [c["name"] for c in container_specs(pod)] == ["controller"]
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == skopeo_deployed.image
+        assert not any(
+            (c.get("securityContext") or {}).get("privileged") for c in container_specs(pod)
+        )
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env.get("IMAGE_CLONER_COPY_BACKEND") == "skopeo" and "DOCKER_HOST" not in env
+        assert [v["name"] for v in pod["spec"]["volumes"] if "dind" in v["name"]] == []
+        # The label is enforced: the same admission refuses a privileged pod
+        # here, so the controller pod above was admitted as restricted.
+        refused = subprocess.run(
+            [
+                str(cluster.env.kubectl),
+                f"--kubeconfig={cluster.env.kubeconfig}",
+                "create",
+                "--dry-run=server",
+                "-f",
+                "-",
+            ],
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "probe", "namespace": CONTROLLER_NAMESPACE},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": skopeo_deployed.image,
+                                "securityContext": {"privileged": True},
+                            }
+                        ]
+                    },
+                }
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert refused.returncode != 0
+        assert 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
+        exec_ = kubectl(
+            cluster,
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "exec",
+            pod["metadata"]["name"],
+            "-c",
+            "controller",
+            "--",
+            "python",
+            "-c",
+            "import os\nprint(os.getuid(), os.getgid())",
+        )
+        assert exec_.stdout.split("\n")[0] == "10001 10001"
+
+    def test_index_single_and_pinned_images_run_from_owned_copies_with_their_digests(
+        self, cluster: Cluster, skopeo_deployed: Deployment
+    ) -> None:
+        public = cluster.env.public.host
+        index = cluster.build_runnable_index(f"{public}/{NS_SKOPEO}/multi:1", seed=NS_SKOPEO)
+        single = cluster.build_runnable_image(f"{public}/{NS_SKOPEO}/single:1", seed="single")
+        pinned = cluster.build_runnable_image(f"{public}/{NS_SKOPEO}/pinned:1", seed="pinned")
+        kubectl(cluster, "create", "namespace", NS_SKOPEO)
+        cluster.wait_namespace_ready(NS_SKOPEO)
+        template = {
+            "metadata": {"labels": {"app": "app"}},
+            "spec": {
+                "hostNetwork": True,
+                "terminationGracePeriodSeconds": 2,
+                "initContainers": [
+                    {"name": "init", "image": f"{public}/{NS_SKOPEO}/single:1", "args": ["exit"]}
+                ],
+                "containers": [
+                    {
+                        "name": "multi",
+                        "image": f"{public}/{NS_SKOPEO}/multi:1",
+                        "command": ["/pause"],
+                    },
+                    {"name": "pinned", "image": f"{public}/{NS_SKOPEO}/pinned@{pinned}"},
+                ],
+            },
+        }
+        apply(
+            cluster,
+            [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "app", "namespace": NS_SKOPEO},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": {"app": "app"}},
+                        "template": template,
+                    },
+                }
+            ],
+        )
+        prefix = skopeo_deployed.target + "/"
+        started = time.monotonic()
+        wait_for(
+            "the Deployment patched to owned images",
+            lambda: all(
+                i.startswith(prefix)
+                for i in template_images(cluster, NS_SKOPEO, "deployment", "app")
+            ),
+            120,
+        )
+        print(f"\nskopeo: workload patched {time.monotonic() - started:.1f}s after apply")
+        owned_path = f"{skopeo_deployed.target.split('/', 1)[1]}/{public.replace(':', '-')}"
+        repository = {n: f"{owned_path}/{NS_SKOPEO}/{n}" for n in ("multi", "single", "pinned")}
+        host = cluster.env.owned.host
+        assert template_images(cluster, NS_SKOPEO, "deployment", "app") == [
+            f"{host}/{repository['single']}:1",
+            f"{host}/{repository['multi']}:1",
+            f"{host}/{repository['pinned']}@{pinned}",  # still the source's digest
+        ]
+        # The owned copies are the sources, byte for byte: the index with
+        # both platforms (each child and blob present), the single image.
+        owned = cluster.env.owned
+        assert owned.manifest_digest(repository["multi"], "1") == index.digest
+        assert platforms_served(owned, repository["multi"], "1") == index.manifests
+        assert set(index.manifests) == {"linux/amd64", "linux/arm64"}
+        assert owned.manifest_digest(repository["single"], "1") == single
+        assert platforms_served(owned, repository["pinned"], pinned) == {"linux/amd64": pinned}
+        rollout(cluster, NS_SKOPEO, "deployment", "app")
+        wait_for(
+            "the new pod Running on owned images",
+            lambda: pods_running_on(cluster, NS_SKOPEO, "app", prefix, 1),
+            120,
+        )
+        print(f"skopeo: new pod Running {time.monotonic() - started:.1f}s after apply")
+        # The first pod pulled the public images (created before the patch),
+        # and the owned copies have the same digests, so containerd already
+        # holds their content. Forget it and replace the pod: the new one
+        # must fetch everything from the owned registry.
+        # Every name of those images: tag, repo@digest and the bare image ID.
+        listed = [line.split() for line in cluster.ctr("images", "ls").stdout.splitlines()[1:]]
+        digests = {row[2] for row in listed if f"/{NS_SKOPEO}/" in row[0]}
+        refs = [row[0] for row in listed if row[2] in digests]
+        assert len(digests) >= 3, listed
+        removed = cluster.ctr("images", "rm", "--sync", *refs)
+        assert removed.returncode == 0, removed.stderr
+        deleted_at = time.time()
+        kubectl(cluster, "-n", NS_SKOPEO, "delete", "pods", "-l", "app=app", "--wait=false")
+        wait_for(
+            "a new pod Running from owned copies",
+            lambda: recreated_and_running(cluster, NS_SKOPEO, "app", prefix, deleted_at),
+            120,
+        )
+        print(f"skopeo: replacement pod Running {time.time() - deleted_at:.1f}s after the delete")
+        (pod,) = workload_pods(cluster, NS_SKOPEO, "app")
+        assert "image-cloner-pull-secret" in [
+            s["name"] for s in pod["spec"].get("imagePullSecrets") or []
+        ]
+        messages = pulled_messages(cluster, NS_SKOPEO, pod["metadata"]["name"])
+        for container in container_specs(pod):
+            assert any(
+                m.startswith(f'Successfully pulled image "{container["image"]}"') for m in messages
+            ), (container["image"], messages)
+        # containerd fetched the owned manifests with the provisioned
+        # credentials (the owned registry answers 401 without): the index,
+        # then the node's own child (amd64) by digest, never the arm64 one.
+        assert owned.status("/v2/") == 401
+        gets = containerd_manifest_gets(cluster, repository["multi"])
+        assert any(index.digest in g for g in gets), gets
+        assert any(index.manifests["linux/amd64"] in g for g in gets), gets
+        assert not any(index.manifests["linux/arm64"] in g for g in gets), gets
+        assert any(single in g for g in containerd_manifest_gets(cluster, repository["single"]))
+        assert any(pinned in g for g in containerd_manifest_gets(cluster, repository["pinned"]))
 
 
 def test_make_deploy_runs_the_controller_image_as_uid_10001_read_only(
