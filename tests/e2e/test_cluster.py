@@ -740,6 +740,84 @@ def test_template_with_its_own_pull_secret_gets_the_managed_one_and_runs(
     assert wait_for("the new pods to run or fail to pull", settled, 120) == "running"
 
 
+NS_CRON = "apps-cron"  # a CronJob that runs every minute
+
+
+def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
+    cluster: Cluster, deployed: Deployment
+) -> None:
+    image = f"{cluster.env.public.host}/{NS_CRON}/task:1"
+    cluster.build_runnable_image(image, seed=image)
+    kubectl(cluster, "create", "namespace", NS_CRON)
+    cluster.wait_namespace_ready(NS_CRON)
+    apply(
+        cluster,
+        [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "CronJob",
+                "metadata": {"name": "minutely", "namespace": NS_CRON},
+                "spec": {
+                    "schedule": "* * * * *",
+                    "concurrencyPolicy": "Forbid",
+                    "jobTemplate": {
+                        "spec": {
+                            "backoffLimit": 0,
+                            "template": {
+                                "spec": {
+                                    "hostNetwork": True,
+                                    "restartPolicy": "Never",
+                                    "terminationGracePeriodSeconds": 2,
+                                    "containers": [
+                                        {
+                                            "name": "task",
+                                            "image": image,
+                                            "args": ["exit"],
+                                            "imagePullPolicy": "IfNotPresent",
+                                        }
+                                    ],
+                                }
+                            },
+                        }
+                    },
+                },
+            }
+        ],
+    )
+    prefix = deployed.target + "/"
+
+    def job_template_image() -> str:
+        cron = get_json(cluster, "-n", NS_CRON, "cronjob", "minutely")
+        spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        return str(spec["containers"][0]["image"])
+
+    owned = wait_for(
+        "the CronJob patched to the owned image",
+        lambda: job_template_image() if job_template_image().startswith(prefix) else "",
+        120,
+    )
+    patched_at = time.time()
+
+    def next_job_pod() -> dict[str, Any] | None:
+        """A pod of a Job created after the patch, once its container ran to completion."""
+        for pod in get_json(cluster, "-n", NS_CRON, "pods")["items"]:
+            created = pod["metadata"]["creationTimestamp"]
+            started = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+            if started < patched_at - 1:
+                continue
+            if pod["status"].get("phase") == "Succeeded":
+                return pod
+        return None
+
+    pod = wait_for("a Job started after the patch to run from the owned copy", next_job_pod, 130)
+    assert [c["image"] for c in pod["spec"]["containers"]] == [owned]
+    pulled = pulled_messages(cluster, NS_CRON, pod["metadata"]["name"])
+    assert any(owned.split("@")[0] in message for message in pulled), pulled
+    # The kubelet fetched the owned copy with the provisioned credentials.
+    owned_repository = owned.split("/", 1)[1].rsplit(":", 1)[0]
+    assert containerd_manifest_gets(cluster, owned_repository)
+
+
 def test_pods_come_back_from_owned_copies_without_the_public_registry(
     cluster: Cluster, deployed: Deployment, workloads: Workloads
 ) -> None:
