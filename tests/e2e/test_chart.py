@@ -265,6 +265,10 @@ def test_every_setting_of_the_config_file_is_a_value_with_its_default(
 ) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert flatten(values["config"]) == set(_KEYS) - CHART_SET
+    # values.schema.json knows every setting (and refuses any other key).
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {key.split(".")[0] for key in _KEYS}
     # With the default values the controller runs with the loader's defaults,
     # except where manifests/base chooses otherwise: none today but target.
     settings = effective_settings(index(helm.template(tmp_path)), tmp_path)
@@ -310,13 +314,17 @@ def test_a_changed_setting_reaches_the_config_file_the_port_and_the_state_role(
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"copyBackend": "crane"}, "copyBackend must be docker or skopeo"),
+        # values.schema.json
+        ({"copyBackend": "crane"}, "at '/copyBackend': value must be one of 'docker', 'skopeo'"),
+        ({"config": {"nmespaces": {}}}, "at '/config': additional properties 'nmespaces'"),
+        ({"config": {"metricsPort": 0}}, "at '/config/metricsPort': minimum: got 0, want 1"),
+        ({"config": {"gitops": "ignore"}}, "at '/config/gitops': value must be one of"),
+        # templates/_helpers.tpl
         ({"config": {"copyBackend": "skopeo"}}, "config.copyBackend is set by the chart"),
         (
             {"replicas": 2, "config": {"leaderElection": {"enabled": False}}},
             "replicas > 1 needs config.leaderElection.enabled",
         ),
-        ({"config": {"metricsPort": 0}}, "config.metricsPort must be a port"),
         (
             {"dockerConfig": {"existingSecret": "a", "existingConfigMap": "b"}},
             "at most one of dockerConfig.existingSecret",
