@@ -45,7 +45,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -160,6 +162,8 @@ class Run:
             (epoch seconds of the line).
         patches: epoch seconds of each workload's first ``patched`` line.
         registry: requests per registry and method during the run.
+        cpu: CPU seconds during the run: ``controller``, each component,
+            ``machine_busy`` and ``machine_capacity`` (``cpu_delta``).
     """
 
     argv: list[str]
@@ -170,6 +174,7 @@ class Run:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     patches: dict[str, float] = field(default_factory=dict)
     registry: dict[str, dict[str, int]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def log_time(text: str) -> float:
@@ -259,6 +264,32 @@ class Counters:
 
     def _registries(self) -> tuple[Registry, Registry]:
         return self._env.public, self._env.owned
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each component and by the machine.
+
+        Components are read from ``/proc/PID/stat`` (``utime``, ``stime``) of
+        the processes the harness started (``kube-apiserver``, ``etcd``,
+        ``dockerd``, ``registry-public``, ``registry-owned``); the machine's
+        busy time from ``/proc/stat`` (all but idle and iowait).
+        """
+        pids: dict[str, int] = {}
+        for name, process in getattr(self._env, "_processes", {}).items():
+            if process.popen is not None:
+                pids["kube-apiserver" if name == "apiserver" else name] = process.popen.pid
+        for registry in self._registries():
+            process = getattr(registry, "_process", None)
+            if process is not None and process.popen is not None:
+                pids[f"registry-{registry.name}"] = process.popen.pid
+        used = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(OSError):
+                used[name] = proc_cpu(pid)
+        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        values = [int(v) for v in first]
+        ticks = os.sysconf("SC_CLK_TCK")
+        used["machine_busy"] = (sum(values[:8]) - values[3] - values[4]) / ticks
+        return used
 
     def apiserver_requests(self) -> Counter[tuple[str, str, str]]:
         """``apiserver_request_total`` of the API server: (verb, resource, code) -> count.
@@ -452,22 +483,66 @@ def create_deployments(env: Environment, specs: Sequence[tuple[str, str, list[st
     return time.monotonic() - started
 
 
+def delete_deployments(env: Environment, specs: Sequence[tuple[str, str, list[str]]]) -> None:
+    """Delete the Deployments on 8 threads (there are no Pods: no controller-manager runs).
+
+    Raises:
+        RuntimeError: the API server answered neither 200/202 nor 404.
+    """
+    local = threading.local()
+
+    def delete(spec: tuple[str, str, list[str]]) -> None:
+        namespace, name, _ = spec
+        session = getattr(local, "session", None) or admin_session(env)
+        local.session = session
+        url = f"{env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        response = session.delete(url, timeout=60)
+        if response.status_code not in (200, 202, 404):
+            raise RuntimeError(f"delete {namespace}/{name}: {response.status_code}")
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(delete, specs):
+            pass
+
+
 # --- controller runs -------------------------------------------------------------------
 
 
 def run_once(
-    env: Environment, counters: Counters, config: Path, kubeconfig: Path, log: Path
+    env: Environment,
+    counters: Counters,
+    config: Path,
+    kubeconfig: Path,
+    log: Path,
+    profile: Path | None = None,
 ) -> Run:
     """``controller.py --once`` as a real process; its figures once it exited.
 
     The environment is reduced to PATH (skopeo and the engine are found
-    there), so nothing of the caller's overrides the config.
+    there), so nothing of the caller's overrides the config. The CPU time of
+    the controller (``RUSAGE_CHILDREN``), of each component and of the whole
+    machine during the run goes to ``Run.cpu``.
+
+    Args:
+        profile: write a ``py-spy record --format raw --threads --idle``
+            profile of the run there (collapsed stacks, every thread, waiting
+            included); py-spy must be on PATH or next to this Python.
 
     Raises:
-        RuntimeError: no summary line (the controller crashed).
+        RuntimeError: no summary line (the controller crashed), or py-spy missing.
     """
     argv = controller_command(kubeconfig, config, "--once")
+    if profile is not None:
+        spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+        argv = [spy, "record", "--format", "raw", "--threads", "--idle", "--rate", "100"]
+        argv += ["--output", str(profile), "--", *controller_command(kubeconfig, config, "--once")]
     offsets = counters.registry_offsets()
+    cpu_before = counters.cpu()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     started = time.monotonic()
     with log.open("wb") as output:
@@ -481,6 +556,9 @@ def run_once(
             check=False,
         )
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu_delta(cpu_before, counters.cpu(), wall)
+    cpu["controller"] = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     summaries, patches = parse_log(log.read_text(errors="replace"))
     if not summaries:
         raise RuntimeError(f"controller printed no summary line (exit {result.returncode}): {log}")
@@ -493,7 +571,26 @@ def run_once(
         summaries,
         patches,
         counters.registry_requests(offsets),
+        cpu,
     )
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """CPU seconds each component used between two ``Counters.cpu`` readings.
+
+    ``machine_busy`` is the machine's busy CPU seconds (all cores, every
+    process: other users of the machine included); ``machine_capacity`` is
+    ``wall`` times the number of cores.
+    """
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    delta["machine_capacity"] = wall * (os.cpu_count() or 1)
+    return delta
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int) -> dict[str, float]:
@@ -574,7 +671,14 @@ def run_warm(
         api_before = counters.apiserver_requests()
         own_before = scrape(metrics_port)
         versions_before = counters.resource_versions(sample)
+        cpu_before = {**counters.cpu(), "controller": proc_cpu(process.pid)}
+        window = time.monotonic()
         summaries = wait_for_summaries(log, 1 + cycles, alive, 120 + 30 * cycles)
+        cpu = cpu_delta(
+            cpu_before,
+            {**counters.cpu(), "controller": proc_cpu(process.pid)},
+            time.monotonic() - window,
+        )
         memory = proc_memory(process.pid)
         own_after = scrape(metrics_port)
         api_after = counters.apiserver_requests()
@@ -604,6 +708,7 @@ def run_warm(
             1 for key, version in versions_before.items() if versions_after.get(key) != version
         ),
         "memory": memory,
+        "cpu": cpu,
         "returncode": process.returncode,
         "first_cycle": {"summary": first[0], "registry": first_registry},
         "log": str(log),
@@ -655,6 +760,7 @@ def cycle_figures(run: Run) -> dict[str, Any]:
         "summary": summary,
         "returncode": run.returncode,
         "patch_times": times,
+        "cpu": run.cpu,
         "log": str(run.log),
     }
 
@@ -686,6 +792,18 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
     reads = sum(warm["controller_api"].values()) / max(1, len(durations))
     rss, hwm = warm["memory"].get("VmRSS"), warm["memory"].get("VmHWM")
     changed = warm["resource_versions_changed"]
+    warm_cpu = dict(warm.get("cpu") or {})
+    warm_busy = None
+    if warm_cpu.get("machine_capacity"):
+        warm_busy = 100.0 * warm_cpu["machine_busy"] / warm_cpu["machine_capacity"]
+    if "controller" in warm_cpu:
+        warm_cpu["controller"] /= max(1, len(durations))
+    cpu = cold.get("cpu") or {}
+    busy = others = None
+    if cpu.get("machine_capacity"):
+        busy = 100.0 * cpu["machine_busy"] / cpu["machine_capacity"]
+        ours = sum(v for k, v in cpu.items() if not k.startswith("machine"))
+        others = cpu["machine_busy"] - ours
     return [
         Row("setup", "corpus build (public + owned copies)", setup["corpus_seconds"], "s"),
         Row("setup", "Deployments created", setup["created"], "workloads"),
@@ -747,6 +865,11 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
         ),
         Row("cold", "API writes (API server)", cold["api"]["writes"], "writes"),
         Row("cold", "exit code", cold["returncode"], "", "0", cold["returncode"] == 0),
+        Row("cold", "CPU: controller", cpu.get("controller"), "s"),
+        Row("cold", "CPU: kube-apiserver", cpu.get("kube-apiserver"), "s"),
+        Row("cold", "CPU: etcd", cpu.get("etcd"), "s"),
+        Row("cold", "CPU: whole machine busy", busy, "%"),
+        Row("cold", "CPU: other processes on the machine", others, "s"),
         Row("restart", "wall time", restart["wall"], "s"),
         Row("restart", "cycle duration", restart["duration"], "s"),
         Row(
@@ -818,6 +941,8 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
             "0",
             first_total == 0,
         ),
+        Row("warm", "CPU: controller per cycle", warm_cpu.get("controller"), "s"),
+        Row("warm", "CPU: whole machine busy", warm_busy, "%"),
         Row("warm", "RSS (VmRSS)", rss, "MiB", "<= 200 MiB", at_most(rss, RSS_TARGET_MIB)),
         Row("warm", "peak RSS (VmHWM)", hwm, "MiB", "<= 200 MiB", at_most(hwm, RSS_TARGET_MIB)),
         Row(
@@ -851,7 +976,9 @@ def format_table(rows: Sequence[Row]) -> str:
 # --- main ------------------------------------------------------------------------------
 
 
-def run(size: Size, backend: str, results_dir: Path, keep: bool) -> dict[str, Any]:
+def run(
+    size: Size, backend: str, results_dir: Path, keep: bool, profile: bool = False
+) -> dict[str, Any]:
     """Start an Environment, run every phase, stop it; return the result (also written).
 
     Raises:
@@ -898,7 +1025,12 @@ def run(size: Size, backend: str, results_dir: Path, keep: bool) -> dict[str, An
         logs = workdir / "logs"
 
         api_before = counters.apiserver_requests()
-        cold_run = run_once(env, counters, once_config, kubeconfig, logs / "controller-cold.log")
+        spy = results_dir / f"scale-{stamp}-cold.pyspy.txt" if profile else None
+        if spy is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+        cold_run = run_once(
+            env, counters, once_config, kubeconfig, logs / "controller-cold.log", profile=spy
+        )
         cold = {
             **cycle_figures(cold_run),
             "api": api_delta(api_before, counters.apiserver_requests()),
@@ -921,6 +1053,8 @@ def run(size: Size, backend: str, results_dir: Path, keep: bool) -> dict[str, An
             flush=True,
         )
 
+        # The warm cycle runs over the cold cycle's workloads only, as issue 11 measured it.
+        delete_deployments(env, restart_specs)
         step = max(1, len(specs) // size.sample)
         sample = [(ns, name) for ns, name, _ in specs[::step]][: size.sample]
         warm = run_warm(
@@ -997,6 +1131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy profile of the cold cycle (raw stacks)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     base = SMOKE if args.smoke else Size()
     size = Size(
@@ -1009,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if min(size.workloads, size.restart_workloads, size.images, size.namespaces) < 1:
         parser.error("sizes must be at least 1")
-    result = run(size, args.backend, args.results_dir, args.keep_workdir)
+    result = run(size, args.backend, args.results_dir, args.keep_workdir, args.profile)
     rows = [Row(**row) for row in result["rows"]]
     print()
     print(format_table(rows))
