@@ -4,12 +4,13 @@ A result JSON (``bench/results/*.json``) may hold a ``timelines`` object;
 each entry is one curve of events over time::
 
     "timelines": {
-      "cold": {"label": "cold cycle: workloads patched", "t": [0.41, 0.42, ...]},
+      "cold": {"label": "cold cycle", "ylabel": "workloads patched", "t": [0.41, ...]},
       "restart": {"label": "...", "t": [...]}
     }
 
-``t`` is the seconds since the entry's zero (for the scale benchmark: the
-start of the reconcile cycle) at which each event happened, in any order.
+``ylabel`` (optional) names what is counted; ``t`` is the seconds since the
+entry's zero (for the scale benchmark: the start of the reconcile cycle) at
+which each event happened, in any order.
 ``plot_timelines`` draws every entry as a cumulative step curve (events so
 far against seconds), one panel per entry, so a change that slows the first
 or the last event down shows as a curve moved to the right.
@@ -42,7 +43,7 @@ def plot_timelines(
     """Draw each timeline as a cumulative step curve and write one PNG.
 
     Args:
-        timelines: name -> ``{"label": str, "t": [seconds, ...]}``; an entry
+        timelines: name -> ``{"label": str, "ylabel": str, "t": [seconds, ...]}``; an entry
             without events is drawn as an empty panel saying so.
         out: the PNG to write (its directory is created).
         title: the figure's title.
@@ -67,12 +68,12 @@ def plot_timelines(
         times = sorted(float(t) for t in entry.get("t") or [])
         axis.set_title(str(entry.get("label") or name), fontsize=10)
         axis.set_xlabel("seconds since the cycle started")
-        axis.set_ylabel("events so far")
+        axis.set_ylabel(str(entry.get("ylabel") or "events so far"))
         axis.grid(True, alpha=0.3)
         summary = ""
         if times:
             axis.step([0.0, *times], range(len(times) + 1), where="post")
-            summary = f"first {times[0]:.2f} s, last {times[-1]:.2f} s, {len(times)} events"
+            summary = f"first {times[0]:.2f} s, last {times[-1]:.2f} s, {len(times)} in all"
         else:
             axis.text(0.5, 0.5, "no events", ha="center", va="center", transform=axis.transAxes)
         right = times[-1] if times else 1.0

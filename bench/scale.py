@@ -99,7 +99,10 @@ WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "
 _LOG_TIME = r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 PATCHED_LINE = re.compile(_LOG_TIME + r" INFO \S+: patched (?P<workload>\S+ \S+) container ")
 SUMMARY_LINE = re.compile(_LOG_TIME + r" INFO \S+: reconcile: (?P<fields>.*)$")
-_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_SAMPLE = re.compile(
+    r"^apiserver_request_(?P<metric>total|duration_seconds_sum|duration_seconds_count)"
+    r"\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -292,7 +295,12 @@ class Counters:
         return used
 
     def apiserver_requests(self) -> Counter[tuple[str, str, str]]:
-        """``apiserver_request_total`` of the API server: (verb, resource, code) -> count.
+        """Counters of the API server's ``/metrics``, keyed (verb, resource, code).
+
+        ``apiserver_request_total`` by (verb, resource, code), and the
+        ``apiserver_request_duration_seconds`` sum and count of each (verb,
+        resource) under the codes ``duration_sum`` and ``duration_count``
+        (seconds, as the API server measures a request, from receipt to answer).
 
         Raises:
             requests.HTTPError: /metrics did not answer 200.
@@ -305,8 +313,13 @@ class Counters:
             if match is None:
                 continue
             labels = dict(_LABEL.findall(match["labels"]))
-            key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("code", ""))
-            totals[key] += int(float(match["value"]))
+            verb, resource = labels.get("verb", ""), labels.get("resource", "")
+            metric = match["metric"]
+            if metric == "total":
+                totals[verb, resource, labels.get("code", "")] += int(float(match["value"]))
+            else:
+                code = "duration_sum" if metric.endswith("sum") else "duration_count"
+                totals[verb, resource, code] += float(match["value"])
         return totals
 
     def resource_versions(self, keys: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -330,17 +343,27 @@ def api_delta(
     Returns:
         ``writes`` (write verbs on ``CONTROLLER_RESOURCES``), ``writes_by`` (the
         same by ``VERB resource``), ``other_writes`` (write verbs on any other
-        resource, e.g. the API server's own Leases), ``errors`` (answers 429
+        resource, e.g. the API server's own Leases), ``write_latency`` (mean
+        seconds the API server spent on each ``VERB resource`` of those
+        writes), ``errors`` (answers 429
         or 5xx), ``throttled`` (429), ``client_errors`` (other 4xx, e.g. the
         404 of a pull Secret not created yet), ``requests`` (all).
     """
     writes_by: Counter[str] = Counter()
     delta: Counter[str] = Counter()
+    latency: dict[str, float] = {}
     for key in set(after) | set(before):
         count = after[key] - before[key]
         if count <= 0:
             continue
         verb, resource, code = key
+        if code == "duration_count":
+            spent = after[verb, resource, "duration_sum"] - before[verb, resource, "duration_sum"]
+            if verb in WRITE_VERBS and resource in CONTROLLER_RESOURCES:
+                latency[f"{verb} {resource}"] = spent / count
+            continue
+        if code == "duration_sum":
+            continue
         delta["requests"] += count
         if verb in WRITE_VERBS:
             if resource in CONTROLLER_RESOURCES:
@@ -358,6 +381,7 @@ def api_delta(
         **{k: delta[k] for k in ("requests", "writes", "other_writes", "errors", "throttled")},
         "client_errors": delta["client_errors"],
         "writes_by": dict(sorted(writes_by.items())),
+        "write_latency": dict(sorted(latency.items())),
     }
 
 
@@ -799,6 +823,12 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
     if "controller" in warm_cpu:
         warm_cpu["controller"] /= max(1, len(durations))
     cpu = cold.get("cpu") or {}
+    latency = cold["api"].get("write_latency") or {}
+    patch_ms = event_ms = None
+    if "PATCH deployments" in latency:
+        patch_ms = 1000.0 * latency["PATCH deployments"]
+    if "POST events" in latency:
+        event_ms = 1000.0 * latency["POST events"]
     busy = others = None
     if cpu.get("machine_capacity"):
         busy = 100.0 * cpu["machine_busy"] / cpu["machine_capacity"]
@@ -865,6 +895,8 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
         ),
         Row("cold", "API writes (API server)", cold["api"]["writes"], "writes"),
         Row("cold", "exit code", cold["returncode"], "", "0", cold["returncode"] == 0),
+        Row("cold", "API server time per PATCH deployments", patch_ms, "ms"),
+        Row("cold", "API server time per POST events", event_ms, "ms"),
         Row("cold", "CPU: controller", cpu.get("controller"), "s"),
         Row("cold", "CPU: kube-apiserver", cpu.get("kube-apiserver"), "s"),
         Row("cold", "CPU: etcd", cpu.get("etcd"), "s"),
@@ -1093,10 +1125,12 @@ def run(
             "timelines": {
                 "cold": {
                     "label": f"cold cycle: {cold['patched']} workloads patched",
+                    "ylabel": "workloads patched",
                     "t": cold["patch_times"],
                 },
                 "restart": {
                     "label": f"restart cycle: {restart['patched']} fresh workloads patched",
+                    "ylabel": "workloads patched",
                     "t": restart["patch_times"],
                 },
             },
