@@ -60,11 +60,14 @@ demo: deps
 demo-cluster: deps
 	$(PY) hack/demo_cluster.py
 
-# Hot-path figures, then the copy benchmark on real components (starts the
-# e2e environment itself; 6-10 minutes at full size on a loaded 2-core machine).
+# Hot-path figures, the copy benchmark of both backends and the 10,000-workload
+# scale benchmark, on real components (each starts the e2e environment itself;
+# about 20 minutes in all at full size on a 2-core machine). Figures and JSON
+# in bench/results/.
 bench: deps
 	$(PY) bench/run.py
 	$(PY) bench/copies.py
+	$(PY) bench/scale.py
 
 # docs/deploy.md: configure manifests/base first (target, credentials).
 deploy:

@@ -1,0 +1,1198 @@
+"""image-cloner at cluster scale: cold, restart and warm cycles over 10,000 workloads.
+
+Issue 11's second benchmark run, on the real components of the end-to-end
+harness (``tests/e2e/harness.py``: etcd, kube-apiserver with RBAC, dockerd
+and two CNCF distribution registries, all on 127.0.0.1):
+
+1. a corpus of ``--images`` small images (a few KB, sharing base layers) in
+   the public registry, each with a byte-identical copy in the owned
+   registry under its owned name (what ``skopeo copy --all
+   --preserve-digests`` leaves), so "owned copies are present";
+2. ``--workloads`` Deployments (1 or 2 containers, 1.5 on average) over
+   ``--namespaces`` namespaces, created on a thread pool of API calls;
+3. **cold cycle**: ``controller.py --once`` as a real process with the
+   image-cloner ServiceAccount's token (``manifests/base`` RBAC), durable
+   state in namespace ``image-cloner``, ``listPageSize`` 500. Wall time,
+   patches/s, first and last patch (from the ``patched ... container``
+   log lines), registry requests (the registries' access logs) and API
+   errors (the summary line and the API server's ``apiserver_request_total``);
+4. **restart cycle**: ``--restart-workloads`` fresh Deployments of the same
+   images, then ``--once`` again with the state kept: registry requests
+   (target 0: every image was verified within ``refreshInterval``);
+5. **warm cycle**: the controller loop (``pollInterval`` 2, metrics on)
+   over everything patched: cycle durations (summary lines), writes (the
+   API server's write counters for the resources the controller writes,
+   the controller's ``image_cloner_api_requests_total``, resourceVersions of
+   a sample of workloads, ``patched=0 secrets_written=0``), registry requests,
+   and the process's RSS (``/proc/PID/status`` VmRSS, VmHWM).
+
+Every figure is printed next to issue 11's target, written as JSON to
+``--results-dir`` (default ``bench/results``) as ``scale-<UTC time>.json``,
+and the patch timelines are drawn by ``bench/plot.py`` into a PNG beside it.
+
+    .venv/bin/python bench/scale.py                    # 10,000 workloads, skopeo backend
+    .venv/bin/python bench/scale.py --backend docker
+    .venv/bin/python bench/scale.py --smoke            # ~50 workloads, for the e2e smoke test
+
+Exit status: 0 when every phase ran (a missed target is shown as ``MISS``
+in the table, not as a failure); 1 when a phase could not run (a component
+did not start, a creation failed, the controller crashed or never printed
+its summary line); 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import requests  # noqa: E402
+
+from tests.e2e import images  # noqa: E402
+from tests.e2e.harness import Environment, Registry, ensure_components, free_port  # noqa: E402
+from tests.e2e.support import (  # noqa: E402
+    controller_command,
+    create_namespace,
+    install_controller_rbac,
+    request_lines,
+    scrape,
+    write_config,
+)
+
+#: issue 11 "Targets" (and "Build" item 4 for patches/s, item 5 for the restart).
+COLD_WALL_TARGET = 30.0  # seconds, 10,000 workloads with owned copies present
+PATCH_RATE_TARGET = 400.0  # patches per second against the local API server
+WARM_DURATION_TARGET = 2.0  # seconds per warm cycle
+RSS_TARGET_MIB = 200.0
+
+STATE_NAMESPACE = "image-cloner"
+NAMESPACE_PREFIX = "scale-"
+#: what the controller writes (workloads, pull Secrets, ServiceAccounts, state, Events)
+CONTROLLER_RESOURCES = frozenset(
+    {"deployments", "daemonsets", "statefulsets", "secrets", "serviceaccounts", "configmaps"}
+    | {"events"}
+)
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
+
+_LOG_TIME = r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+PATCHED_LINE = re.compile(_LOG_TIME + r" INFO \S+: patched (?P<workload>\S+ \S+) container ")
+SUMMARY_LINE = re.compile(_LOG_TIME + r" INFO \S+: reconcile: (?P<fields>.*)$")
+_SAMPLE = re.compile(
+    r"^apiserver_request_(?P<metric>total|duration_seconds_sum|duration_seconds_count)"
+    r"\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a run is.
+
+    Attributes:
+        workloads: Deployments of the cold cycle.
+        restart_workloads: fresh Deployments created before the restart cycle.
+        images: distinct source images (each used by many containers).
+        namespaces: namespaces the workloads are spread over.
+        warm_cycles: warm cycles measured after the loop's first cycle.
+        sample: workloads whose resourceVersion is compared across the warm cycles.
+    """
+
+    workloads: int = 10_000
+    restart_workloads: int = 1_000
+    images: int = 200
+    namespaces: int = 50
+    warm_cycles: int = 3
+    sample: int = 200
+
+
+SMOKE = Size(workloads=50, restart_workloads=10, images=10, namespaces=5, warm_cycles=2, sample=20)
+
+
+@dataclass
+class Row:
+    """One figure of the table.
+
+    Attributes:
+        phase: ``setup``, ``cold``, ``restart`` or ``warm``.
+        figure: what is measured, e.g. ``wall time``.
+        value: the measured number (None when it could not be measured).
+        unit: ``s``, ``/s``, ``MiB`` or a count's noun.
+        target: the target as text (``<= 30 s``), "" for an informative figure.
+        ok: whether the target is met; None without a target.
+    """
+
+    phase: str
+    figure: str
+    value: float | None
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+
+
+@dataclass
+class Run:
+    """Everything one controller run left behind that the figures are read from.
+
+    Attributes:
+        argv: the command line (no credentials: they are in files).
+        returncode: the exit code (None while a loop still runs).
+        launched: epoch seconds when the process was started.
+        wall: seconds from start to exit.
+        log: the process's output file.
+        summaries: the ``key=value`` fields of each summary line, with ``at``
+            (epoch seconds of the line).
+        patches: epoch seconds of each workload's first ``patched`` line.
+        registry: requests per registry and method during the run.
+        cpu: CPU seconds during the run: ``controller``, each component,
+            ``machine_busy`` and ``machine_capacity`` (``cpu_delta``).
+    """
+
+    argv: list[str]
+    returncode: int | None
+    launched: float
+    wall: float
+    log: Path
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    patches: dict[str, float] = field(default_factory=dict)
+    registry: dict[str, dict[str, int]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def log_time(text: str) -> float:
+    """Epoch seconds of a ``logging`` default timestamp (local time, ms resolution).
+
+    Args:
+        text: ``YYYY-MM-DD HH:MM:SS,mmm`` as ``logging.Formatter`` writes ``asctime``.
+    """
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def parse_summary(fields: str) -> dict[str, Any]:
+    """The ``key=value`` pairs of a ``reconcile:`` summary line.
+
+    Numbers become ints (``duration`` a float in seconds); a parenthesised
+    failure breakdown after ``clone_failures`` is ignored.
+
+    Args:
+        fields: the text after ``reconcile: ``.
+    """
+    parsed: dict[str, Any] = {}
+    for key, value in re.findall(r"(\w+)=([0-9.]+)s?", re.sub(r"\([^)]*\)", "", fields)):
+        parsed[key] = float(value) if key == "duration" else int(float(value))
+    return parsed
+
+
+def parse_log(text: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Summary lines and first patch time per workload, from a controller's output.
+
+    Returns:
+        ``(summaries, patches)``: each summary's fields plus ``at`` (epoch
+        seconds); workload key (``Kind ns/name``) -> epoch seconds of its first
+        ``patched ... container`` line.
+    """
+    summaries: list[dict[str, Any]] = []
+    patches: dict[str, float] = {}
+    for line in text.splitlines():
+        if (match := PATCHED_LINE.match(line)) is not None:
+            patches.setdefault(match["workload"], log_time(match["time"]))
+        elif (match := SUMMARY_LINE.match(line)) is not None:
+            summaries.append({**parse_summary(match["fields"]), "at": log_time(match["time"])})
+    return summaries, patches
+
+
+# --- the environment's counters ------------------------------------------------------
+
+
+def admin_session(env: Environment) -> requests.Session:
+    """An HTTP session to the API server as the admin user, verifying its CA.
+
+    ``trust_env`` is off: ``REQUESTS_CA_BUNDLE`` would otherwise replace the
+    session's CA file, and a proxy setting must not see loopback traffic.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(env.ca_file)
+    session.headers["Authorization"] = f"Bearer {env.admin_token}"
+    return session
+
+
+class Counters:
+    """Offsets and counters of the components, read before and after a phase.
+
+    Args:
+        env: the running environment.
+    """
+
+    def __init__(self, env: Environment) -> None:
+        self._env = env
+        self._session = admin_session(env)
+
+    def registry_offsets(self) -> dict[str, int]:
+        """Byte sizes of the registries' logs now (``{"public": n, "owned": n}``)."""
+        return {r.name: r.log_path.stat().st_size for r in self._registries()}
+
+    def registry_requests(self, since: dict[str, int]) -> dict[str, dict[str, int]]:
+        """Requests each registry logged after ``since``, by method (``total`` too)."""
+        counts: dict[str, dict[str, int]] = {}
+        for registry in self._registries():
+            methods: Counter[str] = Counter()
+            for line in request_lines(registry, since[registry.name]):
+                match = re.search(r'"(GET|HEAD|PUT|POST|PATCH) /v2/', line)
+                if match is not None:
+                    methods[match[1]] += 1
+            counts[registry.name] = {**methods, "total": sum(methods.values())}
+        return counts
+
+    def _registries(self) -> tuple[Registry, Registry]:
+        return self._env.public, self._env.owned
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each component and by the machine.
+
+        Components are read from ``/proc/PID/stat`` (``utime``, ``stime``) of
+        the processes the harness started (``kube-apiserver``, ``etcd``,
+        ``dockerd``, ``registry-public``, ``registry-owned``); the machine's
+        busy time from ``/proc/stat`` (all but idle and iowait).
+        """
+        pids: dict[str, int] = {}
+        for name, process in getattr(self._env, "_processes", {}).items():
+            if process.popen is not None:
+                pids["kube-apiserver" if name == "apiserver" else name] = process.popen.pid
+        for registry in self._registries():
+            process = getattr(registry, "_process", None)
+            if process is not None and process.popen is not None:
+                pids[f"registry-{registry.name}"] = process.popen.pid
+        used = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(OSError):
+                used[name] = proc_cpu(pid)
+        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        values = [int(v) for v in first]
+        ticks = os.sysconf("SC_CLK_TCK")
+        used["machine_busy"] = (sum(values[:8]) - values[3] - values[4]) / ticks
+        return used
+
+    def apiserver_requests(self) -> Counter[tuple[str, str, str]]:
+        """Counters of the API server's ``/metrics``, keyed (verb, resource, code).
+
+        ``apiserver_request_total`` by (verb, resource, code), and the
+        ``apiserver_request_duration_seconds`` sum and count of each (verb,
+        resource) under the codes ``duration_sum`` and ``duration_count``
+        (seconds, as the API server measures a request, from receipt to answer).
+
+        Raises:
+            requests.HTTPError: /metrics did not answer 200.
+        """
+        response = self._session.get(self._env.apiserver_url + "/metrics", timeout=30)
+        response.raise_for_status()
+        totals: Counter[tuple[str, str, str]] = Counter()
+        for line in response.text.splitlines():
+            match = _SAMPLE.match(line)
+            if match is None:
+                continue
+            labels = dict(_LABEL.findall(match["labels"]))
+            verb, resource = labels.get("verb", ""), labels.get("resource", "")
+            metric = match["metric"]
+            if metric == "total":
+                totals[verb, resource, labels.get("code", "")] += int(float(match["value"]))
+            else:
+                code = "duration_sum" if metric.endswith("sum") else "duration_count"
+                totals[verb, resource, code] += float(match["value"])
+        return totals
+
+    def resource_versions(self, keys: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """``ns/name`` -> metadata.resourceVersion of each Deployment (admin reads)."""
+        versions = {}
+        for namespace, name in keys:
+            response = self._session.get(
+                f"{self._env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+                timeout=30,
+            )
+            response.raise_for_status()
+            versions[f"{namespace}/{name}"] = response.json()["metadata"]["resourceVersion"]
+        return versions
+
+
+def api_delta(
+    before: Counter[tuple[str, str, str]], after: Counter[tuple[str, str, str]]
+) -> dict[str, Any]:
+    """What the API server answered between two ``apiserver_requests`` readings.
+
+    Returns:
+        ``writes`` (write verbs on ``CONTROLLER_RESOURCES``), ``writes_by`` (the
+        same by ``VERB resource``), ``other_writes`` (write verbs on any other
+        resource, e.g. the API server's own Leases), ``write_latency`` (mean
+        seconds the API server spent on each ``VERB resource`` of those
+        writes), ``errors`` (answers 429
+        or 5xx), ``throttled`` (429), ``client_errors`` (other 4xx, e.g. the
+        404 of a pull Secret not created yet), ``requests`` (all).
+    """
+    writes_by: Counter[str] = Counter()
+    delta: Counter[str] = Counter()
+    latency: dict[str, float] = {}
+    for key in set(after) | set(before):
+        count = after[key] - before[key]
+        if count <= 0:
+            continue
+        verb, resource, code = key
+        if code == "duration_count":
+            spent = after[verb, resource, "duration_sum"] - before[verb, resource, "duration_sum"]
+            if verb in WRITE_VERBS and resource in CONTROLLER_RESOURCES:
+                latency[f"{verb} {resource}"] = spent / count
+            continue
+        if code == "duration_sum":
+            continue
+        delta["requests"] += count
+        if verb in WRITE_VERBS:
+            if resource in CONTROLLER_RESOURCES:
+                delta["writes"] += count
+                writes_by[f"{verb} {resource}"] += count
+            else:
+                delta["other_writes"] += count
+        if code == "429":
+            delta["throttled"] += count
+        if code == "429" or code.startswith("5"):
+            delta["errors"] += count
+        elif code.startswith("4"):
+            delta["client_errors"] += count
+    return {
+        **{k: delta[k] for k in ("requests", "writes", "other_writes", "errors", "throttled")},
+        "client_errors": delta["client_errors"],
+        "writes_by": dict(sorted(writes_by.items())),
+        "write_latency": dict(sorted(latency.items())),
+    }
+
+
+# --- corpus and workloads --------------------------------------------------------------
+
+
+def build_corpus(env: Environment, count: int) -> list[str]:
+    """Push ``count`` small images to the public registry and the same bytes to the owned one.
+
+    Image ``i`` has three layers of 2 KB: one of 4 base layers, one of 20
+    middle layers (shared by every 4th and every 20th image, as real images
+    share their bases) and one of its own. The owned copy is pushed with the
+    same config, layers and manifest bytes, so it has the source's digest:
+    what ``skopeo copy --all --preserve-digests`` leaves, and what
+    ``identity.same_content`` accepts for both backends.
+
+    Args:
+        env: the environment (public and owned registries).
+        count: number of images.
+
+    Returns:
+        The source references ``HOST:PORT/bench/app-<i>:1``.
+
+    Raises:
+        images.ImageBuildError: a registry refused a blob or a manifest.
+    """
+    bases = [images.layer(f"scale/base/{k}") for k in range(4)]
+    middles = [images.layer(f"scale/middle/{k}") for k in range(20)]
+    owned_prefix = owned_path_prefix(env)
+
+    def one(index: int) -> str:
+        repository = f"bench/app-{index}"
+        layers = [bases[index % 4], middles[index % 20], images.layer(f"scale/own/{index}")]
+        label = f"image-cloner scale bench {index}"
+        source = images.build_image(env.public, repository, "1", layers=layers, label=label)
+        copy = images.build_image(
+            env.owned, f"{owned_prefix}/{repository}", "1", layers=layers, label=label
+        )
+        if copy.digest != source.digest:
+            raise images.ImageBuildError(f"owned copy of {repository}: {copy.digest}")
+        return f"{env.public.host}/{repository}:1"
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def owned_target(env: Environment) -> str:
+    """The controller's ``target``: the owned registry with the path prefix ``mirror``."""
+    return f"{env.owned.host}/mirror"
+
+
+def owned_path_prefix(env: Environment) -> str:
+    """Where ``naming: nested`` puts the public registry's images in the owned registry."""
+    return "mirror/" + env.public.host.replace(":", "-")
+
+
+def workload_specs(
+    size: Size, corpus: Sequence[str], prefix: str, count: int
+) -> list[tuple[str, str, list[str]]]:
+    """``(namespace, name, images)`` of ``count`` Deployments.
+
+    Even-numbered ones have two containers, odd ones one, so 10,000
+    workloads have 15,000 containers; the images cycle over the corpus.
+
+    Args:
+        size: the run's size (namespaces).
+        corpus: the source references.
+        prefix: name prefix, e.g. ``w`` (cold) or ``r`` (restart).
+        count: how many.
+    """
+    specs = []
+    for i in range(count):
+        chosen = [corpus[i % len(corpus)]]
+        if i % 2 == 0:
+            chosen.append(corpus[(i + 37) % len(corpus)])
+        specs.append((f"{NAMESPACE_PREFIX}{i % size.namespaces}", f"{prefix}-{i}", chosen))
+    return specs
+
+
+def create_deployments(env: Environment, specs: Sequence[tuple[str, str, list[str]]]) -> float:
+    """Create the Deployments on 8 threads (one HTTP session each); return the seconds taken.
+
+    Raises:
+        RuntimeError: the API server did not answer 201 to a create.
+    """
+    local = threading.local()
+
+    def session() -> requests.Session:
+        existing = getattr(local, "session", None)
+        if existing is None:
+            existing = local.session = admin_session(env)
+        return existing
+
+    def create(spec: tuple[str, str, list[str]]) -> None:
+        namespace, name, chosen = spec
+        labels = {"app": name}
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {"name": f"c{j}", "image": image} for j, image in enumerate(chosen)
+                        ]
+                    },
+                },
+            },
+        }
+        url = f"{env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments"
+        response = session().post(url, json=body, timeout=60)
+        if response.status_code != 201:
+            raise RuntimeError(f"create {namespace}/{name}: {response.status_code} {response.text}")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(create, specs):
+            pass
+    return time.monotonic() - started
+
+
+def delete_deployments(env: Environment, specs: Sequence[tuple[str, str, list[str]]]) -> None:
+    """Delete the Deployments on 8 threads (there are no Pods: no controller-manager runs).
+
+    Raises:
+        RuntimeError: the API server answered neither 200/202 nor 404.
+    """
+    local = threading.local()
+
+    def delete(spec: tuple[str, str, list[str]]) -> None:
+        namespace, name, _ = spec
+        session = getattr(local, "session", None) or admin_session(env)
+        local.session = session
+        url = f"{env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        response = session.delete(url, timeout=60)
+        if response.status_code not in (200, 202, 404):
+            raise RuntimeError(f"delete {namespace}/{name}: {response.status_code}")
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(delete, specs):
+            pass
+
+
+# --- controller runs -------------------------------------------------------------------
+
+
+def run_once(
+    env: Environment,
+    counters: Counters,
+    config: Path,
+    kubeconfig: Path,
+    log: Path,
+    profile: Path | None = None,
+) -> Run:
+    """``controller.py --once`` as a real process; its figures once it exited.
+
+    The environment is reduced to PATH (skopeo and the engine are found
+    there), so nothing of the caller's overrides the config. The CPU time of
+    the controller (``RUSAGE_CHILDREN``), of each component and of the whole
+    machine during the run goes to ``Run.cpu``.
+
+    Args:
+        profile: write a ``py-spy record --format raw --threads --idle``
+            profile of the run there (collapsed stacks, every thread, waiting
+            included); py-spy must be on PATH or next to this Python.
+
+    Raises:
+        RuntimeError: no summary line (the controller crashed), or py-spy missing.
+    """
+    argv = controller_command(kubeconfig, config, "--once")
+    if profile is not None:
+        spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+        argv = [spy, "record", "--format", "raw", "--threads", "--idle", "--rate", "100"]
+        argv += ["--output", str(profile), "--", *controller_command(kubeconfig, config, "--once")]
+    offsets = counters.registry_offsets()
+    cpu_before = counters.cpu()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    launched = time.time()
+    started = time.monotonic()
+    with log.open("wb") as output:
+        result = subprocess.run(
+            argv,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=1800,
+            check=False,
+        )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu_delta(cpu_before, counters.cpu(), wall)
+    cpu["controller"] = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    summaries, patches = parse_log(log.read_text(errors="replace"))
+    if not summaries:
+        raise RuntimeError(f"controller printed no summary line (exit {result.returncode}): {log}")
+    return Run(
+        argv,
+        result.returncode,
+        launched,
+        wall,
+        log,
+        summaries,
+        patches,
+        counters.registry_requests(offsets),
+        cpu,
+    )
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """CPU seconds each component used between two ``Counters.cpu`` readings.
+
+    ``machine_busy`` is the machine's busy CPU seconds (all cores, every
+    process: other users of the machine included); ``machine_capacity`` is
+    ``wall`` times the number of cores.
+    """
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    delta["machine_capacity"] = wall * (os.cpu_count() or 1)
+    return delta
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_memory(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of a process from ``/proc/PID/status``, in MiB."""
+    memory = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            memory[key] = int(value.split()[0]) / 1024.0  # kB
+    return memory
+
+
+def wait_for_summaries(
+    log: Path, count: int, alive: Callable[[], bool], timeout: float
+) -> list[dict[str, Any]]:
+    """Poll a running controller's output until it printed ``count`` summary lines.
+
+    Raises:
+        RuntimeError: the process exited, or ``timeout`` seconds passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        summaries, _ = parse_log(log.read_text(errors="replace"))
+        if len(summaries) >= count:
+            return summaries
+        if not alive():
+            raise RuntimeError(f"controller loop exited before cycle {count}: {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {count} summary lines within {timeout:.0f}s: {log}")
+        time.sleep(0.05)
+
+
+def run_warm(
+    env: Environment,
+    counters: Counters,
+    config: Path,
+    kubeconfig: Path,
+    log: Path,
+    metrics_port: int,
+    cycles: int,
+    sample: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    """The controller loop over workloads that are all patched: ``cycles`` warm cycles.
+
+    The loop's first cycle (a restart: it reads the state) is left out;
+    the counters are read after it and after cycle ``1 + cycles``. The loop
+    is stopped with SIGTERM (exactly this process) and must exit 0.
+
+    Returns:
+        The warm figures: ``summaries`` (of the measured cycles), ``registry``,
+        ``api`` (the API server's delta), ``controller_api`` (the delta of
+        ``image_cloner_api_requests_total`` by outcome), ``resource_versions_changed``
+        (sampled workloads whose resourceVersion changed), ``memory`` (MiB),
+        ``returncode``, ``first_cycle`` (the restart cycle's summary and its
+        registry requests).
+
+    Raises:
+        RuntimeError: the loop exited early or printed no summaries in time.
+    """
+    argv = controller_command(kubeconfig, config)
+    offsets_start = counters.registry_offsets()
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            argv,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    try:
+
+        def alive() -> bool:
+            return process.poll() is None
+
+        first = wait_for_summaries(log, 1, alive, 600)
+        first_registry = counters.registry_requests(offsets_start)
+        offsets = counters.registry_offsets()
+        api_before = counters.apiserver_requests()
+        own_before = scrape(metrics_port)
+        versions_before = counters.resource_versions(sample)
+        cpu_before = {**counters.cpu(), "controller": proc_cpu(process.pid)}
+        window = time.monotonic()
+        summaries = wait_for_summaries(log, 1 + cycles, alive, 120 + 30 * cycles)
+        cpu = cpu_delta(
+            cpu_before,
+            {**counters.cpu(), "controller": proc_cpu(process.pid)},
+            time.monotonic() - window,
+        )
+        memory = proc_memory(process.pid)
+        own_after = scrape(metrics_port)
+        api_after = counters.apiserver_requests()
+        registry = counters.registry_requests(offsets)
+        versions_after = counters.resource_versions(sample)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    controller_api = {}
+    for key, value in own_after.items():
+        if key.startswith("image_cloner_api_requests_total{"):
+            outcome = dict(_LABEL.findall(key)).get("outcome", "")
+            controller_api[outcome] = int(value - own_before.get(key, 0.0))
+    return {
+        "argv": argv,
+        "summaries": summaries[1 : 1 + cycles],
+        "registry": registry,
+        "api": api_delta(api_before, api_after),
+        "controller_api": controller_api,
+        "resource_versions_sampled": len(versions_before),
+        "resource_versions_changed": sum(
+            1 for key, version in versions_before.items() if versions_after.get(key) != version
+        ),
+        "memory": memory,
+        "cpu": cpu,
+        "returncode": process.returncode,
+        "first_cycle": {"summary": first[0], "registry": first_registry},
+        "log": str(log),
+    }
+
+
+# --- figures ---------------------------------------------------------------------------
+
+
+def cycle_start(run: Run) -> float:
+    """Epoch seconds when the run's first cycle started (its summary time minus duration)."""
+    summary = run.summaries[0]
+    return float(summary["at"]) - float(summary["duration"])
+
+
+def cycle_figures(run: Run) -> dict[str, Any]:
+    """A ``--once`` run's figures: wall, cycle duration, patches, rates, first/last patch.
+
+    Returns:
+        ``wall`` (s, process start to exit), ``duration`` (s, the summary
+        line's), ``patched`` (workloads, the summary's), ``patches_per_s``
+        (patched / duration), ``window_rate`` (patched / (last - first
+        patch)), ``first_patch``/``last_patch`` (s after the cycle started),
+        ``startup`` (s from process start to cycle start), ``api_failures``
+        (``patch_failures + namespace_failures + list_failures``), ``registry``,
+        ``summary``, ``returncode``, ``patch_times`` (s after the cycle
+        started, sorted).
+    """
+    summary = run.summaries[0]
+    zero = cycle_start(run)
+    times = sorted(t - zero for t in run.patches.values())
+    duration = float(summary["duration"])
+    patched = int(summary.get("patched", 0))
+    window = times[-1] - times[0] if len(times) > 1 else 0.0
+    return {
+        "wall": run.wall,
+        "duration": duration,
+        "startup": zero - run.launched,
+        "patched": patched,
+        "patches_per_s": patched / duration if duration > 0 else None,
+        "window_rate": len(times) / window if window > 0 else None,
+        "first_patch": times[0] if times else None,
+        "last_patch": times[-1] if times else None,
+        "api_failures": sum(
+            int(summary.get(k, 0)) for k in ("patch_failures", "namespace_failures")
+        )
+        + int(summary.get("list_failures", 0)),
+        "registry": run.registry,
+        "summary": summary,
+        "returncode": run.returncode,
+        "patch_times": times,
+        "cpu": run.cpu,
+        "log": str(run.log),
+    }
+
+
+def at_most(value: float | None, target: float) -> bool | None:
+    """``value <= target``; None when there is no value."""
+    return None if value is None else value <= target
+
+
+def at_least(value: float | None, target: float) -> bool | None:
+    """``value >= target``; None when there is no value."""
+    return None if value is None else value >= target
+
+
+def build_rows(result: dict[str, Any]) -> list[Row]:
+    """The table: every figure of a result, next to its target where issue 11 sets one."""
+    setup, cold, restart, warm = (result[k] for k in ("setup", "cold", "restart", "warm"))
+    size = result["size"]
+    cold_registry = cold["registry"]
+    restart_registry = restart["registry"]
+    durations = [float(s["duration"]) for s in warm["summaries"]]
+    longest, median = max(durations), statistics.median(durations)
+    warm_registry = warm["registry"]["public"]["total"] + warm["registry"]["owned"]["total"]
+    first_registry = warm["first_cycle"]["registry"]
+    first_total = first_registry["public"]["total"] + first_registry["owned"]["total"]
+    quiet = sum(
+        int(s.get("patched", 0)) + int(s.get("secrets_written", 0)) for s in warm["summaries"]
+    )
+    reads = sum(warm["controller_api"].values()) / max(1, len(durations))
+    rss, hwm = warm["memory"].get("VmRSS"), warm["memory"].get("VmHWM")
+    changed = warm["resource_versions_changed"]
+    warm_cpu = dict(warm.get("cpu") or {})
+    warm_busy = None
+    if warm_cpu.get("machine_capacity"):
+        warm_busy = 100.0 * warm_cpu["machine_busy"] / warm_cpu["machine_capacity"]
+    if "controller" in warm_cpu:
+        warm_cpu["controller"] /= max(1, len(durations))
+    cpu = cold.get("cpu") or {}
+    latency = cold["api"].get("write_latency") or {}
+    patch_ms = event_ms = None
+    if "PATCH deployments" in latency:
+        patch_ms = 1000.0 * latency["PATCH deployments"]
+    if "POST events" in latency:
+        event_ms = 1000.0 * latency["POST events"]
+    busy = others = None
+    if cpu.get("machine_capacity"):
+        busy = 100.0 * cpu["machine_busy"] / cpu["machine_capacity"]
+        ours = sum(v for k, v in cpu.items() if not k.startswith("machine"))
+        others = cpu["machine_busy"] - ours
+    return [
+        Row("setup", "corpus build (public + owned copies)", setup["corpus_seconds"], "s"),
+        Row("setup", "Deployments created", setup["created"], "workloads"),
+        Row("setup", "containers", setup["containers"], "containers"),
+        Row("setup", "creation rate", setup["create_rate"], "/s"),
+        Row(
+            "cold",
+            "wall time (process start to exit)",
+            cold["wall"],
+            "s",
+            "<= 30 s",
+            at_most(cold["wall"], COLD_WALL_TARGET),
+        ),
+        Row(
+            "cold",
+            "cycle duration (summary line)",
+            cold["duration"],
+            "s",
+            "<= 30 s",
+            at_most(cold["duration"], COLD_WALL_TARGET),
+        ),
+        Row("cold", "start-up before the cycle", cold["startup"], "s"),
+        Row(
+            "cold",
+            "workloads patched",
+            cold["patched"],
+            "workloads",
+            f"= {size['workloads']}",
+            cold["patched"] == size["workloads"],
+        ),
+        Row(
+            "cold",
+            "patches/s (patched / cycle)",
+            cold["patches_per_s"],
+            "/s",
+            ">= 400/s",
+            at_least(cold["patches_per_s"], PATCH_RATE_TARGET),
+        ),
+        Row("cold", "patches/s (first to last patch)", cold["window_rate"], "/s"),
+        Row("cold", "first patch after cycle start", cold["first_patch"], "s"),
+        Row("cold", "last patch after cycle start", cold["last_patch"], "s"),
+        Row("cold", "registry requests, public", cold_registry["public"]["total"], "requests"),
+        Row("cold", "registry requests, owned", cold_registry["owned"]["total"], "requests"),
+        Row(
+            "cold",
+            "API failures (summary line)",
+            cold["api_failures"],
+            "failures",
+            "0",
+            cold["api_failures"] == 0,
+        ),
+        Row(
+            "cold",
+            "API 429/5xx answers (API server)",
+            cold["api"]["errors"],
+            "answers",
+            "0",
+            cold["api"]["errors"] == 0,
+        ),
+        Row("cold", "API writes (API server)", cold["api"]["writes"], "writes"),
+        Row("cold", "exit code", cold["returncode"], "", "0", cold["returncode"] == 0),
+        Row("cold", "API server time per PATCH deployments", patch_ms, "ms"),
+        Row("cold", "API server time per POST events", event_ms, "ms"),
+        Row("cold", "CPU: controller", cpu.get("controller"), "s"),
+        Row("cold", "CPU: kube-apiserver", cpu.get("kube-apiserver"), "s"),
+        Row("cold", "CPU: etcd", cpu.get("etcd"), "s"),
+        Row("cold", "CPU: whole machine busy", busy, "%"),
+        Row("cold", "CPU: other processes on the machine", others, "s"),
+        Row("restart", "wall time", restart["wall"], "s"),
+        Row("restart", "cycle duration", restart["duration"], "s"),
+        Row(
+            "restart",
+            "fresh workloads patched",
+            restart["patched"],
+            "workloads",
+            f"= {size['restart_workloads']}",
+            restart["patched"] == size["restart_workloads"],
+        ),
+        Row("restart", "first patch after cycle start", restart["first_patch"], "s"),
+        Row(
+            "restart",
+            "registry requests, public (source lookups)",
+            restart_registry["public"]["total"],
+            "requests",
+            "0",
+            restart_registry["public"]["total"] == 0,
+        ),
+        Row(
+            "restart",
+            "registry requests, owned",
+            restart_registry["owned"]["total"],
+            "requests",
+            "0",
+            restart_registry["owned"]["total"] == 0,
+        ),
+        Row("warm", "cycles measured", len(durations), "cycles"),
+        Row(
+            "warm",
+            "cycle duration, max",
+            longest,
+            "s",
+            "<= 2 s",
+            at_most(longest, WARM_DURATION_TARGET),
+        ),
+        Row(
+            "warm",
+            "cycle duration, median",
+            median,
+            "s",
+            "<= 2 s",
+            at_most(median, WARM_DURATION_TARGET),
+        ),
+        Row(
+            "warm",
+            "writes (API server)",
+            warm["api"]["writes"],
+            "writes",
+            "0",
+            warm["api"]["writes"] == 0,
+        ),
+        Row("warm", "patched + secrets_written (summary)", quiet, "", "0", quiet == 0),
+        Row(
+            "warm",
+            "sampled resourceVersions changed",
+            changed,
+            f"of {warm['resource_versions_sampled']}",
+            "0",
+            changed == 0,
+        ),
+        Row("warm", "controller API requests per cycle", reads, "requests"),
+        Row("warm", "registry requests", warm_registry, "requests", "0", warm_registry == 0),
+        Row(
+            "warm",
+            "registry requests, loop's first cycle",
+            first_total,
+            "requests",
+            "0",
+            first_total == 0,
+        ),
+        Row("warm", "CPU: controller per cycle", warm_cpu.get("controller"), "s"),
+        Row("warm", "CPU: whole machine busy", warm_busy, "%"),
+        Row("warm", "RSS (VmRSS)", rss, "MiB", "<= 200 MiB", at_most(rss, RSS_TARGET_MIB)),
+        Row("warm", "peak RSS (VmHWM)", hwm, "MiB", "<= 200 MiB", at_most(hwm, RSS_TARGET_MIB)),
+        Row(
+            "warm", "loop exit code (SIGTERM)", warm["returncode"], "", "0", warm["returncode"] == 0
+        ),
+    ]
+
+
+def format_value(value: float | None) -> str:
+    """A figure for the table: integers as is, others with 2 decimals, "-" for none."""
+    if value is None:
+        return "-"
+    if float(value).is_integer():
+        return f"{int(value)}"
+    return f"{value:.2f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The table printed at the end: phase, figure, value, unit, target, verdict."""
+    header = f"{'phase':<8} {'figure':<42} {'value':>10} {'unit':<10} {'target':<12} verdict"
+    lines = [header]
+    for row in rows:
+        verdict = "" if row.ok is None else ("ok" if row.ok else "MISS")
+        lines.append(
+            f"{row.phase:<8} {row.figure:<42} {format_value(row.value):>10} "
+            f"{row.unit:<10} {row.target:<12} {verdict}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def run(
+    size: Size, backend: str, results_dir: Path, keep: bool, profile: bool = False
+) -> dict[str, Any]:
+    """Start an Environment, run every phase, stop it; return the result (also written).
+
+    Raises:
+        RuntimeError, ComponentError, images.ImageBuildError: a phase could
+            not run (see the module docstring's exit status).
+    """
+    kube_bin = ensure_components()
+    workdir = Path(tempfile.mkdtemp(prefix="ic-scale-", dir="/tmp"))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    print(f"work dir {workdir}", flush=True)
+    started = time.monotonic()
+    env = Environment.start(workdir, kube_bin=kube_bin)
+    failed = True
+    try:
+        print(f"environment up in {time.monotonic() - started:.1f}s", flush=True)
+        counters = Counters(env)
+        kubeconfig = install_controller_rbac(env)
+        t0 = time.monotonic()
+        corpus = build_corpus(env, size.images)
+        corpus_seconds = time.monotonic() - t0
+        print(f"{len(corpus)} images (and owned copies) in {corpus_seconds:.1f}s", flush=True)
+        for index in range(size.namespaces):
+            create_namespace(env, f"{NAMESPACE_PREFIX}{index}")
+        specs = workload_specs(size, corpus, "w", size.workloads)
+        create_seconds = create_deployments(env, specs)
+        containers = sum(len(s[2]) for s in specs)
+        print(
+            f"{len(specs)} Deployments ({containers} containers) in {create_seconds:.1f}s "
+            f"({len(specs) / create_seconds:.0f}/s)",
+            flush=True,
+        )
+        common = {
+            "copyBackend": backend,
+            "controllerNamespace": STATE_NAMESPACE,
+            "listPageSize": 500,
+            "namespaces": {"include": [f"{NAMESPACE_PREFIX}*"]},
+            "pollInterval": 2,
+        }
+        once_config = write_config(workdir / "once.yaml", env, owned_target(env), **common)
+        metrics_port = free_port()
+        loop_config = write_config(
+            workdir / "loop.yaml", env, owned_target(env), **common, metricsPort=metrics_port
+        )
+        logs = workdir / "logs"
+
+        api_before = counters.apiserver_requests()
+        spy = results_dir / f"scale-{stamp}-cold.pyspy.txt" if profile else None
+        if spy is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+        cold_run = run_once(
+            env, counters, once_config, kubeconfig, logs / "controller-cold.log", profile=spy
+        )
+        cold = {
+            **cycle_figures(cold_run),
+            "api": api_delta(api_before, counters.apiserver_requests()),
+        }
+        print(
+            f"cold: wall {cold['wall']:.1f}s, cycle {cold['duration']:.1f}s, "
+            f"{cold['patched']} patched",
+            flush=True,
+        )
+
+        restart_specs = workload_specs(size, corpus, "r", size.restart_workloads)
+        create_deployments(env, restart_specs)
+        restart_run = run_once(
+            env, counters, once_config, kubeconfig, logs / "controller-restart.log"
+        )
+        restart = cycle_figures(restart_run)
+        print(
+            f"restart: cycle {restart['duration']:.1f}s, {restart['patched']} patched, "
+            f"registry {restart['registry']}",
+            flush=True,
+        )
+
+        # The warm cycle runs over the cold cycle's workloads only, as issue 11 measured it.
+        delete_deployments(env, restart_specs)
+        step = max(1, len(specs) // size.sample)
+        sample = [(ns, name) for ns, name, _ in specs[::step]][: size.sample]
+        warm = run_warm(
+            env,
+            counters,
+            loop_config,
+            kubeconfig,
+            logs / "controller-warm.log",
+            metrics_port,
+            size.warm_cycles,
+            sample,
+        )
+        print(f"warm: {[s['duration'] for s in warm['summaries']]} s", flush=True)
+        result: dict[str, Any] = {
+            "title": f"image-cloner scale bench: {size.workloads} workloads, "
+            f"{size.images} images, copyBackend {backend} ({stamp})",
+            "stamp": stamp,
+            "backend": backend,
+            "size": asdict(size),
+            "setup": {
+                "corpus_seconds": corpus_seconds,
+                "created": len(specs),
+                "containers": containers,
+                "create_seconds": create_seconds,
+                "create_rate": len(specs) / create_seconds,
+            },
+            "cold": cold,
+            "restart": restart,
+            "warm": warm,
+            "targets": {
+                "cold_wall_s": COLD_WALL_TARGET,
+                "patches_per_s": PATCH_RATE_TARGET,
+                "warm_cycle_s": WARM_DURATION_TARGET,
+                "rss_mib": RSS_TARGET_MIB,
+            },
+            "timelines": {
+                "cold": {
+                    "label": f"cold cycle: {cold['patched']} workloads patched",
+                    "ylabel": "workloads patched",
+                    "t": cold["patch_times"],
+                },
+                "restart": {
+                    "label": f"restart cycle: {restart['patched']} fresh workloads patched",
+                    "ylabel": "workloads patched",
+                    "t": restart["patch_times"],
+                },
+            },
+            "marks": {"cold": [[COLD_WALL_TARGET, "target 30 s"]]},
+        }
+        result["rows"] = [asdict(row) for row in build_rows(result)]
+        results_dir.mkdir(parents=True, exist_ok=True)
+        path = results_dir / f"scale-{stamp}.json"
+        path.write_text(json.dumps(result, indent=1, default=str))
+        result["json"] = str(path)
+        failed = False
+        return result
+    finally:
+        with contextlib.suppress(Exception):
+            env.stop()
+        if keep or failed:
+            print(f"work dir kept: {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print the table; the exit status of the docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", type=int, default=None, help="Deployments (10000)")
+    parser.add_argument("--restart-workloads", type=int, default=None, help="fresh ones (1000)")
+    parser.add_argument("--images", type=int, default=None, help="distinct images (200)")
+    parser.add_argument("--namespaces", type=int, default=None, help="namespaces (50)")
+    parser.add_argument("--warm-cycles", type=int, default=None, help="warm cycles measured (3)")
+    parser.add_argument("--backend", choices=["skopeo", "docker"], default="skopeo")
+    parser.add_argument("--smoke", action="store_true", help="~50 workloads, 10 images")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy profile of the cold cycle (raw stacks)"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    base = SMOKE if args.smoke else Size()
+    size = Size(
+        workloads=args.workloads or base.workloads,
+        restart_workloads=args.restart_workloads or base.restart_workloads,
+        images=args.images or base.images,
+        namespaces=args.namespaces or base.namespaces,
+        warm_cycles=args.warm_cycles or base.warm_cycles,
+        sample=base.sample,
+    )
+    if min(size.workloads, size.restart_workloads, size.images, size.namespaces) < 1:
+        parser.error("sizes must be at least 1")
+    result = run(size, args.backend, args.results_dir, args.keep_workdir, args.profile)
+    rows = [Row(**row) for row in result["rows"]]
+    print()
+    print(format_table(rows))
+    print(f"\njson: {result['json']}")
+    if not args.no_plot:
+        from plot import plot_result
+
+        print(f"plot: {plot_result(Path(result['json']))}")
+    missed = [row.figure for row in rows if row.ok is False]
+    print(f"targets missed: {len(missed)}" + (f" ({'; '.join(missed)})" if missed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
