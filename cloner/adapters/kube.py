@@ -247,7 +247,7 @@ class KubeClient:
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 )
-                page = json.loads(response.data)
+                page = json.loads(read_body(response))
                 self.requests["success"] += 1
             except ApiException as exc:
                 if exc.status == 410 and token and not restarted:
@@ -280,13 +280,15 @@ class KubeClient:
                 the object changed (422/409), which means a concurrent edit.
         """
         try:
-            self._throttled(
-                self._patch[workload.kind],
-                workload.name,
-                workload.namespace,
-                patch,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+            read_body(
+                self._throttled(
+                    self._patch[workload.kind],
+                    workload.name,
+                    workload.namespace,
+                    patch,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
             )
             self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
@@ -298,7 +300,7 @@ class KubeClient:
         """GET an object as raw JSON; None on 404."""
         try:
             response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            obj = dict(json.loads(response.data))
+            obj = dict(json.loads(read_body(response)))
             self.requests["success"] += 1
             return obj
         except ApiException as exc:
@@ -311,7 +313,11 @@ class KubeClient:
 
     def _write(self, call: Callable[..., Any], what: str, *args: Any) -> None:
         try:
-            self._throttled(call, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            read_body(
+                self._throttled(
+                    call, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
+            )
             self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, what) from None
@@ -462,7 +468,7 @@ class KubeClient:
                 _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT,
             )
-            created = json.loads(response.data)
+            created = json.loads(read_body(response))
         except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
             raise self._failed(exc, what) from None
         self.requests["success"] += 1
@@ -503,3 +509,18 @@ def _retry_after(exc: ApiException) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def read_body(response: Any) -> bytes:
+    """Read a raw (``_preload_content=False``) response and give its connection back.
+
+    Without ``release_conn`` every such request keeps its connection out of
+    urllib3's pool, so the next request opens a new TLS connection: one
+    handshake per write, on both sides (measured: bench/scale.py).
+    """
+    try:
+        return bytes(response.data)
+    finally:
+        release = getattr(response, "release_conn", None)
+        if release is not None:
+            release()

@@ -46,7 +46,7 @@ import kubernetes.client
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from cloner.adapters.kube import translate_error
+from cloner.adapters.kube import read_body, translate_error
 from cloner.errors import KubeError
 from cloner.model.lease import (
     LeaseRecord,
@@ -425,7 +425,7 @@ class LeaderElector:
             raise KubeError(0, f"{what}: renew deadline passed")
         try:
             response = method(*args, _preload_content=False, _request_timeout=timeout)
-            return dict(json.loads(response.data))
+            return dict(json.loads(read_body(response)))
         except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
             raise translate_error(exc, what) from None
 
