@@ -11,9 +11,13 @@ On top of an :class:`~tests.e2e.harness.Environment` started with
 - the kubelet (node name ``127.0.0.1``, cgroupfs under a cgroup root of its
   own, ports on 127.0.0.1, webhook authn/authz).
 
-Network variant (a) of /work/shared/TESTBED.md: every pod uses
-``hostNetwork`` and the CNI config holds only the ``loopback`` plugin, so no
-bridge, route or address is ever created; all traffic is to 127.0.0.1.
+Network variant (a) of /work/shared/TESTBED.md: pods use ``hostNetwork``,
+so no bridge, route or address is ever created; all traffic is to 127.0.0.1.
+A pod that may not use the host network (a namespace enforcing the
+``restricted`` Pod Security Standard) gets its own network namespace from
+the ``ic-podnet`` CNI plugin (tests/e2e/podnet.py, a daemon of this cluster):
+it reaches the API server and the registries on 127.0.0.1 as usual, and the
+kubelet probes it on a 127.0.10.N address, through relayed sockets only.
 
 Images come from no public registry: the sandbox image is a static Go binary
 (``hack/pause/pause.go``) imported with ``ctr``; the controller image is built
@@ -24,8 +28,9 @@ kept in the cache (``~/.cache/image-cloner/cluster-registry``), tagged by a hash
 of their inputs, so a warm machine builds nothing.
 
 Teardown follows TESTBED's order: namespaces and pods, kubelet, ``ctr`` tasks,
-containerd, shims started with ``-address`` of this containerd, mounts left
-under the work dir, then the control plane.
+containerd, shims started with ``-address`` of this containerd, the podnet
+daemon and any pod network namespace it saw left behind, mounts left under
+the work dir, then the control plane.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@
 One cluster per session (the ``cluster`` fixture, tests/e2e/cluster.py); the
 scenarios build on each other in file order, like a user's first day:
 deploy, watch workloads switch and run, lose the public registry, revert one
-namespace, undeploy. What is asserted is the state of the world: pod specs,
+namespace, undeploy. First of all, the backend without Docker
+(``TestBackendWithoutDocker``) deploys manifests/skopeo and undeploys it
+again at the end of its class, before the module's ``deployed`` fixture
+deploys manifests/ with the docker-in-docker sidecar.
+What is asserted is the state of the world: pod specs,
 pod phases and readiness, the kubelet's ``Pulled`` events and the owned
 registry's request log. A pod whose owned copy has the original's digest
 shows the original name in ``status.containerStatuses[].image``
@@ -387,8 +391,8 @@ def skopeo_deployed(cluster: Cluster) -> Iterator[Deployment]:
         yield deployment
     finally:
         started = time.monotonic()
-        result = make(cluster, "undeploy", deployment)
         kubectl(cluster, "delete", "namespace", NS_SKOPEO, "--wait=false", check=False)
+        result = make(cluster, "undeploy", deployment)
         wait_for(
             f"namespaces {CONTROLLER_NAMESPACE} and {NS_SKOPEO} gone",
             lambda: all(
