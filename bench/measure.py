@@ -184,8 +184,8 @@ class CopySpan:
     end: float
 
 
-_COPYING_RE = re.compile(r" cloner\.cloning: copying (?P<source>\S+) \(")
-_CLONED_RE = re.compile(r" cloner\.cloning: cloned (?P<source>\S+) to ")
+_COPYING_RE = re.compile(r" cloner\.ops\.cloning: copying (?P<source>\S+) \(")
+_CLONED_RE = re.compile(r" cloner\.ops\.cloning: cloned (?P<source>\S+) to ")
 
 
 def copy_spans(log: str) -> list[CopySpan]:
