@@ -29,6 +29,8 @@ MAX_RECORDS = 16000
 USE_RESOLUTION = 86400.0
 RECORDS_KEY = "records.json"
 BACKOFF_KEY = "backoff.json"
+#: In shard 0: ``{"at": epoch seconds}`` of the last ``verifyInterval`` check.
+VERIFIED_KEY = "verified.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class StateBook:
         self.ttl = ttl
         self.records: dict[str, Record] = {}
         self.failures: dict[str, Failure] = {}
+        #: epoch seconds of the last check that the owned copies in use exist
+        self.last_verify: float | None = None
         self._dirty: set[int] = set()
 
     # Reading and writing shards -------------------------------------------
@@ -117,6 +121,9 @@ class StateBook:
                     self.records[key] = record
                 except (TypeError, KeyError, ValueError) as exc:
                     problems.append(f"{name}: record {key!r} dropped: {exc}")
+            verified = _json_object(data.get(VERIFIED_KEY), name, problems, flat=True)
+            if isinstance(verified.get("at"), (int, float)):
+                self.last_verify = float(verified["at"])
             for key, raw in _json_object(data.get(BACKOFF_KEY), name, problems).items():
                 try:
                     self.failures[key] = Failure(
@@ -136,6 +143,8 @@ class StateBook:
                 RECORDS_KEY: json.dumps(records, sort_keys=True, separators=(",", ":")),
                 BACKOFF_KEY: json.dumps(failures, sort_keys=True, separators=(",", ":")),
             }
+            if n == 0 and self.last_verify is not None:
+                out[f"{self.prefix}-0"][VERIFIED_KEY] = json.dumps({"at": self.last_verify})
         return out
 
     def written(self, names: Iterable[str]) -> None:
@@ -157,6 +166,11 @@ class StateBook:
         """Drop the record of a source (its owned copy must be verified again)."""
         if self.records.pop(key, None) is not None:
             self._touch(key)
+
+    def verify_done(self, now: float) -> None:
+        """Record the time (epoch seconds) of a ``verifyInterval`` check, so a restart waits."""
+        self.last_verify = now
+        self._dirty.add(0)
 
     def failed(self, key: str, failure: Failure) -> None:
         """Record a failure of a source."""
@@ -193,7 +207,9 @@ def _record_json(record: Record) -> dict[str, Any]:
     return data
 
 
-def _json_object(text: str | None, name: str, problems: list[str]) -> dict[str, Any]:
+def _json_object(
+    text: str | None, name: str, problems: list[str], flat: bool = False
+) -> dict[str, Any]:
     if not text:
         return {}
     try:
@@ -204,4 +220,4 @@ def _json_object(text: str | None, name: str, problems: list[str]) -> dict[str, 
     if not isinstance(value, dict):
         problems.append(f"{name}: not a JSON object, ignored")
         return {}
-    return {k: v for k, v in value.items() if isinstance(v, dict)}
+    return value if flat else {k: v for k, v in value.items() if isinstance(v, dict)}

@@ -275,6 +275,7 @@ class Reconciler:
         self._manifests = manifests
         self._settings = settings
         self._clock = clock
+        self._wall = wall
         self._state_namespace = settings.controller_namespace
         self._book = StateBook(settings.state_config_map, settings.state_ttl)
         self._state_loaded = False
@@ -312,7 +313,6 @@ class Reconciler:
         self._clone_wait = clone_wait
         self._fight_reported: set[str] = set()
         self._gitops_reported: set[str] = set()
-        self._last_verify: float | None = None
         self._last_report: float | None = None
 
     def _node_platforms(self) -> list[str]:
@@ -455,6 +455,7 @@ class Reconciler:
         if not self._images.stopping:
             self._report_unpatchable(namespaces, summary)
             self._verify(workloads, summary)
+            self._save_state()
             if self._pull_secrets is not None:
                 self._pull_secrets.sweep(w.namespace for w in workloads)
         summary.stopped = self._images.stopping
@@ -702,10 +703,11 @@ class Reconciler:
     def _verify(self, workloads: list[Workload], summary: Summary) -> None:
         """Every ``verifyInterval``: re-clone owned copies that patched workloads miss."""
         interval = self._settings.verify_interval
-        now = self._clock()
-        if not interval or (self._last_verify is not None and now - self._last_verify < interval):
+        now = self._wall()
+        last = self._book.last_verify  # kept in the state: a restart does not check again
+        if not interval or (last is not None and now - last < interval):
             return
-        self._last_verify = now
+        self._book.verify_done(now)
         checked: dict[str, str | None] = {}  # owned reference in use -> image to patch to
         for workload in workloads:
             originals = original_images(workload.annotations)

@@ -618,7 +618,7 @@ def test_missing_owned_copy_is_cloned_again_from_the_original() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     registry = FakeRegistry()
     settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", verify_interval=60)
-    reconciler = make(kube, registry, settings, clock=clock)
+    reconciler = make(kube, registry, settings, clock=clock, wall=clock)
     reconciler.reconcile_once()
     owned = f"{OWNED}/m/docker.io/library/nginx:1.25"
     assert kube.image("a/web", "c0") == owned

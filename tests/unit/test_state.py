@@ -116,3 +116,13 @@ def test_record_count_is_bounded_least_recently_used_first() -> None:
 def test_shards_are_stable_and_cover_the_range() -> None:
     seen = {shard_of(f"docker.io/library/app{i}:1") for i in range(1000)}
     assert seen == set(range(SHARDS))
+
+
+def test_the_last_verification_survives_a_restart() -> None:
+    book = StateBook("st")
+    book.verify_done(1234.5)
+    shards = book.dirty_shards()
+    assert list(shards) == ["st-0"]
+    again = StateBook("st")
+    assert again.load(shards) == []
+    assert again.last_verify == 1234.5
