@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def test_cron_job_is_patched_reverted_and_jobs_and_pods_are_only_reported(
     assert pod["spec"]["containers"][0]["image"] == scope.source("once:1")
 
     reverted = subprocess.run(
-        [sys.executable, *controller_command(scope.kubeconfig, scope.config, "revert")[1:]],
+        controller_command(scope.kubeconfig, scope.config, "revert", "--namespace", ns),
         capture_output=True,
         text=True,
         cwd=REPO,
