@@ -203,6 +203,7 @@ class ImageCloner:
         self._lock = threading.Lock()
         self._registry_concurrency = max(1, registry_concurrency)
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._nodes: tuple[str, ...] | None = None
@@ -369,6 +370,10 @@ class ImageCloner:
                 self._registry_slots[registry] = slot
             return slot
 
+    def _owned_lock(self, repository: str) -> threading.Lock:
+        with self._lock:
+            return self._owned_locks.setdefault(repository, threading.Lock())
+
     def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
         if self.stopping:
             return ImageResult(source, None, message="shutting down", waiting=0.0)
@@ -379,7 +384,12 @@ class ImageCloner:
                 return waiting
             started = self._clock()
             try:
-                result = self._verify_or_copy(source, owned)
+                # One decision at a time per owned repository: sources that
+                # differ only by tag or digest share it, and two copies into
+                # one repository at once race in the registry. The second
+                # then finds the first one's copy and reuses it.
+                with self._owned_lock(owned.name):
+                    result = self._verify_or_copy(source, owned)
             except RegistryError as exc:
                 return self._failed(source, owned, exc)
             except Exception as exc:  # one image's surprise must not end the cycle

@@ -292,3 +292,12 @@ def test_a_source_in_flight_is_never_copied_twice_and_a_later_cycle_collects_it(
     # collected: the next cycle answers from the record, with no copy
     again = c.ensure_all(pairs_of(f"{SRC}/slow:1"))
     assert not again[f"{SRC}/slow:1"].cloned and len(regs.clones) == 1
+
+
+def test_sources_sharing_an_owned_repository_are_decided_one_at_a_time() -> None:
+    regs = Gated()
+    digest = regs.image(f"{SRC}/app", "1", "s")
+    c = cloner(regs, concurrency=4, registry_concurrency=3)
+    results = c.ensure_all(pairs_of(f"{SRC}/app:1", f"{SRC}/app@{digest}", f"{SRC}/app:1@{digest}"))
+    assert all(r.image for r in results.values())
+    assert regs.max_active == 1  # never two copies into one repository at once
