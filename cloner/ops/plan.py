@@ -28,10 +28,9 @@ from cloner.model.workloads import (
     ContainerPlan,
     NamespaceInfo,
     Workload,
-    namespace_in_scope,
     plan_workload,
 )
-from cloner.ops.reconcile import KubeAPI, list_in_scope
+from cloner.ops.reconcile import KubeAPI, list_in_scope, unpatchable_public
 
 
 class ManifestLookup(Protocol):
@@ -164,20 +163,11 @@ def _unpatchable_rows(
     kube: KubeAPI, settings: Settings, namespaces: Mapping[str, NamespaceInfo]
 ) -> list[PlanRow]:
     """Rows for the public images of Jobs and bare Pods, which a cycle only reports."""
-    rows = []
-    for workload in kube.list_unpatchable(settings.excluded_namespaces):
-        if not namespace_in_scope(
-            workload.namespace, settings.include_namespaces, settings.excluded_namespaces
-        ):
-            continue
-        for plan in plan_workload(
-            workload, settings.policy, namespaces.get(workload.namespace), "patch"
-        ):
-            if plan.decision != "clone":
-                continue
-            owned = str(plan.owned) if plan.owned else None
-            rows.append(_row(workload, plan, owned, UNPATCHABLE_REASONS[workload.kind]))
-    return rows
+    return [
+        _row(workload, p, str(p.owned) if p.owned else None, UNPATCHABLE_REASONS[workload.kind])
+        for workload, plans in unpatchable_public(kube, settings, namespaces)
+        for p in plans
+    ]
 
 
 DIGEST_CHANGES = "; new digest with the docker backend (copyBackend: skopeo keeps it)"

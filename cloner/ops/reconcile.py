@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,6 +66,7 @@ from cloner.model.workloads import (
     UNPATCHABLE_KINDS,
     Container,
     ContainerPlan,
+    Decision,
     NamespaceInfo,
     Workload,
     image_patch,
@@ -677,24 +678,13 @@ class Reconciler:
         self._last_report = now
         counts: Counter[str] = Counter({kind: 0 for kind in UNPATCHABLE_KINDS})
         try:
-            for workload in self._kube.list_unpatchable(self._settings.excluded_namespaces):
-                if not namespace_in_scope(
-                    workload.namespace,
-                    self._settings.include_namespaces,
-                    self._settings.excluded_namespaces,
-                ):
-                    continue
-                plans = plan_workload(
-                    workload, self._settings.policy, namespaces.get(workload.namespace), "patch"
+            for workload, plans in unpatchable_public(self._kube, self._settings, namespaces):
+                counts[workload.kind] += len(plans)
+                log.info(
+                    "%s uses public images it cannot be switched from (not patched): %s",
+                    workload.key,
+                    ", ".join(p.container.image for p in plans),
                 )
-                public = [p.container.image for p in plans if p.decision == "clone"]
-                if public:
-                    counts[workload.kind] += len(public)
-                    log.info(
-                        "%s uses public images it cannot be switched from (not patched): %s",
-                        workload.key,
-                        ", ".join(public),
-                    )
         except KubeError as exc:
             log.warning("cannot list Jobs and Pods to report their images: %s", exc)
             return
@@ -901,6 +891,30 @@ def list_in_scope(
             continue
         workloads += [w for w in found if namespace_in_scope(w.namespace, include, excluded)]
     return workloads, failures
+
+
+def unpatchable_public(
+    kube: KubeAPI, settings: Settings, namespaces: Mapping[str, NamespaceInfo]
+) -> Iterator[tuple[Workload, list[ContainerPlan]]]:
+    """Jobs and bare Pods in scope, each with the plans of its images that would be cloned.
+
+    Their templates cannot be patched, so a cycle only reports them and
+    ``plan`` lists them. Workloads without such images are left out.
+
+    Raises:
+        KubeError: the list failed.
+    """
+    for workload in kube.list_unpatchable(settings.excluded_namespaces):
+        if not namespace_in_scope(
+            workload.namespace, settings.include_namespaces, settings.excluded_namespaces
+        ):
+            continue
+        plans = plan_workload(
+            workload, settings.policy, namespaces.get(workload.namespace), "patch"
+        )
+        public = [p for p in plans if p.decision == Decision.CLONE]
+        if public:
+            yield workload, public
 
 
 def _rebase(changes: list[tuple[Container, str]], fresh: Workload) -> list[tuple[Container, str]]:

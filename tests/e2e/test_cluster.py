@@ -268,6 +268,24 @@ def all_ready(pod: dict[str, Any], containers: int) -> bool:
     )
 
 
+def controller_ready(cluster: Cluster, containers: int, rollout_timeout: int = 240) -> None:
+    """Wait for the controller Deployment's rollout, then for a pod with every container Ready."""
+    kubectl(
+        cluster,
+        "-n",
+        CONTROLLER_NAMESPACE,
+        "rollout",
+        "status",
+        "deploy/image-cloner",
+        f"--timeout={rollout_timeout}s",
+    )
+    wait_for(
+        f"controller pod {containers}/{containers} Ready",
+        lambda: any(all_ready(p, containers) for p in controller_pods(cluster)),
+        120,
+    )
+
+
 # --- fixtures -------------------------------------------------------------------
 
 
@@ -278,20 +296,7 @@ def deployed(cluster: Cluster) -> Iterator[Deployment]:
     started = time.monotonic()
     result = make(cluster, "deploy", deployment)
     assert result.returncode == 0, result.stdout + result.stderr
-    kubectl(
-        cluster,
-        "-n",
-        CONTROLLER_NAMESPACE,
-        "rollout",
-        "status",
-        "deploy/image-cloner",
-        "--timeout=240s",
-    )
-    wait_for(
-        "controller pod 2/2 Ready",
-        lambda: any(all_ready(p, 2) for p in controller_pods(cluster)),
-        120,
-    )
+    controller_ready(cluster, 2)
     print(f"\nmake deploy -> controller 2/2 Ready in {time.monotonic() - started:.1f}s")
     yield deployment
 
@@ -371,20 +376,7 @@ def skopeo_deployed(cluster: Cluster) -> Iterator[Deployment]:
     result = make(cluster, "deploy", deployment)
     assert result.returncode == 0, result.stdout + result.stderr
     try:
-        kubectl(
-            cluster,
-            "-n",
-            CONTROLLER_NAMESPACE,
-            "rollout",
-            "status",
-            "deploy/image-cloner",
-            "--timeout=180s",
-        )
-        wait_for(
-            "controller pod 1/1 Ready",
-            lambda: any(all_ready(p, 1) for p in controller_pods(cluster)),
-            120,
-        )
+        controller_ready(cluster, 1, rollout_timeout=180)
         print(
             f"\nmake deploy (skopeo) -> controller 1/1 Ready in {time.monotonic() - started:.1f}s"
         )
@@ -986,20 +978,7 @@ def test_revert_in_the_pod_with_the_loop_paused_rolls_back_to_public_images(
         "controller",
         "IMAGE_CLONER_POLL_INTERVAL=86400",
     )
-    kubectl(
-        cluster,
-        "-n",
-        CONTROLLER_NAMESPACE,
-        "rollout",
-        "status",
-        "deploy/image-cloner",
-        "--timeout=240s",
-    )
-    wait_for(
-        "controller pod 2/2 Ready",
-        lambda: any(all_ready(p, 2) for p in controller_pods(cluster)),
-        120,
-    )
+    controller_ready(cluster, 2)
 
     # With leader election the restarted pod stands by in its start-up cycle,
     # then becomes leader and waits a whole pollInterval (a day) for the next
