@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from cloner.errors import InvalidReference
@@ -303,6 +304,35 @@ class ContainerPlan:
     reason: str | None = None
 
 
+def describe(plan: ContainerPlan, image: bool = False) -> str:
+    """A container's decision in words: the one wording of ``plan``'s rows and of the logs.
+
+    Args:
+        plan: the decision (``plan_workload``).
+        image: name the container's image in the text (for log lines, where
+            no column shows it).
+
+    Returns:
+        For example ``clone to reg.example.com/mirror/docker.io/library/nginx:1``,
+        ``already owned``, ``excluded by images.exclude '**/vendor/**'``,
+        ``held: managed by Argo CD (...) (gitops: report)`` or
+        ``invalid reference 'nginx::1': invalid tag ':1'`` (with ``image``;
+        ``invalid reference: invalid tag ':1'`` without).
+    """
+    what = f" {plan.container.image!r}" if image else ""
+    match plan.decision:
+        case Decision.CLONE:
+            return f"clone{what} to {plan.owned}"
+        case Decision.OWNED:
+            return f"already owned{what}"
+        case Decision.EXCLUDED:
+            return f"excluded{what} by {plan.reason}"
+        case Decision.GITOPS:
+            return f"held{what}: {plan.reason} (gitops: report)"
+        case _:
+            return f"invalid reference{what}: {plan.reason}"
+
+
 def plan_workload(
     workload: Workload,
     policy: Policy,
@@ -374,20 +404,56 @@ ORIGINAL_IMAGES = "image-cloner.io/original-images"
 ADDED_PULL_SECRET = "image-cloner.io/added-pull-secret"
 
 
-def original_images(annotations: Mapping[str, str]) -> dict[str, str]:
-    """The ``image-cloner.io/original-images`` annotation as a dict ({} if absent or malformed)."""
+def recorded_originals(annotations: Mapping[str, str]) -> dict[str, str] | None:
+    """The ``image-cloner.io/original-images`` annotation, strictly parsed.
+
+    The one reader of that annotation (``image_patch`` extends it, the cycle
+    traces owned copies back to their sources with it, ``revert`` restores
+    from it). Parsing is cached per annotation text, since every cycle
+    reads the same annotations again.
+
+    Args:
+        annotations: a workload's annotations.
+
+    Returns:
+        Container name -> the non-empty reference the controller replaced;
+        ``{}`` when the annotation is absent; None when it is present but not
+        a JSON object of string to non-empty string (malformed: revert
+        leaves such a workload alone).
+    """
+    raw = annotations.get(ORIGINAL_IMAGES)
+    if raw is None:
+        return {}
+    parsed = _parse_originals(raw)
+    return None if parsed is None else dict(parsed)
+
+
+@lru_cache(maxsize=4096)
+def _parse_originals(raw: str) -> tuple[tuple[str, str], ...] | None:
     try:
-        value = json.loads(annotations.get(ORIGINAL_IMAGES) or "{}")
+        value = json.loads(raw)
     except ValueError:
-        return {}
+        return None
     if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+        return None
+    return tuple(value.items())
+
+
+def original_images(annotations: Mapping[str, str]) -> dict[str, str]:
+    """``recorded_originals``, with ``{}`` for a malformed annotation as well as an absent one."""
+    return recorded_originals(annotations) or {}
 
 
 def json_pointer_token(key: str) -> str:
     """Escape a key for a JSON pointer (RFC 6901: ``~`` -> ``~0``, ``/`` -> ``~1``)."""
     return key.replace("~", "~0").replace("/", "~1")
+
+
+def annotation_pointer(key: str) -> str:
+    """JSON pointer (RFC 6901) of an annotation, e.g. ``/metadata/annotations/a~1b`` for ``a/b``."""
+    return f"/metadata/annotations/{json_pointer_token(key)}"
 
 
 def annotation_ops(
@@ -414,7 +480,7 @@ def annotation_ops(
         ]
     operations: list[dict[str, Any]] = []
     for key, value in updates.items():
-        path = f"/metadata/annotations/{json_pointer_token(key)}"
+        path = annotation_pointer(key)
         if key in current:
             if current[key] == value:
                 continue

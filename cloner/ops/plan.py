@@ -28,6 +28,7 @@ from cloner.model.workloads import (
     ContainerPlan,
     NamespaceInfo,
     Workload,
+    describe,
     plan_workload,
 )
 from cloner.ops.reconcile import KubeAPI, list_in_scope, unpatchable_public
@@ -126,14 +127,8 @@ def build_plan(
                 decision = exists[owned]
                 if settings.copy_backend == DOCKER and plan.source and plan.source.digest:
                     decision += DIGEST_CHANGES
-            elif plan.decision == "owned":
-                decision = "already owned"
-            elif plan.decision == "excluded":
-                decision = f"excluded by {plan.reason}"
-            elif plan.decision == "gitops":
-                decision = f"held: {plan.reason} (gitops: report)"
             else:
-                decision = f"invalid reference: {plan.reason}"
+                decision = describe(plan)
             rows.append(_row(workload, plan, owned, decision))
     rows += _unpatchable_rows(kube, settings, namespaces)
     return rows

@@ -43,6 +43,7 @@ from cloner.config import Settings
 from cloner.errors import InvalidReference, KubeError, RegistryError
 from cloner.model.backoff import BackoffPolicy
 from cloner.model.credentials import DockerConfig
+from cloner.model.cycle import CycleIndex, index_cycle
 from cloner.model.events import (
     CLONE_FAILED,
     CLONED,
@@ -59,7 +60,7 @@ from cloner.model.events import (
     patched_message,
     source_moved_message,
 )
-from cloner.model.reference import Reference, parse_reference
+from cloner.model.reference import parse_reference
 from cloner.model.state import StateBook, shard_names
 from cloner.model.workloads import (
     KINDS,
@@ -69,6 +70,7 @@ from cloner.model.workloads import (
     Decision,
     NamespaceInfo,
     Workload,
+    describe,
     image_patch,
     namespace_in_scope,
     original_images,
@@ -423,35 +425,18 @@ class Reconciler:
             summary.duration = time.monotonic() - clock
             return summary
         workloads = self._list(summary)
-        plans = {
-            w.key: plan_workload(
-                w, self._settings.policy, namespaces.get(w.namespace), self._settings.gitops
-            )
-            for w in workloads
-        }
-        pairs = []
-        for workload in workloads:
-            for plan in plans[workload.key]:
-                self._note(workload, plan.decision, plan.container, plan.reason, summary)
-                if plan.decision == "clone" and plan.source and plan.owned:
-                    pairs.append((plan.source, plan.owned))
-        patched_pairs, traced = self._patched_sources(workloads)
-        pairs += patched_pairs
-        self._clone_and_patch(workloads, plans, pairs, summary, clock)
-        self._images.used(str(source) for source, _ in pairs)
+        index = index_cycle(workloads, self._settings.policy, namespaces, self._settings.gitops)
+        for workload, plan in index.notes:
+            self._note(workload, plan, summary)
+        self._clone_and_patch(index, summary, clock)
+        self._images.used(str(source) for source, _ in index.pairs)
         self._save_state()
         summary.replaced = sum(1 for r in summary.images.values() if r.replaced)
         summary.moved = sum(1 for r in summary.images.values() if r.moved)
         # An owned image traced to its source counts once, under its source.
-        owned_in_use = {
-            str(plan.source)
-            for workload in workloads
-            for plan in plans[workload.key]
-            if plan.decision == "owned"
-            and plan.source is not None
-            and (workload.key, plan.container.name) not in traced
+        owned_in_use = index.owned_sources | {
+            key for key, result in summary.images.items() if result.image
         }
-        owned_in_use |= {key for key, result in summary.images.items() if result.image}
         summary.owned_images = len(owned_in_use)
         if not self._images.stopping:
             self._report_unpatchable(namespaces, summary)
@@ -463,14 +448,7 @@ class Reconciler:
         summary.duration = time.monotonic() - clock
         return summary
 
-    def _clone_and_patch(
-        self,
-        workloads: list[Workload],
-        plans: dict[str, list[ContainerPlan]],
-        pairs: list[tuple[Reference, Reference]],
-        summary: Summary,
-        started: float,
-    ) -> None:
+    def _clone_and_patch(self, index: CycleIndex, summary: Summary, started: float) -> None:
         """Start every clone, and patch each workload as soon as its last image is ready.
 
         Images answered from a record are ready at once, so their workloads
@@ -480,20 +458,8 @@ class Reconciler:
         a second copy of them. Patches go to the patch pool; this returns
         when every patch it started has been sent.
         """
-        futures = self._images.submit(pairs)
-        users = self._users(workloads, plans)
-        needed: dict[str, set[str]] = {}
-        waiting_on: dict[str, list[Workload]] = {}
-        for workload in workloads:
-            keys = {
-                str(plan.source)
-                for plan in plans[workload.key]
-                if plan.decision == "clone" and plan.source is not None
-            }
-            if keys:
-                needed[workload.key] = keys
-                for key in keys:
-                    waiting_on.setdefault(key, []).append(workload)
+        futures = self._images.submit(index.pairs)
+        needed = {key: set(sources) for key, sources in index.needed.items()}
         deadline = None if self._clone_wait is None else started + self._clone_wait
         pending = dict(futures)
         sent: list[Future[None]] = []
@@ -505,11 +471,11 @@ class Reconciler:
             for key in [k for k, f in pending.items() if f in done]:
                 result = self._images.collect(key, pending.pop(key))
                 summary.images[key] = result
-                self._record_image_events(key, result, users.get(key, ()))
-                for workload in waiting_on.get(key, ()):
+                self._record_image_events(key, result, index.users.get(key, ()))
+                for workload in index.waiting.get(key, ()):
                     needed[workload.key].discard(key)
                     if not needed[workload.key] and not self._images.stopping:
-                        sent += self._dispatch(workload, plans[workload.key], summary)
+                        sent += self._dispatch(workload, index.plans[workload.key], summary)
         summary.in_flight = len(pending)
         if pending:
             log.info(
@@ -545,57 +511,6 @@ class Reconciler:
             )
         return self._patch_pool
 
-    def _users(
-        self, workloads: list[Workload], plans: dict[str, list[ContainerPlan]]
-    ) -> dict[str, list[Workload]]:
-        """Canonical source -> the workloads that use it (to clone, or recorded as original)."""
-        users: dict[str, list[Workload]] = {}
-        for workload in workloads:
-            sources = [
-                str(plan.source)
-                for plan in plans[workload.key]
-                if plan.decision == "clone" and plan.source is not None
-            ]
-            for original in original_images(workload.annotations).values():
-                try:
-                    sources.append(str(parse_reference(original)))
-                except InvalidReference:
-                    continue
-            for source in dict.fromkeys(sources):
-                users.setdefault(source, []).append(workload)
-        return users
-
-    def _patched_sources(
-        self, workloads: list[Workload]
-    ) -> tuple[list[tuple[Reference, Reference]], set[tuple[str, str]]]:
-        """``(source, owned)`` of the originals recorded on patched workloads still in use.
-
-        Their records answer without a registry call until ``refreshInterval``
-        is due; then the source is asked again, and a moved tag is copied to
-        the owned tag the workloads point at.
-
-        Returns:
-            The pairs, and the ``(workload key, container name)`` they came from.
-        """
-        pairs = []
-        traced: set[tuple[str, str]] = set()
-        owned = self._settings.owned
-        for workload in workloads:
-            originals = original_images(workload.annotations)
-            for container in workload.containers:
-                original = originals.get(container.name)
-                if original is None:
-                    continue
-                try:
-                    current = parse_reference(container.image)
-                    source = parse_reference(original)
-                    if owned.owns(current) and not owned.owns(source):
-                        pairs.append((source, owned.owned_name(source)))
-                        traced.add((workload.key, container.name))
-                except InvalidReference:
-                    continue
-        return pairs, traced
-
     def _record_image_events(
         self, source: str, result: ImageResult, workloads: Iterable[Workload]
     ) -> None:
@@ -622,36 +537,33 @@ class Reconciler:
                     clone_failed_message(source, result.reason, result.message),
                 )
 
-    def _note(
-        self,
-        workload: Workload,
-        decision: str,
-        container: Container,
-        reason: str | None,
-        summary: Summary,
-    ) -> None:
-        """Record and log a non-clone decision."""
-        if decision == "invalid":
-            summary.invalid.append((workload.key, container.name, reason or "invalid"))
+    def _note(self, workload: Workload, plan: ContainerPlan, summary: Summary) -> None:
+        """Count and log an ``invalid``, ``excluded`` or ``gitops`` decision."""
+        container = plan.container
+        if plan.decision == Decision.INVALID:
+            summary.invalid.append((workload.key, container.name, plan.reason or "invalid"))
             log.warning(
-                "skipping container %s of %s: invalid reference %r: %s",
+                "skipping container %s of %s: %s",
                 container.name,
                 workload.key,
-                container.image,
-                reason,
+                describe(plan, image=True),
             )
-        elif decision == "excluded":
+        elif plan.decision == Decision.EXCLUDED:
             summary.excluded += 1
-            log.debug("leaving container %s of %s alone: %s", container.name, workload.key, reason)
-        elif decision == "gitops" and not any(k == workload.key for k, _ in summary.gitops):
-            summary.gitops.append((workload.key, reason or "gitops"))
+            log.debug(
+                "leaving container %s of %s alone: %s", container.name, workload.key, plan.reason
+            )
+        elif plan.decision == Decision.GITOPS and not any(
+            k == workload.key for k, _ in summary.gitops
+        ):
+            summary.gitops.append((workload.key, plan.reason or "gitops"))
             if workload.uid not in self._gitops_reported:
                 self._gitops_reported.add(workload.uid)
                 log.warning(
                     "not patching %s: %s would undo it (gitops: report); change the "
                     "image in its source instead, e.g. to the owned copy",
                     workload.key,
-                    reason,
+                    plan.reason,
                 )
 
     def _list(self, summary: Summary) -> list[Workload]:

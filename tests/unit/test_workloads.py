@@ -216,3 +216,27 @@ def test_skip_label_or_annotation_on_workload_or_namespace_opts_out() -> None:
 def test_namespace_info_from_api() -> None:
     info = NamespaceInfo.from_api({"metadata": {"name": "a", "labels": {"x": "1"}}})
     assert info == NamespaceInfo("a", {"x": "1"}, {})
+
+
+def test_describe_is_the_one_wording_of_decisions() -> None:
+    from cloner.model.workloads import describe
+
+    plans = plan_workload(
+        Workload.from_api(
+            "Deployment",
+            deployment(
+                [
+                    {"name": "a", "image": "nginx:1"},
+                    {"name": "b", "image": "owned.example.com/mirror/docker.io/library/redis:7"},
+                    {"name": "c", "image": "nginx::1"},
+                ]
+            ),
+        ),
+        POLICY,
+    )
+    assert [describe(p) for p in plans] == [
+        "clone to owned.example.com/mirror/docker.io/library/nginx:1",
+        "already owned",
+        "invalid reference: invalid tag ':1'",
+    ]
+    assert describe(plans[2], image=True) == "invalid reference 'nginx::1': invalid tag ':1'"

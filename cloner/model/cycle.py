@@ -1,0 +1,130 @@
+"""What one reconcile cycle has to do, read from the workload snapshots in one pass. Pure.
+
+Called by ``ops.reconcile`` once per cycle, after the lists. For every
+workload it plans each container (``workloads.plan_workload``) and reads the
+original-images annotation once, and from that single pass it derives
+everything the cycle needs: the images to copy, the workloads waiting on
+each image, the sources of workloads patched earlier (their owned tags follow
+``refreshInterval``), who to tell about an image's outcome, and the owned
+images in use (the ``image_cloner_owned_images`` gauge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from cloner.errors import InvalidReference
+from cloner.model.reference import Policy, Reference, parse_reference
+from cloner.model.workloads import (
+    ContainerPlan,
+    Decision,
+    NamespaceInfo,
+    Workload,
+    original_images,
+    plan_workload,
+)
+
+
+@dataclass(slots=True)
+class CycleIndex:
+    """The cycle's work, keyed for the clone-and-patch step.
+
+    Attributes:
+        plans: workload key (``Workload.key``) -> its container plans, in pod order.
+        to_copy: ``(source, owned)`` of every ``clone`` decision, in workload
+            order (duplicates kept; ``ImageCloner.submit`` starts each source once).
+        patched: ``(source, owned)`` traced back from the original-images
+            annotation of containers already on an owned copy of a public source.
+        traced: ``(workload key, container name)`` of those containers.
+        needed: workload key -> canonical sources its ``clone`` decisions wait
+            on (workloads with none are absent).
+        waiting: canonical source -> the workloads whose ``clone`` decisions
+            need it, in list order.
+        users: canonical source -> the workloads that use it, to clone or as a
+            recorded original (the Events about the source go to them).
+        notes: ``(workload, plan)`` of every ``invalid``, ``excluded`` and
+            ``gitops`` decision, for the log and the summary.
+        owned_sources: canonical sources of ``owned`` decisions not traced
+            to a public source.
+    """
+
+    plans: dict[str, list[ContainerPlan]] = field(default_factory=dict)
+    to_copy: list[tuple[Reference, Reference]] = field(default_factory=list)
+    patched: list[tuple[Reference, Reference]] = field(default_factory=list)
+    traced: set[tuple[str, str]] = field(default_factory=set)
+    needed: dict[str, set[str]] = field(default_factory=dict)
+    waiting: dict[str, list[Workload]] = field(default_factory=dict)
+    users: dict[str, list[Workload]] = field(default_factory=dict)
+    notes: list[tuple[Workload, ContainerPlan]] = field(default_factory=list)
+    owned_sources: set[str] = field(default_factory=set)
+
+    @property
+    def pairs(self) -> list[tuple[Reference, Reference]]:
+        """``to_copy`` then ``patched``: everything ``ImageCloner.submit`` is given."""
+        return self.to_copy + self.patched
+
+
+def index_cycle(
+    workloads: Iterable[Workload],
+    policy: Policy,
+    namespaces: Mapping[str, NamespaceInfo],
+    gitops: str = "patch",
+) -> CycleIndex:
+    """Plan every workload and derive the cycle's work from that one pass.
+
+    Args:
+        workloads: the snapshots listed this cycle.
+        policy: ``Settings.policy`` (ownership, naming, image scope).
+        namespaces: namespace name -> its metadata, for the opt-out.
+        gitops: the ``gitops`` setting (see ``workloads.plan_workload``).
+
+    Returns:
+        The ``CycleIndex``. A recorded original that does not parse, or whose
+        owned name would not be valid, is left out of ``patched`` (the
+        container was planned as usual).
+    """
+    index = CycleIndex()
+    target = policy.target
+    for workload in workloads:
+        plans = plan_workload(workload, policy, namespaces.get(workload.namespace), gitops)
+        index.plans[workload.key] = plans
+        sources: list[str] = []
+        for plan in plans:
+            if plan.decision == Decision.CLONE and plan.source and plan.owned:
+                index.to_copy.append((plan.source, plan.owned))
+                sources.append(str(plan.source))
+            elif plan.decision in (Decision.INVALID, Decision.EXCLUDED, Decision.GITOPS):
+                index.notes.append((workload, plan))
+        if sources:
+            index.needed[workload.key] = set(sources)
+            for key in index.needed[workload.key]:
+                index.waiting.setdefault(key, []).append(workload)
+        originals = original_images(workload.annotations)
+        for original in originals.values():
+            try:
+                sources.append(str(parse_reference(original)))
+            except InvalidReference:
+                continue
+        for container in workload.containers:
+            original = originals.get(container.name)
+            if original is None:
+                continue
+            try:
+                current = parse_reference(container.image)
+                source = parse_reference(original)
+                if target.owns(current) and not target.owns(source):
+                    index.patched.append((source, target.owned_name(source)))
+                    index.traced.add((workload.key, container.name))
+            except InvalidReference:
+                continue
+        for source_key in dict.fromkeys(sources):
+            index.users.setdefault(source_key, []).append(workload)
+        index.owned_sources.update(
+            str(plan.source)
+            for plan in plans
+            if plan.decision == Decision.OWNED
+            and plan.source is not None
+            and (workload.key, plan.container.name) not in index.traced
+        )
+    return index
