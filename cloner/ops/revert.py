@@ -34,11 +34,11 @@ at module level.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cloner.errors import InvalidReference, KubeError
@@ -52,23 +52,18 @@ from cloner.model.events import (
 from cloner.model.reference import Policy, parse_reference
 from cloner.model.workloads import (
     ADDED_PULL_SECRET,
-    CONTAINER_LISTS,
     KINDS,
     ORIGINAL_IMAGES,
     Workload,
-    json_pointer_token,
-    pod_spec_of,
+    annotation_pointer,
     pod_spec_pointer,
+    recorded_originals,
 )
 
 if TYPE_CHECKING:
     from cloner.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _annotation_path(key: str) -> str:
-    return f"/metadata/annotations/{json_pointer_token(key)}"
 
 
 def owned_predicate(policy: Policy) -> Callable[[str], bool]:
@@ -91,17 +86,21 @@ def owned_predicate(policy: Policy) -> Callable[[str], bool]:
     return is_owned
 
 
-def _recorded_originals(raw: str) -> dict[str, str] | None:
-    """The original-images annotation as a dict, or None when it is not one of str -> str."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
-        return None
-    return dict(value)
+class ContainerAction(StrEnum):
+    """What revert does with one recorded container (``ContainerRevert.action``)."""
+
+    RESTORE = "restore"  #: it holds an owned image: set back to the original
+    UNCHANGED = "unchanged"  #: it already holds the original
+    CHANGED = "changed"  #: someone set another, not owned image since: left alone
+    MISSING = "missing"  #: the container is gone
+
+
+class PullSecretAction(StrEnum):
+    """What revert does with a pull Secret entry the controller added."""
+
+    REMOVE = "remove"  #: the entry and its annotation go
+    ABSENT = "absent"  #: not listed any more: only the annotation goes
+    KEPT = "kept"  #: owned images still need it: entry and annotation stay
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +112,13 @@ class ContainerRevert:
         original: the reference recorded as replaced.
         current: the container's image as read; None when there is no such
             container any more.
-        action: ``restore`` (it holds an owned image: set back to
-            ``original``), ``unchanged`` (it already holds ``original``),
-            ``changed`` (someone set another, not owned image since: left
-            alone) or ``missing`` (the container is gone).
+        action: see ``ContainerAction``.
     """
 
     name: str
     original: str
     current: str | None
-    action: str
+    action: ContainerAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +131,8 @@ class RevertPlan:
         operations: the JSON patch (RFC 6902); empty when nothing is to be written.
         containers: one entry per container recorded in the annotation, in pod order.
         pull_secret: the Secret named by ``image-cloner.io/added-pull-secret``, or None.
-        pull_secret_action: None without ``pull_secret``; else ``remove`` (the
-            entry goes), ``absent`` (not listed any more; only the annotation
-            goes) or ``kept`` (containers still use owned images, so the
-            entry and its annotation stay).
+        pull_secret_action: None without ``pull_secret``; else see
+            ``PullSecretAction`` (``kept``: containers still use owned images).
         owned_after: ``(container, image)`` of every container that still
             uses an owned image once the patch is applied.
         problem: why the workload is left alone entirely (a malformed
@@ -155,7 +149,7 @@ class RevertPlan:
     operations: tuple[dict[str, Any], ...] = ()
     containers: tuple[ContainerRevert, ...] = ()
     pull_secret: str | None = None
-    pull_secret_action: str | None = None
+    pull_secret_action: PullSecretAction | None = None
     owned_after: tuple[tuple[str, str], ...] = ()
     problem: str | None = None
     removed_annotations: tuple[str, ...] = ()
@@ -169,13 +163,13 @@ class RevertPlan:
     @property
     def restored(self) -> int:
         """Containers set back to their original reference."""
-        return sum(1 for c in self.containers if c.action == "restore")
+        return sum(1 for c in self.containers if c.action == ContainerAction.RESTORE)
 
     @property
     def left(self) -> int:
         """Things left as the controller made them, or changed by someone else since."""
-        left = sum(1 for c in self.containers if c.action == "changed")
-        if self.pull_secret_action == "kept":
+        left = sum(1 for c in self.containers if c.action == ContainerAction.CHANGED)
+        if self.pull_secret_action == PullSecretAction.KEPT:
             left += 1
         return left + (1 if self.problem else 0)
 
@@ -187,26 +181,26 @@ class RevertPlan:
             return [f"left {self.key}: {self.problem}"]
         for c in self.containers:
             where = f"{self.key} container {c.name}"
-            if c.action == "restore":
+            if c.action == ContainerAction.RESTORE:
                 out.append(f"{restore} {where}: {c.current} -> {c.original}")
-            elif c.action == "changed":
+            elif c.action == ContainerAction.CHANGED:
                 out.append(
                     f"left {where}: its image is {c.current} now, not an owned copy, so it was "
                     f"changed after the controller's patch (recorded original {c.original})"
                 )
-            elif c.action == "unchanged":
+            elif c.action == ContainerAction.UNCHANGED:
                 out.append(f"unchanged {where}: already {c.original}")
             else:
                 out.append(f"gone {where}: no such container any more (recorded {c.original})")
-        if self.pull_secret_action == "remove":
+        if self.pull_secret_action == PullSecretAction.REMOVE:
             out.append(f"{remove} {self.key} imagePullSecrets entry {self.pull_secret}")
-        elif self.pull_secret_action == "kept":
+        elif self.pull_secret_action == PullSecretAction.KEPT:
             users = ", ".join(f"{n} ({i})" for n, i in self.owned_after)
             out.append(
                 f"left {self.key} imagePullSecrets entry {self.pull_secret}: "
                 f"containers still on owned images: {users}"
             )
-        elif self.pull_secret_action == "absent":
+        elif self.pull_secret_action == PullSecretAction.ABSENT:
             out.append(
                 f"unchanged {self.key}: pull secret {self.pull_secret} is not listed any more"
             )
@@ -215,23 +209,78 @@ class RevertPlan:
         return out
 
 
-def _pod_containers(pod_spec: Mapping[str, Any]) -> Iterator[tuple[str, int, str, str]]:
-    """``(list name, index, container name, image)`` of init containers, then containers."""
-    for list_name in CONTAINER_LISTS:
-        for index, entry in enumerate(pod_spec.get(list_name) or ()):
-            container = entry or {}
-            yield list_name, index, str(container.get("name", "")), str(container.get("image", ""))
+def pull_secret_removal(
+    path: str, names: Iterable[str] | None, secret: str
+) -> list[dict[str, Any]] | None:
+    """JSON patch operations removing a pull Secret entry the controller added.
 
-
-def revert_patch(
-    kind: str, workload: Mapping[str, Any], is_owned: Callable[[str], bool]
-) -> RevertPlan:
-    """Plan the revert of one workload. Pure: no I/O.
+    The one rule for workloads and ServiceAccounts alike: the controller
+    appended its entry, so the last entry of that name is its own; when it is
+    the only entry, the controller created the field, and the whole field
+    goes. Each removal is guarded by a ``test`` of what it removes.
 
     Args:
-        kind: ``Deployment``, ``DaemonSet``, ``StatefulSet`` or ``CronJob``
-            (list items carry no ``kind``).
-        workload: the apps/v1 object as the API returns it (JSON dict).
+        path: JSON pointer of the ``imagePullSecrets`` list.
+        names: the names listed there, in order; None when the field is absent.
+        secret: the Secret name the annotation records.
+
+    Returns:
+        The operations, or None when no entry of that name is listed.
+    """
+    entries = list(names or ())
+    positions = [i for i, name in enumerate(entries) if name == secret]
+    if not positions:
+        return None
+    if len(entries) == 1:
+        return [
+            {"op": "test", "path": path, "value": [{"name": secret}]},
+            {"op": "remove", "path": path},
+        ]
+    index = positions[-1]
+    return [
+        {"op": "test", "path": f"{path}/{index}/name", "value": secret},
+        {"op": "remove", "path": f"{path}/{index}"},
+    ]
+
+
+def _restore(
+    workload: Workload, originals: Mapping[str, str], is_owned: Callable[[str], bool]
+) -> tuple[list[ContainerRevert], list[dict[str, Any]], list[tuple[str, str]]]:
+    """Per recorded container its action; the patch operations; what stays owned after it."""
+    operations: list[dict[str, Any]] = []
+    containers: list[ContainerRevert] = []
+    owned_after: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for container in workload.containers:
+        name, image, after = container.name, container.image, container.image
+        original = originals.get(name)
+        if original is not None and name not in seen:
+            seen.add(name)
+            if image == original:
+                action = ContainerAction.UNCHANGED
+            elif is_owned(image):
+                action = ContainerAction.RESTORE
+                operations += [
+                    {"op": "test", "path": container.name_path, "value": name},
+                    {"op": "test", "path": container.image_path, "value": image},
+                    {"op": "replace", "path": container.image_path, "value": original},
+                ]
+                after = original
+            else:
+                action = ContainerAction.CHANGED
+            containers.append(ContainerRevert(name, original, image, action))
+        if is_owned(after):
+            owned_after.append((name, after))
+    for name in sorted(set(originals) - seen):
+        containers.append(ContainerRevert(name, originals[name], None, ContainerAction.MISSING))
+    return containers, operations, owned_after
+
+
+def revert_patch(workload: Workload, is_owned: Callable[[str], bool]) -> RevertPlan:
+    """Plan the revert of one workload, from the same snapshot a cycle plans from. Pure.
+
+    Args:
+        workload: the snapshot (``Workload.from_api``), as listed.
         is_owned: True for an image reference under the owned target or an
             owned registry (see ``owned_predicate``).
 
@@ -246,94 +295,46 @@ def revert_patch(
         ``remove``; per annotation removed a ``test`` of its value and its
         ``remove``.
     """
-    meta = workload.get("metadata") or {}
-    annotations: Mapping[str, str] = meta.get("annotations") or {}
-    pod_spec = pod_spec_of(kind, workload)
-    spec_path = pod_spec_pointer(kind)
-    pull_secrets_path = f"{spec_path}/imagePullSecrets"
+    annotations = workload.annotations
     plan = RevertPlan(
-        kind=kind,
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        service_account=str(pod_spec.get("serviceAccountName") or "default"),
+        kind=workload.kind,
+        namespace=workload.namespace,
+        name=workload.name,
+        service_account=workload.service_account,
     )
     raw_originals = annotations.get(ORIGINAL_IMAGES)
     pull_secret = annotations.get(ADDED_PULL_SECRET)
     if raw_originals is None and pull_secret is None:
         return plan
     plan = replace(plan, recorded=True)
-    originals: dict[str, str] = {}
-    if raw_originals is not None:
-        parsed = _recorded_originals(raw_originals)
-        if parsed is None:
-            return replace(
-                plan,
-                problem=f"annotation {ORIGINAL_IMAGES} is not a JSON object of container "
-                f"name to image ({raw_originals!r}); nothing changed",
-            )
-        originals = parsed
+    originals = recorded_originals(annotations)
+    if originals is None:
+        return replace(
+            plan,
+            problem=f"annotation {ORIGINAL_IMAGES} is not a JSON object of container "
+            f"name to image ({raw_originals!r}); nothing changed",
+        )
+    containers, operations, owned_after = _restore(workload, originals, is_owned)
 
-    operations: list[dict[str, Any]] = []
-    containers: list[ContainerRevert] = []
-    owned_after: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for list_name, index, name, image in _pod_containers(pod_spec):
-        after = image
-        original = originals.get(name)
-        if original is not None and name not in seen:
-            seen.add(name)
-            if image == original:
-                action = "unchanged"
-            elif image and is_owned(image):
-                action = "restore"
-                base = f"{spec_path}/{list_name}/{index}"
-                operations += [
-                    {"op": "test", "path": f"{base}/name", "value": name},
-                    {"op": "test", "path": f"{base}/image", "value": image},
-                    {"op": "replace", "path": f"{base}/image", "value": original},
-                ]
-                after = original
-            else:
-                action = "changed"
-            containers.append(ContainerRevert(name, original, image, action))
-        if after and is_owned(after):
-            owned_after.append((name, after))
-    for name in sorted(set(originals) - seen):
-        containers.append(ContainerRevert(name, originals[name], None, "missing"))
-
-    pull_secret_action: str | None = None
+    pull_secret_action: PullSecretAction | None = None
     if pull_secret is not None:
-        entries = list(pod_spec.get("imagePullSecrets") or ())
-        positions = [i for i, e in enumerate(entries) if (e or {}).get("name") == pull_secret]
-        if not positions:
-            pull_secret_action = "absent"
+        path = f"{pod_spec_pointer(workload.kind)}/imagePullSecrets"
+        removal = pull_secret_removal(path, workload.pull_secrets, pull_secret)
+        if removal is None:
+            pull_secret_action = PullSecretAction.ABSENT
         elif owned_after:
-            pull_secret_action = "kept"
+            pull_secret_action = PullSecretAction.KEPT
         else:
-            pull_secret_action = "remove"
-            if len(entries) == 1:  # only ours: the field was created by the controller
-                operations += [
-                    {"op": "test", "path": pull_secrets_path, "value": entries},
-                    {"op": "remove", "path": pull_secrets_path},
-                ]
-            else:  # the controller appended it, so the last one of that name is ours
-                index = positions[-1]
-                operations += [
-                    {
-                        "op": "test",
-                        "path": f"{pull_secrets_path}/{index}/name",
-                        "value": pull_secret,
-                    },
-                    {"op": "remove", "path": f"{pull_secrets_path}/{index}"},
-                ]
+            pull_secret_action = PullSecretAction.REMOVE
+            operations += removal
 
     removed = []
     if raw_originals is not None:
         removed.append((ORIGINAL_IMAGES, raw_originals))
-    if pull_secret is not None and pull_secret_action != "kept":
+    if pull_secret is not None and pull_secret_action != PullSecretAction.KEPT:
         removed.append((ADDED_PULL_SECRET, pull_secret))
     for key, value in removed:
-        path = _annotation_path(key)
+        path = annotation_pointer(key)
         operations += [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
 
     return replace(
@@ -354,9 +355,8 @@ class ServiceAccountPlan:
     Attributes:
         namespace, name: identify the ServiceAccount.
         pull_secret: the Secret named by ``image-cloner.io/added-pull-secret``.
-        action: ``remove`` (the entry and the annotation go), ``absent``
-            (the entry is not listed any more; the annotation goes) or
-            ``kept`` (workloads still on owned images run as it; nothing changes).
+        action: see ``PullSecretAction`` (``kept``: workloads still on owned
+            images run as it; nothing changes).
         operations: the JSON patch; empty for ``kept``.
         users: for ``kept``, the workloads (``Kind ns/name``) that still use owned images.
     """
@@ -364,7 +364,7 @@ class ServiceAccountPlan:
     namespace: str
     name: str
     pull_secret: str
-    action: str
+    action: PullSecretAction
     operations: tuple[dict[str, Any], ...] = ()
     users: tuple[str, ...] = ()
 
@@ -376,9 +376,9 @@ class ServiceAccountPlan:
     def lines(self, dry_run: bool = False) -> list[str]:
         """One line describing the change (``would ...`` when ``dry_run``) or why there is none."""
         remove = "would remove" if dry_run else "removed"
-        if self.action == "remove":
+        if self.action == PullSecretAction.REMOVE:
             return [f"{remove} {self.key} imagePullSecrets entry {self.pull_secret}"]
-        if self.action == "absent":
+        if self.action == PullSecretAction.ABSENT:
             return [
                 f"{remove} {self.key} annotation {ADDED_PULL_SECRET} "
                 f"(pull secret {self.pull_secret} is not listed any more)"
@@ -414,20 +414,15 @@ def service_account_revert_patch(
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
     users = tuple(sorted(users))
     if users:
-        return ServiceAccountPlan(namespace, name, pull_secret, "kept", users=users)
+        return ServiceAccountPlan(namespace, name, pull_secret, PullSecretAction.KEPT, users=users)
     operations: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")}
     ]
-    entries = list(service_account.get("imagePullSecrets") or ())
-    positions = [i for i, e in enumerate(entries) if (e or {}).get("name") == pull_secret]
-    action = "absent"
-    if positions:
-        action = "remove"
-        if len(entries) == 1:
-            operations.append({"op": "remove", "path": "/imagePullSecrets"})
-        else:
-            operations.append({"op": "remove", "path": f"/imagePullSecrets/{positions[-1]}"})
-    operations.append({"op": "remove", "path": _annotation_path(ADDED_PULL_SECRET)})
+    names = [(e or {}).get("name", "") for e in service_account.get("imagePullSecrets") or ()]
+    removal = pull_secret_removal("/imagePullSecrets", names, pull_secret)
+    action = PullSecretAction.ABSENT if removal is None else PullSecretAction.REMOVE
+    operations += removal or []
+    operations.append({"op": "remove", "path": annotation_pointer(ADDED_PULL_SECRET)})
     return ServiceAccountPlan(namespace, name, pull_secret, action, tuple(operations))
 
 
@@ -529,43 +524,80 @@ def revert_all(
         failing list call stops the run before anything is written. Never
         raises ``KubeError``.
     """
-    report = RevertReport(dry_run=dry_run)
-    listed: list[tuple[str, dict[str, Any]]] = []
-    for kind in KINDS:
-        try:
-            listed += [(kind, obj) for obj in api.list_workload_objects(kind, namespace)]
-        except KubeError as exc:
-            report.failed += 1
-            out(f"failed: {exc}; nothing was changed")
-            out(report.line())
-            return report
+    run = _Revert(api, is_owned, dry_run, out, events)
+    workloads = run.list_all(namespace)
+    if workloads is not None:
+        namespaces: set[str] = {namespace} if namespace else set()
+        accounts: set[tuple[str, str]] = set()
+        for workload in workloads:
+            run.workload(workload)
+            namespaces.add(workload.namespace)
+            accounts.add((workload.namespace, workload.service_account))
+        accounts |= {(ns, "default") for ns in namespaces}
+        for ns, name in sorted(accounts):
+            run.service_account(ns, name)
+        for secret in sorted(run.report.secrets):
+            ns, _, name = secret.partition("/")
+            out(
+                f"note: Secret {secret} is left in place; once no pod needs it: "
+                f"kubectl -n {ns} delete secret {name}"
+            )
+    out(run.report.line())
+    return run.report
 
-    # (namespace, ServiceAccount) -> workloads still on owned images after the revert.
-    users: dict[tuple[str, str], set[str]] = defaultdict(set)
-    namespaces: set[str] = {namespace} if namespace else set()
-    accounts: set[tuple[str, str]] = set()
-    for kind, obj in listed:
-        plan = revert_patch(kind, obj, is_owned)
+
+class _Revert:
+    """One revert run: its calls, its output and its report (see ``revert_all``)."""
+
+    def __init__(
+        self,
+        api: RevertAPI,
+        is_owned: Callable[[str], bool],
+        dry_run: bool,
+        out: Callable[[str], None],
+        events: EventRecorder | NullRecorder | None,
+    ) -> None:
+        self.api, self.is_owned, self.dry_run, self.out = api, is_owned, dry_run, out
+        self.events = events
+        self.report = RevertReport(dry_run=dry_run)
+        # (namespace, ServiceAccount) -> workloads still on owned images after the revert.
+        self.users: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def list_all(self, namespace: str | None) -> list[Workload] | None:
+        """Every workload of every kind as a snapshot; None (reported) when a list failed."""
+        listed: list[Workload] = []
+        for kind in KINDS:
+            try:
+                listed += [
+                    Workload.from_api(kind, obj)
+                    for obj in self.api.list_workload_objects(kind, namespace)
+                ]
+            except KubeError as exc:
+                self.report.failed += 1
+                self.out(f"failed: {exc}; nothing was changed")
+                return None
+        return listed
+
+    def workload(self, workload: Workload) -> None:
+        """Revert one workload (or report it); note whether it still runs owned images."""
+        plan = revert_patch(workload, self.is_owned)
         account = (plan.namespace, plan.service_account)
-        namespaces.add(plan.namespace)
-        accounts.add(account)
-        owned_now = any(i and is_owned(i) for *_, i in _pod_containers(pod_spec_of(kind, obj)))
+        owned_now = any(self.is_owned(c.image) for c in workload.containers)
         if not plan.recorded:  # never patched by the controller
             if owned_now:
-                users[account].add(plan.key)
-            continue
+                self.users[account].add(plan.key)
+            return
+        report = self.report
         report.workloads += 1
         report.left += plan.left
         if plan.pull_secret:
             report.secrets.add(f"{plan.namespace}/{plan.pull_secret}")
-        lines = plan.lines(dry_run)
+        lines = plan.lines(self.dry_run)
         still_owned = bool(plan.owned_after)
         if plan.operations:
             try:
-                if not dry_run:
-                    api.patch_workload(
-                        Workload(kind, plan.namespace, plan.name), [*plan.operations]
-                    )
+                if not self.dry_run:
+                    self.api.patch_workload(workload, [*plan.operations])
             except KubeError as exc:
                 report.failed += 1
                 lines = [f"failed {plan.key}: {_failure(exc)}"]
@@ -573,57 +605,48 @@ def revert_all(
             else:
                 report.patched += 1
                 report.containers += plan.restored
-                if not dry_run and events is not None:
+                if not self.dry_run and self.events is not None:
                     restored = [
-                        (c.name, c.original) for c in plan.containers if c.action == "restore"
+                        (c.name, c.original)
+                        for c in plan.containers
+                        if c.action == ContainerAction.RESTORE
                     ]
-                    events.record(
-                        Workload.from_api(kind, obj), NORMAL, REVERTED, reverted_message(restored)
-                    )
+                    self.events.record(workload, NORMAL, REVERTED, reverted_message(restored))
         if still_owned:
-            users[account].add(plan.key)
+            self.users[account].add(plan.key)
         for line in lines:
-            out(line)
+            self.out(line)
 
-    for ns in namespaces:
-        accounts.add((ns, "default"))
-    for ns, name in sorted(accounts):
+    def service_account(self, namespace: str, name: str) -> None:
+        """Revert one ServiceAccount the controller annotated, unless workloads still need it."""
+        report = self.report
         try:
-            found = api.get_service_account(ns, name)
+            found = self.api.get_service_account(namespace, name)
         except KubeError as exc:
             report.failed += 1
-            out(f"failed ServiceAccount {ns}/{name}: {exc}")
-            continue
+            self.out(f"failed ServiceAccount {namespace}/{name}: {exc}")
+            return
         if found is None:
-            continue
-        sa_plan = service_account_revert_patch(found, users.get((ns, name), ()))
-        if sa_plan is None:
-            continue
-        report.secrets.add(f"{ns}/{sa_plan.pull_secret}")
-        lines = sa_plan.lines(dry_run)
-        if sa_plan.action == "kept":
+            return
+        plan = service_account_revert_patch(found, self.users.get((namespace, name), ()))
+        if plan is None:
+            return
+        report.secrets.add(f"{namespace}/{plan.pull_secret}")
+        lines = plan.lines(self.dry_run)
+        if plan.action == PullSecretAction.KEPT:
             report.left += 1
-        elif not dry_run:
+        elif self.dry_run:
+            report.service_accounts += 1
+        else:
             try:
-                api.patch_service_account(ns, name, list(sa_plan.operations))
+                self.api.patch_service_account(namespace, name, list(plan.operations))
             except KubeError as exc:
                 report.failed += 1
-                lines = [f"failed {sa_plan.key}: {_failure(exc)}"]
+                lines = [f"failed {plan.key}: {_failure(exc)}"]
             else:
                 report.service_accounts += 1
-        else:
-            report.service_accounts += 1
         for line in lines:
-            out(line)
-
-    for secret in sorted(report.secrets):
-        ns, _, name = secret.partition("/")
-        out(
-            f"note: Secret {secret} is left in place; once no pod needs it: "
-            f"kubectl -n {ns} delete secret {name}"
-        )
-    out(report.line())
-    return report
+            self.out(line)
 
 
 def run_revert(

@@ -1,4 +1,11 @@
-"""In-memory registries for unit tests of the copy decisions (not for e2e tests).
+"""In-memory stand-ins for unit tests of the decisions (never for e2e tests).
+
+``FakeKube`` is the one stand-in Kubernetes API: it stores objects as JSON
+dicts and applies JSON patches with ``apply_patch`` (RFC 6902, through the
+``jsonpatch`` library), refusing a failed ``test`` with 422 as the API
+server does; it serves the reconcile cycle (``reconcile.KubeAPI``), pull
+secret provisioning and revert (``revert.RevertAPI``).
+
 
 ``Registries`` holds manifests by repository, answers ``head``/``get`` like
 the distribution API (``cloning.ManifestAPI``) and copies like a backend
@@ -9,12 +16,17 @@ config of the engine platform's image (a new digest, the same config).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from cloner.errors import RegistryError
+import jsonpatch
+
+from cloner.errors import KubeError, RegistryError
 from cloner.model.identity import (
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -24,6 +36,7 @@ from cloner.model.identity import (
     child_for,
 )
 from cloner.model.reference import Reference
+from cloner.model.workloads import NamespaceInfo, Workload, pod_spec_of
 
 
 def sha(data: bytes) -> str:
@@ -159,3 +172,157 @@ class Registries:
             indent=3,
         ).encode()
         return Copied(self.put(owned.name, owned.tag, DOCKER_MANIFEST, new), config)
+
+
+class PatchFailed(Exception):
+    """A ``test`` operation failed or a path does not exist (the API server's 422)."""
+
+
+def apply_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """``doc`` after a JSON patch (RFC 6902), as a new dict; raises ``PatchFailed``."""
+    try:
+        return jsonpatch.apply_patch(doc, operations)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise PatchFailed(str(exc)) from None
+
+
+class FakeKube:
+    """Workloads, namespaces, Secrets, ServiceAccounts and ConfigMaps in memory.
+
+    Args:
+        objects: workload objects as JSON dicts, each with its ``kind``.
+
+    Attributes:
+        calls: the writes in order: ``patch <Kind ns/name>``, ``patch sa ns/name``,
+            ``create secret ns``, ``update secret ns``.
+        patches: ``(workload key, operations)`` of every workload patch tried.
+        fail_list: kinds (or ``Namespace``) whose list call fails.
+        fail_patch: workload names whose patches fail with 422.
+        gets: ``(namespace, name)`` of every ServiceAccount read.
+    """
+
+    def __init__(
+        self, objects: list[dict[str, Any]], accounts: Iterable[dict[str, Any]] = ()
+    ) -> None:
+        self.objects = objects
+        self.patches: list[tuple[str, list[dict[str, Any]]]] = []
+        self.calls: list[str] = []
+        self.gets: list[tuple[str, str]] = []
+        self.fail_list: set[str] = set()
+        self.fail_patch: set[str] = set()
+        self.namespaces: dict[str, NamespaceInfo] = {}
+        self.nodes: list[str] = []
+        self.unpatchable: list[dict[str, Any]] = []
+        self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.accounts: dict[tuple[str, str], dict[str, Any]] = {
+            (a["metadata"]["namespace"], a["metadata"]["name"]): a for a in accounts
+        }
+
+    # Workloads ---------------------------------------------------------------
+
+    def _position(self, kind: str, namespace: str, name: str) -> int | None:
+        for i, obj in enumerate(self.objects):
+            meta = obj["metadata"]
+            if obj["kind"] == kind and meta["namespace"] == namespace and meta["name"] == name:
+                return i
+        return None
+
+    def object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """The stored object (raises ``LookupError`` when there is none)."""
+        position = self._position(kind, namespace, name)
+        if position is None:
+            raise LookupError(f"{kind} {namespace}/{name}")
+        return self.objects[position]
+
+    def list_namespaces(self) -> Iterator[NamespaceInfo]:
+        if "Namespace" in self.fail_list:
+            raise KubeError(503, "unavailable")
+        for name in sorted({o["metadata"]["namespace"] for o in self.objects}):
+            yield self.namespaces.get(name, NamespaceInfo(name))
+
+    def list_workloads(self, kind: str, excluded: Iterable[str]) -> Iterator[Workload]:
+        if kind in self.fail_list:
+            raise KubeError(0, "unreachable")
+        for obj in self.objects:
+            if obj["kind"] == kind and obj["metadata"]["namespace"] not in excluded:
+                yield Workload.from_api(kind, obj)
+
+    def list_workload_objects(
+        self, kind: str, namespace: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        if kind in self.fail_list:
+            raise KubeError(403, f"list {kind.lower()}s: 403 forbidden")
+        for obj in self.objects:
+            if obj["kind"] == kind and namespace in (None, obj["metadata"]["namespace"]):
+                yield copy.deepcopy(obj)
+
+    def get_workload(self, kind: str, ns: str, name: str) -> Workload | None:
+        position = self._position(kind, ns, name)
+        return None if position is None else Workload.from_api(kind, self.objects[position])
+
+    def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
+        self.calls.append(f"patch {w.key}")
+        self.patches.append((w.key, patch))
+        if w.name in self.fail_patch:
+            raise KubeError(422, f"patch {w.key}: 422 the server rejected our request")
+        position = self._position(w.kind, w.namespace, w.name)
+        assert position is not None, w.key
+        try:
+            self.objects[position] = apply_patch(self.objects[position], patch)
+        except PatchFailed:
+            raise KubeError(422, "test failed") from None
+
+    def image(self, uid: str, container: str) -> str:
+        """The image of one container (init or not) of the stored workload with that uid."""
+        obj = next(o for o in self.objects if o["metadata"].get("uid") == uid)
+        spec = pod_spec_of(obj["kind"], obj)
+        entries = list(spec.get("containers") or ()) + list(spec.get("initContainers") or ())
+        return next(c["image"] for c in entries if c["name"] == container)
+
+    def node_platforms(self) -> list[str]:
+        return list(self.nodes)
+
+    def list_unpatchable(self, excluded: Iterable[str]) -> Iterator[Workload]:
+        for obj in self.unpatchable:
+            if obj["metadata"]["namespace"] not in excluded:
+                yield Workload.from_api(obj["kind"], obj)
+
+    # ConfigMaps, Secrets, ServiceAccounts -----------------------------------
+
+    def get_config_map(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.config_maps.get((ns, name))
+
+    def create_config_map(self, ns: str, body: dict[str, Any]) -> None:
+        key = (ns, body["metadata"]["name"])
+        if key in self.config_maps:
+            raise KubeError(409, "exists")
+        self.config_maps[key] = body
+
+    def replace_config_map(self, ns: str, body: dict[str, Any]) -> None:
+        key = (ns, body["metadata"]["name"])
+        if key not in self.config_maps:
+            raise KubeError(404, "not found")
+        self.config_maps[key] = body
+
+    def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get((ns, name))
+
+    def create_secret(self, ns: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"create secret {ns}")
+        self.secrets[(ns, body["metadata"]["name"])] = body
+
+    def replace_secret(self, ns: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"update secret {ns}")
+        self.secrets[(ns, body["metadata"]["name"])] = body
+
+    def get_service_account(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.gets.append((ns, name))
+        return copy.deepcopy(self.accounts.get((ns, name)))
+
+    def patch_service_account(self, ns: str, name: str, patch: list[dict[str, Any]]) -> None:
+        self.calls.append(f"patch sa {ns}/{name}")
+        try:
+            self.accounts[(ns, name)] = apply_patch(self.accounts[(ns, name)], patch)
+        except PatchFailed:
+            raise KubeError(422, "test failed") from None

@@ -6,16 +6,16 @@ left alone). The same behaviour is proven against real components in tests/e2e.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from cloner.config import Settings
-from cloner.errors import KubeError, RegistryError
+from cloner.errors import RegistryError
 from cloner.model.identity import OCI_MANIFEST, Copied, Descriptor
 from cloner.model.reference import Reference, parse_reference
 from cloner.model.workloads import NamespaceInfo, Workload
 from cloner.ops.reconcile import Reconciler
-from tests.unit.fakes import Registries, Repo
+from tests.unit.fakes import FakeKube, Registries, Repo
 
 OWNED = "owned.example.com"
 SETTINGS = Settings(
@@ -41,91 +41,6 @@ def workload(
             }
         },
     }
-
-
-class FakeKube:
-    """Applies JSON patches (test/replace) to stored dicts, like the API server."""
-
-    def __init__(self, objects: list[dict[str, Any]]) -> None:
-        self.objects = objects
-        self.patches: list[tuple[str, list[dict[str, Any]]]] = []
-        self.fail_list: set[str] = set()
-        self.namespaces: dict[str, NamespaceInfo] = {}
-        self.nodes: list[str] = []
-        self.unpatchable: list[dict[str, Any]] = []
-        self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def list_namespaces(self) -> Iterator[NamespaceInfo]:
-        if "Namespace" in self.fail_list:
-            raise KubeError(503, "unavailable")
-        names = {o["metadata"]["namespace"] for o in self.objects}
-        for name in sorted(names):
-            yield self.namespaces.get(name, NamespaceInfo(name))
-
-    def list_workloads(self, kind: str, excluded: Iterable[str]) -> Iterator[Workload]:
-        if kind in self.fail_list:
-            raise KubeError(0, "unreachable")
-        for obj in self.objects:
-            if obj["kind"] == kind and obj["metadata"]["namespace"] not in excluded:
-                yield Workload.from_api(kind, obj)
-
-    def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
-        self.patches.append((w.key, patch))
-        obj = next(o for o in self.objects if o["metadata"]["uid"] == w.uid)
-        for op in patch:
-            parts = op["path"].strip("/").split("/")
-            node: Any = obj
-            for part in parts[:-1]:
-                node = node[int(part)] if isinstance(node, list) else node[part]
-            if op["op"] == "test" and node[parts[-1]] != op["value"]:
-                raise KubeError(422, "test failed")
-        for op in patch:
-            if op["op"] in ("replace", "add"):
-                parts = op["path"].strip("/").split("/")
-                node = obj
-                for part in parts[:-1]:
-                    node = node[int(part)] if isinstance(node, list) else node[part]
-                if parts[-1] == "-":
-                    node.append(op["value"])
-                else:
-                    node[parts[-1]] = op["value"]
-
-    def get_workload(self, kind: str, ns: str, name: str) -> Workload | None:
-        for obj in self.objects:
-            meta = obj["metadata"]
-            if obj["kind"] == kind and meta["namespace"] == ns and meta["name"] == name:
-                return Workload.from_api(kind, obj)
-        return None
-
-    def node_platforms(self) -> list[str]:
-        return list(self.nodes)
-
-    def list_unpatchable(self, excluded: Iterable[str]) -> Iterator[Workload]:
-        for obj in self.unpatchable:
-            if obj["metadata"]["namespace"] not in excluded:
-                yield Workload.from_api(obj["kind"], obj)
-
-    def get_config_map(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.config_maps.get((ns, name))
-
-    def create_config_map(self, ns: str, body: dict[str, Any]) -> None:
-        key = (ns, body["metadata"]["name"])
-        if key in self.config_maps:
-            raise KubeError(409, "exists")
-        self.config_maps[key] = body
-
-    def replace_config_map(self, ns: str, body: dict[str, Any]) -> None:
-        key = (ns, body["metadata"]["name"])
-        if key not in self.config_maps:
-            raise KubeError(404, "not found")
-        self.config_maps[key] = body
-
-    def image(self, uid: str, name: str) -> str:
-        obj = next(o for o in self.objects if o["metadata"]["uid"] == uid)
-        spec = obj["spec"]["template"]["spec"]
-        return next(
-            c["image"] for c in spec["containers"] + spec["initContainers"] if c["name"] == name
-        )
 
 
 class FakeRegistry(Registries):
@@ -383,43 +298,8 @@ class Creds:
         self.version = password
 
 
-class SecretKube(FakeKube):
-    def __init__(self, objects: list[dict[str, Any]]) -> None:
-        super().__init__(objects)
-        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
-        self.accounts: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[str] = []
-
-    def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.secrets.get((ns, name))
-
-    def create_secret(self, ns: str, body: dict[str, Any]) -> None:
-        self.calls.append(f"create secret {ns}")
-        self.secrets[(ns, body["metadata"]["name"])] = body
-
-    def replace_secret(self, ns: str, body: dict[str, Any]) -> None:
-        self.calls.append(f"update secret {ns}")
-        self.secrets[(ns, body["metadata"]["name"])] = body
-
-    def get_service_account(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.accounts.get((ns, name))
-
-    def patch_service_account(self, ns: str, name: str, patch: list[dict[str, Any]]) -> None:
-        self.calls.append(f"patch sa {ns}/{name}")
-        account = self.accounts[(ns, name)]
-        for op in patch:
-            if op["path"] == "/imagePullSecrets":
-                account["imagePullSecrets"] = op["value"]
-            elif op["path"] == "/imagePullSecrets/-":
-                account["imagePullSecrets"].append(op["value"])
-
-    def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
-        self.calls.append(f"patch {w.key}")
-        super().patch_workload(w, patch)
-
-
 def test_secret_and_service_account_are_in_place_before_the_patch() -> None:
-    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     kube.accounts[("a", "default")] = {
         "metadata": {"resourceVersion": "1"},
         "imagePullSecrets": [{"name": "mine"}],
@@ -434,8 +314,8 @@ def test_secret_and_service_account_are_in_place_before_the_patch() -> None:
 
 
 def test_foreign_secret_blocks_the_namespace() -> None:
-    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
-    kube.accounts[("a", "default")] = {"metadata": {}}
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.accounts[("a", "default")] = {"metadata": {"resourceVersion": "1"}}
     foreign = {"metadata": {"name": "image-cloner-pull-secret"}, "type": "Opaque", "data": {}}
     kube.secrets[("a", "image-cloner-pull-secret")] = foreign
     summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
@@ -446,7 +326,7 @@ def test_foreign_secret_blocks_the_namespace() -> None:
 
 
 def test_missing_service_account_blocks_the_workload() -> None:
-    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
     assert "patch Deployment a/web" not in kube.calls
     assert summary.provisioning.failures[0][1] == "serviceaccount_missing"
@@ -454,7 +334,7 @@ def test_missing_service_account_blocks_the_workload() -> None:
 
 def test_workload_mode_leaves_service_accounts_alone() -> None:
     settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", pull_secret_attach="workload")
-    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     make(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
     assert kube.calls == ["create secret a", "patch Deployment a/web"]
     spec = kube.objects[0]["spec"]["template"]["spec"]
@@ -463,14 +343,14 @@ def test_workload_mode_leaves_service_accounts_alone() -> None:
 
 
 def test_changed_credentials_update_every_managed_secret_next_cycle() -> None:
-    kube = SecretKube(
+    kube = FakeKube(
         [
             workload("Deployment", "a", "web", "nginx:1.25"),
             workload("Deployment", "b", "x", "redis"),
         ]
     )
     for ns in ("a", "b"):
-        kube.accounts[(ns, "default")] = {"metadata": {}}
+        kube.accounts[(ns, "default")] = {"metadata": {"resourceVersion": "1"}}
     creds = Creds("old")
     reconciler = make(kube, FakeRegistry(), SETTINGS, creds)
     reconciler.reconcile_once()
@@ -491,7 +371,7 @@ def test_changed_credentials_update_every_managed_secret_next_cycle() -> None:
 
 def test_provision_false_creates_nothing() -> None:
     settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", pull_secret_provision=False)
-    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     make(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
     assert kube.calls == ["patch Deployment a/web"]
 
@@ -721,7 +601,7 @@ def test_a_template_with_its_own_pull_secrets_also_gets_the_managed_one() -> Non
     # to pods that list none, so this template must list the managed Secret.
     obj = workload("Deployment", "a", "web", "nginx:1.25")
     obj["spec"]["template"]["spec"]["imagePullSecrets"] = [{"name": "mine"}]
-    kube = SecretKube([obj, workload("Deployment", "a", "plain", "redis:7")])
+    kube = FakeKube([obj, workload("Deployment", "a", "plain", "redis:7")])
     kube.accounts[("a", "default")] = {"metadata": {"resourceVersion": "1"}}
     summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
     assert summary.ok
@@ -739,8 +619,8 @@ def test_a_helper_giving_no_owned_credential_holds_the_namespace_back() -> None:
         current = DockerConfig.parse(json.dumps({"credHelpers": {OWNED: "broken"}}))
         version = "v1"
 
-    kube = SecretKube([workload("Deployment", "a", "web", "nginx:1.25")])
-    kube.accounts[("a", "default")] = {"metadata": {}}
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.accounts[("a", "default")] = {"metadata": {"resourceVersion": "1"}}
     summary = make(kube, FakeRegistry(), SETTINGS, HelperCreds()).reconcile_once()
     assert kube.image("a/web", "c0") == "nginx:1.25"  # pods could not pull the owned copy
     assert summary.provisioning.failures[0][:2] == ("a", "credentials_unavailable")

@@ -18,11 +18,13 @@ from cloner.model.pullsecrets import service_account_patch
 from cloner.model.reference import Policy, Target
 from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
 from cloner.ops.revert import (
+    RevertPlan,
     owned_predicate,
     revert_all,
     revert_patch,
     service_account_revert_patch,
 )
+from tests.unit.fakes import FakeKube, PatchFailed, apply_patch
 
 POLICY = Policy(Target("owned.example.com", "mirror"), (Target("inhouse.example.com"),))
 IS_OWNED = owned_predicate(POLICY)
@@ -30,51 +32,9 @@ OWNED = "owned.example.com/mirror/docker.io/library"
 SECRET = "image-cloner-pull-secret"
 
 
-class PatchFailed(Exception):
-    """A ``test`` operation failed or a path does not exist (the API server's 422)."""
-
-
-def _walk(doc: Any, pointer: str) -> tuple[Any, str]:
-    tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-    for token in tokens[:-1]:
-        try:
-            doc = doc[int(token)] if isinstance(doc, list) else doc[token]
-        except (KeyError, IndexError, ValueError):
-            raise PatchFailed(pointer) from None
-    return doc, tokens[-1]
-
-
-def apply_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
-    """RFC 6902 ``test``, ``add``, ``replace``, ``remove``: enough for these patches."""
-    doc = copy.deepcopy(doc)
-    for op in operations:
-        parent, last = _walk(doc, op["path"])
-        if isinstance(parent, list):
-            index = len(parent) if last == "-" else int(last)
-            if op["op"] == "add":
-                parent.insert(index, copy.deepcopy(op["value"]))
-                continue
-            if index >= len(parent):
-                raise PatchFailed(op["path"])
-            if op["op"] == "test" and parent[index] != op["value"]:
-                raise PatchFailed(op["path"])
-            if op["op"] == "replace":
-                parent[index] = copy.deepcopy(op["value"])
-            if op["op"] == "remove":
-                del parent[index]
-            continue
-        if op["op"] == "add":
-            parent[last] = copy.deepcopy(op["value"])
-            continue
-        if last not in parent:
-            raise PatchFailed(op["path"])
-        if op["op"] == "test" and parent[last] != op["value"]:
-            raise PatchFailed(op["path"])
-        if op["op"] == "replace":
-            parent[last] = copy.deepcopy(op["value"])
-        if op["op"] == "remove":
-            del parent[last]
-    return doc
+def revert_patch_of(kind: str, obj: dict[str, Any], is_owned: Any) -> RevertPlan:
+    """``revert_patch`` of the snapshot a list would give for ``obj``."""
+    return revert_patch(Workload.from_api(kind, obj), is_owned)
 
 
 def deployment(
@@ -111,7 +71,7 @@ def patched(obj: dict[str, Any], new: dict[str, str], pull_secret: str | None = 
 
 def without_empty_annotations(obj: dict[str, Any]) -> dict[str, Any]:
     """As the API server stores it: an empty annotation map is omitted."""
-    obj = copy.deepcopy(obj)
+    obj = {key: value for key, value in copy.deepcopy(obj).items() if key != "kind"}
     if obj["metadata"].get("annotations") == {}:
         del obj["metadata"]["annotations"]
     return obj
@@ -135,7 +95,7 @@ def test_round_trip_restores_init_containers_and_containers_exactly() -> None:
         "app": "nginx:1.25",
         "side": "docker.io/library/busybox",
     }
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert plan.recorded and plan.restored == 3 and plan.left == 0 and plan.problem is None
     assert [(c.name, c.action) for c in plan.containers] == [
         ("setup", "restore"),
@@ -152,7 +112,7 @@ def test_operations_test_name_image_and_annotation_before_each_change() -> None:
         {"app": f"{OWNED}/nginx:1.25"},
     )
     annotation = after["metadata"]["annotations"][ORIGINAL_IMAGES]
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert list(plan.operations) == [
         {"op": "test", "path": "/spec/template/spec/containers/0/name", "value": "app"},
         {
@@ -176,7 +136,7 @@ def test_init_container_index_is_its_own_list() -> None:
         deployment({"app": "nginx:1.25"}, init={"a": "alpine:3", "b": "busybox:1"}),
         {"b": f"{OWNED}/busybox:1"},
     )
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert plan.operations[0] == {
         "op": "test",
         "path": "/spec/template/spec/initContainers/1/name",
@@ -190,7 +150,7 @@ def test_template_without_pull_secrets_loses_the_whole_field() -> None:
     after = patched(before, {"app": f"{OWNED}/nginx:1.25"}, pull_secret=SECRET)
     assert after["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": SECRET}]
     assert after["metadata"]["annotations"][ADDED_PULL_SECRET] == SECRET
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert plan.pull_secret_action == "remove"
     ops = list(plan.operations)
     assert {
@@ -213,7 +173,7 @@ def test_template_with_its_own_pull_secrets_keeps_them() -> None:
     before = deployment({"app": "nginx:1.25"}, pull_secrets=["own", "other"])
     after = patched(before, {"app": f"{OWNED}/nginx:1.25"}, pull_secret=SECRET)
     assert after["spec"]["template"]["spec"]["imagePullSecrets"][-1] == {"name": SECRET}
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     ops = list(plan.operations)
     assert {
         "op": "test",
@@ -227,7 +187,7 @@ def test_template_with_its_own_pull_secrets_keeps_them() -> None:
 def test_other_annotations_stay() -> None:
     before = deployment({"app": "nginx:1.25"}, annotations={"team": "shop"})
     after = patched(before, {"app": f"{OWNED}/nginx:1.25"}, pull_secret=SECRET)
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert apply_patch(after, list(plan.operations)) == before
 
 
@@ -237,7 +197,7 @@ def test_container_changed_by_a_user_is_left_alone_and_reported() -> None:
         {"app": f"{OWNED}/nginx:1.25", "side": f"{OWNED}/busybox:1"},
     )
     after["spec"]["template"]["spec"]["containers"][1]["image"] = "busybox:2"  # the user
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert [(c.name, c.action) for c in plan.containers] == [
         ("app", "restore"),
         ("side", "changed"),
@@ -260,7 +220,7 @@ def test_user_switch_to_another_owned_image_is_still_restored() -> None:
     # The rule is "still holds an owned image", as the controller would have set.
     after = patched(deployment({"app": "nginx:1.25"}), {"app": f"{OWNED}/nginx:1.25"})
     after["spec"]["template"]["spec"]["containers"][0]["image"] = "inhouse.example.com/nginx:2"
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert plan.containers[0].action == "restore"
 
 
@@ -269,7 +229,7 @@ def test_unchanged_and_missing_containers_only_lose_the_annotation() -> None:
         {"app": "nginx:1.25"},
         annotations={ORIGINAL_IMAGES: json.dumps({"app": "nginx:1.25", "gone": "redis:7"})},
     )
-    plan = revert_patch("Deployment", obj, IS_OWNED)
+    plan = revert_patch_of("Deployment", obj, IS_OWNED)
     assert [(c.name, c.action, c.current) for c in plan.containers] == [
         ("app", "unchanged", "nginx:1.25"),
         ("gone", "missing", None),
@@ -284,7 +244,7 @@ def test_unchanged_and_missing_containers_only_lose_the_annotation() -> None:
 def test_pull_secret_stays_while_an_owned_image_remains() -> None:
     before = deployment({"app": "nginx:1.25", "house": "inhouse.example.com/tool:3"})
     after = patched(before, {"app": f"{OWNED}/nginx:1.25"}, pull_secret=SECRET)
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert plan.pull_secret_action == "kept"
     assert plan.owned_after == (("house", "inhouse.example.com/tool:3"),)
     assert plan.left == 1
@@ -298,7 +258,7 @@ def test_pull_secret_stays_while_an_owned_image_remains() -> None:
 def test_pull_secret_removed_by_someone_only_loses_the_annotation() -> None:
     after = patched(deployment({"app": "nginx:1.25"}), {"app": f"{OWNED}/nginx:1.25"}, SECRET)
     after["spec"]["template"]["spec"]["imagePullSecrets"] = [{"name": "theirs"}]
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     assert plan.pull_secret_action == "absent"
     result = apply_patch(after, list(plan.operations))
     assert result["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "theirs"}]
@@ -306,14 +266,14 @@ def test_pull_secret_removed_by_someone_only_loses_the_annotation() -> None:
 
 
 def test_untouched_workload_has_no_plan() -> None:
-    plan = revert_patch("StatefulSet", deployment({"app": f"{OWNED}/nginx:1"}), IS_OWNED)
+    plan = revert_patch_of("StatefulSet", deployment({"app": f"{OWNED}/nginx:1"}), IS_OWNED)
     assert not plan.recorded and plan.operations == () and plan.lines() == []
 
 
 @pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"app": 3}', '{"app": ""}'])
 def test_malformed_annotation_leaves_the_workload_alone(value: str) -> None:
     obj = deployment({"app": f"{OWNED}/nginx:1"}, annotations={ORIGINAL_IMAGES: value})
-    plan = revert_patch("Deployment", obj, IS_OWNED)
+    plan = revert_patch_of("Deployment", obj, IS_OWNED)
     assert plan.operations == ()
     assert plan.problem is not None and plan.left == 1
     assert plan.lines()[0].startswith("left Deployment shop/web: annotation")
@@ -321,7 +281,7 @@ def test_malformed_annotation_leaves_the_workload_alone(value: str) -> None:
 
 def test_a_concurrent_edit_makes_the_patch_fail() -> None:
     after = patched(deployment({"app": "nginx:1.25", "b": "redis:7"}), {"app": f"{OWNED}/nginx:1"})
-    plan = revert_patch("Deployment", after, IS_OWNED)
+    plan = revert_patch_of("Deployment", after, IS_OWNED)
     moved = copy.deepcopy(after)
     moved["spec"]["template"]["spec"]["containers"].reverse()  # reordered since the read
     with pytest.raises(PatchFailed):
@@ -408,49 +368,19 @@ def test_service_account_not_annotated_has_no_plan() -> None:
 # The run, against an in-memory API ------------------------------------------
 
 
-class FakeAPI:
-    """Workloads and ServiceAccounts in memory; patches applied with ``apply_patch``."""
-
-    def __init__(self, workloads: list[tuple[str, dict[str, Any]]], accounts: list[dict]) -> None:
-        self.workloads = {
-            (k, o["metadata"]["namespace"], o["metadata"]["name"]): o for k, o in workloads
-        }
-        self.accounts = {(a["metadata"]["namespace"], a["metadata"]["name"]): a for a in accounts}
-        self.writes: list[str] = []
-        self.fail_patch: set[str] = set()
-        self.gets: list[tuple[str, str]] = []
-
-    def list_workload_objects(
-        self, kind: str, namespace: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        for (k, ns, _), obj in sorted(self.workloads.items()):
-            if k == kind and namespace in (None, ns):
-                yield copy.deepcopy(obj)
-
-    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
-        key = (workload.kind, workload.namespace, workload.name)
-        if workload.name in self.fail_patch:
-            raise KubeError(422, f"patch {workload.key}: 422 the server rejected our request")
-        self.workloads[key] = apply_patch(self.workloads[key], patch)
-        self.writes.append(workload.key)
-
-    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.gets.append((namespace, name))
-        return copy.deepcopy(self.accounts.get((namespace, name)))
-
-    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
-        self.accounts[(namespace, name)] = apply_patch(self.accounts[(namespace, name)], patch)
-        self.writes.append(f"ServiceAccount {namespace}/{name}")
+def stored(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as ``FakeKube`` keeps it: with its ``kind``."""
+    return {"kind": kind, **obj}
 
 
-def scenario() -> tuple[FakeAPI, dict[str, Any], dict[str, Any]]:
+def scenario() -> tuple[FakeKube, dict[str, Any], dict[str, Any]]:
     web = deployment({"app": "nginx:1.25"}, service_account="runner")
     db = deployment({"db": "postgres:16"}, name="db", service_account="runner")
     runner = account(["existing"])
-    api = FakeAPI(
+    api = FakeKube(
         [
-            ("Deployment", patched(web, {"app": f"{OWNED}/nginx:1.25"})),
-            ("StatefulSet", patched(db, {"db": f"{OWNED}/postgres:16"})),
+            stored("Deployment", patched(web, {"app": f"{OWNED}/nginx:1.25"})),
+            stored("StatefulSet", patched(db, {"db": f"{OWNED}/postgres:16"})),
         ],
         [controller_attached(runner), {"metadata": {"name": "default", "namespace": "shop"}}],
     )
@@ -463,7 +393,7 @@ def test_revert_all_restores_workloads_then_the_service_account() -> None:
     report = revert_all(api, IS_OWNED, out=lines.append)
     assert report.ok and report.patched == 2 and report.containers == 2
     assert report.service_accounts == 1
-    assert without_empty_annotations(api.workloads[("Deployment", "shop", "web")]) == web
+    assert without_empty_annotations(api.object("Deployment", "shop", "web")) == web
     sa = without_empty_annotations(api.accounts[("shop", "runner")])
     assert sa["imagePullSecrets"] == runner["imagePullSecrets"]
     assert ("shop", "default") in api.gets
@@ -476,10 +406,10 @@ def test_revert_all_restores_workloads_then_the_service_account() -> None:
 
 def test_dry_run_writes_nothing_and_says_would() -> None:
     api, _, _ = scenario()
-    before = copy.deepcopy((api.workloads, api.accounts))
+    before = copy.deepcopy((api.objects, api.accounts))
     lines: list[str] = []
     report = revert_all(api, IS_OWNED, dry_run=True, out=lines.append)
-    assert api.writes == [] and (api.workloads, api.accounts) == before
+    assert api.calls == [] and (api.objects, api.accounts) == before
     assert report.ok and report.patched == 2 and report.service_accounts == 1
     assert any(line.startswith("would restore Deployment shop/web container app") for line in lines)
     assert any(line.startswith("would remove ServiceAccount shop/runner") for line in lines)
@@ -497,13 +427,19 @@ def test_a_failed_patch_is_reported_and_keeps_the_service_account() -> None:
     assert "run revert again" in text
     assert "left ServiceAccount shop/runner imagePullSecrets entry" in text
     assert "still used by StatefulSet shop/db" in text
-    assert api.writes == ["Deployment shop/web"]
+    assert api.calls == ["patch Deployment shop/web", "patch StatefulSet shop/db"]
+    assert api.image("u-db", "db") == f"{OWNED}/postgres:16"  # the refused patch wrote nothing
 
 
 def test_an_unpatched_workload_on_owned_images_keeps_the_service_account() -> None:
     api, _, _ = scenario()
-    api.workloads[("DaemonSet", "shop", "house")] = deployment(
-        {"tool": "inhouse.example.com/tool:3"}, name="house", service_account="runner"
+    api.objects.append(
+        stored(
+            "DaemonSet",
+            deployment(
+                {"tool": "inhouse.example.com/tool:3"}, name="house", service_account="runner"
+            ),
+        )
     )
     report = revert_all(api, IS_OWNED, out=lambda _: None)
     assert report.patched == 2 and report.left == 1 and not report.ok
@@ -522,11 +458,11 @@ def test_a_failed_list_writes_nothing() -> None:
     api.list_workload_objects = broken  # type: ignore[method-assign]
     lines: list[str] = []
     report = revert_all(api, IS_OWNED, out=lines.append)
-    assert report.failed == 1 and api.writes == []
+    assert report.failed == 1 and api.calls == []
     assert lines[0] == "failed: list statefulsets: 403 forbidden; nothing was changed"
 
 
 def test_namespace_scope_reads_that_namespaces_default_account() -> None:
-    api = FakeAPI([], [])
+    api = FakeKube([])
     report = revert_all(api, IS_OWNED, namespace="empty", out=lambda _: None)
     assert report.ok and api.gets == [("empty", "default")]
