@@ -63,11 +63,16 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A source backing off: ``failures`` in a row, next try at ``until`` (epoch seconds)."""
+    """A source backing off: ``failures`` in a row, next try at ``until`` (epoch seconds).
+
+    ``inputs``: for a permanent failure, the fingerprint of the config and
+    credentials it happened with (``backoff.Backoff.failed``); None otherwise.
+    """
 
     failures: int
     until: float
     reason: str
+    inputs: str | None = None
 
 
 def shard_of(key: str) -> int:
@@ -126,8 +131,12 @@ class StateBook:
                 self.last_verify = float(verified["at"])
             for key, raw in _json_object(data.get(BACKOFF_KEY), name, problems).items():
                 try:
+                    inputs = raw.get("inputs")
                     self.failures[key] = Failure(
-                        int(raw["failures"]), float(raw["until"]), str(raw["reason"])
+                        int(raw["failures"]),
+                        float(raw["until"]),
+                        str(raw["reason"]),
+                        None if inputs is None else str(inputs),
                     )
                 except (TypeError, KeyError, ValueError) as exc:
                     problems.append(f"{name}: backoff {key!r} dropped: {exc}")

@@ -163,6 +163,9 @@ class ImageCloner:
         refresh_interval: ``refreshInterval`` in seconds (0: never).
         book: the durable state (verified copies, failures); a new empty one
             when None.
+        inputs: returns the fingerprint of the config and credentials in
+            force; a permanent failure (``RegistryError.temporary`` False)
+            waits the backoff cap unless it changes (``backoff.Backoff``).
         clock: monotonic seconds (injectable for tests).
         wall: epoch seconds (injectable for tests).
     """
@@ -182,6 +185,7 @@ class ImageCloner:
         registry_concurrency: int = 3,
         refresh_interval: float = 21600.0,
         book: StateBook | None = None,
+        inputs: Callable[[], str] = lambda: "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -197,6 +201,7 @@ class ImageCloner:
         self._concurrency = max(1, concurrency)
         self._refresh = refresh_interval
         self.book = book or StateBook()
+        self._inputs = inputs
         self._clock = clock
         self._wall = wall
         self._stopping = threading.Event()
@@ -215,7 +220,9 @@ class ImageCloner:
         """Carry the failures of the durable state (``book``) into the in-memory backoff."""
         now, wall = self._clock(), self._wall()
         for key, failure in self.book.failures.items():
-            self._backoff.restore(key, failure.failures, now + failure.until - wall, failure.reason)
+            self._backoff.restore(
+                key, failure.failures, now + failure.until - wall, failure.reason, failure.inputs
+            )
 
     def stop(self) -> None:
         """No new clone starts; results still in flight are abandoned."""
@@ -239,7 +246,7 @@ class ImageCloner:
                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
                 "reason": reason,
             }
-            for key, (until, reason) in self._backoff.waiting_all(now).items()
+            for key, (until, reason) in self._backoff.waiting_all(now, self._inputs()).items()
         }
 
     def forget(self, source: Reference) -> None:
@@ -341,7 +348,7 @@ class ImageCloner:
         now = self._clock()
         if self.stopping:
             return ImageResult(source, None, message="shutting down", waiting=0.0)
-        backing_off = self._backoff.waiting(str(source), now)
+        backing_off = self._backoff.waiting(str(source), now, self._inputs())
         if backing_off is not None:
             until, reason = backing_off
             return ImageResult(
@@ -616,19 +623,27 @@ class ImageCloner:
         now = self._clock()
         key = str(source)
         not_before = now + exc.retry_after if exc.retry_after is not None else None
-        until = self._backoff.failed(key, exc.reason, now, not_before)
+        permanent = not exc.temporary
+        inputs = self._inputs()
+        until = self._backoff.failed(key, exc.reason, now, not_before, permanent, inputs)
         self._pause_if_limited(exc, source.registry)
         with self._lock:
             self.book.failed(
                 key,
-                Failure(self._backoff.failures(key), self._wall() + until - now, exc.reason),
+                Failure(
+                    self._backoff.failures(key),
+                    self._wall() + until - now,
+                    exc.reason,
+                    inputs if permanent else None,
+                ),
             )
         log.error(
-            "clone of %s to %s failed (%s), next try in %.0fs: %s",
+            "clone of %s to %s failed (%s), next try in %.0fs%s: %s",
             source,
             owned,
             exc.reason,
             until - now,
+            " or when the config or credentials change" if permanent else "",
             exc,
         )
         return ImageResult(source, None, reason=exc.reason, message=str(exc), waiting=None)

@@ -30,6 +30,7 @@ Order inside a pass (push before patch, always):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -283,6 +284,9 @@ class Reconciler:
         self._book = StateBook(settings.state_config_map, settings.state_ttl)
         self._state_loaded = False
         self._state_exists: set[str] = set()
+        # What a permanent failure depends on: the settings and the credentials.
+        self._settings_digest = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+        self._credentials: Credentials = credentials or _NoCredentials()
         self._images = ImageCloner(
             manifests,
             backend,
@@ -299,13 +303,14 @@ class Reconciler:
             rate_limit_pause=settings.rate_limit_pause,
             concurrency=settings.clone_concurrency,
             registry_concurrency=settings.registry_concurrency,
+            inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
             clock=clock,
         )
         self._pull_secrets: PullSecrets | None = None
         if settings.pull_secret_provision:
             self._pull_secrets = PullSecrets(
                 kube,
-                credentials or _NoCredentials(),
+                self._credentials,
                 settings.owned.registry,
                 settings.pull_secret_name,
                 settings.pull_secret_attach == "serviceaccount",

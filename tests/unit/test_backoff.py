@@ -38,3 +38,15 @@ def test_registry_pause_never_shortens() -> None:
     assert pauses.paused_until("docker.io", 60) == 100
     assert pauses.paused_until("docker.io", 100) is None
     assert pauses.paused_until("quay.io", 0) is None
+
+
+def test_permanent_failure_waits_the_cap_at_once_until_its_inputs_change() -> None:
+    book = Backoff(BackoffPolicy(initial=10, maximum=400, jitter=0), rand=lambda: 0.5)
+    until = book.failed("x", "not_found", now=0, permanent=True, inputs="cfg-1")
+    assert until == 400  # the cap, not initial
+    assert book.waiting("x", 399, inputs="cfg-1") == (400, "not_found")
+    assert book.waiting("x", 1, inputs="cfg-2") is None  # new credentials or config
+    assert book.waiting_all(1, inputs="cfg-2") == {}
+    # A temporary failure ignores the inputs: waiting heals it, not a new password.
+    book.failed("y", "network", now=0)
+    assert book.waiting("y", 5, inputs="anything") == (10, "network")

@@ -387,27 +387,58 @@ class Clock:
         return self.now
 
 
-def test_failed_image_backs_off_exponentially_without_retry_storm() -> None:
-    clock = Clock()
-    kube = FakeKube([workload("Deployment", "a", "web", "ghost:1")])
-    registry = FakeRegistry(missing=["docker.io/library/ghost:1"])
-    settings = Settings(
+def backoff_settings() -> Settings:
+    return Settings(
         target=f"{OWNED}/m",
         copy_backend="skopeo",
         backoff_initial=10,
         backoff_max=40,
         backoff_jitter=0,
     )
-    reconciler = make(kube, registry, settings, clock=clock)
+
+
+def attempts_per_pass(
+    reconciler: Reconciler, registry: FakeRegistry, clock: Clock, passes: int = 12
+) -> list[int]:
+    """One pass every 5 s: 1 where the pass asked a registry, else 0."""
     attempts = []
-    for _ in range(12):  # one pass every 5 s for a minute
-        before = registry.lookups
-        summary = reconciler.reconcile_once()
-        attempts.append(int(registry.lookups > before))
+    for _ in range(passes):
+        before = sum(registry.requests.values())
+        reconciler.reconcile_once()
+        attempts.append(int(sum(registry.requests.values()) > before))
         clock.now += 5
-    # tried at t=0, 10 (after 10 s) and 30 (after 20 s), next at 70: 3 tries, not 12
-    assert attempts == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+    return attempts
+
+
+def test_failed_image_backs_off_exponentially_without_retry_storm() -> None:
+    clock = Clock()
+    kube = FakeKube([workload("Deployment", "a", "web", "quay.io/team/app:1")])
+    registry = FakeRegistry()
+    registry.down["quay.io"] = RegistryError("network", "connection refused", "quay.io")
+    reconciler = make(kube, registry, backoff_settings(), clock=clock)
+    # A temporary failure: tried at t=0, 10 (after 10 s) and 30 (after 20 s),
+    # next at 70: 3 tries in a minute, not 12.
+    assert attempts_per_pass(reconciler, registry, clock) == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+    summary = reconciler.reconcile_once()
     assert summary.waiting == 1 and not summary.ok
+
+
+def test_permanent_failure_waits_the_cap_until_credentials_change() -> None:
+    clock = Clock()
+    kube = FakeKube([workload("Deployment", "a", "web", "ghost:1")])
+    kube.accounts[("a", "default")] = {"metadata": {"resourceVersion": "1"}}
+    registry = FakeRegistry(missing=["docker.io/library/ghost:1"])
+    creds = Creds("old")
+    reconciler = make(kube, registry, backoff_settings(), creds, clock=clock)
+    # not_found cannot heal by waiting: the cap (40 s) at once, not 10 then 20.
+    assert attempts_per_pass(reconciler, registry, clock, 7) == [1, 0, 0, 0, 0, 0, 0]
+    assert reconciler.waiting_images()["docker.io/library/ghost:1"]["reason"] == "not_found"
+    # New credentials (or a new config) may be what it needed: tried at once.
+    creds.set("new")
+    assert attempts_per_pass(reconciler, registry, clock, 3) == [1, 0, 0]
+    # ...and the failure is kept across a restart with what it depends on.
+    failure = reconciler._images.book.failures["docker.io/library/ghost:1"]
+    assert failure.reason == "not_found" and failure.inputs is not None
 
 
 def test_rate_limited_registry_is_paused_as_a_whole_with_retry_after() -> None:

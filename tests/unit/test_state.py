@@ -126,3 +126,13 @@ def test_the_last_verification_survives_a_restart() -> None:
     again = StateBook("st")
     assert again.load(shards) == []
     assert again.last_verify == 1234.5
+
+
+def test_a_permanent_failure_keeps_its_inputs_across_a_restart() -> None:
+    book = StateBook()
+    book.failed("quay.io/x/y:1", Failure(1, 9000.0, "auth", "abc:def"))
+    book.failed("quay.io/x/z:1", Failure(2, 9000.0, "network"))
+    again = StateBook()
+    assert again.load(book.dirty_shards()) == []
+    assert again.failures["quay.io/x/y:1"].inputs == "abc:def"
+    assert again.failures["quay.io/x/z:1"].inputs is None
