@@ -63,69 +63,75 @@ def images(apps: kubernetes.client.AppsV1Api, kind: str, ns: str, name: str) -> 
     return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
 
 
-def main() -> int:
-    kube_bin = ensure_components()
-    workdir = Path(tempfile.mkdtemp(prefix="ic-demo-", dir="/tmp"))
-    print(f"demo: starting etcd, kube-apiserver, dockerd and two registries in {workdir}")
-    env = Environment.start(workdir, kube_bin=kube_bin)
-    controller: subprocess.Popen[str] | None = None
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def create_samples(env: Environment) -> dict[Key, dict[str, str]]:
+    """Build the sample images, create the sample workloads; returns their images as created."""
+    public = env.public.host
+    env.build_image(f"{public}/library/web:1.25", layers=3, seed="web")
+    env.build_image(f"{public}/library/cache:latest", layers=2, seed="cache")
+    env.build_image(f"{public}/acme/migrate:0.9", layers=1, seed="migrate")
+    agent_digest = env.build_image(f"{public}/acme/agent:stable", layers=2, seed="agent")
+    samples = [
+        (
+            "Deployment",
+            "shop",
+            "web",
+            {"web": f"{public}/library/web:1.25", "cache": f"{public}/library/cache"},
+            {"migrate": f"{public}/acme/migrate:0.9"},
+        ),
+        ("StatefulSet", "shop", "cache", {"cache": f"{public}/library/cache"}, {}),
+        ("DaemonSet", "ops", "agent", {"agent": f"{public}/acme/agent@{agent_digest}"}, {}),
+        ("Deployment", "kube-system", "dns", {"dns": f"{public}/library/web:1.25"}, {}),
+    ]
+    apps = kubernetes.client.AppsV1Api(env.api_client())
+    for ns in ("shop", "ops"):
+        create_namespace(env, ns)
+    before = {}
+    for kind, ns, name, containers, init in samples:
+        getattr(apps, KINDS[kind][0])(ns, workload(kind, name, containers, init))
+        before[(kind, ns, name)] = images(apps, kind, ns, name)
+    return before
+
+
+def write_config(env: Environment, workdir: Path) -> Path:
+    """The demo's controller config: the owned registry, a 2 s poll, no metrics port."""
+    config = workdir / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "target": f"{env.owned.host}/mirror",
+                "pollInterval": 2,
+                "dockerHost": env.docker_host,
+                "dockerConfig": str(env.docker_config),
+                "metricsPort": 0,
+                # the demo registries are plain HTTP on 127.0.0.1, which the
+                # engine reaches without TLS verification: allow them explicitly
+                "insecureRegistries": ["127.0.0.1:*"],
+                # its own namespace: excluded, and where its leader-election Lease lives
+                "controllerNamespace": "image-cloner",
+            }
+        )
+    )
+    return config
+
+
+def run_controller(env: Environment, config: Path, before: dict[Key, dict[str, str]]) -> None:
+    """Run the controller loop until every workload outside kube-system is switched; stop it."""
+    print(
+        "demo: running the controller loop (pollInterval 2s) as the image-cloner "
+        "ServiceAccount with the RBAC of manifests/base/rbac.yaml; its log follows\n"
+    )
+    apps = kubernetes.client.AppsV1Api(env.api_client())
+    controller = subprocess.Popen(
+        controller_command(install_controller_rbac(env), config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
     try:
-        public, owned = env.public.host, env.owned.host
-        print(f"demo: public registry {public} (anonymous), owned registry {owned} (htpasswd)")
-        env.build_image(f"{public}/library/web:1.25", layers=3, seed="web")
-        env.build_image(f"{public}/library/cache:latest", layers=2, seed="cache")
-        env.build_image(f"{public}/acme/migrate:0.9", layers=1, seed="migrate")
-        agent_digest = env.build_image(f"{public}/acme/agent:stable", layers=2, seed="agent")
-
-        samples = [
-            (
-                "Deployment",
-                "shop",
-                "web",
-                {"web": f"{public}/library/web:1.25", "cache": f"{public}/library/cache"},
-                {"migrate": f"{public}/acme/migrate:0.9"},
-            ),
-            ("StatefulSet", "shop", "cache", {"cache": f"{public}/library/cache"}, {}),
-            ("DaemonSet", "ops", "agent", {"agent": f"{public}/acme/agent@{agent_digest}"}, {}),
-            ("Deployment", "kube-system", "dns", {"dns": f"{public}/library/web:1.25"}, {}),
-        ]
-        api = env.api_client()
-        core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
-        for ns in ("shop", "ops"):
-            create_namespace(env, ns)
-        before = {}
-        for kind, ns, name, containers, init in samples:
-            getattr(apps, KINDS[kind][0])(ns, workload(kind, name, containers, init))
-            before[(kind, ns, name)] = images(apps, kind, ns, name)
-
-        config = workdir / "config.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "target": f"{owned}/mirror",
-                    "pollInterval": 2,
-                    "dockerHost": env.docker_host,
-                    "dockerConfig": str(env.docker_config),
-                    "metricsPort": 0,
-                    # the demo registries are plain HTTP on 127.0.0.1, which the
-                    # engine reaches without TLS verification: allow them explicitly
-                    "insecureRegistries": ["127.0.0.1:*"],
-                    # its own namespace: excluded, and where its leader-election Lease lives
-                    "controllerNamespace": "image-cloner",
-                }
-            )
-        )
-        print(
-            "demo: running the controller loop (pollInterval 2s) as the image-cloner "
-            "ServiceAccount with the RBAC of manifests/base/rbac.yaml; its log follows\n"
-        )
-        controller = subprocess.Popen(
-            controller_command(install_controller_rbac(env), config),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-        )
         assert controller.stdout is not None
         stream = controller.stdout
         threading.Thread(
@@ -140,45 +146,65 @@ def main() -> int:
         time.sleep(4.5)  # two more cycles: they find nothing to do
         controller.send_signal(signal.SIGTERM)
         controller.wait(timeout=30)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
 
-        rows = [("WORKLOAD", "CONTAINER", "BEFORE", "AFTER")]
-        changed = 0
-        for key, old in before.items():
-            new = images(apps, *key)
-            for container, image in old.items():
-                after = new[container]
-                changed += after != image
-                rows.append(
-                    (
-                        f"{key[0]} {key[1]}/{key[2]}",
-                        container,
-                        image,
-                        after if after != image else "(unchanged)",
-                    )
+
+def report(env: Environment, before: dict[Key, dict[str, str]]) -> int:
+    """Print the before/after table, the owned catalog and the pull secrets; returns the count."""
+    api = env.api_client()
+    core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
+    rows = [("WORKLOAD", "CONTAINER", "BEFORE", "AFTER")]
+    changed = 0
+    for key, old in before.items():
+        new = images(apps, *key)
+        for container, image in old.items():
+            after = new[container]
+            changed += after != image
+            rows.append(
+                (
+                    f"{key[0]} {key[1]}/{key[2]}",
+                    container,
+                    image,
+                    after if after != image else "(unchanged)",
                 )
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        print()
-        for row in rows:
-            print(
-                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
             )
-        print(f"\nowned registry now holds: {', '.join(env.owned.catalog())}")
-        for ns in ("shop", "ops"):
-            secret = core.read_namespaced_secret("image-cloner-pull-secret", ns)
-            account = core.read_namespaced_service_account("default", ns)
-            attached = [ref.name for ref in account.image_pull_secrets or []]
-            print(
-                f"namespace {ns}: Secret image-cloner-pull-secret ({secret.type}), "
-                f"ServiceAccount default imagePullSecrets={attached}"
-            )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print()
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    print(f"\nowned registry now holds: {', '.join(env.owned.catalog())}")
+    for ns in ("shop", "ops"):
+        secret = core.read_namespaced_secret("image-cloner-pull-secret", ns)
+        account = core.read_namespaced_service_account("default", ns)
+        attached = [ref.name for ref in account.image_pull_secrets or []]
+        print(
+            f"namespace {ns}: Secret image-cloner-pull-secret ({secret.type}), "
+            f"ServiceAccount default imagePullSecrets={attached}"
+        )
+    return changed
+
+
+def main() -> int:
+    kube_bin = ensure_components()
+    workdir = Path(tempfile.mkdtemp(prefix="ic-demo-", dir="/tmp"))
+    print(f"demo: starting etcd, kube-apiserver, dockerd and two registries in {workdir}")
+    env = Environment.start(workdir, kube_bin=kube_bin)
+    try:
+        print(
+            f"demo: public registry {env.public.host} (anonymous), "
+            f"owned registry {env.owned.host} (htpasswd)"
+        )
+        before = create_samples(env)
+        run_controller(env, write_config(env, workdir), before)
+        changed = report(env, before)
         print(
             f"demo: {changed} container images switched to owned copies; "
             "kube-system is excluded by default"
         )
         return 0 if changed == 5 else 1
     finally:
-        if controller is not None and controller.poll() is None:
-            controller.kill()
         env.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

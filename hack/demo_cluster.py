@@ -69,6 +69,74 @@ def template_images(env: Environment, kind: str, name: str) -> list[str]:
     return [c["image"] for c in pod.get("initContainers", []) + pod["containers"]]
 
 
+def deploy(cluster: Cluster, env: Environment, workdir: Path) -> str | None:
+    """``make deploy`` of an overlay with the locally built image; returns its target, or None."""
+    deployment = write_overlay(cluster, workdir / "overlay")
+    print(f"demo-cluster: make deploy DEPLOY_DIR=overlay IMAGE={deployment.image}")
+    result = make(cluster, "deploy", deployment)
+    print(result.stdout.strip())
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        return None
+    kubectl(env, "-n", "image-cloner", "rollout", "status", "deploy/image-cloner", "--timeout=240s")
+    print(kubectl(env, "-n", "image-cloner", "get", "pods").strip())
+    return deployment.target
+
+
+def create_workloads(cluster: Cluster, env: Environment, workdir: Path) -> dict[str, list[str]]:
+    """Build runnable images, apply the three sample workloads; returns their images by name."""
+    public = env.public.host
+    images = {name: f"{public}/library/{name}:1" for name in ("web", "migrate", "db", "agent")}
+    for reference in images.values():
+        cluster.build_runnable_image(reference, seed=reference)
+    kubectl(env, "create", "namespace", NAMESPACE)
+    cluster.wait_namespace_ready(NAMESPACE)
+    objects = [
+        manifest("Deployment", "web", images["web"], images["migrate"]),
+        manifest("StatefulSet", "db", images["db"], None),
+        manifest("DaemonSet", "agent", images["agent"], None),
+    ]
+    path = workdir / "demo-workloads.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    kubectl(env, "apply", "-f", str(path))
+    return {name: template_images(env, kind, name) for kind, name in WORKLOADS}
+
+
+def all_switched(env: Environment, prefix: str) -> bool:
+    """True when every container of every sample workload uses an image under ``prefix``."""
+    return all(
+        all(i.startswith(prefix) for i in template_images(env, kind, name))
+        for kind, name in WORKLOADS
+    )
+
+
+def show_pods_and_pulls(env: Environment) -> int:
+    """Print the pods, their Pulled events; returns containerd's authenticated manifest pulls."""
+    print("\npods (image from the pod spec; Pulled events from the kubelet):")
+    columns = (
+        "custom-columns=POD:.metadata.name,STATUS:.status.phase,IMAGE:.spec.containers[0].image"
+    )
+    print(kubectl(env, "-n", NAMESPACE, "get", "pods", "-o", columns).strip())
+    events = json.loads(
+        kubectl(
+            env, "-n", NAMESPACE, "get", "events", "--field-selector", "reason=Pulled", "-o", "json"
+        )
+    )["items"]
+    for event in events:
+        print(f"  {event['involvedObject']['name']}: {event['message']}")
+    owned_log = env.owned.log_path.read_text(errors="replace")
+    pulls = sum(
+        1
+        for line in owned_log.splitlines()
+        if "response completed" in line
+        and 'useragent="containerd/' in line
+        and "/manifests/" in line
+        and "http.response.status=200" in line
+    )
+    print(f"\nowned registry: {pulls} authenticated manifest requests from containerd")
+    return pulls
+
+
 def main() -> int:
     """Run the demo; returns the process exit code (0 when every workload switched and runs)."""
     kube_bin = ensure_components()
@@ -79,41 +147,13 @@ def main() -> int:
     cluster: Cluster | None = None
     try:
         cluster = Cluster.start(env)
-        public = env.public.host
         print(f"demo-cluster: node 127.0.0.1 Ready ({time.monotonic() - started:.0f}s)")
-        deployment = write_overlay(cluster, workdir / "overlay")
-        print(f"demo-cluster: make deploy DEPLOY_DIR=overlay IMAGE={deployment.image}")
-        result = make(cluster, "deploy", deployment)
-        print(result.stdout.strip())
-        if result.returncode != 0:
-            print(result.stderr, file=sys.stderr)
+        target = deploy(cluster, env, workdir)
+        if target is None:
             return 1
-        kubectl(
-            env, "-n", "image-cloner", "rollout", "status", "deploy/image-cloner", "--timeout=240s"
-        )
-        print(kubectl(env, "-n", "image-cloner", "get", "pods").strip())
-        images = {name: f"{public}/library/{name}:1" for name in ("web", "migrate", "db", "agent")}
-        for reference in images.values():
-            cluster.build_runnable_image(reference, seed=reference)
-        kubectl(env, "create", "namespace", NAMESPACE)
-        cluster.wait_namespace_ready(NAMESPACE)
-        objects = [
-            manifest("Deployment", "web", images["web"], images["migrate"]),
-            manifest("StatefulSet", "db", images["db"], None),
-            manifest("DaemonSet", "agent", images["agent"], None),
-        ]
-        path = workdir / "demo-workloads.json"
-        path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-        kubectl(env, "apply", "-f", str(path))
-        before = {name: template_images(env, kind, name) for kind, name in WORKLOADS}
+        before = create_workloads(cluster, env, workdir)
         deadline = time.monotonic() + 120
-        prefix = deployment.target + "/"
-        while time.monotonic() < deadline:
-            if all(
-                all(i.startswith(prefix) for i in template_images(env, kind, name))
-                for kind, name in WORKLOADS
-            ):
-                break
+        while time.monotonic() < deadline and not all_switched(env, target + "/"):
             time.sleep(1)
         for kind, name in WORKLOADS:
             kubectl(env, "-n", NAMESPACE, "rollout", "status", f"{kind}/{name}", "--timeout=180s")
@@ -122,51 +162,8 @@ def main() -> int:
             after = template_images(env, kind, name)
             for old, new in zip(before[name], after, strict=True):
                 print(f"{kind + '/' + name:17} {old}\n{'':17}   -> {new}")
-        print("\npods (image from the pod spec; Pulled events from the kubelet):")
-        print(
-            kubectl(
-                env,
-                "-n",
-                NAMESPACE,
-                "get",
-                "pods",
-                "-o",
-                "custom-columns=POD:.metadata.name,STATUS:.status.phase,"
-                "IMAGE:.spec.containers[0].image",
-            ).strip()
-        )
-        events = json.loads(
-            kubectl(
-                env,
-                "-n",
-                NAMESPACE,
-                "get",
-                "events",
-                "--field-selector",
-                "reason=Pulled",
-                "-o",
-                "json",
-            )
-        )["items"]
-        for event in events:
-            print(f"  {event['involvedObject']['name']}: {event['message']}")
-        owned_log = env.owned.log_path.read_text(errors="replace")
-        pulls = sum(
-            1
-            for line in owned_log.splitlines()
-            if "response completed" in line
-            and 'useragent="containerd/' in line
-            and "/manifests/" in line
-            and "http.response.status=200" in line
-        )
-        print(f"\nowned registry: {pulls} authenticated manifest requests from containerd")
-        ok = (
-            all(
-                all(i.startswith(prefix) for i in template_images(env, kind, name))
-                for kind, name in WORKLOADS
-            )
-            and pulls > 0
-        )
+        pulls = show_pods_and_pulls(env)
+        ok = all_switched(env, target + "/") and pulls > 0
         print(f"demo-cluster: {'done' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cloner.errors import InvalidReference
-from cloner.model.reference import Policy, Reference, parse_reference
+from cloner.model.reference import Policy, Reference, Target, parse_reference
 from cloner.model.workloads import (
     ContainerPlan,
     Decision,
@@ -85,39 +85,13 @@ def index_cycle(
         container was planned as usual).
     """
     index = CycleIndex()
-    target = policy.target
     for workload in workloads:
         plans = plan_workload(workload, policy, namespaces.get(workload.namespace), gitops)
         index.plans[workload.key] = plans
-        sources: list[str] = []
-        for plan in plans:
-            if plan.decision == Decision.CLONE and plan.source and plan.owned:
-                index.to_copy.append((plan.source, plan.owned))
-                sources.append(str(plan.source))
-            elif plan.decision in (Decision.INVALID, Decision.EXCLUDED, Decision.GITOPS):
-                index.notes.append((workload, plan))
-        if sources:
-            index.needed[workload.key] = set(sources)
-            for key in index.needed[workload.key]:
-                index.waiting.setdefault(key, []).append(workload)
+        sources = _add_decisions(index, workload, plans)
         originals = original_images(workload.annotations)
-        for original in originals.values():
-            try:
-                sources.append(str(parse_reference(original)))
-            except InvalidReference:
-                continue
-        for container in workload.containers:
-            original = originals.get(container.name)
-            if original is None:
-                continue
-            try:
-                current = parse_reference(container.image)
-                source = parse_reference(original)
-                if target.owns(current) and not target.owns(source):
-                    index.patched.append((source, target.owned_name(source)))
-                    index.traced.add((workload.key, container.name))
-            except InvalidReference:
-                continue
+        sources += _parsed(originals.values())
+        _trace(index, workload, originals, policy.target)
         for source_key in dict.fromkeys(sources):
             index.users.setdefault(source_key, []).append(workload)
         index.owned_sources.update(
@@ -128,3 +102,48 @@ def index_cycle(
             and (workload.key, plan.container.name) not in index.traced
         )
     return index
+
+
+def _add_decisions(index: CycleIndex, workload: Workload, plans: list[ContainerPlan]) -> list[str]:
+    """Add a workload's copies, waits and notes; returns the canonical sources it clones."""
+    sources: list[str] = []
+    for plan in plans:
+        if plan.decision == Decision.CLONE and plan.source and plan.owned:
+            index.to_copy.append((plan.source, plan.owned))
+            sources.append(str(plan.source))
+        elif plan.decision in (Decision.INVALID, Decision.EXCLUDED, Decision.GITOPS):
+            index.notes.append((workload, plan))
+    if sources:
+        index.needed[workload.key] = set(sources)
+        for key in index.needed[workload.key]:
+            index.waiting.setdefault(key, []).append(workload)
+    return sources
+
+
+def _parsed(references: Iterable[str]) -> list[str]:
+    """The canonical form of each reference that parses."""
+    out = []
+    for text in references:
+        try:
+            out.append(str(parse_reference(text)))
+        except InvalidReference:
+            continue
+    return out
+
+
+def _trace(
+    index: CycleIndex, workload: Workload, originals: Mapping[str, str], target: Target
+) -> None:
+    """Add ``(source, owned)`` for each container on an owned copy of a recorded public original."""
+    for container in workload.containers:
+        original = originals.get(container.name)
+        if original is None:
+            continue
+        try:
+            current = parse_reference(container.image)
+            source = parse_reference(original)
+            if target.owns(current) and not target.owns(source):
+                index.patched.append((source, target.owned_name(source)))
+                index.traced.add((workload.key, container.name))
+        except InvalidReference:
+            continue

@@ -414,68 +414,19 @@ class ImageCloner:
 
     def _verify_or_copy(self, source: Reference, owned: Reference) -> ImageResult:
         """Ask the source and the owned registry, then reuse, copy or refuse (``decide``)."""
-        key = str(source)
         self._backend.preflight(source, owned)
         with self._lock:
-            record = self.book.records.get(key)
-        source_error: RegistryError | None = None
-        head: Descriptor | None = None
-        try:
-            head = self._manifests.head(source)
-            if head is None:
-                raise RegistryError(
-                    "not_found",
-                    f"{source}: the source registry has no such manifest",
-                    source.registry,
-                )
-            if source.digest is not None and head.digest != source.digest:
-                raise RegistryError(
-                    "verify_failed",
-                    f"{source}: the source registry answers {head.digest} for it",
-                    source.registry,
-                )
-        except RegistryError as exc:
-            source_error = exc
-            self._pause_if_limited(exc, source.registry)
-        skopeo = self._backend_name == SKOPEO
-        looked_up = owned
-        owned_head = self._manifests.head(owned)
-        if skopeo and source.digest and (owned_head is None or owned_head.digest != source.digest):
-            # A copy that keeps digests is found by digest: workloads are
-            # patched to owned@digest, whatever the owned tag holds now.
-            pinned = self._manifests.head(owned.with_digest(source.digest))
-            if pinned is not None:
-                looked_up, owned_head = owned.with_digest(source.digest), pinned
+            record = self.book.records.get(str(source))
+        head, source_error = self._ask_source(source)
+        looked_up, owned_head = self._ask_owned(source, owned)
         owned_digest = owned_head.digest if owned_head else None
-        if source_error is not None or head is None:
-            action = decide(
-                source_known=False,
-                owned_digest=owned_digest,
-                matches=False,
-                recorded_owned_digest=record.owned_digest if record else None,
-            )
+        if head is None:
             assert source_error is not None
-            if action is Action.USE_RECORD:
-                assert record is not None
-                log.warning(
-                    "source %s cannot be asked (%s); using the owned copy verified at %s",
-                    source,
-                    source_error,
-                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.verified)),
-                )
-                return ImageResult(source, record.image, platforms=record.platforms)
-            if action is Action.WAIT_UNVERIFIED:
-                raise RegistryError(
-                    "source_unverified",
-                    f"{source} cannot be asked ({source_error}); the owned name {looked_up} "
-                    "exists but was never verified against it, so it is not used",
-                    source.registry,
-                )
-            raise source_error
+            return self._without_source(source, looked_up, owned_digest, record, source_error)
         moved = None
         if record is not None and source.digest is None and record.source_digest != head.digest:
             moved = (record.source_digest, head.digest)
-        if head.is_index and not skopeo:
+        if head.is_index and self._backend_name != SKOPEO:
             self._refuse_dropped_platforms(source, head)
         expected = _Expected(self, source, head)
         matches = owned_head is not None and (
@@ -497,9 +448,8 @@ class ImageCloner:
             assert owned_head is not None
             return self._verified(source, owned, head, owned_head.digest, expected, False, moved)
         replaced = None
-        ours = record is not None and owned_digest == record.owned_digest
-        if action is Action.REPLACE and not ours:  # not the copy we verified earlier
-            replaced = owned_digest
+        if action is Action.REPLACE and not (record and owned_digest == record.owned_digest):
+            replaced = owned_digest  # not the copy we verified earlier
             log.warning(
                 "owned name %s holds %s, which is not the content of %s (%s); copying over it",
                 looked_up,
@@ -509,6 +459,91 @@ class ImageCloner:
             )
         if moved is not None:
             log.info("source %s moved from %s to %s; copying it again", source, *moved)
+        result = self._copy(source, owned, head, expected, moved)
+        return replace(result, replaced=replaced)
+
+    def _ask_source(self, source: Reference) -> tuple[Descriptor | None, RegistryError | None]:
+        """The source's descriptor (one HEAD), or None and why it cannot be used."""
+        try:
+            head = self._manifests.head(source)
+            if head is None:
+                raise RegistryError(
+                    "not_found",
+                    f"{source}: the source registry has no such manifest",
+                    source.registry,
+                )
+            if source.digest is not None and head.digest != source.digest:
+                raise RegistryError(
+                    "verify_failed",
+                    f"{source}: the source registry answers {head.digest} for it",
+                    source.registry,
+                )
+        except RegistryError as exc:
+            self._pause_if_limited(exc, source.registry)
+            return None, exc
+        return head, None
+
+    def _ask_owned(
+        self, source: Reference, owned: Reference
+    ) -> tuple[Reference, Descriptor | None]:
+        """``(name looked up, its descriptor or None)`` in the owned registry.
+
+        A copy that keeps digests (skopeo) is found by digest: workloads are
+        patched to ``owned@digest``, whatever the owned tag holds now.
+        """
+        owned_head = self._manifests.head(owned)
+        if (
+            self._backend_name == SKOPEO
+            and source.digest
+            and (owned_head is None or owned_head.digest != source.digest)
+        ):
+            pinned = self._manifests.head(owned.with_digest(source.digest))
+            if pinned is not None:
+                return owned.with_digest(source.digest), pinned
+        return owned, owned_head
+
+    def _without_source(
+        self,
+        source: Reference,
+        looked_up: Reference,
+        owned_digest: str | None,
+        record: Record | None,
+        source_error: RegistryError,
+    ) -> ImageResult:
+        """The source cannot be asked: use the verified record, or refuse (raises)."""
+        action = decide(
+            source_known=False,
+            owned_digest=owned_digest,
+            matches=False,
+            recorded_owned_digest=record.owned_digest if record else None,
+        )
+        if action is Action.USE_RECORD:
+            assert record is not None
+            log.warning(
+                "source %s cannot be asked (%s); using the owned copy verified at %s",
+                source,
+                source_error,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.verified)),
+            )
+            return ImageResult(source, record.image, platforms=record.platforms)
+        if action is Action.WAIT_UNVERIFIED:
+            raise RegistryError(
+                "source_unverified",
+                f"{source} cannot be asked ({source_error}); the owned name {looked_up} "
+                "exists but was never verified against it, so it is not used",
+                source.registry,
+            )
+        raise source_error
+
+    def _copy(
+        self,
+        source: Reference,
+        owned: Reference,
+        head: Descriptor,
+        expected: _Expected,
+        moved: tuple[str, str] | None,
+    ) -> ImageResult:
+        """Copy the digest the source just answered, then check and record the copy."""
         log.info("copying %s (%s) to %s", source, head.digest, owned)
         # Copy exactly what was decided on: the digest just answered, not
         # whatever the tag names by the time the copy starts.
@@ -518,8 +553,7 @@ class ImageCloner:
             expected.engine_config(copied.config_digest)
         self._check_copy(owned, pushed, head, expected)
         log.info("cloned %s to %s (%s)", source, owned, pushed)
-        result = self._verified(source, owned, head, pushed, expected, True, moved)
-        return replace(result, replaced=replaced)
+        return self._verified(source, owned, head, pushed, expected, True, moved)
 
     def _verified(
         self,

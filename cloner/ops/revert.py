@@ -605,17 +605,20 @@ class _Revert:
             else:
                 report.patched += 1
                 report.containers += plan.restored
-                if not self.dry_run and self.events is not None:
-                    restored = [
-                        (c.name, c.original)
-                        for c in plan.containers
-                        if c.action == ContainerAction.RESTORE
-                    ]
-                    self.events.record(workload, NORMAL, REVERTED, reverted_message(restored))
+                self._reverted(workload, plan)
         if still_owned:
             self.users[account].add(plan.key)
         for line in lines:
             self.out(line)
+
+    def _reverted(self, workload: Workload, plan: RevertPlan) -> None:
+        """The ``Reverted`` Event on a workload whose revert was written."""
+        if self.dry_run or self.events is None:
+            return
+        restored = [
+            (c.name, c.original) for c in plan.containers if c.action == ContainerAction.RESTORE
+        ]
+        self.events.record(workload, NORMAL, REVERTED, reverted_message(restored))
 
     def service_account(self, namespace: str, name: str) -> None:
         """Revert one ServiceAccount the controller annotated, unless workloads still need it."""
