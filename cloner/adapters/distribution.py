@@ -430,7 +430,12 @@ class DistributionClient:
             c.scheme: c for c in parse_www_authenticate(answer.headers.get("WWW-Authenticate"))
         }
         if "bearer" in challenges:
-            token = self._fetch_token(registry, scope, credential, challenges["bearer"], what)
+            try:
+                token = self._fetch_token(registry, scope, credential, challenges["bearer"], what)
+            except RegistryError as exc:
+                self._count(registry, "token", exc.reason)
+                raise
+            self._count(registry, "token", "success")
             return f"Bearer {token}"
         if "basic" in challenges:
             if credential is None:
@@ -457,7 +462,7 @@ class DistributionClient:
         challenge: Challenge,
         what: str,
     ) -> str:
-        """Get a pull token from the challenge's realm and cache it.
+        """Get a pull token from the challenge's realm and cache it (counted by the caller).
 
         Raises:
             RegistryError: ``auth`` when the token service refuses, or would
@@ -466,22 +471,6 @@ class DistributionClient:
                 without a token; ``rate_limited``, ``network`` as for requests.
         """
         what = f"{what}: token"
-        try:
-            token = self._token_request(registry, scope, credential, challenge, what)
-        except RegistryError as exc:
-            self._count(registry, "token", exc.reason)
-            raise
-        self._count(registry, "token", "success")
-        return token
-
-    def _token_request(
-        self,
-        registry: str,
-        scope: str,
-        credential: Credential | None,
-        challenge: Challenge,
-        what: str,
-    ) -> str:
         realm = challenge.params.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("https", "http") or not parts.netloc:

@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from cloner.errors import KubeError
@@ -83,9 +84,16 @@ DEFAULT_REFILL = 300.0
 #: (client-go's ``maxLruCacheEntries``).
 MAX_ENTRIES = 4096
 
-CREATE = "create"
-UPDATE = "update"
-DROP = "drop"
+
+class EventAction(StrEnum):
+    """What the recorder does with one observed event (``Decision.action``)."""
+
+    CREATE = "create"  #: a new Event object
+    UPDATE = "update"  #: the series' Event gets its count and last time patched
+    DROP = "drop"  #: over the spam filter's budget: nothing is sent
+
+
+CREATE, UPDATE, DROP = EventAction.CREATE, EventAction.UPDATE, EventAction.DROP
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +141,7 @@ class Decision:
         first: epoch seconds of the series' first occurrence (``firstTimestamp``).
     """
 
-    action: str
+    action: EventAction
     count: int
     name: str | None
     first: float

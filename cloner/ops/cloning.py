@@ -438,12 +438,7 @@ class ImageCloner:
             )
             or expected.matches(looked_up, owned_head)
         )
-        action = decide(
-            source_known=True,
-            owned_digest=owned_digest,
-            matches=matches,
-            recorded_owned_digest=record.owned_digest if record else None,
-        )
+        action = _decide(True, owned_digest, matches, record)
         if action is Action.REUSE:
             assert owned_head is not None
             return self._verified(source, owned, head, owned_head.digest, expected, False, moved)
@@ -511,12 +506,7 @@ class ImageCloner:
         source_error: RegistryError,
     ) -> ImageResult:
         """The source cannot be asked: use the verified record, or refuse (raises)."""
-        action = decide(
-            source_known=False,
-            owned_digest=owned_digest,
-            matches=False,
-            recorded_owned_digest=record.owned_digest if record else None,
-        )
+        action = _decide(False, owned_digest, False, record)
         if action is Action.USE_RECORD:
             assert record is not None
             log.warning(
@@ -681,6 +671,18 @@ class ImageCloner:
             exc,
         )
         return ImageResult(source, None, reason=exc.reason, message=str(exc), waiting=None)
+
+
+def _decide(
+    source_known: bool, owned_digest: str | None, matches: bool, record: Record | None
+) -> Action:
+    """``identity.decide`` with the owned digest of the record, if there is one."""
+    return decide(
+        source_known=source_known,
+        owned_digest=owned_digest,
+        matches=matches,
+        recorded_owned_digest=record.owned_digest if record else None,
+    )
 
 
 class _Expected:
