@@ -16,6 +16,11 @@ keys (``backoff.max`` against ``backoff.initial``, the lease timing, parsing
 ``target`` with ``naming`` and ``flatSeparator``) are in ``Settings``, after
 the per-key checks.
 
+Adding a key: a field with its default in its group (or ``Settings``), a
+``Key`` in ``KEYS``, then ``python -m cloner.config --markdown`` into
+docs/configuration.md (tests/unit/test_docs.py fails until then) and a sample
+in tests/unit/test_config.py ``SAMPLES``.
+
 The settings are grouped; a collaborator takes its group::
 
     settings.copy.backend              # copyBackend
@@ -68,7 +73,7 @@ GITOPS_MODES = tuple(GitopsMode)
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 
-def _group(obj: object) -> None:
+def _convert_and_check(obj: object) -> None:
     """Convert and check every field of a settings group as ``KEYS`` says (in place)."""
     for key in _KEYS_OF[type(obj).__name__]:
         object.__setattr__(obj, key.field, key.parse(getattr(obj, key.field)))
@@ -101,7 +106,7 @@ class CopySettings:
     insecure_registries: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ class BackoffSettings:
     rate_limit_pause: float = 300.0
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
     @property
     def policy(self) -> BackoffPolicy:
@@ -146,7 +151,7 @@ class PullSecretSettings:
     provision: bool = True
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +176,7 @@ class LeaderElectionSettings:
     retry_period: float = 2.0
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +194,7 @@ class MetricsSettings:
     address: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +212,7 @@ class RefreshSettings:
     verify_interval: float = 3600.0
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +230,7 @@ class StateSettings:
     ttl: float = 7 * 86400.0
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +294,7 @@ class Settings:
     policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
     def __post_init__(self) -> None:
-        _group(self)
+        _convert_and_check(self)
         # The rules between keys, all here.
         if self.backoff.maximum < self.backoff.initial:
             raise ConfigError("backoff.max", "must not be less than backoff.initial")
@@ -446,7 +451,7 @@ class Key:
                 self.yaml, f"must be a unix://, tcp:// or ssh:// address, got {text!r}"
             )
         if kind == "name" and (
-            len(text) > (self.max_length or 253) or not _DNS_SUBDOMAIN.fullmatch(text)
+            len(text) > (self.max_length or 0) or not _DNS_SUBDOMAIN.fullmatch(text)
         ):
             raise ConfigError(
                 self.yaml,
@@ -485,14 +490,15 @@ class Key:
 
     def _in_range(self, number: float) -> Any:
         low, high = self.low, self.high
+        got = number if isinstance(number, int) else f"{number:g}"
         if low is not None and high is not None and not low <= number <= high:
             raise ConfigError(
-                self.yaml, f"must be between {_number(low)} and {_number(high)}, got {number:g}"
+                self.yaml, f"must be between {_number(low)} and {_number(high)}, got {got}"
             )
         if low is not None and self.above and not number > low:
-            raise ConfigError(self.yaml, f"must be greater than {_number(low)}, got {number:g}")
+            raise ConfigError(self.yaml, f"must be greater than {_number(low)}, got {got}")
         if low is not None and not number >= low:
-            raise ConfigError(self.yaml, f"must be at least {_number(low)}, got {number:g}")
+            raise ConfigError(self.yaml, f"must be at least {_number(low)}, got {got}")
         return number
 
     def _boolean(self, value: Any) -> bool:
@@ -798,7 +804,7 @@ _GROUP_CLASSES: dict[str, type] = {
     "state": StateSettings,
 }
 
-#: Group class name -> its keys (what ``_group`` checks).
+#: Group class name -> its keys (what ``_convert_and_check`` checks).
 _KEYS_OF: dict[str, tuple[Key, ...]] = {
     cls.__name__: tuple(k for k in KEYS if k.group == attr) for attr, cls in _GROUP_CLASSES.items()
 }
