@@ -201,18 +201,18 @@ def build_backend(
     settings: Settings, credentials: CredentialStore
 ) -> DockerRegistry | SkopeoBackend:
     """The copy backend ``copyBackend`` names: the Docker engine, or skopeo."""
-    if settings.copy_backend == SKOPEO:
+    if settings.copy.backend == SKOPEO:
         return SkopeoBackend(
             credentials,
-            insecure_registries=settings.insecure_registries,
-            command_timeout=settings.docker_timeout,
+            insecure_registries=settings.copy.insecure_registries,
+            command_timeout=settings.copy.docker_timeout,
         )
     return DockerRegistry(
-        settings.docker_host,
+        settings.copy.docker_host,
         credentials,
-        settings.docker_timeout,
-        insecure_registries=settings.insecure_registries,
-        cache_bytes=settings.engine_cache_bytes,
+        settings.copy.docker_timeout,
+        insecure_registries=settings.copy.insecure_registries,
+        cache_bytes=settings.copy.engine_cache_bytes,
     )
 
 
@@ -243,8 +243,8 @@ def run_plan(
             controller when ``plan`` runs in its container. Unreachable: no
             backoff is shown.
     """
-    if controller is None and settings.metrics_port:
-        controller = f"http://127.0.0.1:{settings.metrics_port}"
+    if controller is None and settings.metrics.port:
+        controller = f"http://127.0.0.1:{settings.metrics.port}"
     try:
         rows = build_plan(kube, registry, settings, fetch_backoff(controller))
     except KubeError as exc:
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         credentials.reload()
         manifests = DistributionClient(
             credentials,
-            insecure_registries=settings.insecure_registries,
-            timeout=settings.registry_timeout,
+            insecure_registries=settings.copy.insecure_registries,
+            timeout=settings.copy.registry_timeout,
         )
         backend = build_backend(settings, credentials)
         api_client = load_api_client(args.kubeconfig)
@@ -299,26 +299,19 @@ def main(argv: list[str] | None = None) -> int:
         clone_wait=None if args.once else 0.9 * settings.poll_interval,
     )
     elector: LeaderElector | None = None
-    if settings.leader_election and not args.once:
+    if settings.leader_election.enabled and not args.once:
         if not settings.controller_namespace:
             log.error(
                 "start-up failed: config: controllerNamespace: leader election needs the "
                 "controller's namespace (POD_NAMESPACE), or set leaderElection.enabled: false"
             )
             return 2
-        elector = LeaderElector(
-            api_client,
-            settings.controller_namespace,
-            name=settings.lease_name,
-            lease_duration=settings.lease_duration,
-            renew_deadline=settings.renew_deadline,
-            retry_period=settings.retry_period,
-        )
+        elector = LeaderElector(api_client, settings.leader_election, settings.controller_namespace)
         elector.start()
         log.info(
             "leader election: Lease %s/%s as %s",
             settings.controller_namespace,
-            settings.lease_name,
+            settings.leader_election.lease_name,
             elector.identity,
         )
 
@@ -333,18 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         lambda: registry_requests(manifests, backend),
         lambda: getattr(backend, "pushed_bytes", 0),
     )
-    if settings.metrics_port:
+    if settings.metrics.port:
         readiness = Readiness(kube, elector)
         try:
-            http.serve(
-                settings.metrics_port,
-                metrics.exposition,
-                settings.metrics_address,
-                readiness,
-                reconciler.waiting_images,
-            )
+            http.serve(settings.metrics, metrics.exposition, readiness, reconciler.waiting_images)
         except OSError as exc:
-            log.error("start-up failed: metricsPort %s: %s", settings.metrics_port, exc)
+            log.error("start-up failed: metricsPort %s: %s", settings.metrics.port, exc)
             return 2
     loop = Loop(
         reconciler.reconcile_once,

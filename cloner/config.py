@@ -1,223 +1,308 @@
 """Settings: loaded from YAML and the environment, validated in this one place.
 
 Called once by ``controller.py`` at start-up. A bad value raises ``ConfigError``
-naming the field, so start-up stops with a clear message. Keys are camelCase
-in YAML, as in Kubernetes manifests; unknown keys are rejected so a typo does
-not silently fall back to a default.
+naming the YAML key, so start-up stops with a clear message. Keys are
+camelCase in YAML, as in Kubernetes manifests; unknown keys are rejected so a
+typo does not silently fall back to a default.
+
+Every key is described once, by a ``Key`` record in ``KEYS``: its YAML key,
+the settings group and field it fills, its type, range or choices, unit,
+environment override and meaning (the default is the field's default in its
+group). That table drives the conversion of YAML and environment values, the
+range checks and their messages, and the configuration reference in
+docs/configuration.md (``reference_table()``; ``python -m cloner.config
+--markdown`` prints it; a unit test compares the two). Rules between several
+keys (``backoff.max`` against ``backoff.initial``, the lease timing, parsing
+``target`` with ``naming`` and ``flatSeparator``) are in ``Settings``, after
+the per-key checks.
+
+Adding a key: a field with its default in its group (or ``Settings``), a
+``Key`` in ``KEYS``, then ``python -m cloner.config --markdown`` into
+docs/configuration.md (tests/unit/test_docs.py fails until then) and a sample
+in tests/unit/test_config.py ``SAMPLES``.
+
+The settings are grouped; a collaborator takes its group::
+
+    settings.copy.backend              # copyBackend
+    settings.backoff.initial           # backoff.initial
+    settings.pull_secrets.name         # pullSecret.name
+    settings.leader_election.lease_duration  # leaderElection.leaseDuration
+    settings.metrics.port              # metricsPort
+    settings.refresh.interval          # refreshInterval
+    settings.state.config_map          # state.configMap
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
-from cloner.model.identity import BACKENDS
+from cloner.model.backoff import BackoffPolicy
+from cloner.model.identity import BackendName
 from cloner.model.lease import validate_timing
-from cloner.model.pullsecrets import ATTACH_MODES
-from cloner.model.reference import NAMING_STRATEGIES, Policy, Target
+from cloner.model.pullsecrets import AttachMode
+from cloner.model.reference import NamingStrategy, Policy, Target
 
 # Kubernetes object names: RFC 1123 DNS subdomain (apimachinery validation).
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
-GITOPS_MODES = ("report", "skip", "patch")
+#: Schemes ``dockerHost`` may use (the docker SDK's ``base_url``).
+_DOCKER_SCHEMES = ("unix://", "tcp://", "http://", "https://", "ssh://")
+
+
+class GitopsMode(StrEnum):
+    """``gitops``: what to do with a workload whose pod template an owner would undo."""
+
+    REPORT = "report"  #: leave it, log and count it
+    SKIP = "skip"  #: leave it quietly
+    PATCH = "patch"  #: patch it anyway
+
+
+GITOPS_MODES = tuple(GitopsMode)
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
-#: Environment variables that override a setting: variable -> YAML key.
-ENV_OVERRIDES = {
-    "IMAGE_CLONER_TARGET": "target",
-    "IMAGE_CLONER_POLL_INTERVAL": "pollInterval",
-    "IMAGE_CLONER_COPY_BACKEND": "copyBackend",
-    "DOCKER_HOST": "dockerHost",
-    "IMAGE_CLONER_DOCKER_CONFIG": "dockerConfig",
-    "IMAGE_CLONER_METRICS_PORT": "metricsPort",
-    "POD_NAMESPACE": "controllerNamespace",
-}
+
+def _convert_and_check(obj: object) -> None:
+    """Convert and check every field of a settings group as ``KEYS`` says (in place)."""
+    for key in _KEYS_OF[type(obj).__name__]:
+        object.__setattr__(obj, key.field, key.parse(getattr(obj, key.field)))
+
+
+@dataclass(frozen=True, slots=True)
+class CopySettings:
+    """How images are copied: the backend, its limits and its connections.
+
+    Fields (YAML key; type, default, range and meaning in ``KEYS`` and
+    docs/configuration.md): ``backend`` (``copyBackend``), ``concurrency``
+    (``cloneConcurrency``), ``registry_concurrency`` (``registryConcurrency``),
+    ``engine_cache_bytes`` (``engineCacheBytes``, bytes), ``docker_host``
+    (``dockerHost``), ``docker_timeout`` (``dockerTimeout``, seconds),
+    ``registry_timeout`` (``registryTimeout``, seconds),
+    ``insecure_registries`` (``insecureRegistries``).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range; the
+            message names the YAML key.
+    """
+
+    backend: BackendName = BackendName.DOCKER
+    concurrency: int = 4
+    registry_concurrency: int = 3
+    engine_cache_bytes: int = 15 * 1024**3
+    docker_host: str = "unix:///var/run/docker.sock"
+    docker_timeout: float = 600.0
+    registry_timeout: float = 30.0
+    insecure_registries: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffSettings:
+    """Retry timing after failed clones and "too many requests".
+
+    Fields: ``initial`` (``backoff.initial``, seconds), ``maximum``
+    (``backoff.max``, seconds), ``jitter`` (``backoff.jitter``, fraction 0..1),
+    ``rate_limit_pause`` (``rateLimitPause``, seconds).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range.
+    """
+
+    initial: float = 30.0
+    maximum: float = 3600.0
+    jitter: float = 0.2
+    rate_limit_pause: float = 300.0
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+    @property
+    def policy(self) -> BackoffPolicy:
+        """The timing as ``cloner.model.backoff`` uses it."""
+        return BackoffPolicy(self.initial, self.maximum, self.jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class PullSecretSettings:
+    """The managed pull Secret of the owned registry in each patched namespace.
+
+    Fields: ``name`` (``pullSecret.name``), ``attach`` (``pullSecret.attach``,
+    ``AttachMode``), ``provision`` (``pullSecret.provision``).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range.
+    """
+
+    name: str = "image-cloner-pull-secret"
+    attach: AttachMode = AttachMode.SERVICEACCOUNT
+    provision: bool = True
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderElectionSettings:
+    """Leader election on a ``coordination.k8s.io/v1`` Lease (client-go's rules).
+
+    Fields: ``enabled`` (``leaderElection.enabled``), ``lease_name``
+    (``leaderElection.leaseName``), ``lease_duration``, ``renew_deadline``,
+    ``retry_period`` (``leaderElection.leaseDuration``, ``.renewDeadline``,
+    ``.retryPeriod``; seconds). Their consistency
+    (``cloner.model.lease.validate_timing``) is checked by ``Settings`` and
+    by ``LeaderElector``.
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range.
+    """
+
+    enabled: bool = True
+    lease_name: str = "image-cloner"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The HTTP endpoint of ``/metrics``, ``/healthz``, ``/readyz`` and ``/state/backoff``.
+
+    Fields: ``port`` (``metricsPort``; TCP port, 0 disables the endpoint),
+    ``address`` (``metricsAddress``).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range.
+    """
+
+    port: int = 9090
+    address: str = "0.0.0.0"
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSettings:
+    """When what is known is asked again.
+
+    Fields: ``interval`` (``refreshInterval``, seconds; 0 never), ``verify_interval``
+    (``verifyInterval``, seconds; 0 never).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range.
+    """
+
+    interval: float = 21600.0
+    verify_interval: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """The durable state: verified copies and backoff across restarts.
+
+    Fields: ``config_map`` (``state.configMap``, name prefix of 16 ConfigMaps),
+    ``ttl`` (``state.ttl``, seconds).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range.
+    """
+
+    config_map: str = "image-cloner-state"
+    ttl: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every setting of the controller, with its default and unit.
+    """Every setting of the controller: top-level scalars and the groups.
 
-    Attributes:
-        target: owned registry host with an optional path prefix, for example
-            ``registry.example.com/mirror`` (YAML ``target``; required).
-        poll_interval: seconds between the starts of two reconcile cycles
-            (``pollInterval``; default 60; > 0).
-        docker_host: Docker engine address, ``unix://`` or ``tcp://``
-            (``dockerHost``; default ``unix:///var/run/docker.sock``).
-        docker_config: path of the docker ``config.json`` with the registry
-            credentials (``dockerConfig``).
-        docker_timeout: seconds one Docker engine API call may take
-            (``dockerTimeout``; default 600: pulls of large images are slow).
-        metrics_port: TCP port of the Prometheus endpoint, 0 to disable
-            (``metricsPort``; default 9090).
-        metrics_address: address the metrics endpoint binds
-            (``metricsAddress``; default ``0.0.0.0``).
-        include_namespaces: glob patterns (``fnmatch``) of the namespaces
-            reconciled; empty means all (``namespaces.include``; default ``[]``).
-        exclude_namespaces: glob patterns of namespaces never reconciled; an
-            exclusion wins over an inclusion (``namespaces.exclude``; default
-            ``kube-system``, ``kube-public``, ``kube-node-lease``).
-        controller_namespace: the controller's own namespace, also excluded
-            (``controllerNamespace``, usually from ``POD_NAMESPACE``).
-        list_page_size: items per list call, the ``limit`` parameter
-            (``listPageSize``; default 500; 1..5000).
-        naming: how owned names are formed, ``nested`` or ``flat``
-            (``naming``; default ``nested``; see ``reference.Target.owned_name``).
-        flat_separator: what ``flat`` joins the source path with
-            (``flatSeparator``; default ``_``; ``_``, ``.``, ``__`` or ``-`` runs).
-        pin_digest: patch workloads to ``owned:tag@digest`` so a later tag
-            move in the owned registry cannot change what runs (``pinDigest``;
-            default false).
-        owned_registries: other registries (``host[/prefix]``) the team
-            controls; their images are never cloned (``ownedRegistries``).
-        include_images: image globs to clone, empty for all (``images.include``).
-        exclude_images: image globs never cloned; exclusion wins (``images.exclude``).
-        pull_secret_name: name of the pull Secret created in each patched
-            namespace (``pullSecret.name``; default ``image-cloner-pull-secret``;
-            a DNS subdomain name).
-        pull_secret_attach: ``serviceaccount`` (add the Secret to the
-            ServiceAccount the pods run as) or ``workload`` (add it to the pod
-            template in the image patch) (``pullSecret.attach``).
-        pull_secret_provision: create and attach pull Secrets at all
-            (``pullSecret.provision``; default true; false where node
-            credentials or another tool handle pulls).
-        backoff_initial: seconds to wait before retrying an image whose clone
-            failed; doubles per consecutive failure (``backoff.initial``; default 30).
-        backoff_max: cap of that wait in seconds (``backoff.max``; default 3600).
-        backoff_jitter: random spread of each wait, as a fraction of it
-            (``backoff.jitter``; default 0.2; 0..1).
-        rate_limit_pause: seconds a registry that answered "too many requests"
-            is paused when it gave no Retry-After (``rateLimitPause``; default 300).
-        clone_concurrency: clones run at once in total
-            (``cloneConcurrency``; default 4; 1..32).
-        registry_concurrency: clones at once from one source registry
-            (``registryConcurrency``; default 3; 1..16).
-        patch_concurrency: workload patches and Events sent at once
-            (``patchConcurrency``; default 8; 1..64).
-        engine_cache_bytes: bytes of image layers the Docker engine keeps
-            after their push, so shared base layers are pulled once; beyond
-            it the least recently used images not in use by a clone are
-            removed (``engineCacheBytes``; default 16106127360, 15 GiB, for
-            the sidecar's 20Gi ``emptyDir``; 0 removes every image after its
-            push).
-        shutdown_timeout: seconds from SIGTERM to exit at the latest
-            (``shutdownTimeout``; default 30).
-        verify_interval: seconds between checks that the owned copies patched
-            workloads use still exist (``verifyInterval``; default 3600; 0 disables).
-        gitops: what to do with a workload whose pod template an owner would
-            undo (Argo CD, Flux, an owner reference): ``report`` (leave it, log and
-            count), ``skip`` (leave it quietly) or ``patch`` (``gitops``; default report).
-        fight_limit: patches of one workload per hour after which the
-            controller stops patching it and reports a fight (``fightLimit``; default 3).
-        insecure_registries: registries (``host[:port]``) the controller may
-            push to or pull from although the Docker engine reaches them without
-            TLS verification (``insecureRegistries``; default none).
-        leader_election: act only while holding the Lease (``leaderElection.enabled``;
-            default true).
-        lease_name: the Lease's name, in the controller's namespace
-            (``leaderElection.leaseName``; default ``image-cloner``).
-        lease_duration, renew_deadline, retry_period: seconds
-            (``leaderElection.leaseDuration`` 15, ``.renewDeadline`` 10,
-            ``.retryPeriod`` 2), as client-go's leader election.
-        copy_backend: how images are copied: ``docker`` (pull, tag, push
-            through the Docker engine; one platform, new manifest digest) or
-            ``skopeo`` (registry to registry, every platform, the same
-            digests) (``copyBackend``; default ``docker``).
-        refresh_interval: seconds after which a verified tagged source in
-            use is asked again whether its tag moved, spread over the last
-            20% of the interval (``refreshInterval``; default 21600; 0 never).
-        registry_timeout: seconds one manifest request to a registry may
-            take (``registryTimeout``; default 30).
-        state_config_map: name prefix of the ConfigMaps, in the controller's
-            namespace, that keep verified copies and backoff across restarts
-            (``state.configMap``; default ``image-cloner-state``; 16 shards
-            ``-0`` .. ``-15``; kept only when ``controllerNamespace`` is set).
-        state_ttl: seconds after its last use that the record of a source
-            expires (``state.ttl``; default 604800, 7 days).
-        owned: the parsed ``target`` (derived, not a YAML key).
-        policy: ownership, naming and image scope (derived, not a YAML key).
+    Build it with ``load_settings``, or directly in tests, e.g.
+    ``Settings(target="r.example/m", copy=CopySettings(backend="skopeo"))``:
+    each value is converted and checked as its ``Key`` in ``KEYS`` says
+    (choices become their ``StrEnum``), then the rules between keys run.
+
+    Top-level fields (YAML key): ``target`` (required), ``poll_interval``
+    (``pollInterval``, seconds), ``docker_config`` (``dockerConfig``),
+    ``include_namespaces`` / ``exclude_namespaces`` (``namespaces.include`` /
+    ``.exclude``), ``controller_namespace`` (``controllerNamespace``),
+    ``list_page_size`` (``listPageSize``), ``naming`` (``NamingStrategy``),
+    ``flat_separator`` (``flatSeparator``), ``pin_digest`` (``pinDigest``),
+    ``owned_registries`` (``ownedRegistries``), ``include_images`` /
+    ``exclude_images`` (``images.include`` / ``.exclude``), ``gitops``
+    (``GitopsMode``), ``fight_limit`` (``fightLimit``), ``patch_concurrency``
+    (``patchConcurrency``), ``shutdown_timeout`` (``shutdownTimeout``, seconds).
+
+    Groups: ``copy``, ``backoff``, ``pull_secrets``, ``leader_election``,
+    ``metrics``, ``refresh``, ``state`` (see their classes).
+
+    Derived (not YAML keys): ``owned``, the parsed ``target``; ``policy``,
+    ownership, naming and image scope.
+
+    Raises:
+        ConfigError: a value of the wrong type or range, ``backoff.max`` below
+            ``backoff.initial``, inconsistent lease timing (``leaderElection``),
+            an unparsable ``target``, ``flatSeparator`` or ``ownedRegistries``
+            entry. The message names the YAML key.
     """
 
     target: str
     poll_interval: float = 60.0
-    docker_host: str = "unix:///var/run/docker.sock"
     docker_config: Path = Path("/etc/image-cloner/docker/config.json")
-    docker_timeout: float = 600.0
-    metrics_port: int = 9090
-    metrics_address: str = "0.0.0.0"
     include_namespaces: tuple[str, ...] = ()
     exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
     controller_namespace: str | None = None
     list_page_size: int = 500
-    naming: str = "nested"
+    naming: NamingStrategy = NamingStrategy.NESTED
     flat_separator: str = "_"
     pin_digest: bool = False
     owned_registries: tuple[str, ...] = ()
     include_images: tuple[str, ...] = ()
     exclude_images: tuple[str, ...] = ()
-    pull_secret_name: str = "image-cloner-pull-secret"
-    pull_secret_attach: str = "serviceaccount"
-    pull_secret_provision: bool = True
-    backoff_initial: float = 30.0
-    backoff_max: float = 3600.0
-    backoff_jitter: float = 0.2
-    rate_limit_pause: float = 300.0
-    clone_concurrency: int = 4
-    registry_concurrency: int = 3
-    patch_concurrency: int = 8
-    engine_cache_bytes: int = 15 * 1024**3
-    shutdown_timeout: float = 30.0
-    verify_interval: float = 3600.0
-    gitops: str = "report"
+    gitops: GitopsMode = GitopsMode.REPORT
     fight_limit: int = 3
-    insecure_registries: tuple[str, ...] = ()
-    leader_election: bool = True
-    lease_name: str = "image-cloner"
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-    copy_backend: str = "docker"
-    refresh_interval: float = 21600.0
-    registry_timeout: float = 30.0
-    state_config_map: str = "image-cloner-state"
-    state_ttl: float = 7 * 86400.0
+    patch_concurrency: int = 8
+    shutdown_timeout: float = 30.0
+    copy: CopySettings = field(default_factory=CopySettings)
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    pull_secrets: PullSecretSettings = field(default_factory=PullSecretSettings)
+    leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     owned: Target = field(init=False, default=Target("invalid.invalid"))
     policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
     def __post_init__(self) -> None:
-        if self.gitops not in GITOPS_MODES:
-            raise ConfigError("gitops", f"must be one of {', '.join(GITOPS_MODES)}")
-        if self.backoff_max < self.backoff_initial:
+        _convert_and_check(self)
+        # The rules between keys, all here.
+        if self.backoff.maximum < self.backoff.initial:
             raise ConfigError("backoff.max", "must not be less than backoff.initial")
-        if not 0 <= self.backoff_jitter <= 1:
-            raise ConfigError("backoff.jitter", "must be between 0 and 1")
+        election = self.leader_election
         try:
-            validate_timing(self.lease_duration, self.renew_deadline, self.retry_period)
+            validate_timing(election.lease_duration, election.renew_deadline, election.retry_period)
         except ValueError as exc:
             raise ConfigError("leaderElection", str(exc)) from None
-        if self.copy_backend not in BACKENDS:
-            raise ConfigError("copyBackend", f"must be one of {', '.join(BACKENDS)}")
-        if len(self.state_config_map) > 60 or not _DNS_SUBDOMAIN.fullmatch(self.state_config_map):
-            raise ConfigError(
-                "state.configMap", "must be a DNS subdomain name of at most 60 characters"
-            )
-        if self.pull_secret_attach not in ATTACH_MODES:
-            raise ConfigError("pullSecret.attach", f"must be one of {', '.join(ATTACH_MODES)}")
-        if len(self.pull_secret_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.pull_secret_name):
-            raise ConfigError(
-                "pullSecret.name", "must be a DNS subdomain name (lowercase, digits, '-', '.')"
-            )
-        if self.naming not in NAMING_STRATEGIES:
-            raise ConfigError("naming", f"must be one of {', '.join(NAMING_STRATEGIES)}")
         try:
             owned = Target.parse(self.target, self.naming, self.flat_separator)
         except InvalidReference as exc:
@@ -246,61 +331,536 @@ class Settings:
         return tuple(names)
 
 
-#: YAML key (dotted for nested sections) -> Settings field.
-_KEYS = {
-    "target": "target",
-    "pollInterval": "poll_interval",
-    "dockerHost": "docker_host",
-    "dockerConfig": "docker_config",
-    "dockerTimeout": "docker_timeout",
-    "metricsPort": "metrics_port",
-    "metricsAddress": "metrics_address",
-    "namespaces.include": "include_namespaces",
-    "namespaces.exclude": "exclude_namespaces",
-    "controllerNamespace": "controller_namespace",
-    "listPageSize": "list_page_size",
-    "naming": "naming",
-    "flatSeparator": "flat_separator",
-    "pinDigest": "pin_digest",
-    "ownedRegistries": "owned_registries",
-    "images.include": "include_images",
-    "images.exclude": "exclude_images",
-    "pullSecret.name": "pull_secret_name",
-    "pullSecret.attach": "pull_secret_attach",
-    "pullSecret.provision": "pull_secret_provision",
-    "backoff.initial": "backoff_initial",
-    "backoff.max": "backoff_max",
-    "backoff.jitter": "backoff_jitter",
-    "rateLimitPause": "rate_limit_pause",
-    "cloneConcurrency": "clone_concurrency",
-    "registryConcurrency": "registry_concurrency",
-    "patchConcurrency": "patch_concurrency",
-    "engineCacheBytes": "engine_cache_bytes",
-    "shutdownTimeout": "shutdown_timeout",
-    "verifyInterval": "verify_interval",
-    "gitops": "gitops",
-    "fightLimit": "fight_limit",
-    "insecureRegistries": "insecure_registries",
-    "leaderElection.enabled": "leader_election",
-    "leaderElection.leaseName": "lease_name",
-    "leaderElection.leaseDuration": "lease_duration",
-    "leaderElection.renewDeadline": "renew_deadline",
-    "leaderElection.retryPeriod": "retry_period",
-    "copyBackend": "copy_backend",
-    "refreshInterval": "refresh_interval",
-    "registryTimeout": "registry_timeout",
-    "state.configMap": "state_config_map",
-    "state.ttl": "state_ttl",
+#: How a key's value is read (see ``Key.parse``):
+#: ``seconds`` / ``number``: a finite number (YAML number or numeric string);
+#: ``integer``; ``boolean`` (``true``/``false``, also as strings);
+#: ``string``: non-empty, stripped; ``strings``: a list of those (or one
+#: comma-separated string, as from the environment); ``path``; ``address``:
+#: a Docker engine URL; ``name``: a DNS subdomain name; ``choice``: one of
+#: ``Key.choices``.
+Kind = Literal[
+    "seconds",
+    "number",
+    "integer",
+    "boolean",
+    "string",
+    "strings",
+    "path",
+    "address",
+    "name",
+    "choice",
+]
+
+#: The ``type`` column of the reference, per kind.
+_KIND_TEXT: dict[str, str] = {
+    "seconds": "number, seconds",
+    "number": "number",
+    "integer": "integer",
+    "boolean": "boolean",
+    "string": "string",
+    "strings": "list of strings",
+    "path": "path",
+    "address": "URL",
+    "name": "name",
+    "choice": "choice",
 }
-_SECTIONS = frozenset(key.split(".")[0] for key in _KEYS if "." in key)
-assert set(_KEYS.values()) == {f.name for f in fields(Settings) if f.init}
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One YAML key: where it goes, how it is read and checked, what it means.
+
+    Attributes:
+        yaml: the key, dotted for a nested section (``backoff.initial``).
+        group: the ``Settings`` attribute of its group (``backoff``), ``""``
+            for a field of ``Settings`` itself.
+        field: the field in that group (``initial``).
+        kind: how the value is read (``Kind``).
+        meaning: one line for the reference (Markdown).
+        low: smallest allowed value (numbers), or None.
+        high: largest allowed value (numbers), or None.
+        above: ``low`` itself is not allowed (``> 0`` rather than ``>= 0``).
+        choices: the ``StrEnum`` of the allowed values (``choice``).
+        max_length: longest allowed name in characters (``name``).
+        unit: shown after the type in the reference (``bytes``).
+        env: the environment variable overriding it, ``""`` for none.
+        rule: a rule between keys, shown in the range column (checked in
+            ``Settings``).
+    """
+
+    yaml: str
+    group: str
+    field: str
+    kind: Kind
+    meaning: str
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    choices: type[StrEnum] | None = None
+    max_length: int | None = None
+    unit: str = ""
+    env: str = ""
+    rule: str = ""
+
+    @property
+    def attribute(self) -> str:
+        """Where the value is read: ``backoff.initial`` for ``settings.backoff.initial``."""
+        return f"{self.group}.{self.field}" if self.group else self.field
+
+    @property
+    def default(self) -> Any:
+        """The default: the field's default in its group class; ``MISSING`` when required."""
+        owner = _GROUP_CLASSES[self.group]
+        spec = next(f for f in fields(owner) if f.name == self.field)
+        if spec.default_factory is not MISSING:
+            return spec.default_factory()
+        return spec.default
+
+    def parse(self, value: Any) -> Any:
+        """Convert a YAML, environment or Python value and check it.
+
+        Args:
+            value: as read (a YAML scalar or list, an environment string) or
+                already typed (a default, a test's argument). None passes
+                through for a field whose default is None.
+
+        Returns:
+            The typed value: float, int, bool, str, ``tuple[str, ...]``,
+            ``Path`` or the member of ``choices``.
+
+        Raises:
+            ConfigError: wrong type, outside ``low``..``high``, not one of the
+                choices, not a DNS subdomain name; ``field`` is the YAML key.
+        """
+        if value is None and self.default is None:
+            return None
+        kind = self.kind
+        if kind in ("seconds", "number"):
+            return self._in_range(self._number(value))
+        if kind == "integer":
+            return self._in_range(self._integer(value))
+        if kind == "boolean":
+            return self._boolean(value)
+        if kind == "strings":
+            return self._strings(value)
+        if kind == "path":
+            return value if isinstance(value, Path) else Path(_string(self.yaml, value))
+        text = _string(self.yaml, value)
+        if kind == "address" and not text.startswith(_DOCKER_SCHEMES):
+            raise ConfigError(
+                self.yaml, f"must be a unix://, tcp:// or ssh:// address, got {text!r}"
+            )
+        if kind == "name" and (
+            len(text) > (self.max_length or 0) or not _DNS_SUBDOMAIN.fullmatch(text)
+        ):
+            raise ConfigError(
+                self.yaml,
+                f"must be a DNS subdomain name (lowercase, digits, '-', '.') of at most "
+                f"{self.max_length} characters, got {text!r}",
+            )
+        if kind == "choice":
+            assert self.choices is not None
+            if text not in set(self.choices):
+                raise ConfigError(self.yaml, f"must be one of {', '.join(self.choices)}")
+            return self.choices(text)
+        return text
+
+    def _number(self, value: Any) -> float:
+        what = "a number of seconds" if self.kind == "seconds" else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(self.yaml, f"must be {what}, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(self.yaml, f"must be {what}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(self.yaml, f"must be a finite number, got {value!r}")
+        return number
+
+    def _integer(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(self.yaml, f"must be an integer, got {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(self.yaml, f"must be an integer, got {value!r}") from None
+        if isinstance(value, float) and value != number:
+            raise ConfigError(self.yaml, f"must be an integer, got {value!r}")
+        return number
+
+    def _in_range(self, number: float) -> Any:
+        low, high = self.low, self.high
+        got = number if isinstance(number, int) else f"{number:g}"
+        if low is not None and high is not None and not low <= number <= high:
+            raise ConfigError(
+                self.yaml, f"must be between {_number(low)} and {_number(high)}, got {got}"
+            )
+        if low is not None and self.above and not number > low:
+            raise ConfigError(self.yaml, f"must be greater than {_number(low)}, got {got}")
+        if low is not None and not number >= low:
+            raise ConfigError(self.yaml, f"must be at least {_number(low)}, got {got}")
+        return number
+
+    def _boolean(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ConfigError(self.yaml, f"must be true or false, got {value!r}")
+
+    def _strings(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(self.yaml, f"must be a list of strings, got {value!r}")
+        return tuple(_string(f"{self.yaml}[{i}]", v) for i, v in enumerate(value))
+
+    def range_text(self) -> str:
+        """The range column of the reference: bounds, choices, name rules, rules between keys."""
+        parts = []
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            parts.append(f"{_number(low)}..{_number(high)}")
+        elif low is not None:
+            parts.append(f"{'>' if self.above else '≥'} {_number(low)}")
+        if self.choices is not None:
+            parts.append(", ".join(f"`{c}`" for c in self.choices))
+        if self.kind == "name":
+            parts.append(f"DNS subdomain name, at most {self.max_length} characters")
+        if self.kind == "address":
+            parts.append(", ".join(f"`{s}`" for s in _DOCKER_SCHEMES))
+        if self.rule:
+            parts.append(self.rule)
+        return "; ".join(parts)
+
+    def default_text(self) -> str:
+        """The default column of the reference, in Markdown."""
+        value = self.default
+        if value is MISSING:
+            return "(required)"
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, float):
+            text = _number(value)
+        elif isinstance(value, tuple):
+            text = f"[{', '.join(value)}]"
+        else:
+            text = str(value)
+        shown = f"`{text}`"
+        if self.unit == "bytes" and value and value % 1024**3 == 0:
+            shown += f" ({value // 1024**3} GiB)"
+        return shown
+
+
+def _number(value: float) -> str:
+    """``60.0`` -> ``60``, ``0.2`` -> ``0.2``, ``2**50`` -> ``2^50``."""
+    if value == int(value):
+        whole = int(value)
+        if whole >= 2**30 and whole & (whole - 1) == 0:
+            return f"2^{whole.bit_length() - 1}"
+        return str(whole)
+    return f"{value:g}"
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+# The two kinds of durations: > 0, and >= 0 where 0 switches something off.
+_SECONDS = {"kind": "seconds", "low": 0, "above": True}
+_SECONDS_OR_ZERO = {"kind": "seconds", "low": 0}
+
+#: Every YAML key, in the order of the reference in docs/configuration.md.
+# fmt: off
+KEYS: tuple[Key, ...] = (
+    # Settings itself: what is reconciled and how owned names are formed.
+    Key(
+        "target", "", "target", "string", env="IMAGE_CLONER_TARGET",
+        rule="`host[:port][/path]`",
+        meaning="owned registry host with optional path prefix, e.g. `registry.example.com/mirror`",
+    ),
+    Key(
+        "pollInterval", "", "poll_interval", **_SECONDS, env="IMAGE_CLONER_POLL_INTERVAL",
+        meaning="seconds between the starts of two cycles; a cycle that takes longer is "
+        "followed at once by the next (never two at once)",
+    ),
+    Key(
+        "dockerConfig", "", "docker_config", "path", env="IMAGE_CLONER_DOCKER_CONFIG",
+        meaning="docker `config.json` with registry credentials; re-read every cycle, a "
+        "malformed new file is reported and the previous credentials stay in use",
+    ),
+    Key(
+        "namespaces.include", "", "include_namespaces", "strings",
+        meaning="glob patterns of namespaces to reconcile; empty means all",
+    ),
+    Key(
+        "namespaces.exclude", "", "exclude_namespaces", "strings",
+        meaning="glob patterns never reconciled; exclusion wins",
+    ),
+    Key(
+        "controllerNamespace", "", "controller_namespace", "string", env="POD_NAMESPACE",
+        meaning="the controller's own namespace, always excluded",
+    ),
+    Key(
+        "listPageSize", "", "list_page_size", "integer", low=1, high=5000,
+        meaning="items per list call",
+    ),
+    Key(
+        "naming", "", "naming", "choice", choices=NamingStrategy,
+        meaning="how owned names are formed: `nested` or `flat` (below)",
+    ),
+    Key(
+        "flatSeparator", "", "flat_separator", "string", rule="`_`, `.`, `__` or a run of `-`",
+        meaning="what `flat` joins the source path with: `_`, `.`, `__` or a run of `-`",
+    ),
+    Key(
+        "pinDigest", "", "pin_digest", "boolean",
+        meaning="patch workloads to `owned:tag@digest` (the pushed digest), so a later move of "
+        "the owned tag cannot change what runs",
+    ),
+    Key(
+        "ownedRegistries", "", "owned_registries", "strings",
+        meaning="other registries (`host[/prefix]`) your team controls; their images are never "
+        "cloned",
+    ),
+    Key(
+        "images.include", "", "include_images", "strings",
+        meaning="image globs to clone; empty means all",
+    ),
+    Key(
+        "images.exclude", "", "exclude_images", "strings",
+        meaning="image globs never cloned; exclusion wins",
+    ),
+    Key(
+        "gitops", "", "gitops", "choice", choices=GitopsMode,
+        meaning="workloads Argo CD, Flux or another controller would set back: `report` (leave, "
+        "log, count), `skip` (leave quietly), `patch`",
+    ),
+    Key(
+        "fightLimit", "", "fight_limit", "integer", low=1, high=1000,
+        meaning="patches of one workload within an hour after which the controller stops "
+        "patching it and reports a fight",
+    ),
+    Key(
+        "patchConcurrency", "", "patch_concurrency", "integer", low=1, high=64,
+        meaning="workload patches and Events sent at once; a 429 from the API server pauses "
+        "them all for its Retry-After",
+    ),
+    Key(
+        "shutdownTimeout", "", "shutdown_timeout", **_SECONDS,
+        meaning="seconds from SIGTERM to exit at the latest",
+    ),
+    # copy: how images are copied.
+    Key(
+        "copyBackend", "copy", "backend", "choice", choices=BackendName,
+        env="IMAGE_CLONER_COPY_BACKEND",
+        meaning="`docker`: pull, tag, push through the Docker engine (one platform, a new "
+        "manifest digest; a multi-platform source is refused with `multi_platform` while nodes "
+        "run another platform); `skopeo`: registry to registry, every platform, the same "
+        "digests, no engine (`make deploy-skopeo`). See [copy-backends.md](copy-backends.md)",
+    ),
+    Key(
+        "cloneConcurrency", "copy", "concurrency", "integer", low=1, high=32,
+        meaning="clones at once in total",
+    ),
+    Key(
+        "registryConcurrency", "copy", "registry_concurrency", "integer", low=1, high=16,
+        meaning="clones at once from one source registry (a registry answering \"too many "
+        'requests" is still paused as a whole)',
+    ),
+    Key(
+        "engineCacheBytes", "copy", "engine_cache_bytes", "integer", low=0, high=2**50,
+        unit="bytes",
+        meaning="bytes of layers the Docker engine keeps after their push, so shared base "
+        "layers are pulled once; beyond it the least recently used images not in use by a "
+        "clone are removed; `0` removes each image after its push",
+    ),
+    Key(
+        "dockerHost", "copy", "docker_host", "address", env="DOCKER_HOST",
+        meaning="Docker engine (`unix://`, `tcp://`, `ssh://`)",
+    ),
+    Key(
+        "dockerTimeout", "copy", "docker_timeout", **_SECONDS,
+        meaning="seconds one Docker engine call may block",
+    ),
+    Key(
+        "registryTimeout", "copy", "registry_timeout", **_SECONDS,
+        meaning="seconds one manifest request to a registry may take",
+    ),
+    Key(
+        "insecureRegistries", "copy", "insecure_registries", "strings",
+        meaning="registries (`host[:port]`, globs such as `127.0.0.1:*` or "
+        "`registry.internal:5000`) the controller may pull from or push to although the Docker "
+        "engine reaches them without TLS verification; any other such registry is refused "
+        "with reason `insecure_registry`",
+    ),
+    # backoff: retry timing.
+    Key(
+        "backoff.initial", "backoff", "initial", **_SECONDS,
+        meaning="seconds before an image whose clone failed temporarily (`network`, "
+        "`registry_error`, `rate_limited`...) is tried again; doubles per failure",
+    ),
+    Key(
+        "backoff.max", "backoff", "maximum", **_SECONDS, rule="≥ `backoff.initial`",
+        meaning="cap of that wait, seconds; a permanent failure (`not_found`, `auth`, "
+        "`insecure_registry`, `multi_platform`, `unsupported`) waits it at once, or until "
+        "the config or the registry credentials change",
+    ),
+    Key(
+        "backoff.jitter", "backoff", "jitter", "number", low=0, high=1, unit="fraction",
+        meaning="random spread of each wait, as a fraction of it",
+    ),
+    Key(
+        "rateLimitPause", "backoff", "rate_limit_pause", **_SECONDS,
+        meaning='seconds a registry that answered "too many requests" is paused as a whole '
+        "when it gave no Retry-After",
+    ),
+    # pull_secrets: the managed pull Secret.
+    Key(
+        "pullSecret.provision", "pull_secrets", "provision", "boolean",
+        meaning="create and attach pull secrets (below); `false` where node credentials or "
+        "another tool handle pulls",
+    ),
+    Key(
+        "pullSecret.name", "pull_secrets", "name", "name", max_length=253,
+        meaning="name of the managed Secret in each patched namespace",
+    ),
+    Key(
+        "pullSecret.attach", "pull_secrets", "attach", "choice", choices=AttachMode,
+        meaning="`serviceaccount`: add the Secret to the ServiceAccount the pods run as; "
+        "`workload`: add it to the pod template in the same patch as the images",
+    ),
+    # leader_election: the Lease.
+    Key(
+        "leaderElection.enabled", "leader_election", "enabled", "boolean",
+        meaning="act only while holding the `coordination.k8s.io/v1` Lease (needs "
+        "`controllerNamespace`); `--once` never elects",
+    ),
+    Key(
+        "leaderElection.leaseName", "leader_election", "lease_name", "string",
+        meaning="the Lease, in the controller's namespace",
+    ),
+    Key(
+        "leaderElection.leaseDuration", "leader_election", "lease_duration", **_SECONDS,
+        rule="≥ 1, > `renewDeadline`",
+        meaning="seconds a candidate waits without seeing the Lease renewed before it takes it "
+        "over; at least 1, greater than `renewDeadline` (client-go's leader election rules)",
+    ),
+    Key(
+        "leaderElection.renewDeadline", "leader_election", "renew_deadline", **_SECONDS,
+        rule="> 1.2 × `retryPeriod`",  # noqa: RUF001
+        meaning="seconds the holder keeps trying to renew before it stops acting; greater than "
+        "1.2 × `retryPeriod`",  # noqa: RUF001
+    ),
+    Key(
+        "leaderElection.retryPeriod", "leader_election", "retry_period", **_SECONDS,
+        meaning="seconds between two tries to acquire or renew; greater than 0",
+    ),
+    # metrics: the HTTP endpoint.
+    Key(
+        "metricsPort", "metrics", "port", "integer", low=0, high=65535, unit="TCP port",
+        env="IMAGE_CLONER_METRICS_PORT",
+        meaning="Prometheus `/metrics` port; `0` disables",
+    ),
+    Key(
+        "metricsAddress", "metrics", "address", "string",
+        meaning="address the metrics endpoint binds",
+    ),
+    # refresh: asking again.
+    Key(
+        "refreshInterval", "refresh", "interval", **_SECONDS_OR_ZERO,
+        meaning="seconds after which a verified tagged source in use is asked again (one "
+        "`HEAD`, spread over the last 20% of the interval) and copied again if its tag moved; "
+        "`0` never",
+    ),
+    Key(
+        "verifyInterval", "refresh", "verify_interval", **_SECONDS_OR_ZERO,
+        meaning="seconds between checks that the owned copies patched workloads use still "
+        "exist; `0` disables",
+    ),
+    # state: kept across restarts.
+    Key(
+        "state.configMap", "state", "config_map", "name", max_length=60,
+        meaning="name prefix of the 16 ConfigMaps in the controller's namespace that keep "
+        "verified copies and backoff across restarts (only with `controllerNamespace`)",
+    ),
+    Key(
+        "state.ttl", "state", "ttl", **_SECONDS,
+        meaning="seconds after its last use that the record of a source expires",
+    ),
+)
+# fmt: on
+
+#: Settings attribute of a group ("" for Settings) -> its class.
+_GROUP_CLASSES: dict[str, type] = {
+    "": Settings,
+    "copy": CopySettings,
+    "backoff": BackoffSettings,
+    "pull_secrets": PullSecretSettings,
+    "leader_election": LeaderElectionSettings,
+    "metrics": MetricsSettings,
+    "refresh": RefreshSettings,
+    "state": StateSettings,
+}
+
+#: Group class name -> its keys (what ``_convert_and_check`` checks).
+_KEYS_OF: dict[str, tuple[Key, ...]] = {
+    cls.__name__: tuple(k for k in KEYS if k.group == attr) for attr, cls in _GROUP_CLASSES.items()
+}
+
+#: YAML key -> its ``Key``.
+KEYS_BY_YAML: dict[str, Key] = {k.yaml: k for k in KEYS}
+
+#: YAML sections holding nested keys (``backoff`` of ``backoff.initial``).
+SECTIONS = frozenset(k.yaml.split(".")[0] for k in KEYS if "." in k.yaml)
+
+#: Environment variables that override a setting: variable -> YAML key.
+ENV_OVERRIDES = {k.env: k.yaml for k in KEYS if k.env}
+
+
+def _check_table() -> None:
+    """Each init field of each group has exactly one key, and the table is consistent."""
+    assert len(KEYS_BY_YAML) == len(KEYS), "a YAML key twice"
+    for attr, cls in _GROUP_CLASSES.items():
+        wanted = {f.name for f in fields(cls) if f.init and f.name not in _GROUP_CLASSES}
+        have = [k.field for k in KEYS if k.group == attr]
+        assert sorted(have) == sorted(wanted), (attr, sorted(set(have) ^ wanted))
+    for k in KEYS:
+        assert (k.kind == "choice") == (k.choices is not None), k.yaml
+        assert (k.kind == "name") == (k.max_length is not None), k.yaml
+
+
+_check_table()
+
+
+def reference_table() -> str:
+    """The configuration reference: one Markdown table row per key of ``KEYS``.
+
+    Returns:
+        The table (header, separator, rows; ends with a newline), as kept in
+        docs/configuration.md between the ``settings-table`` marker comments.
+    """
+    lines = [
+        "| key | type | default | range | env override | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for k in KEYS:
+        kind = _KIND_TEXT[k.kind] + (f", {k.unit}" if k.unit else "")
+        env = f"`{k.env}`" if k.env else ""
+        cells = [f"`{k.yaml}`", kind, k.default_text(), k.range_text(), env, k.meaning]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
     """``{"namespaces": {"include": x}}`` -> ``{"namespaces.include": x}``."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _SECTIONS:
+        if key in SECTIONS:
             if value is None:
                 continue
             if not isinstance(value, dict):
@@ -310,116 +870,6 @@ def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[str(key)] = value
     return flat
-
-
-def _positive_number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(key, f"must be a number of seconds, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(key, f"must be a number of seconds, got {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise ConfigError(key, f"must be greater than 0, got {value!r}")
-    return number
-
-
-def _non_negative_number(key: str, value: Any) -> float:
-    if not isinstance(value, bool):
-        try:
-            if float(value) == 0:
-                return 0.0
-        except (TypeError, ValueError):
-            pass
-    return _positive_number(key, value)
-
-
-def _integer(key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be an integer, got {value!r}") from None
-    if isinstance(value, float) and value != number:
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    if not low <= number <= high:
-        raise ConfigError(key, f"must be between {low} and {high}, got {number}")
-    return number
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(key, f"must be true or false, got {value!r}")
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _string_list(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    if not isinstance(value, list):
-        raise ConfigError(key, f"must be a list of strings, got {value!r}")
-    return tuple(_string(f"{key}[{i}]", v) for i, v in enumerate(value))
-
-
-def _convert(key: str, value: Any) -> Any:
-    if key in (
-        "pollInterval",
-        "dockerTimeout",
-        "backoff.initial",
-        "backoff.max",
-        "rateLimitPause",
-        "shutdownTimeout",
-        "leaderElection.leaseDuration",
-        "leaderElection.renewDeadline",
-        "leaderElection.retryPeriod",
-        "registryTimeout",
-        "state.ttl",
-    ):
-        return _positive_number(key, value)
-    if key in ("backoff.jitter", "verifyInterval", "refreshInterval"):
-        return _non_negative_number(key, value)
-    if key == "cloneConcurrency":
-        return _integer(key, value, 1, 32)
-    if key == "registryConcurrency":
-        return _integer(key, value, 1, 16)
-    if key == "patchConcurrency":
-        return _integer(key, value, 1, 64)
-    if key == "engineCacheBytes":
-        return _integer(key, value, 0, 2**50)
-    if key == "fightLimit":
-        return _integer(key, value, 1, 1000)
-    if key == "metricsPort":
-        return _integer(key, value, 0, 65535)
-    if key == "listPageSize":
-        return _integer(key, value, 1, 5000)
-    if key in ("pinDigest", "pullSecret.provision", "leaderElection.enabled"):
-        return _boolean(key, value)
-    if key in (
-        "namespaces.include",
-        "namespaces.exclude",
-        "images.include",
-        "images.exclude",
-        "ownedRegistries",
-        "insecureRegistries",
-    ):
-        return _string_list(key, value)
-    if key == "dockerConfig":
-        return Path(_string(key, value))
-    if key == "dockerHost":
-        host = _string(key, value)
-        if not host.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
-            raise ConfigError(key, f"must be a unix://, tcp:// or ssh:// address, got {host!r}")
-        return host
-    return _string(key, value)
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -435,7 +885,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     Raises:
         ConfigError: the file cannot be read or parsed, has an unknown key, a
             value of the wrong type or range, or no ``target``. The message
-            names the field (or the file).
+            names the YAML key (or the file).
     """
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
@@ -455,15 +905,36 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         value = environ.get(variable)
         if value not in (None, ""):
             raw[key] = value
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _KEYS:
-            raise ConfigError(str(key), f"unknown setting; known: {', '.join(sorted(_KEYS))}")
-        if value is None:
-            continue
-        values[_KEYS[key]] = _convert(key, value)
-    if "target" not in values:
+    groups: dict[str, dict[str, Any]] = {attr: {} for attr in _GROUP_CLASSES}
+    for name, value in raw.items():
+        key = KEYS_BY_YAML.get(name)
+        if key is None:
+            known = ", ".join(sorted(KEYS_BY_YAML))
+            raise ConfigError(str(name), f"unknown setting; known: {known}")
+        if value is not None:
+            # Converted early, so an error is about this key, not a later rule.
+            groups[key.group][key.field] = key.parse(value)
+    if "target" not in groups[""]:
         raise ConfigError(
             "target", "required: the owned registry, e.g. registry.example.com/mirror"
         )
-    return Settings(**values)
+    built = {attr: cls(**groups[attr]) for attr, cls in _GROUP_CLASSES.items() if attr}
+    return Settings(**groups[""], **built)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cloner.config --markdown``: print the configuration reference table.
+
+    Returns:
+        The exit code: 0, or 2 for other arguments.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--markdown"]:
+        print("usage: python -m cloner.config --markdown", file=sys.stderr)
+        return 2
+    sys.stdout.write(reference_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

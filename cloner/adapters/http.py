@@ -11,6 +11,10 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloner.config import MetricsSettings
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -48,9 +52,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(
-    port: int,
+    settings: MetricsSettings,
     metrics: Callable[[], tuple[bytes, str]],
-    address: str = "0.0.0.0",
     ready: Callable[[], tuple[bool, str]] | None = None,
     backoff: Callable[[], Mapping[str, object]] | None = None,
 ) -> ThreadingHTTPServer:
@@ -61,6 +64,13 @@ def serve(
     server reachable, leader or standby). ``/state/backoff`` is the JSON of
     ``backoff()``: the images backing off, for ``plan``. ``/metrics`` is
     ``metrics()``: the body and its content type (``cloner.metrics.exposition``).
+
+    Args:
+        settings: ``port`` and ``address`` to bind (``metricsPort``,
+            ``metricsAddress``); the caller skips the call for port 0.
+        metrics: returns the exposition body and its content type.
+        ready: returns (ready, reason); default always ready.
+        backoff: returns the backoff state as a JSON-able mapping.
 
     Returns:
         The server (``shutdown()`` stops it).
@@ -73,7 +83,7 @@ def serve(
         handler.ready = staticmethod(ready)
     if backoff is not None:
         handler.backoff = staticmethod(backoff)
-    server = ThreadingHTTPServer((address, port), handler)
+    server = ThreadingHTTPServer((settings.address, settings.port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

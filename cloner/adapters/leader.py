@@ -23,7 +23,9 @@ renewal (plus one round trip).
 Usage::
 
     api_client = cloner.adapters.kube.load_api_client(kubeconfig)
-    elector = LeaderElector(api_client, namespace="image-cloner", on_change=callback)
+    elector = LeaderElector(
+        api_client, settings.leader_election, "image-cloner", on_change=callback
+    )
     elector.start()
     if elector.wait_until_leader(stop_event):
         ...  # act while elector.is_leader()
@@ -40,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubernetes.client
 import urllib3
@@ -58,6 +60,9 @@ from cloner.model.lease import (
     released_record,
     validate_timing,
 )
+
+if TYPE_CHECKING:
+    from cloner.config import LeaderElectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +84,17 @@ class LeaderElector:
 
     Args:
         api_client: a configured client (``cloner.adapters.kube.load_api_client``).
+        election: the ``leaderElection`` settings; ``enabled`` is the
+            caller's business. Used: ``lease_name``, the name of the Lease
+            (every replica must use the same one); ``lease_duration``, seconds
+            a candidate waits, without seeing the Lease change, before taking
+            it over (written rounded up to whole seconds as
+            ``leaseDurationSeconds``); ``renew_deadline``, seconds the leader
+            keeps trying to renew (after that long without a successful
+            renewal it is no longer leader); ``retry_period``, seconds between
+            two attempts to acquire or renew.
         namespace: namespace of the Lease (the controller's own namespace).
-        name: name of the Lease; every replica must use the same one.
         identity: this replica's ``holderIdentity``; default ``default_identity()``.
-        lease_duration: seconds a candidate waits, without seeing the Lease
-            change, before taking it over. Written rounded up to whole
-            seconds as ``leaseDurationSeconds``.
-        renew_deadline: seconds the leader keeps trying to renew; after that
-            long without a successful renewal it is no longer leader.
-        retry_period: seconds between two attempts to acquire or renew.
         on_change: called with True when this replica becomes leader and with
             False when it stops being leader (renewal failed past the deadline,
             or ``stop``). Called from the election thread (from the caller's
@@ -110,22 +117,19 @@ class LeaderElector:
     def __init__(
         self,
         api_client: kubernetes.client.ApiClient,
+        election: LeaderElectionSettings,
         namespace: str,
-        name: str = "image-cloner",
         identity: str | None = None,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
-        validate_timing(lease_duration, renew_deadline, retry_period)
+        validate_timing(election.lease_duration, election.renew_deadline, election.retry_period)
         self._api = kubernetes.client.CoordinationV1Api(api_client)
         self.namespace = namespace
-        self.name = name
+        self.name = election.lease_name
         self.identity: str = identity or default_identity()
-        self._duration_seconds = lease_duration_seconds(lease_duration)
-        self._renew_deadline = renew_deadline
-        self._retry_period = retry_period
+        self._duration_seconds = lease_duration_seconds(election.lease_duration)
+        self._renew_deadline = election.renew_deadline
+        self._retry_period = election.retry_period
         self._on_change = on_change
         # Shared with callers; guarded by _cond (an RLock underneath).
         self._cond = threading.Condition()

@@ -36,10 +36,17 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 
-#: Backends (``copyBackend``).
-DOCKER = "docker"
-SKOPEO = "skopeo"
-BACKENDS = (DOCKER, SKOPEO)
+
+class BackendName(StrEnum):
+    """The copy backends (``copyBackend``)."""
+
+    DOCKER = "docker"  #: pull, tag, push through the Docker engine
+    SKOPEO = "skopeo"  #: registry to registry
+
+
+DOCKER = BackendName.DOCKER
+SKOPEO = BackendName.SKOPEO
+BACKENDS = tuple(BackendName)
 
 #: Docker's ``Arch`` names (``docker version``) that differ from the OCI/Go names.
 _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armhf": "arm", "i386": "386"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 from cloner.model.credentials import Credential
@@ -25,7 +26,16 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "image-cloner"
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 SECRET_KEY = ".dockerconfigjson"
-ATTACH_MODES = ("serviceaccount", "workload")
+
+
+class AttachMode(StrEnum):
+    """Where the managed pull Secret is attached (``pullSecret.attach``)."""
+
+    SERVICEACCOUNT = "serviceaccount"  #: the ServiceAccount the pods run as
+    WORKLOAD = "workload"  #: the pod template, in the image patch
+
+
+ATTACH_MODES = tuple(AttachMode)
 
 
 def dockerconfigjson(credential: Credential) -> bytes:

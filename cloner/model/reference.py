@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 
 from cloner.errors import InvalidReference
@@ -289,7 +290,14 @@ def registry_path_component(registry: str) -> str:
     return "-".join(runs) or "registry"
 
 
-NAMING_STRATEGIES = ("nested", "flat")
+class NamingStrategy(StrEnum):
+    """How owned names are formed (``naming``; see ``Target.owned_name``)."""
+
+    NESTED = "nested"  #: keep the source path as path components
+    FLAT = "flat"  #: join the source path into one path component
+
+
+NAMING_STRATEGIES = tuple(NamingStrategy)
 _SEPARATOR_RE = re.compile(_SEPARATOR)
 
 

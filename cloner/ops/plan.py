@@ -125,7 +125,7 @@ def build_plan(
                 if owned not in exists:
                     exists[owned] = _lookup(registry, plan.owned)
                 decision = exists[owned]
-                if settings.copy_backend == DOCKER and plan.source and plan.source.digest:
+                if settings.copy.backend == DOCKER and plan.source and plan.source.digest:
                     decision += DIGEST_CHANGES
             else:
                 decision = describe(plan)

@@ -42,7 +42,6 @@ from typing import Any, Protocol
 
 from cloner.config import Settings
 from cloner.errors import InvalidReference, KubeError, RegistryError
-from cloner.model.backoff import BackoffPolicy
 from cloner.model.credentials import DockerConfig
 from cloner.model.cycle import CycleIndex, index_cycle
 from cloner.model.events import (
@@ -246,7 +245,7 @@ class Reconciler:
         kube: the Kubernetes side (``KubeAPI``).
         manifests: manifest lookups in every registry (``cloning.ManifestAPI``).
         backend: the copy backend (``cloning.CopyBackend``), as
-            ``settings.copy_backend`` names it.
+            ``settings.copy.backend`` names it.
         settings: the controller's settings.
         credentials: the registry credentials in force, for pull secrets
             (``credentials.CredentialStore``); None means none (no Secret).
@@ -281,7 +280,7 @@ class Reconciler:
         self._clock = clock
         self._wall = wall
         self._state_namespace = settings.controller_namespace
-        self._book = StateBook(settings.state_config_map, settings.state_ttl)
+        self._book = StateBook(settings.state.config_map, settings.state.ttl)
         self._state_loaded = False
         self._state_exists: set[str] = set()
         # What a permanent failure depends on: the settings and the credentials.
@@ -290,30 +289,28 @@ class Reconciler:
         self._images = ImageCloner(
             manifests,
             backend,
-            backend_name=settings.copy_backend,
+            backend_name=settings.copy.backend,
             engine_platform=engine_platform,
             node_platforms=self._node_platforms,
-            refresh_interval=settings.refresh_interval,
+            refresh_interval=settings.refresh.interval,
             book=self._book,
             wall=wall,
             pin_digest=settings.pin_digest,
-            backoff=BackoffPolicy(
-                settings.backoff_initial, settings.backoff_max, settings.backoff_jitter
-            ),
-            rate_limit_pause=settings.rate_limit_pause,
-            concurrency=settings.clone_concurrency,
-            registry_concurrency=settings.registry_concurrency,
+            backoff=settings.backoff.policy,
+            rate_limit_pause=settings.backoff.rate_limit_pause,
+            concurrency=settings.copy.concurrency,
+            registry_concurrency=settings.copy.registry_concurrency,
             inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
             clock=clock,
         )
         self._pull_secrets: PullSecrets | None = None
-        if settings.pull_secret_provision:
+        if settings.pull_secrets.provision:
             self._pull_secrets = PullSecrets(
                 kube,
                 self._credentials,
                 settings.owned.registry,
-                settings.pull_secret_name,
-                settings.pull_secret_attach == "serviceaccount",
+                settings.pull_secrets.name,
+                settings.pull_secrets.attach == "serviceaccount",
             )
         self._patch_times: dict[str, deque[float]] = {}
         self._summary_lock = threading.Lock()
@@ -588,7 +585,7 @@ class Reconciler:
         replaced only by whoever made it. They are logged at INFO and counted
         (``image_cloner_unpatchable_public_images``), never patched.
         """
-        interval = self._settings.verify_interval
+        interval = self._settings.refresh.verify_interval
         now = self._clock()
         if not interval or (self._last_report is not None and now - self._last_report < interval):
             return
@@ -609,7 +606,7 @@ class Reconciler:
 
     def _verify(self, workloads: list[Workload], summary: Summary) -> None:
         """Every ``verifyInterval``: re-clone owned copies that patched workloads miss."""
-        interval = self._settings.verify_interval
+        interval = self._settings.refresh.verify_interval
         now = self._wall()
         last = self._book.last_verify  # kept in the state: a restart does not check again
         if not interval or (last is not None and now - last < interval):

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 import cloner
-from cloner.config import _KEYS, Settings, load_settings
+from cloner.config import KEYS_BY_YAML, Settings, load_settings
 from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster
 from tests.e2e.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
 from tests.e2e.test_cluster import (
@@ -202,7 +202,7 @@ def test_copy_backend_skopeo_renders_manifests_skopeo_without_the_sidecar(
     (deployment,) = [o for k, o in chart.items() if k[1] == "Deployment"]
     spec = deployment["spec"]["template"]["spec"]
     assert [c["name"] for c in spec["containers"]] == ["controller"]
-    assert effective_settings(chart, tmp_path).copy_backend == "skopeo"
+    assert effective_settings(chart, tmp_path).copy.backend == "skopeo"
     assert "privileged" not in json.dumps(spec)
 
 
@@ -264,11 +264,11 @@ def test_every_setting_of_the_config_file_is_a_value_with_its_default(
     helm: Helm, tmp_path: Path
 ) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert flatten(values["config"]) == set(_KEYS) - CHART_SET
+    assert flatten(values["config"]) == set(KEYS_BY_YAML) - CHART_SET
     # values.schema.json knows every setting (and refuses any other key).
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {key.split(".")[0] for key in _KEYS}
+    assert set(schema["properties"]) == {key.split(".")[0] for key in KEYS_BY_YAML}
     # With the default values the controller runs with the loader's defaults,
     # except where manifests/base chooses otherwise: none today but target.
     settings = effective_settings(index(helm.template(tmp_path)), tmp_path)
@@ -299,8 +299,9 @@ def test_a_changed_setting_reaches_the_config_file_the_port_and_the_state_role(
     chart = index(helm.template(tmp_path, values))
     settings = effective_settings(chart, tmp_path)
     assert settings.target == "registry.internal:5000/mirror"
-    assert (settings.metrics_port, settings.naming) == (9400, "flat")
-    assert settings.lease_duration == 30 and settings.renew_deadline == 10
+    assert (settings.metrics.port, settings.naming) == (9400, "flat")
+    election = settings.leader_election
+    assert election.lease_duration == 30 and election.renew_deadline == 10
     by_kind = {(k[1], k[3]): o for k, o in chart.items()}
     service = by_kind[("Service", "image-cloner-metrics")]
     assert service["spec"]["ports"][0]["port"] == 9400

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cloner.adapters.kube import load_api_client
 from cloner.adapters.leader import LeaderElector
+from cloner.config import LeaderElectionSettings
 from tests.e2e.harness import Environment
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +41,16 @@ ROUND_TRIPS = 0.1
 CONTROLLER_NAMESPACE = "image-cloner"
 
 
+def timing(lease: str) -> LeaderElectionSettings:
+    """The Lease ``lease`` with this module's short timing."""
+    return LeaderElectionSettings(
+        lease_name=lease,
+        lease_duration=LEASE_DURATION,
+        renew_deadline=RENEW_DEADLINE,
+        retry_period=RETRY_PERIOD,
+    )
+
+
 class Candidate:
     """A LeaderElector plus the times (monotonic) of its on_change calls."""
 
@@ -50,14 +61,7 @@ class Candidate:
         self.wall: list[float] = []  # time.time() of each change
         self.gained = threading.Event()
         self.elector = LeaderElector(
-            api,
-            namespace,
-            name=lease,
-            identity=identity,
-            lease_duration=LEASE_DURATION,
-            renew_deadline=RENEW_DEADLINE,
-            retry_period=RETRY_PERIOD,
-            on_change=self._changed,
+            api, timing(lease), namespace, identity=identity, on_change=self._changed
         )
 
     def _changed(self, leading: bool) -> None:
@@ -189,22 +193,8 @@ def test_service_account_may_hold_a_lease_in_its_namespace_only(
     """As the image-cloner ServiceAccount, bound by manifests/base RBAC alone."""
     name = f"rbac-{uuid.uuid4().hex[:8]}"
     with closing(load_api_client(controller_kubeconfig)) as api:
-        own = LeaderElector(
-            api,
-            CONTROLLER_NAMESPACE,
-            name=name,
-            lease_duration=LEASE_DURATION,
-            renew_deadline=RENEW_DEADLINE,
-            retry_period=RETRY_PERIOD,
-        )
-        foreign = LeaderElector(
-            api,
-            namespace,
-            name=name,
-            lease_duration=LEASE_DURATION,
-            renew_deadline=RENEW_DEADLINE,
-            retry_period=RETRY_PERIOD,
-        )
+        own = LeaderElector(api, timing(name), CONTROLLER_NAMESPACE)
+        foreign = LeaderElector(api, timing(name), namespace)
         own.start()
         foreign.start()
         try:

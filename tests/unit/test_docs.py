@@ -4,14 +4,17 @@
   target file has a heading with that anchor (GitHub's heading slugs).
 - Every ``make X`` the docs show (in code) is a target of the Makefile.
 - The configuration reference (the ``key`` table of docs/configuration.md)
-  lists exactly the YAML keys of ``cloner.config._KEYS``, and its YAML
-  examples use only known keys.
+  is exactly ``cloner.config.reference_table()``, generated from the key
+  table the loader uses, between its marker comments; it lists exactly the
+  YAML keys of ``cloner.config.KEYS``, and the YAML examples use only known
+  keys.
 - The README's first commands are ``make demo`` and ``make test`` (CI and
   the project rules rely on them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -96,7 +99,7 @@ def make_mentions(path: Path) -> set[str]:
     return {m.group(2) for chunk in code for m in _MAKE.finditer(chunk)}
 
 
-def reference_table(path: Path) -> list[str]:
+def documented_keys(path: Path) -> list[str]:
     """First-column keys of the configuration reference: the table whose header
     starts with ``| key |``."""
     keys: list[str] = []
@@ -120,7 +123,7 @@ def _flat_keys(data: dict, prefix: str = "") -> set[str]:
     keys: set[str] = set()
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and name in config._SECTIONS:
+        if isinstance(value, dict) and name in config.SECTIONS:
             keys |= _flat_keys(value, f"{name}.")
         else:
             keys.add(name)
@@ -174,11 +177,43 @@ def test_readme_starts_with_make_demo_then_make_test() -> None:
     assert commands[:2] == ["make demo", "make test"]
 
 
+def generated_block(path: Path) -> str:
+    """The text between the ``settings-table`` marker comments of a page.
+
+    Raises:
+        AssertionError: the markers are missing, repeated or out of order.
+    """
+    text = path.read_text(encoding="utf-8")
+    begins = [m.end() for m in re.finditer(r"^<!-- BEGIN settings-table\b.*-->\n", text, re.M)]
+    ends = [m.start() for m in re.finditer(r"^<!-- END settings-table -->$", text, re.M)]
+    assert len(begins) == 1 and len(ends) == 1 and begins[0] <= ends[0], "settings-table markers"
+    return text[begins[0] : ends[0]]
+
+
+def test_configuration_reference_is_the_generated_table() -> None:
+    doc = generated_block(ROOT / "docs" / "configuration.md")
+    assert doc == config.reference_table(), (
+        "docs/configuration.md differs from the key table: regenerate it with "
+        "`python -m cloner.config --markdown`"
+    )
+
+
+def test_a_changed_meaning_fails_the_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The comparison above is not vacuous: a meaning edited in the key table
+    # (and not in the doc) makes the generated table differ.
+    doc = generated_block(ROOT / "docs" / "configuration.md")
+    key = config.KEYS_BY_YAML["backoff.jitter"]
+    changed = [dataclasses.replace(key, meaning="x") if k is key else k for k in config.KEYS]
+    monkeypatch.setattr(config, "KEYS", tuple(changed))
+    assert config.reference_table() != doc
+
+
 def test_configuration_reference_lists_exactly_the_loader_keys() -> None:
-    documented = reference_table(ROOT / "docs" / "configuration.md")
+    documented = documented_keys(ROOT / "docs" / "configuration.md")
+    known = set(config.KEYS_BY_YAML)
     assert len(documented) == len(set(documented)), "a key is documented twice"
-    assert sorted(set(documented) - set(config._KEYS)) == [], "documented, unknown to the loader"
-    assert sorted(set(config._KEYS) - set(documented)) == [], "known to the loader, undocumented"
+    assert sorted(set(documented) - known) == [], "documented, unknown to the loader"
+    assert sorted(known - set(documented)) == [], "known to the loader, undocumented"
 
 
 def test_configuration_examples_use_known_keys() -> None:
@@ -188,11 +223,11 @@ def test_configuration_examples_use_known_keys() -> None:
     for block in blocks:
         data = yaml.safe_load("\n".join(block.splitlines()[1:-1]))
         assert isinstance(data, dict)
-        assert sorted(_flat_keys(data) - set(config._KEYS)) == []
+        assert sorted(_flat_keys(data) - set(config.KEYS_BY_YAML)) == []
 
 
 def test_shipped_config_uses_documented_keys() -> None:
-    documented = set(reference_table(ROOT / "docs" / "configuration.md"))
+    documented = set(documented_keys(ROOT / "docs" / "configuration.md"))
     shipped = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
     assert sorted(_flat_keys(shipped) - documented) == []
 

@@ -19,6 +19,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from cloner.adapters.leader import LeaderElector, default_identity
+from cloner.config import LeaderElectionSettings
 from cloner.model.lease import (
     LeaseRecord,
     acquired_record,
@@ -266,11 +267,9 @@ class FakeCoordination:
 def elector(fake: FakeCoordination, identity: str, changes: list[bool]) -> LeaderElector:
     instance = LeaderElector(
         None,  # type: ignore[arg-type]  # the API object is replaced below
+        LeaderElectionSettings(lease_duration=3, renew_deadline=1, retry_period=0.2),
         "ns",
         identity=identity,
-        lease_duration=3,
-        renew_deadline=1,
-        retry_period=0.2,
         on_change=changes.append,
     )
     instance._api = fake  # type: ignore[assignment]
@@ -369,7 +368,8 @@ def test_a_leader_that_sees_another_holder_stops_leading_at_once() -> None:
 
 def test_elector_rejects_inconsistent_durations() -> None:
     with pytest.raises(ValueError, match="renew_deadline"):
-        LeaderElector(None, "ns", lease_duration=5, renew_deadline=5)  # type: ignore[arg-type]
+        election = LeaderElectionSettings(lease_duration=5, renew_deadline=5)
+        LeaderElector(None, election, "ns")  # type: ignore[arg-type]
 
 
 def test_wait_until_leader_returns_false_when_stopped() -> None:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cloner.config import Settings
+from cloner.config import (
+    BackoffSettings,
+    CopySettings,
+    PullSecretSettings,
+    RefreshSettings,
+    Settings,
+)
 from cloner.errors import RegistryError
 from cloner.model.identity import OCI_MANIFEST, Copied, Descriptor
 from cloner.model.reference import Reference, parse_reference
@@ -18,11 +24,12 @@ from cloner.ops.reconcile import Reconciler
 from tests.unit.fakes import FakeKube, Registries, Repo
 
 OWNED = "owned.example.com"
+SKOPEO = CopySettings(backend="skopeo")
 SETTINGS = Settings(
     target=f"{OWNED}/m",
-    copy_backend="skopeo",
+    copy=SKOPEO,
     controller_namespace="image-cloner",
-    backoff_jitter=0.0,
+    backoff=BackoffSettings(jitter=0.0),
 )
 
 
@@ -248,7 +255,7 @@ def test_namespace_opt_out_is_honoured() -> None:
 
 
 def test_pin_digest_patches_tag_and_pushed_digest() -> None:
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", pin_digest=True)
+    settings = Settings(target=f"{OWNED}/m", copy=SKOPEO, pin_digest=True)
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     registry = FakeRegistry()
     make(kube, registry, settings).reconcile_once()
@@ -259,7 +266,7 @@ def test_pin_digest_patches_tag_and_pushed_digest() -> None:
 def test_flat_naming_collision_is_reported_and_not_cloned() -> None:
     # With separator '-' every name is hashed when ambiguous, so force a
     # collision through two registries whose path components coincide.
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", naming="flat")
+    settings = Settings(target=f"{OWNED}/m", copy=SKOPEO, naming="flat")
     kube = FakeKube(
         [
             workload("Deployment", "a", "one", "example.com-5000/app:1"),
@@ -333,7 +340,9 @@ def test_missing_service_account_blocks_the_workload() -> None:
 
 
 def test_workload_mode_leaves_service_accounts_alone() -> None:
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", pull_secret_attach="workload")
+    settings = Settings(
+        target=f"{OWNED}/m", copy=SKOPEO, pull_secrets=PullSecretSettings(attach="workload")
+    )
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     make(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
     assert kube.calls == ["create secret a", "patch Deployment a/web"]
@@ -370,7 +379,9 @@ def test_changed_credentials_update_every_managed_secret_next_cycle() -> None:
 
 
 def test_provision_false_creates_nothing() -> None:
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", pull_secret_provision=False)
+    settings = Settings(
+        target=f"{OWNED}/m", copy=SKOPEO, pull_secrets=PullSecretSettings(provision=False)
+    )
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     make(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
     assert kube.calls == ["patch Deployment a/web"]
@@ -390,10 +401,8 @@ class Clock:
 def backoff_settings() -> Settings:
     return Settings(
         target=f"{OWNED}/m",
-        copy_backend="skopeo",
-        backoff_initial=10,
-        backoff_max=40,
-        backoff_jitter=0,
+        copy=SKOPEO,
+        backoff=BackoffSettings(initial=10, maximum=40, jitter=0),
     )
 
 
@@ -501,7 +510,7 @@ def test_gitops_workloads_are_reported_not_patched() -> None:
     summary = make(kube, registry, SETTINGS).reconcile_once()
     assert registry.clones == [] and kube.patches == []
     assert sorted(k for k, _ in summary.gitops) == ["Deployment a/rollout", "Deployment a/web"]
-    patching = Settings(target=f"{OWNED}/m", copy_backend="skopeo", gitops="patch")
+    patching = Settings(target=f"{OWNED}/m", copy=SKOPEO, gitops="patch")
     make(kube, registry, patching).reconcile_once()
     assert kube.image("a/web", "c0").startswith(OWNED)
 
@@ -509,7 +518,7 @@ def test_gitops_workloads_are_reported_not_patched() -> None:
 def test_fight_is_detected_and_patching_stops() -> None:
     clock = Clock()
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", fight_limit=3)
+    settings = Settings(target=f"{OWNED}/m", copy=SKOPEO, fight_limit=3)
     reconciler = make(kube, FakeRegistry(), settings, clock=clock)
     patches = []
     for _ in range(6):
@@ -528,7 +537,9 @@ def test_missing_owned_copy_is_cloned_again_from_the_original() -> None:
     clock = Clock()
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     registry = FakeRegistry()
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", verify_interval=60)
+    settings = Settings(
+        target=f"{OWNED}/m", copy=SKOPEO, refresh=RefreshSettings(verify_interval=60)
+    )
     reconciler = make(kube, registry, settings, clock=clock, wall=clock)
     reconciler.reconcile_once()
     owned = f"{OWNED}/m/docker.io/library/nginx:1.25"
@@ -583,7 +594,9 @@ class SlowRegistry(FakeRegistry):
 
 def test_a_workload_is_patched_as_soon_as_its_images_are_ready() -> None:
     settings = Settings(
-        target=f"{OWNED}/m", copy_backend="skopeo", clone_concurrency=4, backoff_jitter=0
+        target=f"{OWNED}/m",
+        copy=CopySettings(backend="skopeo", concurrency=4),
+        backoff=BackoffSettings(jitter=0),
     )
 
     class ReleasingKube(FakeKube):
@@ -605,7 +618,7 @@ def test_a_workload_is_patched_as_soon_as_its_images_are_ready() -> None:
 
 
 def test_a_cycle_stops_waiting_and_the_next_collects_the_clone_without_copying_again() -> None:
-    settings = Settings(target=f"{OWNED}/m", copy_backend="skopeo", clone_concurrency=2)
+    settings = Settings(target=f"{OWNED}/m", copy=CopySettings(backend="skopeo", concurrency=2))
     kube = FakeKube(
         [
             workload("Deployment", "a", "fast", "quay.io/x/fast:1"),
