@@ -445,7 +445,11 @@ class Key:
             return self._strings(value)
         if kind == "path":
             return value if isinstance(value, Path) else Path(_string(self.yaml, value))
-        text = _string(self.yaml, value)
+        return self._text(_string(self.yaml, value))
+
+    def _text(self, text: str) -> Any:
+        """Check a ``string``, ``address``, ``name`` or ``choice`` value."""
+        kind = self.kind
         if kind == "address" and not text.startswith(_DOCKER_SCHEMES):
             raise ConfigError(
                 self.yaml, f"must be a unix://, tcp:// or ssh:// address, got {text!r}"
@@ -872,6 +876,21 @@ def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The settings file as a mapping ({} when empty); raises ``ConfigError`` naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(str(path), "must be a mapping of settings")
+    return loaded
+
+
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Load settings from a YAML file, then apply environment overrides.
 
@@ -888,19 +907,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             names the YAML key (or the file).
     """
     environ = os.environ if environ is None else environ
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(str(path), f"not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(str(path), "must be a mapping of settings")
-        raw.update(_flatten(loaded))
+    raw: dict[str, Any] = {} if path is None else _flatten(_read_yaml(path))
     for variable, key in ENV_OVERRIDES.items():
         value = environ.get(variable)
         if value not in (None, ""):

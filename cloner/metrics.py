@@ -188,7 +188,21 @@ for _result in ("ok", "failed", "error"):
 
 
 def record_cycle(summary: Summary) -> None:
-    """Update every metric from the Summary of one pass (the one update site)."""
+    """Update every metric from the Summary of one pass (the one update site).
+
+    Args:
+        summary: the pass's ``reconcile.Summary``; read only.
+    """
+    _count_cycle(summary)
+    _gauge_cycle(summary)
+    CYCLE_DURATION.observe(summary.duration)
+    CYCLES.labels(result="ok" if summary.ok else "failed").inc()
+    if summary.ok:
+        LAST_SUCCESS.set(summary.started + summary.duration)
+
+
+def _count_cycle(summary: Summary) -> None:
+    """The counters and the clone-duration histogram: what happened in the pass."""
     IMAGES_CLONED.inc(summary.cloned)
     for reason, count in summary.clone_failures.items():
         CLONE_FAILURES.labels(reason=reason).inc(count)
@@ -200,11 +214,19 @@ def record_cycle(summary: Summary) -> None:
     SERVICE_ACCOUNTS_PATCHED.inc(summary.provisioning.service_accounts_patched)
     for _namespace, reason, _message in summary.provisioning.failures:
         NAMESPACE_FAILURES.labels(reason=reason).inc()
-    for kind in KINDS:
-        WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
     for result in summary.images.values():
         if result.cloned and result.duration is not None:
             CLONE_DURATION.observe(result.duration)
+    IMAGES_HEALED.inc(summary.healed)
+    OWNED_COPIES_REPLACED.inc(summary.replaced)
+    SOURCES_MOVED.inc(summary.moved)
+    PATCH_CONFLICTS.inc(summary.conflicts_retried)
+
+
+def _gauge_cycle(summary: Summary) -> None:
+    """The gauges: the state the pass found."""
+    for kind in KINDS:
+        WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
     IMAGES_WAITING.set(summary.waiting)
     IMAGES.labels(state="owned").set(summary.owned_images)
     IMAGES.labels(state="backing_off").set(summary.waiting)
@@ -213,17 +235,9 @@ def record_cycle(summary: Summary) -> None:
     )
     GITOPS_HELD.set(len(summary.gitops))
     FIGHTS.set(len(summary.fights))
-    IMAGES_HEALED.inc(summary.healed)
-    OWNED_COPIES_REPLACED.inc(summary.replaced)
     if summary.unpatchable is not None:
         for kind, count in summary.unpatchable.items():
             UNPATCHABLE_PUBLIC_IMAGES.labels(kind=kind).set(count)
-    SOURCES_MOVED.inc(summary.moved)
-    PATCH_CONFLICTS.inc(summary.conflicts_retried)
-    CYCLE_DURATION.observe(summary.duration)
-    CYCLES.labels(result="ok" if summary.ok else "failed").inc()
-    if summary.ok:
-        LAST_SUCCESS.set(summary.started + summary.duration)
 
 
 class AdapterCollector(Collector):

@@ -17,9 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloner.config import PullSecretSettings
 from cloner.errors import KubeError
 from cloner.model.credentials import Credential, DockerConfig
 from cloner.model.pullsecrets import (
+    AttachMode,
     desired_secret,
     is_managed,
     secret_action,
@@ -84,8 +86,8 @@ class PullSecrets:
         kube: the Kubernetes side.
         credentials: the credentials in force.
         owned_registry: the owned registry host (whose entry is provisioned).
-        name: the Secret name.
-        attach_service_accounts: True for ``pullSecret.attach: serviceaccount``.
+        settings: the ``pullSecret`` group: the Secret's name, and where it is
+            attached (``serviceaccount`` or ``workload``).
     """
 
     def __init__(
@@ -93,14 +95,13 @@ class PullSecrets:
         kube: SecretAPI,
         credentials: Credentials,
         owned_registry: str,
-        name: str,
-        attach_service_accounts: bool,
+        settings: PullSecretSettings,
     ) -> None:
         self._kube = kube
         self._credentials = credentials
         self._owned_registry = owned_registry
-        self.name = name
-        self._attach_service_accounts = attach_service_accounts
+        self.name = settings.name
+        self._attach_service_accounts = settings.attach == AttachMode.SERVICEACCOUNT
         self._swept_version = ""
         self._warned_version = ""
         self._report = ProvisionReport()

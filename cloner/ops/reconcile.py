@@ -309,8 +309,7 @@ class Reconciler:
                 kube,
                 self._credentials,
                 settings.owned.registry,
-                settings.pull_secrets.name,
-                settings.pull_secrets.attach == "serviceaccount",
+                settings.pull_secrets,
             )
         self._patch_times: dict[str, deque[float]] = {}
         self._summary_lock = threading.Lock()
