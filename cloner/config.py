@@ -79,8 +79,22 @@ def _convert_and_check(obj: object) -> None:
         object.__setattr__(obj, key.field, key.parse(getattr(obj, key.field)))
 
 
+class _Checked:
+    """Base of the settings groups: made, each field is converted and checked (``KEYS``).
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of its range; the
+            message names the YAML key.
+    """
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        _convert_and_check(self)
+
+
 @dataclass(frozen=True, slots=True)
-class CopySettings:
+class CopySettings(_Checked):
     """How images are copied: the backend, its limits and its connections.
 
     Fields (YAML key; type, default, range and meaning in ``KEYS`` and
@@ -92,8 +106,7 @@ class CopySettings:
     ``insecure_registries`` (``insecureRegistries``).
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range; the
-            message names the YAML key.
+        ConfigError: see ``_Checked``.
     """
 
     backend: BackendName = BackendName.DOCKER
@@ -105,12 +118,9 @@ class CopySettings:
     registry_timeout: float = 30.0
     insecure_registries: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
-
 
 @dataclass(frozen=True, slots=True)
-class BackoffSettings:
+class BackoffSettings(_Checked):
     """Retry timing after failed clones and "too many requests".
 
     Fields: ``initial`` (``backoff.initial``, seconds), ``maximum``
@@ -118,16 +128,13 @@ class BackoffSettings:
     ``rate_limit_pause`` (``rateLimitPause``, seconds).
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range.
+        ConfigError: see ``_Checked``.
     """
 
     initial: float = 30.0
     maximum: float = 3600.0
     jitter: float = 0.2
     rate_limit_pause: float = 300.0
-
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
 
     @property
     def policy(self) -> BackoffPolicy:
@@ -136,26 +143,23 @@ class BackoffSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class PullSecretSettings:
+class PullSecretSettings(_Checked):
     """The managed pull Secret of the owned registry in each patched namespace.
 
     Fields: ``name`` (``pullSecret.name``), ``attach`` (``pullSecret.attach``,
     ``AttachMode``), ``provision`` (``pullSecret.provision``).
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range.
+        ConfigError: see ``_Checked``.
     """
 
     name: str = "image-cloner-pull-secret"
     attach: AttachMode = AttachMode.SERVICEACCOUNT
     provision: bool = True
 
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
-
 
 @dataclass(frozen=True, slots=True)
-class LeaderElectionSettings:
+class LeaderElectionSettings(_Checked):
     """Leader election on a ``coordination.k8s.io/v1`` Lease (client-go's rules).
 
     Fields: ``enabled`` (``leaderElection.enabled``), ``lease_name``
@@ -166,7 +170,7 @@ class LeaderElectionSettings:
     by ``LeaderElector``.
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range.
+        ConfigError: see ``_Checked``.
     """
 
     enabled: bool = True
@@ -175,62 +179,50 @@ class LeaderElectionSettings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
 
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
-
 
 @dataclass(frozen=True, slots=True)
-class MetricsSettings:
+class MetricsSettings(_Checked):
     """The HTTP endpoint of ``/metrics``, ``/healthz``, ``/readyz`` and ``/state/backoff``.
 
     Fields: ``port`` (``metricsPort``; TCP port, 0 disables the endpoint),
     ``address`` (``metricsAddress``).
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range.
+        ConfigError: see ``_Checked``.
     """
 
     port: int = 9090
     address: str = "0.0.0.0"
 
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
-
 
 @dataclass(frozen=True, slots=True)
-class RefreshSettings:
+class RefreshSettings(_Checked):
     """When what is known is asked again.
 
     Fields: ``interval`` (``refreshInterval``, seconds; 0 never), ``verify_interval``
     (``verifyInterval``, seconds; 0 never).
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range.
+        ConfigError: see ``_Checked``.
     """
 
     interval: float = 21600.0
     verify_interval: float = 3600.0
 
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
-
 
 @dataclass(frozen=True, slots=True)
-class StateSettings:
+class StateSettings(_Checked):
     """The durable state: verified copies and backoff across restarts.
 
     Fields: ``config_map`` (``state.configMap``, name prefix of 16 ConfigMaps),
     ``ttl`` (``state.ttl``, seconds).
 
     Raises:
-        ConfigError: a field is of the wrong type or out of its range.
+        ConfigError: see ``_Checked``.
     """
 
     config_map: str = "image-cloner-state"
     ttl: float = 7 * 86400.0
-
-    def __post_init__(self) -> None:
-        _convert_and_check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,230 +566,34 @@ def _string(key: str, value: Any) -> str:
     return value.strip()
 
 
-# The two kinds of durations: > 0, and >= 0 where 0 switches something off.
-_SECONDS = {"kind": "seconds", "low": 0, "above": True}
-_SECONDS_OR_ZERO = {"kind": "seconds", "low": 0}
+#: Where ``KEYS`` is described: one record per key (see the file's header).
+KEYS_FILE = Path(__file__).with_name("settings_keys.yaml")
+
+#: The StrEnums a ``choice`` key's ``choices`` may name.
+_CHOICES: Mapping[str, type[StrEnum]] = {
+    cls.__name__: cls for cls in (NamingStrategy, GitopsMode, AttachMode, BackendName)
+}
+
+
+def _load_keys(path: Path = KEYS_FILE) -> tuple[Key, ...]:
+    """The key records of ``path``, in their order.
+
+    Raises:
+        ValueError: a record has an unknown field or names an unknown StrEnum
+            (a packaging or editing mistake, not a user's config error).
+    """
+    keys = []
+    for raw in yaml.safe_load(path.read_text(encoding="utf-8")):
+        try:
+            entry = {**raw, "choices": _CHOICES[raw["choices"]]} if "choices" in raw else raw
+            keys.append(Key(**entry))
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: {raw.get('yaml')!r}: {exc}") from None
+    return tuple(keys)
+
 
 #: Every YAML key, in the order of the reference in docs/configuration.md.
-# fmt: off
-KEYS: tuple[Key, ...] = (
-    # Settings itself: what is reconciled and how owned names are formed.
-    Key(
-        "target", "", "target", "string", env="IMAGE_CLONER_TARGET",
-        rule="`host[:port][/path]`",
-        meaning="owned registry host with optional path prefix, e.g. `registry.example.com/mirror`",
-    ),
-    Key(
-        "pollInterval", "", "poll_interval", **_SECONDS, env="IMAGE_CLONER_POLL_INTERVAL",
-        meaning="seconds between the starts of two cycles; a cycle that takes longer is "
-        "followed at once by the next (never two at once)",
-    ),
-    Key(
-        "dockerConfig", "", "docker_config", "path", env="IMAGE_CLONER_DOCKER_CONFIG",
-        meaning="docker `config.json` with registry credentials; re-read every cycle, a "
-        "malformed new file is reported and the previous credentials stay in use",
-    ),
-    Key(
-        "namespaces.include", "", "include_namespaces", "strings",
-        meaning="glob patterns of namespaces to reconcile; empty means all",
-    ),
-    Key(
-        "namespaces.exclude", "", "exclude_namespaces", "strings",
-        meaning="glob patterns never reconciled; exclusion wins",
-    ),
-    Key(
-        "controllerNamespace", "", "controller_namespace", "string", env="POD_NAMESPACE",
-        meaning="the controller's own namespace, always excluded",
-    ),
-    Key(
-        "listPageSize", "", "list_page_size", "integer", low=1, high=5000,
-        meaning="items per list call",
-    ),
-    Key(
-        "naming", "", "naming", "choice", choices=NamingStrategy,
-        meaning="how owned names are formed: `nested` or `flat` (below)",
-    ),
-    Key(
-        "flatSeparator", "", "flat_separator", "string", rule="`_`, `.`, `__` or a run of `-`",
-        meaning="what `flat` joins the source path with: `_`, `.`, `__` or a run of `-`",
-    ),
-    Key(
-        "pinDigest", "", "pin_digest", "boolean",
-        meaning="patch workloads to `owned:tag@digest` (the pushed digest), so a later move of "
-        "the owned tag cannot change what runs",
-    ),
-    Key(
-        "ownedRegistries", "", "owned_registries", "strings",
-        meaning="other registries (`host[/prefix]`) your team controls; their images are never "
-        "cloned",
-    ),
-    Key(
-        "images.include", "", "include_images", "strings",
-        meaning="image globs to clone; empty means all",
-    ),
-    Key(
-        "images.exclude", "", "exclude_images", "strings",
-        meaning="image globs never cloned; exclusion wins",
-    ),
-    Key(
-        "gitops", "", "gitops", "choice", choices=GitopsMode,
-        meaning="workloads Argo CD, Flux or another controller would set back: `report` (leave, "
-        "log, count), `skip` (leave quietly), `patch`",
-    ),
-    Key(
-        "fightLimit", "", "fight_limit", "integer", low=1, high=1000,
-        meaning="patches of one workload within an hour after which the controller stops "
-        "patching it and reports a fight",
-    ),
-    Key(
-        "patchConcurrency", "", "patch_concurrency", "integer", low=1, high=64,
-        meaning="workload patches and Events sent at once; a 429 from the API server pauses "
-        "them all for its Retry-After",
-    ),
-    Key(
-        "shutdownTimeout", "", "shutdown_timeout", **_SECONDS,
-        meaning="seconds from SIGTERM to exit at the latest",
-    ),
-    # copy: how images are copied.
-    Key(
-        "copyBackend", "copy", "backend", "choice", choices=BackendName,
-        env="IMAGE_CLONER_COPY_BACKEND",
-        meaning="`docker`: pull, tag, push through the Docker engine (one platform, a new "
-        "manifest digest; a multi-platform source is refused with `multi_platform` while nodes "
-        "run another platform); `skopeo`: registry to registry, every platform, the same "
-        "digests, no engine (`make deploy-skopeo`). See [copy-backends.md](copy-backends.md)",
-    ),
-    Key(
-        "cloneConcurrency", "copy", "concurrency", "integer", low=1, high=32,
-        meaning="clones at once in total",
-    ),
-    Key(
-        "registryConcurrency", "copy", "registry_concurrency", "integer", low=1, high=16,
-        meaning="clones at once from one source registry (a registry answering \"too many "
-        'requests" is still paused as a whole)',
-    ),
-    Key(
-        "engineCacheBytes", "copy", "engine_cache_bytes", "integer", low=0, high=2**50,
-        unit="bytes",
-        meaning="bytes of layers the Docker engine keeps after their push, so shared base "
-        "layers are pulled once; beyond it the least recently used images not in use by a "
-        "clone are removed; `0` removes each image after its push",
-    ),
-    Key(
-        "dockerHost", "copy", "docker_host", "address", env="DOCKER_HOST",
-        meaning="Docker engine (`unix://`, `tcp://`, `ssh://`)",
-    ),
-    Key(
-        "dockerTimeout", "copy", "docker_timeout", **_SECONDS,
-        meaning="seconds one Docker engine call may block",
-    ),
-    Key(
-        "registryTimeout", "copy", "registry_timeout", **_SECONDS,
-        meaning="seconds one manifest request to a registry may take",
-    ),
-    Key(
-        "insecureRegistries", "copy", "insecure_registries", "strings",
-        meaning="registries (`host[:port]`, globs such as `127.0.0.1:*` or "
-        "`registry.internal:5000`) the controller may pull from or push to although the Docker "
-        "engine reaches them without TLS verification; any other such registry is refused "
-        "with reason `insecure_registry`",
-    ),
-    # backoff: retry timing.
-    Key(
-        "backoff.initial", "backoff", "initial", **_SECONDS,
-        meaning="seconds before an image whose clone failed temporarily (`network`, "
-        "`registry_error`, `rate_limited`...) is tried again; doubles per failure",
-    ),
-    Key(
-        "backoff.max", "backoff", "maximum", **_SECONDS, rule="≥ `backoff.initial`",
-        meaning="cap of that wait, seconds; a permanent failure (`not_found`, `auth`, "
-        "`insecure_registry`, `multi_platform`, `unsupported`) waits it at once, or until "
-        "the config or the registry credentials change",
-    ),
-    Key(
-        "backoff.jitter", "backoff", "jitter", "number", low=0, high=1, unit="fraction",
-        meaning="random spread of each wait, as a fraction of it",
-    ),
-    Key(
-        "rateLimitPause", "backoff", "rate_limit_pause", **_SECONDS,
-        meaning='seconds a registry that answered "too many requests" is paused as a whole '
-        "when it gave no Retry-After",
-    ),
-    # pull_secrets: the managed pull Secret.
-    Key(
-        "pullSecret.provision", "pull_secrets", "provision", "boolean",
-        meaning="create and attach pull secrets (below); `false` where node credentials or "
-        "another tool handle pulls",
-    ),
-    Key(
-        "pullSecret.name", "pull_secrets", "name", "name", max_length=253,
-        meaning="name of the managed Secret in each patched namespace",
-    ),
-    Key(
-        "pullSecret.attach", "pull_secrets", "attach", "choice", choices=AttachMode,
-        meaning="`serviceaccount`: add the Secret to the ServiceAccount the pods run as; "
-        "`workload`: add it to the pod template in the same patch as the images",
-    ),
-    # leader_election: the Lease.
-    Key(
-        "leaderElection.enabled", "leader_election", "enabled", "boolean",
-        meaning="act only while holding the `coordination.k8s.io/v1` Lease (needs "
-        "`controllerNamespace`); `--once` never elects",
-    ),
-    Key(
-        "leaderElection.leaseName", "leader_election", "lease_name", "string",
-        meaning="the Lease, in the controller's namespace",
-    ),
-    Key(
-        "leaderElection.leaseDuration", "leader_election", "lease_duration", **_SECONDS,
-        rule="≥ 1, > `renewDeadline`",
-        meaning="seconds a candidate waits without seeing the Lease renewed before it takes it "
-        "over; at least 1, greater than `renewDeadline` (client-go's leader election rules)",
-    ),
-    Key(
-        "leaderElection.renewDeadline", "leader_election", "renew_deadline", **_SECONDS,
-        rule="> 1.2 × `retryPeriod`",  # noqa: RUF001
-        meaning="seconds the holder keeps trying to renew before it stops acting; greater than "
-        "1.2 × `retryPeriod`",  # noqa: RUF001
-    ),
-    Key(
-        "leaderElection.retryPeriod", "leader_election", "retry_period", **_SECONDS,
-        meaning="seconds between two tries to acquire or renew; greater than 0",
-    ),
-    # metrics: the HTTP endpoint.
-    Key(
-        "metricsPort", "metrics", "port", "integer", low=0, high=65535, unit="TCP port",
-        env="IMAGE_CLONER_METRICS_PORT",
-        meaning="Prometheus `/metrics` port; `0` disables",
-    ),
-    Key(
-        "metricsAddress", "metrics", "address", "string",
-        meaning="address the metrics endpoint binds",
-    ),
-    # refresh: asking again.
-    Key(
-        "refreshInterval", "refresh", "interval", **_SECONDS_OR_ZERO,
-        meaning="seconds after which a verified tagged source in use is asked again (one "
-        "`HEAD`, spread over the last 20% of the interval) and copied again if its tag moved; "
-        "`0` never",
-    ),
-    Key(
-        "verifyInterval", "refresh", "verify_interval", **_SECONDS_OR_ZERO,
-        meaning="seconds between checks that the owned copies patched workloads use still "
-        "exist; `0` disables",
-    ),
-    # state: kept across restarts.
-    Key(
-        "state.configMap", "state", "config_map", "name", max_length=60,
-        meaning="name prefix of the 16 ConfigMaps in the controller's namespace that keep "
-        "verified copies and backoff across restarts (only with `controllerNamespace`)",
-    ),
-    Key(
-        "state.ttl", "state", "ttl", **_SECONDS,
-        meaning="seconds after its last use that the record of a source expires",
-    ),
-)
-# fmt: on
+KEYS: tuple[Key, ...] = _load_keys()
 
 #: Settings attribute of a group ("" for Settings) -> its class.
 _GROUP_CLASSES: dict[str, type] = {
