@@ -44,8 +44,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from cloner.config import BackoffSettings, CopySettings
 from cloner.errors import RegistryError
-from cloner.model.backoff import Backoff, BackoffPolicy, RegistryPauses
+from cloner.model.backoff import Backoff, RegistryPauses
 from cloner.model.identity import (
     DOCKER,
     SKOPEO,
@@ -149,17 +150,16 @@ class ImageCloner:
     Args:
         manifests: manifest lookups in the source and owned registries.
         backend: the copy backend.
-        backend_name: ``docker`` or ``skopeo`` (``copyBackend``): how an
-            owned copy is compared with its source (``identity.same_content``).
+        copy: the copy group: ``backend`` (``docker`` or ``skopeo``: how an
+            owned copy is compared with its source, ``identity.same_content``),
+            ``concurrency`` (clones at once in total) and
+            ``registry_concurrency`` (at once from one source registry).
+        backoff: the backoff group: per-image retry timing and the seconds a
+            registry is paused after a 429 without Retry-After.
         engine_platform: for ``docker``, returns the engine's ``os/arch``.
         node_platforms: returns the ``os/arch`` of the cluster's nodes (read
             at most once per ``ensure_all``); for ``docker`` only.
         pin_digest: ``pinDigest``.
-        backoff: per-image retry timing.
-        rate_limit_pause: seconds a registry is paused after a 429 without Retry-After.
-        concurrency: clones at once in total (``cloneConcurrency``).
-        registry_concurrency: clones at once from one source registry
-            (``registryConcurrency``).
         refresh_interval: ``refreshInterval`` in seconds (0: never).
         book: the durable state (verified copies, failures); a new empty one
             when None.
@@ -174,31 +174,31 @@ class ImageCloner:
         self,
         manifests: ManifestAPI,
         backend: CopyBackend,
+        copy: CopySettings | None = None,
+        backoff: BackoffSettings | None = None,
         *,
-        backend_name: str = DOCKER,
         engine_platform: Callable[[], str] | None = None,
         node_platforms: Callable[[], Iterable[str]] | None = None,
         pin_digest: bool = False,
-        backoff: BackoffPolicy | None = None,
-        rate_limit_pause: float = 300.0,
-        concurrency: int = 1,
-        registry_concurrency: int = 3,
         refresh_interval: float = 21600.0,
         book: StateBook | None = None,
         inputs: Callable[[], str] = lambda: "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        copy = copy or CopySettings()
+        backoff = backoff or BackoffSettings()
         self._manifests = manifests
         self._backend = backend
-        self._backend_name = backend_name
+        self._backend_name = copy.backend
         self._engine_platform = engine_platform or (lambda: "linux/amd64")
         self._node_platforms_source = node_platforms or (lambda: ())
         self._pin = pin_digest
-        self._backoff = Backoff(backoff or BackoffPolicy())
+        self._backoff = Backoff(backoff.policy)
         self._pauses = RegistryPauses()
-        self._rate_limit_pause = rate_limit_pause
-        self._concurrency = max(1, concurrency)
+        self._rate_limit_pause = backoff.rate_limit_pause
+        self._concurrency = copy.concurrency
+        self._registry_concurrency = copy.registry_concurrency
         self._refresh = refresh_interval
         self.book = book or StateBook()
         self._inputs = inputs
@@ -206,7 +206,6 @@ class ImageCloner:
         self._wall = wall
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._registry_concurrency = max(1, registry_concurrency)
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
         self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
+from cloner.config import CopySettings
 from cloner.errors import RegistryError
 from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, Copied, child_for, parse_manifest
 from cloner.model.reference import Reference, Target, parse_reference
@@ -37,10 +38,15 @@ def cloner(
     wall: Wall | None = None,
     **kw: object,
 ) -> ImageCloner:
+    copy = CopySettings(
+        backend=registries.backend,
+        concurrency=kw.pop("concurrency", 1),  # type: ignore[arg-type]
+        registry_concurrency=kw.pop("registry_concurrency", 3),  # type: ignore[arg-type]
+    )
     return ImageCloner(
         registries,
         registries,
-        backend_name=registries.backend,
+        copy,
         engine_platform=lambda: registries.engine_platform,
         node_platforms=lambda: nodes,
         book=book,
