@@ -52,20 +52,13 @@ from cloner.model.identity import BackendName
 from cloner.model.lease import validate_timing
 from cloner.model.pullsecrets import AttachMode
 from cloner.model.reference import NamingStrategy, Policy, Target
+from cloner.model.workloads import GitopsMode
 
 # Kubernetes object names: RFC 1123 DNS subdomain (apimachinery validation).
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 #: Schemes ``dockerHost`` may use (the docker SDK's ``base_url``).
 _DOCKER_SCHEMES = ("unix://", "tcp://", "http://", "https://", "ssh://")
-
-
-class GitopsMode(StrEnum):
-    """``gitops``: what to do with a workload whose pod template an owner would undo."""
-
-    REPORT = "report"  #: leave it, log and count it
-    SKIP = "skip"  #: leave it quietly
-    PATCH = "patch"  #: patch it anyway
 
 
 GITOPS_MODES = tuple(GitopsMode)

@@ -19,6 +19,7 @@ from cloner.model.reference import Policy, Reference, Target, parse_reference
 from cloner.model.workloads import (
     ContainerPlan,
     Decision,
+    GitopsMode,
     NamespaceInfo,
     Workload,
     original_images,
@@ -69,7 +70,7 @@ def index_cycle(
     workloads: Iterable[Workload],
     policy: Policy,
     namespaces: Mapping[str, NamespaceInfo],
-    gitops: str = "patch",
+    gitops: GitopsMode = GitopsMode.PATCH,
 ) -> CycleIndex:
     """Plan every workload and derive the cycle's work from that one pass.
 

@@ -333,11 +333,19 @@ def describe(plan: ContainerPlan, image: bool = False) -> str:
             return f"invalid reference{what}: {plan.reason}"
 
 
+class GitopsMode(StrEnum):
+    """``gitops``: what to do with a workload whose pod template an owner would undo."""
+
+    REPORT = "report"  #: leave it, log and count it
+    SKIP = "skip"  #: leave it quietly
+    PATCH = "patch"  #: patch it anyway
+
+
 def plan_workload(
     workload: Workload,
     policy: Policy,
     namespace: NamespaceInfo | None = None,
-    gitops: str = "patch",
+    gitops: GitopsMode = GitopsMode.PATCH,
 ) -> list[ContainerPlan]:
     """Decide, for every container of a workload, whether its image needs a clone.
 
@@ -383,10 +391,10 @@ def plan_workload(
             )
             continue
         plans.append(ContainerPlan(container, Decision.CLONE, source=source, owned=owned))
-    if gitops != "patch" and any(p.decision == Decision.CLONE for p in plans):
+    if gitops != GitopsMode.PATCH and any(p.decision == Decision.CLONE for p in plans):
         owner = gitops_owner(workload)
         if owner:
-            decision = Decision.GITOPS if gitops == "report" else Decision.EXCLUDED
+            decision = Decision.GITOPS if gitops == GitopsMode.REPORT else Decision.EXCLUDED
             plans = [
                 ContainerPlan(p.container, decision, p.source, None, f"managed by {owner}")
                 if p.decision == Decision.CLONE
