@@ -93,6 +93,7 @@ from tests.e2e.support import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DEFAULT_CONCURRENCY = 2  # cloneConcurrency's default (README)
+DEFAULT_REGISTRY_CONCURRENCY = 3  # registryConcurrency's default (docs/configuration.md)
 TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
 DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
@@ -300,6 +301,11 @@ class Bench:
         }
         if contender.explicit:
             extra["cloneConcurrency"] = contender.parallelism
+        if contender.parallelism > DEFAULT_REGISTRY_CONCURRENCY:
+            # Every image comes from one source registry: without this the
+            # per-registry limit (default 3) caps c=4 at 3 copies at once, and
+            # "the same parallelism" as the loop would not hold.
+            extra["registryConcurrency"] = contender.parallelism
         if state:
             extra["controllerNamespace"] = "image-cloner"
         target = f"{self.env.owned.host}/{prefix or run_id}"
