@@ -66,6 +66,7 @@ import base64  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -247,9 +248,42 @@ class Bench:
 
     # --- contenders ----------------------------------------------------------------
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the harness components, this process's children, the machine.
+
+        Components from ``/proc/PID/stat`` (``dockerd``, ``apiserver``,
+        ``etcd``, ``registry-public``, ``registry-owned``); ``children``: the
+        reaped children of this process (the controller, skopeo and docker
+        CLI processes of a run); ``machine``: busy time of all CPUs
+        (``/proc/stat``, all but idle and iowait).
+        """
+        processes = dict(getattr(self.env, "_processes", {}))
+        for registry in (self.env.public, self.env.owned):
+            processes[f"registry-{registry.name}"] = getattr(registry, "_process", None)
+        used: dict[str, float] = {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        for name, process in processes.items():
+            popen = getattr(process, "popen", None)
+            if popen is None:
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                used[name] = (int(stat[11]) + int(stat[12])) / ticks
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used["children"] = children.ru_utime + children.ru_stime
+        first = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        used["machine"] = (sum(first[:8]) - first[3] - first[4]) / ticks
+        return used
+
     def run(self, contender: Contender, rep: int) -> dict[str, Any]:
-        """One run of a contender into a fresh prefix; returns its figures."""
+        """One run of a contender into a fresh prefix; returns its figures.
+
+        ``cpu_s`` holds the CPU seconds each component, the run's own
+        processes (``children``) and the whole machine used during the run,
+        and ``others`` what the machine spent beyond them (other load).
+        """
         self.reset()
+        before = self.cpu()
         run_id = self.run_id(contender.key)
         if contender.kind == "controller":
             figures = self._controller(contender, run_id)
@@ -257,7 +291,12 @@ class Bench:
             figures = self._skopeo_loop(contender.parallelism, run_id)
         else:
             figures = self._docker_loop(run_id)
-        figures.update(contender=contender.key, round=rep, prefix=run_id)
+        after = self.cpu()
+        cpu = {name: after[name] - before[name] for name in after if name in before}
+        cpu["others"] = cpu.get("machine", 0.0) - sum(
+            value for name, value in cpu.items() if name != "machine"
+        )
+        figures.update(contender=contender.key, round=rep, prefix=run_id, cpu_s=cpu)
         return figures
 
     def _workloads(self, namespace: str) -> None:
@@ -669,6 +708,19 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
         if summary.get("phases"):
             text = " / ".join(_s(summary["phases"][name]) for name in measure.PHASES)
             print(f"  {labels[key]:<32} {text}")
+    print("CPU seconds per run (median): run's processes / dockerd / registries / others")
+    for key in report["summaries"]:
+        runs = [r for r in report["runs"] if r["contender"] == key and r.get("cpu_s")]
+        if runs:
+
+            def med(*names: str, runs: list[dict[str, Any]] = runs) -> str:
+                values = [sum(r["cpu_s"].get(n, 0.0) for n in names) for r in runs]
+                return f"{measure.median(values):.1f}"
+
+            print(
+                f"  {labels[key]:<32} {med('children')} / {med('dockerd')} / "
+                f"{med('registry-public', 'registry-owned')} / {med('others')}"
+            )
     print("copy time per image (sum of copy durations / copies):")
     for key in report["summaries"]:
         runs = [r for r in report["runs"] if r["contender"] == key and r.get("copies")]
