@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -291,66 +290,40 @@ class KubeClient:
     ) -> Iterator[dict[str, Any]]:
         """Items of a list call, page by page (``limit``/``continue``).
 
-        The next page is requested as soon as a page's ``continue`` token is
-        known, on a helper thread, while this page's items are yielded: the
-        API server prepares page N+1 while the caller works through page N
-        (at most one page ahead; measured with bench/scale.py's warm cycle).
-
         If the continue token expires (410 Gone) mid-list, the list starts
         again once; items already yielded (by uid) are not yielded twice.
         """
         restarted = False
         token: str | None = None
         seen: set[str] = set()
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="list")
-        pending: Future[dict[str, Any]] | None = None
-        try:
-            while True:
-                try:
-                    ahead_page, pending = pending, None
-                    if ahead_page is None:
-                        page = self._page(call, token, field_selector)
-                    else:
-                        page = ahead_page.result()
-                    self.requests["success"] += 1
-                except ApiException as exc:
-                    if exc.status == 410 and token and not restarted:
-                        log.info("%s: continue token expired, listing again", what)
-                        restarted, token = True, None
-                        continue
-                    raise self._failed(exc, what) from None
-                except (*_TRANSPORT_ERRORS, ValueError) as exc:
-                    raise self._failed(exc, what) from None
-                token = (page.get("metadata") or {}).get("continue") or None
-                if token:
-                    pending = ahead.submit(self._page, call, token, field_selector)
-                for item in page.get("items") or ():
-                    uid = (item.get("metadata") or {}).get("uid", "")
-                    if uid in seen:  # a restarted list repeats items
-                        continue
-                    seen.add(uid)
-                    yield item
-                if not token:
-                    return
-        finally:
-            # A caller that stops early leaves at most one request in flight.
-            ahead.shutdown(wait=False, cancel_futures=True)
-
-    def _page(
-        self, call: Callable[..., Any], token: str | None, field_selector: str | None
-    ) -> dict[str, Any]:
-        """One page of a list call, decoded (raises what the call or ``orjson`` raises)."""
-        response = call(
-            limit=self._page_size,
-            _continue=token,
-            field_selector=field_selector,
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
-        page = orjson.loads(read_body(response))
-        if not isinstance(page, dict):
-            raise ValueError(f"a list answer is a JSON object, not {type(page).__name__}")
-        return page
+        while True:
+            try:
+                response = call(
+                    limit=self._page_size,
+                    _continue=token,
+                    field_selector=field_selector,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+                page = orjson.loads(read_body(response))
+                self.requests["success"] += 1
+            except ApiException as exc:
+                if exc.status == 410 and token and not restarted:
+                    log.info("%s: continue token expired, listing again", what)
+                    restarted, token = True, None
+                    continue
+                raise self._failed(exc, what) from None
+            except (*_TRANSPORT_ERRORS, ValueError) as exc:
+                raise self._failed(exc, what) from None
+            for item in page.get("items") or ():
+                uid = (item.get("metadata") or {}).get("uid", "")
+                if uid in seen:  # a restarted list repeats items
+                    continue
+                seen.add(uid)
+                yield item
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
 
     def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
         """Apply a JSON patch (RFC 6902) to a workload.
