@@ -306,6 +306,8 @@ class KubeClient:
                     _request_timeout=REQUEST_TIMEOUT,
                 )
                 page = orjson.loads(read_body(response))
+                if not isinstance(page, dict):
+                    raise ValueError(f"a list answer is a JSON object, not {type(page).__name__}")
                 self.requests["success"] += 1
             except ApiException as exc:
                 if exc.status == 410 and token and not restarted:
