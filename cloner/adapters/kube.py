@@ -29,7 +29,6 @@ import orjson
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.client.rest import RESTResponse
 from kubernetes.config.config_exception import ConfigException
 
 from cloner.errors import ConfigError, KubeError
@@ -216,11 +215,15 @@ class KubeClient:
             preload_content=False,
         )
         try:
-            if not 200 <= response.status <= 299:
-                raise ApiException(http_resp=RESTResponse(response))
-            return bytes(response.data)
+            data = bytes(response.data)
         finally:
             response.release_conn()
+        if not 200 <= response.status <= 299:
+            # What ApiException(http_resp=...) sets, without the deprecated getheaders().
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body, error.headers = data, response.headers
+            raise error
+        return data
 
     def _failed(self, exc: Exception, what: str) -> KubeError:
         """Count a failed request by outcome and translate it."""
