@@ -15,6 +15,7 @@ module.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -308,7 +309,7 @@ class KubeClient:
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 )
-                page = orjson.loads(read_body(response))
+                page = decode_large(read_body(response))
                 if not isinstance(page, dict):
                     raise ValueError(f"a list answer is a JSON object, not {type(page).__name__}")
                 self.requests["success"] += 1
@@ -560,6 +561,46 @@ def _retry_after(exc: ApiException) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+_gc_lock = threading.Lock()
+#: ``pauses``: decode_large calls in progress that paused the collector.
+_gc_state = {"pauses": 0}
+
+
+def decode_large(body: bytes) -> Any:
+    """``orjson.loads`` of a large body (a list page) with the cyclic garbage collector paused.
+
+    Decoding a page of 500 Deployments creates some 10^5 dicts and lists;
+    with the collector on, each few hundred of them start a collection that
+    also walks the objects already alive (the workloads listed so far), so
+    the decode took 16-23 ms instead of 8-9 ms per page (bench: a 950 KB
+    page, 300,000 live objects). The decoded objects hold no reference
+    cycles, so nothing is left for the collector; it is switched on again
+    when the last concurrent decode ends, and left alone if it was off.
+
+    Args:
+        body: the JSON bytes.
+
+    Returns:
+        The decoded value.
+
+    Raises:
+        orjson.JSONDecodeError: not JSON (a ``ValueError``).
+    """
+    with _gc_lock:
+        paused = _gc_state["pauses"] > 0 or gc.isenabled()
+        if paused:
+            _gc_state["pauses"] += 1
+            gc.disable()
+    try:
+        return orjson.loads(body)
+    finally:
+        if paused:
+            with _gc_lock:
+                _gc_state["pauses"] -= 1
+                if _gc_state["pauses"] == 0:
+                    gc.enable()
 
 
 def read_body(response: Any) -> bytes:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from typing import Any
+from unittest import mock
 
+import orjson
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from cloner.adapters.kube import KubeClient
+from cloner.adapters import kube as kube_module
+from cloner.adapters.kube import KubeClient, decode_large
 from cloner.errors import KubeError
 
 
@@ -108,3 +112,51 @@ def test_an_unreadable_page_is_a_kube_error(body: bytes) -> None:
     kube = KubeClient(client.ApiClient())
     with pytest.raises(KubeError, match="unreadable response"):
         list(kube._paginate(Lister({None: body}), "list x", None))
+
+
+def test_a_page_is_decoded_with_the_collector_paused_and_it_is_on_again_after() -> None:
+    seen: list[bool] = []
+
+    body = page(["a"], None)
+    original = orjson.loads
+
+    def loads(data: bytes) -> Any:
+        seen.append(gc.isenabled())
+        return original(data)
+
+    assert gc.isenabled()
+    with mock.patch.object(kube_module.orjson, "loads", loads):
+        items = list(KubeClient(client.ApiClient())._paginate(Lister({None: body}), "x", None))
+    assert [i["metadata"]["uid"] for i in items] == ["a"]
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_a_collector_someone_turned_off_stays_off() -> None:
+    gc.disable()
+    try:
+        assert decode_large(b'{"a": [1]}') == {"a": [1]}
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_concurrent_decodes_turn_the_collector_on_only_when_the_last_one_ends() -> None:
+    inside = threading.Barrier(2, timeout=5)
+    states: list[bool] = []
+    original = orjson.loads
+
+    def loads(data: bytes) -> Any:
+        inside.wait()  # both decodes are in progress
+        result = original(data)
+        states.append(gc.isenabled())
+        return result
+
+    with mock.patch.object(kube_module.orjson, "loads", loads):
+        threads = [threading.Thread(target=decode_large, args=(b"[1]",)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    assert states == [False, False]
+    assert gc.isenabled()
