@@ -21,23 +21,28 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloner import metrics
 from cloner.adapters import http
 from cloner.adapters.credential_store import CredentialStore
 from cloner.adapters.distribution import DistributionClient
-from cloner.adapters.engine import DockerRegistry
 from cloner.adapters.kube import KubeClient, load_api_client
-from cloner.adapters.leader import LeaderElector
-from cloner.adapters.skopeo import SkopeoBackend
 from cloner.config import Settings, load_settings
 from cloner.errors import ConfigError, KubeError
 from cloner.model.events import EventRecorder
 from cloner.model.identity import SKOPEO
 from cloner.ops.loop import Loop
-from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table
 from cloner.ops.reconcile import Reconciler
-from cloner.ops.revert import run_revert
+
+# Imported where they are used, so a process imports only what its command
+# and copyBackend need (``python -X importtime controller.py``): the docker
+# SDK only for copyBackend docker, skopeo's adapter only for skopeo, the
+# leader elector only with leader election, plan and revert only for them.
+if TYPE_CHECKING:
+    from cloner.adapters.engine import DockerRegistry
+    from cloner.adapters.leader import LeaderElector
+    from cloner.adapters.skopeo import SkopeoBackend
 
 log = logging.getLogger("image_cloner")
 
@@ -202,11 +207,15 @@ def build_backend(
 ) -> DockerRegistry | SkopeoBackend:
     """The copy backend ``copyBackend`` names: the Docker engine, or skopeo."""
     if settings.copy.backend == SKOPEO:
+        from cloner.adapters.skopeo import SkopeoBackend
+
         return SkopeoBackend(
             credentials,
             insecure_registries=settings.copy.insecure_registries,
             command_timeout=settings.copy.docker_timeout,
         )
+    from cloner.adapters.engine import DockerRegistry
+
     return DockerRegistry(
         settings.copy.docker_host,
         credentials,
@@ -243,6 +252,8 @@ def run_plan(
             controller when ``plan`` runs in its container. Unreachable: no
             backoff is shown.
     """
+    from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table
+
     if controller is None and settings.metrics.port:
         controller = f"http://127.0.0.1:{settings.metrics.port}"
     try:
@@ -261,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.command == "revert":
+            from cloner.ops.revert import run_revert
+
             kube = KubeClient(load_api_client(args.kubeconfig), settings.list_page_size)
             return run_revert(
                 kube, settings, args.namespace, args.dry_run, events=EventRecorder(kube)
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         credentials,
         events=EventRecorder(kube),
-        engine_platform=backend.engine_platform if isinstance(backend, DockerRegistry) else None,
+        engine_platform=None if settings.copy.backend == SKOPEO else backend.engine_platform,
         # The loop keeps ticking while long clones run: a cycle waits for
         # clones until shortly before the next one starts; --once waits for all.
         clone_wait=None if args.once else 0.9 * settings.poll_interval,
@@ -306,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 "controller's namespace (POD_NAMESPACE), or set leaderElection.enabled: false"
             )
             return 2
+        from cloner.adapters.leader import LeaderElector
+
         elector = LeaderElector(api_client, settings.leader_election, settings.controller_namespace)
         elector.start()
         log.info(

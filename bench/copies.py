@@ -8,7 +8,8 @@ contenders, each run ``--reps`` times in alternating order (forward, then
 backward, ...):
 
 - ``controller.py --once`` with ``copyBackend: docker`` and with
-  ``copyBackend: skopeo``, at ``cloneConcurrency`` default (2) and 4; one
+  ``copyBackend: skopeo``, at ``cloneConcurrency`` 2 and 4 (the default; with
+  ``registryConcurrency`` 4 too, since every image comes from one registry); one
   Deployment per image in a namespace of its own, ``namespaces.include``
   scoped to it, as the image-cloner ServiceAccount (shipped RBAC);
 - a plain ``skopeo copy --all --preserve-digests`` loop: a thread pool of N
@@ -41,9 +42,11 @@ Prints one table and writes every figure to
 
     .venv/bin/python bench/copies.py              # full size: 20 images, about 130 MB, 3 reps
     .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
+    .venv/bin/python bench/copies.py --only skopeo --warm   # the skopeo contenders, no warm cycle
 
-Target checked: skopeo backend wall time (median) at most 1.1x the plain
-skopeo loop's with the same parallelism. Exit status 0 when every run
+Targets checked: skopeo backend wall time (median) at most 1.1x the plain
+skopeo loop's with the same parallelism; docker backend at most 0.6x the
+sequential docker loop's. Exit status 0 when every run
 copied every image (the figures are printed either way), 1 when a run
 failed, 2 for bad arguments.
 """
@@ -64,6 +67,7 @@ import base64  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -90,8 +94,10 @@ from tests.e2e.support import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-DEFAULT_CONCURRENCY = 2  # cloneConcurrency's default (README)
+DEFAULT_CONCURRENCY = 4  # cloneConcurrency's default (docs/configuration.md)
+DEFAULT_REGISTRY_CONCURRENCY = 3  # registryConcurrency's default (docs/configuration.md)
 TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
+DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
 MB = 1_000_000
 _SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
@@ -119,16 +125,22 @@ class Contender:
     explicit: bool = True
 
 
-def contenders(concurrencies: list[int], loop_parallelism: list[int]) -> list[Contender]:
+def contenders(
+    concurrencies: list[int], loop_parallelism: list[int], only: str | None = None
+) -> list[Contender]:
     """The contenders, controller first. Pure.
 
     Args:
         concurrencies: cloneConcurrency values; ``DEFAULT_CONCURRENCY`` is
             run without the key (the controller's default).
         loop_parallelism: thread-pool sizes of the plain skopeo loop.
+        only: ``docker`` (the docker backend and the docker loop) or
+            ``skopeo`` (the skopeo backend and the skopeo loops); None for all.
     """
     out = []
     for backend in ("docker", "skopeo"):
+        if only is not None and backend != only:
+            continue
         for c in concurrencies:
             default = c == DEFAULT_CONCURRENCY
             out.append(
@@ -141,9 +153,11 @@ def contenders(concurrencies: list[int], loop_parallelism: list[int]) -> list[Co
                     explicit=not default,
                 )
             )
-    for n in loop_parallelism:
-        out.append(Contender(f"skopeo-loop-{n}", f"skopeo loop x{n}", "skopeo-loop", None, n))
-    out.append(Contender("docker-loop", "docker pull/tag/push loop", "docker-loop", None, 1))
+    if only in (None, "skopeo"):
+        for n in loop_parallelism:
+            out.append(Contender(f"skopeo-loop-{n}", f"skopeo loop x{n}", "skopeo-loop", None, n))
+    if only in (None, "docker"):
+        out.append(Contender("docker-loop", "docker pull/tag/push loop", "docker-loop", None, 1))
     return out
 
 
@@ -235,9 +249,42 @@ class Bench:
 
     # --- contenders ----------------------------------------------------------------
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the harness components, this process's children, the machine.
+
+        Components from ``/proc/PID/stat`` (``dockerd``, ``apiserver``,
+        ``etcd``, ``registry-public``, ``registry-owned``); ``children``: the
+        reaped children of this process (the controller, skopeo and docker
+        CLI processes of a run); ``machine``: busy time of all CPUs
+        (``/proc/stat``, all but idle and iowait).
+        """
+        processes = dict(getattr(self.env, "_processes", {}))
+        for registry in (self.env.public, self.env.owned):
+            processes[f"registry-{registry.name}"] = getattr(registry, "_process", None)
+        used: dict[str, float] = {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        for name, process in processes.items():
+            popen = getattr(process, "popen", None)
+            if popen is None:
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                used[name] = (int(stat[11]) + int(stat[12])) / ticks
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used["children"] = children.ru_utime + children.ru_stime
+        first = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        used["machine"] = (sum(first[:8]) - first[3] - first[4]) / ticks
+        return used
+
     def run(self, contender: Contender, rep: int) -> dict[str, Any]:
-        """One run of a contender into a fresh prefix; returns its figures."""
+        """One run of a contender into a fresh prefix; returns its figures.
+
+        ``cpu_s`` holds the CPU seconds each component, the run's own
+        processes (``children``) and the whole machine used during the run,
+        and ``others`` what the machine spent beyond them (other load).
+        """
         self.reset()
+        before = self.cpu()
         run_id = self.run_id(contender.key)
         if contender.kind == "controller":
             figures = self._controller(contender, run_id)
@@ -245,7 +292,12 @@ class Bench:
             figures = self._skopeo_loop(contender.parallelism, run_id)
         else:
             figures = self._docker_loop(run_id)
-        figures.update(contender=contender.key, round=rep, prefix=run_id)
+        after = self.cpu()
+        cpu = {name: after[name] - before[name] for name in after if name in before}
+        cpu["others"] = cpu.get("machine", 0.0) - sum(
+            value for name, value in cpu.items() if name != "machine"
+        )
+        figures.update(contender=contender.key, round=rep, prefix=run_id, cpu_s=cpu)
         return figures
 
     def _workloads(self, namespace: str) -> None:
@@ -289,6 +341,11 @@ class Bench:
         }
         if contender.explicit:
             extra["cloneConcurrency"] = contender.parallelism
+        if contender.parallelism > DEFAULT_REGISTRY_CONCURRENCY:
+            # Every image comes from one source registry: without this the
+            # per-registry limit (default 3) caps c=4 at 3 copies at once, and
+            # "the same parallelism" as the loop would not hold.
+            extra["registryConcurrency"] = contender.parallelism
         if state:
             extra["controllerNamespace"] = "image-cloner"
         target = f"{self.env.owned.host}/{prefix or run_id}"
@@ -522,6 +579,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def targets(summaries: dict[str, dict[str, Any]], concurrencies: list[int]) -> list[dict[str, Any]]:
     """The 1.1x check: skopeo backend vs plain skopeo loop at the same parallelism. Pure."""
+    return [t for t in all_targets(summaries, concurrencies) if t["backend"] == "skopeo"]
+
+
+def docker_targets(
+    summaries: dict[str, dict[str, Any]], concurrencies: list[int]
+) -> list[dict[str, Any]]:
+    """The 0.6x check: docker backend vs the sequential docker loop. Pure."""
+    return [t for t in all_targets(summaries, concurrencies) if t["backend"] == "docker"]
+
+
+def all_targets(
+    summaries: dict[str, dict[str, Any]], concurrencies: list[int]
+) -> list[dict[str, Any]]:
+    """Both checks, each row naming its ``backend``. Pure."""
     out = []
     for c in concurrencies:
         backend = summaries.get(f"controller-skopeo-c{c}")
@@ -531,12 +602,30 @@ def targets(summaries: dict[str, dict[str, Any]], concurrencies: list[int]) -> l
         ratio = backend["wall_median_s"] / loop["wall_median_s"]
         out.append(
             {
+                "backend": "skopeo",
                 "what": f"controller skopeo c={c} / skopeo loop x{c} (median wall)",
                 "backend_s": backend["wall_median_s"],
                 "loop_s": loop["wall_median_s"],
                 "ratio": ratio,
                 "target": TARGET_RATIO,
                 "met": ratio <= TARGET_RATIO,
+            }
+        )
+    docker_loop = summaries.get("docker-loop")
+    for c in concurrencies:
+        backend = summaries.get(f"controller-docker-c{c}")
+        if backend is None or docker_loop is None:
+            continue
+        ratio = backend["wall_median_s"] / docker_loop["wall_median_s"]
+        out.append(
+            {
+                "backend": "docker",
+                "what": f"controller docker c={c} / sequential docker loop (median wall)",
+                "backend_s": backend["wall_median_s"],
+                "loop_s": docker_loop["wall_median_s"],
+                "ratio": ratio,
+                "target": DOCKER_TARGET_RATIO,
+                "met": ratio <= DOCKER_TARGET_RATIO,
             }
         )
     return out
@@ -596,7 +685,7 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
     for key, summary in report["summaries"].items():
         print(table_row(labels[key], summary))
     print()
-    for target in report["targets"]:
+    for target in [*report["targets"], *report.get("docker_targets", [])]:
         print(
             f"target: {target['what']}: {target['backend_s']:.1f}s / {target['loop_s']:.1f}s = "
             f"{target['ratio']:.2f}x (target <= {target['target']:.2f}x): "
@@ -636,6 +725,19 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
         if summary.get("phases"):
             text = " / ".join(_s(summary["phases"][name]) for name in measure.PHASES)
             print(f"  {labels[key]:<32} {text}")
+    print("CPU seconds per run (median): run's processes / dockerd / registries / others")
+    for key in report["summaries"]:
+        runs = [r for r in report["runs"] if r["contender"] == key and r.get("cpu_s")]
+        if runs:
+
+            def med(*names: str, runs: list[dict[str, Any]] = runs) -> str:
+                values = [sum(r["cpu_s"].get(n, 0.0) for n in names) for r in runs]
+                return f"{measure.median(values):.1f}"
+
+            print(
+                f"  {labels[key]:<32} {med('children')} / {med('dockerd')} / "
+                f"{med('registry-public', 'registry-owned')} / {med('others')}"
+            )
     print("copy time per image (sum of copy durations / copies):")
     for key in report["summaries"]:
         runs = [r for r in report["runs"] if r["contender"] == key and r.get("copies")]
@@ -672,6 +774,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=["docker", "skopeo"],
         help="backends of the warm cycle (default docker skopeo; smoke skopeo)",
     )
+    parser.add_argument(
+        "--only",
+        choices=["docker", "skopeo"],
+        help="only this backend's contenders: the docker backend and loop, or skopeo's",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
     args = parser.parse_args(argv)
@@ -706,7 +813,7 @@ def main(argv: list[str]) -> int:
         corpus = build_corpus(env.public, corpus_spec(args.images, args.scale))
         print(f"corpus pushed in {time.time() - built:.1f}s", flush=True)
         bench = Bench(env, corpus, kubeconfig, workdir)
-        field = contenders(args.concurrency, args.loop_parallelism)
+        field = contenders(args.concurrency, args.loop_parallelism, args.only)
         runs: list[dict[str, Any]] = []
         for rep in range(args.reps):
             for contender in run_order(field, rep):
@@ -746,6 +853,7 @@ def main(argv: list[str]) -> int:
             "contenders": {c.key: {"label": c.label, "kind": c.kind} for c in field},
             "summaries": summaries,
             "targets": targets(summaries, args.concurrency),
+            "docker_targets": docker_targets(summaries, args.concurrency),
             "warm": warm,
             "runs": runs,
         }

@@ -5,14 +5,17 @@ With ``leader`` (Leases), the only module that imports ``kubernetes``.
 Called by ``reconcile`` through the ``KubeAPI`` protocol and built by
 ``controller.py``. It lists workloads (paginated, all namespaces, one list
 call per kind per page) and sends JSON patches. Responses are read as raw JSON
-(``_preload_content=False``) and turned into ``workloads.Workload`` snapshots,
-which is much cheaper than the client's model deserialization on large
-clusters. Every ``ApiException`` and transport error becomes a ``KubeError``;
-no library exception leaves this module.
+(``_preload_content=False``), decoded with ``orjson`` and turned into
+``workloads.Workload`` snapshots, which is much cheaper than the client's model
+deserialization on large clusters (``orjson`` decodes a list page of 500
+Deployments about twice as fast as ``json``). Every ``ApiException`` and
+transport error becomes a ``KubeError``; no library exception leaves this
+module.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -21,7 +24,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import orjson
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -89,6 +94,17 @@ def translate_error(exc: Exception, what: str) -> KubeError:
 
 _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
+#: API path prefix of each workload kind (group/version, resource).
+_WORKLOAD_PATHS = {
+    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+    "DaemonSet": "/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}",
+    "StatefulSet": "/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}",
+    "CronJob": "/apis/batch/v1/namespaces/{namespace}/cronjobs/{name}",
+}
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON = "application/json"
+
 
 class KubeClient:
     """Workload listing and patching against a real API server.
@@ -99,6 +115,8 @@ class KubeClient:
     """
 
     def __init__(self, api_client: client.ApiClient, page_size: int = 500) -> None:
+        self._api_client = api_client
+        self._timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
         self._apps = client.AppsV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
@@ -119,12 +137,6 @@ class KubeClient:
             "DaemonSet": self._apps.read_namespaced_daemon_set,
             "StatefulSet": self._apps.read_namespaced_stateful_set,
             "CronJob": self._batch.read_namespaced_cron_job,
-        }
-        self._patch: dict[str, Callable[..., Any]] = {
-            "Deployment": self._apps.patch_namespaced_deployment,
-            "DaemonSet": self._apps.patch_namespaced_daemon_set,
-            "StatefulSet": self._apps.patch_namespaced_stateful_set,
-            "CronJob": self._batch.patch_namespaced_cron_job,
         }
 
     def reachable(self, timeout: float = 3.0) -> bool:
@@ -163,6 +175,56 @@ class KubeClient:
                 if first:
                     log.warning("API server: too many requests; pausing writes for %.1fs", delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_json(self, method: str, path: str, body: Any, content_type: str) -> bytes:
+        """One write with the body serialized by ``orjson``, past the generated client.
+
+        The generated methods validate every parameter, sanitize the body
+        and serialize it with ``json`` on each call: 0.04-0.14 ms of the
+        0.8-1.0 ms of controller CPU a write costs (bench/kube_writes.py; the
+        rest is urllib3, http.client and TLS). This sends the same request
+        (URL, ``Accept``, ``Content-Type``, ``User-Agent``, the
+        ``authorization`` header the client's configuration gives, refreshed
+        tokens included) through the client's own urllib3 pool, so TLS
+        settings, client certificates and proxies are the client's.
+
+        Args:
+            method: ``PATCH``, ``POST`` or ``PUT``.
+            path: the API path, for example
+                ``/apis/apps/v1/namespaces/default/deployments/web`` (already
+                quoted).
+            body: JSON-serializable object (dict or list).
+            content_type: the request's ``Content-Type``.
+
+        Returns:
+            The response body (bytes); the connection is back in the pool.
+
+        Raises:
+            ApiException: the API server answered outside 2xx (``status``,
+                ``headers`` and ``body`` set, as the generated client raises).
+            urllib3.exceptions.HTTPError, OSError: transport errors.
+        """
+        api = self._api_client
+        headers = {**api.default_headers, "Accept": JSON, "Content-Type": content_type}
+        api.update_params_for_auth(headers, [], ["BearerToken"])
+        response = api.rest_client.pool_manager.request(
+            method,
+            api.configuration.host + path,
+            body=orjson.dumps(body),
+            headers=headers,
+            timeout=self._timeout,
+            preload_content=False,
+        )
+        try:
+            data = bytes(response.data)
+        finally:
+            response.release_conn()
+        if not 200 <= response.status <= 299:
+            # What ApiException(http_resp=...) sets, without the deprecated getheaders().
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body, error.headers = data, response.headers
+            raise error
+        return data
 
     def _failed(self, exc: Exception, what: str) -> KubeError:
         """Count a failed request by outcome and translate it."""
@@ -247,7 +309,9 @@ class KubeClient:
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 )
-                page = json.loads(read_body(response))
+                page = decode_large(read_body(response))
+                if not isinstance(page, dict):
+                    raise ValueError(f"a list answer is a JSON object, not {type(page).__name__}")
                 self.requests["success"] += 1
             except ApiException as exc:
                 if exc.status == 410 and token and not restarted:
@@ -279,17 +343,11 @@ class KubeClient:
             KubeError: refused; ``conflict`` is True when a ``test`` failed or
                 the object changed (422/409), which means a concurrent edit.
         """
+        path = _WORKLOAD_PATHS[workload.kind].format(
+            namespace=quote(workload.namespace, safe=""), name=quote(workload.name, safe="")
+        )
         try:
-            read_body(
-                self._throttled(
-                    self._patch[workload.kind],
-                    workload.name,
-                    workload.namespace,
-                    patch,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-            )
+            self._throttled(self._send_json, "PATCH", path, patch, JSON_PATCH)
             self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, f"patch {workload.key}") from None
@@ -300,7 +358,7 @@ class KubeClient:
         """GET an object as raw JSON; None on 404."""
         try:
             response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            obj = dict(json.loads(read_body(response)))
+            obj = dict(orjson.loads(read_body(response)))
             self.requests["success"] += 1
             return obj
         except ApiException as exc:
@@ -460,15 +518,9 @@ class KubeClient:
             KubeError: refused or unreachable, or the answer names no Event.
         """
         what = f"create event in {namespace}"
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
         try:
-            response = self._throttled(
-                self._core.create_namespaced_event,
-                namespace,
-                body,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-            created = json.loads(read_body(response))
+            created = orjson.loads(self._throttled(self._send_json, "POST", path, body, JSON))
         except (ApiException, *_TRANSPORT_ERRORS, ValueError) as exc:
             raise self._failed(exc, what) from None
         self.requests["success"] += 1
@@ -492,13 +544,13 @@ class KubeClient:
             KubeError: refused or unreachable; status 404 when the Event is gone
                 (expired after the API server's ``--event-ttl``, or deleted).
         """
-        self._write(
-            self._core.patch_namespaced_event,
-            f"patch event {namespace}/{name}",
-            name,
-            namespace,
-            patch,
-        )
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events/{quote(name, safe='')}"
+        content_type = JSON_PATCH if isinstance(patch, list) else MERGE_PATCH
+        try:
+            self._throttled(self._send_json, "PATCH", path, patch, content_type)
+            self.requests["success"] += 1
+        except (ApiException, *_TRANSPORT_ERRORS) as exc:
+            raise self._failed(exc, f"patch event {namespace}/{name}") from None
 
 
 def _retry_after(exc: ApiException) -> float | None:
@@ -509,6 +561,46 @@ def _retry_after(exc: ApiException) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+_gc_lock = threading.Lock()
+#: ``pauses``: decode_large calls in progress that paused the collector.
+_gc_state = {"pauses": 0}
+
+
+def decode_large(body: bytes) -> Any:
+    """``orjson.loads`` of a large body (a list page) with the cyclic garbage collector paused.
+
+    Decoding a page of 500 Deployments creates some 10^5 dicts and lists;
+    with the collector on, each few hundred of them start a collection that
+    also walks the objects already alive (the workloads listed so far), so
+    the decode took 16-23 ms instead of 8-9 ms per page (bench: a 950 KB
+    page, 300,000 live objects). The decoded objects hold no reference
+    cycles, so nothing is left for the collector; it is switched on again
+    when the last concurrent decode ends, and left alone if it was off.
+
+    Args:
+        body: the JSON bytes.
+
+    Returns:
+        The decoded value.
+
+    Raises:
+        orjson.JSONDecodeError: not JSON (a ``ValueError``).
+    """
+    with _gc_lock:
+        paused = _gc_state["pauses"] > 0 or gc.isenabled()
+        if paused:
+            _gc_state["pauses"] += 1
+            gc.disable()
+    try:
+        return orjson.loads(body)
+    finally:
+        if paused:
+            with _gc_lock:
+                _gc_state["pauses"] -= 1
+                if _gc_state["pauses"] == 0:
+                    gc.enable()
 
 
 def read_body(response: Any) -> bytes:

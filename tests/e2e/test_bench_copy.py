@@ -38,8 +38,8 @@ def test_bench_copy_smoke_prints_its_table_and_writes_valid_json(tmp_path: Path)
     header = next(i for i, line in enumerate(lines) if line.startswith("contender "))
     rows = lines[header + 1 : header + 1 + len(CONTENDERS)]
     labels = (
-        "controller docker c=2 (default)",
-        "controller skopeo c=2 (default)",
+        "controller docker c=2",
+        "controller skopeo c=2",
         "skopeo loop x2",
         "docker pull/tag/push loop",
     )

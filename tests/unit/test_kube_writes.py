@@ -1,0 +1,179 @@
+"""The hot writes (workload patches, Events) go past the generated client, same request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+from urllib3 import HTTPHeaderDict
+
+from cloner.adapters.kube import KubeClient
+from cloner.errors import KubeError
+from cloner.model.workloads import Container, Workload
+
+
+class Response:
+    """What urllib3 returns with ``preload_content=False``, as far as the adapter reads it."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.reason = {200: "OK", 201: "Created", 409: "Conflict", 429: "Too Many"}.get(status)
+        self.data = json.dumps(body).encode()
+        self.headers = HTTPHeaderDict(headers or {})
+        self.released = False
+
+    def getheaders(self) -> HTTPHeaderDict:
+        return self.headers
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+class Pool:
+    """Stands in for the client's urllib3 pool: records each request, answers in turn."""
+
+    def __init__(self, *answers: Response) -> None:
+        self.answers = list(answers)
+        self.sent: list[dict[str, Any]] = []
+        self.given: list[Response] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        self.sent.append({"method": method, "url": url, **kwargs})
+        answer = self.answers.pop(0)
+        self.given.append(answer)
+        return answer
+
+
+def kube_with(pool: Pool, token: str = "t0k3n") -> KubeClient:
+    configuration = client.Configuration()
+    configuration.host = "https://127.0.0.1:6443"
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    api_client = client.ApiClient(configuration)
+    api_client.rest_client.pool_manager = pool
+    return KubeClient(api_client)
+
+
+WEB = Workload(
+    kind="Deployment",
+    namespace="team-a",
+    name="web",
+    uid="u-1",
+    resource_version="7",
+    containers=(Container("app", "nginx:1.25", "containers", 0, "/spec/template/spec"),),
+)
+
+
+def test_a_workload_patch_is_one_json_patch_request_with_the_clients_auth() -> None:
+    pool = Pool(Response(200, {"kind": "Deployment"}))
+    kube = kube_with(pool)
+    patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "x:1"}]
+
+    kube.patch_workload(WEB, patch)
+
+    (sent,) = pool.sent
+    assert sent["method"] == "PATCH"
+    assert sent["url"] == "https://127.0.0.1:6443/apis/apps/v1/namespaces/team-a/deployments/web"
+    assert json.loads(sent["body"]) == patch
+    assert sent["headers"]["Content-Type"] == "application/json-patch+json"
+    assert sent["headers"]["Accept"] == "application/json"
+    assert sent["headers"]["authorization"] == "Bearer t0k3n"
+    assert sent["headers"]["User-Agent"].startswith("OpenAPI-Generator/")
+    assert sent["preload_content"] is False
+    assert pool.given[0].released
+    assert kube.requests["success"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("DaemonSet", "/apis/apps/v1/namespaces/team-a/daemonsets/web"),
+        ("StatefulSet", "/apis/apps/v1/namespaces/team-a/statefulsets/web"),
+        ("CronJob", "/apis/batch/v1/namespaces/team-a/cronjobs/web"),
+    ],
+)
+def test_each_kind_is_patched_at_its_own_path(kind: str, path: str) -> None:
+    pool = Pool(Response(200, {}))
+    workload = Workload(kind, "team-a", "web", "u", "1", WEB.containers)
+    kube_with(pool).patch_workload(workload, [{"op": "test", "path": "/x", "value": 1}])
+    assert pool.sent[0]["url"].endswith(path)
+
+
+def test_a_refreshed_token_is_sent_on_the_next_write() -> None:
+    pool = Pool(Response(200, {}), Response(200, {}))
+    kube = kube_with(pool)
+    kube.patch_workload(WEB, [])
+    kube._api_client.configuration.api_key["authorization"] = "n3w"
+    kube.patch_workload(WEB, [])
+    assert [s["headers"]["authorization"] for s in pool.sent] == ["Bearer t0k3n", "Bearer n3w"]
+
+
+def test_a_conflict_becomes_a_kube_error_and_the_connection_goes_back() -> None:
+    pool = Pool(Response(409, {"message": "the object has been modified"}))
+    kube = kube_with(pool)
+    with pytest.raises(KubeError) as caught:
+        kube.patch_workload(WEB, [])
+    assert caught.value.status == 409 and caught.value.conflict
+    assert "the object has been modified" in str(caught.value)
+    assert pool.given[0].released
+    assert kube.requests["4xx"] == 1
+
+
+def test_a_429_on_the_raw_path_waits_for_retry_after_and_retries() -> None:
+    pool = Pool(Response(429, {}, {"Retry-After": "0"}), Response(201, {"metadata": {"name": "e"}}))
+    kube = kube_with(pool)
+    assert kube.create_event("team-a", {"kind": "Event"}) == "e"
+    assert len(pool.sent) == 2
+    assert all(answer.released for answer in pool.given)
+
+
+def test_an_event_is_created_by_post_and_its_name_returned() -> None:
+    pool = Pool(Response(201, {"metadata": {"name": "web.17f0"}}))
+    body = {"kind": "Event", "metadata": {"generateName": "web."}, "reason": "Patched"}
+    assert kube_with(pool).create_event("team-a", body) == "web.17f0"
+    (sent,) = pool.sent
+    assert sent["method"] == "POST"
+    assert sent["url"] == "https://127.0.0.1:6443/api/v1/namespaces/team-a/events"
+    assert sent["headers"]["Content-Type"] == "application/json"
+    assert json.loads(sent["body"]) == body
+
+
+def test_an_event_answer_without_a_name_is_an_error() -> None:
+    with pytest.raises(KubeError, match=r"no metadata\.name"):
+        kube_with(Pool(Response(201, {"metadata": {}}))).create_event("team-a", {})
+
+
+@pytest.mark.parametrize(
+    ("patch", "content_type"),
+    [
+        ({"count": 2}, "application/strategic-merge-patch+json"),
+        ([{"op": "replace", "path": "/count", "value": 2}], "application/json-patch+json"),
+    ],
+)
+def test_an_event_patch_picks_its_content_type_by_shape(patch: Any, content_type: str) -> None:
+    pool = Pool(Response(200, {}))
+    kube_with(pool).patch_event("team-a", "web.17f0", patch)
+    (sent,) = pool.sent
+    assert sent["url"] == "https://127.0.0.1:6443/api/v1/namespaces/team-a/events/web.17f0"
+    assert sent["headers"]["Content-Type"] == content_type
+    assert json.loads(sent["body"]) == patch
+
+
+def test_a_gone_event_is_a_404_kube_error() -> None:
+    with pytest.raises(KubeError) as caught:
+        kube_with(Pool(Response(404, {"message": "not found"}))).patch_event("a", "b", {})
+    assert caught.value.status == 404
+
+
+def test_an_unreachable_api_server_is_a_kube_error_with_status_0() -> None:
+    class Down(Pool):
+        def request(self, method: str, url: str, **kwargs: Any) -> Response:
+            raise ConnectionRefusedError("connection refused")
+
+    kube = kube_with(Down())
+    with pytest.raises(KubeError) as caught:
+        kube.patch_workload(WEB, [])
+    assert caught.value.status == 0
+    assert kube.requests["unreachable"] == 1
