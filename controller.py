@@ -20,8 +20,9 @@ import logging
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloner import metrics
 from cloner.adapters import http
@@ -265,8 +266,147 @@ def run_plan(
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class Adapters:
+    """The clients a ``run`` or ``plan`` works with, built once at start-up."""
+
+    api_client: Any
+    kube: KubeClient
+    credentials: CredentialStore
+    manifests: DistributionClient
+    backend: DockerRegistry | SkopeoBackend
+
+
+def build_adapters(args: argparse.Namespace, settings: Settings) -> Adapters:
+    """Read the credentials and build every client the settings name.
+
+    Raises:
+        ConfigError: the docker config cannot be read or is malformed.
+    """
+    credentials = CredentialStore(settings.docker_config)
+    credentials.reload()
+    manifests = DistributionClient(
+        credentials,
+        insecure_registries=settings.copy.insecure_registries,
+        timeout=settings.copy.registry_timeout,
+    )
+    backend = build_backend(settings, credentials)
+    api_client = load_api_client(args.kubeconfig)
+    kube = KubeClient(api_client, settings.list_page_size)
+    return Adapters(api_client, kube, credentials, manifests, backend)
+
+
+def start_elector(api_client: Any, settings: Settings) -> LeaderElector:
+    """Start Lease leader election in the controller's namespace.
+
+    Raises:
+        ConfigError: no ``controllerNamespace`` to hold the Lease in.
+    """
+    if not settings.controller_namespace:
+        raise ConfigError(
+            "controllerNamespace",
+            "leader election needs the controller's namespace (POD_NAMESPACE), or set "
+            "leaderElection.enabled: false",
+        )
+    from cloner.adapters.leader import LeaderElector
+
+    elector = LeaderElector(api_client, settings.leader_election, settings.controller_namespace)
+    elector.start()
+    log.info(
+        "leader election: Lease %s/%s as %s",
+        settings.controller_namespace,
+        settings.leader_election.lease_name,
+        elector.identity,
+    )
+    return elector
+
+
+def serve_metrics(
+    settings: Settings,
+    adapters: Adapters,
+    reconciler: Reconciler,
+    elector: LeaderElector | None,
+) -> None:
+    """Export the adapters' counters; serve metrics, health and backoff when ``metricsPort`` is set.
+
+    Raises:
+        ConfigError: the port cannot be bound (``metricsPort``).
+    """
+    metrics.watch_adapters(
+        lambda: adapters.kube.requests,
+        lambda: registry_requests(adapters.manifests, adapters.backend),
+        lambda: getattr(adapters.backend, "pushed_bytes", 0),
+    )
+    if not settings.metrics.port:
+        return
+    readiness = Readiness(adapters.kube, elector)
+    try:
+        http.serve(settings.metrics, metrics.exposition, readiness, reconciler.waiting_images)
+    except OSError as exc:
+        raise ConfigError("metricsPort", f"{settings.metrics.port}: {exc}") from None
+
+
+def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int:
+    """``controller.py run``: the loop (or one pass with ``--once``); returns the exit code.
+
+    Raises:
+        ConfigError: leader election or the metrics endpoint cannot start.
+    """
+    log.info(
+        "starting: target=%s pollInterval=%ss excluded namespaces=%s",
+        settings.owned,
+        settings.poll_interval,
+        ",".join(settings.excluded_namespaces),
+    )
+    backend = adapters.backend
+    reconciler = Reconciler(
+        adapters.kube,
+        adapters.manifests,
+        backend,
+        settings,
+        adapters.credentials,
+        events=EventRecorder(adapters.kube),
+        engine_platform=None if settings.copy.backend == SKOPEO else backend.engine_platform,
+        # The loop keeps ticking while long clones run: a cycle waits for
+        # clones until shortly before the next one starts; --once waits for all.
+        clone_wait=None if args.once else 0.9 * settings.poll_interval,
+    )
+    elector = None
+    if settings.leader_election.enabled and not args.once:
+        elector = start_elector(adapters.api_client, settings)
+    try:
+        serve_metrics(settings, adapters, reconciler, elector)
+        loop = Loop(
+            reconciler.reconcile_once,
+            settings.poll_interval,
+            lambda: reload_credentials(adapters.credentials),
+            on_stop=reconciler.stop,
+            shutdown_timeout=settings.shutdown_timeout,
+            is_leader=elector.is_leader if elector is not None else None,
+        )
+        if args.once:
+            summary = loop.tick()
+            return 0 if summary is not None and summary.ok else 1
+        loop.run()
+    finally:
+        if elector is not None:
+            elector.stop(release=True)  # another replica takes over at once
+    return 0
+
+
+def reload_credentials(credentials: CredentialStore) -> None:
+    """Before each cycle: re-read the docker config; a bad one keeps the last good one."""
+    try:
+        credentials.reload()
+    except ConfigError as exc:
+        log.error("keeping the previous registry credentials: %s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the controller; returns the process exit code."""
+    """Run the command the arguments name; returns the process exit code.
+
+    2 when start-up fails (a message names the setting), else the command's code.
+    """
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(args.log_level, args.log_format)
     try:
@@ -278,93 +418,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_revert(
                 kube, settings, args.namespace, args.dry_run, events=EventRecorder(kube)
             )
-        credentials = CredentialStore(settings.docker_config)
-        credentials.reload()
-        manifests = DistributionClient(
-            credentials,
-            insecure_registries=settings.copy.insecure_registries,
-            timeout=settings.copy.registry_timeout,
-        )
-        backend = build_backend(settings, credentials)
-        api_client = load_api_client(args.kubeconfig)
-        kube = KubeClient(api_client, settings.list_page_size)
+        adapters = build_adapters(args, settings)
         if args.command == "plan":
-            return run_plan(kube, manifests, settings, args.output, args.controller)
+            return run_plan(
+                adapters.kube, adapters.manifests, settings, args.output, args.controller
+            )
+        return run(args, settings, adapters)
     except ConfigError as exc:
         log.error("start-up failed: %s", exc)
         return 2
-    log.info(
-        "starting: target=%s pollInterval=%ss excluded namespaces=%s",
-        settings.owned,
-        settings.poll_interval,
-        ",".join(settings.excluded_namespaces),
-    )
-    reconciler = Reconciler(
-        kube,
-        manifests,
-        backend,
-        settings,
-        credentials,
-        events=EventRecorder(kube),
-        engine_platform=None if settings.copy.backend == SKOPEO else backend.engine_platform,
-        # The loop keeps ticking while long clones run: a cycle waits for
-        # clones until shortly before the next one starts; --once waits for all.
-        clone_wait=None if args.once else 0.9 * settings.poll_interval,
-    )
-    elector: LeaderElector | None = None
-    if settings.leader_election.enabled and not args.once:
-        if not settings.controller_namespace:
-            log.error(
-                "start-up failed: config: controllerNamespace: leader election needs the "
-                "controller's namespace (POD_NAMESPACE), or set leaderElection.enabled: false"
-            )
-            return 2
-        from cloner.adapters.leader import LeaderElector
-
-        elector = LeaderElector(api_client, settings.leader_election, settings.controller_namespace)
-        elector.start()
-        log.info(
-            "leader election: Lease %s/%s as %s",
-            settings.controller_namespace,
-            settings.leader_election.lease_name,
-            elector.identity,
-        )
-
-    def reload_credentials() -> None:
-        try:
-            credentials.reload()
-        except ConfigError as exc:
-            log.error("keeping the previous registry credentials: %s", exc)
-
-    metrics.watch_adapters(
-        lambda: kube.requests,
-        lambda: registry_requests(manifests, backend),
-        lambda: getattr(backend, "pushed_bytes", 0),
-    )
-    if settings.metrics.port:
-        readiness = Readiness(kube, elector)
-        try:
-            http.serve(settings.metrics, metrics.exposition, readiness, reconciler.waiting_images)
-        except OSError as exc:
-            log.error("start-up failed: metricsPort %s: %s", settings.metrics.port, exc)
-            return 2
-    loop = Loop(
-        reconciler.reconcile_once,
-        settings.poll_interval,
-        reload_credentials,
-        on_stop=reconciler.stop,
-        shutdown_timeout=settings.shutdown_timeout,
-        is_leader=elector.is_leader if elector is not None else None,
-    )
-    if args.once:
-        summary = loop.tick()
-        return 0 if summary is not None and summary.ok else 1
-    try:
-        loop.run()
-    finally:
-        if elector is not None:
-            elector.stop(release=True)  # another replica takes over at once
-    return 0
 
 
 if __name__ == "__main__":

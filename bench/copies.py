@@ -702,7 +702,11 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
                 f"copies {run['copies']}"
             )
     print()
-    n = figures["images"]
+    _print_profiles(report, labels, figures["images"])
+
+
+def _print_profiles(report: dict[str, Any], labels: dict[str, str], n: int) -> None:
+    """Requests per image, phases, CPU seconds and copy time per image of each contender."""
     print(f"requests per image (median run / {n} images), METHOD kind:")
     for key in report["summaries"]:
         runs = [r for r in report["runs"] if r["contender"] == key]
@@ -720,6 +724,11 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
         "cycle: the controller's own reconcile duration (summary line); "
         "par: most copies in flight at once (controller log; loop: its processes)."
     )
+    _print_costs(report, labels)
+
+
+def _print_costs(report: dict[str, Any], labels: dict[str, str]) -> None:
+    """Controller phases, CPU seconds per run and copy time per image of each contender."""
     print("controller phases (median s): startup / prepare / copies / patches / exit")
     for key, summary in report["summaries"].items():
         if summary.get("phases"):

@@ -335,6 +335,26 @@ class Counters:
         return versions
 
 
+def _count_answer(
+    delta: Counter[str], writes_by: Counter[str], key: tuple[str, str, str], count: int
+) -> None:
+    """Add ``count`` answers of ``(verb, resource, code)`` to ``api_delta``'s counters."""
+    verb, resource, code = key
+    delta["requests"] += count
+    if verb in WRITE_VERBS:
+        if resource in CONTROLLER_RESOURCES:
+            delta["writes"] += count
+            writes_by[f"{verb} {resource}"] += count
+        else:
+            delta["other_writes"] += count
+    if code == "429":
+        delta["throttled"] += count
+    if code == "429" or code.startswith("5"):
+        delta["errors"] += count
+    elif code.startswith("4"):
+        delta["client_errors"] += count
+
+
 def api_delta(
     before: Counter[tuple[str, str, str]], after: Counter[tuple[str, str, str]]
 ) -> dict[str, Any]:
@@ -364,19 +384,7 @@ def api_delta(
             continue
         if code == "duration_sum":
             continue
-        delta["requests"] += count
-        if verb in WRITE_VERBS:
-            if resource in CONTROLLER_RESOURCES:
-                delta["writes"] += count
-                writes_by[f"{verb} {resource}"] += count
-            else:
-                delta["other_writes"] += count
-        if code == "429":
-            delta["throttled"] += count
-        if code == "429" or code.startswith("5"):
-            delta["errors"] += count
-        elif code.startswith("4"):
-            delta["client_errors"] += count
+        _count_answer(delta, writes_by, key, count)
     return {
         **{k: delta[k] for k in ("requests", "writes", "other_writes", "errors", "throttled")},
         "client_errors": delta["client_errors"],
@@ -1008,6 +1016,56 @@ def format_table(rows: Sequence[Row]) -> str:
 # --- main ------------------------------------------------------------------------------
 
 
+def restart_phase(
+    env: Environment,
+    counters: Counters,
+    size: Size,
+    corpus: Any,
+    once_config: Path,
+    kubeconfig: Path,
+    logs: Path,
+) -> dict[str, Any]:
+    """Fresh Deployments of the same images, ``--once`` with the state kept; then delete them.
+
+    The warm cycle that follows runs over the cold cycle's workloads only, as
+    issue 11 measured it.
+    """
+    restart_specs = workload_specs(size, corpus, "r", size.restart_workloads)
+    create_deployments(env, restart_specs)
+    restart_run = run_once(env, counters, once_config, kubeconfig, logs / "controller-restart.log")
+    restart = cycle_figures(restart_run)
+    print(
+        f"restart: cycle {restart['duration']:.1f}s, {restart['patched']} patched, "
+        f"registry {restart['registry']}",
+        flush=True,
+    )
+    delete_deployments(env, restart_specs)
+    return restart
+
+
+def build_cluster_state(env: Environment, size: Size) -> tuple[Any, Any, float, float]:
+    """The corpus (with owned copies), the namespaces and the Deployments.
+
+    Returns:
+        ``(corpus, specs, corpus seconds, creation seconds)``.
+    """
+    t0 = time.monotonic()
+    corpus = build_corpus(env, size.images)
+    corpus_seconds = time.monotonic() - t0
+    print(f"{len(corpus)} images (and owned copies) in {corpus_seconds:.1f}s", flush=True)
+    for index in range(size.namespaces):
+        create_namespace(env, f"{NAMESPACE_PREFIX}{index}")
+    specs = workload_specs(size, corpus, "w", size.workloads)
+    create_seconds = create_deployments(env, specs)
+    containers = sum(len(s[2]) for s in specs)
+    print(
+        f"{len(specs)} Deployments ({containers} containers) in {create_seconds:.1f}s "
+        f"({len(specs) / create_seconds:.0f}/s)",
+        flush=True,
+    )
+    return corpus, specs, corpus_seconds, create_seconds
+
+
 def run(
     size: Size, backend: str, results_dir: Path, keep: bool, profile: bool = False
 ) -> dict[str, Any]:
@@ -1028,20 +1086,8 @@ def run(
         print(f"environment up in {time.monotonic() - started:.1f}s", flush=True)
         counters = Counters(env)
         kubeconfig = install_controller_rbac(env)
-        t0 = time.monotonic()
-        corpus = build_corpus(env, size.images)
-        corpus_seconds = time.monotonic() - t0
-        print(f"{len(corpus)} images (and owned copies) in {corpus_seconds:.1f}s", flush=True)
-        for index in range(size.namespaces):
-            create_namespace(env, f"{NAMESPACE_PREFIX}{index}")
-        specs = workload_specs(size, corpus, "w", size.workloads)
-        create_seconds = create_deployments(env, specs)
+        corpus, specs, corpus_seconds, create_seconds = build_cluster_state(env, size)
         containers = sum(len(s[2]) for s in specs)
-        print(
-            f"{len(specs)} Deployments ({containers} containers) in {create_seconds:.1f}s "
-            f"({len(specs) / create_seconds:.0f}/s)",
-            flush=True,
-        )
         common = {
             "copyBackend": backend,
             "controllerNamespace": STATE_NAMESPACE,
@@ -1073,20 +1119,7 @@ def run(
             flush=True,
         )
 
-        restart_specs = workload_specs(size, corpus, "r", size.restart_workloads)
-        create_deployments(env, restart_specs)
-        restart_run = run_once(
-            env, counters, once_config, kubeconfig, logs / "controller-restart.log"
-        )
-        restart = cycle_figures(restart_run)
-        print(
-            f"restart: cycle {restart['duration']:.1f}s, {restart['patched']} patched, "
-            f"registry {restart['registry']}",
-            flush=True,
-        )
-
-        # The warm cycle runs over the cold cycle's workloads only, as issue 11 measured it.
-        delete_deployments(env, restart_specs)
+        restart = restart_phase(env, counters, size, corpus, once_config, kubeconfig, logs)
         step = max(1, len(specs) // size.sample)
         sample = [(ns, name) for ns, name, _ in specs[::step]][: size.sample]
         warm = run_warm(
