@@ -94,6 +94,7 @@ class RegistryError(ClonerError):
         reason: str,
         message: str,
         registry: str | None = None,
+        *,
         retry_after: float | None = None,
     ) -> None:
         if reason not in self.REASONS:

@@ -380,21 +380,44 @@ class KubeClient:
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, what) from None
 
+    # Secrets and ConfigMaps: read, create, update (PUT) by name ------------
+
+    def _named(self, resource: str) -> tuple[Callable[..., Any], ...]:
+        """The read, create and replace calls of a namespaced core/v1 resource."""
+        api = self._core
+        if resource == "secret":
+            return (
+                api.read_namespaced_secret,
+                api.create_namespaced_secret,
+                api.replace_namespaced_secret,
+            )
+        return (
+            api.read_namespaced_config_map,
+            api.create_namespaced_config_map,
+            api.replace_namespaced_config_map,
+        )
+
+    def _get_named(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        read = self._named(resource)[0]
+        return self._read(read, f"get {resource} {namespace}/{name}", name, namespace)
+
+    def _create_named(self, resource: str, namespace: str, body: dict[str, Any]) -> None:
+        create = self._named(resource)[1]
+        name = body["metadata"]["name"]
+        self._write(create, f"create {resource} {namespace}/{name}", namespace, body)
+
+    def _replace_named(self, resource: str, namespace: str, body: dict[str, Any]) -> None:
+        replace = self._named(resource)[2]
+        name = body["metadata"]["name"]
+        self._write(replace, f"update {resource} {namespace}/{name}", name, namespace, body)
+
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as JSON, or None when there is none. Raises ``KubeError``."""
-        return self._read(
-            self._core.read_namespaced_secret, f"get secret {namespace}/{name}", name, namespace
-        )
+        return self._get_named("secret", namespace, name)
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Create a Secret. Raises ``KubeError`` (409 when one appeared meanwhile)."""
-        name = body["metadata"]["name"]
-        self._write(
-            self._core.create_namespaced_secret,
-            f"create secret {namespace}/{name}",
-            namespace,
-            body,
-        )
+        self._create_named("secret", namespace, body)
 
     def replace_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Update (PUT) a Secret; ``metadata.resourceVersion`` is the precondition.
@@ -402,44 +425,19 @@ class KubeClient:
         Raises:
             KubeError: 409 when it changed since it was read.
         """
-        name = body["metadata"]["name"]
-        self._write(
-            self._core.replace_namespaced_secret,
-            f"update secret {namespace}/{name}",
-            name,
-            namespace,
-            body,
-        )
+        self._replace_named("secret", namespace, body)
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap as JSON, or None when there is none. Raises ``KubeError``."""
-        return self._read(
-            self._core.read_namespaced_config_map,
-            f"get configmap {namespace}/{name}",
-            name,
-            namespace,
-        )
+        return self._get_named("configmap", namespace, name)
 
     def create_config_map(self, namespace: str, body: dict[str, Any]) -> None:
         """Create a ConfigMap. Raises ``KubeError`` (409 when one exists)."""
-        name = body["metadata"]["name"]
-        self._write(
-            self._core.create_namespaced_config_map,
-            f"create configmap {namespace}/{name}",
-            namespace,
-            body,
-        )
+        self._create_named("configmap", namespace, body)
 
     def replace_config_map(self, namespace: str, body: dict[str, Any]) -> None:
         """Update (PUT) a ConfigMap. Raises ``KubeError`` (404 when it is gone)."""
-        name = body["metadata"]["name"]
-        self._write(
-            self._core.replace_namespaced_config_map,
-            f"update configmap {namespace}/{name}",
-            name,
-            namespace,
-            body,
-        )
+        self._replace_named("configmap", namespace, body)
 
     def node_platforms(self) -> list[str]:
         """``os/architecture`` of every Node (``status.nodeInfo``), paginated.

@@ -174,9 +174,9 @@ class ImageCloner:
         self,
         manifests: ManifestAPI,
         backend: CopyBackend,
-        copy: CopySettings | None = None,
-        backoff: BackoffSettings | None = None,
         *,
+        copy: CopySettings,
+        backoff: BackoffSettings,
         engine_platform: Callable[[], str] | None = None,
         node_platforms: Callable[[], Iterable[str]] | None = None,
         pin_digest: bool = False,
@@ -186,8 +186,6 @@ class ImageCloner:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        copy = copy or CopySettings()
-        backoff = backoff or BackoffSettings()
         self._manifests = manifests
         self._backend = backend
         self._backend_name = copy.backend

@@ -289,8 +289,8 @@ class Reconciler:
         self._images = ImageCloner(
             manifests,
             backend,
-            settings.copy,
-            settings.backoff,
+            copy=settings.copy,
+            backoff=settings.backoff,
             engine_platform=engine_platform,
             node_platforms=self._node_platforms,
             refresh_interval=settings.refresh.interval,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cloner.config import CopySettings
+from cloner.config import BackoffSettings, CopySettings
 from cloner.errors import RegistryError
 from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, Copied, child_for, parse_manifest
 from cloner.model.reference import Reference, Target, parse_reference
@@ -46,7 +46,8 @@ def cloner(
     return ImageCloner(
         registries,
         registries,
-        copy,
+        copy=copy,
+        backoff=kw.pop("backoff", BackoffSettings()),  # type: ignore[arg-type]
         engine_platform=lambda: registries.engine_platform,
         node_platforms=lambda: nodes,
         book=book,
