@@ -593,39 +593,28 @@ def all_targets(
     summaries: dict[str, dict[str, Any]], concurrencies: list[int]
 ) -> list[dict[str, Any]]:
     """Both checks, each row naming its ``backend``. Pure."""
+    pairs = [
+        ("skopeo", c, f"skopeo-loop-{c}", f"skopeo loop x{c}", TARGET_RATIO) for c in concurrencies
+    ] + [
+        ("docker", c, "docker-loop", "sequential docker loop", DOCKER_TARGET_RATIO)
+        for c in concurrencies
+    ]
     out = []
-    for c in concurrencies:
-        backend = summaries.get(f"controller-skopeo-c{c}")
-        loop = summaries.get(f"skopeo-loop-{c}")
+    for backend_name, c, loop_key, loop_text, target in pairs:
+        backend = summaries.get(f"controller-{backend_name}-c{c}")
+        loop = summaries.get(loop_key)
         if backend is None or loop is None:
             continue
         ratio = backend["wall_median_s"] / loop["wall_median_s"]
         out.append(
             {
-                "backend": "skopeo",
-                "what": f"controller skopeo c={c} / skopeo loop x{c} (median wall)",
+                "backend": backend_name,
+                "what": f"controller {backend_name} c={c} / {loop_text} (median wall)",
                 "backend_s": backend["wall_median_s"],
                 "loop_s": loop["wall_median_s"],
                 "ratio": ratio,
-                "target": TARGET_RATIO,
-                "met": ratio <= TARGET_RATIO,
-            }
-        )
-    docker_loop = summaries.get("docker-loop")
-    for c in concurrencies:
-        backend = summaries.get(f"controller-docker-c{c}")
-        if backend is None or docker_loop is None:
-            continue
-        ratio = backend["wall_median_s"] / docker_loop["wall_median_s"]
-        out.append(
-            {
-                "backend": "docker",
-                "what": f"controller docker c={c} / sequential docker loop (median wall)",
-                "backend_s": backend["wall_median_s"],
-                "loop_s": docker_loop["wall_median_s"],
-                "ratio": ratio,
-                "target": DOCKER_TARGET_RATIO,
-                "met": ratio <= DOCKER_TARGET_RATIO,
+                "target": target,
+                "met": ratio <= target,
             }
         )
     return out
