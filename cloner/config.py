@@ -707,9 +707,8 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         if key is None:
             known = ", ".join(sorted(KEYS_BY_YAML))
             raise ConfigError(str(name), f"unknown setting; known: {known}")
-        if value is not None:
-            # Converted early, so an error is about this key, not a later rule.
-            groups[key.group][key.field] = key.parse(value)
+        if value is not None:  # converted and checked when its group is made
+            groups[key.group][key.field] = value
     if "target" not in groups[""]:
         raise ConfigError(
             "target", "required: the owned registry, e.g. registry.example.com/mirror"

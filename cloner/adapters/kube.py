@@ -233,24 +233,33 @@ class KubeClient:
         self.requests[f"{status // 100}xx" if status else "unreachable"] += 1
         return error
 
-    def list_workloads(self, kind: str, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
-        """Yield every workload of one kind in all namespaces but the excluded ones.
+    def list_workloads(
+        self,
+        kind: str,
+        excluded_namespaces: Iterable[str] = (),
+        namespace: str | None = None,
+    ) -> Iterator[Workload]:
+        """Yield every workload of one kind as a snapshot, for a cycle and for ``revert``.
 
-        Pages through the list with ``limit``/``continue``; the exclusions are
-        sent as a field selector (``metadata.namespace!=NS``) so the API
+        Pages through the all-namespaces list with ``limit``/``continue``;
+        the exclusions (and ``namespace``) are sent as a field selector
+        (``metadata.namespace!=NS``, ``metadata.namespace=NS``) so the API
         server does not send what would be dropped.
 
         Args:
             kind: one of ``workloads.KINDS``.
             excluded_namespaces: namespaces to leave out.
+            namespace: only this namespace; None for all.
 
         Raises:
+            ValueError: unknown kind.
             KubeError: a list call failed.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown workload kind {kind!r}")
-        selector = ",".join(f"metadata.namespace!={ns}" for ns in sorted(excluded_namespaces))
-        for item in self._paginate(self._list[kind], f"list {KINDS[kind]}", selector or None):
+        only = [f"metadata.namespace={namespace}"] if namespace else []
+        selector = ",".join([*only, *_excluding(excluded_namespaces)]) or None
+        for item in self._paginate(self._list[kind], f"list {KINDS[kind]}", selector):
             yield Workload.from_api(kind, item)
 
     def list_unpatchable(self, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
@@ -263,13 +272,13 @@ class KubeClient:
         Raises:
             KubeError: a list call failed.
         """
-        selector = ",".join(f"metadata.namespace!={ns}" for ns in sorted(excluded_namespaces))
+        selector = ",".join(_excluding(excluded_namespaces)) or None
         calls = (
             ("Job", self._batch.list_job_for_all_namespaces),
             ("Pod", self._core.list_pod_for_all_namespaces),
         )
         for kind, call in calls:
-            for item in self._paginate(call, f"list {kind.lower()}s", selector or None):
+            for item in self._paginate(call, f"list {kind.lower()}s", selector):
                 workload = Workload.from_api(kind, item)
                 if kind == "Pod" and workload.controller_owner is not None:
                     continue
@@ -472,34 +481,6 @@ class KubeClient:
             patch,
         )
 
-    # Revert ------------------------------------------------------------------
-
-    def list_workload_objects(
-        self, kind: str, namespace: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Yield every workload of one kind as raw JSON, for ``revert`` (paginated).
-
-        Uses the same all-namespaces list call as ``list_workloads`` (so the
-        same ``list`` permission), narrowed by the field selector
-        ``metadata.namespace=NS`` when ``namespace`` is given.
-
-        Args:
-            kind: one of ``workloads.KINDS``.
-            namespace: only this namespace; None for all.
-
-        Returns:
-            An iterator of apps/v1 objects as the API returns them (list items
-            carry no ``kind``).
-
-        Raises:
-            ValueError: unknown kind.
-            KubeError: a list call failed.
-        """
-        if kind not in KINDS:
-            raise ValueError(f"unknown workload kind {kind!r}")
-        selector = f"metadata.namespace={namespace}" if namespace else None
-        yield from self._paginate(self._list[kind], f"list {KINDS[kind]}", selector)
-
     # Events ------------------------------------------------------------------
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> str:
@@ -549,6 +530,11 @@ class KubeClient:
             self.requests["success"] += 1
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, f"patch event {namespace}/{name}") from None
+
+
+def _excluding(namespaces: Iterable[str]) -> list[str]:
+    """Field selector terms leaving out each namespace, in a stable order."""
+    return [f"metadata.namespace!={ns}" for ns in sorted(namespaces)]
 
 
 def _retry_after(exc: ApiException) -> float | None:

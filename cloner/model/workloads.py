@@ -176,6 +176,11 @@ class Workload:
             ),
         )
 
+    @property
+    def pull_secrets_path(self) -> str:
+        """JSON pointer of the pod template's ``imagePullSecrets`` in the workload."""
+        return f"{pod_spec_pointer(self.kind)}/imagePullSecrets"
+
 
 def namespace_in_scope(namespace: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
     """True when a namespace is reconciled.
@@ -551,7 +556,7 @@ def image_patch(
                 },
                 {
                     "op": "add",
-                    "path": f"{pod_spec_pointer(workload.kind)}/imagePullSecrets",
+                    "path": workload.pull_secrets_path,
                     "value": [{"name": pull_secret}],
                 },
             ]
@@ -559,7 +564,7 @@ def image_patch(
             operations.append(
                 {
                     "op": "add",
-                    "path": f"{pod_spec_pointer(workload.kind)}/imagePullSecrets/-",
+                    "path": f"{workload.pull_secrets_path}/-",
                     "value": {"name": pull_secret},
                 }
             )

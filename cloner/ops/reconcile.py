@@ -68,6 +68,7 @@ from cloner.model.workloads import (
     Container,
     ContainerPlan,
     Decision,
+    GitopsMode,
     NamespaceInfo,
     Workload,
     describe,
@@ -97,7 +98,9 @@ log = logging.getLogger(__name__)
 class KubeAPI(SecretAPI, Protocol):
     """What a pass needs from Kubernetes (implemented by ``kube.KubeClient``)."""
 
-    def list_workloads(self, kind: str, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
+    def list_workloads(
+        self, kind: str, excluded_namespaces: Iterable[str] = (), namespace: str | None = None
+    ) -> Iterator[Workload]:
         """Every workload of ``kind`` outside the excluded namespaces; raises ``KubeError``."""
         ...
 
@@ -149,8 +152,6 @@ class Summary:
         fights: ``(workload key, message)`` of workloads no longer patched
             because something keeps setting their images back.
         healed: owned copies found missing and cloned again.
-        replaced: owned names that held other content and were copied over.
-        moved: tagged sources found naming other content than when verified.
         conflicts_retried: patches refused for a concurrent change and retried.
         in_flight: clones still running when the cycle ended (collected later).
         unpatchable: containers of Jobs and bare Pods using images that would
@@ -174,8 +175,6 @@ class Summary:
     gitops: list[tuple[str, str]] = field(default_factory=list)
     fights: list[tuple[str, str]] = field(default_factory=list)
     healed: int = 0
-    replaced: int = 0
-    moved: int = 0
     conflicts_retried: int = 0
     in_flight: int = 0
     unpatchable: dict[str, int] | None = None
@@ -190,6 +189,16 @@ class Summary:
     def cloned(self) -> int:
         """Images pushed in this pass."""
         return sum(1 for r in self.images.values() if r.cloned)
+
+    @property
+    def replaced(self) -> int:
+        """Owned names that held other content and were copied over in this pass."""
+        return sum(1 for r in self.images.values() if r.replaced)
+
+    @property
+    def moved(self) -> int:
+        """Tagged sources found naming other content than when they were verified."""
+        return sum(1 for r in self.images.values() if r.moved)
 
     @property
     def waiting(self) -> int:
@@ -429,8 +438,6 @@ class Reconciler:
         self._clone_and_patch(index, summary, clock)
         self._images.used(str(source) for source, _ in index.pairs)
         self._save_state()
-        summary.replaced = sum(1 for r in summary.images.values() if r.replaced)
-        summary.moved = sum(1 for r in summary.images.values() if r.moved)
         # An owned image traced to its source counts once, under its source.
         owned_in_use = index.owned_sources | {
             key for key, result in summary.images.items() if result.image
@@ -491,7 +498,7 @@ class Reconciler:
         changes = [
             (plan.container, image)
             for plan in plans
-            if plan.decision == "clone"
+            if plan.decision == Decision.CLONE
             and plan.source is not None
             and (image := summary.images[str(plan.source)].image) is not None
         ]
@@ -551,9 +558,9 @@ class Reconciler:
             log.debug(
                 "leaving container %s of %s alone: %s", container.name, workload.key, plan.reason
             )
-        elif plan.decision == Decision.GITOPS and not any(
-            k == workload.key for k, _ in summary.gitops
-        ):
+        elif plan.decision == Decision.GITOPS and (
+            not summary.gitops or summary.gitops[-1][0] != workload.key
+        ):  # index.notes come workload by workload: count each workload once
             summary.gitops.append((workload.key, plan.reason or "gitops"))
             if workload.uid not in self._gitops_reported:
                 self._gitops_reported.add(workload.uid)
@@ -820,7 +827,7 @@ def unpatchable_public(
         ):
             continue
         plans = plan_workload(
-            workload, settings.policy, namespaces.get(workload.namespace), "patch"
+            workload, settings.policy, namespaces.get(workload.namespace), GitopsMode.PATCH
         )
         public = [p for p in plans if p.decision == Decision.CLONE]
         if public:

@@ -56,7 +56,6 @@ from cloner.model.workloads import (
     ORIGINAL_IMAGES,
     Workload,
     annotation_pointer,
-    pod_spec_pointer,
     recorded_originals,
 )
 
@@ -318,8 +317,9 @@ def revert_patch(workload: Workload, is_owned: Callable[[str], bool]) -> RevertP
 
     pull_secret_action: PullSecretAction | None = None
     if pull_secret is not None:
-        path = f"{pod_spec_pointer(workload.kind)}/imagePullSecrets"
-        removal = pull_secret_removal(path, workload.pull_secrets, pull_secret)
+        removal = pull_secret_removal(
+            workload.pull_secrets_path, workload.pull_secrets, pull_secret
+        )
         if removal is None:
             pull_secret_action = PullSecretAction.ABSENT
         elif owned_after:
@@ -429,10 +429,10 @@ def service_account_revert_patch(
 class RevertAPI(Protocol):
     """The Kubernetes calls revert needs (implemented by ``kube.KubeClient``)."""
 
-    def list_workload_objects(
-        self, kind: str, namespace: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Every workload of a kind (in one namespace or all), raw JSON; raises ``KubeError``."""
+    def list_workloads(
+        self, kind: str, excluded_namespaces: Iterable[str] = (), namespace: str | None = None
+    ) -> Iterator[Workload]:
+        """Every workload of a kind, in one namespace or all; raises ``KubeError``."""
         ...
 
     def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
@@ -502,7 +502,7 @@ def revert_all(
 ) -> RevertReport:
     """Revert every workload and ServiceAccount the controller changed.
 
-    Lists every Deployment, DaemonSet and StatefulSet (in ``namespace``, or
+    Lists every Deployment, DaemonSet, StatefulSet and CronJob (in ``namespace``, or
     all), patches each one carrying a controller annotation (``revert_patch``),
     then reads by name the ServiceAccounts the listed workloads run as plus
     ``default``, in each namespace that has a workload (or ``namespace``),
@@ -568,10 +568,7 @@ class _Revert:
         listed: list[Workload] = []
         for kind in KINDS:
             try:
-                listed += [
-                    Workload.from_api(kind, obj)
-                    for obj in self.api.list_workload_objects(kind, namespace)
-                ]
+                listed += self.api.list_workloads(kind, (), namespace)
             except KubeError as exc:
                 self.report.failed += 1
                 self.out(f"failed: {exc}; nothing was changed")

@@ -241,21 +241,15 @@ class FakeKube:
         for name in sorted({o["metadata"]["namespace"] for o in self.objects}):
             yield self.namespaces.get(name, NamespaceInfo(name))
 
-    def list_workloads(self, kind: str, excluded: Iterable[str]) -> Iterator[Workload]:
+    def list_workloads(
+        self, kind: str, excluded: Iterable[str] = (), namespace: str | None = None
+    ) -> Iterator[Workload]:
         if kind in self.fail_list:
             raise KubeError(0, "unreachable")
         for obj in self.objects:
-            if obj["kind"] == kind and obj["metadata"]["namespace"] not in excluded:
-                yield Workload.from_api(kind, obj)
-
-    def list_workload_objects(
-        self, kind: str, namespace: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        if kind in self.fail_list:
-            raise KubeError(403, f"list {kind.lower()}s: 403 forbidden")
-        for obj in self.objects:
-            if obj["kind"] == kind and namespace in (None, obj["metadata"]["namespace"]):
-                yield copy.deepcopy(obj)
+            ns = obj["metadata"]["namespace"]
+            if obj["kind"] == kind and ns not in excluded and namespace in (None, ns):
+                yield Workload.from_api(kind, copy.deepcopy(obj))
 
     def get_workload(self, kind: str, ns: str, name: str) -> Workload | None:
         position = self._position(kind, ns, name)

@@ -452,10 +452,10 @@ def test_an_unpatched_workload_on_owned_images_keeps_the_service_account() -> No
 def test_a_failed_list_writes_nothing() -> None:
     api, _, _ = scenario()
 
-    def broken(kind: str, namespace: str | None = None) -> Iterator[dict[str, Any]]:
+    def broken(kind: str, *args: Any) -> Iterator[Workload]:
         raise KubeError(403, "list statefulsets: 403 forbidden")
 
-    api.list_workload_objects = broken  # type: ignore[method-assign]
+    api.list_workloads = broken  # type: ignore[method-assign]
     lines: list[str] = []
     report = revert_all(api, IS_OWNED, out=lines.append)
     assert report.failed == 1 and api.calls == []
