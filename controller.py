@@ -35,6 +35,7 @@ from cloner.model.events import EventRecorder
 from cloner.model.identity import SKOPEO
 from cloner.ops.loop import Loop
 from cloner.ops.reconcile import Reconciler
+from cloner.ops.writes import WritePool
 
 # Imported where they are used, so a process imports only what its command
 # and copyBackend need (``python -X importtime controller.py``): the docker
@@ -326,6 +327,7 @@ def serve_metrics(
     adapters: Adapters,
     reconciler: Reconciler,
     elector: LeaderElector | None,
+    writes: WritePool | None = None,
 ) -> None:
     """Export the adapters' counters; serve metrics, health and backoff when ``metricsPort`` is set.
 
@@ -336,6 +338,7 @@ def serve_metrics(
         lambda: adapters.kube.requests,
         lambda: registry_requests(adapters.manifests, adapters.backend),
         lambda: getattr(adapters.backend, "pushed_bytes", 0),
+        (lambda: writes.dropped) if writes is not None else int,
     )
     if not settings.metrics.port:
         return
@@ -359,13 +362,17 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
         ",".join(settings.excluded_namespaces),
     )
     backend = adapters.backend
+    # Patches and Events share one bounded pool; Events wait behind patches.
+    writes = WritePool(settings.patch_concurrency)
+    events = EventRecorder(adapters.kube, dispatch=writes.defer)
     reconciler = Reconciler(
         adapters.kube,
         adapters.manifests,
         backend,
         settings,
         adapters.credentials,
-        events=EventRecorder(adapters.kube),
+        events=events,
+        writes=writes,
         engine_platform=None if settings.copy.backend == SKOPEO else backend.engine_platform,
         # The loop keeps ticking while long clones run: a cycle waits for
         # clones until shortly before the next one starts; --once waits for all.
@@ -375,7 +382,7 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
     if settings.leader_election.enabled and not args.once:
         elector = start_elector(adapters.api_client, settings)
     try:
-        serve_metrics(settings, adapters, reconciler, elector)
+        serve_metrics(settings, adapters, reconciler, elector, writes)
         loop = Loop(
             reconciler.reconcile_once,
             settings.poll_interval,
@@ -389,6 +396,8 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
             return 0 if summary is not None and summary.ok else 1
         loop.run()
     finally:
+        # Every patch was sent; the Events behind them get until the deadline.
+        writes.close(timeout=settings.shutdown_timeout)
         if elector is not None:
             elector.stop(release=True)  # another replica takes over at once
     return 0

@@ -254,10 +254,11 @@ class AdapterCollector(Collector):
         self.api: Callable[[], Mapping[str, int]] = dict
         self.registry: Callable[[], Mapping[tuple[str, str], int]] = dict
         self.pushed_bytes: Callable[[], int] = int
+        self.events_dropped: Callable[[], int] = int
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         """Counter families ``image_cloner_api_requests_total``, ``..._registry_requests_total``,
-        ``..._pushed_bytes_total`` from the current totals."""
+        ``..._pushed_bytes_total``, ``..._events_dropped_total`` from the current totals."""
         api = CounterMetricFamily(
             "image_cloner_api_requests",
             "Kubernetes API requests by outcome (success, 4xx, 5xx, unreachable).",
@@ -278,7 +279,13 @@ class AdapterCollector(Collector):
             "Bytes of image layers pushed to the owned registry (layers it already had excluded).",
         )
         pushed.add_metric([], self.pushed_bytes())
-        yield from (api, registry, pushed)
+        dropped = CounterMetricFamily(
+            "image_cloner_events_dropped",
+            "Kubernetes Events not written: more were waiting behind the patches than the "
+            "queue holds, or the shutdown deadline passed.",
+        )
+        dropped.add_metric([], self.events_dropped())
+        yield from (api, registry, pushed, dropped)
 
 
 ADAPTERS = AdapterCollector()
@@ -289,6 +296,7 @@ def watch_adapters(
     api: Callable[[], Mapping[str, int]],
     registry: Callable[[], Mapping[tuple[str, str], int]],
     pushed_bytes: Callable[[], int],
+    events_dropped: Callable[[], int] = int,
 ) -> None:
     """Point the request and byte counters at the adapters' running totals.
 
@@ -296,8 +304,10 @@ def watch_adapters(
         api: Kubernetes API requests so far, outcome -> count.
         registry: registry operations so far, (operation, outcome) -> count.
         pushed_bytes: layer bytes pushed so far.
+        events_dropped: Events dropped so far (``WritePool.dropped``).
     """
     ADAPTERS.api, ADAPTERS.registry, ADAPTERS.pushed_bytes = api, registry, pushed_bytes
+    ADAPTERS.events_dropped = events_dropped
 
 
 def exposition() -> tuple[bytes, str]:

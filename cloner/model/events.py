@@ -377,6 +377,12 @@ class EventRecorder:
             name in a cluster), cut to 128 characters.
         clock: wall-clock epoch seconds (injectable for tests); used for the
             timestamps and the aggregation window.
+        dispatch: where the API calls run. None: in the caller's thread,
+            before ``record`` returns. Else a function that queues a job
+            and returns False when it dropped it (``writes.WritePool.defer``):
+            ``record`` then returns at once, the Event is written later
+            with the time of the occurrence, and a dropped one is counted
+            in ``dropped``.
     """
 
     def __init__(
@@ -385,8 +391,12 @@ class EventRecorder:
         aggregator: EventAggregator | None = None,
         instance: str | None = None,
         clock: Callable[[], float] = time.time,
+        dispatch: Callable[[Callable[[], None]], bool] | None = None,
     ) -> None:
         self._api = api
+        self._dispatch = dispatch
+        #: Occurrences not written because ``dispatch`` dropped them.
+        self.dropped = 0
         self._aggregator = aggregator or EventAggregator()
         self._instance = (instance or socket.gethostname() or COMPONENT)[:MAX_INSTANCE]
         self._clock = clock
@@ -420,12 +430,23 @@ class EventRecorder:
                     "not recording event %s on %s: unknown type %r", reason, workload.key, type
                 )
                 return
-            self._record(workload, type, reason, clean_message(message))
+            message, now = clean_message(message), self._clock()
+            if self._dispatch is None:
+                self._record(workload, type, reason, message, now)
+            elif not self._dispatch(lambda: self._write(workload, type, reason, message, now)):
+                with self._lock:
+                    self.dropped += 1
         except Exception:  # an event must never break the caller
             log.warning("recording event %s on %s failed", reason, workload.key, exc_info=True)
 
-    def _record(self, workload: Workload, type: str, reason: str, message: str) -> None:
-        now = self._clock()
+    def _write(self, workload: Workload, type: str, reason: str, message: str, now: float) -> None:
+        """A deferred ``_record``: never raises."""
+        try:
+            self._record(workload, type, reason, message, now)
+        except Exception:
+            log.warning("recording event %s on %s failed", reason, workload.key, exc_info=True)
+
+    def _record(self, workload: Workload, type: str, reason: str, message: str, now: float) -> None:
         key = EventKey.of(workload, type, reason, message)
         # The lock guards the aggregator's state, not the API calls, so
         # Events of different workloads are written in parallel.

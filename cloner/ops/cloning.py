@@ -19,9 +19,12 @@ each it returns the reference workloads may be patched to, or why not:
 - With the Docker engine backend, a multi-platform source is refused
   (``multi_platform``) when nodes run a platform the engine would drop.
 
-Clones run on a pool of ``cloneConcurrency`` threads that outlives a cycle,
-at most ``registryConcurrency`` at a time from one source registry, so a slow
-or paused registry does not hold up the others. ``submit`` returns at once
+Clones run on a pool that outlives a cycle: at most ``cloneConcurrency``
+copies (pull and push, or ``skopeo copy``) at a time in total and at most
+``registryConcurrency`` from one source registry, so a slow or paused
+registry does not hold up the others. Only the copy holds a slot: the pool
+has twice as many threads, so the next images' questions to the registries
+and the last ones' checks run while copies go on. ``submit`` returns at once
 with a future per source; a source already in flight gets the same future,
 so one source is never copied twice at once, and a cycle that stops waiting
 leaves its clones running for the next cycle to collect. (Parallel pulls
@@ -205,6 +208,7 @@ class ImageCloner:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._copy_slots = threading.BoundedSemaphore(self._concurrency)
         self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -310,8 +314,10 @@ class ImageCloner:
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
+                # Twice the copy slots: while copies run, the next images'
+                # questions to the registries are already being answered.
                 self._pool = ThreadPoolExecutor(
-                    max_workers=self._concurrency, thread_name_prefix="clone"
+                    max_workers=2 * self._concurrency, thread_name_prefix="clone"
                 )
             return self._pool
 
@@ -381,26 +387,27 @@ class ImageCloner:
     def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
         if self.stopping:
             return ImageResult(source, None, message="shutting down", waiting=0.0)
-        with self._registry_slot(source.registry):
-            # Another clone of this registry may have paused it meanwhile.
-            waiting = self._waiting(source, owned)
-            if waiting is not None:
-                return waiting
-            started = self._clock()
-            try:
-                # One decision at a time per owned repository: sources that
-                # differ only by tag or digest share it, and two copies into
-                # one repository at once race in the registry. The second
-                # then finds the first one's copy and reuses it.
-                with self._owned_lock(owned.name):
-                    result = self._verify_or_copy(source, owned)
-            except RegistryError as exc:
-                return self._failed(source, owned, exc)
-            except Exception as exc:  # one image's surprise must not end the cycle
-                log.exception("unexpected error while cloning %s", source)
-                return self._failed(
-                    source, owned, RegistryError("registry_error", f"clone {source}: {exc!r}")
-                )
+        # Another clone of this registry may have paused it meanwhile.
+        waiting = self._waiting(source, owned)
+        if waiting is not None:
+            return waiting
+        started = self._clock()
+        try:
+            # One decision at a time per owned repository: sources that
+            # differ only by tag or digest share it, and two copies into
+            # one repository at once race in the registry. The second
+            # then finds the first one's copy and reuses it.
+            with self._owned_lock(owned.name):
+                result = self._verify_or_copy(source, owned)
+        except RegistryError as exc:
+            return self._failed(source, owned, exc)
+        except Exception as exc:  # one image's surprise must not end the cycle
+            log.exception("unexpected error while cloning %s", source)
+            return self._failed(
+                source, owned, RegistryError("registry_error", f"clone {source}: {exc!r}")
+            )
+        if result.waiting is not None:
+            return result  # paused while it waited for a copy slot
         if self.stopping:
             log.warning("abandoning %s: shutting down (nothing is patched for it)", source)
             return ImageResult(source, None, message="abandoned: shutting down", waiting=0.0)
@@ -531,10 +538,18 @@ class ImageCloner:
         moved: tuple[str, str] | None,
     ) -> ImageResult:
         """Copy the digest the source just answered, then check and record the copy."""
-        log.info("copying %s (%s) to %s", source, head.digest, owned)
-        # Copy exactly what was decided on: the digest just answered, not
-        # whatever the tag names by the time the copy starts.
-        copied = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
+        # Only the copy itself holds a slot: the questions before it and the
+        # check after it are small requests, and a slot they held would sit
+        # idle while they wait for an answer.
+        with self._copy_slots, self._registry_slot(source.registry):
+            # A registry may have been paused while this copy waited.
+            waiting = self._waiting(source, owned)
+            if waiting is not None:
+                return waiting
+            log.info("copying %s (%s) to %s", source, head.digest, owned)
+            # Copy exactly what was decided on: the digest just answered, not
+            # whatever the tag names by the time the copy starts.
+            copied = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
         pushed = copied.digest
         if copied.config_digest is not None:
             expected.engine_config(copied.config_digest)

@@ -26,6 +26,9 @@ Order inside a pass (push before patch, always):
    patch refused because the workload changed is retried once with the
    workload read again; a workload patched ``fightLimit`` times within an
    hour (something keeps setting it back) is left alone and reported.
+   Patches go to the ``writes.WritePool``; the Events about them wait there
+   behind every patch, so a cold start switches workloads at the rate the
+   API server allows and the Events follow.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,6 +82,7 @@ from cloner.model.workloads import (
 )
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
+from cloner.ops.writes import WritePool
 
 __all__ = [
     "CopyBackend",
@@ -267,6 +271,9 @@ class Reconciler:
         clone_wait: seconds a cycle waits for clones before it ends and
             leaves the rest in flight for later cycles; None waits for all
             (``--once``).
+        writes: the pool that sends patches (``writes.WritePool``), shared
+            with the EventRecorder so that Events wait behind patches; None
+            makes one of ``patchConcurrency`` threads.
     """
 
     def __init__(
@@ -281,6 +288,7 @@ class Reconciler:
         engine_platform: Callable[[], str] | None = None,
         wall: Callable[[], float] = time.time,
         clone_wait: float | None = None,
+        writes: WritePool | None = None,
     ) -> None:
         self._kube = kube
         self._events = events or NullRecorder()
@@ -319,7 +327,7 @@ class Reconciler:
             )
         self._patch_times: dict[str, deque[float]] = {}
         self._summary_lock = threading.Lock()
-        self._patch_pool: ThreadPoolExecutor | None = None
+        self._writes = writes or WritePool(settings.patch_concurrency, name="patch")
         self._clone_wait = clone_wait
         self._fight_reported: set[str] = set()
         self._gitops_reported: set[str] = set()
@@ -507,14 +515,7 @@ class Reconciler:
         pull_secret = self._prepare(workload, summary)
         if pull_secret is False:
             return []
-        return [self._patches().submit(self._send, workload, changes, pull_secret, summary)]
-
-    def _patches(self) -> ThreadPoolExecutor:
-        if self._patch_pool is None:
-            self._patch_pool = ThreadPoolExecutor(
-                max_workers=self._settings.patch_concurrency, thread_name_prefix="patch"
-            )
-        return self._patch_pool
+        return [self._writes.submit(self._send, workload, changes, pull_secret, summary)]
 
     def _record_image_events(
         self, source: str, result: ImageResult, workloads: Iterable[Workload]

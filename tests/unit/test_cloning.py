@@ -285,6 +285,39 @@ def test_one_source_registry_runs_at_most_registry_concurrency_clones() -> None:
     assert regs.max_active == 2
 
 
+def test_copies_in_total_never_exceed_clone_concurrency() -> None:
+    regs = Gated()
+    # Six registries: only the total limit binds, not the per-registry one.
+    names = [f"registry-{i}.example.com/app" for i in range(6)]
+    for name in names:
+        regs.image(name, "1", name)
+    c = cloner(regs, concurrency=2, registry_concurrency=3)
+    results = c.ensure_all(pairs_of(*(f"{n}:1" for n in names)))
+    assert all(r.image for r in results.values())
+    assert regs.max_active == 2
+
+
+def test_the_next_images_are_asked_while_every_copy_slot_is_busy() -> None:
+    regs = Gated()
+    names = [f"registry-{i}.example.com/app" for i in range(3)]
+    for name in names:
+        regs.image(name, "1", name)
+        regs.gates[name] = threading.Event()
+    c = cloner(regs, concurrency=2, registry_concurrency=3)
+    futures = c.submit(pairs_of(*(f"{n}:1" for n in names)))
+    deadline = time.monotonic() + 5
+    # Two copies hold both slots; the third image's source is asked meanwhile.
+    while regs.requests["registry-2.example.com"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert regs.requests["registry-2.example.com"] >= 1
+    assert regs.max_active == 2 and len(regs.clones) == 0
+    for gate in regs.gates.values():
+        gate.set()
+    results = {key: c.collect(key, f) for key, f in futures.items()}
+    assert all(r.cloned for r in results.values())
+    assert regs.max_active == 2
+
+
 def test_a_source_in_flight_is_never_copied_twice_and_a_later_cycle_collects_it() -> None:
     regs = Gated()
     regs.image(f"{SRC}/slow", "1", "slow")
