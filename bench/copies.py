@@ -40,7 +40,7 @@ again without ``controllerNamespace`` shows what the state saves.
 Prints one table and writes every figure to
 ``bench/results/copy-<timestamp>.json`` (``--results-dir``).
 
-    .venv/bin/python bench/copies.py              # full size: 20 images, about 130 MB, 3 reps
+    .venv/bin/python bench/copies.py              # full size: 20 images, 222 MB unique, 3 reps
     .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
     .venv/bin/python bench/copies.py --only skopeo --warm   # the skopeo contenders, no warm cycle
 

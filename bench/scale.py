@@ -848,12 +848,7 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
         Row("setup", "containers", setup["containers"], "containers"),
         Row("setup", "creation rate", setup["create_rate"], "/s"),
         Row(
-            "cold",
-            "wall time (process start to exit)",
-            cold["wall"],
-            "s",
-            "<= 30 s",
-            at_most(cold["wall"], COLD_WALL_TARGET),
+            "cold", "wall time (process start to exit, trailing Events written)", cold["wall"], "s"
         ),
         Row(
             "cold",
@@ -864,6 +859,15 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
             at_most(cold["duration"], COLD_WALL_TARGET),
         ),
         Row("cold", "start-up before the cycle", cold["startup"], "s"),
+        Row(
+            "cold",
+            "after the cycle: Events trailing the patches, exit",
+            cold["wall"] - cold["startup"] - cold["duration"],
+            "s",
+        ),
+        Row(
+            "cold", "Events created (POST events)", cold["api"]["writes_by"].get("POST events"), ""
+        ),
         Row(
             "cold",
             "workloads patched",

@@ -12,6 +12,7 @@ of ``pullsecrets``. Failures are recorded, never raised.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -105,8 +106,22 @@ class PullSecrets:
         self._swept_version = ""
         self._warned_version = ""
         self._report = ProvisionReport()
+        self._lock = threading.Lock()
+        self._namespace_locks: dict[str, threading.Lock] = {}
         self._namespaces: dict[str, bool] = {}
         self._service_accounts: dict[tuple[str, str], bool] = {}
+
+    def _namespace_lock(self, namespace: str) -> threading.Lock:
+        with self._lock:
+            return self._namespace_locks.setdefault(namespace, threading.Lock())
+
+    def _count(self, what: str) -> None:
+        """Count a write in this cycle's report (``created``, ``updated``, ``service_account``)."""
+        with self._lock:
+            if what == "service_account":
+                self._report.service_accounts_patched += 1
+            else:
+                self._report.secrets[what] += 1
 
     def start_cycle(self) -> ProvisionReport:
         """Forget the per-cycle state; returns the report this cycle fills."""
@@ -155,11 +170,18 @@ class PullSecrets:
     def namespace_ready(self, namespace: str, service_account: str) -> bool:
         """Make sure pods of ``service_account`` in ``namespace`` can pull owned images.
 
+        Thread-safe: the write pool makes several namespaces ready at once;
+        calls for one namespace take turns, so its Secret is written once.
+
         Returns:
             True when the Secret (and, in ``serviceaccount`` mode, the
             attachment) is in place or not needed; False when the workload
             must not be patched this cycle (the failure is recorded).
         """
+        with self._namespace_lock(namespace):
+            return self._ready(namespace, service_account)
+
+    def _ready(self, namespace: str, service_account: str) -> bool:
         credential = self.credential()
         if credential is None:
             helper = self._credentials.current.helper_for(self._owned_registry)
@@ -233,12 +255,12 @@ class PullSecrets:
                 )
             if action == "create":
                 self._kube.create_secret(namespace, desired)
-                self._report.secrets["created"] += 1
+                self._count("created")
                 log.info("created pull secret %s/%s", namespace, self.name)
             elif action == "update":
                 assert existing is not None
                 self._kube.replace_secret(namespace, updated_secret(existing, desired))
-                self._report.secrets["updated"] += 1
+                self._count("updated")
                 log.info("updated pull secret %s/%s", namespace, self.name)
         except KubeError as exc:
             return self._fail(namespace, "api_error", str(exc))
@@ -256,7 +278,7 @@ class PullSecrets:
             patch = service_account_patch(account, self.name)
             if patch:
                 self._kube.patch_service_account(namespace, name, patch)
-                self._report.service_accounts_patched += 1
+                self._count("service_account")
                 log.info("added pull secret %s to ServiceAccount %s/%s", self.name, namespace, name)
         except KubeError as exc:
             return self._fail(namespace, "api_error", str(exc))

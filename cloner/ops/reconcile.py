@@ -328,6 +328,7 @@ class Reconciler:
         self._patch_times: dict[str, deque[float]] = {}
         self._summary_lock = threading.Lock()
         self._writes = writes or WritePool(settings.patch_concurrency, name="patch")
+        self._ready: dict[tuple[str, str], Future[bool]] = {}
         self._clone_wait = clone_wait
         self._fight_reported: set[str] = set()
         self._gitops_reported: set[str] = set()
@@ -471,6 +472,11 @@ class Reconciler:
         a second copy of them. Patches go to the patch pool; this returns
         when every patch it started has been sent.
         """
+        with self._writes.hold():  # the Events of this cycle follow its last patch
+            self._patch_when_ready(index, summary, started)
+
+    def _patch_when_ready(self, index: CycleIndex, summary: Summary, started: float) -> None:
+        self._ready = {}  # namespace readiness is decided once per cycle
         futures = self._images.submit(index.pairs)
         needed = {key: set(sources) for key, sources in index.needed.items()}
         deadline = None if self._clone_wait is None else started + self._clone_wait
@@ -510,12 +516,42 @@ class Reconciler:
             and plan.source is not None
             and (image := summary.images[str(plan.source)].image) is not None
         ]
-        if not changes:
+        if not changes or self._fighting(workload, summary):
             return []
-        pull_secret = self._prepare(workload, summary)
-        if pull_secret is False:
-            return []
-        return [self._writes.submit(self._send, workload, changes, pull_secret, summary)]
+        if self._pull_secrets is None:
+            return [self._writes.submit(self._send, workload, changes, None, summary)]
+        # The namespace is made ready on the pool too, several at once, and
+        # the patch follows when it is: the cycle's thread never waits for
+        # the API server, so it keeps the pool fed.
+        pull_secrets = self._pull_secrets
+        patched: Future[None] = Future()
+
+        def send(ready: Future[bool]) -> None:
+            try:
+                if not ready.result():
+                    patched.set_result(None)
+                    return
+                pull_secret = pull_secrets.workload_pull_secret(workload.pull_secrets)
+                sent = self._writes.submit(self._send, workload, changes, pull_secret, summary)
+                sent.add_done_callback(lambda done: _relay(done, patched))
+            except BaseException as exc:  # handed to the cycle, which waits on it
+                patched.set_exception(exc)
+
+        self._readiness(workload.namespace, workload.service_account).add_done_callback(send)
+        return [patched]
+
+    def _readiness(self, namespace: str, service_account: str) -> Future[bool]:
+        """This cycle's future of ``PullSecrets.namespace_ready`` for a namespace and account."""
+        key = (namespace, service_account)
+        with self._summary_lock:
+            ready = self._ready.get(key)
+            if ready is None:
+                assert self._pull_secrets is not None
+                ready = self._writes.submit(
+                    self._pull_secrets.namespace_ready, namespace, service_account
+                )
+                self._ready[key] = ready
+        return ready
 
     def _record_image_events(
         self, source: str, result: ImageResult, workloads: Iterable[Workload]
@@ -700,7 +736,7 @@ class Reconciler:
     def _prepare(
         self, workload: Workload, summary: Summary, heal: bool = False
     ) -> str | bool | None:
-        """Checks made in the cycle's thread before a patch is sent.
+        """Checks made in the caller's thread before ``_apply`` sends a patch.
 
         Returns:
             False when the workload must not be patched (a fight, or its
@@ -780,6 +816,15 @@ class Reconciler:
         except KubeError as exc:
             return exc
         return None
+
+
+def _relay(done: Future[None], to: Future[None]) -> None:
+    """Give ``to`` the outcome of ``done``."""
+    error = done.exception()
+    if error is not None:
+        to.set_exception(error)
+    else:
+        to.set_result(None)
 
 
 def list_in_scope(

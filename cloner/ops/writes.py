@@ -23,8 +23,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class WritePool:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._busy = 0
+        self._held = 0
         self._closed = False
         #: Deferred jobs dropped: the queue was full, or ``close`` ran out of time.
         self.dropped = 0
@@ -99,6 +101,24 @@ class WritePool:
             self._deferred.append(fn)
             self._cond.notify()
         return True
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """While inside, deferred jobs wait even when no submitted job does.
+
+        ``reconcile`` holds the Events while a cycle is still sending patches:
+        between two images that become ready, the queue of patches runs dry
+        for a moment, and Events sent then would take the API server's time
+        from the patches that follow. Holds nest; ``close`` ends them.
+        """
+        with self._cond:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify_all()
 
     @property
     def pending(self) -> int:
@@ -164,7 +184,7 @@ class WritePool:
         while True:
             if self._urgent:
                 return self._urgent.popleft()
-            if self._deferred:
+            if self._deferred and (not self._held or self._closed):
                 return None, self._deferred.popleft()
             if self._closed:
                 return None

@@ -6,6 +6,8 @@ left alone). The same behaviour is proven against real components in tests/e2e.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -305,6 +307,52 @@ class Creds:
         self.version = password
 
 
+class SlowSecrets(FakeKube):
+    """Secret creation takes 0.2 s; records how many run at once."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        super().__init__(objects)
+        self.creating = 0
+        self.most_at_once = 0
+        self._guard = threading.Lock()
+
+    def create_secret(self, ns: str, body: dict[str, Any]) -> None:
+        with self._guard:
+            self.creating += 1
+            self.most_at_once = max(self.most_at_once, self.creating)
+        time.sleep(0.2)
+        with self._guard:
+            self.creating -= 1
+            super().create_secret(ns, body)
+
+
+def test_namespaces_are_made_ready_several_at_once_each_secret_once_before_its_patches() -> None:
+    objects = [
+        workload("Deployment", f"ns{n}", f"web{i}", "nginx:1.25")
+        for n in range(4)
+        for i in range(3)
+    ]
+    kube = SlowSecrets(objects)
+    for n in range(4):
+        kube.accounts[(f"ns{n}", "default")] = {"metadata": {"resourceVersion": "1"}}
+    started = time.monotonic()
+    summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
+    took = time.monotonic() - started
+    assert summary.ok and sum(summary.patched.values()) == 12
+    assert summary.provisioning.secrets["created"] == 4
+    assert sorted(c for c in kube.calls if c.startswith("create secret")) == [
+        f"create secret ns{n}" for n in range(4)
+    ]
+    # Each namespace's Secret and ServiceAccount come before its patches.
+    for n in range(4):
+        mine = [c for c in kube.calls if f"ns{n}" in c]
+        assert mine[:2] == [f"create secret ns{n}", f"patch sa ns{n}/default"], mine
+        assert len(mine) == 5
+    # Four Secrets of 0.2 s each were written at the same time, not one after another.
+    assert kube.most_at_once >= 2
+    assert took < 0.75
+
+
 def test_secret_and_service_account_are_in_place_before_the_patch() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     kube.accounts[("a", "default")] = {
@@ -574,8 +622,6 @@ def test_stop_abandons_and_patches_nothing() -> None:
 
 
 # --- patch as soon as ready, clones across cycles ------------------------------------
-
-import threading  # noqa: E402
 
 
 class SlowRegistry(FakeRegistry):

@@ -155,3 +155,27 @@ def test_a_deferred_recorder_counts_what_the_pool_dropped() -> None:
     gate.set()
     pool.close(timeout=5)
     assert [e["message"] for e in api.events.values()] == ["Patched container web: a -> b"]
+
+
+def test_held_events_wait_even_when_no_patch_does() -> None:
+    pool = WritePool(2)
+    ran: list[str] = []
+    with pool.hold():
+        pool.defer(lambda: ran.append("event"))
+        assert pool.submit(lambda: ran.append("patch")).result(timeout=5) is None
+        time.sleep(0.2)  # idle threads, yet the Event waits for the hold to end
+        assert ran == ["patch"]
+    deadline = time.monotonic() + 5
+    while ran != ["patch", "event"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["patch", "event"]
+    pool.close()
+
+
+def test_close_writes_held_events() -> None:
+    pool = WritePool(1)
+    ran: list[str] = []
+    with pool.hold():
+        pool.defer(lambda: ran.append("event"))
+        assert pool.close(timeout=5) == 0
+    assert ran == ["event"]
