@@ -27,7 +27,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import docker
@@ -164,6 +165,9 @@ class DockerRegistry:
         self._engine_config: EngineRegistryConfig | None = None
         self._platform: str | None = None
         self._lock = threading.Lock()
+        # Layers (diff IDs) that a push in flight is uploading; see _push_turn.
+        self._pushing: set[str] = set()
+        self._push_turn_changed = threading.Condition()
 
     # Credentials -----------------------------------------------------------
 
@@ -403,23 +407,24 @@ class DockerRegistry:
                 registry,
             )
             self.requests["pull", "success"] += 1
-            image_id = self._hold(api, pulled)
+            image_id, layers = self._hold(api, pulled)
             phase, registry, operation = f"tag {pulled} as {owned}", None, "tag"
             api.tag(pulled, owned.name, owned.tag, force=True)
             phase, registry, operation = f"push {owned}", owned.registry, "push"
-            log.info("pushing %s", owned)
-            aux = _stream_errors(
-                api.push(
-                    owned.name,
-                    tag=owned.tag,
-                    stream=True,
-                    decode=True,
-                    auth_config=self._auth(owned.registry),
-                ),
-                phase,
-                registry,
-                progress,
-            )
+            with self._push_turn(layers):
+                log.info("pushing %s", owned)
+                aux = _stream_errors(
+                    api.push(
+                        owned.name,
+                        tag=owned.tag,
+                        stream=True,
+                        decode=True,
+                        auth_config=self._auth(owned.registry),
+                    ),
+                    phase,
+                    registry,
+                    progress,
+                )
             self.requests["push", "success"] += 1
             self.pushed_bytes += progress.pushed_bytes
         except RegistryError as exc:
@@ -442,17 +447,48 @@ class DockerRegistry:
         # The caller checks what the owned registry serves (cloning._check_copy).
         return Copied(str(digests[-1]), image_id)
 
-    def _hold(self, api: docker.APIClient, pulled: str) -> str | None:
-        """Mark the pulled image as in use by a clone; returns its ID (config digest)."""
+    def _hold(self, api: docker.APIClient, pulled: str) -> tuple[str | None, frozenset[str]]:
+        """Mark the pulled image as in use by a clone.
+
+        Returns:
+            Its ID (the config digest; None when it cannot be inspected) and
+            the diff IDs of its layers (``RootFS.Layers``; empty when unknown).
+        """
         try:
-            image_id = str(api.inspect_image(pulled)["Id"])
+            inspected = api.inspect_image(pulled)
+            image_id = str(inspected["Id"])
         except Exception as exc:  # best effort: only the cache bookkeeping needs it
             log.debug("could not inspect %s: %s", pulled, exc)
-            return None
+            return None, frozenset()
+        layers = frozenset(str(d) for d in (inspected.get("RootFS") or {}).get("Layers") or ())
         with self._lock:
             self._in_use[image_id] += 1
             self._last_used[image_id] = time.monotonic()
-        return image_id
+        return image_id, layers
+
+    @contextmanager
+    def _push_turn(self, layers: frozenset[str]) -> Iterator[None]:
+        """Wait until no push in flight uploads any of ``layers``, then hold them.
+
+        Two pushes of images that share a base layer, into repositories of
+        the owned registry that do not hold it yet, would both upload it:
+        the engine learns that a registry has a layer only when a push of
+        it ends. Taking turns on shared layers makes the later push find the
+        layer there (the engine mounts it from the repository the earlier
+        push wrote, or sees it exists) instead of sending it again; pushes
+        that share no layer still run at the same time. All of an image's
+        layers are taken at once, so two pushes never wait on each other.
+        """
+        with self._push_turn_changed:
+            while self._pushing & layers:
+                self._push_turn_changed.wait()
+            self._pushing |= layers
+        try:
+            yield
+        finally:
+            with self._push_turn_changed:
+                self._pushing -= layers
+                self._push_turn_changed.notify_all()
 
     def _release(
         self, api: docker.APIClient, image_id: str | None, references: Iterable[str]
