@@ -792,15 +792,14 @@ class Reconciler:
             PATCHED,
             patched_message([(c.name, c.image, image) for c, image in changes if image != c.image]),
         )
-        for container, image in changes:
-            if image != container.image:
-                log.info(
-                    "patched %s container %s: %s -> %s",
-                    workload.key,
-                    container.name,
-                    container.image,
-                    image,
-                )
+        # One line per workload: ``patched Deployment shop/web container web: a -> b; ...``.
+        switched = "; ".join(
+            f"container {container.name}: {container.image} -> {image}"
+            for container, image in changes
+            if image != container.image
+        )
+        if switched:
+            log.info("patched %s %s", workload.key, switched)
 
     def _patch(
         self,
