@@ -39,11 +39,13 @@ not used to patch anything.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -208,7 +210,8 @@ class ImageCloner:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._copy_slots = threading.BoundedSemaphore(self._concurrency)
+        self._copy_slots = _Slots(self._concurrency)
+        self._tickets = 0  # submission order, kept by the copy slots
         self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -289,7 +292,10 @@ class ImageCloner:
                 done.set_result(early)
                 futures[key] = done
                 continue
-            future = self._executor().submit(self._ensure, source, owned)
+            with self._lock:
+                self._tickets += 1
+                ticket = self._tickets
+            future = self._executor().submit(self._ensure, source, owned, ticket)
             with self._lock:
                 self._inflight[key] = future
             futures[key] = future
@@ -384,7 +390,7 @@ class ImageCloner:
         with self._lock:
             return self._owned_locks.setdefault(repository, threading.Lock())
 
-    def _ensure(self, source: Reference, owned: Reference) -> ImageResult:
+    def _ensure(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
         if self.stopping:
             return ImageResult(source, None, message="shutting down", waiting=0.0)
         # Another clone of this registry may have paused it meanwhile.
@@ -398,7 +404,7 @@ class ImageCloner:
             # one repository at once race in the registry. The second
             # then finds the first one's copy and reuses it.
             with self._owned_lock(owned.name):
-                result = self._verify_or_copy(source, owned)
+                result = self._verify_or_copy(source, owned, ticket)
         except RegistryError as exc:
             return self._failed(source, owned, exc)
         except Exception as exc:  # one image's surprise must not end the cycle
@@ -416,7 +422,7 @@ class ImageCloner:
             return replace(result, duration=self._clock() - started)
         return result
 
-    def _verify_or_copy(self, source: Reference, owned: Reference) -> ImageResult:
+    def _verify_or_copy(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
         """Ask the source and the owned registry, then reuse, copy or refuse (``decide``)."""
         self._backend.preflight(source, owned)
         with self._lock:
@@ -458,7 +464,7 @@ class ImageCloner:
             )
         if moved is not None:
             log.info("source %s moved from %s to %s; copying it again", source, *moved)
-        result = self._copy(source, owned, head, expected, moved)
+        result = self._copy(source, owned, head, expected, moved, ticket)
         return replace(result, replaced=replaced)
 
     def _ask_source(self, source: Reference) -> tuple[Descriptor | None, RegistryError | None]:
@@ -536,12 +542,13 @@ class ImageCloner:
         head: Descriptor,
         expected: _Expected,
         moved: tuple[str, str] | None,
+        ticket: int,
     ) -> ImageResult:
         """Copy the digest the source just answered, then check and record the copy."""
         # Only the copy itself holds a slot: the questions before it and the
         # check after it are small requests, and a slot they held would sit
         # idle while they wait for an answer.
-        with self._copy_slots, self._registry_slot(source.registry):
+        with self._copy_slots.take(ticket), self._registry_slot(source.registry):
             # A registry may have been paused while this copy waited.
             waiting = self._waiting(source, owned)
             if waiting is not None:
@@ -683,6 +690,40 @@ class ImageCloner:
             exc,
         )
         return ImageResult(source, None, reason=exc.reason, message=str(exc), waiting=None)
+
+
+class _Slots:
+    """``count`` slots handed out in ticket order among those waiting.
+
+    Images are copied in the order they were submitted, as a loop would
+    copy them, even though their questions to the registries, which come
+    first, finish in any order. That order matters: images listed one after
+    another rarely share a base layer, and two copies of one base layer at
+    the same time would each upload it (the second cannot mount a blob the
+    first has not finished writing).
+    """
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiting: list[int] = []  # a heap of tickets
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def take(self, ticket: int) -> Iterator[None]:
+        """Wait until a slot is free and no smaller ticket waits; hold it inside."""
+        with self._changed:
+            heapq.heappush(self._waiting, ticket)
+            while not self._free or self._waiting[0] != ticket:
+                self._changed.wait()
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._changed.notify_all()  # the next ticket may take another free slot
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += 1
+                self._changed.notify_all()
 
 
 def _decide(

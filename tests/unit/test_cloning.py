@@ -341,3 +341,34 @@ def test_sources_sharing_an_owned_repository_are_decided_one_at_a_time() -> None
     results = c.ensure_all(pairs_of(f"{SRC}/app:1", f"{SRC}/app@{digest}", f"{SRC}/app:1@{digest}"))
     assert all(r.image for r in results.values())
     assert regs.max_active == 1  # never two copies into one repository at once
+
+
+def test_copy_slots_go_to_the_waiting_images_in_submission_order() -> None:
+    from cloner.ops.cloning import _Slots
+
+    slots = _Slots(1)
+    order: list[int] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def first() -> None:
+        with slots.take(0):
+            holding.set()
+            release.wait(5)
+
+    def later(ticket: int) -> None:
+        with slots.take(ticket):
+            order.append(ticket)
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert holding.wait(5)
+    for ticket in (3, 1, 2):  # their questions finished in this order
+        thread = threading.Thread(target=later, args=(ticket,))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.05)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert order == [1, 2, 3]
