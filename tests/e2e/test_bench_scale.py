@@ -21,6 +21,8 @@ SCALE = ROOT / "bench" / "scale.py"
 #: figures the table must show (the targets of issue 11 among them)
 FIGURES = (
     "wall time (process start to exit)",
+    "after the cycle: Events and exit",
+    "Events created (POST events)",
     "patches/s (patched / cycle)",
     "first patch after cycle start",
     "last patch after cycle start",
@@ -61,6 +63,9 @@ def test_scale_smoke_patches_everything_and_reports_each_figure(tmp_path: Path) 
     assert len(cold["patch_times"]) == size["workloads"]
     assert cold["api_failures"] == 0 and cold["api"]["errors"] == 0
     assert cold["api"]["writes_by"].get("PATCH deployments") == size["workloads"]
+    # Each patched workload got its Patched Event before the process exited,
+    # though the Events waited behind the patches.
+    assert cold["api"]["writes_by"].get("POST events") == size["workloads"]
     # With owned copies present the cold cycle asks each registry, but copies nothing.
     assert cold["summary"]["cloned"] == 0
     assert cold["registry"]["public"]["HEAD"] >= size["images"]
