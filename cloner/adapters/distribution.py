@@ -605,7 +605,10 @@ class DistributionClient:
                 allow_redirects=True,
             )
             with response:
-                body = b"" if method == "HEAD" else _read_limited(response, limit)
+                # A HEAD's (empty) body is read too: closing an answer whose
+                # body was never read closes its connection, and every HEAD
+                # then paid a new connection (a TLS handshake with https).
+                body = response.content if method == "HEAD" else _read_limited(response, limit)
         except (
             requests.exceptions.RequestException,
             urllib3.exceptions.HTTPError,

@@ -192,6 +192,7 @@ class StandIn:
     issued: set[str] = field(default_factory=set)
     realm_host: str = ""  # where the challenge sends clients for tokens; default this server
     port: int = 0
+    connections: int = 0  # TCP connections accepted (HTTP/1.1 keeps them open)
 
     @property
     def host(self) -> str:
@@ -204,6 +205,11 @@ class StandIn:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive, as registries do
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.state.connections += 1
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -349,6 +355,17 @@ def test_anonymous_bearer_token_is_fetched_once_and_reused(
         (standin.host, "HEAD", "success"): 2,
         (standin.host, "token", "success"): 1,
     }
+
+
+def test_heads_reuse_one_connection(standin: StandIn, tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    client.head(standin.ref())  # finds the scheme (https fails, plain http answers) and a token
+    before = standin.connections
+    for _ in range(5):
+        client.head(standin.ref())
+    # An unread HEAD answer used to close its connection: a new TCP (and,
+    # for a TLS registry, a new handshake) per manifest lookup.
+    assert standin.connections - before == 0
 
 
 def test_token_realm_gets_the_registry_credential(standin: StandIn, tmp_path: Path) -> None:
