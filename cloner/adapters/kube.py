@@ -176,7 +176,7 @@ class KubeClient:
                     log.warning("API server: too many requests; pausing writes for %.1fs", delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send_json(self, method: str, path: str, body: Any, content_type: str) -> bytes:
+    def _send_json(self, method: str, path: str, body: Any, content_type: str = JSON) -> bytes:
         """One write with the body serialized by ``orjson``, past the generated client.
 
         The generated methods validate every parameter, sanitize the body
@@ -189,11 +189,11 @@ class KubeClient:
         settings, client certificates and proxies are the client's.
 
         Args:
-            method: ``PATCH``, ``POST`` or ``PUT``.
+            method: ``PATCH``, ``POST``, ``PUT`` (or ``GET``, with no body).
             path: the API path, for example
                 ``/apis/apps/v1/namespaces/default/deployments/web`` (already
-                quoted).
-            body: JSON-serializable object (dict or list).
+                quoted, with its query if any).
+            body: JSON-serializable object (dict or list); None sends none.
             content_type: the request's ``Content-Type``.
 
         Returns:
@@ -205,12 +205,14 @@ class KubeClient:
             urllib3.exceptions.HTTPError, OSError: transport errors.
         """
         api = self._api_client
-        headers = {**api.default_headers, "Accept": JSON, "Content-Type": content_type}
+        headers = {**api.default_headers, "Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
         api.update_params_for_auth(headers, [], ["BearerToken"])
         response = api.rest_client.pool_manager.request(
             method,
             api.configuration.host + path,
-            body=orjson.dumps(body),
+            body=None if body is None else orjson.dumps(body),
             headers=headers,
             timeout=self._timeout,
             preload_content=False,
@@ -364,10 +366,18 @@ class KubeClient:
     # Pull secrets and ServiceAccounts ----------------------------------------
 
     def _read(self, call: Callable[..., Any], what: str, *args: str) -> dict[str, Any] | None:
-        """GET an object as raw JSON; None on 404."""
+        """GET an object as raw JSON through a generated client call; None on 404."""
+        return self._read_body(
+            lambda: read_body(
+                call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            ),
+            what,
+        )
+
+    def _read_body(self, fetch: Callable[[], bytes], what: str) -> dict[str, Any] | None:
+        """Parse what ``fetch`` read as a JSON object; None on 404. Raises ``KubeError``."""
         try:
-            response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            obj = dict(orjson.loads(read_body(response)))
+            obj = dict(orjson.loads(fetch()))
             self.requests["success"] += 1
             return obj
         except ApiException as exc:
@@ -378,14 +388,16 @@ class KubeClient:
         except (*_TRANSPORT_ERRORS, ValueError) as exc:
             raise self._failed(exc, what) from None
 
-    def _write(self, call: Callable[..., Any], what: str, *args: Any) -> None:
+    def _write(self, call: Callable[..., Any], what: str, *args: Any) -> bytes:
+        """Send a write; returns the answer's body (JSON bytes, unparsed)."""
         try:
-            read_body(
+            body = read_body(
                 self._throttled(
                     call, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
                 )
             )
             self.requests["success"] += 1
+            return body
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, what) from None
 
@@ -471,15 +483,50 @@ class KubeClient:
             namespace,
         )
 
-    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
-        """Apply a JSON patch to a ServiceAccount. Raises ``KubeError``."""
-        self._write(
-            self._core.patch_namespaced_service_account,
-            f"patch serviceaccount {namespace}/{name}",
-            name,
-            namespace,
-            patch,
+    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> str:
+        """Apply a JSON patch to a ServiceAccount.
+
+        Returns:
+            The ``metadata.resourceVersion`` the patch produced ("" when the
+            answer names none).
+
+        Raises:
+            KubeError: refused or unreachable.
+        """
+        what = f"patch serviceaccount {namespace}/{name}"
+        body = self._write(
+            self._core.patch_namespaced_service_account, what, name, namespace, patch
         )
+        try:
+            return str(orjson.loads(body).get("metadata", {}).get("resourceVersion", ""))
+        except (ValueError, AttributeError):
+            return ""
+
+    def service_account_at_least(
+        self, namespace: str, name: str, resource_version: str
+    ) -> dict[str, Any] | None:
+        """The ServiceAccount as the API server's cache holds it, at ``resource_version`` or later.
+
+        A GET with ``resourceVersion`` set is served from the API server's
+        watch cache, which waits until it has caught up with that version
+        ("not older than": Kubernetes API concepts, "Semantics for get and
+        list"). Admission plugins read informers fed by that same cache: the
+        ServiceAccount admission plugin copies ``imagePullSecrets`` into new
+        pods from one. Needs only ``get`` on serviceaccounts.
+
+        Returns:
+            The ServiceAccount as JSON, or None when there is none.
+
+        Raises:
+            KubeError: refused, unreachable, or the cache did not catch up
+                in the API server's wait (504 "Too large resource version").
+        """
+        what = f"get serviceaccount {namespace}/{name} at version {resource_version}"
+        path = (
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/serviceaccounts/"
+            f"{quote(name, safe='')}?resourceVersion={quote(resource_version, safe='')}"
+        )
+        return self._read_body(lambda: self._send_json("GET", path, None), what)
 
     # Events ------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,14 @@ from cloner.model.pullsecrets import (
 )
 
 log = logging.getLogger(__name__)
+
+# Seconds between the API server's watch cache holding a ServiceAccount change
+# and the first patch that makes pods of that ServiceAccount. The ServiceAccount
+# admission plugin copies imagePullSecrets into a new pod from an informer fed
+# by that cache (Kubernetes plugin/pkg/admission/serviceaccount,
+# getServiceAccount reads its lister first); the margin covers the informer's
+# own delivery, which is milliseconds on a loaded API server.
+ADMISSION_SETTLE = 0.5
 
 
 class SecretAPI(Protocol):
@@ -52,8 +61,20 @@ class SecretAPI(Protocol):
         """The ServiceAccount, None if absent; raises ``KubeError``."""
         ...
 
-    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
-        """Apply a JSON patch to a ServiceAccount; raises ``KubeError``."""
+    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> str:
+        """Apply a JSON patch to a ServiceAccount; returns its new resourceVersion.
+
+        Raises ``KubeError``.
+        """
+        ...
+
+    def service_account_at_least(
+        self, namespace: str, name: str, resource_version: str
+    ) -> dict[str, Any] | None:
+        """The ServiceAccount as the API server's cache holds it at ``resource_version`` or later.
+
+        None if absent; raises ``KubeError`` (also when the cache did not catch up).
+        """
         ...
 
 
@@ -89,6 +110,7 @@ class PullSecrets:
         owned_registry: the owned registry host (whose entry is provisioned).
         settings: the ``pullSecret`` group: the Secret's name, and where it is
             attached (``serviceaccount`` or ``workload``).
+        clock: monotonic seconds (``time.monotonic``); for ``admission_wait``.
     """
 
     def __init__(
@@ -97,8 +119,10 @@ class PullSecrets:
         credentials: Credentials,
         owned_registry: str,
         settings: PullSecretSettings,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
+        self._clock = clock
         self._credentials = credentials
         self._owned_registry = owned_registry
         self.name = settings.name
@@ -110,6 +134,7 @@ class PullSecrets:
         self._namespace_locks: dict[str, threading.Lock] = {}
         self._namespaces: dict[str, bool] = {}
         self._service_accounts: dict[tuple[str, str], bool] = {}
+        self._admits: dict[tuple[str, str], float] = {}  # (namespace, account) -> clock time
 
     def _namespace_lock(self, namespace: str) -> threading.Lock:
         with self._lock:
@@ -128,7 +153,26 @@ class PullSecrets:
         self._report = ProvisionReport()
         self._namespaces.clear()
         self._service_accounts.clear()
+        now = self._clock()
+        with self._lock:
+            self._admits = {k: t for k, t in self._admits.items() if t > now}
         return self._report
+
+    def admission_wait(self, namespace: str, service_account: str) -> float:
+        """Seconds until new pods of ``service_account`` in ``namespace`` surely get the Secret.
+
+        After this process added the Secret to the ServiceAccount, the
+        ServiceAccount admission plugin may still copy the old
+        ``imagePullSecrets`` into pods for a moment (it reads an informer,
+        not etcd), and such a pod never gets the Secret: no workload of that
+        ServiceAccount may be patched before this wait is over.
+
+        Returns:
+            Seconds (0.0 when nothing was changed lately).
+        """
+        with self._lock:
+            until = self._admits.get((namespace, service_account), 0.0)
+        return max(0.0, until - self._clock())
 
     def credential(self) -> Credential | None:
         """The owned registry's credential, or None (then no Secret is needed)."""
@@ -277,9 +321,32 @@ class PullSecrets:
                 )
             patch = service_account_patch(account, self.name)
             if patch:
-                self._kube.patch_service_account(namespace, name, patch)
+                version = self._kube.patch_service_account(namespace, name, patch)
                 self._count("service_account")
                 log.info("added pull secret %s to ServiceAccount %s/%s", self.name, namespace, name)
+                return self._await_admission(namespace, name, version)
         except KubeError as exc:
             return self._fail(namespace, "api_error", str(exc))
+        return True
+
+    def _await_admission(self, namespace: str, name: str, version: str) -> bool:
+        """Wait until the API server's cache holds the patched ServiceAccount.
+
+        Then ``admission_wait`` gives the seconds until its new pods surely
+        get the Secret. If the cache cannot confirm it, the namespace is not patched
+        this cycle; the next one finds the ServiceAccount already attached.
+        Raises ``KubeError`` (the caller records it).
+        """
+        seen = self._kube.service_account_at_least(namespace, name, version) if version else None
+        if seen is None or self.name not in {
+            str(s.get("name")) for s in seen.get("imagePullSecrets") or [] if isinstance(s, dict)
+        }:
+            return self._fail(
+                namespace,
+                "api_error",
+                f"the API server did not confirm that ServiceAccount {namespace}/{name} "
+                f"lists {self.name} (version {version or 'unknown'}); retried next cycle",
+            )
+        with self._lock:
+            self._admits[(namespace, name)] = self._clock() + ADMISSION_SETTLE
         return True

@@ -541,16 +541,37 @@ class Reconciler:
         return [patched]
 
     def _readiness(self, namespace: str, service_account: str) -> Future[bool]:
-        """This cycle's future of ``PullSecrets.namespace_ready`` for a namespace and account."""
+        """This cycle's future of ``PullSecrets.namespace_ready`` for a namespace and account.
+
+        When the ServiceAccount was just given the Secret, the future is
+        resolved only after ``PullSecrets.admission_wait``: a timer waits, not
+        a pool thread, so other namespaces' patches go on meanwhile.
+        """
         key = (namespace, service_account)
         with self._summary_lock:
             ready = self._ready.get(key)
-            if ready is None:
-                assert self._pull_secrets is not None
-                ready = self._writes.submit(
-                    self._pull_secrets.namespace_ready, namespace, service_account
-                )
-                self._ready[key] = ready
+            if ready is not None:
+                return ready
+            pull_secrets = self._pull_secrets
+            assert pull_secrets is not None
+            ready = Future()
+            self._ready[key] = ready
+        checked = self._writes.submit(pull_secrets.namespace_ready, namespace, service_account)
+
+        def settle(done: Future[bool]) -> None:
+            error = done.exception()
+            if error is not None:
+                ready.set_exception(error)
+                return
+            delay = pull_secrets.admission_wait(namespace, service_account)
+            if not done.result() or delay <= 0:
+                ready.set_result(done.result())
+                return
+            timer = threading.Timer(delay, ready.set_result, (True,))
+            timer.daemon = True
+            timer.start()
+
+        checked.add_done_callback(settle)
         return ready
 
     def _record_image_events(
@@ -750,6 +771,9 @@ class Reconciler:
         # Credentials first: no new pod may start without them.
         if not self._pull_secrets.namespace_ready(workload.namespace, workload.service_account):
             return False
+        delay = self._pull_secrets.admission_wait(workload.namespace, workload.service_account)
+        if delay > 0:
+            time.sleep(delay)  # until admission surely copies the Secret into new pods
         return self._pull_secrets.workload_pull_secret(workload.pull_secrets)
 
     def _send(

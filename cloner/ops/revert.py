@@ -443,8 +443,10 @@ class RevertAPI(Protocol):
         """The ServiceAccount, None if absent; raises ``KubeError``."""
         ...
 
-    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
-        """Apply a JSON patch to a ServiceAccount; raises ``KubeError``."""
+    def patch_service_account(
+        self, namespace: str, name: str, patch: list[dict[str, Any]]
+    ) -> object:
+        """Apply a JSON patch to a ServiceAccount (the result is not used); raises ``KubeError``."""
         ...
 
 

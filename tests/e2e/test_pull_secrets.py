@@ -18,6 +18,10 @@ import docker.errors
 import kubernetes.client
 import pytest
 
+from cloner.adapters.kube import KubeClient, load_api_client
+from cloner.config import PullSecretSettings
+from cloner.model.credentials import DockerConfig
+from cloner.ops.provisioning import ADMISSION_SETTLE, PullSecrets
 from tests.e2e.harness import Environment
 from tests.e2e.support import (
     Scope,
@@ -251,3 +255,59 @@ def test_provision_false_creates_no_secret(scope: Scope, env: Environment, tmp_p
     assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('n')}:1"}
     assert secret_of(api, ns) is None
     assert pull_secrets_of_account(api, ns, "default") == []
+
+
+class _Creds:
+    """The credentials in force, as ``credential_store.CredentialStore`` gives them."""
+
+    def __init__(self, config: str) -> None:
+        self.current = DockerConfig.parse(config)
+        self.version = "1"
+
+
+def test_pods_made_right_after_the_service_account_change_get_the_secret(
+    scope: Scope, env: Environment
+) -> None:
+    """The ServiceAccount admission plugin reads an informer, not etcd.
+
+    A pod admitted before it holds the patched ServiceAccount gets the old
+    ``imagePullSecrets`` for good; so a namespace is ready only once the
+    API server's cache confirmed the change, plus the settle. Pods are made
+    here the moment readiness allows, as a ReplicaSet would after the patch.
+    """
+    namespaces = [f"{scope.namespace}-adm{i}" for i in range(8)]
+    for name in namespaces:
+        create_namespace(env, name)
+    settings = PullSecretSettings()
+    with (
+        closing(load_api_client(scope.kubeconfig)) as api_client,
+        closing(env.api_client()) as admin,
+    ):
+        kube = KubeClient(api_client)  # the controller's RBAC (manifests/base/rbac.yaml)
+        secrets_ = PullSecrets(
+            kube, _Creds(docker_config(env, env.owned.password or "")), env.owned.host, settings
+        )
+        secrets_.start_cycle()
+        core = kubernetes.client.CoreV1Api(admin)
+        waits = []
+        for name in namespaces:
+            assert secrets_.namespace_ready(name, "default")
+            wait = secrets_.admission_wait(name, "default")
+            waits.append(wait)
+            time.sleep(wait)
+            pod = core.create_namespaced_pod(
+                name,
+                {
+                    "metadata": {"name": "first"},
+                    "spec": {"containers": [{"name": "c", "image": f"{env.owned.host}/x:1"}]},
+                },
+            )
+            assert [s.name for s in pod.spec.image_pull_secrets or []] == [SECRET], name
+        # Every ServiceAccount was changed now, so each had its settle to wait.
+        assert all(0 < w <= ADMISSION_SETTLE for w in waits), waits
+        # The first one's settle is long over, and its ServiceAccount lists
+        # the Secret already: ready again with no change, so no wait.
+        secrets_.start_cycle()
+        assert secrets_.namespace_ready(namespaces[0], "default")
+        assert secrets_.admission_wait(namespaces[0], "default") == 0.0
+        assert kube.service_account_at_least(namespaces[0], "absent", "1") is None

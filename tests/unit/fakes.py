@@ -218,6 +218,7 @@ class FakeKube:
         self.accounts: dict[tuple[str, str], dict[str, Any]] = {
             (a["metadata"]["namespace"], a["metadata"]["name"]): a for a in accounts
         }
+        self.account_version = 0  # resourceVersion of the last ServiceAccount patch
 
     # Workloads ---------------------------------------------------------------
 
@@ -314,9 +315,26 @@ class FakeKube:
         self.gets.append((ns, name))
         return copy.deepcopy(self.accounts.get((ns, name)))
 
-    def patch_service_account(self, ns: str, name: str, patch: list[dict[str, Any]]) -> None:
+    def patch_service_account(self, ns: str, name: str, patch: list[dict[str, Any]]) -> str:
         self.calls.append(f"patch sa {ns}/{name}")
         try:
-            self.accounts[(ns, name)] = apply_patch(self.accounts[(ns, name)], patch)
+            account = apply_patch(self.accounts[(ns, name)], patch)
         except PatchFailed:
             raise KubeError(422, "test failed") from None
+        self.account_version += 1
+        account.setdefault("metadata", {})["resourceVersion"] = str(self.account_version)
+        self.accounts[(ns, name)] = account
+        return str(self.account_version)
+
+    def service_account_at_least(
+        self, ns: str, name: str, resource_version: str
+    ) -> dict[str, Any] | None:
+        """As the watch cache would: the account, once its version reached ``resource_version``."""
+        self.calls.append(f"confirm sa {ns}/{name}")
+        account = self.accounts.get((ns, name))
+        if account is None:
+            return None
+        held = int(account.get("metadata", {}).get("resourceVersion", "0"))
+        if held < int(resource_version):
+            raise KubeError(504, "Too large resource version")
+        return copy.deepcopy(account)

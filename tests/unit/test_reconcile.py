@@ -294,7 +294,9 @@ def test_invalid_reference_counts_as_failure_reason() -> None:
 import base64  # noqa: E402
 import json  # noqa: E402
 
+from cloner.errors import KubeError  # noqa: E402
 from cloner.model.credentials import DockerConfig  # noqa: E402
+from cloner.ops.provisioning import ADMISSION_SETTLE  # noqa: E402
 
 
 class Creds:
@@ -346,11 +348,75 @@ def test_namespaces_are_made_ready_several_at_once_each_secret_once_before_its_p
     # Each namespace's Secret and ServiceAccount come before its patches.
     for n in range(4):
         mine = [c for c in kube.calls if f"ns{n}" in c]
-        assert mine[:2] == [f"create secret ns{n}", f"patch sa ns{n}/default"], mine
-        assert len(mine) == 5
-    # Four Secrets of 0.2 s each were written at the same time, not one after another.
+        assert mine[:3] == [
+            f"create secret ns{n}",
+            f"patch sa ns{n}/default",
+            f"confirm sa ns{n}/default",
+        ], mine
+        assert len(mine) == 6
+    # Four Secrets of 0.2 s each were written at the same time, not one after
+    # another; then the admission settle, once for all.
     assert kube.most_at_once >= 2
-    assert took < 0.75
+    assert took < 0.75 + ADMISSION_SETTLE
+
+
+class TimedKube(FakeKube):
+    """Records the monotonic time of every call; can refuse the confirmations."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        super().__init__(objects)
+        self.at: list[tuple[str, float]] = []
+        self.refuse_confirm = False
+
+    def patch_workload(self, w: Workload, patch: list[dict[str, Any]]) -> None:
+        super().patch_workload(w, patch)
+        self.at.append((f"patch {w.key}", time.monotonic()))
+
+    def service_account_at_least(
+        self, ns: str, name: str, resource_version: str
+    ) -> dict[str, Any] | None:
+        self.at.append((f"confirm sa {ns}/{name}", time.monotonic()))
+        if self.refuse_confirm:
+            raise KubeError(504, "Too large resource version")
+        return super().service_account_at_least(ns, name, resource_version)
+
+
+def test_patches_wait_until_admission_sees_the_service_account_others_do_not() -> None:
+    # new/: its default ServiceAccount gets the Secret now. old/: it lists it
+    # already, so its pods get it from admission at once.
+    kube = TimedKube([workload("Deployment", ns, "web", "nginx:1.25") for ns in ("new", "old")])
+    kube.accounts[("new", "default")] = {"metadata": {"resourceVersion": "1"}}
+    kube.accounts[("old", "default")] = {
+        "metadata": {"resourceVersion": "1"},
+        "imagePullSecrets": [{"name": "image-cloner-pull-secret"}],
+    }
+    summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
+    assert summary.ok and sum(summary.patched.values()) == 2
+    at = dict(kube.at)
+    assert "confirm sa old/default" not in at  # nothing changed there, nothing to confirm
+    # The patch of new/web comes only after the cache confirmed the change, plus the settle.
+    assert at["patch Deployment new/web"] - at["confirm sa new/default"] >= ADMISSION_SETTLE
+    # old/web did not wait for new/'s settle.
+    assert at["patch Deployment old/web"] < at["patch Deployment new/web"]
+
+
+def test_unconfirmed_service_account_change_patches_next_cycle() -> None:
+    kube = TimedKube([workload("Deployment", "new", "web", "nginx:1.25")])
+    kube.accounts[("new", "default")] = {"metadata": {"resourceVersion": "1"}}
+    kube.refuse_confirm = True
+    reconciler = make(kube, FakeRegistry(), SETTINGS, Creds("pw"))
+    first = reconciler.reconcile_once()
+    assert sum(first.patched.values()) == 0
+    assert [f[1] for f in first.provisioning.failures] == ["api_error"]
+    assert "image-cloner-pull-secret" in [
+        s["name"] for s in kube.accounts[("new", "default")]["imagePullSecrets"]
+    ]
+    assert not [c for c in kube.calls if c.startswith("patch Deployment")]
+    # Next cycle the ServiceAccount lists the Secret already: no change, no wait.
+    kube.refuse_confirm = False
+    second = reconciler.reconcile_once()
+    assert second.ok and sum(second.patched.values()) == 1
+    assert kube.calls.count("patch sa new/default") == 1
 
 
 def test_secret_and_service_account_are_in_place_before_the_patch() -> None:
@@ -360,7 +426,12 @@ def test_secret_and_service_account_are_in_place_before_the_patch() -> None:
         "imagePullSecrets": [{"name": "mine"}],
     }
     summary = make(kube, FakeRegistry(), SETTINGS, Creds("pw")).reconcile_once()
-    assert kube.calls == ["create secret a", "patch sa a/default", "patch Deployment a/web"]
+    assert kube.calls == [
+        "create secret a",
+        "patch sa a/default",
+        "confirm sa a/default",
+        "patch Deployment a/web",
+    ]
     assert kube.accounts[("a", "default")]["imagePullSecrets"] == [
         {"name": "mine"},
         {"name": "image-cloner-pull-secret"},
