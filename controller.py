@@ -327,7 +327,7 @@ def serve_metrics(
     adapters: Adapters,
     reconciler: Reconciler,
     elector: LeaderElector | None,
-    writes: WritePool | None = None,
+    writes: WritePool,
 ) -> None:
     """Export the adapters' counters; serve metrics, health and backoff when ``metricsPort`` is set.
 
@@ -338,7 +338,7 @@ def serve_metrics(
         lambda: adapters.kube.requests,
         lambda: registry_requests(adapters.manifests, adapters.backend),
         lambda: getattr(adapters.backend, "pushed_bytes", 0),
-        (lambda: writes.dropped) if writes is not None else int,
+        lambda: writes.dropped,
     )
     if not settings.metrics.port:
         return

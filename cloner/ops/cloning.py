@@ -40,6 +40,7 @@ not used to patch anything.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import threading
 import time
@@ -211,7 +212,7 @@ class ImageCloner:
         self._lock = threading.Lock()
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
         self._copy_slots = _Slots(self._concurrency)
-        self._tickets = 0  # submission order, kept by the copy slots
+        self._tickets = itertools.count()  # submission order, kept by the copy slots
         self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -292,9 +293,7 @@ class ImageCloner:
                 done.set_result(early)
                 futures[key] = done
                 continue
-            with self._lock:
-                self._tickets += 1
-                ticket = self._tickets
+            ticket = next(self._tickets)
             future = self._executor().submit(self._ensure, source, owned, ticket)
             with self._lock:
                 self._inflight[key] = future

@@ -140,14 +140,6 @@ class PullSecrets:
         with self._lock:
             return self._namespace_locks.setdefault(namespace, threading.Lock())
 
-    def _count(self, what: str) -> None:
-        """Count a write in this cycle's report (``created``, ``updated``, ``service_account``)."""
-        with self._lock:
-            if what == "service_account":
-                self._report.service_accounts_patched += 1
-            else:
-                self._report.secrets[what] += 1
-
     def start_cycle(self) -> ProvisionReport:
         """Forget the per-cycle state; returns the report this cycle fills."""
         self._report = ProvisionReport()
@@ -299,12 +291,14 @@ class PullSecrets:
                 )
             if action == "create":
                 self._kube.create_secret(namespace, desired)
-                self._count("created")
+                with self._lock:  # namespaces are made ready in parallel
+                    self._report.secrets["created"] += 1
                 log.info("created pull secret %s/%s", namespace, self.name)
             elif action == "update":
                 assert existing is not None
                 self._kube.replace_secret(namespace, updated_secret(existing, desired))
-                self._count("updated")
+                with self._lock:
+                    self._report.secrets["updated"] += 1
                 log.info("updated pull secret %s/%s", namespace, self.name)
         except KubeError as exc:
             return self._fail(namespace, "api_error", str(exc))
@@ -322,7 +316,8 @@ class PullSecrets:
             patch = service_account_patch(account, self.name)
             if patch:
                 version = self._kube.patch_service_account(namespace, name, patch)
-                self._count("service_account")
+                with self._lock:
+                    self._report.service_accounts_patched += 1
                 log.info("added pull secret %s to ServiceAccount %s/%s", self.name, namespace, name)
                 return self._await_admission(namespace, name, version)
         except KubeError as exc:

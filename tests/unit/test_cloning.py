@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from cloner.config import BackoffSettings, CopySettings
 from cloner.errors import RegistryError
 from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, Copied, child_for, parse_manifest
@@ -274,24 +276,23 @@ def pairs_of(*texts: str) -> list[tuple[Reference, Reference]]:
     return [(parse_reference(t), TARGET.owned_name(parse_reference(t))) for t in texts]
 
 
-def test_one_source_registry_runs_at_most_registry_concurrency_clones() -> None:
+@pytest.mark.parametrize(
+    ("names", "concurrency", "registry_concurrency"),
+    [
+        # one source registry: its limit binds
+        ([f"{SRC}/app{i}" for i in range(6)], 8, 2),
+        # six registries: only the total limit binds, not the per-registry one
+        ([f"registry-{i}.example.com/app" for i in range(6)], 2, 3),
+    ],
+    ids=["registry_concurrency", "clone_concurrency"],
+)
+def test_copies_at_once_never_exceed_the_binding_limit(
+    names: list[str], concurrency: int, registry_concurrency: int
+) -> None:
     regs = Gated()
-    names = [f"{SRC}/app{i}" for i in range(6)]
     for name in names:
         regs.image(name, "1", name)
-    c = cloner(regs, concurrency=8, registry_concurrency=2)
-    results = c.ensure_all(pairs_of(*(f"{n}:1" for n in names)))
-    assert all(r.image for r in results.values())
-    assert regs.max_active == 2
-
-
-def test_copies_in_total_never_exceed_clone_concurrency() -> None:
-    regs = Gated()
-    # Six registries: only the total limit binds, not the per-registry one.
-    names = [f"registry-{i}.example.com/app" for i in range(6)]
-    for name in names:
-        regs.image(name, "1", name)
-    c = cloner(regs, concurrency=2, registry_concurrency=3)
+    c = cloner(regs, concurrency=concurrency, registry_concurrency=registry_concurrency)
     results = c.ensure_all(pairs_of(*(f"{n}:1" for n in names)))
     assert all(r.image for r in results.values())
     assert regs.max_active == 2
