@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 from urllib3 import HTTPHeaderDict
 
-from cloner.adapters.kube import KubeClient
+from cloner.adapters.kube import KubeClient, status_message
 from cloner.errors import KubeError
 from cloner.model.workloads import Container, Workload
 
@@ -20,7 +20,7 @@ class Response:
     def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.reason = {200: "OK", 201: "Created", 409: "Conflict", 429: "Too Many"}.get(status)
-        self.data = json.dumps(body).encode()
+        self.data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.headers = HTTPHeaderDict(headers or {})
         self.released = False
 
@@ -78,7 +78,8 @@ def test_a_workload_patch_is_one_json_patch_request_with_the_clients_auth() -> N
     assert sent["url"] == "https://127.0.0.1:6443/apis/apps/v1/namespaces/team-a/deployments/web"
     assert json.loads(sent["body"]) == patch
     assert sent["headers"]["Content-Type"] == "application/json-patch+json"
-    assert sent["headers"]["Accept"] == "application/json"
+    # The answer is not read: protobuf first, JSON for a server without it.
+    assert sent["headers"]["Accept"] == "application/vnd.kubernetes.protobuf, application/json"
     assert sent["headers"]["authorization"] == "Bearer t0k3n"
     assert sent["headers"]["User-Agent"].startswith("OpenAPI-Generator/")
     assert sent["preload_content"] is False
@@ -177,3 +178,50 @@ def test_an_unreachable_api_server_is_a_kube_error_with_status_0() -> None:
         kube.patch_workload(WEB, [])
     assert caught.value.status == 0
     assert kube.requests["unreachable"] == 1
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (length < 128)."""
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def protobuf_status(message: str, code: int) -> bytes:
+    """A ``metav1.Status`` as the API server sends it in protobuf: envelope, Unknown, Status."""
+    status = (
+        _field(1, b"")  # metadata
+        + _field(2, b"Failure")
+        + _field(3, message.encode())
+        + _field(4, b"Invalid")
+        + bytes([6 << 3 | 0, code & 0x7F | 0x80, code >> 7])  # code, a varint
+    )
+    type_meta = _field(1, b"v1") + _field(2, b"Status")
+    return b"k8s\x00" + _field(1, type_meta) + _field(2, status) + _field(4, b"")
+
+
+def test_a_protobuf_error_answer_gives_its_message_and_status() -> None:
+    body = protobuf_status("the server rejected our request due to an error in our request", 422)
+    pool = Pool(Response(422, body))
+    with pytest.raises(KubeError) as caught:
+        kube_with(pool).patch_workload(WEB, [])
+    assert caught.value.status == 422 and caught.value.conflict
+    assert str(caught.value) == (
+        "patch Deployment team-a/web: 422 the server rejected our request due to an error "
+        "in our request"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"kind": "Status", "message": "not found"}', "not found"),
+        ('{"message": "as text"}', "as text"),
+        (b"k8s\x00" + _field(2, _field(3, b"short")), "short"),
+        (b"k8s\x00" + _field(2, _field(3, b"short"))[:-2], ""),  # truncated
+        (b"k8s\x00\x0f", ""),  # an unknown wire type
+        (b"<html>bad gateway</html>", ""),
+        (b"[1, 2]", ""),
+        (None, ""),
+    ],
+)
+def test_status_message_reads_json_and_protobuf_and_nothing_else(body: Any, message: str) -> None:
+    assert status_message(body) == message
