@@ -255,8 +255,8 @@ class Bench:
         Components from ``/proc/PID/stat`` (``dockerd``, ``apiserver``,
         ``etcd``, ``registry-public``, ``registry-owned``); ``children``: the
         reaped children of this process (the controller, skopeo and docker
-        CLI processes of a run); ``machine``: busy time of all CPUs
-        (``/proc/stat``, all but idle and iowait).
+        CLI processes of a run); ``machine``: busy time of all CPUs,
+        ``machine_steal``: time the hypervisor took (``measure.machine_cpu``).
         """
         processes = dict(getattr(self.env, "_processes", {}))
         for registry in (self.env.public, self.env.owned):
@@ -272,8 +272,9 @@ class Bench:
                 used[name] = (int(stat[11]) + int(stat[12])) / ticks
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         used["children"] = children.ru_utime + children.ru_stime
-        first = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        used["machine"] = (sum(first[:8]) - first[3] - first[4]) / ticks
+        used["machine"], used["machine_steal"] = measure.machine_cpu(
+            Path("/proc/stat").read_text(), ticks
+        )
         return used
 
     def run(self, contender: Contender, rep: int) -> dict[str, Any]:
@@ -295,7 +296,7 @@ class Bench:
         after = self.cpu()
         cpu = {name: after[name] - before[name] for name in after if name in before}
         cpu["others"] = cpu.get("machine", 0.0) - sum(
-            value for name, value in cpu.items() if name != "machine"
+            value for name, value in cpu.items() if not name.startswith("machine")
         )
         figures.update(contender=contender.key, round=rep, prefix=run_id, cpu_s=cpu)
         return figures
@@ -723,7 +724,10 @@ def _print_costs(report: dict[str, Any], labels: dict[str, str]) -> None:
         if summary.get("phases"):
             text = " / ".join(_s(summary["phases"][name]) for name in measure.PHASES)
             print(f"  {labels[key]:<32} {text}")
-    print("CPU seconds per run (median): run's processes / dockerd / registries / others")
+    print(
+        "CPU seconds per run (median): run's processes / dockerd / registries / others"
+        " / stolen by the hypervisor"
+    )
     for key in report["summaries"]:
         runs = [r for r in report["runs"] if r["contender"] == key and r.get("cpu_s")]
         if runs:
@@ -734,7 +738,8 @@ def _print_costs(report: dict[str, Any], labels: dict[str, str]) -> None:
 
             print(
                 f"  {labels[key]:<32} {med('children')} / {med('dockerd')} / "
-                f"{med('registry-public', 'registry-owned')} / {med('others')}"
+                f"{med('registry-public', 'registry-owned')} / {med('others')} / "
+                f"{med('machine_steal')}"
             )
     print("copy time per image (sum of copy durations / copies):")
     for key in report["summaries"]:

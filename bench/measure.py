@@ -257,3 +257,24 @@ def max_overlap(spans: Sequence[tuple[float, float]]) -> int:
 def median(values: Sequence[float]) -> float | None:
     """The median, None for no values."""
     return statistics.median(values) if values else None
+
+
+def machine_cpu(stat: str, ticks: int) -> tuple[float, float]:
+    """Busy and stolen CPU seconds of all cores from the text of ``/proc/stat``.
+
+    Its first line is ``cpu user nice system idle iowait irq softirq steal
+    ...`` in clock ticks (proc(5)). Busy is all but idle, iowait and steal;
+    steal is the time the hypervisor ran other guests while this one wanted
+    to run, which slows every figure of a run.
+
+    Args:
+        stat: the file's text.
+        ticks: clock ticks per second (``os.sysconf("SC_CLK_TCK")``).
+
+    Returns:
+        ``(busy, steal)`` in seconds since boot.
+    """
+    values = [int(v) for v in stat.split("\n", 1)[0].split()[1:]]
+    busy = sum(values[:7]) - values[3] - values[4]
+    steal = values[7] if len(values) > 7 else 0
+    return busy / ticks, steal / ticks

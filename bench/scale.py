@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import requests  # noqa: E402
 
+from bench import measure  # noqa: E402
 from tests.e2e import images  # noqa: E402
 from tests.e2e.harness import Environment, Registry, ensure_components, free_port  # noqa: E402
 from tests.e2e.support import (  # noqa: E402
@@ -274,7 +275,7 @@ class Counters:
         Components are read from ``/proc/PID/stat`` (``utime``, ``stime``) of
         the processes the harness started (``kube-apiserver``, ``etcd``,
         ``dockerd``, ``registry-public``, ``registry-owned``); the machine's
-        busy time from ``/proc/stat`` (all but idle and iowait).
+        busy and stolen time from ``/proc/stat`` (``measure.machine_cpu``).
         """
         pids: dict[str, int] = {}
         for name, process in getattr(self._env, "_processes", {}).items():
@@ -288,10 +289,8 @@ class Counters:
         for name, pid in pids.items():
             with contextlib.suppress(OSError):
                 used[name] = proc_cpu(pid)
-        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        values = [int(v) for v in first]
-        ticks = os.sysconf("SC_CLK_TCK")
-        used["machine_busy"] = (sum(values[:8]) - values[3] - values[4]) / ticks
+        busy, steal = measure.machine_cpu(Path("/proc/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+        used["machine_busy"], used["machine_steal"] = busy, steal
         return used
 
     def apiserver_requests(self) -> Counter[tuple[str, str, str]]:
@@ -611,8 +610,9 @@ def cpu_delta(before: dict[str, float], after: dict[str, float], wall: float) ->
     """CPU seconds each component used between two ``Counters.cpu`` readings.
 
     ``machine_busy`` is the machine's busy CPU seconds (all cores, every
-    process: other users of the machine included); ``machine_capacity`` is
-    ``wall`` times the number of cores.
+    process: other users of the machine included); ``machine_steal`` the
+    CPU seconds the hypervisor took for other guests; ``machine_capacity``
+    is ``wall`` times the number of cores.
     """
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     delta["machine_capacity"] = wall * (os.cpu_count() or 1)
@@ -912,6 +912,7 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
         Row("cold", "CPU: etcd", cpu.get("etcd"), "s"),
         Row("cold", "CPU: whole machine busy", busy, "%"),
         Row("cold", "CPU: other processes on the machine", others, "s"),
+        Row("cold", "CPU: stolen by the hypervisor", cpu.get("machine_steal"), "s"),
         Row("restart", "wall time", restart["wall"], "s"),
         Row("restart", "cycle duration", restart["duration"], "s"),
         Row(
