@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from cloner.model.pullsecrets import (
     AttachMode,
     desired_secret,
     is_managed,
+    references_secret,
     secret_action,
     service_account_patch,
     updated_secret,
@@ -110,7 +111,6 @@ class PullSecrets:
         owned_registry: the owned registry host (whose entry is provisioned).
         settings: the ``pullSecret`` group: the Secret's name, and where it is
             attached (``serviceaccount`` or ``workload``).
-        clock: monotonic seconds (``time.monotonic``); for ``admission_wait``.
     """
 
     def __init__(
@@ -119,10 +119,8 @@ class PullSecrets:
         credentials: Credentials,
         owned_registry: str,
         settings: PullSecretSettings,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
-        self._clock = clock
         self._credentials = credentials
         self._owned_registry = owned_registry
         self.name = settings.name
@@ -134,7 +132,7 @@ class PullSecrets:
         self._namespace_locks: dict[str, threading.Lock] = {}
         self._namespaces: dict[str, bool] = {}
         self._service_accounts: dict[tuple[str, str], bool] = {}
-        self._admits: dict[tuple[str, str], float] = {}  # (namespace, account) -> clock time
+        self._admits: dict[tuple[str, str], float] = {}  # (namespace, account) -> monotonic time
 
     def _namespace_lock(self, namespace: str) -> threading.Lock:
         with self._lock:
@@ -145,7 +143,7 @@ class PullSecrets:
         self._report = ProvisionReport()
         self._namespaces.clear()
         self._service_accounts.clear()
-        now = self._clock()
+        now = time.monotonic()
         with self._lock:
             self._admits = {k: t for k, t in self._admits.items() if t > now}
         return self._report
@@ -164,7 +162,7 @@ class PullSecrets:
         """
         with self._lock:
             until = self._admits.get((namespace, service_account), 0.0)
-        return max(0.0, until - self._clock())
+        return max(0.0, until - time.monotonic())
 
     def credential(self) -> Credential | None:
         """The owned registry's credential, or None (then no Secret is needed)."""
@@ -333,9 +331,7 @@ class PullSecrets:
         Raises ``KubeError`` (the caller records it).
         """
         seen = self._kube.service_account_at_least(namespace, name, version) if version else None
-        if seen is None or self.name not in {
-            str(s.get("name")) for s in seen.get("imagePullSecrets") or [] if isinstance(s, dict)
-        }:
+        if seen is None or not references_secret(seen.get("imagePullSecrets"), self.name):
             return self._fail(
                 namespace,
                 "api_error",
@@ -343,5 +339,5 @@ class PullSecrets:
                 f"lists {self.name} (version {version or 'unknown'}); retried next cycle",
             )
         with self._lock:
-            self._admits[(namespace, name)] = self._clock() + ADMISSION_SETTLE
+            self._admits[(namespace, name)] = time.monotonic() + ADMISSION_SETTLE
         return True

@@ -552,27 +552,26 @@ class Reconciler:
             ready = self._ready.get(key)
             if ready is not None:
                 return ready
-            pull_secrets = self._pull_secrets
-            assert pull_secrets is not None
-            ready = Future()
-            self._ready[key] = ready
-        checked = self._writes.submit(pull_secrets.namespace_ready, namespace, service_account)
-
-        def settle(done: Future[bool]) -> None:
-            error = done.exception()
-            if error is not None:
-                ready.set_exception(error)
-                return
-            delay = pull_secrets.admission_wait(namespace, service_account)
-            if not done.result() or delay <= 0:
-                ready.set_result(done.result())
-                return
-            timer = threading.Timer(delay, ready.set_result, (True,))
-            timer.daemon = True
-            timer.start()
-
-        checked.add_done_callback(settle)
+            ready = self._ready[key] = Future()
+        assert self._pull_secrets is not None
+        checked = self._writes.submit(self._pull_secrets.namespace_ready, *key)
+        checked.add_done_callback(lambda done: self._settle(done, ready, key))
         return ready
+
+    def _settle(self, checked: Future[bool], ready: Future[bool], key: tuple[str, str]) -> None:
+        """Pass ``checked``'s outcome to ``ready``, after the admission wait if there is one."""
+        error = checked.exception()
+        if error is not None:
+            ready.set_exception(error)
+            return
+        assert self._pull_secrets is not None
+        delay = self._pull_secrets.admission_wait(*key)
+        if not checked.result() or delay <= 0:
+            ready.set_result(checked.result())
+            return
+        timer = threading.Timer(delay, ready.set_result, (True,))
+        timer.daemon = True
+        timer.start()
 
     def _record_image_events(
         self, source: str, result: ImageResult, workloads: Iterable[Workload]
