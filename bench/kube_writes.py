@@ -10,7 +10,9 @@ write each) and as many Events created, from one thread, first through the
 generated ``kubernetes`` methods as ``cloner/adapters/kube.py`` called them
 before (``_preload_content=False``, the body read and the connection given
 back), then through ``KubeClient.patch_workload`` and
-``KubeClient.create_event``; ``--rounds`` rounds in alternating order.
+``KubeClient.create_event`` on the client's urllib3 pool (``PoolTransport``,
+the path before libcurl) and on libcurl (``CurlTransport``, the default);
+``--rounds`` rounds in alternating order.
 
 Figures per path and round: CPU seconds of the calling thread per write
 (``time.thread_time``: the client's Python work, TLS included, the wait for
@@ -42,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
 
-from cloner.adapters.kube import KubeClient, read_body  # noqa: E402
+from cloner.adapters.kube import KubeClient, PoolTransport, read_body  # noqa: E402
 from cloner.model.events import event_body  # noqa: E402
 from cloner.model.workloads import Workload  # noqa: E402
 from tests.e2e.harness import Environment, ensure_components  # noqa: E402
@@ -99,7 +101,10 @@ def run(writes: int, rounds: int) -> dict[str, Any]:
                     lambda n: apps.create_namespaced_deployment(NAMESPACE, deployment(n)), names
                 )
             )
-        kube = KubeClient(api_client)
+        kube = KubeClient(api_client)  # libcurl
+        pooled = KubeClient(
+            api_client, transport=PoolTransport(api_client.rest_client.pool_manager)
+        )
         workloads = [Workload("Deployment", NAMESPACE, n, uid=f"u-{n}") for n in names]
         serial = iter(range(1, 10**9))
 
@@ -117,11 +122,13 @@ def run(writes: int, rounds: int) -> dict[str, Any]:
                     names[i], NAMESPACE, patch_body(), _preload_content=False
                 )
             ),
-            "raw: patch": lambda i: kube.patch_workload(workloads[i], patch_body()),
+            "urllib3: patch": lambda i: pooled.patch_workload(workloads[i], patch_body()),
+            "curl: patch": lambda i: kube.patch_workload(workloads[i], patch_body()),
             "generated: event": lambda i: json.loads(
                 read_body(core.create_namespaced_event(NAMESPACE, event(i), _preload_content=False))
             ),
-            "raw: event": lambda i: kube.create_event(NAMESPACE, event(i)),
+            "urllib3: event": lambda i: pooled.create_event(NAMESPACE, event(i)),
+            "curl: event": lambda i: kube.create_event(NAMESPACE, event(i)),
         }
         order = list(paths)
         figures: dict[str, list[dict[str, float]]] = {name: [] for name in order}

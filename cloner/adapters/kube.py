@@ -21,17 +21,19 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
+import certifi
 import orjson
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from cloner.adapters.curl import Answer, CurlSettings, CurlTransport
 from cloner.errors import ConfigError, KubeError
 from cloner.model.workloads import KINDS, NamespaceInfo, Workload
 
@@ -173,17 +175,99 @@ PROTOBUF_OR_JSON = "application/vnd.kubernetes.protobuf, application/json"
 PROTOBUF_MAGIC = b"k8s\x00"
 
 
+class Transport(Protocol):
+    """Sends one request and reads its whole answer (``CurlTransport``, ``PoolTransport``)."""
+
+    def request(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> Answer:
+        """The answer, whatever its status; raises ``OSError`` or a urllib3 error for none."""
+        ...
+
+
+class PoolTransport:
+    """Requests through the generated client's own urllib3 pool (its proxy, its TLS options).
+
+    Args:
+        pool: ``ApiClient.rest_client.pool_manager`` (a urllib3 ``PoolManager``
+            or ``ProxyManager``).
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
+
+    def request(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> Answer:
+        """Send through the pool; the connection goes back to it. Raises urllib3 errors, OSError."""
+        response = self._pool.request(
+            method, url, body=body, headers=headers, timeout=self._timeout, preload_content=False
+        )
+        try:
+            data = bytes(response.data)
+        finally:
+            response.release_conn()
+        return Answer(response.status, response.reason or "", list(response.headers.items()), data)
+
+
+def curl_settings(configuration: client.Configuration) -> CurlSettings | None:
+    """How ``CurlTransport`` reaches the API server as the client would, or None if it cannot.
+
+    The client's urllib3 pool (``kubernetes.client.rest.RESTClientObject``)
+    verifies the peer against ``ssl_ca_cert`` (``certifi``'s roots when
+    unset) unless ``verify_ssl`` is off, and presents ``cert_file`` and
+    ``key_file``. Options libcurl is not given here (a proxy, a TLS server
+    name or host name to assert, urllib3 retries) keep the urllib3 path.
+
+    Args:
+        configuration: the client's ``kubernetes.client.Configuration``.
+
+    Returns:
+        The settings, or None for the urllib3 path.
+    """
+    kept = ("proxy", "tls_server_name", "assert_hostname", "retries")
+    if any(getattr(configuration, name, None) for name in kept):
+        return None
+    if not str(configuration.host).startswith(("https://", "http://")):
+        return None
+    return CurlSettings(
+        ca_file=configuration.ssl_ca_cert or certifi.where(),
+        verify=bool(configuration.verify_ssl),
+        cert_file=configuration.cert_file or None,
+        key_file=configuration.key_file or None,
+        connect_timeout=REQUEST_TIMEOUT[0],
+        timeout=REQUEST_TIMEOUT[0] + REQUEST_TIMEOUT[1],
+    )
+
+
 class KubeClient:
     """Workload listing and patching against a real API server.
 
     Args:
         api_client: from ``load_api_client``.
         page_size: the ``limit`` of each list call (items per page).
+        transport: sends the requests made past the generated client
+            (patches, Events, reads by name); default ``CurlTransport`` when
+            ``curl_settings`` allows it, else ``PoolTransport`` on the
+            client's pool.
     """
 
-    def __init__(self, api_client: client.ApiClient, page_size: int = 500) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        page_size: int = 500,
+        transport: Transport | None = None,
+    ) -> None:
         self._api_client = api_client
-        self._timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
+        if transport is None:
+            settings = curl_settings(api_client.configuration)
+            transport = (
+                CurlTransport(settings)
+                if settings is not None
+                else PoolTransport(api_client.rest_client.pool_manager)
+            )
+        self.transport = transport
         self._apps = client.AppsV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
@@ -250,12 +334,13 @@ class KubeClient:
 
         The generated methods validate every parameter, sanitize the body
         and serialize it with ``json`` on each call: 0.04-0.14 ms of the
-        0.8-1.0 ms of controller CPU a write costs (bench/kube_writes.py; the
-        rest is urllib3, http.client and TLS). This sends the same request
-        (URL, ``Accept``, ``Content-Type``, ``User-Agent``, the
-        ``authorization`` header the client's configuration gives, refreshed
-        tokens included) through the client's own urllib3 pool, so TLS
-        settings, client certificates and proxies are the client's.
+        0.8-1.0 ms of controller CPU a write cost through urllib3
+        (bench/kube_writes.py; the rest was urllib3, http.client and TLS).
+        This sends the same request (URL, ``Accept``, ``Content-Type``,
+        ``User-Agent``, the ``authorization`` header the client's
+        configuration gives, refreshed tokens included) through
+        ``self.transport``: libcurl with the client's TLS files, or the
+        client's own urllib3 pool (``curl_settings``).
 
         Args:
             method: ``PATCH``, ``POST``, ``PUT`` (or ``GET``, with no body).
@@ -267,36 +352,31 @@ class KubeClient:
             accept: the request's ``Accept``.
 
         Returns:
-            The response body (bytes); the connection is back in the pool.
+            The response body (bytes); the connection stays open for the next.
 
         Raises:
             ApiException: the API server answered outside 2xx (``status``,
                 ``headers`` and ``body`` set, as the generated client raises).
-            urllib3.exceptions.HTTPError, OSError: transport errors.
+            urllib3.exceptions.HTTPError, OSError (``curl.CurlError``):
+                transport errors.
         """
         api = self._api_client
         headers = {**api.default_headers, "Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         api.update_params_for_auth(headers, [], ["BearerToken"])
-        response = api.rest_client.pool_manager.request(
+        answer = self.transport.request(
             method,
             api.configuration.host + path,
-            body=None if body is None else orjson.dumps(body),
-            headers=headers,
-            timeout=self._timeout,
-            preload_content=False,
+            None if body is None else orjson.dumps(body),
+            headers,
         )
-        try:
-            data = bytes(response.data)
-        finally:
-            response.release_conn()
-        if not 200 <= response.status <= 299:
+        if not 200 <= answer.status <= 299:
             # What ApiException(http_resp=...) sets, without the deprecated getheaders().
-            error = ApiException(status=response.status, reason=response.reason)
-            error.body, error.headers = data, response.headers
+            error = ApiException(status=answer.status, reason=answer.reason)
+            error.body, error.headers = answer.data, urllib3.HTTPHeaderDict(answer.headers)
             raise error
-        return data
+        return answer.data
 
     def _failed(self, exc: Exception, what: str) -> KubeError:
         """Count a failed request by outcome and translate it."""

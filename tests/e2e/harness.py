@@ -751,6 +751,18 @@ class Environment:
             ]
         )
 
+    def make_client_cert(
+        self, name: str, common_name: str, organization: str = ""
+    ) -> tuple[Path, Path]:
+        """Sign a new client certificate (user ``common_name``, group ``organization``).
+
+        Returns:
+            (certificate, key) paths under ``pki/``.
+        """
+        self._client_cert(name, common_name, organization)
+        pki = self.workdir / "pki"
+        return pki / f"{name}.crt", pki / f"{name}.key"
+
     def client_cert(self, name: str) -> tuple[Path, Path]:
         """Return (certificate, key) paths of a client made with ``node=True``.
 

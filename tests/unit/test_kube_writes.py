@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 from urllib3 import HTTPHeaderDict
 
-from cloner.adapters.kube import KubeClient, status_message
+from cloner.adapters.kube import KubeClient, PoolTransport, status_message
 from cloner.errors import KubeError
 from cloner.model.workloads import Container, Workload
 
@@ -52,8 +52,7 @@ def kube_with(pool: Pool, token: str = "t0k3n") -> KubeClient:
     configuration.api_key = {"authorization": token}
     configuration.api_key_prefix = {"authorization": "Bearer"}
     api_client = client.ApiClient(configuration)
-    api_client.rest_client.pool_manager = pool
-    return KubeClient(api_client)
+    return KubeClient(api_client, transport=PoolTransport(pool))
 
 
 WEB = Workload(
