@@ -204,10 +204,9 @@ class PoolTransport:
         response = self._pool.request(
             method, url, body=body, headers=headers, timeout=self._timeout, preload_content=False
         )
-        try:
-            data = bytes(response.data)
-        finally:
-            response.release_conn()
+        data = read_body(response)
+        if 200 <= response.status <= 299:
+            return Answer(response.status, "", [], data)  # as CurlTransport: no headers kept
         return Answer(response.status, response.reason or "", list(response.headers.items()), data)
 
 
