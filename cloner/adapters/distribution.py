@@ -253,6 +253,8 @@ class DistributionClient:
         self._session = requests.Session()
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}  # listed registry -> "https" or "http", what worked
+        self._probing: dict[str, threading.Lock] = {}  # listed registry -> held while probing
+        self._probe_failed: dict[str, RegistryError] = {}  # listed registry -> last probe's error
         self._tokens: dict[tuple[str, str], _Token] = {}  # (registry, scope) -> token
         self._basic: set[str] = set()  # registries that asked for Basic credentials
         self.requests: Counter[tuple[str, str, str]] = Counter()
@@ -537,7 +539,12 @@ class DistributionClient:
         A registry not listed in ``insecureRegistries`` gets https with TLS
         verification. A listed one gets https without verification, then
         plain http when https cannot connect; the scheme that answered is
-        remembered, and forgotten when it stops connecting.
+        remembered, and forgotten when it stops connecting. Until it is
+        known, one request at a time tries the schemes; requests that waited
+        for a try that failed raise its error.
+
+        Raises:
+            RegistryError: no scheme connected, or the request failed.
         """
         headers = {"Accept": _ACCEPT}
         if authorization:
@@ -549,6 +556,40 @@ class DistributionClient:
             )
         with self._lock:
             known = self._schemes.get(registry)
+            probing = None if known else self._probing.setdefault(registry, threading.Lock())
+            failed_before = self._probe_failed.get(registry)
+        if probing is None:
+            return self._over_schemes(method, registry, endpoint, path, what, headers, known)
+        # One request at a time finds the scheme: the others wait for it
+        # instead of each paying an https attempt (a TLS context with the
+        # system's roots, about 30 ms of CPU) that a plain-http registry
+        # refuses. When the probe they waited for failed, they fail with its
+        # error at once rather than trying one after another, so threads do
+        # not queue for many timeouts behind a registry that is down.
+        with probing:
+            with self._lock:
+                known = self._schemes.get(registry)
+                failed = self._probe_failed.get(registry)
+            if known is None and failed is not None and failed is not failed_before:
+                raise failed
+            try:
+                return self._over_schemes(method, registry, endpoint, path, what, headers, known)
+            except RegistryError as exc:
+                with self._lock:
+                    self._probe_failed[registry] = exc
+                raise
+
+    def _over_schemes(
+        self,
+        method: str,
+        registry: str,
+        endpoint: str,
+        path: str,
+        what: str,
+        headers: Mapping[str, str],
+        known: str | None,
+    ) -> _Answer:
+        """The request over ``known``, or https then http when none is known yet."""
         failure: RegistryError | None = None
         for scheme in (known,) if known else ("https", "http"):
             try:

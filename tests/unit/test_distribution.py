@@ -18,7 +18,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,6 +193,7 @@ class StandIn:
     realm_host: str = ""  # where the challenge sends clients for tokens; default this server
     port: int = 0
     connections: int = 0  # TCP connections accepted (HTTP/1.1 keeps them open)
+    tls_hellos: int = 0  # connections that began with a TLS ClientHello
 
     @property
     def host(self) -> str:
@@ -219,6 +220,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # server does, so the client's handshake fails at once instead of
         # waiting for a line end that may never come.
         if self.rfile.peek(1)[:1] == b"\x16":
+            self.server.state.tls_hellos += 1
             self.wfile.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
             return
         super().handle()
@@ -533,6 +535,15 @@ def test_unlisted_plain_http_registry_fails_tls_with_a_hint(
     assert standin.manifest_requests == []  # no HTTP request got through
 
 
+def in_threads(count: int, work: Callable[[], None]) -> None:
+    """Run ``work`` in ``count`` threads at once and wait for them (30 s each at most)."""
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
 def test_concurrent_heads_from_several_threads(standin: StandIn, tmp_path: Path) -> None:
     client = client_for(tmp_path)
     results: list[Any] = []
@@ -541,15 +552,61 @@ def test_concurrent_heads_from_several_threads(standin: StandIn, tmp_path: Path)
         for _ in range(5):
             results.append(client.head(standin.ref()))
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    in_threads(8, work)
 
     assert len(results) == 40
     assert {r.digest for r in results} == {MANIFEST_DIGEST}
     assert client.requests[standin.host, "HEAD", "success"] == 40
+
+
+def test_first_requests_from_many_threads_probe_https_once(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A plain-http insecure registry: one https attempt, not one per thread."""
+    client = client_for(tmp_path)
+    start = threading.Barrier(8)
+    results: list[Any] = []
+
+    def work() -> None:
+        start.wait(10)
+        results.append(client.head(standin.ref()))
+
+    in_threads(8, work)
+
+    assert [r.digest for r in results] == [MANIFEST_DIGEST] * 8
+    assert standin.tls_hellos == 1
+    client.head(standin.ref())
+    assert standin.tls_hellos == 1  # the scheme is remembered
+
+
+def test_threads_waiting_on_a_failed_probe_fail_with_it_at_once(tmp_path: Path) -> None:
+    """A registry that accepts connections and never answers: one timeout, not one per thread."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connects succeed; nothing is ever read or answered
+        port = silent.getsockname()[1]
+        client = DistributionClient(
+            store_with(tmp_path), insecure_registries=["127.0.0.1:*"], timeout=1.0
+        )
+        start = threading.Barrier(4)
+        errors: list[RegistryError] = []
+
+        def work() -> None:
+            start.wait(10)
+            try:
+                client.head(parse_reference(f"127.0.0.1:{port}/team/app:1"))
+            except RegistryError as exc:
+                errors.append(exc)
+
+        began = time.monotonic()
+        in_threads(4, work)
+        elapsed = time.monotonic() - began
+
+    assert len(errors) == 4
+    assert {e.reason for e in errors} == {"network"}
+    assert {e.registry for e in errors} == {f"127.0.0.1:{port}"}
+    # one 1 s timeout for the probe; taking turns would be about 4 s
+    assert elapsed < 2.5
 
 
 # --- no requests exception leaves the module (kopf's test_aiohttp_is_not_leaked_outside) ---
