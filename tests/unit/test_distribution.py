@@ -16,6 +16,8 @@ import http.server
 import json
 import re
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -190,6 +192,7 @@ class StandIn:
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     manifest_requests: list[tuple[str, str | None]] = field(default_factory=list)
     issued: set[str] = field(default_factory=set)
+    realm_scheme: str = "http"
     realm_host: str = ""  # where the challenge sends clients for tokens; default this server
     port: int = 0
     connections: int = 0  # TCP connections accepted (HTTP/1.1 keeps them open)
@@ -277,7 +280,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if not authorization or authorization.removeprefix("Bearer ") not in state.issued:
             challenge = (
-                f'Bearer realm="http://{state.realm_host or state.host}/token",service="stand-in",'
+                f'Bearer realm="{state.realm_scheme}://{state.realm_host or state.host}/token",'
+                f'service="stand-in",'
                 f'scope="repository:{REPOSITORY}:pull"'
             )
             self._send(401, {"WWW-Authenticate": challenge}, b"", body)
@@ -299,8 +303,18 @@ class _Server(http.server.ThreadingHTTPServer):
 
 @pytest.fixture
 def standin() -> Iterator[StandIn]:
+    with serving() as state:
+        yield state
+
+
+@contextlib.contextmanager
+def serving(tls: ssl.SSLContext | None = None) -> Iterator[StandIn]:
+    """A stand-in registry on a loopback port, over https when ``tls`` is given."""
     state = StandIn()
     server = _Server(state)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        state.realm_scheme = "https"
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -533,6 +547,51 @@ def test_unlisted_plain_http_registry_fails_tls_with_a_hint(
     assert f"TLS verification of {standin.host} failed" in str(caught.value)
     assert "insecureRegistries" in str(caught.value)
     assert standin.manifest_requests == []  # no HTTP request got through
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server TLS context with a self-signed certificate for 127.0.0.1 (openssl)."""
+    pki = tmp_path_factory.mktemp("pki")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(pki / "key.pem"), "-out", str(pki / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "cert.pem", pki / "key.pem")
+    return context
+
+
+def test_listed_https_registry_is_not_verified_and_loads_no_roots(
+    self_signed: ssl.SSLContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unverified https reuses one TLS context; verified https still refuses the certificate."""
+    loaded: list[object] = []
+    original = ssl.SSLContext.load_default_certs
+
+    def counting(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loaded.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", counting)
+    with serving(self_signed) as state:
+        listed = client_for(tmp_path)
+        for _ in range(3):
+            assert listed.head(state.ref()).digest == MANIFEST_DIGEST
+            listed.close()  # the next HEAD opens a new connection and handshake
+        assert state.connections >= 3
+        assert loaded == []
+
+        unlisted = DistributionClient(store_with(tmp_path))  # verifies, after the one above
+        with pytest.raises(RegistryError) as caught:
+            unlisted.head(state.ref())
+    assert caught.value.reason == "insecure_registry"
+    assert f"TLS verification of {state.host} failed" in str(caught.value)
 
 
 def in_threads(count: int, work: Callable[[], None]) -> None:
