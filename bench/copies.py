@@ -575,25 +575,38 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_parallel_copies": med("max_parallel_copies"),
         "copy_seconds": med("copy_seconds"),
         "cycle_s": med("cycle_s"),
+        "cpu_machine_s": measure.median(
+            [r["cpu_s"]["machine"] for r in runs if "machine" in r.get("cpu_s", {})]
+        ),
+        "cpu_children_s": measure.median(
+            [r["cpu_s"]["children"] for r in runs if "children" in r.get("cpu_s", {})]
+        ),
     }
 
 
-def targets(summaries: dict[str, dict[str, Any]], concurrencies: list[int]) -> list[dict[str, Any]]:
+def targets(
+    summaries: dict[str, dict[str, Any]], concurrencies: list[int], cpus: int = 0
+) -> list[dict[str, Any]]:
     """The 1.1x check: skopeo backend vs plain skopeo loop at the same parallelism. Pure."""
-    return [t for t in all_targets(summaries, concurrencies) if t["backend"] == "skopeo"]
+    return [t for t in all_targets(summaries, concurrencies, cpus) if t["backend"] == "skopeo"]
 
 
 def docker_targets(
-    summaries: dict[str, dict[str, Any]], concurrencies: list[int]
+    summaries: dict[str, dict[str, Any]], concurrencies: list[int], cpus: int = 0
 ) -> list[dict[str, Any]]:
     """The 0.6x check: docker backend vs the sequential docker loop. Pure."""
-    return [t for t in all_targets(summaries, concurrencies) if t["backend"] == "docker"]
+    return [t for t in all_targets(summaries, concurrencies, cpus) if t["backend"] == "docker"]
 
 
 def all_targets(
-    summaries: dict[str, dict[str, Any]], concurrencies: list[int]
+    summaries: dict[str, dict[str, Any]], concurrencies: list[int], cpus: int = 0
 ) -> list[dict[str, Any]]:
-    """Both checks, each row naming its ``backend``. Pure."""
+    """Both checks, each row naming its ``backend``. Pure.
+
+    ``cpu_floor`` (see ``measure.cpu_floor``) and ``cpu_bound`` (the controller's
+    run's machine CPU seconds / ``cpus`` / the loop's median wall time) say
+    how far CPU alone lets the ratio go on this machine.
+    """
     pairs = [
         ("skopeo", c, f"skopeo-loop-{c}", f"skopeo loop x{c}", TARGET_RATIO) for c in concurrencies
     ] + [
@@ -616,6 +629,12 @@ def all_targets(
                 "ratio": ratio,
                 "target": target,
                 "met": ratio <= target,
+                "cpu_floor": measure.cpu_floor(loop, backend_name, cpus),
+                "cpu_bound": (
+                    backend["cpu_machine_s"] / cpus / loop["wall_median_s"]
+                    if cpus and backend.get("cpu_machine_s") is not None
+                    else None
+                ),
             }
         )
     return out
@@ -681,6 +700,13 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
             f"{target['ratio']:.2f}x (target <= {target['target']:.2f}x): "
             f"{'met' if target['met'] else 'MISSED'}"
         )
+        if target.get("cpu_floor") is not None and target.get("cpu_bound") is not None:
+            print(
+                f"        on {report['machine']['cpus']} CPUs, over the loop's wall time: "
+                f"{target['cpu_floor']:.2f}x for the CPU the loop's run took that any "
+                f"{target['backend']} contender takes too; {target['cpu_bound']:.2f}x for "
+                "all the CPU the controller's run took"
+            )
     for warm in report["warm"]:
         for name in ("seed", "warm", "no_state"):
             run = warm[name]
@@ -855,8 +881,8 @@ def main(argv: list[str]) -> int:
             },
             "contenders": {c.key: {"label": c.label, "kind": c.kind} for c in field},
             "summaries": summaries,
-            "targets": targets(summaries, args.concurrency),
-            "docker_targets": docker_targets(summaries, args.concurrency),
+            "targets": targets(summaries, args.concurrency, os.cpu_count() or 0),
+            "docker_targets": docker_targets(summaries, args.concurrency, os.cpu_count() or 0),
             "warm": warm,
             "runs": runs,
         }

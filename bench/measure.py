@@ -278,3 +278,32 @@ def machine_cpu(stat: str, ticks: int) -> tuple[float, float]:
     busy = sum(values[:7]) - values[3] - values[4]
     steal = values[7] if len(values) > 7 else 0
     return busy / ticks, steal / ticks
+
+
+def cpu_floor(loop: Mapping[str, float | None], backend: str, cpus: int) -> float | None:
+    """The lowest wall-time ratio to the loop that this machine's CPUs allow. Pure.
+
+    The work a contender must cause as the loop did: for the docker loop,
+    everything but the loop's own docker CLI processes (the engine, the
+    registries, the kernel's part: ``cpu_machine_s - cpu_children_s``); for
+    the skopeo loop, everything (the backend runs the same skopeo copies).
+    Spread over ``cpus`` CPUs with none idle, it takes at least that CPU time
+    / ``cpus`` seconds of wall time; divided by the loop's median wall time
+    that is a ratio no contender beats without less work. The contender's
+    own CPU (Python start-up, checks, patches) comes on top.
+
+    Args:
+        loop: the loop's summary (``cpu_machine_s``, ``cpu_children_s``,
+            ``wall_median_s``, seconds).
+        backend: ``docker`` or ``skopeo``.
+        cpus: CPUs of the machine; 0 or unknown CPU figures give None.
+
+    Returns:
+        The ratio, or None when it cannot be computed.
+    """
+    machine, children = loop.get("cpu_machine_s"), loop.get("cpu_children_s")
+    wall = loop.get("wall_median_s")
+    if not cpus or machine is None or children is None or not wall:
+        return None
+    required = machine - children if backend == "docker" else machine
+    return required / cpus / wall

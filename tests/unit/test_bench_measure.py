@@ -18,3 +18,13 @@ def test_busy_leaves_out_idle_iowait_and_steal_which_is_given_apart() -> None:
 
 def test_a_kernel_without_the_steal_column_has_none() -> None:
     assert measure.machine_cpu("cpu  10 0 5 100 1 0 1\n", 100) == (0.16, 0.0)
+
+
+def test_cpu_floor_counts_what_a_contender_must_cause_too() -> None:
+    loop = {"cpu_machine_s": 19.0, "cpu_children_s": 1.5, "wall_median_s": 14.0}
+    # docker: the engine, registries and kernel (19 - 1.5 CPU s) on 2 CPUs over 14 s
+    assert measure.cpu_floor(loop, "docker", 2) == 17.5 / 2 / 14.0
+    # skopeo: the skopeo processes are the backend's work too
+    assert measure.cpu_floor(loop, "skopeo", 2) == 19.0 / 2 / 14.0
+    assert measure.cpu_floor(loop, "docker", 0) is None
+    assert measure.cpu_floor({**loop, "cpu_machine_s": None}, "docker", 2) is None
