@@ -24,7 +24,9 @@ copies (pull and push, or ``skopeo copy``) at a time in total and at most
 ``registryConcurrency`` from one source registry, so a slow or paused
 registry does not hold up the others. Only the copy holds a slot: the pool
 has twice as many threads, so the next images' questions to the registries
-and the last ones' checks run while copies go on. ``submit`` returns at once
+and the last ones' checks run while copies go on; copies of one source
+registry still start in the order their images were submitted, as a loop
+would start them (``_Slots``). ``submit`` returns at once
 with a future per source; a source already in flight gets the same future,
 so one source is never copied twice at once, and a cycle that stops waiting
 leaves its clones running for the next cycle to collect. (Parallel pulls
@@ -401,8 +403,13 @@ class ImageCloner:
             # One decision at a time per owned repository: sources that
             # differ only by tag or digest share it, and two copies into
             # one repository at once race in the registry. The second
-            # then finds the first one's copy and reuses it.
-            with self._owned_lock(owned.name):
+            # then finds the first one's copy and reuses it. The place in
+            # line comes after that lock: an image waiting for it must not
+            # hold up later images, one of which may hold it.
+            with (
+                self._owned_lock(owned.name),
+                self._copy_slots.turn(ticket, source.registry),
+            ):
                 result = self._verify_or_copy(source, owned, ticket)
         except RegistryError as exc:
             return self._failed(source, owned, exc)
@@ -547,7 +554,7 @@ class ImageCloner:
         # Only the copy itself holds a slot: the questions before it and the
         # check after it are small requests, and a slot they held would sit
         # idle while they wait for an answer.
-        with self._copy_slots.take(ticket), self._registry_slot(source.registry):
+        with self._copy_slots.take(ticket, source.registry), self._registry_slot(source.registry):
             # A registry may have been paused while this copy waited.
             waiting = self._waiting(source, owned)
             if waiting is not None:
@@ -692,29 +699,56 @@ class ImageCloner:
 
 
 class _Slots:
-    """``count`` slots handed out in ticket order among those waiting.
+    """``count`` slots handed out in ticket order, per source registry.
 
-    Images are copied in the order they were submitted, as a loop would
-    copy them, even though their questions to the registries, which come
-    first, finish in any order. That order matters: images listed one after
-    another rarely share a base layer, and two copies of one base layer at
-    the same time would each upload it (the second cannot mount a blob the
-    first has not finished writing).
+    Images of one source registry are copied in the order they were
+    submitted, as a loop would copy them, even though their questions to the
+    registries, which come first, finish in any order: an image holds its
+    place in line (``turn``) while it is asked about, and a later image of
+    the same registry waits for it to take a slot or to leave the line
+    (nothing to copy, or an error). That order matters: images listed one
+    after another rarely share a base layer, and two copies of one base
+    layer at the same time would each upload it (the second cannot mount a
+    blob the first has not finished writing). Registries do not wait for
+    each other: their images rarely share a layer (a mount needs both in one
+    registry anyway), and one slow to answer must not hold up the rest.
     """
 
     def __init__(self, count: int) -> None:
         self._free = count
-        self._waiting: list[int] = []  # a heap of tickets
+        self._lines: dict[str, list[int]] = {}  # source registry -> a heap of tickets
         self._changed = threading.Condition()
 
     @contextmanager
-    def take(self, ticket: int) -> Iterator[None]:
-        """Wait until a slot is free and no smaller ticket waits; hold it inside."""
+    def turn(self, ticket: int, registry: str) -> Iterator[None]:
+        """Hold ``ticket``'s place in ``registry``'s line inside (until it takes a slot)."""
         with self._changed:
-            heapq.heappush(self._waiting, ticket)
-            while not self._free or self._waiting[0] != ticket:
+            heapq.heappush(self._lines.setdefault(registry, []), ticket)
+        try:
+            yield
+        finally:
+            with self._changed:
+                line = self._lines.get(registry, [])
+                if ticket in line:  # it left without a copy
+                    line.remove(ticket)
+                    heapq.heapify(line)
+                    self._changed.notify_all()
+                if not line:
+                    self._lines.pop(registry, None)
+
+    @contextmanager
+    def take(self, ticket: int, registry: str) -> Iterator[None]:
+        """Wait until a slot is free and ``ticket`` is first in its line; hold the slot inside.
+
+        A ticket not in line (no ``turn``) joins it here.
+        """
+        with self._changed:
+            line = self._lines.setdefault(registry, [])
+            if ticket not in line:
+                heapq.heappush(line, ticket)
+            while not self._free or line[0] != ticket:
                 self._changed.wait()
-            heapq.heappop(self._waiting)
+            heapq.heappop(line)
             self._free -= 1
             self._changed.notify_all()  # the next ticket may take another free slot
         try:

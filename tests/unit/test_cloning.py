@@ -353,12 +353,12 @@ def test_copy_slots_go_to_the_waiting_images_in_submission_order() -> None:
     holding = threading.Event()
 
     def first() -> None:
-        with slots.take(0):
+        with slots.take(0, "r"):
             holding.set()
             release.wait(5)
 
     def later(ticket: int) -> None:
-        with slots.take(ticket):
+        with slots.take(ticket, "r"):
             order.append(ticket)
 
     threads = [threading.Thread(target=first)]
@@ -373,3 +373,43 @@ def test_copy_slots_go_to_the_waiting_images_in_submission_order() -> None:
     for thread in threads:
         thread.join(5)
     assert order == [1, 2, 3]
+
+
+def test_a_later_image_waits_for_an_earlier_one_still_being_asked_about() -> None:
+    """Strict submission order per source registry, as a loop copies; other registries go on."""
+    from cloner.ops.cloning import _Slots
+
+    slots = _Slots(2)  # slots are free throughout: only the order holds images back
+    order: list[str] = []
+    asked = threading.Event()
+
+    def earlier(leave_without_copy: bool) -> None:
+        with slots.turn(1, "r"):
+            asked.wait(5)  # its questions are still running
+            if not leave_without_copy:
+                with slots.take(1, "r"):
+                    order.append("1")
+
+    def copy(ticket: int, registry: str) -> None:
+        with slots.turn(ticket, registry), slots.take(ticket, registry):
+            order.append(str(ticket))
+
+    for leave_without_copy in (False, True):
+        order.clear()
+        asked.clear()
+        threads = [threading.Thread(target=earlier, args=(leave_without_copy,))]
+        threads[0].start()
+        time.sleep(0.05)
+        threads += [
+            threading.Thread(target=copy, args=(2, "r")),
+            threading.Thread(target=copy, args=(3, "other")),
+        ]
+        for thread in threads[1:]:
+            thread.start()
+        time.sleep(0.2)
+        assert order == ["3"]  # ticket 2 waits for 1; the other registry does not
+        asked.set()
+        for thread in threads:
+            thread.join(5)
+        assert order == (["3", "2"] if leave_without_copy else ["3", "1", "2"])
+    assert slots._lines == {}  # every place in line was given up
