@@ -630,10 +630,8 @@ def all_targets(
                 "target": target,
                 "met": ratio <= target,
                 "cpu_floor": measure.cpu_floor(loop, backend_name, cpus),
-                "cpu_bound": (
-                    backend["cpu_machine_s"] / cpus / loop["wall_median_s"]
-                    if cpus and backend.get("cpu_machine_s") is not None
-                    else None
+                "cpu_bound": measure.cpu_ratio(
+                    backend.get("cpu_machine_s"), cpus, loop["wall_median_s"]
                 ),
             }
         )

@@ -302,8 +302,18 @@ def cpu_floor(loop: Mapping[str, float | None], backend: str, cpus: int) -> floa
         The ratio, or None when it cannot be computed.
     """
     machine, children = loop.get("cpu_machine_s"), loop.get("cpu_children_s")
-    wall = loop.get("wall_median_s")
-    if not cpus or machine is None or children is None or not wall:
+    if machine is None or children is None:
         return None
     required = machine - children if backend == "docker" else machine
-    return required / cpus / wall
+    return cpu_ratio(required, cpus, loop.get("wall_median_s"))
+
+
+def cpu_ratio(cpu_seconds: float | None, cpus: int, wall: float | None) -> float | None:
+    """``cpu_seconds`` spread over ``cpus`` CPUs, over ``wall`` seconds. Pure.
+
+    Returns:
+        The ratio, or None when a figure is missing (or ``cpus``/``wall`` is 0).
+    """
+    if cpu_seconds is None or not cpus or not wall:
+        return None
+    return cpu_seconds / cpus / wall
