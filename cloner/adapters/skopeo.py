@@ -38,6 +38,21 @@ when the auth file has no entry for a registry, even with ``--authfile``
 (seen on the test bed), so it runs with an environment of its own: ``HOME``
 is a private empty directory and those variables are not passed.
 
+Every copy of one backend shares one blob info cache: ``XDG_DATA_HOME`` is a
+0700 directory the backend makes once (removed when the process exits; a new
+one beyond 16 MiB, since it lives in the pod's small ``/tmp``), and skopeo
+keeps ``containers/cache/blob-info-cache-v1.boltdb`` in it. That file
+records which repositories of a registry hold a blob (digests and repository
+names, no credential), and it is how skopeo knows to mount a shared base
+layer from the repository an earlier copy wrote it to instead of pulling it
+from the source and uploading it again (containers/image
+``blobinfocache.DefaultCache``; its ``blobInfoCacheDir`` uses
+``XDG_DATA_HOME`` for any user but root, and root always uses
+``/var/lib/containers/cache``). Without it, a private ``HOME`` per copy
+gives every copy an empty cache: measured as the shipped image's non-root
+user on the test bed, 8 images sharing base layers uploaded 18.1 MB with no
+mount instead of the 7.7 MB unique.
+
 A failure is exit status 1 with one ``level=fatal msg="..."`` line on stderr
 (logrus text format). The message is classified by the shared
 ``cloner.errors.registry_error`` and attributed to the source or the owned
@@ -54,7 +69,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,9 +104,21 @@ _PASSED_ENV = (
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 )
+# skopeo's blob info cache under XDG_DATA_HOME, and the size (bytes) beyond
+# which a backend starts a new one (module docstring).
+BLOB_INFO_CACHE = Path("containers", "cache", "blob-info-cache-v1.boltdb")
+CACHE_MAX_BYTES = 16 * 1024 * 1024
 _DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 Side = Literal["source", "owned"]
+
+
+def _size(path: Path) -> int:
+    """Bytes of ``path``; 0 when it does not exist (yet)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _duration(seconds: float) -> str:
@@ -363,6 +392,39 @@ class SkopeoBackend:
         self.skopeo = skopeo
         self.requests: Counter[tuple[str, str]] = Counter()
         self.last_duration = 0.0
+        self._cache_lock = threading.Lock()
+        self._cache: Path | None = None
+        self._remove_cache: weakref.finalize[Any, Any] | None = None
+
+    def blob_info_cache(self) -> Path:
+        """The directory every copy of this backend gets as ``XDG_DATA_HOME``; made on first use.
+
+        A 0700 temporary directory, the same for the backend's lifetime and
+        removed by :meth:`close` or when the process exits; a new one once
+        skopeo's cache file in it is over ``CACHE_MAX_BYTES``. skopeo keeps
+        its blob info cache in it (module docstring).
+
+        Raises:
+            OSError: the temporary directory cannot be made.
+        """
+        with self._cache_lock:
+            if self._cache is not None and _size(self._cache / BLOB_INFO_CACHE) > CACHE_MAX_BYTES:
+                self._drop_cache()  # a fresh cache costs mounts the old one knew
+            if self._cache is None:
+                path = Path(tempfile.mkdtemp(prefix="image-cloner-skopeo-cache-"))  # mode 0700
+                self._remove_cache = weakref.finalize(self, shutil.rmtree, path, True)
+                self._cache = path
+            return self._cache
+
+    def close(self) -> None:
+        """Remove the blob info cache directory; a later copy makes a new one."""
+        with self._cache_lock:
+            self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        if self._remove_cache is not None:
+            self._remove_cache()
+        self._cache = self._remove_cache = None
 
     def preflight(self, source: Reference, owned: Reference) -> None:
         """Nothing to refuse up front: TLS verification follows ``insecureRegistries`` per copy."""
@@ -453,6 +515,7 @@ class SkopeoBackend:
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
         env["HOME"] = str(home)
         env.setdefault("PATH", os.defpath)
+        env["XDG_DATA_HOME"] = str(self.blob_info_cache())
         limit = self.command_timeout + PROCESS_TIMEOUT_MARGIN
         try:
             return subprocess.run(

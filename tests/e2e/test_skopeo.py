@@ -15,7 +15,7 @@ from cloner.adapters.credential_store import CredentialStore
 from cloner.adapters.skopeo import SkopeoBackend
 from cloner.errors import RegistryError
 from cloner.model.reference import digest_tag, parse_reference
-from tests.e2e import images
+from tests.e2e import images, support
 from tests.e2e.harness import Environment
 
 pytestmark = pytest.mark.e2e
@@ -232,3 +232,63 @@ def test_absent_source_tag_is_not_found(env: Environment, backend: SkopeoBackend
         )
     assert caught.value.reason == "not_found"
     assert caught.value.registry == env.public.host
+
+
+def _as_user(tmp_path: Path, uid: int) -> Path:
+    """A skopeo that runs as ``uid`` in a user namespace of its own, as the shipped image does.
+
+    ``unshare --user --map-user`` maps ``uid`` to this process's user, so
+    files stay readable and writable, while skopeo sees an euid other than 0
+    and keeps its blob info cache under ``XDG_DATA_HOME`` as it does for any
+    user but root (containers/image ``blobInfoCacheDir``). No network
+    namespace: the loopback registries stay reachable.
+    """
+    wrapper = tmp_path / "skopeo-as-user"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec unshare --user --map-user={uid} --map-group={uid} skopeo "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_non_root_backend_mounts_shared_layers_instead_of_uploading_them_again(
+    env: Environment, tmp_path: Path
+) -> None:
+    prefix = _name("shared")
+    base = [images.layer(prefix + "/base-1", 40_000), images.layer(prefix + "/base-2", 30_000)]
+    built = [
+        images.build_image(
+            env.public,
+            f"{prefix}-{n}",
+            "v1",
+            layers=[*base, images.layer(f"{prefix}/own-{n}", 20_000)],
+            label=str(n),
+        )
+        for n in range(3)
+    ]
+    backend = SkopeoBackend(
+        _store(env.docker_config),
+        insecure_registries=[env.public.host, env.owned.host],
+        command_timeout=60,
+        skopeo=str(_as_user(tmp_path, 10001)),
+    )
+    start = support.log_size(env.owned)
+    try:
+        for n, image in enumerate(built):
+            source = parse_reference(f"{env.public.host}/{prefix}-{n}:v1")
+            owned = parse_reference(f"{env.owned.host}/mirror/{prefix}-{n}:v1")
+            assert backend.clone(source, owned).digest == image.digest
+        cache = backend.blob_info_cache()
+        written = (cache / "containers" / "cache" / "blob-info-cache-v1.boltdb").is_file()
+    finally:
+        backend.close()
+
+    lines = support.request_lines(env.owned, start)
+    uploaded = [line for line in lines if '"PUT ' in line and "/blobs/uploads/" in line]
+    mounted = [line for line in lines if "mount=sha256" in line and '" 201 ' in line]
+    # Each image: 2 shared base layers, its own layer and its config. Unique:
+    # 2 + 3 * 2 = 8 blobs; the two later images mount the base layers.
+    assert len(uploaded) == 8, "\n".join(uploaded)
+    assert len(mounted) == 4, "\n".join(mounted)
+    assert written  # skopeo kept its cache in the backend's directory
+    assert not cache.exists()  # and close() removed it

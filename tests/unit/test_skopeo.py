@@ -22,7 +22,15 @@ import pytest
 
 from cloner.adapters import skopeo
 from cloner.adapters.credential_store import CredentialStore
-from cloner.adapters.skopeo import SkopeoBackend, copy_argv, copy_error, failing_side, fatal_message
+from cloner.adapters.skopeo import (
+    BLOB_INFO_CACHE,
+    CACHE_MAX_BYTES,
+    SkopeoBackend,
+    copy_argv,
+    copy_error,
+    failing_side,
+    fatal_message,
+)
 from cloner.errors import RegistryError
 from cloner.model.reference import Reference, parse_reference
 
@@ -430,6 +438,51 @@ def test_skopeo_gets_no_other_credential_source(
     assert env["HOME"] != os.environ.get("HOME")
     assert fake.record["home_entries"] == []
     assert not Path(env["HOME"]).exists()
+
+
+def test_every_copy_shares_one_private_blob_info_cache_until_close(
+    store: CredentialStore, fake: Fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A caller's own XDG_DATA_HOME is not skopeo's: the backend's directory is.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    fake.plan(digest=DIGEST)
+    backend = _backend(store, fake)
+    seen = []
+    for name in ("a", "b"):
+        backend.clone(_ref(f"{PUBLIC}/src/{name}:1"), _ref(f"{OWNED}/dst/{name}:1"))
+        env = fake.record["env"]
+        seen.append((env["XDG_DATA_HOME"], env["HOME"]))
+    (cache, first_home), (again, second_home) = seen
+    assert cache == again != str(tmp_path)
+    assert first_home != second_home  # HOME stays private to each copy
+    assert not cache.startswith(first_home) and not cache.startswith(second_home)
+    assert Path(cache).is_dir() and Path(cache).stat().st_mode & 0o777 == 0o700
+
+    backend.close()
+    assert not Path(cache).exists()
+    backend.clone(_ref(f"{PUBLIC}/src/c:1"), _ref(f"{OWNED}/dst/c:1"))
+    fresh = fake.record["env"]["XDG_DATA_HOME"]
+    assert fresh != cache and Path(fresh).is_dir()
+    backend.close()
+
+
+def test_a_blob_info_cache_grown_past_its_bound_is_started_again(
+    store: CredentialStore, fake: Fake
+) -> None:
+    fake.plan(digest=DIGEST)
+    backend = _backend(store, fake)
+    first = backend.blob_info_cache()
+    cache_file = first / BLOB_INFO_CACHE
+    cache_file.parent.mkdir(parents=True)
+    cache_file.write_bytes(b"\0" * CACHE_MAX_BYTES)
+    assert backend.blob_info_cache() == first  # at the bound: kept
+
+    with cache_file.open("ab") as handle:
+        handle.write(b"\0")
+    backend.clone(_ref(f"{PUBLIC}/src/a:1"), _ref(f"{OWNED}/dst/a:1"))
+    second = Path(fake.record["env"]["XDG_DATA_HOME"])
+    assert second != first and not first.exists()
+    backend.close()
 
 
 def test_identity_tokens_are_written_as_docker_login_stores_them(
