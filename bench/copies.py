@@ -14,9 +14,14 @@ backward, ...):
   scoped to it, as the image-cloner ServiceAccount (shipped RBAC);
 - a plain ``skopeo copy --all --preserve-digests`` loop: a thread pool of N
   skopeo processes (N = 1, 2, 4), auth file 0600 as ``cloner/adapters/skopeo.py``
-  writes it;
+  writes it, one blob info cache per run (``XDG_DATA_HOME``);
 - a sequential ``docker pull; docker tag; docker push`` loop through the same
   engine (the docker CLI).
+
+Every skopeo contender (the controller with ``copyBackend: skopeo`` and the
+loop) runs as uid 10001, the shipped image's user (``SHIPPED_USER``), so
+skopeo's blob info cache is the one the contender keeps, empty at the start of
+each run, not root's, which every earlier run would have filled.
 
 Every run copies into a fresh owned path prefix, and before every run the
 owned registry is stopped, its storage emptied and started again, and every
@@ -99,6 +104,12 @@ DEFAULT_REGISTRY_CONCURRENCY = 3  # registryConcurrency's default (docs/configur
 TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
 DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
+# skopeo contenders run as the shipped image's user (the Dockerfile's USER
+# 10001), in a user namespace mapped to this one: files stay readable, and
+# skopeo keeps its blob info cache under XDG_DATA_HOME as it does for any
+# user but root (root's is the machine's /var/lib/containers/cache, shared
+# by every run).
+SHIPPED_USER = ("unshare", "--user", "--map-user=10001", "--map-group=10001")
 MB = 1_000_000
 _SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
 
@@ -353,7 +364,13 @@ class Bench:
         config = write_config(self.workdir / "runs" / f"{run_id}.yaml", self.env, target, **extra)
         offsets = self.offsets()
         started = time.time()
-        result = run_controller(self.env, config, kubeconfig=self.kubeconfig, timeout=RUN_TIMEOUT)
+        result = run_controller(
+            self.env,
+            config,
+            kubeconfig=self.kubeconfig,
+            timeout=RUN_TIMEOUT,
+            wrapper=SHIPPED_USER if contender.backend == "skopeo" else (),
+        )
         wall = time.time() - started
         figures = self.registry_figures(offsets)
         (self.workdir / "runs" / f"{run_id}.log").write_text(result.stderr)
@@ -393,7 +410,9 @@ class Bench:
         descriptor = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump({"auths": {owned.host: {"auth": pair}}}, handle)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+        # One blob info cache for the run's copies, empty at its start, as the
+        # controller's skopeo backend keeps one per process.
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_DATA_HOME": str(workdir / "data")}
         skopeo = shutil.which("skopeo") or "skopeo"
 
         def copy_one(index: int) -> tuple[float, float, int, str]:
@@ -402,6 +421,7 @@ class Bench:
             destination = self.owned_name(run_id, image.repository, image.spec.tag)
             result = subprocess.run(
                 [
+                    *SHIPPED_USER,
                     skopeo,
                     "copy",
                     "-q",

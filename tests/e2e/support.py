@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,16 +123,21 @@ def run_controller(
     timeout: float = 300,
     kubeconfig: Path | None = None,
     once: bool = True,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """``controller.py --once`` as a real process; returns its result (output captured).
 
     The environment is reduced to PATH so no DOCKER_HOST or KUBECONFIG of the
-    caller overrides the test's settings.
+    caller overrides the test's settings. ``wrapper`` is a command that execs
+    the controller's command line after it (``unshare --user ...``).
     """
     return subprocess.run(
-        controller_command(
-            kubeconfig or env.kubeconfig, config, *(("--once",) if once else ()), *args
-        ),
+        [
+            *wrapper,
+            *controller_command(
+                kubeconfig or env.kubeconfig, config, *(("--once",) if once else ()), *args
+            ),
+        ],
         check=False,
         capture_output=True,
         text=True,
