@@ -139,6 +139,8 @@ class WritePool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closed = True
+            # Workers waiting for a hold to end take the deferred jobs now.
+            self._cond.notify_all()
             while self._urgent or self._deferred or self._busy:
                 if not self._urgent and deadline is not None:
                     left = deadline - time.monotonic()

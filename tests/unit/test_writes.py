@@ -177,5 +177,8 @@ def test_close_writes_held_events() -> None:
     ran: list[str] = []
     with pool.hold():
         pool.defer(lambda: ran.append("event"))
+        time.sleep(0.2)  # the worker is up, waiting for the hold to end
+        started = time.monotonic()
         assert pool.close(timeout=5) == 0
+        assert time.monotonic() - started < 1  # close ends the hold at once
     assert ran == ["event"]
