@@ -19,9 +19,10 @@ backward, ...):
   engine (the docker CLI).
 
 Every skopeo contender (the controller with ``copyBackend: skopeo`` and the
-loop) runs as uid 10001, the shipped image's user (``SHIPPED_USER``), so
-skopeo's blob info cache is the one the contender keeps, empty at the start of
-each run, not root's, which every earlier run would have filled.
+loop) runs as uid 10001, the shipped image's user
+(``tests.e2e.support.SHIPPED_USER``), so skopeo's blob info cache is the one
+the contender keeps, empty at the start of each run, not root's, which every
+earlier run would have filled.
 
 Every run copies into a fresh owned path prefix, and before every run the
 owned registry is stopped, its storage emptied and started again, and every
@@ -90,6 +91,7 @@ from bench import measure  # noqa: E402
 from bench.corpus import Corpus, build_corpus, corpus_spec  # noqa: E402
 from tests.e2e.harness import Environment, ensure_components  # noqa: E402
 from tests.e2e.support import (  # noqa: E402
+    SHIPPED_USER,
     create,
     create_namespace,
     install_controller_rbac,
@@ -104,12 +106,6 @@ DEFAULT_REGISTRY_CONCURRENCY = 3  # registryConcurrency's default (docs/configur
 TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
 DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
-# skopeo contenders run as the shipped image's user (the Dockerfile's USER
-# 10001), in a user namespace mapped to this one: files stay readable, and
-# skopeo keeps its blob info cache under XDG_DATA_HOME as it does for any
-# user but root (root's is the machine's /var/lib/containers/cache, shared
-# by every run).
-SHIPPED_USER = ("unshare", "--user", "--map-user=10001", "--map-group=10001")
 MB = 1_000_000
 _SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
 

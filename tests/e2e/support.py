@@ -24,6 +24,13 @@ import yaml
 from tests.e2e.harness import Environment, Registry
 
 REPO = Path(__file__).resolve().parents[2]
+# Runs the command after it as the shipped image's user (the Dockerfile's
+# USER 10001), in a user namespace mapped to this process's user: files stay
+# readable and writable, while skopeo sees an euid other than 0 and keeps its
+# blob info cache under XDG_DATA_HOME as it does for any user but root
+# (containers/image ``blobInfoCacheDir``; root's is the machine-wide
+# /var/lib/containers/cache). No network namespace: loopback stays reachable.
+SHIPPED_USER = ("unshare", "--user", "--map-user=10001", "--map-group=10001")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shlex
 import time
 import uuid
 from pathlib import Path
@@ -234,19 +235,10 @@ def test_absent_source_tag_is_not_found(env: Environment, backend: SkopeoBackend
     assert caught.value.registry == env.public.host
 
 
-def _as_user(tmp_path: Path, uid: int) -> Path:
-    """A skopeo that runs as ``uid`` in a user namespace of its own, as the shipped image does.
-
-    ``unshare --user --map-user`` maps ``uid`` to this process's user, so
-    files stay readable and writable, while skopeo sees an euid other than 0
-    and keeps its blob info cache under ``XDG_DATA_HOME`` as it does for any
-    user but root (containers/image ``blobInfoCacheDir``). No network
-    namespace: the loopback registries stay reachable.
-    """
+def _as_shipped_user(tmp_path: Path) -> Path:
+    """A skopeo executable that runs as the shipped image's user (``support.SHIPPED_USER``)."""
     wrapper = tmp_path / "skopeo-as-user"
-    wrapper.write_text(
-        f'#!/bin/sh\nexec unshare --user --map-user={uid} --map-group={uid} skopeo "$@"\n'
-    )
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(support.SHIPPED_USER)} skopeo "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 
@@ -270,7 +262,7 @@ def test_a_non_root_backend_mounts_shared_layers_instead_of_uploading_them_again
         _store(env.docker_config),
         insecure_registries=[env.public.host, env.owned.host],
         command_timeout=60,
-        skopeo=str(_as_user(tmp_path, 10001)),
+        skopeo=str(_as_shipped_user(tmp_path)),
     )
     start = support.log_size(env.owned)
     try:
