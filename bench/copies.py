@@ -43,8 +43,16 @@ image-cloner`` (durable state in ConfigMaps ``image-cloner-state-*``), then
 using the same sources: the public registry should see no request. The same
 again without ``controllerNamespace`` shows what the state saves.
 
-Prints one table and writes every figure to
-``bench/results/copy-<timestamp>.json`` (``--results-dir``).
+Prints one table, writes every figure to
+``bench/results/copy-<timestamp>.json`` (``--results-dir``) and draws the
+timelines of the median run of each contender (images copied and, for the
+controller, workloads patched, against seconds since the start) into a PNG
+beside it (``bench/plot.py``; ``--no-plot`` skips it).
+
+dockerd runs with ``--storage-driver=vfs`` as in the tests; ``--storage-driver
+overlay2`` gives it the driver the docker-in-docker sidecar uses on a node
+(on this project's test machine the figures barely moved: the engine's time
+is pull, decompress and gzip on push, not the storage driver).
 
     .venv/bin/python bench/copies.py              # full size: 20 images, 222 MB unique, 3 reps
     .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
@@ -387,6 +395,8 @@ class Bench:
             copies=len(spans),
             copy_seconds=sum(s.end - s.start for s in spans),
             max_parallel_copies=measure.max_overlap([(s.start, s.end) for s in spans]),
+            copy_times_s=sorted(s.end - started for s in spans),
+            patch_times_s=sorted(patches),
             cycle_s=float(cycle.group("seconds")) if cycle else None,
             phases=measure.phases(result.stderr, started, started + wall),
         )
@@ -459,6 +469,7 @@ class Bench:
             copies=len(done),
             copy_seconds=sum(end - began for began, end, _, _ in done),
             max_parallel_copies=measure.max_overlap([(b, e) for b, e, _, _ in done]),
+            copy_times_s=sorted(end - started for _, end, code, _ in done if code == 0),
         )
         if errors:
             figures["error"] = errors[0][-3000:]
@@ -470,6 +481,7 @@ class Bench:
         docker = shutil.which("docker") or "docker"
         errors: list[str] = []
         ends: list[float] = []
+        pushed: list[float] = []
         offsets = self.offsets()
         started = time.time()
         for image in self.corpus.images:
@@ -485,6 +497,8 @@ class Bench:
                 if result.returncode != 0:
                     errors.append(f"{' '.join(argv[1:])}: {result.stderr}")
                     break
+            else:
+                pushed.append(time.time() - started)
             ends.append(time.time())
         wall = time.time() - started
         figures = self.registry_figures(offsets)
@@ -495,6 +509,7 @@ class Bench:
             copied=copied,
             first_copy_s=min(ends) - started,
             last_copy_s=max(ends) - started,
+            copy_times_s=pushed,
         )
         if errors:
             figures["error"] = errors[0][-3000:]
@@ -651,6 +666,67 @@ def all_targets(
                 ),
             }
         )
+    return out
+
+
+def family(contender: Contender) -> str:
+    """``docker`` or ``skopeo``: the backend a contender is compared within. Pure."""
+    if contender.backend is not None:
+        return contender.backend
+    return "skopeo" if contender.kind == "skopeo-loop" else "docker"
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run whose wall time is the median of ``runs`` (the lower one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
+
+
+def timelines(runs: list[dict[str, Any]], field: list[Contender]) -> dict[str, dict[str, Any]]:
+    """The curves ``bench/plot.py`` draws: per backend, copies done and workloads patched.
+
+    Args:
+        runs: every run's figures (``Bench.run``: ``contender``, ``wall_s``,
+            ``copy_times_s`` and, for the controller, ``patch_times_s``; seconds
+            since the run's process or loop started).
+        field: the contenders, in the order the curves are drawn.
+
+    Returns:
+        ``{"<backend>-copies": entry, "<backend>-patches": entry}`` for each
+        backend with runs, each entry ``{"label", "ylabel", "xlabel",
+        "series": {contender label: seconds}}`` from the median run of each
+        contender (by wall time). Pure.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for backend in ("docker", "skopeo"):
+        copies: dict[str, list[float]] = {}
+        patches: dict[str, list[float]] = {}
+        for contender in field:
+            if family(contender) != backend:
+                continue
+            run = median_run([r for r in runs if r["contender"] == contender.key])
+            if run is None:
+                continue
+            copies[contender.label] = list(run.get("copy_times_s") or [])
+            if contender.kind == "controller":
+                patches[contender.label] = list(run.get("patch_times_s") or [])
+        panels = (
+            ("copies", "images copied (median run of each contender)", "images copied", copies),
+            (
+                "patches",
+                "workloads patched by the controller (median run)",
+                "workloads patched",
+                patches,
+            ),
+        )
+        for suffix, label, ylabel, series in panels:
+            if series:
+                out[f"{backend}-{suffix}"] = {
+                    "label": f"{backend}: {label}",
+                    "ylabel": ylabel,
+                    "xlabel": "seconds since the process (or the loop) started",
+                    "series": series,
+                }
     return out
 
 
@@ -822,8 +898,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=["docker", "skopeo"],
         help="only this backend's contenders: the docker backend and loop, or skopeo's",
     )
+    parser.add_argument(
+        "--storage-driver",
+        default="vfs",
+        help="dockerd's storage driver (default vfs, as the tests; overlay2 is the sidecar's)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     args = parser.parse_args(argv)
     smoke = args.smoke
     args.images = args.images or (4 if smoke else 20)
@@ -847,7 +929,7 @@ def main(argv: list[str]) -> int:
     kube_bin = ensure_components()
     workdir = Path(tempfile.mkdtemp(prefix="ic-bench-", dir="/tmp"))
     started = time.time()
-    env = Environment.start(workdir, kube_bin=kube_bin)
+    env = Environment.start(workdir, kube_bin=kube_bin, storage_driver=args.storage_driver)
     ok = False
     try:
         print(f"environment up in {time.time() - started:.1f}s ({workdir})", flush=True)
@@ -878,6 +960,7 @@ def main(argv: list[str]) -> int:
                 "concurrency": args.concurrency,
                 "loop_parallelism": args.loop_parallelism,
                 "smoke": args.smoke,
+                "storage_driver": args.storage_driver,
             },
             "machine": {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
             "corpus": {
@@ -899,6 +982,8 @@ def main(argv: list[str]) -> int:
             "docker_targets": docker_targets(summaries, args.concurrency, os.cpu_count() or 0),
             "warm": warm,
             "runs": runs,
+            "title": "copy benchmark: cold copies of the corpus into an empty owned registry",
+            "timelines": timelines(runs, field),
         }
         print()
         print_report(report, {c.key: c.label for c in field})
@@ -906,6 +991,10 @@ def main(argv: list[str]) -> int:
         out = args.results_dir / f"copy-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
         print(f"\nwrote {out}")
+        if not args.no_plot:
+            from bench.plot import plot_result
+
+            print(f"plot: {plot_result(out)}")
         ok = all(r["ok"] for r in runs) and all(
             w[name]["ok"] for w in warm for name in ("seed", "warm", "no_state")
         )

@@ -460,6 +460,7 @@ class Environment:
     ca_file: Path = field(repr=False)
     admin_token: str = field(repr=False)
     node: bool = field(default=False, repr=False)
+    storage_driver: str = field(default="vfs", repr=False)
     _processes: dict[str, Process] = field(default_factory=dict, init=False, repr=False)
     _socket_dir: Path | None = field(default=None, init=False, repr=False)
     _socket_dir_owned: bool = field(default=False, init=False, repr=False)
@@ -468,7 +469,13 @@ class Environment:
     # --- lifecycle --------------------------------------------------------------
 
     @classmethod
-    def start(cls, workdir: Path, kube_bin: Path | None = None, node: bool = False) -> Environment:
+    def start(
+        cls,
+        workdir: Path,
+        kube_bin: Path | None = None,
+        node: bool = False,
+        storage_driver: str = "vfs",
+    ) -> Environment:
         """Start etcd, kube-apiserver, dockerd and both registries; wait until each is ready.
 
         ``kube_bin`` is the directory with kube-apiserver and kubectl; by
@@ -477,8 +484,10 @@ class Environment:
         control-plane components (tests/e2e/cluster.py): Node,RBAC
         authorization, the NodeRestriction admission plugin, kubelet client
         certificates and client certificates for the controller-manager,
-        scheduler and kubelet (:meth:`client_cert`). On any failure everything
-        already started is stopped before raising.
+        scheduler and kubelet (:meth:`client_cert`). ``storage_driver`` is
+        dockerd's (``vfs`` works on any file system; the bench can ask for
+        ``overlay2``, what the docker-in-docker sidecar uses on a node). On any
+        failure everything already started is stopped before raising.
         """
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -510,6 +519,7 @@ class Environment:
             ca_file=workdir / "pki" / "ca.crt",
             admin_token=secrets.token_hex(24),
             node=node,
+            storage_driver=storage_driver,
         )
         owned.on_password_change = lambda _registry: env.write_docker_config()
         atexit.register(env.stop)
@@ -882,7 +892,7 @@ class Environment:
                 f"--pidfile={self._socket_dir / 'dockerd.pid'}",
                 "-H",
                 self.docker_host,
-                "--storage-driver=vfs",
+                f"--storage-driver={self.storage_driver}",
                 "--iptables=false",
                 "--ip6tables=false",
                 "--bridge=none",

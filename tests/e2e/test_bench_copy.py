@@ -3,8 +3,9 @@
 ``bench/copies.py --smoke`` starts its own real environment (etcd,
 kube-apiserver, dockerd, two registries), copies a 4-image corpus with every
 contender once and runs the warm cycle. Timings are not asserted (they mean
-nothing at this size); what is asserted is that every run copied every image
-and that the figures derived from the registries are there and plausible.
+nothing at this size); what is asserted is that every run copied every image,
+that the figures derived from the registries are there and plausible, and
+that the timelines were written and drawn.
 """
 
 from __future__ import annotations
@@ -74,3 +75,15 @@ def test_bench_copy_smoke_prints_its_table_and_writes_valid_json(tmp_path: Path)
     assert warm["warm"]["requests"]["public"]["total"] == 0  # the durable state answered
     assert warm["no_state"]["requests"]["public"]["HEAD"] == 4  # one HEAD per source
     assert [t["ratio"] > 0 for t in report["targets"]] == [True]
+    # the timelines of the median runs: every contender copied all 4 images,
+    # the controller patched all 4 Deployments, and the PNG is beside the JSON
+    timelines = report["timelines"]
+    assert set(timelines) == {"docker-copies", "docker-patches", "skopeo-copies", "skopeo-patches"}
+    for name in ("docker-copies", "skopeo-copies"):
+        assert [len(t) for t in timelines[name]["series"].values()] == [4, 4], name
+    for name in ("docker-patches", "skopeo-patches"):
+        (patched,) = timelines[name]["series"].values()
+        assert len(patched) == 4 and all(t > 0 for t in patched), name
+    png = written[0].with_suffix(".png")
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), png
+    assert f"plot: {png}" in result.stdout
