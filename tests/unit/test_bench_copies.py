@@ -1,4 +1,4 @@
-"""The bench's timelines: which curves the copy benchmark hands to bench/plot.py, and the PNG."""
+"""The copy bench's pure parts: its targets, the curves it hands to bench/plot.py, and the PNG."""
 
 from __future__ import annotations
 
@@ -89,3 +89,21 @@ def test_plot_draws_series_side_by_side_into_a_png(tmp_path: Path) -> None:
 def test_plot_refuses_no_timelines(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no timelines"):
         plot.plot_timelines({}, tmp_path / "x.png")
+
+
+def test_targets_compare_median_walls_and_give_the_cycle_alone_apart() -> None:
+    summaries = {
+        "controller-skopeo-c2": {"wall_median_s": 4.0, "cycle_s": 3.3, "cpu_machine_s": 6.0},
+        "skopeo-loop-2": {"wall_median_s": 3.0, "cpu_machine_s": 5.0, "cpu_children_s": 1.5},
+        "controller-docker-c2": {"wall_median_s": 9.0, "cycle_s": None},
+        "docker-loop": {"wall_median_s": 15.0},
+    }
+    skopeo, docker = copies.all_targets(summaries, [2], cpus=2)
+
+    assert skopeo["ratio"] == 4.0 / 3.0 and not skopeo["met"]  # the wall decides
+    assert skopeo["cycle_ratio"] == 3.3 / 3.0
+    assert skopeo["cpu_bound"] == 6.0 / 2 / 3.0
+    assert docker["ratio"] == 0.6 and docker["met"]
+    assert docker["cycle_ratio"] is None  # no summary line: no cycle figure
+    # no loop of that parallelism: no row
+    assert copies.all_targets(summaries, [4], cpus=2) == []
