@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -248,8 +249,8 @@ def test_moved_tag_is_copied_again_after_refresh_interval_and_pins_keep_theirs()
 class Gated(Registries):
     """Copies wait at a gate per source name; records how many run at once."""
 
-    def __init__(self) -> None:
-        super().__init__("skopeo")
+    def __init__(self, backend: str = "skopeo") -> None:
+        super().__init__(backend)
         self.gates: dict[str, threading.Event] = {}
         self.active: set[str] = set()
         self.max_active = 0
@@ -298,12 +299,18 @@ def test_copies_at_once_never_exceed_the_binding_limit(
     assert regs.max_active == 2
 
 
-def test_the_next_images_are_asked_while_every_copy_slot_is_busy() -> None:
-    regs = Gated()
-    names = [f"registry-{i}.example.com/app" for i in range(3)]
+def gated(names: list[str], backend: str = "skopeo") -> Gated:
+    """Registries holding one image per name, each copy waiting at its own gate."""
+    regs = Gated(backend)
     for name in names:
         regs.image(name, "1", name)
         regs.gates[name] = threading.Event()
+    return regs
+
+
+def test_the_next_images_are_asked_while_every_copy_slot_is_busy() -> None:
+    names = [f"registry-{i}.example.com/app" for i in range(3)]
+    regs = gated(names)
     c = cloner(regs, concurrency=2, registry_concurrency=3)
     futures = c.submit(pairs_of(*(f"{n}:1" for n in names)))
     deadline = time.monotonic() + 5
@@ -373,6 +380,80 @@ def test_copy_slots_go_to_the_waiting_images_in_submission_order() -> None:
     for thread in threads:
         thread.join(5)
     assert order == [1, 2, 3]
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("ramp", [True, False])
+def test_with_the_ramp_a_registry_starts_with_one_copy_and_adds_one_per_copy_ended(
+    ramp: bool,
+) -> None:
+    from cloner.ops.cloning import _Slots
+
+    slots = _Slots(4, ramp=ramp)
+    running: set[str] = set()
+    gates = {name: threading.Event() for name in ("r0", "r1", "r2", "r3", "o0")}
+    guard = threading.Lock()
+
+    def copy(ticket: int, registry: str, name: str) -> None:
+        with slots.take(ticket, registry):
+            with guard:
+                running.add(name)
+            assert gates[name].wait(5)
+            with guard:
+                running.discard(name)
+
+    threads = [threading.Thread(target=copy, args=(i, "r", f"r{i}")) for i in range(4)] + [
+        threading.Thread(target=copy, args=(9, "other", "o0"))
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    if not ramp:
+        assert _wait_for(lambda: running == {"r0", "r1", "r2", "r3"})  # 4 slots in all
+    else:
+        # the first copy of each registry runs alone; other registries do not wait
+        assert _wait_for(lambda: running == {"r0", "o0"})
+        time.sleep(0.1)
+        assert running == {"r0", "o0"}
+        gates["r0"].set()  # one copy ended: two may run at once
+        assert _wait_for(lambda: running == {"r1", "r2", "o0"})
+        time.sleep(0.1)
+        assert running == {"r1", "r2", "o0"}
+        gates["r1"].set()  # two ended: three may, and r3 is the only one left
+        assert _wait_for(lambda: running == {"r2", "r3", "o0"})
+    for gate in gates.values():
+        gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.parametrize(("backend", "first_alone"), [("skopeo", True), ("docker", False)])
+def test_only_the_skopeo_backend_ramps_up_a_registrys_first_copies(
+    backend: str, first_alone: bool
+) -> None:
+    names = [f"{SRC}/app{i}" for i in range(3)]
+    regs = gated(names, backend)
+    c = cloner(regs, concurrency=4, registry_concurrency=3)
+    futures = c.submit(pairs_of(*(f"{n}:1" for n in names)))
+    assert _wait_for(lambda: len(regs.active) >= 1)
+    time.sleep(0.2)  # time for the others to start too, if they may
+    assert len(regs.active) == (1 if first_alone else 3)
+    regs.gates[names[0]].set()
+    if first_alone:
+        assert _wait_for(lambda: regs.active == {f"{SRC}/app1", f"{SRC}/app2"})
+    for gate in regs.gates.values():
+        gate.set()
+    results = {key: c.collect(key, f) for key, f in futures.items()}
+    assert all(r.cloned for r in results.values())
 
 
 def test_a_later_image_waits_for_an_earlier_one_still_being_asked_about() -> None:
