@@ -700,6 +700,11 @@ class ImageCloner:
         return ImageResult(source, None, reason=exc.reason, message=str(exc), waiting=None)
 
 
+#: Seconds after which the ramp lets one more copy of a registry start even
+#: when no copy of it has ended (``_Slots``).
+RAMP_STEP = 5.0
+
+
 class _Slots:
     """``count`` slots handed out in ticket order, per source registry, with a ramp.
 
@@ -717,28 +722,42 @@ class _Slots:
 
     With ``ramp`` (the skopeo backend), a source registry's copies also ramp
     up: the first copy from it runs alone, and each copy that ends lets one
-    more run at once (``count`` and ``registryConcurrency`` still bound
-    them). Nothing tells which images share layers before they are copied
-    (that would take a manifest ``GET`` per image at the source, which Docker
-    Hub counts as a pull), but the first copies of a cold start are the ones
-    that upload the common base layers; the ramp lets them land before the
-    crowd starts, so later copies mount them instead of uploading them again
-    at the same time. On the copy bench's corpus at 4 at once, that took the
-    upload from 300 MB to the 222 MB that are unique. It costs a cold start
-    part of the first copies' time at less than full parallelism, once per
-    process: after ``count`` copies from a registry its copies run fully in
-    parallel. The Docker backend has no ramp: the engine shares a layer
-    download in flight between pulls and tells the layers before a push,
-    whose turns (``engine.DockerRegistry``) do this job knowing them.
+    more run at once, as does each ``ramp_step`` seconds since the first copy
+    started, so that one long copy (an image of gigabytes) holds the others
+    back for seconds, not for as long as it takes (``count`` and
+    ``registryConcurrency`` still bound them). Nothing tells which images
+    share layers before they are copied (that would take a manifest ``GET``
+    per image at the source, which Docker Hub counts as a pull), but the first
+    copies of a cold start are the ones that upload the common base layers;
+    the ramp lets them land before the crowd starts, so later copies mount
+    them instead of uploading them again at the same time. On the copy bench's
+    corpus at 4 at once, that took the upload from 300 MB to the 222 MB that
+    are unique. It costs a cold start part of the first copies' time at less
+    than full parallelism, once per process: after ``count`` copies from a
+    registry have ended, or ``count - 1`` steps have passed, its copies run
+    fully in parallel. ``clock`` gives monotonic seconds. The Docker backend has no ramp:
+    the engine shares a layer download in flight between pulls and tells the
+    layers before a push, whose turns (``engine.DockerRegistry``) do this job
+    knowing them.
     """
 
-    def __init__(self, count: int, *, ramp: bool = False) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        ramp: bool = False,
+        ramp_step: float = RAMP_STEP,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._free = count
         self._lines: dict[str, list[int]] = {}  # source registry -> a heap of tickets
         self._changed = threading.Condition()
         self._ramp = ramp
+        self._ramp_step = ramp_step
+        self._clock = clock
         self._running: dict[str, int] = {}  # source registry -> copies holding a slot
         self._ended: dict[str, int] = {}  # source registry -> copies that have ended
+        self._first: dict[str, float] = {}  # source registry -> when its first copy started
 
     @contextmanager
     def turn(self, ticket: int, registry: str) -> Iterator[None]:
@@ -768,11 +787,16 @@ class _Slots:
             line = self._lines.setdefault(registry, [])
             if ticket not in line:
                 heapq.heappush(line, ticket)
-            while not self._free or line[0] != ticket or not self._ramp_allows(registry):
-                self._changed.wait()
+            while True:
+                ramp_wait = self._ramp_wait(registry)
+                if self._free and line[0] == ticket and ramp_wait == 0.0:
+                    break
+                # only the ramp's next step can come without a notify
+                self._changed.wait(None if ramp_wait in (0.0, None) else ramp_wait)
             heapq.heappop(line)
             self._free -= 1
             self._running[registry] = self._running.get(registry, 0) + 1
+            self._first.setdefault(registry, self._clock())
             self._changed.notify_all()  # the next ticket may take another free slot
         try:
             yield
@@ -783,11 +807,24 @@ class _Slots:
                 self._ended[registry] = self._ended.get(registry, 0) + 1
                 self._changed.notify_all()
 
-    def _ramp_allows(self, registry: str) -> bool:
-        """Whether one more copy of ``registry`` may start now (the ramp; call with the lock)."""
+    def _ramp_wait(self, registry: str) -> float | None:
+        """Seconds until the ramp lets one more copy of ``registry`` start (call with the lock).
+
+        0.0 when one may start now; None when only a copy that ends can
+        allow it (no step is left to wait for, or none has started).
+        """
         if not self._ramp:
-            return True
-        return self._running.get(registry, 0) <= self._ended.get(registry, 0)
+            return 0.0
+        running = self._running.get(registry, 0)
+        allowed = self._ended.get(registry, 0) + 1
+        first = self._first.get(registry)
+        if first is not None and self._ramp_step > 0:
+            elapsed = self._clock() - first
+            steps = int(elapsed // self._ramp_step)
+            allowed += steps
+            if running >= allowed:
+                return (steps + 1) * self._ramp_step - elapsed
+        return 0.0 if running < allowed else None
 
 
 def _decide(

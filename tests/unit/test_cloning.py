@@ -436,6 +436,32 @@ def test_with_the_ramp_a_registry_starts_with_one_copy_and_adds_one_per_copy_end
     assert not any(thread.is_alive() for thread in threads)
 
 
+def test_the_ramp_also_lets_one_more_copy_start_per_step_while_a_long_copy_runs() -> None:
+    from cloner.ops.cloning import _Slots
+
+    slots = _Slots(4, ramp=True, ramp_step=0.3)
+    started: dict[int, float] = {}
+    release = threading.Event()
+
+    def copy(ticket: int) -> None:
+        with slots.take(ticket, "r"):
+            started[ticket] = time.monotonic()
+            assert release.wait(5)  # every copy runs long: none ends
+
+    threads = [threading.Thread(target=copy, args=(i,)) for i in range(3)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    assert _wait_for(lambda: len(started) == 3)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    offsets = [started[i] - began for i in range(3)]
+    assert offsets[0] < 0.2  # the first at once
+    assert 0.3 <= offsets[1] < 0.6  # one more after one step
+    assert 0.6 <= offsets[2] < 1.2  # and one more after two
+
+
 @pytest.mark.parametrize(("backend", "first_alone"), [("skopeo", True), ("docker", False)])
 def test_only_the_skopeo_backend_ramps_up_a_registrys_first_copies(
     backend: str, first_alone: bool
