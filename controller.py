@@ -15,6 +15,7 @@ everything was reverted, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -438,5 +439,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def exit_process(code: int) -> None:
+    """End the process with ``code``; never returns (raises ``SystemExit``).
+
+    The collector is frozen first (``gc.freeze``): while the interpreter
+    tears down its ~1,500 modules it would otherwise walk every object they
+    hold, about 0.13 s of CPU on the test machine, for cycles nothing needs
+    collected any more. Everything that matters at exit still happens: the
+    threads the standard library waits for are joined, the ``atexit``
+    handlers run (logging is flushed, skopeo's cache directory and the
+    kubernetes client's temporary certificate files are removed), and
+    standard output and error are flushed.
+    """
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

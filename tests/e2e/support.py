@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,12 +131,14 @@ def run_controller(
     kubeconfig: Path | None = None,
     once: bool = True,
     wrapper: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``controller.py --once`` as a real process; returns its result (output captured).
 
-    The environment is reduced to PATH so no DOCKER_HOST or KUBECONFIG of the
-    caller overrides the test's settings. ``wrapper`` is a command that execs
-    the controller's command line after it (``unshare --user ...``).
+    The environment is reduced to PATH (and ``extra_env``, such as TMPDIR)
+    so no DOCKER_HOST or KUBECONFIG of the caller overrides the test's
+    settings. ``wrapper`` is a command that execs the controller's command
+    line after it (``unshare --user ...``).
     """
     return subprocess.run(
         [
@@ -150,7 +152,7 @@ def run_controller(
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **(extra_env or {})},
     )
 
 

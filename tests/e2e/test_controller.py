@@ -338,3 +338,33 @@ def test_controller_works_with_only_the_manifests_rbac(
             "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, "-A", check=False
         )
         assert allowed.stdout.strip() == "yes", (verb, resource)
+
+
+def test_once_exits_leaving_no_temporary_file_behind(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    """What the process made in its TMPDIR is gone when it exits.
+
+    The kubernetes client writes the kubeconfig's ``certificate-authority-data``
+    to a temporary file, and the skopeo backend keeps its blob info cache in
+    a temporary directory; both are removed by ``atexit`` handlers, which
+    must still run however the process ends (``controller.exit_process``).
+    """
+    ns = scope.namespace
+    api = env.api_client()
+    env.build_image(scope.source("app:1"), layers=2, seed=f"{ns}-app")
+    create(api, "Deployment", ns, "web", {"main": scope.source("app:1")})
+    config = write_config(
+        tmp_path / "c.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [ns]},
+        copyBackend="skopeo",
+    )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = run_controller(env, config, extra_env={"TMPDIR": str(tmp)})
+    assert result.returncode == 0, result.stderr
+    assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('app')}:1"}
+    assert "skopeo copied" in result.stderr  # the backend did use its cache directory
+    assert sorted(p.name for p in tmp.iterdir()) == []
