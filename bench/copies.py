@@ -378,8 +378,9 @@ class Bench:
         wall = time.time() - started
         figures = self.registry_figures(offsets)
         (self.workdir / "runs" / f"{run_id}.log").write_text(result.stderr)
-        patches = [t - started for t in measure.patch_times(result.stderr)]
+        patches = sorted(t - started for t in measure.patch_times(result.stderr))
         spans = measure.copy_spans(result.stderr)
+        copied = sorted(s.end - started for s in spans)
         cycle = _SUMMARY_DURATION_RE.search(result.stderr)
         patched = self._patched(namespace)
         ok = result.returncode == 0 and patched == len(self.corpus.images)
@@ -388,15 +389,15 @@ class Bench:
             ok=ok,
             exit_code=result.returncode,
             patched=patched,
-            first_patch_s=min(patches) if patches else None,
-            last_patch_s=max(patches) if patches else None,
-            first_copy_s=min((s.end - started for s in spans), default=None),
-            last_copy_s=max((s.end - started for s in spans), default=None),
+            first_patch_s=patches[0] if patches else None,
+            last_patch_s=patches[-1] if patches else None,
+            first_copy_s=copied[0] if copied else None,
+            last_copy_s=copied[-1] if copied else None,
             copies=len(spans),
             copy_seconds=sum(s.end - s.start for s in spans),
             max_parallel_copies=measure.max_overlap([(s.start, s.end) for s in spans]),
-            copy_times_s=sorted(s.end - started for s in spans),
-            patch_times_s=sorted(patches),
+            copy_times_s=copied,
+            patch_times_s=patches,
             cycle_s=float(cycle.group("seconds")) if cycle else None,
             phases=measure.phases(result.stderr, started, started + wall),
         )

@@ -735,10 +735,11 @@ class _Slots:
     are unique. It costs a cold start part of the first copies' time at less
     than full parallelism, once per process: after ``count`` copies from a
     registry have ended, or ``count - 1`` steps have passed, its copies run
-    fully in parallel. ``clock`` gives monotonic seconds. The Docker backend has no ramp:
-    the engine shares a layer download in flight between pulls and tells the
-    layers before a push, whose turns (``engine.DockerRegistry``) do this job
-    knowing them.
+    fully in parallel. ``clock`` gives monotonic seconds.
+
+    The Docker backend has no ramp: the engine shares a layer download in
+    flight between pulls and tells the layers before a push, whose turns
+    (``engine.DockerRegistry``) do this job knowing them.
     """
 
     def __init__(

@@ -235,6 +235,24 @@ def request_lines(registry: Registry, start: int = 0) -> list[str]:
     ]
 
 
+def blob_gets(registry: Registry, digest: str, start: int = 0) -> list[str]:
+    """Access-log lines after ``start`` that GET the blob ``digest`` (its bytes were sent)."""
+    return [
+        line
+        for line in request_lines(registry, start)
+        if '"GET ' in line and f"/blobs/{digest}" in line
+    ]
+
+
+def blob_uploads(registry: Registry, start: int = 0) -> list[str]:
+    """Access-log lines after ``start`` that complete a blob upload (``PUT .../blobs/uploads/``)."""
+    return [
+        line
+        for line in request_lines(registry, start)
+        if '"PUT ' in line and "/blobs/uploads/" in line
+    ]
+
+
 def log_size(registry: Registry) -> int:
     return registry.log_path.stat().st_size
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e import images as img
 from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, images, log_size, read, request_lines, write_config
+from tests.e2e.support import Scope, blob_gets, create, images, log_size, read, write_config
 
 
 @pytest.mark.parametrize(("budget", "base_pulls"), [(None, 1), (0, 3)])
@@ -42,9 +42,5 @@ def test_shared_base_layer_is_pulled_once_while_it_fits_the_cache(
     assert result.returncode == 0, result.stderr
     for name in ("one", "two", "three"):
         assert images(read(api, "Deployment", ns, name)) == {"main": f"{scope.owned(name)}:1"}
-    base_gets = [
-        line
-        for line in request_lines(env.public, offset)
-        if '"GET ' in line and f"/blobs/{base_digest}" in line
-    ]
+    base_gets = blob_gets(env.public, base_digest, offset)
     assert len(base_gets) == base_pulls, base_gets

@@ -24,7 +24,16 @@ import pytest
 
 from tests.e2e import images as img
 from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, images, log_size, read, request_lines, write_config
+from tests.e2e.support import (
+    Scope,
+    blob_gets,
+    blob_uploads,
+    create,
+    images,
+    log_size,
+    read,
+    write_config,
+)
 
 NAMES = ("one", "two", "three")
 
@@ -55,17 +64,9 @@ def test_copies_at_once_pull_and_upload_a_shared_base_layer_once(
     for name in NAMES:
         assert images(read(api, "Deployment", ns, name)) == {"main": f"{scope.owned(name)}:1"}
 
-    base_gets = [
-        line
-        for line in request_lines(env.public, public_offset)
-        if '"GET ' in line and f"/blobs/{base_digest}" in line
-    ]
+    base_gets = blob_gets(env.public, base_digest, public_offset)
     assert len(base_gets) == 1, "\n".join(base_gets)
-    uploads = [
-        line
-        for line in request_lines(env.owned, owned_offset)
-        if '"PUT ' in line and "/blobs/uploads/" in line
-    ]
+    uploads = blob_uploads(env.owned, owned_offset)
     # The base once, and each image's own layer and config: 1 + 3 * 2 blobs.
     assert len(uploads) == 7, "\n".join(uploads)
     if backend == "skopeo":  # the bytes are the source's: the base is the same blob

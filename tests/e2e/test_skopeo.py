@@ -276,7 +276,7 @@ def test_a_non_root_backend_mounts_shared_layers_instead_of_uploading_them_again
         backend.close()
 
     lines = support.request_lines(env.owned, start)
-    uploaded = [line for line in lines if '"PUT ' in line and "/blobs/uploads/" in line]
+    uploaded = support.blob_uploads(env.owned, start)
     mounted = [line for line in lines if "mount=sha256" in line and '" 201 ' in line]
     # Each image: 2 shared base layers, its own layer and its config. Unique:
     # 2 + 3 * 2 = 8 blobs; the two later images mount the base layers.
