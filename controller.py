@@ -15,9 +15,11 @@ everything was reverted, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -401,6 +403,9 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
         writes.close(timeout=settings.shutdown_timeout)
         if elector is not None:
             elector.stop(release=True)  # another replica takes over at once
+    abandoned = reconciler.clones_in_flight()
+    if abandoned:
+        exit_abandoning(0, abandoned)
     return 0
 
 
@@ -453,6 +458,32 @@ def exit_process(code: int) -> None:
     """
     gc.freeze()
     sys.exit(code)
+
+
+def exit_abandoning(code: int, abandoned: int) -> None:
+    """End the process with ``code`` at once although clone threads still run; never returns.
+
+    After a stop, a clone can still be blocked in a copy, for example on a
+    registry that stopped answering mid-pull. Its result is never used
+    (nothing is patched for it), but the interpreter's own exit would join
+    its thread and so wait for it, up to ``shutdownTimeout``. Here the
+    ``atexit`` handlers run (logging is flushed, temporary files are
+    removed), standard output and error are flushed, and ``os._exit`` ends
+    the process without joining. skopeo's processes were already killed
+    (``SkopeoBackend.abandon``); the engine ends a pull whose connection
+    closes.
+
+    Args:
+        code: the exit status.
+        abandoned: how many clones were still in flight (logged).
+    """
+    log.warning(
+        "exiting with %d clones abandoned in flight (nothing was patched for them)", abandoned
+    )
+    atexit._run_exitfuncs()  # the handlers sys.exit would have run
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -362,6 +362,13 @@ class DockerRegistry:
         self._require_tls(owned.registry, pull=False)
         self._require_tls(source.registry, pull=True)
 
+    def abandon(self) -> None:
+        """Nothing to end here: a pull or push in flight is the engine's.
+
+        The engine ends it when the controller's process exits and its
+        connection closes; nothing is tagged or pushed for it after that.
+        """
+
     def clone(self, source: Reference, owned: Reference) -> Copied:
         """Copy an image: pull ``source``, tag it ``owned``, push, verify.
 

@@ -394,6 +394,9 @@ class SkopeoBackend:
         self.last_duration = 0.0
         self._cache_lock = threading.Lock()
         self._cache: Path | None = None
+        self._processes_lock = threading.Lock()
+        self._processes: set[subprocess.Popen[str]] = set()
+        self._abandoned = False
         self._remove_cache: weakref.finalize[Any, Any] | None = None
 
     def blob_info_cache(self) -> Path:
@@ -510,6 +513,23 @@ class SkopeoBackend:
             )
         return written
 
+    def abandon(self) -> None:
+        """Shutting down: kill every skopeo process this backend started, and start no new one.
+
+        A killed copy's ``clone`` raises ``RegistryError`` (``registry_error``);
+        what it had written is never patched to (the cloner abandons it), and
+        the next start verifies the owned name before using it. The processes
+        are the ones this backend keeps (``subprocess.Popen``), never found by
+        name. Never raises.
+        """
+        with self._processes_lock:
+            self._abandoned = True
+            running = list(self._processes)
+        for process in running:
+            if process.poll() is None:
+                log.warning("shutting down: killing skopeo (pid %d) in flight", process.pid)
+                process.kill()
+
     def _run(self, argv: list[str], home: Path, what: str) -> subprocess.CompletedProcess[str]:
         """Run skopeo with its own environment; translate a missing binary and a timeout."""
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
@@ -517,24 +537,35 @@ class SkopeoBackend:
         env.setdefault("PATH", os.defpath)
         env["XDG_DATA_HOME"] = str(self.blob_info_cache())
         limit = self.command_timeout + PROCESS_TIMEOUT_MARGIN
+        with self._processes_lock:
+            if self._abandoned:
+                raise RegistryError("registry_error", f"{what}: not started, shutting down")
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    errors="replace",
+                    env=env,
+                )
+            except OSError as exc:
+                raise RegistryError(
+                    "registry_error",
+                    f"{what}: cannot run {self.skopeo!r}: {exc.strerror or exc}; "
+                    "install skopeo or set the path to it",
+                ) from None
+            self._processes.add(process)
         try:
-            return subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                env=env,
-                timeout=limit,
-                check=False,
-            )
+            stdout, stderr = process.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
             raise RegistryError(
                 "network", f"{what}: skopeo did not finish within {limit:g}s and was killed"
             ) from None
-        except OSError as exc:
-            raise RegistryError(
-                "registry_error",
-                f"{what}: cannot run {self.skopeo!r}: {exc.strerror or exc}; "
-                "install skopeo or set the path to it",
-            ) from None
+        finally:
+            with self._processes_lock:
+                self._processes.discard(process)
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

@@ -105,6 +105,14 @@ class CopyBackend(Protocol):
         """Copy ``source`` to ``owned``; returns the pushed digest (and config when known)."""
         ...
 
+    def abandon(self) -> None:
+        """Shutting down: end the copies in flight where the backend can, start no new one.
+
+        Called once, on a thread of its own; a ``clone`` it ends raises
+        ``RegistryError``. Never raises.
+        """
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ImageResult:
@@ -213,6 +221,7 @@ class ImageCloner:
         self._clock = clock
         self._wall = wall
         self._stopping = threading.Event()
+        self._stopped: Future[None] = Future()
         self._lock = threading.Lock()
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
         self._copy_slots = _Slots(self._concurrency, ramp=self._backend_name == SKOPEO)
@@ -234,13 +243,39 @@ class ImageCloner:
             )
 
     def stop(self) -> None:
-        """No new clone starts; results still in flight are abandoned."""
+        """No new clone starts; results still in flight are abandoned.
+
+        Safe in a signal handler: it sets a flag, and a thread of its own
+        resolves ``stopped`` and asks the backend to ``abandon`` its copies
+        (skopeo's processes are killed), so a copy stuck on a registry that
+        stopped answering does not hold up the shutdown.
+        """
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        threading.Thread(target=self._abandon, name="abandon", daemon=True).start()
+
+    def _abandon(self) -> None:
+        self._stopped.set_result(None)
+        try:
+            self._backend.abandon()
+        except Exception:  # the shutdown goes on regardless
+            log.exception("abandoning the copies in flight failed")
 
     @property
     def stopping(self) -> bool:
         """True after ``stop()``."""
         return self._stopping.is_set()
+
+    @property
+    def stopped(self) -> Future[None]:
+        """Resolved soon after ``stop()``: wait on it beside clone futures to wake at a stop."""
+        return self._stopped
+
+    def in_flight(self) -> int:
+        """How many clones are still running (submitted and not done)."""
+        with self._lock:
+            return sum(not future.done() for future in self._inflight.values())
 
     def waiting_images(self) -> dict[str, dict[str, str]]:
         """Images backing off now: canonical source -> ``{"until": RFC 3339, "reason": ...}``.

@@ -412,8 +412,15 @@ class Reconciler:
         self._book.written(written)
 
     def stop(self) -> None:
-        """Shut down: no new clone, and nothing is patched for a clone in flight."""
+        """Shut down: no new clone, and nothing is patched for a clone in flight.
+
+        A cycle waiting for clones stops waiting at once.
+        """
         self._images.stop()
+
+    def clones_in_flight(self) -> int:
+        """Clones still running (after a stop: abandoned, their results unused)."""
+        return self._images.in_flight()
 
     def waiting_images(self) -> dict[str, dict[str, str]]:
         """Images backing off now (see ``cloning.ImageCloner.waiting_images``)."""
@@ -484,8 +491,12 @@ class Reconciler:
         sent: list[Future[None]] = []
         while pending and not self._images.stopping:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = wait(pending.values(), timeout=timeout, return_when=FIRST_COMPLETED)
-            if not done:
+            done, _ = wait(
+                [*pending.values(), self._images.stopped],
+                timeout=timeout,
+                return_when=FIRST_COMPLETED,
+            )
+            if not done or self._images.stopping:
                 break
             for key in [k for k, f in pending.items() if f in done]:
                 result = self._images.collect(key, pending.pop(key))

@@ -378,22 +378,43 @@ class RegistryProxy(http.server.ThreadingHTTPServer):
     ``WWW-Authenticate``, ``Docker-Content-Digest``, ``Content-Type`` and
     ``Location``, and body; a HEAD keeps the upstream's ``Content-Length``).
 
+    ``hold(method, path)`` True keeps a request waiting before it is
+    forwarded, until ``release()`` (a registry that has stopped answering);
+    such requests are in ``held`` from the moment they arrived.
+
     Args:
         upstream: ``host:port`` of the registry (plain HTTP).
         fault: the per-request decision; called on the handler's thread,
             under the proxy's lock (so counting faults is safe).
+        hold: which requests wait for ``release()``; none when not given.
     """
 
     daemon_threads = True
 
     def __init__(
-        self, upstream: str, fault: Callable[[str, str], Fault | None] | None = None
+        self,
+        upstream: str,
+        fault: Callable[[str, str], Fault | None] | None = None,
+        hold: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.upstream = upstream
         self.fault = fault or (lambda _method, _path: None)
+        self.hold = hold or (lambda _method, _path: False)
+        self.held: list[tuple[str, str]] = []
+        self.released = threading.Event()
         self.requests: list[ProxiedRequest] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _RegistryProxyHandler)
+
+    def release(self) -> None:
+        """Forward every held request, and stop holding new ones."""
+        self.released.set()
+
+    def hold_again(self) -> None:
+        """Hold the requests ``hold`` picks from now on again; ``held`` starts empty."""
+        with self.lock:
+            self.held.clear()
+            self.released.clear()
 
     @property
     def host(self) -> str:
@@ -435,6 +456,12 @@ class _RegistryProxyHandler(http.server.BaseHTTPRequestHandler):
             self.server.record(arrived, self.command, self.path, fault.status)
             self._answer_fault(fault)
             return
+        with self.server.lock:
+            held = not self.server.released.is_set() and self.server.hold(self.command, self.path)
+            if held:
+                self.server.held.append((self.command, self.path))
+        if held:
+            self.server.released.wait(timeout=300)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         connection = http.client.HTTPConnection(self.server.upstream, timeout=30)
@@ -478,6 +505,7 @@ def serving(proxy: RegistryProxy) -> Iterator[RegistryProxy]:
     try:
         yield proxy
     finally:
+        proxy.release()
         proxy.shutdown()
         proxy.server_close()
         thread.join(timeout=5)

@@ -59,6 +59,7 @@ class Registries:
         self.down: dict[str, RegistryError] = {}
         self.requests: Counter[str] = Counter()  # registry -> requests
         self.clones: list[tuple[str, str]] = []
+        self.abandoned = 0  # abandon() calls
 
     # building ---------------------------------------------------------------
 
@@ -140,6 +141,10 @@ class Registries:
 
     def preflight(self, source: Reference, owned: Reference) -> None:
         """Nothing is refused up front."""
+
+    def abandon(self) -> None:
+        """Counts the calls (``abandoned``); a copy in flight goes on."""
+        self.abandoned += 1
 
     def clone(self, source: Reference, owned: Reference) -> Copied:
         self._ask(source)

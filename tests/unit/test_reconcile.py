@@ -709,6 +709,26 @@ class SlowRegistry(FakeRegistry):
         return super().clone(source, owned)
 
 
+def test_a_stop_wakes_a_cycle_waiting_for_a_clone_and_asks_the_backend_to_abandon() -> None:
+    kube = FakeKube([workload("Deployment", "a", "web", "slow/app:1")])
+    registry = SlowRegistry("slow")
+    reconciler = make(kube, registry, SETTINGS)  # clone_wait None: waits for every clone
+    threading.Timer(0.3, reconciler.stop).start()
+    started = time.monotonic()
+    summary = reconciler.reconcile_once()
+    took = time.monotonic() - started
+    assert took < 5, took  # not the 10 s the clone is held
+    assert summary.stopped and kube.patches == []
+    assert reconciler.clones_in_flight() == 1
+    assert registry.abandoned == 1
+    registry.release.set()
+    deadline = time.monotonic() + 5
+    while reconciler.clones_in_flight() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reconciler.clones_in_flight() == 0
+    assert kube.patches == []  # the clone that ended after the stop patched nothing
+
+
 def test_a_workload_is_patched_as_soon_as_its_images_are_ready() -> None:
     settings = Settings(
         target=f"{OWNED}/m",

@@ -15,6 +15,8 @@ import json
 import os
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -610,3 +612,31 @@ def test_the_backend_imports_neither_docker_nor_kubernetes() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_abandon_kills_the_copy_in_flight_and_refuses_new_ones(
+    store: CredentialStore, fake: Fake
+) -> None:
+    fake.plan(sleep=30)
+    backend = _backend(store, fake)
+    raised: list[RegistryError] = []
+
+    def copy() -> None:
+        try:
+            backend.clone(_ref(f"{PUBLIC}/src/app:1"), _ref(f"{OWNED}/dst/app:1"))
+        except RegistryError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=copy)
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (fake.directory / "record.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    backend.abandon()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 10  # not the 30 s the process would sleep
+    assert len(raised) == 1 and "status -9" in str(raised[0])
+    with pytest.raises(RegistryError, match="not started, shutting down"):
+        backend.clone(_ref(f"{PUBLIC}/src/app:2"), _ref(f"{OWNED}/dst/app:2"))
