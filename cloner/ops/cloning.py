@@ -49,7 +49,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -251,12 +251,15 @@ class ImageCloner:
         stopped answering does not hold up the shutdown.
         """
         if self._stopping.is_set():
-            return
+            return  # no lock here: the signal may interrupt a holder of it
         self._stopping.set()
         threading.Thread(target=self._abandon, name="abandon", daemon=True).start()
 
     def _abandon(self) -> None:
-        self._stopped.set_result(None)
+        try:
+            self._stopped.set_result(None)
+        except InvalidStateError:
+            return  # a racing stop() got here first
         try:
             self._backend.abandon()
         except Exception:  # the shutdown goes on regardless
