@@ -497,7 +497,7 @@ class Reconciler:
                 return_when=FIRST_COMPLETED,
             )
             if not done or self._images.stopping:
-                break
+                break  # a clone that ended with the stop is abandoned, not collected
             for key in [k for k, f in pending.items() if f in done]:
                 result = self._images.collect(key, pending.pop(key))
                 summary.images[key] = result

@@ -55,14 +55,18 @@ class Scope:
         """A reference in the public registry, unique to this test."""
         return f"{self.public.host}/{self.namespace}/{name}"
 
-    def owned_repository(self, source_name: str) -> str:
-        """The owned repository (path on the owned registry) of ``source(name)``'s repo."""
-        host = self.public.host.replace(":", "-")
-        prefix = self.target.split("/", 1)[1]
-        return f"{prefix}/{host}/{self.namespace}/{source_name}"
+    def owned_repository(self, source_name: str, host: str | None = None) -> str:
+        """The owned repository (path on the owned registry) of ``source(name)``'s repo.
 
-    def owned(self, source_name: str) -> str:
-        return f"{self.env.owned.host}/{self.owned_repository(source_name)}"
+        ``host`` is the source's registry when it is not the public one
+        (a ``RegistryProxy`` in front of it).
+        """
+        component = (host or self.public.host).replace(":", "-")
+        prefix = self.target.split("/", 1)[1]
+        return f"{prefix}/{component}/{self.namespace}/{source_name}"
+
+    def owned(self, source_name: str, host: str | None = None) -> str:
+        return f"{self.env.owned.host}/{self.owned_repository(source_name, host)}"
 
 
 def create_namespace(env: Environment, name: str, **metadata: Any) -> None:

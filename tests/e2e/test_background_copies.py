@@ -11,8 +11,6 @@ the controller process ended.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,10 +19,8 @@ import pytest
 from tests.e2e import images as img
 from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
-    REPO,
     RegistryProxy,
     Scope,
-    controller_command,
     controller_loop,
     create,
     images,
@@ -60,31 +56,30 @@ def test_a_long_copy_goes_on_in_the_background_and_shutdown_abandons_it_at_once(
         env.public.host,
         hold=lambda method, path: method == "GET" and any(blobs in path for blobs in holding),
     )
-    prefix = scope.target.split("/", 1)[1]
-    owned_repository = f"{prefix}/{proxy.host.replace(':', '-')}/{ns}"
 
     def source(name: str) -> str:
         return f"{proxy.host}/{ns}/{name}:1"
 
     def owned(name: str) -> str:
-        return f"{env.owned.host}/{owned_repository}/{name}:1"
+        return f"{scope.owned(name, proxy.host)}:1"
+
+    def config(name: str, **extra: object) -> Path:
+        return write_config(
+            tmp_path / name,
+            env,
+            scope.target,
+            namespaces={"include": [ns]},
+            copyBackend=backend,
+            **extra,
+        )
 
     port = free_port()
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        pollInterval=2,
-        copyBackend=backend,
-        metricsPort=port,
-        metricsAddress="127.0.0.1",
-    )
     with serving(proxy):
         create(api, "Deployment", ns, "fast", {"main": source("fast")})
         create(api, "Deployment", ns, "both", {"a": source("fast"), "b": source("slow")})
         create(api, "Deployment", ns, "slow", {"main": source("slow")})
-        with controller_loop(scope.kubeconfig, config) as output:
+        loop = config("c.yaml", pollInterval=2, metricsPort=port, metricsAddress="127.0.0.1")
+        with controller_loop(scope.kubeconfig, loop) as output:
             # The image of the same registry that answers is copied and its
             # workload patched while the slow copy is held mid-way.
             wait_for(
@@ -123,7 +118,7 @@ def test_a_long_copy_goes_on_in_the_background_and_shutdown_abandons_it_at_once(
         # many cycles ran while it was in flight.
         slow_gets = [r.path for r in proxy.requests if r.method == "GET" and slow_blobs in r.path]
         assert slow_gets and len(slow_gets) == len(set(slow_gets)), slow_gets
-        assert env.owned.tags(f"{owned_repository}/slow") == ["1"]
+        assert env.owned.tags(scope.owned_repository("slow", proxy.host)) == ["1"]
 
         # Shutdown with a copy held mid-way, while the cycle waits for it
         # (pollInterval 30 s: up to 27 s): the process ends at once, well
@@ -132,37 +127,17 @@ def test_a_long_copy_goes_on_in_the_background_and_shutdown_abandons_it_at_once(
         holding.add(stuck_blobs)
         proxy.hold_again()
         create(api, "Deployment", ns, "stuck", {"main": source("stuck")})
-        config = write_config(
-            tmp_path / "s.yaml",
-            env,
-            scope.target,
-            namespaces={"include": [ns]},
-            pollInterval=30,
-            copyBackend=backend,
-            shutdownTimeout=60,
-        )
-        process = subprocess.Popen(
-            controller_command(scope.kubeconfig, config),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-        )
-        try:
+        stopping = config("s.yaml", pollInterval=30, shutdownTimeout=60)
+        with controller_loop(scope.kubeconfig, stopping) as output:  # SIGTERM at the end
             wait_for(lambda: bool(proxy.held), 90, "a stuck blob requested")
             time.sleep(1)
             stopped = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            out, _ = process.communicate(timeout=90)
-            took = time.monotonic() - stopped
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert process.returncode == 0, out
+        # controller_loop asserted the exit status 0.
+        took = time.monotonic() - stopped
+        out = "".join(output)
         assert took < 10, f"exited {took:.1f}s after SIGTERM\n{out}"
         assert "stopped after" in out, out
         proxy.release()
         time.sleep(5)  # a copy that outlived the controller would finish now
         assert images(read(api, "Deployment", ns, "stuck")) == {"main": source("stuck")}
-        assert env.owned.tags(f"{owned_repository}/stuck") == [], out
+        assert env.owned.tags(scope.owned_repository("stuck", proxy.host)) == [], out

@@ -179,12 +179,10 @@ def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_
     assert watch.patched["other"] < first_pause_end, patched
     assert first_429.at < watch.patched["later"] < first_pause_end, patched
     # Everything was copied after the pause.
-    proxy_component = proxy.host.replace(":", "-")
-    prefix = scope.target.split("/", 1)[1]
     for name in ("first", "second"):
-        assert env.owned.tags(f"{prefix}/{proxy_component}/{ns}/{name}") == ["1"]
+        assert env.owned.tags(scope.owned_repository(name, proxy.host)) == ["1"]
         assert images(read(api, "Deployment", ns, name)) == {
-            "main": f"{env.owned.host}/{prefix}/{proxy_component}/{ns}/{name}:1"
+            "main": f"{scope.owned(name, proxy.host)}:1"
         }
     for name in ("other", "later"):
         assert env.owned.tags(scope.owned_repository(name)) == ["1"]
