@@ -14,20 +14,9 @@ everything was reverted, 1 otherwise.
 
 from __future__ import annotations
 
-import gc
-
-if __name__ == "__main__":
-    # Start-up creates the objects of about 1,500 modules (mostly the
-    # kubernetes client's generated models), and none of them is ever
-    # garbage. With the collector off while they load, it does not walk them
-    # again at each collection, which saves about 10% of the start-up
-    # (0.58 s -> 0.51 s median to import everything on the test machine).
-    # The bottom of this file freezes them (gc.freeze), so later full
-    # collections skip them too, and then turns the collector back on.
-    gc.disable()
-
 import argparse
 import atexit
+import gc
 import json
 import logging
 import os
@@ -498,6 +487,4 @@ def exit_abandoning(code: int, abandoned: int) -> None:
 
 
 if __name__ == "__main__":
-    gc.freeze()  # everything imported so far lives as long as the process
-    gc.enable()
     exit_process(main())
