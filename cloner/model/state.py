@@ -1,8 +1,9 @@
 """What must survive a restart: verified copies and backoff. Pure: no I/O, no clock.
 
-Called by ``cloning.ImageCloner`` (which records verifications and failures
-here) and by ``reconcile`` (which writes the changed shards through the
-Kubernetes adapter once per cycle and reads them all at start). The records
+Held by ``ops.state.StateStore`` alone, which owns its lock, reads every
+shard at start and writes the changed ones once per cycle (through the
+Kubernetes adapter); ``cloning.ImageCloner`` (verifications and failures)
+and ``reconcile`` read and change it through that store. The records
 live in ConfigMaps in the controller's namespace, ``SHARDS`` of them named
 ``<prefix>-<n>``; a source's shard is fixed by a hash of its canonical name,
 so a change rewrites one small object, not the whole state.
@@ -88,8 +89,9 @@ def shard_names(prefix: str) -> list[str]:
 class StateBook:
     """Verified copies and failures in memory, with the shards changed since the last write.
 
-    Thread-safe use is the caller's (``ImageCloner`` holds its lock around
-    calls).
+    Not thread-safe: ``ops.state.StateStore`` holds its lock around every
+    call, and its save marks shards written before it writes them
+    (``written``) and changed again when a write fails (``unwritten``).
 
     Args:
         prefix: ConfigMap name prefix (``stateConfigMap``).
@@ -157,9 +159,14 @@ class StateBook:
         return out
 
     def written(self, names: Iterable[str]) -> None:
-        """Mark shards as stored (a shard whose write failed stays dirty and is tried again)."""
+        """Mark shards (ConfigMap names) as stored; a later change marks them again."""
         for name in names:
             self._dirty.discard(int(name.rsplit("-", 1)[1]))
+
+    def unwritten(self, names: Iterable[str]) -> None:
+        """Mark shards (ConfigMap names) as changed again: their write failed after ``written``."""
+        for name in names:
+            self._dirty.add(int(name.rsplit("-", 1)[1]))
 
     # Changes ---------------------------------------------------------------
 

@@ -4,8 +4,9 @@ Called by ``reconcile`` with the distinct source images a cycle needs. For
 each it returns the reference workloads may be patched to, or why not:
 
 - a source verified within ``refreshInterval`` (a source with a digest:
-  ever) is answered from the record (``state.StateBook``), with no registry
-  call;
+  ever) is answered from the record (``state.StateBook``, read and changed
+  only through the ``ops.state.StateStore`` it shares with ``reconcile``),
+  with no registry call;
 - a source backing off after a failure, or whose source or owned registry is
   paused after "too many requests", is not tried (``waiting``);
 - otherwise the source is asked for its manifest digest (one HEAD) and the
@@ -74,6 +75,7 @@ from cloner.model.identity import (
 )
 from cloner.model.reference import Reference
 from cloner.model.state import Failure, Record, StateBook
+from cloner.ops.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +181,10 @@ class ImageCloner:
             at most once per ``ensure_all``); for ``docker`` only.
         pin_digest: ``pinDigest``.
         refresh_interval: ``refreshInterval`` in seconds (0: never).
-        book: the durable state (verified copies, failures); a new empty one
-            when None.
+        state: the durable state (verified copies, failures) and its lock,
+            shared with ``reconcile``, which loads and saves it; a new one
+            kept in memory only when None. Every read and change of its book
+            is made inside ``state.locked()``.
         inputs: returns the fingerprint of the config and credentials in
             force; a permanent failure (``RegistryError.temporary`` False)
             waits the backoff cap unless it changes (``backoff.Backoff``).
@@ -199,7 +203,7 @@ class ImageCloner:
         node_platforms: Callable[[], Iterable[str]] | None = None,
         pin_digest: bool = False,
         refresh_interval: float = 21600.0,
-        book: StateBook | None = None,
+        state: StateStore[StateBook] | None = None,
         inputs: Callable[[], str] = lambda: "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -216,7 +220,8 @@ class ImageCloner:
         self._concurrency = copy.concurrency
         self._registry_concurrency = copy.registry_concurrency
         self._refresh = refresh_interval
-        self.book = book or StateBook()
+        #: the durable state (``ops.state.StateStore``); its book only inside ``locked()``
+        self.state = state or StateStore(StateBook())
         self._inputs = inputs
         self._clock = clock
         self._wall = wall
@@ -235,9 +240,11 @@ class ImageCloner:
         self.restore_backoff()
 
     def restore_backoff(self) -> None:
-        """Carry the failures of the durable state (``book``) into the in-memory backoff."""
+        """Carry the failures of the durable state (``state``) into the in-memory backoff."""
         now, wall = self._clock(), self._wall()
-        for key, failure in self.book.failures.items():
+        with self.state.locked() as book:
+            failures = list(book.failures.items())
+        for key, failure in failures:
             self._backoff.restore(
                 key, failure.failures, now + failure.until - wall, failure.reason, failure.inputs
             )
@@ -298,13 +305,13 @@ class ImageCloner:
 
     def forget(self, source: Reference) -> None:
         """Drop a verified source, so the next try asks the registries again."""
-        with self._lock:
-            self.book.forget(str(source))
+        with self.state.locked() as book:
+            book.forget(str(source))
 
     def used(self, sources: Iterable[str]) -> None:
         """Note the canonical sources workloads use now (``state.StateBook.used``)."""
-        with self._lock:
-            self.book.used(sources, self._wall())
+        with self.state.locked() as book:
+            book.used(sources, self._wall())
 
     def submit(
         self, pairs: Iterable[tuple[Reference, Reference]]
@@ -371,19 +378,20 @@ class ImageCloner:
     def _precheck(self, source: Reference, owned: Reference) -> ImageResult | None:
         """A result without any registry call, or None when the image must be tried."""
         key = str(source)
-        with self._lock:
-            record = self.book.records.get(key)
-            fresh = (
-                record is not None
-                and record.backend == self._backend_name
-                and record.owned == str(owned)
-                and not refresh_due(
-                    key, record.verified, self._wall(), self._refresh, source.digest is not None
-                )
+        with self.state.locked() as book:
+            record = book.records.get(key)
+        fresh = (
+            record is not None
+            and record.backend == self._backend_name
+            and record.owned == str(owned)
+            and not refresh_due(
+                key, record.verified, self._wall(), self._refresh, source.digest is not None
             )
-            if fresh:
-                assert record is not None
-                return ImageResult(source, record.image, platforms=record.platforms)
+        )
+        if fresh:
+            assert record is not None
+            return ImageResult(source, record.image, platforms=record.platforms)
+        with self._lock:
             claimed = self._owned_sources.setdefault(owned.name, source.name)
         if claimed != source.name:
             message = (
@@ -471,8 +479,8 @@ class ImageCloner:
     def _verify_or_copy(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
         """Ask the source and the owned registry, then reuse, copy or refuse (``decide``)."""
         self._backend.preflight(source, owned)
-        with self._lock:
-            record = self.book.records.get(str(source))
+        with self.state.locked() as book:
+            record = book.records.get(str(source))
         head, source_error = self._ask_source(source)
         looked_up, owned_head = self._ask_owned(source, owned)
         owned_digest = owned_head.digest if owned_head else None
@@ -623,9 +631,9 @@ class ImageCloner:
         image = patched_image(source, owned, owned_digest, self._pin)
         platforms = expected.platforms(owned) if self._backend_name == SKOPEO else ()
         now = self._wall()
-        with self._lock:
-            previous = self.book.records.get(str(source))
-            self.book.verified(
+        with self.state.locked() as book:
+            previous = book.records.get(str(source))
+            book.verified(
                 Record(
                     source=str(source),
                     source_digest=head.digest,
@@ -705,8 +713,8 @@ class ImageCloner:
 
     def _succeeded(self, key: str) -> None:
         self._backoff.succeeded(key)
-        with self._lock:
-            self.book.succeeded(key)
+        with self.state.locked() as book:
+            book.succeeded(key)
 
     def _failed(self, source: Reference, owned: Reference, exc: RegistryError) -> ImageResult:
         now = self._clock()
@@ -716,8 +724,8 @@ class ImageCloner:
         inputs = self._inputs()
         until = self._backoff.failed(key, exc.reason, now, not_before, permanent, inputs)
         self._pause_if_limited(exc, source.registry)
-        with self._lock:
-            self.book.failed(
+        with self.state.locked() as book:
+            book.failed(
                 key,
                 Failure(
                     self._backoff.failures(key),

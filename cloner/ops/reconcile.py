@@ -64,7 +64,7 @@ from cloner.model.events import (
     source_moved_message,
 )
 from cloner.model.reference import parse_reference
-from cloner.model.state import StateBook, shard_names
+from cloner.model.state import StateBook
 from cloner.model.workloads import (
     KINDS,
     UNPATCHABLE_KINDS,
@@ -82,6 +82,7 @@ from cloner.model.workloads import (
 )
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
+from cloner.ops.state import StateStore
 from cloner.ops.writes import WritePool
 
 __all__ = [
@@ -296,10 +297,12 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._wall = wall
-        self._state_namespace = settings.controller_namespace
-        self._book = StateBook(settings.state.config_map, settings.state.ttl)
-        self._state_loaded = False
-        self._state_exists: set[str] = set()
+        # The durable state has one owner, shared with the clone threads.
+        self._state = StateStore(
+            StateBook(settings.state.config_map, settings.state.ttl),
+            kube,
+            settings.controller_namespace,
+        )
         # What a permanent failure depends on: the settings and the credentials.
         self._settings_digest = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
         self._credentials: Credentials = credentials or _NoCredentials()
@@ -311,7 +314,7 @@ class Reconciler:
             engine_platform=engine_platform,
             node_platforms=self._node_platforms,
             refresh_interval=settings.refresh.interval,
-            book=self._book,
+            state=self._state,
             wall=wall,
             pin_digest=settings.pin_digest,
             inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
@@ -348,68 +351,24 @@ class Reconciler:
         """Read the state ConfigMaps once, before the first cycle decides anything.
 
         A shard that cannot be read now is tried again next cycle; until all
-        are read nothing is written, so no shard is overwritten unseen.
+        are read nothing is written, so no shard is overwritten unseen
+        (``state.StateStore.load``).
         """
-        namespace = self._state_namespace
-        if self._state_loaded or namespace is None:
+        if self._state.loaded or not self._state.load():
             return
-        shards: dict[str, dict[str, str] | None] = {}
-        try:
-            for name in shard_names(self._book.prefix):
-                obj = self._kube.get_config_map(namespace, name)
-                if obj is not None:
-                    self._state_exists.add(name)
-                shards[name] = (obj or {}).get("data")
-        except KubeError as exc:
-            log.warning("cannot read the state ConfigMaps yet (%s); trying next cycle", exc)
-            return
-        for problem in self._book.load(shards):
-            log.warning("state: %s", problem)
         self._images.restore_backoff()
-        self._state_loaded = True
-        log.info(
-            "state: %d verified copies and %d backing-off images read from %s/%s-*",
-            len(self._book.records),
-            len(self._book.failures),
-            namespace,
-            self._book.prefix,
-        )
+        with self._state.locked() as book:
+            log.info(
+                "state: %d verified copies and %d backing-off images read from %s/%s-*",
+                len(book.records),
+                len(book.failures),
+                self._state.namespace,
+                book.prefix,
+            )
 
     def _save_state(self) -> None:
-        """Write the shards that changed (create the ones that do not exist yet)."""
-        namespace = self._state_namespace
-        if namespace is None or not self._state_loaded:
-            return
-        written = []
-        for name, data in self._book.dirty_shards().items():
-            body = {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": {
-                        "app.kubernetes.io/name": "image-cloner",
-                        "app.kubernetes.io/component": "state",
-                    },
-                },
-                "data": data,
-            }
-            try:
-                if name in self._state_exists:
-                    self._kube.replace_config_map(namespace, body)
-                else:
-                    self._kube.create_config_map(namespace, body)
-                    self._state_exists.add(name)
-            except KubeError as exc:
-                if exc.status in (404, 409):  # deleted, or created by another writer
-                    self._state_exists ^= {name}
-                log.warning(
-                    "writing state %s/%s failed (%s); retried next cycle", namespace, name, exc
-                )
-                continue
-            written.append(name)
-        self._book.written(written)
+        """Write the shards that changed (``state.StateStore.save``; a failed one next time)."""
+        self._state.save()
 
     def stop(self) -> None:
         """Shut down: no new clone, and nothing is patched for a clone in flight.
@@ -679,10 +638,12 @@ class Reconciler:
         """Every ``verifyInterval``: re-clone owned copies that patched workloads miss."""
         interval = self._settings.refresh.verify_interval
         now = self._wall()
-        last = self._book.last_verify  # kept in the state: a restart does not check again
+        with self._state.locked() as book:
+            last = book.last_verify  # kept in the state: a restart does not check again
         if not interval or (last is not None and now - last < interval):
             return
-        self._book.verify_done(now)
+        with self._state.locked() as book:
+            book.verify_done(now)
         checked: dict[str, str | None] = {}  # owned reference in use -> image to patch to
         for workload in workloads:
             originals = original_images(workload.annotations)

@@ -19,6 +19,7 @@ from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, Copied, child_for,
 from cloner.model.reference import Reference, Target, parse_reference
 from cloner.model.state import StateBook
 from cloner.ops.cloning import ImageCloner
+from cloner.ops.state import StateStore
 from tests.unit.fakes import Registries
 
 SRC = "src.example"
@@ -53,7 +54,7 @@ def cloner(
         backoff=kw.pop("backoff", BackoffSettings()),  # type: ignore[arg-type]
         engine_platform=lambda: registries.engine_platform,
         node_platforms=lambda: nodes,
-        book=book,
+        state=None if book is None else StateStore(book),
         wall=wall or Wall(),
         **kw,  # type: ignore[arg-type]
     )

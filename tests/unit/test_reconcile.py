@@ -565,7 +565,8 @@ def test_permanent_failure_waits_the_cap_until_credentials_change() -> None:
     creds.set("new")
     assert attempts_per_pass(reconciler, registry, clock, 3) == [1, 0, 0]
     # ...and the failure is kept across a restart with what it depends on.
-    failure = reconciler._images.book.failures["docker.io/library/ghost:1"]
+    with reconciler._images.state.locked() as book:
+        failure = book.failures["docker.io/library/ghost:1"]
     assert failure.reason == "not_found" and failure.inputs is not None
 
 
