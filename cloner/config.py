@@ -219,6 +219,24 @@ class StateSettings(_Checked):
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutSettings(_Checked):
+    """The rollout guard: follow each switch, undo one that broke, canary per namespace.
+
+    Fields: ``enabled`` (``rollout.enabled``), ``canary`` (``rollout.canary``),
+    ``timeout`` (``rollout.timeout``, seconds), ``pull_failure_grace``
+    (``rollout.pullFailureGrace``, seconds).
+
+    Raises:
+        ConfigError: see ``_Checked``.
+    """
+
+    enabled: bool = True
+    canary: bool = True
+    timeout: float = 600.0
+    pull_failure_grace: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the controller: top-level scalars and the groups.
 
@@ -239,7 +257,7 @@ class Settings:
     (``patchConcurrency``), ``shutdown_timeout`` (``shutdownTimeout``, seconds).
 
     Groups: ``copy``, ``backoff``, ``pull_secrets``, ``leader_election``,
-    ``metrics``, ``refresh``, ``state`` (see their classes).
+    ``metrics``, ``refresh``, ``state``, ``rollout`` (see their classes).
 
     Derived (not YAML keys): ``owned``, the parsed ``target``; ``policy``,
     ownership, naming and image scope.
@@ -275,6 +293,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     refresh: RefreshSettings = field(default_factory=RefreshSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     owned: Target = field(init=False, default=Target("invalid.invalid"))
     policy: Policy = field(init=False, default=Policy(Target("invalid.invalid")))
 
@@ -603,6 +622,7 @@ _GROUP_CLASSES: dict[str, type] = {
     "metrics": MetricsSettings,
     "refresh": RefreshSettings,
     "state": StateSettings,
+    "rollout": RolloutSettings,
 }
 
 #: Group class name -> its keys (what ``_convert_and_check`` checks).

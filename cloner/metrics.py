@@ -120,6 +120,40 @@ PATCH_CONFLICTS = Counter(
     "once with the workload read again).",
     registry=REGISTRY,
 )
+SWITCH_FAILURES = Counter(
+    "image_cloner_switch_failures",
+    "Switches whose rollout the owned copy broke, by cause (owned_pull_failed, "
+    "admission_denied, progress_deadline); each was undone.",
+    ["reason"],
+    registry=REGISTRY,
+)
+SWITCHES_UNDONE = Counter(
+    "image_cloner_switches_undone",
+    "Workloads patched back to their original references after a failed switch.",
+    registry=REGISTRY,
+)
+SWITCHES_COMPLETED = Counter(
+    "image_cloner_switches_completed",
+    "Switches whose rollout completed (kubectl rollout status rules).",
+    registry=REGISTRY,
+)
+SWITCHES_SLOW = Counter(
+    "image_cloner_switches_slow",
+    "Switches whose rollout took longer than rollout.timeout for reasons that are not "
+    "the owned copy's (reported, never undone).",
+    registry=REGISTRY,
+)
+SWITCHES_PENDING = Gauge(
+    "image_cloner_switches_pending",
+    "Switches whose rollout is still followed.",
+    registry=REGISTRY,
+)
+SWITCHES_HELD = Gauge(
+    "image_cloner_switches_held",
+    "Workloads not patched in the last cycle because a failed switch holds them or "
+    "their namespace back, or they wait for their namespace's canary.",
+    registry=REGISTRY,
+)
 CLONE_DURATION = Histogram(
     "image_cloner_clone_duration_seconds",
     "Duration of one successful clone (pull, tag, push, verify) in seconds.",
@@ -221,6 +255,12 @@ def _count_cycle(summary: Summary) -> None:
     OWNED_COPIES_REPLACED.inc(summary.replaced)
     SOURCES_MOVED.inc(summary.moved)
     PATCH_CONFLICTS.inc(summary.conflicts_retried)
+    rollout = summary.rollout
+    for reason, count in rollout.failures.items():
+        SWITCH_FAILURES.labels(reason=reason).inc(count)
+    SWITCHES_UNDONE.inc(rollout.undone)
+    SWITCHES_COMPLETED.inc(rollout.completed)
+    SWITCHES_SLOW.inc(rollout.slow)
 
 
 def _gauge_cycle(summary: Summary) -> None:
@@ -235,6 +275,8 @@ def _gauge_cycle(summary: Summary) -> None:
     )
     GITOPS_HELD.set(len(summary.gitops))
     FIGHTS.set(len(summary.fights))
+    SWITCHES_PENDING.set(summary.rollout.pending)
+    SWITCHES_HELD.set(len(summary.rollout.held))
     if summary.unpatchable is not None:
         for kind, count in summary.unpatchable.items():
             UNPATCHABLE_PUBLIC_IMAGES.labels(kind=kind).set(count)

@@ -111,6 +111,10 @@ def write_config(env: Environment, workdir: Path) -> Path:
                 "insecureRegistries": ["127.0.0.1:*"],
                 # its own namespace: excluded, and where its leader-election Lease lives
                 "controllerNamespace": "image-cloner",
+                # no controller-manager here, so no rollout completes: without
+                # this the canary (rollout.canary) would switch one workload
+                # per namespace and wait for its rollout for good
+                "rollout": {"canary": False},
             }
         )
     )

@@ -513,6 +513,65 @@ class KubeClient:
         except (ApiException, *_TRANSPORT_ERRORS) as exc:
             raise self._failed(exc, f"patch {workload.key}") from None
 
+    # The rollout guard: what a namespace with a pending switch holds -------
+
+    def list_namespaced(self, resource: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of one resource in one namespace, as the API returns it (JSON dicts).
+
+        For the rollout guard, which reads only namespaces with a switch
+        still rolling out: one paginated list per resource and namespace,
+        never one request per workload.
+
+        Args:
+            resource: ``pods``, ``events``, ``replicasets`` or a workload
+                kind's plural (``deployments``, ``daemonsets``,
+                ``statefulsets``, ``cronjobs``), with their ``status``.
+            namespace: the namespace.
+
+        Raises:
+            ValueError: unknown resource.
+            KubeError: a list call failed.
+        """
+        calls: dict[str, Callable[..., Any]] = {
+            "pods": self._core.list_namespaced_pod,
+            "events": self._core.list_namespaced_event,
+            "replicasets": self._apps.list_namespaced_replica_set,
+            "deployments": self._apps.list_namespaced_deployment,
+            "daemonsets": self._apps.list_namespaced_daemon_set,
+            "statefulsets": self._apps.list_namespaced_stateful_set,
+            "cronjobs": self._batch.list_namespaced_cron_job,
+        }
+        if resource not in calls:
+            raise ValueError(f"unknown resource {resource!r}")
+        call = calls[resource]
+
+        def namespaced(**kwargs: Any) -> Any:
+            return call(namespace, **kwargs)
+
+        return list(self._paginate(namespaced, f"list {resource} in {namespace}", None))
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete one pod, only if it is still the one read (``preconditions.uid``).
+
+        Used for a StatefulSet's forced rollback (Kubernetes docs,
+        StatefulSet "Forced rollback"). A pod already gone is not an error.
+
+        Raises:
+            KubeError: refused (409 when the uid no longer matches).
+        """
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        try:
+            self._throttled(self._send_json, "DELETE", path, body)
+            self.requests["success"] += 1
+        except ApiException as exc:
+            if exc.status == 404:
+                self.requests["4xx"] += 1
+                return
+            raise self._failed(exc, f"delete pod {namespace}/{name}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._failed(exc, f"delete pod {namespace}/{name}") from None
+
     # Pull secrets and ServiceAccounts ----------------------------------------
 
     def _read(self, call: Callable[..., Any], what: str, *args: str) -> dict[str, Any] | None:

@@ -10,7 +10,17 @@
 - ``OwnedCopyReplaced`` (``OWNED_COPY_REPLACED``, Warning): the owned name of
   an image it uses held other content, which was copied over before any patch;
 - ``SourceMoved`` (``SOURCE_MOVED``, Normal): the tag of an image it uses now
-  names other content upstream, and the owned tag was copied again.
+  names other content upstream, and the owned tag was copied again;
+- ``SwitchCompleted`` (``SWITCH_COMPLETED``, Normal): the rollout of a switch
+  to owned copies completed;
+- ``SwitchFailed`` (``SWITCH_FAILED``, Warning): the owned copies broke the
+  rollout (a pull refused, admission denied); the message gives the cause
+  and the kubelet's or API server's words;
+- ``SwitchUndone`` (``SWITCH_UNDONE``, Normal): after that, the workload was
+  patched back to its original references;
+- ``SwitchSlow`` (``SWITCH_SLOW``, Warning): a rollout took longer than
+  ``rollout.timeout`` for reasons that are not the owned copy's (reported,
+  never undone).
 
 Two parts, as in client-go's ``tools/record`` package:
 
@@ -59,6 +69,10 @@ CLONE_FAILED = "CloneFailed"
 REVERTED = "Reverted"
 OWNED_COPY_REPLACED = "OwnedCopyReplaced"
 SOURCE_MOVED = "SourceMoved"
+SWITCH_FAILED = "SwitchFailed"
+SWITCH_UNDONE = "SwitchUndone"
+SWITCH_COMPLETED = "SwitchCompleted"
+SWITCH_SLOW = "SwitchSlow"
 
 #: Event types (``Event.type``).
 NORMAL = "Normal"
@@ -543,3 +557,32 @@ def owned_copy_replaced_message(source: str, before: str, image: str) -> str:
 def source_moved_message(source: str, before: str, now: str) -> str:
     """``Source <source> moved from <before> to <now>; the owned tag was copied again``."""
     return f"Source {source} moved from {before} to {now}; the owned tag was copied again"
+
+
+def switch_failed_message(cause: str, detail: str) -> str:
+    """``Switch to owned copies failed (<cause>): <kubelet's or API server's words>``."""
+    return f"Switch to owned copies failed ({cause}): {detail}"
+
+
+def switch_undone_message(restored: Iterable[tuple[str, str]], cause: str) -> str:
+    """``Undid the switch (<cause>): container web back to nginx:1; ...``."""
+    back = "; ".join(f"container {name} back to {original}" for name, original in restored)
+    return (
+        f"Undid the switch ({cause}): {back}; held back until the config, the "
+        "credentials or the owned copy change"
+    )
+
+
+def switch_completed_message(owned: Iterable[tuple[str, str]]) -> str:
+    """``Rolled out on owned copies: container web uses <owned>; ...``."""
+    return "Rolled out on owned copies: " + "; ".join(
+        f"container {name} uses {image}" for name, image in owned
+    )
+
+
+def switch_slow_message(seconds: float, detail: str) -> str:
+    """``Rollout not complete <n>s after the switch (not undone: ...): <status>``."""
+    return (
+        f"Rollout not complete {seconds:.0f}s after the switch (not undone: no "
+        f"owned-image failure seen): {detail}"
+    )

@@ -1,4 +1,6 @@
-"""What must survive a restart: verified copies and backoff. Pure: no I/O, no clock.
+"""What must survive a restart: verified copies, backoff, pending switches and holds.
+
+Pure: no I/O, no clock.
 
 Held by ``ops.state.StateStore`` alone, which owns its lock, reads every
 shard at start and writes the changed ones once per cycle (through the
@@ -13,17 +15,20 @@ copies in all (least recently used dropped first), about 500 bytes each, so a
 shard stays far below the 1 MiB object limit of etcd. A record of a source no
 workload has used for ``ttl`` seconds (``stateTtl``, default 7 days) expires.
 "Used" is kept with a resolution of ``USE_RESOLUTION`` seconds, so a warm
-cycle writes nothing.
+cycle writes nothing. Pending switches and holds of the rollout guard
+(``ops.guard``) are kept in the shard of their workload key; there are only
+as many as switches still rolling out and workloads held back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from cloner.model.identity import spread
+from cloner.model.rollout import Hold, PendingSwitch
 
 SHARDS = 16
 MAX_RECORDS = 16000
@@ -32,6 +37,10 @@ RECORDS_KEY = "records.json"
 BACKOFF_KEY = "backoff.json"
 #: In shard 0: ``{"at": epoch seconds}`` of the last ``verifyInterval`` check.
 VERIFIED_KEY = "verified.json"
+#: Switches whose rollout is still followed (``rollout.PendingSwitch``), by workload key.
+SWITCHES_KEY = "switches.json"
+#: Workloads and namespaces held back after a failed switch (``rollout.Hold``), by key.
+HOLDS_KEY = "holds.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,10 @@ class StateBook:
         self.failures: dict[str, Failure] = {}
         #: epoch seconds of the last check that the owned copies in use exist
         self.last_verify: float | None = None
+        #: workload key (``Kind ns/name``) -> its switch still rolling out
+        self.switches: dict[str, PendingSwitch] = {}
+        #: workload key or ``Namespace <name>`` -> its hold after a failed switch
+        self.holds: dict[str, Hold] = {}
         self._dirty: set[int] = set()
 
     # Reading and writing shards -------------------------------------------
@@ -120,28 +133,13 @@ class StateBook:
         for name, data in shards.items():
             if not data:
                 continue
-            for key, raw in _json_object(data.get(RECORDS_KEY), name, problems).items():
-                try:
-                    record = Record(**{**raw, "platforms": tuple(raw["platforms"])})
-                    if record.source != key:
-                        raise ValueError("key differs from source")
-                    self.records[key] = record
-                except (TypeError, KeyError, ValueError) as exc:
-                    problems.append(f"{name}: record {key!r} dropped: {exc}")
+            _read(data, RECORDS_KEY, "record", name, problems, self.records, _record_of)
             verified = _json_object(data.get(VERIFIED_KEY), name, problems, flat=True)
             if isinstance(verified.get("at"), (int, float)):
                 self.last_verify = float(verified["at"])
-            for key, raw in _json_object(data.get(BACKOFF_KEY), name, problems).items():
-                try:
-                    inputs = raw.get("inputs")
-                    self.failures[key] = Failure(
-                        int(raw["failures"]),
-                        float(raw["until"]),
-                        str(raw["reason"]),
-                        None if inputs is None else str(inputs),
-                    )
-                except (TypeError, KeyError, ValueError) as exc:
-                    problems.append(f"{name}: backoff {key!r} dropped: {exc}")
+            _read(data, SWITCHES_KEY, "switch", name, problems, self.switches, _switch_of)
+            _read(data, HOLDS_KEY, "hold", name, problems, self.holds, _hold_of)
+            _read(data, BACKOFF_KEY, "backoff", name, problems, self.failures, _failure_of)
         return problems
 
     def dirty_shards(self) -> dict[str, dict[str, str]]:
@@ -154,6 +152,12 @@ class StateBook:
                 RECORDS_KEY: json.dumps(records, sort_keys=True, separators=(",", ":")),
                 BACKOFF_KEY: json.dumps(failures, sort_keys=True, separators=(",", ":")),
             }
+            switches = {k: w.to_json() for k, w in self.switches.items() if shard_of(k) == n}
+            holds = {k: h.to_json() for k, h in self.holds.items() if shard_of(k) == n}
+            if switches:
+                out[f"{self.prefix}-{n}"][SWITCHES_KEY] = _compact(switches)
+            if holds:
+                out[f"{self.prefix}-{n}"][HOLDS_KEY] = _compact(holds)
             if n == 0 and self.last_verify is not None:
                 out[f"{self.prefix}-0"][VERIFIED_KEY] = json.dumps({"at": self.last_verify})
         return out
@@ -213,6 +217,26 @@ class StateBook:
         for key in [k for k, r in self.records.items() if now - r.used > self.ttl]:
             self.forget(key)
 
+    def switch_started(self, switch: PendingSwitch) -> None:
+        """Follow a switch (replacing an earlier one of the same workload)."""
+        self.switches[switch.key] = switch
+        self._touch(switch.key)
+
+    def switch_ended(self, key: str) -> None:
+        """Stop following the switch of workload ``key`` (complete, undone or gone)."""
+        if self.switches.pop(key, None) is not None:
+            self._touch(key)
+
+    def hold(self, key: str, hold: Hold) -> None:
+        """Hold a workload (``Kind ns/name``) or a namespace (``Namespace <name>``) back."""
+        self.holds[key] = hold
+        self._touch(key)
+
+    def release(self, key: str) -> None:
+        """End the hold of ``key``."""
+        if self.holds.pop(key, None) is not None:
+            self._touch(key)
+
     def _touch(self, key: str) -> None:
         self._dirty.add(shard_of(key))
 
@@ -237,3 +261,49 @@ def _json_object(
         problems.append(f"{name}: not a JSON object, ignored")
         return {}
     return value if flat else {k: v for k, v in value.items() if isinstance(v, dict)}
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _read(
+    data: Mapping[str, str],
+    data_key: str,
+    what: str,
+    name: str,
+    problems: list[str],
+    into: dict[str, Any],
+    parse: Callable[[str, Mapping[str, Any]], Any],
+) -> None:
+    """Parse each entry of one ``data`` key into ``into``; a damaged one goes to ``problems``."""
+    for key, raw in _json_object(data.get(data_key), name, problems).items():
+        try:
+            into[key] = parse(key, raw)
+        except (TypeError, KeyError, ValueError) as exc:
+            problems.append(f"{name}: {what} {key!r} dropped: {exc}")
+
+
+def _record_of(key: str, raw: Mapping[str, Any]) -> Record:
+    record = Record(**{**raw, "platforms": tuple(raw["platforms"])})
+    if record.source != key:
+        raise ValueError("key differs from source")
+    return record
+
+
+def _switch_of(key: str, raw: Mapping[str, Any]) -> PendingSwitch:
+    return PendingSwitch.from_json(raw)
+
+
+def _hold_of(key: str, raw: Mapping[str, Any]) -> Hold:
+    return Hold.from_json(raw)
+
+
+def _failure_of(key: str, raw: Mapping[str, Any]) -> Failure:
+    inputs = raw.get("inputs")
+    return Failure(
+        int(raw["failures"]),
+        float(raw["until"]),
+        str(raw["reason"]),
+        None if inputs is None else str(inputs),
+    )

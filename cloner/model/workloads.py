@@ -22,6 +22,7 @@ from typing import Any
 
 from cloner.errors import InvalidReference
 from cloner.model.reference import Policy, Reference, parse_reference
+from cloner.model.rollout import exemption
 
 #: Workload kinds reconciled, with their plural resource names (apps/v1, batch/v1).
 KINDS: Mapping[str, str] = {
@@ -109,6 +110,10 @@ class Workload:
             None when the field is absent.
         controller_owner: ``Kind/name`` of the owner reference marked
             ``controller: true``, or None.
+        generation: ``metadata.generation`` as read.
+        exempt: why a patch of it starts no rollout to follow
+            (``rollout.exemption``: ``cronjob``, ``paused``, ``on_delete``,
+            ``zero_replicas``), or None.
     """
 
     kind: str
@@ -122,6 +127,8 @@ class Workload:
     service_account: str = "default"
     pull_secrets: tuple[str, ...] | None = None
     controller_owner: str | None = None
+    generation: int = 0
+    exempt: str | None = None
 
     @property
     def key(self) -> str:
@@ -174,6 +181,8 @@ class Workload:
                 ),
                 None,
             ),
+            generation=meta.get("generation") or 0,
+            exempt=exemption(kind, obj),
         )
 
     @property
@@ -574,3 +583,78 @@ def image_patch(
     if guarded and extra and extra[0]["path"] == "/metadata/resourceVersion":
         extra = extra[1:]  # the resourceVersion is tested once already
     return operations + extra
+
+
+#: Annotation on a workload whose switch was undone by the rollout guard:
+#: JSON object with ``reason`` (the cause), ``message``, ``at`` (RFC 3339)
+#: and ``containers`` (container name -> the owned reference taken back).
+UNDONE = "image-cloner.io/undone"
+
+
+def undo_patch(
+    workload: Workload,
+    owned: Mapping[str, str],
+    originals: Mapping[str, str],
+    record: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """The JSON patch (RFC 6902) that takes a failed switch back.
+
+    One patch, guarded by a ``test`` of the ``resourceVersion`` that was
+    read (the machinery of ``image_patch`` and ``revert``): any change since
+    the read makes the API server refuse all of it. Each switched container
+    that still holds its owned reference gets its original reference back
+    (with a ``test`` of its name and image at its index); those containers
+    leave the ``image-cloner.io/original-images`` annotation (removed when
+    none is left); ``image-cloner.io/undone`` records why.
+
+    Args:
+        workload: the snapshot as read now.
+        owned: container name -> the owned reference the switch set.
+        originals: container name -> the reference to restore.
+        record: the ``UNDONE`` annotation's content (JSON-serialisable).
+
+    Returns:
+        The operations; empty when no switched container still holds its
+        owned reference (someone changed it since: nothing to undo).
+    """
+    operations: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": workload.resource_version}
+    ]
+    restored: set[str] = set()
+    for container in workload.containers:
+        name = container.name
+        if name in restored or owned.get(name) != container.image or name not in originals:
+            continue
+        restored.add(name)
+        operations += [
+            {"op": "test", "path": container.name_path, "value": name},
+            {"op": "test", "path": container.image_path, "value": container.image},
+            {"op": "replace", "path": container.image_path, "value": originals[name]},
+        ]
+    if not restored:
+        return []
+    annotations = dict(workload.annotations)
+    updates = {UNDONE: json.dumps(record, sort_keys=True, separators=(",", ":"))}
+    kept = {k: v for k, v in original_images(annotations).items() if k not in restored}
+    if ORIGINAL_IMAGES in annotations:
+        path = annotation_pointer(ORIGINAL_IMAGES)
+        operations.append({"op": "test", "path": path, "value": annotations[ORIGINAL_IMAGES]})
+        if kept:
+            operations.append(
+                {
+                    "op": "replace",
+                    "path": path,
+                    "value": json.dumps(kept, sort_keys=True, separators=(",", ":")),
+                }
+            )
+        else:
+            operations.append({"op": "remove", "path": path})
+            del annotations[ORIGINAL_IMAGES]
+    if not annotations:
+        operations.append({"op": "add", "path": "/metadata/annotations", "value": updates})
+    else:
+        operations += [
+            {"op": "add", "path": annotation_pointer(key), "value": value}
+            for key, value in updates.items()
+        ]
+    return operations

@@ -81,6 +81,7 @@ from cloner.model.workloads import (
     plan_workload,
 )
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
+from cloner.ops.guard import GuardAPI, RolloutGuard, RolloutReport
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 from cloner.ops.state import StateStore
 from cloner.ops.writes import WritePool
@@ -100,7 +101,7 @@ FIGHT_WINDOW = 3600.0  # seconds over which fightLimit counts patches
 log = logging.getLogger(__name__)
 
 
-class KubeAPI(SecretAPI, Protocol):
+class KubeAPI(SecretAPI, GuardAPI, Protocol):
     """What a pass needs from Kubernetes (implemented by ``kube.KubeClient``)."""
 
     def list_workloads(
@@ -168,6 +169,8 @@ class Summary:
         list_failures: ``(kind, message)`` of failed list calls.
         provisioning: pull secrets written and namespaces that could not be
             made ready (their workloads were not patched).
+        rollout: what the rollout guard did (``guard.RolloutReport``):
+            switches completed, undone, slow, pending, workloads held back.
         started, duration: wall-clock start (epoch seconds) and length (seconds).
     """
 
@@ -187,6 +190,7 @@ class Summary:
     owned_images: int = 0
     list_failures: list[tuple[str, str]] = field(default_factory=list)
     provisioning: ProvisionReport = field(default_factory=ProvisionReport)
+    rollout: RolloutReport = field(default_factory=RolloutReport)
     started: float = 0.0
     duration: float = 0.0
 
@@ -227,6 +231,7 @@ class Summary:
             or self.invalid
             or self.list_failures
             or self.provisioning.failures
+            or self.rollout.failures
             or self.waiting
             or self.fights
             or self.in_flight
@@ -247,6 +252,8 @@ class Summary:
             f"healed={self.healed} in_flight={self.in_flight} "
             f"secrets_written={sum(self.provisioning.secrets.values())} "
             f"namespace_failures={len(self.provisioning.failures)} "
+            f"switches_pending={self.rollout.pending} undone={self.rollout.undone} "
+            f"held={len(self.rollout.held)} "
             f"duration={self.duration:.2f}s"
         )
 
@@ -320,6 +327,17 @@ class Reconciler:
             inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
             clock=clock,
         )
+        self._guard: RolloutGuard | None = None
+        if settings.rollout.enabled:
+            self._guard = RolloutGuard(
+                kube,
+                self._state,
+                settings,
+                inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
+                owned_digests=self._owned_digests,
+                events=self._events,
+                wall=wall,
+            )
         self._pull_secrets: PullSecrets | None = None
         if settings.pull_secrets.provision:
             self._pull_secrets = PullSecrets(
@@ -336,6 +354,14 @@ class Reconciler:
         self._fight_reported: set[str] = set()
         self._gitops_reported: set[str] = set()
         self._last_report: float | None = None
+
+    def _owned_digests(self, sources: Iterable[str]) -> dict[str, str | None]:
+        """Canonical source -> the owned manifest digest of its verified copy (None: no record)."""
+        with self._state.locked() as book:
+            return {
+                s: (record.owned_digest if (record := book.records.get(s)) else None)
+                for s in sources
+            }
 
     def _node_platforms(self) -> list[str]:
         try:
@@ -394,6 +420,8 @@ class Reconciler:
         """
         summary = Summary(started=time.time())
         self._load_state()
+        if self._guard is not None and not self._images.stopping:
+            self._guard.follow(summary.rollout)
         if self._pull_secrets is not None:
             summary.provisioning = self._pull_secrets.start_cycle()
         clock = time.monotonic()
@@ -488,8 +516,16 @@ class Reconciler:
         ]
         if not changes or self._fighting(workload, summary):
             return []
+        canary = False
+        if self._guard is not None:
+            admission = self._guard.admit(workload)
+            if not admission.allowed:
+                summary.rollout.held.append((workload.key, admission.reason))
+                log.info("not switching %s now: %s", workload.key, admission.reason)
+                return []
+            canary = admission.canary
         if self._pull_secrets is None:
-            return [self._writes.submit(self._send, workload, changes, None, summary)]
+            return [self._writes.submit(self._send, workload, changes, None, summary, canary)]
         # The namespace is made ready on the pool too, several at once, and
         # the patch follows when it is: the cycle's thread never waits for
         # the API server, so it keeps the pool fed.
@@ -499,10 +535,14 @@ class Reconciler:
         def send(ready: Future[bool]) -> None:
             try:
                 if not ready.result():
+                    if self._guard is not None and canary:
+                        self._guard.not_switched(workload)
                     patched.set_result(None)
                     return
                 pull_secret = pull_secrets.workload_pull_secret(workload.pull_secrets)
-                sent = self._writes.submit(self._send, workload, changes, pull_secret, summary)
+                sent = self._writes.submit(
+                    self._send, workload, changes, pull_secret, summary, canary
+                )
                 sent.add_done_callback(lambda done: _relay(done, patched))
             except BaseException as exc:  # handed to the cycle, which waits on it
                 patched.set_exception(exc)
@@ -753,8 +793,15 @@ class Reconciler:
         changes: list[tuple[Container, str]],
         pull_secret: str | None,
         summary: Summary,
+        canary: bool | None = None,
     ) -> None:
-        """Patch (on a patch pool thread or the cycle's); retry once on a concurrent change."""
+        """Patch (on a patch pool thread or the cycle's); retry once on a concurrent change.
+
+        ``canary`` is None for a patch that is no switch (self-heal: one
+        owned copy for another); else the patch is a switch the rollout
+        guard follows once accepted, and True when it is its namespace's
+        canary.
+        """
         error = self._patch(workload, changes, pull_secret)
         if error is not None and error.conflict:
             with self._summary_lock:
@@ -775,7 +822,9 @@ class Reconciler:
                 log.warning("%s changed again; reconsidered next cycle", workload.key)
             else:
                 log.error("patching %s failed: %s", workload.key, error)
+            self._followed(workload, [], canary)
             return
+        self._followed(workload, changes, canary)
         if not changes:
             return
         with self._summary_lock:
@@ -795,6 +844,17 @@ class Reconciler:
         )
         if switched:
             log.info("patched %s %s", workload.key, switched)
+
+    def _followed(
+        self, workload: Workload, changes: list[tuple[Container, str]], canary: bool | None
+    ) -> None:
+        """Tell the rollout guard a switch was accepted (``changes``) or not (``[]``)."""
+        if self._guard is None or canary is None:
+            return
+        if changes:
+            self._guard.switched(workload, changes, canary)
+        elif canary:
+            self._guard.not_switched(workload)
 
     def _patch(
         self,

@@ -108,6 +108,12 @@ def write_config(path: Path, env: Environment, target: str, **extra: Any) -> Pat
         # The registries (and any test proxy) listen on 127.0.0.1, which the
         # engine reaches without TLS verification: allow them explicitly.
         "insecureRegistries": ["127.0.0.1:*"],
+        # This environment has no controller-manager, so no rollout ever
+        # completes: with the canary of rollout.canary each namespace would
+        # stay at its first switched workload. The guard still follows and
+        # would undo failures; the cluster tests (test_cluster.py,
+        # test_rollout_guard.py) run it with the canary.
+        "rollout": {"canary": False},
         **extra,
     }
     path.write_text(yaml.safe_dump(config))

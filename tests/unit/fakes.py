@@ -36,7 +36,7 @@ from cloner.model.identity import (
     child_for,
 )
 from cloner.model.reference import Reference
-from cloner.model.workloads import NamespaceInfo, Workload, pod_spec_of
+from cloner.model.workloads import KINDS, NamespaceInfo, Workload, pod_spec_of
 
 
 def sha(data: bytes) -> str:
@@ -224,6 +224,11 @@ class FakeKube:
             (a["metadata"]["namespace"], a["metadata"]["name"]): a for a in accounts
         }
         self.account_version = 0  # resourceVersion of the last ServiceAccount patch
+        #: what the rollout guard reads per namespace: ``pods``, ``events``,
+        #: ``replicasets`` (JSON dicts with their ``metadata.namespace``)
+        self.namespaced: dict[str, list[dict[str, Any]]] = {}
+        self.deleted_pods: list[tuple[str, str, str]] = []
+        self.namespaced_reads: list[tuple[str, str]] = []
 
     # Workloads ---------------------------------------------------------------
 
@@ -272,6 +277,19 @@ class FakeKube:
             self.objects[position] = apply_patch(self.objects[position], patch)
         except PatchFailed:
             raise KubeError(422, "test failed") from None
+
+    def list_namespaced(self, resource: str, namespace: str) -> list[dict[str, Any]]:
+        self.namespaced_reads.append((resource, namespace))
+        kinds = [k for k, plural in KINDS.items() if plural == resource]
+        if kinds:
+            found = [o for o in self.objects if o["kind"] == kinds[0]]
+        else:
+            found = self.namespaced.get(resource, [])
+        return [copy.deepcopy(o) for o in found if o["metadata"]["namespace"] == namespace]
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        self.calls.append(f"delete pod {namespace}/{name}")
+        self.deleted_pods.append((namespace, name, uid))
 
     def image(self, uid: str, container: str) -> str:
         """The image of one container (init or not) of the stored workload with that uid."""

@@ -240,6 +240,10 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "verifyInterval": (60, 60.0),
     "state.configMap": ("cloner-state", "cloner-state"),
     "state.ttl": (60, 60.0),
+    "rollout.enabled": (False, False),
+    "rollout.canary": (False, False),
+    "rollout.timeout": (120, 120.0),
+    "rollout.pullFailureGrace": (0, 0.0),
 }
 
 

@@ -16,6 +16,7 @@ from cloner.config import (
     CopySettings,
     PullSecretSettings,
     RefreshSettings,
+    RolloutSettings,
     Settings,
 )
 from cloner.errors import RegistryError
@@ -26,8 +27,14 @@ from cloner.ops.reconcile import Reconciler
 from tests.unit.fakes import FakeKube, Registries, Repo
 
 OWNED = "owned.example.com"
+# FakeKube has no controller-manager: no rollout ever completes, so the canary
+# of rollout.canary would hold every namespace at one workload. These tests
+# are about the cycle, so they turn the canary off (the guard itself is tested
+# in test_guard.py and test_rollout.py).
+NO_CANARY = RolloutSettings(canary=False)
 SKOPEO = CopySettings(backend="skopeo")
 SETTINGS = Settings(
+    rollout=NO_CANARY,
     target=f"{OWNED}/m",
     copy=SKOPEO,
     controller_namespace="image-cloner",
@@ -257,7 +264,7 @@ def test_namespace_opt_out_is_honoured() -> None:
 
 
 def test_pin_digest_patches_tag_and_pushed_digest() -> None:
-    settings = Settings(target=f"{OWNED}/m", copy=SKOPEO, pin_digest=True)
+    settings = Settings(rollout=NO_CANARY, target=f"{OWNED}/m", copy=SKOPEO, pin_digest=True)
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     registry = FakeRegistry()
     make(kube, registry, settings).reconcile_once()
@@ -268,7 +275,7 @@ def test_pin_digest_patches_tag_and_pushed_digest() -> None:
 def test_flat_naming_collision_is_reported_and_not_cloned() -> None:
     # With separator '-' every name is hashed when ambiguous, so force a
     # collision through two registries whose path components coincide.
-    settings = Settings(target=f"{OWNED}/m", copy=SKOPEO, naming="flat")
+    settings = Settings(rollout=NO_CANARY, target=f"{OWNED}/m", copy=SKOPEO, naming="flat")
     kube = FakeKube(
         [
             workload("Deployment", "a", "one", "example.com-5000/app:1"),
@@ -460,7 +467,10 @@ def test_missing_service_account_blocks_the_workload() -> None:
 
 def test_workload_mode_leaves_service_accounts_alone() -> None:
     settings = Settings(
-        target=f"{OWNED}/m", copy=SKOPEO, pull_secrets=PullSecretSettings(attach="workload")
+        rollout=NO_CANARY,
+        target=f"{OWNED}/m",
+        copy=SKOPEO,
+        pull_secrets=PullSecretSettings(attach="workload"),
     )
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     make(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
@@ -499,7 +509,10 @@ def test_changed_credentials_update_every_managed_secret_next_cycle() -> None:
 
 def test_provision_false_creates_nothing() -> None:
     settings = Settings(
-        target=f"{OWNED}/m", copy=SKOPEO, pull_secrets=PullSecretSettings(provision=False)
+        rollout=NO_CANARY,
+        target=f"{OWNED}/m",
+        copy=SKOPEO,
+        pull_secrets=PullSecretSettings(provision=False),
     )
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     make(kube, FakeRegistry(), settings, Creds("pw")).reconcile_once()
@@ -519,6 +532,7 @@ class Clock:
 
 def backoff_settings() -> Settings:
     return Settings(
+        rollout=NO_CANARY,
         target=f"{OWNED}/m",
         copy=SKOPEO,
         backoff=BackoffSettings(initial=10, maximum=40, jitter=0),
@@ -630,7 +644,7 @@ def test_gitops_workloads_are_reported_not_patched() -> None:
     summary = make(kube, registry, SETTINGS).reconcile_once()
     assert registry.clones == [] and kube.patches == []
     assert sorted(k for k, _ in summary.gitops) == ["Deployment a/rollout", "Deployment a/web"]
-    patching = Settings(target=f"{OWNED}/m", copy=SKOPEO, gitops="patch")
+    patching = Settings(rollout=NO_CANARY, target=f"{OWNED}/m", copy=SKOPEO, gitops="patch")
     make(kube, registry, patching).reconcile_once()
     assert kube.image("a/web", "c0").startswith(OWNED)
 
@@ -638,7 +652,7 @@ def test_gitops_workloads_are_reported_not_patched() -> None:
 def test_fight_is_detected_and_patching_stops() -> None:
     clock = Clock()
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
-    settings = Settings(target=f"{OWNED}/m", copy=SKOPEO, fight_limit=3)
+    settings = Settings(rollout=NO_CANARY, target=f"{OWNED}/m", copy=SKOPEO, fight_limit=3)
     reconciler = make(kube, FakeRegistry(), settings, clock=clock)
     patches = []
     for _ in range(6):
@@ -658,7 +672,10 @@ def test_missing_owned_copy_is_cloned_again_from_the_original() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
     registry = FakeRegistry()
     settings = Settings(
-        target=f"{OWNED}/m", copy=SKOPEO, refresh=RefreshSettings(verify_interval=60)
+        rollout=NO_CANARY,
+        target=f"{OWNED}/m",
+        copy=SKOPEO,
+        refresh=RefreshSettings(verify_interval=60),
     )
     reconciler = make(kube, registry, settings, clock=clock, wall=clock)
     reconciler.reconcile_once()
@@ -732,6 +749,7 @@ def test_a_stop_wakes_a_cycle_waiting_for_a_clone_and_asks_the_backend_to_abando
 
 def test_a_workload_is_patched_as_soon_as_its_images_are_ready() -> None:
     settings = Settings(
+        rollout=NO_CANARY,
         target=f"{OWNED}/m",
         copy=CopySettings(backend="skopeo", concurrency=4),
         backoff=BackoffSettings(jitter=0),
@@ -756,7 +774,9 @@ def test_a_workload_is_patched_as_soon_as_its_images_are_ready() -> None:
 
 
 def test_a_cycle_stops_waiting_and_the_next_collects_the_clone_without_copying_again() -> None:
-    settings = Settings(target=f"{OWNED}/m", copy=CopySettings(backend="skopeo", concurrency=2))
+    settings = Settings(
+        rollout=NO_CANARY, target=f"{OWNED}/m", copy=CopySettings(backend="skopeo", concurrency=2)
+    )
     kube = FakeKube(
         [
             workload("Deployment", "a", "fast", "quay.io/x/fast:1"),
