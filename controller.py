@@ -257,12 +257,14 @@ def run_plan(
             controller when ``plan`` runs in its container. Unreachable: no
             backoff is shown.
     """
-    from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table
+    from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table, read_holds
 
     if controller is None and settings.metrics.port:
         controller = f"http://127.0.0.1:{settings.metrics.port}"
     try:
-        rows = build_plan(kube, registry, settings, fetch_backoff(controller))
+        rows = build_plan(
+            kube, registry, settings, fetch_backoff(controller), read_holds(kube, settings)
+        )
     except KubeError as exc:
         log.error("plan failed: %s", exc)
         return 1

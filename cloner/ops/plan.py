@@ -8,12 +8,15 @@ sync's dry run ("Would have copied"), with from/to fields.
 
 A separate process has none of the running controller's memory, so the
 backoff of an image comes from the running controller's metrics port
-(``/state/backoff``), when it answers.
+(``/state/backoff``), when it answers, and the workloads and namespaces the
+rollout guard holds back after a failed switch come from the durable state
+ConfigMaps (``read_holds``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -22,8 +25,11 @@ from typing import Any, Protocol
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
+from cloner.model.events import rfc3339
 from cloner.model.identity import DOCKER, Descriptor
 from cloner.model.reference import Reference
+from cloner.model.rollout import Hold, namespace_key
+from cloner.model.state import StateBook, shard_names
 from cloner.model.workloads import (
     ContainerPlan,
     NamespaceInfo,
@@ -53,8 +59,9 @@ class PlanRow:
         decision: ``clone``, ``patch (copy exists)``, ``backing off until
             <time> (<reason>)``, ``already owned``,
             ``excluded by <rule>``, ``held: managed by <owner> (gitops: report)``,
-            ``invalid reference: <why>``, or ``clone (owned registry: <problem>)``
-            when the owned registry could not be asked.
+            ``invalid reference: <why>``, ``clone (owned registry: <problem>)``
+            when the owned registry could not be asked, or ``held after a
+            failed switch (<reason>) until <time>: <message>`` (rollout guard).
     """
 
     namespace: str
@@ -88,21 +95,52 @@ def fetch_backoff(controller: str | None, timeout: float = 2.0) -> Mapping[str, 
     return data if isinstance(data, dict) else {}
 
 
+def read_holds(kube: KubeAPI, settings: Settings) -> dict[str, Hold]:
+    """The holds of the rollout guard, read from the state ConfigMaps (no write).
+
+    Returns:
+        Workload key (``Kind ns/name``) or ``Namespace <name>`` -> its hold;
+        {} without ``controllerNamespace`` or when a shard cannot be read
+        (a plan then shows no hold rather than failing).
+    """
+    namespace = settings.controller_namespace
+    if namespace is None:
+        return {}
+    book = StateBook(settings.state.config_map, settings.state.ttl)
+    try:
+        shards = {
+            name: (kube.get_config_map(namespace, name) or {}).get("data")
+            for name in shard_names(book.prefix)
+        }
+    except KubeError:
+        return {}
+    book.load(shards)
+    return dict(book.holds)
+
+
 def build_plan(
     kube: KubeAPI,
     registry: ManifestLookup,
     settings: Settings,
     backoff: Mapping[str, Any] | None = None,
+    holds: Mapping[str, Hold] | None = None,
+    now: float | None = None,
 ) -> list[PlanRow]:
     """Plan every container in scope, checking the owned registry for each owned name once.
 
     Args:
         kube, registry, settings: as for a cycle.
         backoff: a running controller's backoff state (``fetch_backoff``).
+        holds: the rollout guard's holds (``read_holds``); a container that
+            would be switched in a held workload or namespace shows
+            ``held after a failed switch (<reason>) until <time>: <message>``.
+        now: epoch seconds (default: the time now); a hold past its end is
+            not shown.
 
     Raises:
         KubeError: namespaces or workloads could not be listed.
     """
+    now = time.time() if now is None else now
     namespaces = {ns.name: ns for ns in kube.list_namespaces()}
     workloads, failures = list_in_scope(kube, settings)
     if failures:
@@ -117,7 +155,14 @@ def build_plan(
         for plan in plans:
             owned = None
             waiting = (backoff or {}).get(str(plan.source)) if plan.source else None
-            if plan.decision == "clone" and plan.owned is not None and waiting:
+            hold = _hold_of(workload, holds or {}, now)
+            if plan.decision == "clone" and plan.owned is not None and hold is not None:
+                owned = str(plan.owned)
+                decision = (
+                    f"held after a failed switch ({hold.reason}) until "
+                    f"{rfc3339(hold.until)}: {hold.message}"
+                )
+            elif plan.decision == "clone" and plan.owned is not None and waiting:
                 owned = str(plan.owned)
                 decision = f"backing off until {waiting.get('until')} ({waiting.get('reason')})"
             elif plan.decision == "clone" and plan.owned is not None:
@@ -132,6 +177,15 @@ def build_plan(
             rows.append(_row(workload, plan, owned, decision))
     rows += _unpatchable_rows(kube, settings, namespaces)
     return rows
+
+
+def _hold_of(workload: Workload, holds: Mapping[str, Hold], now: float) -> Hold | None:
+    """The hold of the workload, else of its namespace, that has not ended by ``now``."""
+    for key in (workload.key, namespace_key(workload.namespace)):
+        hold = holds.get(key)
+        if hold is not None and hold.until > now:
+            return hold
+    return None
 
 
 def _row(workload: Workload, plan: ContainerPlan, owned: str | None, decision: str) -> PlanRow:
