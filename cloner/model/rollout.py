@@ -784,6 +784,11 @@ def classify(
     if status.progress != Progress.WAITING and switch.kind != "CronJob":
         return Verdict()
     elapsed = now - switch.started
+    # An admission refusal is confirmed at once: it goes first.
+    denial = _admission_denial(switch, events, creators, owned_hosts)
+    if denial is not None:
+        message, since = denial
+        return Verdict(ADMISSION_DENIED, message, True, True, since or first_seen or now)
     pull = _pull_failure(switch, pods, events)
     if pull is not None:
         message, attempts, since = pull
@@ -794,10 +799,6 @@ def classify(
         if elapsed >= limits.timeout:
             return Verdict(PROGRESS_DEADLINE, message, wide, True, since)
         return Verdict(None, message, wide, True, since)
-    denial = _admission_denial(switch, events, creators, owned_hosts)
-    if denial is not None:
-        message, since = denial
-        return Verdict(ADMISSION_DENIED, message, True, True, since or first_seen or now)
     if status.progress == Progress.WAITING and (
         elapsed >= limits.timeout or status.deadline_exceeded
     ):

@@ -155,7 +155,8 @@ class RolloutGuard:
     def admit(self, workload: Workload) -> Admission:
         """May ``workload`` be switched now? (cycle thread, before the patch is sent)
 
-        A hold of the workload or of its namespace that is still in force
+        Nothing is admitted before the durable state (pending canaries,
+        holds) has been read. A hold of the workload or of its namespace that is still in force
         (``Hold.in_force``: same configuration and credentials, same owned
         copies, ``backoff.max`` not passed) refuses it; an expired hold is
         dropped. Then the namespace's canary decides (``CanaryGate``).
@@ -164,6 +165,10 @@ class RolloutGuard:
             ``Admission``: allowed or not, whether it is the canary, and why not.
         """
         self._refresh()
+        if not self._state_read():
+            # The pending canaries and the holds are in the state: without
+            # them, a held namespace or a second canary would be switched.
+            return Admission(False, reason="the durable state is not read yet")
         now = self._wall()
         inputs = self._inputs()
         for key in (workload.key, namespace_key(workload.namespace)):
@@ -253,7 +258,7 @@ class RolloutGuard:
         """Read pending canaries back once; forget healthy namespaces when the inputs change."""
         inputs = self._inputs()
         with self._lock:
-            if not self._restored:
+            if not self._restored and self._state_read():
                 self._restored = True
                 with self._store.locked() as book:
                     for switch in book.switches.values():
@@ -264,6 +269,10 @@ class RolloutGuard:
                 )
                 self._gate.reset()
             self._inputs_seen = inputs
+
+    def _state_read(self) -> bool:
+        """True once the durable state was loaded (always when it is kept in memory only)."""
+        return self._store.namespace is None or self._store.loaded
 
     def _read(self, namespace: str, kinds: set[str]) -> _Namespace:
         seen = _Namespace(
@@ -299,7 +308,8 @@ class RolloutGuard:
         else:
             done = status.progress in (Progress.DONE, Progress.NONE_NEEDED)
         if done:
-            self._completed(switch, workload, report)
+            # Only a real rollout shows the namespace can run owned copies.
+            self._completed(switch, workload, report, healthy=status.progress == Progress.DONE)
             return
         if switch.kind == "Deployment":
             creators = [("ReplicaSet", n) for n in new_replica_sets(seen.replica_sets, switch)]
@@ -341,7 +351,9 @@ class RolloutGuard:
             with self._store.locked() as book:
                 book.switch_started(_slow_reported(switch))
 
-    def _completed(self, switch: PendingSwitch, workload: Workload, report: RolloutReport) -> None:
+    def _completed(
+        self, switch: PendingSwitch, workload: Workload, report: RolloutReport, healthy: bool
+    ) -> None:
         report.completed += 1
         log.info("%s: rolled out on owned copies", switch.key)
         self._events.record(
@@ -351,10 +363,10 @@ class RolloutGuard:
             switch_completed_message((c.name, c.owned) for c in switch.containers),
         )
         with self._lock:
-            if switch.kind == "CronJob":
-                self._gate.ended(switch.namespace, switch.key)
-            else:
+            if healthy or switch.kind == "CronJob":
                 self._gate.completed(switch.namespace, switch.key)
+            else:
+                self._gate.ended(switch.namespace, switch.key)
             self._first_seen.pop(switch.key, None)
         with self._store.locked() as book:
             book.switch_ended(switch.key)
