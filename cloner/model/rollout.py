@@ -374,8 +374,9 @@ class Hold:
         inputs: fingerprint of the configuration and registry credentials in
             force when it failed; a change releases the hold.
         until: epoch seconds the hold ends by itself (now + ``backoff.max``).
-        copies: ``(owned reference, owned manifest digest)`` of the copies
-            the switch used; an owned copy that changes releases the hold.
+        copies: ``(canonical source reference, owned manifest digest)`` of
+            the copies the switch used; an owned copy that changes (verified
+            again with another digest) releases the hold.
     """
 
     reason: str
@@ -390,7 +391,7 @@ class Hold:
         Args:
             now: epoch seconds.
             inputs: the fingerprint of the configuration and credentials now.
-            digests: owned reference -> the owned manifest digest verified
+            digests: canonical source -> the owned manifest digest verified
                 now (None when unknown: it does not release the hold).
         """
         if now >= self.until or inputs != self.inputs:
@@ -714,12 +715,16 @@ def _admission_denial(
     """``(message, since)`` of a ``FailedCreate`` admission refusal after the switch."""
     wanted = set(creators)
     hosts = list(owned_hosts)
+    job = re.compile(re.escape(switch.name) + r"-[0-9]+")
     found: tuple[str, float | None] | None = None
     for event in events:
         if event.get("reason") != "FailedCreate":
             continue
         involved = event.get("involvedObject") or {}
-        if (involved.get("kind"), involved.get("name")) not in wanted:
+        creator = (involved.get("kind"), involved.get("name"))
+        # A CronJob's pods are created by its Jobs (``<cronjob>-<digits>``).
+        of_job = switch.kind == "CronJob" and creator[0] == "Job"
+        if creator not in wanted and not (of_job and job.fullmatch(creator[1] or "")):
             continue
         at = _event_time(event)
         if at is not None and at < switch.started - SKEW:
@@ -771,7 +776,8 @@ def classify(
         events: the namespace's Events (JSON dicts).
         creators: ``(kind, name)`` of the objects that create the revision's
             pods: ``("ReplicaSet", name)`` per ``new_replica_sets``, or the
-            StatefulSet / DaemonSet itself.
+            StatefulSet / DaemonSet itself; for a CronJob, its Jobs
+            (``<cronjob>-<digits>``) count without being named.
         now: epoch seconds.
         limits: the grace and timeout.
         first_seen: epoch seconds the caller first saw a symptom (kept

@@ -156,10 +156,10 @@ class RolloutGuard:
         """May ``workload`` be switched now? (cycle thread, before the patch is sent)
 
         Nothing is admitted before the durable state (pending canaries,
-        holds) has been read. A hold of the workload or of its namespace that is still in force
-        (``Hold.in_force``: same configuration and credentials, same owned
-        copies, ``backoff.max`` not passed) refuses it; an expired hold is
-        dropped. Then the namespace's canary decides (``CanaryGate``).
+        holds) has been read. A hold of the workload or of its namespace
+        that is still in force (``Hold.in_force``: same configuration and
+        credentials, same owned copies, ``backoff.max`` not passed) refuses
+        it; an expired hold is dropped. Then the namespace's canary decides (``CanaryGate``).
 
         Returns:
             ``Admission``: allowed or not, whether it is the canary, and why not.
@@ -222,7 +222,12 @@ class RolloutGuard:
             canary=canary,
         )
         with self._store.locked() as book:
+            earlier = book.switches.get(switch.key)
+            if earlier is not None and earlier.uid == switch.uid:
+                switch = _merged(earlier, switch)
             book.switch_started(switch)
+        with self._lock:
+            self._first_seen.pop(switch.key, None)  # a new revision: its own symptoms
 
     def not_switched(self, workload: Workload) -> None:
         """An admitted patch was refused or had nothing to change: the canary slot is free again."""
@@ -251,6 +256,10 @@ class RolloutGuard:
                 continue
             for switch in switches:
                 self._follow(switch, seen, report)
+        self.count_pending(report)
+
+    def count_pending(self, report: RolloutReport) -> None:
+        """Set ``report.pending`` to the switches followed now (the cycle calls it last)."""
         with self._store.locked() as book:
             report.pending = len(book.switches)
 
@@ -504,6 +513,26 @@ class _Namespace:
 def _ready(pod: Mapping[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or ()
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _merged(earlier: PendingSwitch, later: PendingSwitch) -> PendingSwitch:
+    """One switch of a workload patched in parts (an image was ready only later).
+
+    The containers switched before stay in it, so an undo takes every one
+    back to its original reference, not only the last patch's.
+    """
+    before = {c.name: c for c in earlier.containers}
+    containers = [
+        SwitchedContainer(c.name, before[c.name].original, c.owned)
+        if c.name in before and before[c.name].owned == c.original
+        else c
+        for c in later.containers
+    ]
+    names = {c.name for c in containers}
+    kept = tuple(c for c in earlier.containers if c.name not in names)
+    return replace(
+        later, containers=kept + tuple(containers), canary=earlier.canary or later.canary
+    )
 
 
 def _slow_reported(switch: PendingSwitch) -> PendingSwitch:

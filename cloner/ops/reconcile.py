@@ -452,6 +452,8 @@ class Reconciler:
             self._save_state()
             if self._pull_secrets is not None:
                 self._pull_secrets.sweep(w.namespace for w in workloads)
+        if self._guard is not None:
+            self._guard.count_pending(summary.rollout)  # with this cycle's switches
         summary.stopped = self._images.stopping
         summary.duration = time.monotonic() - clock
         return summary

@@ -1515,6 +1515,28 @@ CLASSIFY_ROWS = [
         expect=(OWNED_PULL_FAILED, True, True, False),
     ),
     Row(
+        "cronjob-job-pods-denied-by-admission",
+        [],
+        [
+            failed_create(
+                "Job",
+                "report-28571520",
+                'Error creating: pods "report-28571520-abcde" is forbidden: '
+                "ValidatingAdmissionPolicy 'deny-owned' with binding 'deny-owned' "
+                "denied request: failed expression",
+                first=12,
+            ),
+            failed_create(  # a Job of another CronJob whose name only starts the same
+                "Job", "report-extra-28571520", "admission webhook denied the request", first=12
+            ),
+        ],
+        now=30,
+        switch=REPORT,
+        status=STATUS_CRON,
+        expect=(ADMISSION_DENIED, True, True, False),
+        message="report-28571520-abcde",
+    ),
+    Row(
         "cronjob-not-run-yet-is-never-slow",
         [],
         [],
