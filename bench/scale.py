@@ -19,12 +19,28 @@ and two CNCF distribution registries, all on 127.0.0.1):
 4. **restart cycle**: ``--restart-workloads`` fresh Deployments of the same
    images, then ``--once`` again with the state kept: registry requests
    (target 0: every image was verified within ``refreshInterval``);
-5. **warm cycle**: the controller loop (``pollInterval`` 2, metrics on)
-   over everything patched: cycle durations (summary lines), writes (the
+5. **rollouts written**: no controller-manager runs, so no rollout would
+   ever complete and every switch of the cold cycle would stay pending (the
+   rollout guard would follow them in every warm cycle). The bench plays
+   the controller-manager's part: it writes each patched Deployment's
+   status as rolled out (``observedGeneration`` = ``metadata.generation``,
+   every replica count = ``spec.replicas``) through the status subresource,
+   as the admin, on a thread pool, timed on its own (no controller figure
+   counts it);
+6. **switches completed**: the loop's first cycle (``pollInterval`` 2,
+   metrics on) finds every rollout complete and stops following the
+   switches: its time, completions (the guard's ``rolled out`` log lines,
+   ``image_cloner_switches_completed_total``) and the time until their
+   Events were written (the bench waits for them, so that no write of that
+   cycle falls into the measured ones), and the process's RSS then;
+7. **warm cycle**: the same loop, with no switch pending, over everything
+   patched: cycle durations (summary lines), writes (the
    API server's write counters for the resources the controller writes,
    the controller's ``image_cloner_api_requests_total``, resourceVersions of
    a sample of workloads, ``patched=0 secrets_written=0``), registry requests,
-   and the process's RSS (``/proc/PID/status`` VmRSS, VmHWM).
+   the process's RSS (``/proc/PID/status`` VmRSS, VmHWM), and the guard's
+   gauges: ``image_cloner_switches_pending`` 0 and
+   ``image_cloner_switches_completed_total`` equal to the workloads patched.
 
 Every figure is printed next to issue 11's target, written as JSON to
 ``--results-dir`` (default ``bench/results``) as ``scale-<UTC time>.json``,
@@ -100,6 +116,15 @@ WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "
 _LOG_TIME = r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 PATCHED_LINE = re.compile(_LOG_TIME + r" INFO \S+: patched (?P<workload>\S+ \S+) container ")
 SUMMARY_LINE = re.compile(_LOG_TIME + r" INFO \S+: reconcile: (?P<fields>.*)$")
+#: the rollout guard's line for a switch whose rollout completed
+COMPLETED_LINE = re.compile(
+    _LOG_TIME + r" INFO \S+: (?P<workload>\S+ \S+): rolled out on owned copies$"
+)
+#: the first line of a loop's first cycle (``Reconciler._load_state``), before the guard follows
+STATE_LINE = re.compile(_LOG_TIME + r" INFO \S+: state: \d+ verified copies")
+#: the controller's gauge and counter of the switches its guard follows
+SWITCHES_PENDING = "image_cloner_switches_pending"
+SWITCHES_COMPLETED = "image_cloner_switches_completed_total"
 _SAMPLE = re.compile(
     r"^apiserver_request_(?P<metric>total|duration_seconds_sum|duration_seconds_count)"
     r"\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
@@ -536,6 +561,100 @@ def delete_deployments(env: Environment, specs: Sequence[tuple[str, str, list[st
             pass
 
 
+def patched_deployments(keys: Iterable[str]) -> dict[str, set[str]]:
+    """Namespace -> names of the Deployments among workload keys (``Deployment ns/name``)."""
+    wanted: dict[str, set[str]] = {}
+    for key in keys:
+        kind, _, where = key.partition(" ")
+        namespace, _, name = where.partition("/")
+        if kind == "Deployment" and namespace and name:
+            wanted.setdefault(namespace, set()).add(name)
+    return wanted
+
+
+def rolled_out_status(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch of the status subresource that says a Deployment has rolled out.
+
+    What the controller-manager's deployment controller writes once every
+    replica of the newest ReplicaSet is available: ``observedGeneration`` is
+    ``metadata.generation`` and the replica counts are ``spec.replicas``, so
+    ``kubectl rollout status`` (and ``model.rollout.rollout_status``) says
+    complete.
+    """
+    replicas = (deployment.get("spec") or {}).get("replicas", 1)
+    return {
+        "status": {
+            "observedGeneration": deployment["metadata"].get("generation", 1),
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        }
+    }
+
+
+def write_rollouts(env: Environment, keys: Iterable[str]) -> dict[str, Any]:
+    """Play the controller-manager's part: mark each patched Deployment as rolled out.
+
+    Lists the Deployments of each namespace (one request per namespace, for
+    their generation), then writes ``rolled_out_status`` of each patched one
+    through ``.../deployments/NAME/status`` (merge patch) on 8 threads, one
+    admin session each, as ``create_deployments`` creates them.
+
+    Args:
+        env: the environment.
+        keys: workload keys (``Deployment ns/name``) the controller patched.
+
+    Returns:
+        ``written`` (statuses written), ``missing`` (patched Deployments not
+        found), ``seconds`` (listing and writing), ``rate`` (written per second).
+
+    Raises:
+        RuntimeError: the API server did not answer 200 to a list or a write.
+    """
+    wanted = patched_deployments(keys)
+    started = time.monotonic()
+    lister = admin_session(env)
+    todo: list[tuple[str, str, dict[str, Any]]] = []
+    for namespace in sorted(wanted):
+        url = f"{env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments"
+        response = lister.get(url, timeout=60)
+        if response.status_code != 200:
+            raise RuntimeError(f"list deployments in {namespace}: {response.status_code}")
+        for item in response.json().get("items") or ():
+            name = item["metadata"]["name"]
+            if name in wanted[namespace]:
+                todo.append((namespace, name, rolled_out_status(item)))
+    local = threading.local()
+
+    def write(job: tuple[str, str, dict[str, Any]]) -> None:
+        namespace, name, body = job
+        session = getattr(local, "session", None) or admin_session(env)
+        local.session = session
+        url = f"{env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status"
+        response = session.patch(
+            url,
+            data=json.dumps(body),
+            headers={"Content-Type": "application/merge-patch+json"},
+            timeout=60,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"status of {namespace}/{name}: {response.status_code} {response.text}"
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(write, todo):
+            pass
+    seconds = time.monotonic() - started
+    return {
+        "written": len(todo),
+        "missing": sum(len(names) for names in wanted.values()) - len(todo),
+        "seconds": seconds,
+        "rate": len(todo) / seconds if seconds > 0 else None,
+    }
+
+
 # --- controller runs -------------------------------------------------------------------
 
 
@@ -655,6 +774,109 @@ def wait_for_summaries(
         time.sleep(0.05)
 
 
+def event_writes(delta: dict[str, Any]) -> int:
+    """Event writes (any write verb on ``events``) in an ``api_delta``."""
+    return sum(n for what, n in delta["writes_by"].items() if what.endswith(" events"))
+
+
+def wait_for_writes(
+    counters: Counters,
+    since: Counter[tuple[str, str, str]],
+    events: int,
+    alive: Callable[[], bool],
+    timeout: float,
+    quiet: float = 1.0,
+) -> dict[str, Any]:
+    """Poll the API server until the controller's writes since ``since`` are all answered.
+
+    Done when at least ``events`` Event writes were answered and no write
+    on ``CONTROLLER_RESOURCES`` came for ``quiet`` seconds: the Events a
+    cycle records wait in the controller's write pool
+    (``cloner.ops.writes``) and are written after its summary line.
+
+    Returns:
+        ``events`` (Event writes since ``since``), ``writes`` (all of them
+        on ``CONTROLLER_RESOURCES``), ``last_write`` (epoch seconds when the
+        last change was seen), ``drained`` (False when ``timeout`` passed first).
+
+    Raises:
+        RuntimeError: the controller exited.
+    """
+    started = time.monotonic()
+    seen: int | None = None
+    changed, changed_at = started, time.time()
+    while True:
+        delta = api_delta(since, counters.apiserver_requests())
+        now = time.monotonic()
+        if delta["writes"] != seen:
+            seen, changed, changed_at = delta["writes"], now, time.time()
+        done = event_writes(delta) >= events and now - changed >= quiet
+        if done or now - started > timeout:
+            return {
+                "events": event_writes(delta),
+                "writes": delta["writes"],
+                "last_write": changed_at,
+                "drained": done,
+            }
+        if not alive():
+            raise RuntimeError("controller loop exited while its writes were awaited")
+        time.sleep(0.25)
+
+
+def scrape_after(port: int, cycles: int, alive: Callable[[], bool]) -> dict[str, float]:
+    """The controller's /metrics once they count ``cycles`` cycles (the summary line comes first).
+
+    Raises:
+        RuntimeError: the controller exited, or 30 seconds passed.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        samples = scrape(port)
+        counted = sum(
+            value
+            for key, value in samples.items()
+            if key.startswith("image_cloner_reconcile_cycles_total")
+        )
+        if counted >= cycles:
+            return samples
+        if not alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the controller's metrics never counted {cycles} cycles")
+        time.sleep(0.05)
+
+
+def completion_figures(log: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The loop's first cycle, which finds the rollouts complete: when it ran, what it completed.
+
+    Returns:
+        ``started`` (epoch seconds of its ``state:`` line, the first of the
+        cycle; None without one), ``cycle`` (s from that line to the summary
+        line: the summary's ``duration`` leaves out the state read and the
+        guard's following, which run before its clock starts), ``completed``
+        (the guard's ``rolled out`` lines of the cycle), ``following`` (s from
+        the cycle's start to its last ``rolled out`` line), ``times`` (s after
+        the cycle's start of each ``rolled out`` line, sorted).
+    """
+    text = log.read_text(errors="replace")
+    started = None
+    times = []
+    for line in text.splitlines():
+        if started is None and (match := STATE_LINE.match(line)) is not None:
+            started = log_time(match["time"])
+        elif (match := COMPLETED_LINE.match(line)) is not None:
+            at = log_time(match["time"])
+            if at <= summary["at"]:
+                times.append(at)
+    zero = started if started is not None else float(summary["at"]) - float(summary["duration"])
+    times = sorted(t - zero for t in times)
+    return {
+        "started": started,
+        "cycle": float(summary["at"]) - zero,
+        "completed": len(times),
+        "following": times[-1] if times else None,
+        "times": times,
+    }
+
+
 def run_warm(
     env: Environment,
     counters: Counters,
@@ -667,8 +889,11 @@ def run_warm(
 ) -> dict[str, Any]:
     """The controller loop over workloads that are all patched: ``cycles`` warm cycles.
 
-    The loop's first cycle (a restart: it reads the state) is left out;
-    the counters are read after it and after cycle ``1 + cycles``. The loop
+    The loop's first cycle (a restart: it reads the state, and finds every
+    switch's rollout complete) is left out, and so are the cycles that run
+    while the Events of the completed switches are written (until the API
+    server saw them and then no write for a second); the counters are read
+    after the next summary line and again ``cycles`` cycles later. The loop
     is stopped with SIGTERM (exactly this process) and must exit 0.
 
     Returns:
@@ -677,13 +902,19 @@ def run_warm(
         ``image_cloner_api_requests_total`` by outcome), ``resource_versions_changed``
         (sampled workloads whose resourceVersion changed), ``memory`` (MiB),
         ``returncode``, ``first_cycle`` (the restart cycle's summary and its
-        registry requests).
+        registry requests), ``switches`` (the first cycle's completions, see
+        ``completion_figures``, the wait for their Events, the cycles left
+        out, the process's memory after the first cycle and once the
+        Events were written, and the gauge and counter of
+        ``SWITCHES_PENDING`` and ``SWITCHES_COMPLETED`` after the first and
+        the last measured cycle).
 
     Raises:
         RuntimeError: the loop exited early or printed no summaries in time.
     """
     argv = controller_command(kubeconfig, config)
     offsets_start = counters.registry_offsets()
+    api_start = counters.apiserver_requests()
     with log.open("wb") as output:
         process = subprocess.Popen(
             argv,
@@ -699,20 +930,28 @@ def run_warm(
 
         first = wait_for_summaries(log, 1, alive, 600)
         first_registry = counters.registry_requests(offsets_start)
+        own_first = scrape_after(metrics_port, 1, alive)
+        completed_first = int(own_first.get(SWITCHES_COMPLETED, 0.0))
+        memory_first = proc_memory(process.pid)
+        drain = wait_for_writes(counters, api_start, completed_first, alive, 600)
+        memory_drained = proc_memory(process.pid)
+        # Measure from the end of a cycle, as after the first one.
+        skip = len(parse_log(log.read_text(errors="replace"))[0]) + 1
+        wait_for_summaries(log, skip, alive, 120)
         offsets = counters.registry_offsets()
         api_before = counters.apiserver_requests()
-        own_before = scrape(metrics_port)
+        own_before = scrape_after(metrics_port, skip, alive)
         versions_before = counters.resource_versions(sample)
         cpu_before = {**counters.cpu(), "controller": proc_cpu(process.pid)}
         window = time.monotonic()
-        summaries = wait_for_summaries(log, 1 + cycles, alive, 120 + 30 * cycles)
+        summaries = wait_for_summaries(log, skip + cycles, alive, 120 + 30 * cycles)
         cpu = cpu_delta(
             cpu_before,
             {**counters.cpu(), "controller": proc_cpu(process.pid)},
             time.monotonic() - window,
         )
         memory = proc_memory(process.pid)
-        own_after = scrape(metrics_port)
+        own_after = scrape_after(metrics_port, skip + cycles, alive)
         api_after = counters.apiserver_requests()
         registry = counters.registry_requests(offsets)
         versions_after = counters.resource_versions(sample)
@@ -729,9 +968,26 @@ def run_warm(
         if key.startswith("image_cloner_api_requests_total{"):
             outcome = dict(_LABEL.findall(key)).get("outcome", "")
             controller_api[outcome] = int(value - own_before.get(key, 0.0))
+    switches = {
+        **completion_figures(log, first[0]),
+        "completed_first": completed_first,
+        "pending_first": int(own_first.get(SWITCHES_PENDING, -1.0)),
+        "events_written": drain["events"],
+        "writes_after_first": drain["writes"],
+        "events_drained": drain["drained"],
+        "events_done_after": drain["last_write"] - float(first[0]["at"]),
+        "cycles_left_out": skip - 1,
+        "memory_first": memory_first,
+        "memory_drained": memory_drained,
+        "pending": int(own_after.get(SWITCHES_PENDING, -1.0)),
+        "completed": int(own_after.get(SWITCHES_COMPLETED, -1.0)),
+        "completed_measured": int(
+            own_after.get(SWITCHES_COMPLETED, 0.0) - own_before.get(SWITCHES_COMPLETED, 0.0)
+        ),
+    }
     return {
         "argv": argv,
-        "summaries": summaries[1 : 1 + cycles],
+        "summaries": summaries[skip : skip + cycles],
         "registry": registry,
         "api": api_delta(api_before, api_after),
         "controller_api": controller_api,
@@ -743,6 +999,7 @@ def run_warm(
         "cpu": cpu,
         "returncode": process.returncode,
         "first_cycle": {"summary": first[0], "registry": first_registry},
+        "switches": switches,
         "log": str(log),
     }
 
@@ -940,6 +1197,7 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
             "0",
             restart_registry["owned"]["total"] == 0,
         ),
+        *rollout_rows(result),
         Row("warm", "cycles measured", len(durations), "cycles"),
         Row(
             "warm",
@@ -988,9 +1246,77 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
         Row("warm", "CPU: whole machine busy", warm_busy, "%"),
         Row("warm", "RSS (VmRSS)", rss, "MiB", "<= 200 MiB", at_most(rss, RSS_TARGET_MIB)),
         Row("warm", "peak RSS (VmHWM)", hwm, "MiB", "<= 200 MiB", at_most(hwm, RSS_TARGET_MIB)),
+        *switch_rows(result),
         Row(
             "warm", "loop exit code (SIGTERM)", warm["returncode"], "", "0", warm["returncode"] == 0
         ),
+    ]
+
+
+def rollout_rows(result: dict[str, Any]) -> list[Row]:
+    """The rollouts the bench wrote and the loop's first cycle, which completed the switches."""
+    rollouts, warm = result.get("rollouts"), result["warm"]
+    switches = warm.get("switches")
+    if rollouts is None or switches is None:
+        return []
+    patched = result["cold"]["patched"]
+    pending = switches["pending_first"]
+    drained = switches["memory_drained"]
+    return [
+        Row(
+            "rollout",
+            "statuses written as rolled out (bench)",
+            rollouts["written"],
+            "workloads",
+            f"= {patched}",
+            rollouts["written"] == patched,
+        ),
+        Row("rollout", "status writes: time (not the controller)", rollouts["seconds"], "s"),
+        Row("rollout", "status writes: rate", rollouts["rate"], "/s"),
+        Row("rollout", "switches completed: cycle", switches["cycle"], "s"),
+        Row(
+            "rollout",
+            "switches completed: summary duration",
+            float(warm["first_cycle"]["summary"]["duration"]),
+            "s",
+        ),
+        Row("rollout", "switches completed: following", switches["following"], "s"),
+        Row(
+            "rollout",
+            "switches completed in that cycle",
+            switches["completed_first"],
+            "switches",
+            f"= {patched}",
+            switches["completed_first"] == patched,
+        ),
+        Row("rollout", "switches pending after it", pending, "switches", "0", pending == 0),
+        Row("rollout", "its Events written, after its summary", switches["events_done_after"], "s"),
+        Row("rollout", "cycles left out meanwhile", switches["cycles_left_out"], "cycles"),
+        Row("rollout", "RSS after that cycle", switches["memory_first"].get("VmRSS"), "MiB"),
+        Row("rollout", "RSS once its Events were written", drained.get("VmRSS"), "MiB"),
+        Row("rollout", "peak RSS by then (VmHWM)", drained.get("VmHWM"), "MiB"),
+    ]
+
+
+def switch_rows(result: dict[str, Any]) -> list[Row]:
+    """The guard's gauge and counter after the measured warm cycles."""
+    switches = result["warm"].get("switches")
+    if switches is None:
+        return []
+    patched = result["cold"]["patched"]
+    pending, completed = switches["pending"], switches["completed"]
+    measured = switches["completed_measured"]
+    return [
+        Row("warm", "switches pending (gauge)", pending, "switches", "0", pending == 0),
+        Row(
+            "warm",
+            "switches completed (counter)",
+            completed,
+            "switches",
+            f"= {patched}",
+            completed == patched,
+        ),
+        Row("warm", "switches completed in the measured cycles", measured, "switches"),
     ]
 
 
@@ -1097,6 +1423,12 @@ def run(
             "listPageSize": 500,
             "namespaces": {"include": [f"{NAMESPACE_PREFIX}*"]},
             "pollInterval": 2,
+            # No controller-manager runs here, so no rollout completes by
+            # itself: with rollout.canary each namespace would stay at its
+            # first switched workload. write_config sets it off for every
+            # API-server-only config; said here too, as issue 27 asks.
+            # (write_rollouts plays the controller-manager's part instead.)
+            "rollout": {"canary": False},
         }
         once_config = write_config(workdir / "once.yaml", env, owned_target(env), **common)
         metrics_port = free_port()
@@ -1123,6 +1455,13 @@ def run(
         )
 
         restart = restart_phase(env, counters, size, corpus, once_config, kubeconfig, logs)
+        # The controller-manager's part: every switch of the cold cycle rolls out.
+        rollouts = write_rollouts(env, cold_run.patches)
+        print(
+            f"rollouts: {rollouts['written']} Deployment statuses written as rolled out "
+            f"in {rollouts['seconds']:.1f}s ({rollouts['rate'] or 0:.0f}/s)",
+            flush=True,
+        )
         step = max(1, len(specs) // size.sample)
         sample = [(ns, name) for ns, name, _ in specs[::step]][: size.sample]
         warm = run_warm(
@@ -1134,6 +1473,15 @@ def run(
             metrics_port,
             size.warm_cycles,
             sample,
+        )
+        switches = warm["switches"]
+        print(
+            f"switches completed: {switches['completed_first']} in the loop's first cycle "
+            f"({switches['cycle']:.1f}s, summary duration "
+            f"{float(warm['first_cycle']['summary']['duration']):.1f}s), their Events written "
+            f"{switches['events_done_after']:.1f}s after it; then pending "
+            f"{switches['pending']}, completed {switches['completed']}",
+            flush=True,
         )
         print(f"warm: {[s['duration'] for s in warm['summaries']]} s", flush=True)
         result: dict[str, Any] = {
@@ -1151,6 +1499,7 @@ def run(
             },
             "cold": cold,
             "restart": restart,
+            "rollouts": rollouts,
             "warm": warm,
             "targets": {
                 "cold_wall_s": COLD_WALL_TARGET,
@@ -1168,6 +1517,12 @@ def run(
                     "label": f"restart cycle: {restart['patched']} fresh workloads patched",
                     "ylabel": "workloads patched",
                     "t": restart["patch_times"],
+                },
+                "switches": {
+                    "label": f"loop's first cycle: {len(switches['times'])} switches "
+                    "followed to their completed rollout",
+                    "ylabel": "switches completed",
+                    "t": switches["times"],
                 },
             },
             "marks": {"cold": [[COLD_WALL_TARGET, "target 30 s"]]},

@@ -420,11 +420,11 @@ class Reconciler:
         """
         summary = Summary(started=time.time())
         self._load_state()
+        clock = time.monotonic()  # the duration includes following switches
         if self._guard is not None and not self._images.stopping:
             self._guard.follow(summary.rollout)
         if self._pull_secrets is not None:
             summary.provisioning = self._pull_secrets.start_cycle()
-        clock = time.monotonic()
         try:
             namespaces = {ns.name: ns for ns in self._kube.list_namespaces()}
         except KubeError as exc:

@@ -4,8 +4,11 @@ The benchmark starts its own Environment (etcd, kube-apiserver, dockerd,
 registries on 127.0.0.1), so this test does not use the session's ``env``
 fixture. Timings are not asserted (they mean nothing at 50 workloads on a
 shared machine); what is asserted is what the run did: every workload
-patched, a warm cycle that writes nothing and asks no registry, the table
-printed with each row, the JSON and the PNG written.
+patched, every switch followed until the rollout the bench wrote for it
+(no controller-manager runs: the bench's config sets ``rollout.canary``
+off, and the bench writes each Deployment's status as rolled out), a
+warm cycle with no switch pending that writes nothing and asks no
+registry, the table printed with each row, the JSON and the PNG written.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ FIGURES = (
     "registry requests",
     "RSS (VmRSS)",
     "peak RSS (VmHWM)",
+    "statuses written as rolled out (bench)",
+    "switches completed: cycle",
+    "switches completed in that cycle",
+    "switches pending (gauge)",
+    "switches completed (counter)",
 )
 
 
@@ -73,9 +81,23 @@ def test_scale_smoke_patches_everything_and_reports_each_figure(tmp_path: Path) 
     # The restart, with the state kept: the fresh workloads patched, no source asked.
     assert restart["returncode"] == 0 and restart["patched"] == size["restart_workloads"]
     assert restart["registry"]["public"]["total"] == 0
+    # Rollouts: the bench marked each switched Deployment rolled out; the
+    # loop's first cycle completed every switch, and none was pending after.
+    assert data["rollouts"]["written"] == size["workloads"]
+    assert data["rollouts"]["missing"] == 0
+    switches = warm["switches"]
+    assert switches["completed_first"] == switches["completed"] == size["workloads"]
+    assert len(switches["times"]) == size["workloads"]
+    assert switches["pending_first"] == switches["pending"] == 0
+    assert switches["events_drained"] and switches["events_written"] >= size["workloads"]
+    assert switches["completed_measured"] == 0
+    # Before that, every switch of the cold cycle was still pending after the
+    # restart cycle (its own switches count too).
+    assert restart["summary"]["switches_pending"] >= size["workloads"]
     # Warm: the loop's cycles patched nothing, wrote nothing, asked no registry.
     assert len(warm["summaries"]) == size["warm_cycles"]
     assert all(s["patched"] == 0 and s["secrets_written"] == 0 for s in warm["summaries"])
+    assert all(s["switches_pending"] == 0 for s in warm["summaries"])
     assert warm["api"]["writes"] == 0 and warm["resource_versions_changed"] == 0
     assert warm["resource_versions_sampled"] == size["sample"]
     assert warm["registry"]["public"]["total"] == 0 and warm["registry"]["owned"]["total"] == 0
