@@ -850,6 +850,7 @@ def write_overlay(
     replicas: int = 1,
     poll_interval: int = 5,
     skopeo: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> Deployment:
     """Write a kustomize overlay of ``manifests/`` for this cluster; return what it deploys.
 
@@ -871,22 +872,29 @@ def write_overlay(
     127.0.0.1 through the cluster's pod network (tests/e2e/podnet.py): of
     the host-network settings only the metrics address/port and the API
     server's address remain.
+
+    ``config`` holds further settings for the controller's ``config.yaml``,
+    merged key by key into the shipped file after the settings above (a
+    nested mapping such as ``{"pullSecret": {"provision": False}}`` changes
+    only the keys it names).
     """
     if cluster.images is None:
         raise ComponentError("cluster images not built")
     env = cluster.env
     directory.mkdir(parents=True, exist_ok=True)
     shipped = REPO_ROOT / "manifests" / "base" / "configmap-config.yaml"
-    config = yaml.safe_load(yaml.safe_load(shipped.read_text())["data"]["config.yaml"])
+    settings = yaml.safe_load(yaml.safe_load(shipped.read_text())["data"]["config.yaml"])
     (metrics_port,) = free_ports(1)
     target = f"{env.owned.host}/mirror"
-    config.update(
+    settings.update(
         target=target,
         insecureRegistries=[env.public.host, env.owned.host],
         metricsAddress=LOOPBACK,
         metricsPort=metrics_port,
         pollInterval=poll_interval,
     )
+    if config:
+        _merge_settings(settings, config)
     assert env.owned.username is not None and env.owned.password is not None
     auth = _b64(f"{env.owned.username}:{env.owned.password}")
     docker_config = json.dumps({"auths": {env.owned.host: {"auth": auth}}}, indent=2)
@@ -939,7 +947,7 @@ def write_overlay(
                         {
                             "op": "replace",
                             "path": "/data/config.yaml",
-                            "value": yaml.safe_dump(config, sort_keys=False),
+                            "value": yaml.safe_dump(settings, sort_keys=False),
                         }
                     ]
                 ),
@@ -965,6 +973,16 @@ def write_overlay(
     for path in directory.iterdir():
         path.chmod(0o600)
     return Deployment(directory, cluster.images.controller, metrics_port, target)
+
+
+def _merge_settings(settings: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Merge ``changes`` into ``settings`` in place; nested mappings key by key."""
+    for key, value in changes.items():
+        current = settings.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge_settings(current, value)
+        else:
+            settings[key] = value
 
 
 def _pause_layer() -> bytes:
