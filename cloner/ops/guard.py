@@ -255,7 +255,12 @@ class RolloutGuard:
                 log.warning("cannot follow the switches in %s now: %s", namespace, exc)
                 continue
             for switch in switches:
-                self._follow(switch, seen, report)
+                try:
+                    self._follow(switch, seen, report)
+                except Exception:  # one switch must not stop the others or the cycle
+                    log.exception(
+                        "%s: following its switch failed; tried again next cycle", switch.key
+                    )
         self.count_pending(report)
 
     def count_pending(self, report: RolloutReport) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import cloner.ops.guard as guard_module
 from cloner.config import (
     BackoffSettings,
     CopySettings,
@@ -908,3 +909,24 @@ def test_on_delete_workloads_are_no_canaries_and_not_followed(kind: str) -> None
     _summary, patched = rig.cycle()
     assert sorted(patched) == sorted([f"{kind} a/x", dep("a", "web")])
     assert set(rig.stored(SWITCHES_KEY)) == {dep("a", "web")}  # the canary only
+
+
+def test_a_switch_that_cannot_be_followed_does_not_stop_the_others_or_the_cycle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = Rig([deployment(ns, "web") for ns in ("a", "b")], canary=False)
+    _, patched = rig.cycle()
+    assert len(patched) == 2
+    real = guard_module.rollout_status
+
+    def broken_for_a(kind: str, obj: dict[str, Any], generation: int = 0) -> Any:
+        if obj["metadata"]["namespace"] == "a":
+            raise RuntimeError("an unexpected object")
+        return real(kind, obj, generation)
+
+    monkeypatch.setattr(guard_module, "rollout_status", broken_for_a)
+    rolled_out(rig.obj("Deployment", "b", "web"))
+    summary, _ = rig.cycle()  # does not raise
+    assert summary.rollout.completed == 1  # b's switch was still decided
+    assert summary.rollout.pending == 1  # a's stays pending, tried again next cycle
+    assert "SwitchCompleted" in rig.events.reasons(dep("b", "web"))
