@@ -294,6 +294,7 @@ def test_a_changed_setting_reaches_the_config_file_the_port_and_the_state_role(
             "naming": "flat",
             "state": {"configMap": "cloner-state"},
             "leaderElection": {"leaseDuration": 30},
+            "pullSecret": {"name": "team-pull"},
         }
     }
     chart = index(helm.template(tmp_path, values))
@@ -310,6 +311,21 @@ def test_a_changed_setting_reaches_the_config_file_the_port_and_the_state_role(
     assert ports["ports"][0]["containerPort"] == 9400
     role = by_kind[("Role", "image-cloner-state")]
     assert role["rules"][0]["resourceNames"] == [f"cloner-state-{i}" for i in range(16)]
+    # get and update of Secrets only on the managed pull Secret's name
+    secret_rules = [
+        r
+        for r in by_kind[("ClusterRole", "image-cloner")]["rules"]
+        if r["resources"] == ["secrets"]
+    ]
+    assert secret_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["team-pull"],
+            "verbs": ["get", "update"],
+        },
+    ]
 
 
 @pytest.mark.parametrize(

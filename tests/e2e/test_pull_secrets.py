@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import subprocess
 import time
 from contextlib import closing, suppress
 from pathlib import Path
@@ -311,3 +312,37 @@ def test_pods_made_right_after_the_service_account_change_get_the_secret(
         assert secrets_.namespace_ready(namespaces[0], "default")
         assert secrets_.admission_wait(namespaces[0], "default") == 0.0
         assert kube.service_account_at_least(namespaces[0], "absent", "1") is None
+
+
+def test_the_service_account_reads_and_updates_only_the_managed_secret(
+    scope: Scope, env: Environment
+) -> None:
+    # Least privilege (issue 28): get and update are limited to the managed
+    # Secret's name, so a known name (argocd-secret, a cloud token) cannot be
+    # read or overwritten; create cannot be limited by name in Kubernetes. The
+    # rotation test above shows provisioning and rotation still work with it.
+    def can_i(*args: str) -> str:
+        result = subprocess.run(
+            [
+                str(env.kubectl),
+                f"--kubeconfig={scope.kubeconfig}",
+                "auth",
+                "can-i",
+                *args,
+                "-n",
+                scope.namespace,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,  # "no" exits 1
+        )
+        return result.stdout.strip()
+
+    assert can_i("get", f"secret/{SECRET}") == "yes"
+    assert can_i("update", f"secret/{SECRET}") == "yes"
+    assert can_i("create", "secrets") == "yes"
+    for verb in ("get", "update", "delete", "patch"):
+        assert can_i(verb, "secret/argocd-secret") == "no", verb
+    assert can_i("list", "secrets") == "no"
+    assert can_i("watch", "secrets") == "no"
