@@ -316,6 +316,8 @@ def test_controller_works_with_only_the_manifests_rbac(
     for verb, resource in [
         ("list", "secrets"),  # cannot enumerate the cluster's Secrets
         ("watch", "secrets"),
+        ("get", "secrets"),  # nor read one by its name: get only the managed one
+        ("get", "secret/argocd-secret"),
         ("delete", "secrets"),
         ("update", "deployments"),
         ("delete", "deployments"),
@@ -331,7 +333,7 @@ def test_controller_works_with_only_the_manifests_rbac(
     for verb, resource in [
         ("list", "deployments"),
         ("patch", "statefulsets"),
-        ("get", "secrets"),
+        ("get", "secret/image-cloner-pull-secret"),
         ("patch", "serviceaccounts"),
     ]:
         allowed = env.run_kubectl(
