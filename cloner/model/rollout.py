@@ -53,11 +53,6 @@ PULL_ATTEMPTS = 2
 #: timestamps when deciding that an Event came after the switch.
 SKEW = 2.0
 
-#: Label of a Deployment's ReplicaSets and pods naming their template
-#: (``apps/v1``, ``DefaultDeploymentUniqueLabelKey``).
-POD_TEMPLATE_HASH = "pod-template-hash"
-#: Annotation of a Deployment and its ReplicaSets: the revision number.
-DEPLOYMENT_REVISION = "deployment.kubernetes.io/revision"
 
 _AUTH_WORDS = (
     "unauthorized",
