@@ -47,6 +47,7 @@ from typing import Any, Literal
 import yaml
 
 from cloner.errors import ConfigError, InvalidReference
+from cloner.model.artifacts import SignatureMode
 from cloner.model.backoff import BackoffPolicy
 from cloner.model.identity import BackendName
 from cloner.model.lease import validate_timing
@@ -140,7 +141,9 @@ class PullSecretSettings(_Checked):
     """The managed pull Secret of the owned registry in each patched namespace.
 
     Fields: ``name`` (``pullSecret.name``), ``attach`` (``pullSecret.attach``,
-    ``AttachMode``), ``provision`` (``pullSecret.provision``).
+    ``AttachMode``), ``provision`` (``pullSecret.provision``), ``docker_config``
+    (``pullSecret.dockerConfig``: the read-only pull credentials' docker
+    ``config.json``, or None to use the push credentials' entry).
 
     Raises:
         ConfigError: see ``_Checked``.
@@ -149,6 +152,7 @@ class PullSecretSettings(_Checked):
     name: str = "image-cloner-pull-secret"
     attach: AttachMode = AttachMode.SERVICEACCOUNT
     provision: bool = True
+    docker_config: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,7 @@ class Settings:
     ``.exclude``), ``controller_namespace`` (``controllerNamespace``),
     ``list_page_size`` (``listPageSize``), ``naming`` (``NamingStrategy``),
     ``flat_separator`` (``flatSeparator``), ``pin_digest`` (``pinDigest``),
+    ``signatures`` (``SignatureMode``),
     ``owned_registries`` (``ownedRegistries``), ``include_images`` /
     ``exclude_images`` (``images.include`` / ``.exclude``), ``gitops``
     (``GitopsMode``), ``fight_limit`` (``fightLimit``), ``patch_concurrency``
@@ -279,6 +284,7 @@ class Settings:
     naming: NamingStrategy = NamingStrategy.NESTED
     flat_separator: str = "_"
     pin_digest: bool = False
+    signatures: SignatureMode = SignatureMode.COPY
     owned_registries: tuple[str, ...] = ()
     include_images: tuple[str, ...] = ()
     exclude_images: tuple[str, ...] = ()
@@ -583,7 +589,8 @@ KEYS_FILE = Path(__file__).with_name("settings_keys.yaml")
 
 #: The StrEnums a ``choice`` key's ``choices`` may name.
 _CHOICES: Mapping[str, type[StrEnum]] = {
-    cls.__name__: cls for cls in (NamingStrategy, GitopsMode, AttachMode, BackendName)
+    cls.__name__: cls
+    for cls in (NamingStrategy, GitopsMode, AttachMode, BackendName, SignatureMode)
 }
 
 

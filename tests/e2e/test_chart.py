@@ -49,7 +49,13 @@ pytestmark = pytest.mark.e2e
 CHART = REPO_ROOT / "charts" / "image-cloner"
 MANIFESTS = REPO_ROOT / "manifests"
 #: Settings the chart sets itself (env or the top-level copyBackend value).
-CHART_SET = {"copyBackend", "dockerHost", "dockerConfig", "controllerNamespace"}
+CHART_SET = {
+    "copyBackend",
+    "dockerHost",
+    "dockerConfig",
+    "controllerNamespace",
+    "pullSecret.dockerConfig",
+}
 #: The image manifests/base/kustomization.yaml deploys (make image builds it).
 KUSTOMIZE_TAG = {"image": {"tag": "latest"}}
 

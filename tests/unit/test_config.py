@@ -21,6 +21,7 @@ from cloner.config import (
     load_settings,
 )
 from cloner.errors import ConfigError
+from cloner.model.artifacts import SignatureMode
 from cloner.model.identity import BackendName
 from cloner.model.pullsecrets import AttachMode
 from cloner.model.reference import NamingStrategy, Target
@@ -244,6 +245,8 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "rollout.canary": (False, False),
     "rollout.timeout": (120, 120.0),
     "rollout.pullFailureGrace": (0, 0.0),
+    "signatures": ("require", SignatureMode.REQUIRE),
+    "pullSecret.dockerConfig": ("/etc/pull/config.json", Path("/etc/pull/config.json")),
 }
 
 
