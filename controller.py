@@ -382,6 +382,7 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
         # The loop keeps ticking while long clones run: a cycle waits for
         # clones until shortly before the next one starts; --once waits for all.
         clone_wait=None if args.once else 0.9 * settings.poll_interval,
+        artifacts=adapters.manifests,
     )
     elector = None
     if settings.leader_election.enabled and not args.once:

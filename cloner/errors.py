@@ -64,6 +64,11 @@ class RegistryError(ClonerError):
             the cluster's nodes run (final: use ``copyBackend: skopeo``).
             ``unsupported``: the copy tool refused the operation itself, for
             example skopeo's "Instructed to preserve digests" (final).
+            ``signatures_not_copied``: under ``signatures: require``, the
+            source's signatures or referrers are not all in the owned
+            registry yet (temporary). ``signatures_lost``: under ``require``,
+            the backend gives copies new digests and the source is signed
+            (final: use ``copyBackend: skopeo``).
         message: what happened, with the reference; never credentials.
         registry: the registry host the failure concerns, when known (a 429
             pauses that registry as a whole).
@@ -84,9 +89,18 @@ class RegistryError(ClonerError):
         "source_unverified",
         "multi_platform",
         "unsupported",
+        "signatures_not_copied",
+        "signatures_lost",
     )
     _TEMPORARY = frozenset(
-        {"rate_limited", "network", "registry_error", "verify_failed", "source_unverified"}
+        {
+            "rate_limited",
+            "network",
+            "registry_error",
+            "verify_failed",
+            "source_unverified",
+            "signatures_not_copied",
+        }
     )
 
     def __init__(

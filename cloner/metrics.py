@@ -62,6 +62,19 @@ SOURCES_MOVED = Counter(
     "(refreshInterval); their owned tags were copied again.",
     registry=REGISTRY,
 )
+ARTIFACTS_COPIED = Counter(
+    "image_cloner_artifacts_copied",
+    "Signatures, attestations, SBOMs and OCI referrers written beside owned copies, by kind "
+    "(signature, attestation, sbom, referrer).",
+    ["kind"],
+    registry=REGISTRY,
+)
+ARTIFACT_FAILURES = Counter(
+    "image_cloner_artifact_failures",
+    "Syncs of a source's signatures and referrers that failed, by reason; retried with backoff.",
+    ["reason"],
+    registry=REGISTRY,
+)
 WORKLOADS_PATCHED = Counter(
     "image_cloner_workloads_patched",
     "Workloads patched to owned images, by kind.",
@@ -254,6 +267,10 @@ def _count_cycle(summary: Summary) -> None:
     IMAGES_HEALED.inc(summary.healed)
     OWNED_COPIES_REPLACED.inc(summary.replaced)
     SOURCES_MOVED.inc(summary.moved)
+    for kind, count in summary.artifacts_copied.items():
+        ARTIFACTS_COPIED.labels(kind=kind).inc(count)
+    for reason, count in summary.artifact_failures.items():
+        ARTIFACT_FAILURES.labels(reason=reason).inc(count)
     PATCH_CONFLICTS.inc(summary.conflicts_retried)
     rollout = summary.rollout
     for reason, count in rollout.failures.items():

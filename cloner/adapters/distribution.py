@@ -7,9 +7,15 @@ a pull) and ``get`` fetches the raw manifest bytes. ``controller.py`` builds
 one ``DistributionClient`` and shares it; it is safe to call from several
 clone threads at once.
 
+It also copies the artifacts that refer to an image (``cloner.ops.artifacts``):
+``referrers`` lists them (distribution-spec v1.1), ``copy_blob`` and
+``put_manifest`` write their blobs and manifests byte for byte into the owned
+registry, with the push credentials of the docker ``config.json``.
+
 It is the only module that talks to registries with ``requests``. It must not:
 
-- write to a registry or fetch layers (it only reads manifests);
+- fetch image layers (only artifact blobs, at most ``MAX_BLOB_BYTES`` each),
+  or write anything but artifacts and their tags;
 - log credentials or put them into an error message or a ``repr``;
 - let a ``requests`` or ``urllib3`` exception out: every failure is a
   ``RegistryError`` whose ``registry`` is the registry host;
@@ -53,6 +59,7 @@ import urllib3.util.ssl_
 
 from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import InvalidReference, RegistryError
+from cloner.model.artifacts import referrer_descriptors
 from cloner.model.credentials import Credential
 from cloner.model.identity import DOCKER_LIST as DOCKER_MANIFEST_LIST
 from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
@@ -77,6 +84,10 @@ _ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # distribution refuses manifests over 4 MiB
 MAX_TOKEN_BYTES = 1024 * 1024
+#: Largest artifact blob copied (a signature is bytes, an SBOM megabytes).
+MAX_BLOB_BYTES = 256 * 1024 * 1024
+#: Pages of a referrers list followed at most (distribution-spec v1.1 pagination).
+MAX_REFERRER_PAGES = 16
 DEFAULT_TOKEN_SECONDS = 60.0  # token spec: expires_in defaults to 60
 TOKEN_MARGIN_SECONDS = 10.0  # renew this long before a token expires (at most half its life)
 _DIGEST_ALGORITHMS = frozenset({"sha256", "sha384", "sha512"})  # go-digest's registered ones
@@ -238,9 +249,12 @@ class DistributionClient:
         timeout: seconds to connect, and seconds between two reads.
 
     Attributes:
-        requests: requests so far by (registry host, ``HEAD``/``GET``/``token``,
-            outcome); the outcome is ``success`` or a ``RegistryError`` reason
-            (a HEAD of an unknown manifest counts as ``not_found``).
+        requests: requests so far by (registry host, operation, outcome):
+            ``HEAD``/``GET`` (manifests), ``token``, ``referrers``,
+            ``blob_head``, ``blob_get``, ``POST`` (blob uploads, mounts),
+            ``PUT`` (artifact blobs and manifests); the outcome is ``success``
+            or a ``RegistryError`` reason (a HEAD of an unknown manifest
+            counts as ``not_found``).
     """
 
     def __init__(
@@ -340,6 +354,274 @@ class DistributionClient:
             raise
         self._count(ref.registry, "GET", "success")
         return descriptor, answer.body
+
+    # --- artifacts: referrers, blobs, manifest writes ---------------------------------
+
+    def referrers(self, repository: Reference, digest: str) -> list[dict[str, Any]] | None:
+        """GET /v2/<repository>/referrers/<digest>: the referrers list of a manifest.
+
+        distribution-spec v1.1, "Listing Referrers": a registry with the API
+        answers 200 with an OCI image index (possibly empty, possibly split
+        over pages by a ``Link: <...>; rel="next"`` header, all followed up to
+        ``MAX_REFERRER_PAGES``); one without it answers 404 (or another 4xx).
+
+        Args:
+            repository: the repository (its tag and digest are ignored).
+            digest: the subject manifest's digest.
+
+        Returns:
+            The descriptors listed (``mediaType``, ``digest``, ``size``,
+            ``artifactType``, ``annotations``), or None when the registry
+            does not implement the API.
+
+        Raises:
+            RegistryError: ``auth``, ``rate_limited``, ``network``,
+                ``registry_error`` (also for a body that is no index).
+        """
+        registry = repository.registry
+        path: str | None = f"/v2/{repository.repository}/referrers/{digest}"
+        what = f"GET referrers of {repository.name}@{digest}"
+        out: list[dict[str, Any]] = []
+        pages = 0
+        while path is not None:
+            try:
+                answer = self._api("GET", repository, path, what, accept=OCI_INDEX)
+            except RegistryError as exc:
+                self._count(registry, "referrers", exc.reason)
+                raise
+            if answer.status == 404 or (pages == 0 and answer.status in (400, 405)):
+                self._count(registry, "referrers", "not_found")
+                return None
+            if not 200 <= answer.status < 300:
+                self._count(registry, "referrers", "registry_error")
+                raise self._status_error(answer, what, registry)
+            try:
+                out.extend(referrer_descriptors(answer.body))
+            except ValueError as exc:
+                self._count(registry, "referrers", "registry_error")
+                raise RegistryError("registry_error", f"{what}: {exc}", registry) from None
+            self._count(registry, "referrers", "success")
+            pages += 1
+            path = _next_path(answer.headers.get("Link"), registry)
+            if pages >= MAX_REFERRER_PAGES:
+                break
+        return out
+
+    def blob_exists(self, repository: Reference, digest: str) -> bool:
+        """HEAD /v2/<repository>/blobs/<digest>: whether the registry serves the blob.
+
+        Raises:
+            RegistryError: as for ``head``.
+        """
+        path = f"/v2/{repository.repository}/blobs/{digest}"
+        what = f"HEAD blob {repository.name}@{digest}"
+        answer = self._counted("HEAD", repository, path, what, "blob_head")
+        return 200 <= answer.status < 300
+
+    def copy_blob(self, source: Reference, target: Reference, digest: str, size: int) -> bool:
+        """Copy one blob from ``source``'s repository to ``target``'s, byte for byte.
+
+        distribution-spec "Pushing blobs": a blob the target already has is
+        not sent again; in the same registry a cross-repository mount
+        (``POST .../blobs/uploads/?mount=<digest>&from=<repository>``) is
+        tried first; otherwise the blob is read (at most ``MAX_BLOB_BYTES``,
+        checked against ``digest`` and ``size``) and pushed in one monolithic
+        upload (``POST`` then ``PUT <location>?digest=``).
+
+        Args:
+            source: the repository the blob is read from.
+            target: the repository it is written to (owned registry).
+            digest: the blob's digest, ``sha256:...``.
+            size: its size in bytes, as the manifest's descriptor says.
+
+        Returns:
+            True when the blob was sent or mounted, False when it was there.
+
+        Raises:
+            RegistryError: ``verify_failed`` when the bytes read do not hash
+                to ``digest`` or differ in size; ``registry_error`` for a blob
+                over ``MAX_BLOB_BYTES``; ``auth`` when the target refuses
+                the write (401/403); the reasons of ``head`` otherwise.
+        """
+        if self.blob_exists(target, digest):
+            return False
+        name = target.repository
+        if source.registry == target.registry:
+            path = f"/v2/{name}/blobs/uploads/?mount={digest}&from={source.repository}"
+            answer = self._write("POST", target, path, f"mount {digest} into {target.name}")
+            if answer.status == 201:
+                return True
+        if size > MAX_BLOB_BYTES:
+            raise RegistryError(
+                "registry_error",
+                f"blob {source.name}@{digest} is {size} bytes, over {MAX_BLOB_BYTES}",
+                source.registry,
+            )
+        what = f"GET blob {source.name}@{digest}"
+        path = f"/v2/{source.repository}/blobs/{digest}"
+        answer = self._counted("GET", source, path, what, "blob_get", limit=MAX_BLOB_BYTES)
+        if answer.status == 404:
+            raise self._status_error(answer, what, source.registry)
+        algorithm = digest.partition(":")[0]
+        if algorithm not in _DIGEST_ALGORITHMS:
+            raise RegistryError("invalid_reference", f"{what}: unknown digest", source.registry)
+        actual = f"{algorithm}:{hashlib.new(algorithm, answer.body).hexdigest()}"
+        if actual != digest or len(answer.body) != size:
+            raise RegistryError(
+                "verify_failed",
+                f"{what}: received {len(answer.body)} bytes hashing to {actual}",
+                source.registry,
+            )
+        start = self._write("POST", target, f"/v2/{name}/blobs/uploads/", f"upload to {name}")
+        location = start.headers.get("Location", "")
+        if start.status != 202 or not location:
+            raise self._write_error(start, f"upload to {target.name}", target.registry)
+        put = _with_digest(location, digest, target.registry)
+        done = self._write(
+            "PUT",
+            target,
+            put,
+            f"PUT blob {target.name}@{digest}",
+            data=answer.body,
+            content_type="application/octet-stream",
+        )
+        if done.status != 201:
+            raise self._write_error(done, f"PUT blob {target.name}@{digest}", target.registry)
+        return True
+
+    def put_manifest(self, ref: Reference, media_type: str, body: bytes) -> str:
+        """PUT /v2/<repository>/manifests/<digest or tag>: push a manifest as these bytes.
+
+        distribution-spec "Pushing Manifests": the registry stores the bytes
+        as sent, so the digest stays the source's. A registry that answers
+        ``Docker-Content-Digest`` must name the digest of the bytes.
+
+        Args:
+            ref: where to push: by digest (a referrer, a manifest the tag
+                will name) or by tag (a cosign tag, a fallback index).
+            media_type: the manifest's media type (``Content-Type``).
+            body: the manifest bytes.
+
+        Returns:
+            The digest of ``body``, ``sha256:...``.
+
+        Raises:
+            RegistryError: ``auth`` when the registry refuses the write
+                (401, 403); ``verify_failed`` when it reports another digest;
+                ``registry_error``, ``network``, ``rate_limited`` otherwise.
+        """
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        reference = ref.digest or ref.tag_or_default
+        what = f"PUT {ref.name}:{reference}" if not ref.digest else f"PUT {ref.name}@{reference}"
+        path = f"/v2/{ref.repository}/manifests/{reference}"
+        answer = self._write("PUT", ref, path, what, data=body, content_type=media_type)
+        if answer.status not in (200, 201):
+            raise self._write_error(answer, what, ref.registry)
+        said = answer.headers.get("Docker-Content-Digest", "").strip()
+        if said.startswith("sha256:") and said != digest:
+            raise RegistryError(
+                "verify_failed",
+                f"{what}: the registry stored {said}, the bytes sent are {digest}",
+                ref.registry,
+            )
+        return digest
+
+    def _counted(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        what: str,
+        operation: str,
+        *,
+        limit: int = MAX_MANIFEST_BYTES,
+    ) -> _Answer:
+        """A read (``operation`` in ``requests``): a 2xx or 404 answer; raises otherwise."""
+        try:
+            answer = self._api(method, ref, path, what, limit=limit)
+            if answer.status != 404 and not 200 <= answer.status < 300:
+                raise self._status_error(answer, what, ref.registry)
+        except RegistryError as exc:
+            self._count(ref.registry, operation, exc.reason)
+            raise
+        outcome = "not_found" if answer.status == 404 else "success"
+        self._count(ref.registry, operation, outcome)
+        return answer
+
+    def _write(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        what: str,
+        *,
+        data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> _Answer:
+        """A write with push credentials (scope ``pull,push``); any answer is returned."""
+        try:
+            answer = self._api(
+                method,
+                ref,
+                path,
+                what,
+                push=True,
+                data=b"" if data is None else data,
+                content_type=content_type,
+            )
+        except RegistryError as exc:
+            self._count(ref.registry, method, exc.reason)
+            raise
+        ok = 200 <= answer.status < 300
+        self._count(ref.registry, method, "success" if ok else _status_reason(answer.status))
+        return answer
+
+    def _write_error(self, answer: _Answer, what: str, registry: str) -> RegistryError:
+        """A refused write: ``auth`` for 401/403 (final until the credentials change)."""
+        error = self._status_error(answer, what, registry)
+        if answer.status in (401, 403):
+            return RegistryError("auth", str(error), registry)
+        return error
+
+    def _api(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        what: str,
+        *,
+        push: bool = False,
+        accept: str = _ACCEPT,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        limit: int = MAX_MANIFEST_BYTES,
+    ) -> _Answer:
+        """One authenticated request to ``ref``'s registry; any HTTP answer is returned.
+
+        Authentication as for manifests, with the scope
+        ``repository:<name>:pull`` or, with ``push``, ``pull,push``. A 401
+        after authenticating is returned to the caller.
+
+        Raises:
+            RegistryError: the request failed before an answer was read.
+        """
+        registry = ref.registry
+        scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+        credential = self._store.current.for_registry(registry)
+        authorization = self._cached_authorization(registry, scope, credential)
+        options: dict[str, Any] = {
+            "accept": accept,
+            "data": data,
+            "content_type": content_type,
+            "limit": limit,
+        }
+        answer = self._registry_call(method, registry, path, authorization, what, **options)
+        if answer.status == 401:
+            authorization = self._authorize(registry, scope, credential, answer, what)
+            answer = self._registry_call(method, registry, path, authorization, what, **options)
+            if answer.status == 401:
+                self._forget(registry, scope)
+        return answer
 
     # --- manifests -------------------------------------------------------------------
 
@@ -542,7 +824,17 @@ class DistributionClient:
     # --- transport -------------------------------------------------------------------
 
     def _registry_call(
-        self, method: str, registry: str, path: str, authorization: str | None, what: str
+        self,
+        method: str,
+        registry: str,
+        path: str,
+        authorization: str | None,
+        what: str,
+        *,
+        accept: str = _ACCEPT,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        limit: int = MAX_MANIFEST_BYTES,
     ) -> _Answer:
         """One request to a registry's API, over the scheme(s) its listing allows.
 
@@ -556,20 +848,25 @@ class DistributionClient:
         Raises:
             RegistryError: no scheme connected, or the request failed.
         """
-        headers = {"Accept": _ACCEPT}
+        headers = {"Accept": accept}
         if authorization:
             headers["Authorization"] = authorization
+        if content_type:
+            headers["Content-Type"] = content_type
+        body = {"data": data, "limit": limit}
         endpoint = registry_endpoint(registry)
         if not listed_insecure(registry, self._insecure):
             return self._transport(
-                method, f"https://{endpoint}{path}", registry, what, headers=headers
+                method, f"https://{endpoint}{path}", registry, what, headers=headers, **body
             )
         with self._lock:
             known = self._schemes.get(registry)
             probing = None if known else self._probing.setdefault(registry, threading.Lock())
             failed_before = self._probe_failed.get(registry)
         if probing is None:
-            return self._over_schemes(method, registry, endpoint, path, what, headers, known)
+            return self._over_schemes(
+                method, registry, endpoint, path, what, headers, known, data, limit
+            )
         # One request at a time finds the scheme: the others wait for it
         # instead of each paying an https attempt (a TLS context with the
         # system's roots, about 30 ms of CPU) that a plain-http registry
@@ -583,7 +880,9 @@ class DistributionClient:
             if known is None and failed is not None and failed is not failed_before:
                 raise failed
             try:
-                return self._over_schemes(method, registry, endpoint, path, what, headers, known)
+                return self._over_schemes(
+                    method, registry, endpoint, path, what, headers, known, data, limit
+                )
             except RegistryError as exc:
                 with self._lock:
                     self._probe_failed[registry] = exc
@@ -598,6 +897,8 @@ class DistributionClient:
         what: str,
         headers: Mapping[str, str],
         known: str | None,
+        data: bytes | None = None,
+        limit: int = MAX_MANIFEST_BYTES,
     ) -> _Answer:
         """The request over ``known``, or https then http when none is known yet."""
         failure: RegistryError | None = None
@@ -611,6 +912,8 @@ class DistributionClient:
                     headers=headers,
                     verify=False,
                     connect_error=True,
+                    data=data,
+                    limit=limit,
                 )
             except _ConnectError as exc:
                 log.debug("%s over %s: %s", what, scheme, exc.error)
@@ -636,6 +939,7 @@ class DistributionClient:
         params: Mapping[str, str] | None = None,
         limit: int = MAX_MANIFEST_BYTES,
         connect_error: bool = False,
+        data: bytes | None = None,
     ) -> _Answer:
         """Send one request and read its answer; the only place ``requests`` is called.
 
@@ -651,10 +955,13 @@ class DistributionClient:
                 url,
                 headers=headers,
                 params=params,
+                data=data,
                 verify=verify,
                 timeout=self._timeout,
                 stream=True,
-                allow_redirects=True,
+                # A write is never replayed to another address; a read may
+                # follow a redirect (blobs are often served from storage).
+                allow_redirects=data is None and method in ("GET", "HEAD"),
             )
             with response:
                 # A HEAD's (empty) body is read too: closing an answer whose
@@ -828,3 +1135,51 @@ def _root_cause(exc: BaseException) -> str:
             break
         seen = inner
     return _OBJECT_PREFIX_RE.sub("", str(seen)) or type(seen).__name__
+
+
+def _status_reason(status: int) -> str:
+    """The ``requests`` outcome of a non-2xx write answer."""
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limited"
+    return "not_found" if status == 404 else "registry_error"
+
+
+def _next_path(link: str | None, registry: str) -> str | None:
+    """The path of a ``Link: <url>; rel="next"`` header on the same registry, else None.
+
+    distribution-spec v1.1 pagination (RFC 8288 links); a link to another
+    host is not followed (it would get this registry's credentials).
+    """
+    if not link:
+        return None
+    match = re.match(r'\s*<([^>]*)>\s*;\s*rel="?next"?', link)
+    if match is None:
+        return None
+    parts = urlsplit(match.group(1))
+    if parts.netloc and parts.netloc != registry_endpoint(registry):
+        return None
+    if not parts.path.startswith("/v2/"):
+        return None
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _with_digest(location: str, digest: str, registry: str) -> str:
+    """The upload ``Location`` as a path on the registry, with ``digest=`` added.
+
+    distribution-spec: the location may be absolute or relative and may
+    carry a query of its own, which is kept.
+
+    Raises:
+        RegistryError: ``registry_error`` for a location on another host.
+    """
+    parts = urlsplit(location)
+    if parts.netloc and parts.netloc != registry_endpoint(registry):
+        raise RegistryError(
+            "registry_error",
+            f"upload location {parts.netloc} is not the registry {registry}",
+            registry,
+        )
+    query = f"{parts.query}&digest={digest}" if parts.query else f"digest={digest}"
+    return f"{parts.path}?{query}"

@@ -351,14 +351,14 @@ def switch_allowed(
         keeps_digests: True for a backend whose copies keep every digest.
 
     Returns:
-        None when the switch may go ahead; otherwise the reason it may not:
-        ``signatures_pending`` (not looked for yet), ``signatures_not_copied``
-        or ``signatures_lost``.
+        None when the switch may go ahead; otherwise the reason it may not
+        (a ``RegistryError`` reason): ``signatures_not_copied`` (also when
+        not looked for yet) or ``signatures_lost``.
     """
     if mode is not SignatureMode.REQUIRE:
         return None
     if status is None:
-        return "signatures_pending"
+        return "signatures_not_copied"
     if status.found == 0 and not status.error:
         return None
     if not keeps_digests:

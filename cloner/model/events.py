@@ -18,6 +18,12 @@
   and the kubelet's or API server's words;
 - ``SwitchUndone`` (``SWITCH_UNDONE``, Normal): after that, the workload was
   patched back to its original references;
+- ``SignaturesNotCopied`` (``SIGNATURES_NOT_COPIED``, Warning): the
+  signatures, attestations, SBOMs or referrers of an image it uses could not
+  be copied beside the owned copy (retried with backoff);
+- ``SignaturesLost`` (``SIGNATURES_LOST``, Warning): an image it uses is
+  signed, and the Docker backend's copy has new digests, so the signatures
+  are not valid for it;
 - ``SwitchSlow`` (``SWITCH_SLOW``, Warning): a rollout took longer than
   ``rollout.timeout`` for reasons that are not the owned copy's (reported,
   never undone).
@@ -73,6 +79,8 @@ SWITCH_FAILED = "SwitchFailed"
 SWITCH_UNDONE = "SwitchUndone"
 SWITCH_COMPLETED = "SwitchCompleted"
 SWITCH_SLOW = "SwitchSlow"
+SIGNATURES_NOT_COPIED = "SignaturesNotCopied"
+SIGNATURES_LOST = "SignaturesLost"
 
 #: Event types (``Event.type``).
 NORMAL = "Normal"
@@ -557,6 +565,23 @@ def owned_copy_replaced_message(source: str, before: str, image: str) -> str:
 def source_moved_message(source: str, before: str, now: str) -> str:
     """``Source <source> moved from <before> to <now>; the owned tag was copied again``."""
     return f"Source {source} moved from {before} to {now}; the owned tag was copied again"
+
+
+def signatures_not_copied_message(source: str, found: int, reason: str) -> str:
+    """``Signatures and referrers of <source> (N found) not copied ... (<reason>)``."""
+    count = f" ({found} found)" if found else ""
+    return (
+        f"Signatures and referrers of {source}{count} not copied to the owned registry "
+        f"({reason}); retrying with backoff"
+    )
+
+
+def signatures_lost_message(source: str, found: int) -> str:
+    """``<source> has <found> signatures or referrers; the Docker backend's copy ...``."""
+    return (
+        f"{source} has {found} signatures, attestations or referrers; the Docker backend's "
+        "copy has new digests, so they are not valid for it (use copyBackend: skopeo)"
+    )
 
 
 def switch_failed_message(cause: str, detail: str) -> str:

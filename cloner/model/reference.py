@@ -269,11 +269,17 @@ def parse_target(text: str) -> tuple[str, str]:
 def digest_tag(digest: str) -> str:
     """The tag an image referenced only by digest is pushed under.
 
-    ``sha256:abc...`` becomes ``sha256-abc...`` (a valid tag of at most 128
+    ``sha256:abc...`` becomes ``sha256_abc...`` (a valid tag of at most 128
     characters: sha512's 128 hex characters are cut to fit), so registries
-    whose lifecycle rules delete untagged manifests keep the copy.
+    whose lifecycle rules delete untagged manifests keep the copy. Not
+    ``sha256-abc...``: the distribution spec's referrers tag schema reserves
+    that name for the index of the digest's referrers, and cosign adds
+    ``.sig``, ``.att`` and ``.sbom`` to it (``model.artifacts.is_reserved_tag``),
+    so referrer clients would read the image there as a list of referrers.
+    Workloads patched to an earlier ``sha256-`` copy name its digest and keep
+    working.
     """
-    return digest.replace(":", "-", 1)[:TAG_MAX]
+    return digest.replace(":", "_", 1)[:TAG_MAX]
 
 
 def registry_path_component(registry: str) -> str:

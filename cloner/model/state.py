@@ -58,6 +58,15 @@ class Record:
         backend: ``docker`` or ``skopeo``, the backend that verified it.
         verified: epoch seconds of the verification.
         used: epoch seconds a workload last used the source (``USE_RESOLUTION``).
+        artifacts: what of the source's signatures and referrers the owned
+            registry serves, as ``ops.artifacts.Synced.known`` says
+            (``tag=digest`` or ``digest``), so a refresh writes only what
+            changed upstream.
+        artifacts_found: how many artifacts the source had at the last sync.
+        artifacts_owned: how many of them the owned registry served then.
+        artifacts_error: the reason the last sync failed, "" if it did not.
+        artifacts_synced: epoch seconds of the last sync that succeeded, 0
+            when the artifacts were never synced (or ``signatures: off``).
     """
 
     source: str
@@ -69,6 +78,11 @@ class Record:
     backend: str
     verified: float
     used: float
+    artifacts: tuple[str, ...] = ()
+    artifacts_found: int = 0
+    artifacts_owned: int = 0
+    artifacts_error: str = ""
+    artifacts_synced: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +258,7 @@ class StateBook:
 def _record_json(record: Record) -> dict[str, Any]:
     data = asdict(record)
     data["platforms"] = list(record.platforms)
+    data["artifacts"] = list(record.artifacts)
     return data
 
 
@@ -285,7 +300,13 @@ def _read(
 
 
 def _record_of(key: str, raw: Mapping[str, Any]) -> Record:
-    record = Record(**{**raw, "platforms": tuple(raw["platforms"])})
+    record = Record(
+        **{
+            **raw,
+            "platforms": tuple(raw["platforms"]),
+            "artifacts": tuple(raw.get("artifacts", ())),
+        }
+    )
     if record.source != key:
         raise ValueError("key differs from source")
     return record

@@ -57,6 +57,7 @@ from typing import Protocol
 
 from cloner.config import BackoffSettings, CopySettings
 from cloner.errors import RegistryError
+from cloner.model.artifacts import ArtifactStatus, SignatureMode, switch_allowed
 from cloner.model.backoff import Backoff, RegistryPauses
 from cloner.model.identity import (
     DOCKER,
@@ -75,6 +76,7 @@ from cloner.model.identity import (
 )
 from cloner.model.reference import Reference
 from cloner.model.state import Failure, Record, StateBook
+from cloner.ops.artifacts import ArtifactCopier, Synced
 from cloner.ops.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,9 @@ class ImageResult:
         moved: ``(before, now)`` source digests when a tagged source names
             other content than at its last verification (``SourceMoved``).
         platforms: the platforms the owned copy serves (() for one platform).
+        artifacts: the sync of the source's signatures and referrers this
+            cycle made (``SignaturesNotCopied``, ``SignaturesLost``), or None
+            when it made none.
     """
 
     source: Reference
@@ -147,6 +152,7 @@ class ImageResult:
     replaced: str | None = None
     moved: tuple[str, str] | None = None
     platforms: tuple[str, ...] = ()
+    artifacts: Synced | None = None
 
 
 def patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
@@ -188,6 +194,12 @@ class ImageCloner:
         inputs: returns the fingerprint of the config and credentials in
             force; a permanent failure (``RegistryError.temporary`` False)
             waits the backoff cap unless it changes (``backoff.Backoff``).
+        artifacts: copies the sources' signatures and referrers
+            (``ops.artifacts``); None copies none.
+        signatures: ``signatures``: ``copy``, ``require`` or ``off``
+            (``model.artifacts.switch_allowed``). With the Docker backend,
+            whose copies get new digests, artifacts are only looked for
+            (``signatures_lost``).
         clock: monotonic seconds (injectable for tests).
         wall: epoch seconds (injectable for tests).
     """
@@ -205,10 +217,17 @@ class ImageCloner:
         refresh_interval: float = 21600.0,
         state: StateStore[StateBook] | None = None,
         inputs: Callable[[], str] = lambda: "",
+        artifacts: ArtifactCopier | None = None,
+        signatures: SignatureMode = SignatureMode.OFF,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._manifests = manifests
+        self._artifacts = artifacts if signatures is not SignatureMode.OFF else None
+        self._signatures = signatures
+        # Retries of a failed artifact sync; apart from the image's backoff,
+        # which would hold a switch that ``copy`` must not hold.
+        self._artifact_backoff = Backoff(backoff.policy)
         self._backend = backend
         self._backend_name = copy.backend
         self._engine_platform = engine_platform or (lambda: "linux/amd64")
@@ -390,7 +409,8 @@ class ImageCloner:
         )
         if fresh:
             assert record is not None
-            return ImageResult(source, record.image, platforms=record.platforms)
+            if self._answer_from_record(key, record):
+                return ImageResult(source, record.image, platforms=record.platforms)
         with self._lock:
             claimed = self._owned_sources.setdefault(owned.name, source.name)
         if claimed != source.name:
@@ -401,6 +421,38 @@ class ImageCloner:
             log.error(message)
             return ImageResult(source, None, reason="naming_collision", message=message)
         return self._waiting(source, owned)
+
+    def _answer_from_record(self, key: str, record: Record) -> bool:
+        """Whether a fresh record answers without asking about its artifacts again.
+
+        No when they are due (``_artifacts_due``) and not backing off after a
+        failed sync, or when ``signatures: require`` holds the switch.
+        """
+        if self._artifacts is None:
+            return True
+        if switch_allowed(self._signatures, _status(record), self._keeps_digests) is not None:
+            return False
+        if not self._artifacts_due(key, record):
+            return True
+        return self._artifact_backoff.waiting(key, self._clock(), self._inputs()) is not None
+
+    @property
+    def _keeps_digests(self) -> bool:
+        return self._backend_name == SKOPEO
+
+    def _artifacts_due(self, key: str, record: Record | None) -> bool:
+        """Whether the artifacts of a verified source should be synced now.
+
+        Never synced, the last sync failed, or ``refreshInterval`` passed
+        since the last one (spread as ``identity.refresh_due`` spreads tags;
+        also for a source pinned by digest: signatures are added upstream
+        after an image is published).
+        """
+        if self._artifacts is None:
+            return False
+        if record is None or not record.artifacts_synced or record.artifacts_error:
+            return True
+        return refresh_due(key, record.artifacts_synced, self._wall(), self._refresh, False)
 
     def _waiting(self, source: Reference, owned: Reference) -> ImageResult | None:
         now = self._clock()
@@ -503,6 +555,13 @@ class ImageCloner:
             or expected.matches(looked_up, owned_head)
         )
         action = _decide(True, owned_digest, matches, record)
+        if action is Action.REUSE and looked_up != owned and source.tag is None:
+            # A digest-only source found by digest but not under its owned
+            # tag: a copy made before the tag was renamed from the reserved
+            # ``sha256-<hex>`` (``reference.digest_tag``). Copy it again: the
+            # registry has every blob, so only the manifests are written, and
+            # the copy is tagged where lifecycle rules look for tags.
+            action = Action.COPY
         if action is Action.REUSE:
             assert owned_head is not None
             return self._verified(source, owned, head, owned_head.digest, expected, False, moved)
@@ -630,23 +689,103 @@ class ImageCloner:
     ) -> ImageResult:
         image = patched_image(source, owned, owned_digest, self._pin)
         platforms = expected.platforms(owned) if self._backend_name == SKOPEO else ()
-        now = self._wall()
+        key = str(source)
         with self.state.locked() as book:
-            previous = book.records.get(str(source))
-            book.verified(
-                Record(
-                    source=str(source),
-                    source_digest=head.digest,
-                    owned=str(owned),
-                    owned_digest=owned_digest,
-                    image=image,
-                    platforms=platforms,
-                    backend=self._backend_name,
-                    verified=now,
-                    used=previous.used if previous else now,
-                )
+            previous = book.records.get(key)
+        synced = None
+        if self._artifacts is not None and (
+            cloned or previous is None or self._artifacts_due(key, previous)
+        ):
+            synced = self._sync_artifacts(source, owned, head, expected, previous)
+        now = self._wall()
+        record = Record(
+            source=key,
+            source_digest=head.digest,
+            owned=str(owned),
+            owned_digest=owned_digest,
+            image=image,
+            platforms=platforms,
+            backend=self._backend_name,
+            verified=now,
+            used=previous.used if previous else now,
+        )
+        if synced is not None:
+            status = synced.status
+            record = replace(
+                record,
+                artifacts=synced.known if not status.error or not previous else previous.artifacts,
+                artifacts_found=status.found,
+                artifacts_owned=status.owned,
+                artifacts_error=status.error,
+                artifacts_synced=now if not status.error else 0.0,
             )
-        return ImageResult(source, image, cloned=cloned, moved=moved, platforms=platforms)
+        elif previous is not None and self._artifacts is not None:
+            record = replace(
+                record,
+                artifacts=previous.artifacts,
+                artifacts_found=previous.artifacts_found,
+                artifacts_owned=previous.artifacts_owned,
+                artifacts_error=previous.artifacts_error,
+                artifacts_synced=previous.artifacts_synced,
+            )
+        with self.state.locked() as book:
+            book.verified(record)
+        if self._artifacts is not None:
+            held = switch_allowed(self._signatures, _status(record), self._keeps_digests)
+            if held is not None:
+                raise RegistryError(
+                    held, _held_message(source, owned, record, held), owned.registry
+                )
+        return ImageResult(
+            source, image, cloned=cloned, moved=moved, platforms=platforms, artifacts=synced
+        )
+
+    def _sync_artifacts(
+        self,
+        source: Reference,
+        owned: Reference,
+        head: Descriptor,
+        expected: _Expected,
+        previous: Record | None,
+    ) -> Synced:
+        """Sync (skopeo) or only look for (Docker) the source's signatures and referrers.
+
+        A failed sync backs off on its own (``_artifact_backoff``) and is
+        retried when that ends; the image's own backoff is not touched.
+        """
+        assert self._artifacts is not None
+        key = str(source)
+        if self._keeps_digests:
+            subjects = [head.digest, *expected.children(owned).values()]
+            known = previous.artifacts if previous else ()
+            try:
+                synced = self._artifacts.sync(source, owned, subjects, known)
+            except Exception:  # the image's copy stands; its artifacts are retried
+                log.exception("unexpected error while copying the artifacts of %s", source)
+                synced = Synced(ArtifactStatus(0, 0, "registry_error"))
+        else:
+            try:
+                found = tuple(self._artifacts.discover(source, [head.digest]))
+                synced = Synced(ArtifactStatus(len(found), 0, ""), found=found)
+            except RegistryError as exc:
+                log.warning("looking for the signatures of %s failed: %s", source, exc)
+                synced = Synced(ArtifactStatus(0, 0, exc.reason))
+            if synced.status.found:
+                log.warning(
+                    "%s has %d signatures, attestations or referrers; the Docker backend's "
+                    "copy %s has new digests, so none of them is valid for it "
+                    "(signatures_lost; use copyBackend: skopeo)",
+                    source,
+                    synced.status.found,
+                    owned,
+                )
+        now = self._clock()
+        if synced.status.error:
+            reason = synced.status.error
+            self._artifact_backoff.failed(key, reason, now, None, False, self._inputs())
+        else:
+            self._artifact_backoff.succeeded(key)
+        return synced
 
     def _check_copy(
         self, owned: Reference, pushed: str, head: Descriptor, expected: _Expected
@@ -958,3 +1097,29 @@ def _parse(descriptor: Descriptor, body: bytes, ref: Reference) -> Manifest:
         return parse_manifest(descriptor.digest, descriptor.media_type, body)
     except ValueError as exc:
         raise RegistryError("registry_error", f"{ref}: {exc}", ref.registry) from None
+
+
+def _status(record: Record) -> ArtifactStatus | None:
+    """A record's artifact status; None when they were never looked for."""
+    if not record.artifacts_synced and not record.artifacts_error:
+        return None
+    return ArtifactStatus(record.artifacts_found, record.artifacts_owned, record.artifacts_error)
+
+
+def _held_message(source: Reference, owned: Reference, record: Record, reason: str) -> str:
+    """Why ``signatures: require`` holds the switch of ``source``."""
+    if reason == "signatures_lost":
+        return (
+            f"{source} has {record.artifacts_found} signatures or referrers; the Docker "
+            f"backend's copy {owned} has new digests, so none of them would be valid for it "
+            "(signatures: require; use copyBackend: skopeo)"
+        )
+    if record.artifacts_error:
+        return (
+            f"the signatures and referrers of {source} could not be copied to {owned} "
+            f"({record.artifacts_error}); not switched (signatures: require)"
+        )
+    return (
+        f"{record.artifacts_owned} of the {record.artifacts_found} signatures and referrers of "
+        f"{source} are in {owned}; not switched (signatures: require)"
+    )

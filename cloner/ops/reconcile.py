@@ -53,6 +53,8 @@ from cloner.model.events import (
     NORMAL,
     OWNED_COPY_REPLACED,
     PATCHED,
+    SIGNATURES_LOST,
+    SIGNATURES_NOT_COPIED,
     SOURCE_MOVED,
     WARNING,
     EventRecorder,
@@ -61,6 +63,8 @@ from cloner.model.events import (
     cloned_message,
     owned_copy_replaced_message,
     patched_message,
+    signatures_lost_message,
+    signatures_not_copied_message,
     source_moved_message,
 )
 from cloner.model.reference import parse_reference
@@ -80,6 +84,7 @@ from cloner.model.workloads import (
     original_images,
     plan_workload,
 )
+from cloner.ops.artifacts import ArtifactAPI, ArtifactCopier
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
 from cloner.ops.guard import GuardAPI, RolloutGuard, RolloutReport
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
@@ -205,6 +210,24 @@ class Summary:
         return sum(1 for r in self.images.values() if r.replaced)
 
     @property
+    def artifacts_copied(self) -> Counter[str]:
+        """Artifact manifests written in this pass, by kind (``ArtifactKind`` value)."""
+        total: Counter[str] = Counter()
+        for result in self.images.values():
+            if result.artifacts is not None:
+                total.update(result.artifacts.copied)
+        return total
+
+    @property
+    def artifact_failures(self) -> Counter[str]:
+        """Artifact syncs that failed in this pass, by reason."""
+        return Counter(
+            r.artifacts.status.error
+            for r in self.images.values()
+            if r.artifacts is not None and r.artifacts.status.error
+        )
+
+    @property
     def moved(self) -> int:
         """Tagged sources found naming other content than when they were verified."""
         return sum(1 for r in self.images.values() if r.moved)
@@ -282,6 +305,10 @@ class Reconciler:
         writes: the pool that sends patches (``writes.WritePool``), shared
             with the EventRecorder so that Events wait behind patches; None
             makes one of ``patchConcurrency`` threads.
+        artifacts: the registry operations that copy signatures and
+            referrers (``ops.artifacts.ArtifactAPI``, the same
+            ``DistributionClient``); None copies none whatever
+            ``signatures`` says.
     """
 
     def __init__(
@@ -297,6 +324,7 @@ class Reconciler:
         wall: Callable[[], float] = time.time,
         clone_wait: float | None = None,
         writes: WritePool | None = None,
+        artifacts: ArtifactAPI | None = None,
     ) -> None:
         self._kube = kube
         self._events = events or NullRecorder()
@@ -325,6 +353,8 @@ class Reconciler:
             wall=wall,
             pin_digest=settings.pin_digest,
             inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
+            artifacts=ArtifactCopier(artifacts) if artifacts is not None else None,
+            signatures=settings.signatures,
             clock=clock,
         )
         self._guard: RolloutGuard | None = None
@@ -600,6 +630,21 @@ class Reconciler:
             if result.moved:
                 self._events.record(
                     workload, NORMAL, SOURCE_MOVED, source_moved_message(source, *result.moved)
+                )
+            synced = result.artifacts
+            if synced is not None and synced.status.error:
+                self._events.record(
+                    workload,
+                    WARNING,
+                    SIGNATURES_NOT_COPIED,
+                    signatures_not_copied_message(source, synced.status.found, synced.status.error),
+                )
+            elif synced is not None and synced.status.found > synced.status.owned:
+                self._events.record(
+                    workload,
+                    WARNING,
+                    SIGNATURES_LOST,
+                    signatures_lost_message(source, synced.status.found),
                 )
             if result.cloned and result.image:
                 self._events.record(workload, NORMAL, CLONED, cloned_message(source, result.image))

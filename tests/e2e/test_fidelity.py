@@ -231,7 +231,7 @@ def test_owned_name_holding_other_content_is_replaced_before_any_patch(
         "pinned": push_to_owned(
             env,
             scope.source("impostor:1"),
-            f"{scope.owned('pinned')}:sha256-{pinned.split(':')[1]}",
+            f"{scope.owned('pinned')}:sha256_{pinned.split(':')[1]}",
         ),
     }
     create(

@@ -199,7 +199,7 @@ def test_digest_reference_points_to_pushed_digest() -> None:
     kube = FakeKube([workload("Deployment", "a", "web", f"quay.io/x/y@{digest}")])
     registry = FakeRegistry()
     make(kube, registry, SETTINGS).reconcile_once()
-    pushed = registry.digest(f"{OWNED}/m/quay.io/x/y:sha256-{'b' * 64}")
+    pushed = registry.digest(f"{OWNED}/m/quay.io/x/y:sha256_{'b' * 64}")
     assert pushed == digest  # the copy keeps the source's digest
     assert kube.image("a/web", "c0") == f"{OWNED}/m/quay.io/x/y@{digest}"
 

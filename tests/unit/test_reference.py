@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloner.errors import InvalidReference
+from cloner.model.artifacts import is_reserved_tag
 from cloner.model.reference import (
     Reference,
     Target,
@@ -911,13 +912,14 @@ def test_reference_helpers() -> None:
 
 
 def test_digest_tag_sha256() -> None:
-    assert digest_tag(REDIS) == "sha256-" + REDIS[7:]
+    assert digest_tag(REDIS) == "sha256_" + REDIS[7:]
+    assert not is_reserved_tag(digest_tag(REDIS))
     assert len(digest_tag(REDIS)) == 71
 
 
 def test_digest_tag_sha512_is_cut_to_128() -> None:
     tag = digest_tag(SHA512_F)
-    assert tag == "sha512-" + "f" * 121
+    assert tag == "sha512_" + "f" * 121
     assert len(tag) == 128
 
 
@@ -1041,7 +1043,7 @@ def test_target_owns(target: str, reference: str, owned: bool) -> None:
         (
             "registry.example.com",
             f"localhost:5000/app@{SHA256_F}",
-            f"registry.example.com/localhost-5000/app:sha256-{F64}",
+            f"registry.example.com/localhost-5000/app:sha256_{F64}",
         ),
         (
             "registry.example.com",
@@ -1056,7 +1058,7 @@ def test_target_owns(target: str, reference: str, owned: bool) -> None:
         (
             "registry.example.com",
             f"gcr.io/a/b@{SHA512_F}",
-            "registry.example.com/gcr.io/a/b:sha512-" + "f" * 121,
+            "registry.example.com/gcr.io/a/b:sha512_" + "f" * 121,
         ),
         ("registry.example.com", "Foo/bar:x", "registry.example.com/foo/bar:x"),
         (

@@ -66,7 +66,7 @@ def test_plan_decides_clone_owned_and_invalid_per_container() -> None:
     assert [p.decision for p in plans] == ["clone", "owned", "invalid", "clone"]
     assert str(plans[0].owned) == "owned.example.com/mirror/docker.io/library/nginx:1.25"
     assert plans[2].reason
-    assert str(plans[3].owned) == "owned.example.com/mirror/quay.io/org/app:sha256-" + "a" * 64
+    assert str(plans[3].owned) == "owned.example.com/mirror/quay.io/org/app:sha256_" + "a" * 64
 
 
 def test_plan_skips_image_under_target_registry_but_outside_prefix_is_cloned() -> None:

@@ -1,0 +1,389 @@
+"""Signatures, attestations, SBOMs and OCI referrers that travel with a copy.
+
+Called by ``cloning`` after an owned copy is verified (and again on
+``refreshInterval``). For the copied manifests (the index and every platform
+manifest) it finds what refers to them in the source repository and copies it
+byte for byte into the owned repository, so a verifier that looks beside the
+owned image (policy-controller, Kyverno, Ratify, CRI-O) finds the same
+signatures, valid for the same digests:
+
+- **Discovery**, per manifest: ``HEAD`` of the cosign tags ``sha256-<hex>.sig``,
+  ``.att`` and ``.sbom`` (never a tag listing); the referrers API (``GET
+  /v2/<name>/referrers/<digest>``, distribution-spec v1.1); where the source
+  registry has no API (asked once per registry), the fallback tag
+  ``sha256-<hex>``, whose entries are used only when each one's ``subject``
+  names that digest. Then the same for each artifact found, down to
+  ``artifacts.MAX_DEPTH`` (a signature on an SBOM).
+- **Copy**, in the order the distribution spec's referrers tag schema needs:
+  blobs, artifact manifests by digest, the fallback index where the owned
+  registry has no referrers API (probed once per registry with a ``GET``;
+  merged with the entries already there, none dropped), and the cosign tags.
+  An artifact already in the owned registry (by digest, and for a tag: the tag
+  names it) is not written again.
+- **Verify arrival**: each artifact's digest is what the owned registry
+  serves, and the owned referrers (API or fallback index) list the source's.
+
+Requests for a source without artifacts: 3 ``HEAD`` and one referrers ``GET``
+(or fallback ``HEAD``) per copied manifest, plus one probe per registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cloner.errors import RegistryError
+from cloner.model.artifacts import (
+    COSIGN_SUFFIXES,
+    MAX_ARTIFACTS,
+    MAX_DEPTH,
+    ArtifactKind,
+    ArtifactStatus,
+    Found,
+    artifact_type,
+    cosign_tag,
+    fallback_tag,
+    manifest_blobs,
+    manifest_children,
+    merge_fallback_index,
+    names_subject,
+    referrer_descriptors,
+)
+from cloner.model.identity import Descriptor
+from cloner.model.reference import Reference
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactAPI(Protocol):
+    """The registry operations artifacts need (``distribution.DistributionClient``)."""
+
+    def head(self, ref: Reference) -> Descriptor | None:
+        """The manifest's descriptor, None when absent; raises ``RegistryError``."""
+        ...
+
+    def get(self, ref: Reference) -> tuple[Descriptor, bytes]:
+        """The manifest's descriptor and bytes; raises ``RegistryError``."""
+        ...
+
+    def referrers(self, repository: Reference, digest: str) -> list[dict[str, Any]] | None:
+        """The referrers list of ``digest``; None without the API; raises ``RegistryError``."""
+        ...
+
+    def copy_blob(self, source: Reference, target: Reference, digest: str, size: int) -> bool:
+        """Copy one blob unless the target has it; raises ``RegistryError``."""
+        ...
+
+    def put_manifest(self, ref: Reference, media_type: str, body: bytes) -> str:
+        """Push manifest bytes by digest or tag; returns the digest; raises ``RegistryError``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The outcome of one ``ArtifactCopier.sync``.
+
+    Attributes:
+        status: found, owned and the error (``model.artifacts.ArtifactStatus``).
+        copied: artifacts written this time, by kind (``ArtifactKind`` value).
+        known: what the owned registry now serves, as ``tag=digest`` for a
+            cosign tag and ``digest`` for a referrer; kept in the record so
+            the next sync writes only what changed upstream.
+        found: the artifacts found at the source.
+    """
+
+    status: ArtifactStatus
+    copied: Counter[str] = field(default_factory=Counter)
+    known: tuple[str, ...] = ()
+    found: tuple[Found, ...] = ()
+
+
+@dataclass
+class _Artifact:
+    """A found artifact with its manifest bytes (read once, written as read)."""
+
+    found: Found
+    body: bytes
+
+
+class ArtifactCopier:
+    """Finds a source's artifacts and copies them beside the owned copy.
+
+    Thread safe: clone threads call it at once for different images; the
+    per-registry knowledge of the referrers API is shared under a lock.
+
+    Args:
+        api: registry operations (``distribution.DistributionClient``).
+    """
+
+    def __init__(self, api: ArtifactAPI) -> None:
+        self._api = api
+        self._lock = threading.Lock()
+        self._has_api: dict[str, bool] = {}  # registry -> it answers the referrers API
+
+    def discover(self, source: Reference, subjects: Sequence[str]) -> list[Found]:
+        """Every artifact of ``subjects`` in ``source``'s repository, to ``MAX_DEPTH``.
+
+        Args:
+            source: the source reference (its repository is used).
+            subjects: the copied manifests' digests: the index first, then
+                every platform manifest.
+
+        Returns:
+            The artifacts found, parents before their own artifacts; a
+            digest found twice (a referrer that is also tagged) once per way.
+
+        Raises:
+            RegistryError: a registry request failed.
+        """
+        return [a.found for a in self._discover(source, subjects)]
+
+    def _discover(self, source: Reference, subjects: Sequence[str]) -> list[_Artifact]:
+        repo = source.with_tag(None)
+        found: list[_Artifact] = []
+        seen: set[tuple[str, str | None]] = set()
+        level = [(digest, 0) for digest in dict.fromkeys(subjects)]
+        while level:
+            following: list[tuple[str, int]] = []
+            for subject, depth in level:
+                if depth >= MAX_DEPTH:
+                    continue
+                for artifact in self._of(repo, subject, depth + 1):
+                    key = (artifact.found.digest, artifact.found.tag)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    found.append(artifact)
+                    if len(found) >= MAX_ARTIFACTS:
+                        log.warning(
+                            "%s: more than %d artifacts; copying the first", source, len(found)
+                        )
+                        return found
+                    following.append((artifact.found.digest, depth + 1))
+                    following.extend(
+                        (child["digest"], depth + 1) for child in manifest_children(artifact.body)
+                    )
+            level = following
+        return found
+
+    def _of(self, repo: Reference, subject: str, depth: int) -> list[_Artifact]:
+        """The artifacts of one manifest: its cosign tags, then its referrers."""
+        out: list[_Artifact] = []
+        for suffix, kind in COSIGN_SUFFIXES.items():
+            tag = cosign_tag(subject, suffix)
+            head = self._api.head(repo.with_tag(tag))
+            if head is None:
+                continue
+            descriptor, body = self._api.get(repo.with_digest(head.digest))
+            found = Found(
+                kind, descriptor.digest, descriptor.media_type, len(body), subject, tag, depth=depth
+            )
+            out.append(_Artifact(found, body))
+        for entry in self._referrers(repo, subject):
+            digest = entry["digest"]
+            descriptor, body = self._api.get(repo.with_digest(digest))
+            if not names_subject(body, subject):
+                continue  # a fallback entry that is no referrer of this subject
+            annotations = entry.get("annotations")
+            found = Found(
+                ArtifactKind.REFERRER,
+                descriptor.digest,
+                descriptor.media_type,
+                len(body),
+                subject,
+                artifact_type=str(entry.get("artifactType") or artifact_type(body)),
+                annotations=dict(annotations) if isinstance(annotations, dict) else {},
+                depth=depth,
+            )
+            out.append(_Artifact(found, body))
+        return out
+
+    def _referrers(self, repo: Reference, subject: str) -> list[dict[str, Any]]:
+        """The referrers of ``subject``: the API where there is one, else the fallback tag."""
+        with self._lock:
+            has_api = self._has_api.get(repo.registry)
+        if has_api is not False:
+            listed = self._api.referrers(repo, subject)
+            with self._lock:
+                self._has_api[repo.registry] = listed is not None
+            if listed is not None:
+                return listed
+        return self._fallback_entries(repo, subject)
+
+    def _fallback_entries(self, repo: Reference, subject: str) -> list[dict[str, Any]]:
+        """The entries of the fallback index under ``sha256-<hex>``; [] when there is none."""
+        head = self._api.head(repo.with_tag(fallback_tag(subject)))
+        if head is None or not head.is_index or head.digest == subject:
+            return []  # no index there, or the image itself (an older owned tag)
+        _, body = self._api.get(repo.with_digest(head.digest))
+        try:
+            return referrer_descriptors(body)
+        except ValueError:
+            return []
+
+    def sync(
+        self,
+        source: Reference,
+        owned: Reference,
+        subjects: Sequence[str],
+        known: Sequence[str] = (),
+    ) -> Synced:
+        """Discover the source's artifacts and make the owned repository serve them.
+
+        Args:
+            source: the source reference (its repository is read).
+            owned: the owned reference (its repository is written).
+            subjects: the copied manifests' digests (index, then platforms).
+            known: ``Synced.known`` of the last sync: what needs no write.
+
+        Returns:
+            What was found and copied. A failure is in ``status.error`` (the
+            ``RegistryError`` reason) with its message logged; it never raises.
+        """
+        try:
+            artifacts = self._discover(source, subjects)
+        except RegistryError as exc:
+            log.warning("finding the signatures and referrers of %s failed: %s", source, exc)
+            return Synced(ArtifactStatus(0, 0, exc.reason))
+        found = tuple(a.found for a in artifacts)
+        if not artifacts:
+            return Synced(ArtifactStatus(0, 0, ""), found=found)
+        copied: Counter[str] = Counter()
+        try:
+            new = self._copy(source, owned, artifacts, set(known), copied)
+            self._verify(owned, new)
+        except RegistryError as exc:
+            log.warning(
+                "copying the signatures and referrers of %s to %s failed: %s", source, owned, exc
+            )
+            return Synced(ArtifactStatus(len(artifacts), 0, exc.reason), copied, (), found)
+        return Synced(
+            ArtifactStatus(len(artifacts), len(artifacts), ""), copied, _known(found), found
+        )
+
+    def _copy(
+        self,
+        source: Reference,
+        owned: Reference,
+        artifacts: list[_Artifact],
+        known: set[str],
+        copied: Counter[str],
+    ) -> list[_Artifact]:
+        """Write what the owned repository lacks: blobs, manifests, fallback indexes, tags.
+
+        Returns:
+            The artifacts not in ``known`` (each now written or found present).
+        """
+        src, dst = source.with_tag(None), owned.with_tag(None)
+        new: list[_Artifact] = []
+        for artifact in artifacts:
+            found = artifact.found
+            if _key(found) in known:
+                continue
+            present = self._api.head(dst.with_digest(found.digest))
+            if present is None:
+                for digest, size in manifest_blobs_or_none(artifact.body):
+                    self._api.copy_blob(src, dst, digest, size)
+                self._api.put_manifest(
+                    dst.with_digest(found.digest), found.media_type, artifact.body
+                )
+                copied[found.kind.value] += 1
+            new.append(artifact)
+        referrers = [a.found for a in new if a.found.kind is ArtifactKind.REFERRER]
+        if referrers and not self._owned_has_api(dst, referrers[0].subject):
+            self._update_fallback(dst, referrers)
+        for artifact in new:
+            found = artifact.found
+            if found.tag is not None:
+                tagged = self._api.head(dst.with_tag(found.tag))
+                if tagged is None or tagged.digest != found.digest:
+                    self._api.put_manifest(dst.with_tag(found.tag), found.media_type, artifact.body)
+        return new
+
+    def _owned_has_api(self, dst: Reference, subject: str) -> bool:
+        """Whether the owned registry serves the referrers API (one ``GET``, then remembered).
+
+        Asked after a referrer was pushed, so the repository exists: a
+        registry with the API answers 200 (distribution-spec v1.1); an
+        ``OCI-Subject`` header on the push alone is not trusted.
+        """
+        with self._lock:
+            known = self._has_api.get(dst.registry)
+        if known is None:
+            known = self._api.referrers(dst, subject) is not None
+            with self._lock:
+                self._has_api[dst.registry] = known
+        return known
+
+    def _update_fallback(self, dst: Reference, referrers: list[Found]) -> None:
+        """Merge ``referrers`` into each subject's fallback index in the owned repository."""
+        by_subject: dict[str, list[Found]] = {}
+        for found in referrers:
+            by_subject.setdefault(found.subject, []).append(found)
+        for subject, listed in by_subject.items():
+            existing = self._fallback_entries(dst, subject)
+            body, added = merge_fallback_index(existing, listed)
+            if added:
+                self._api.put_manifest(
+                    dst.with_tag(fallback_tag(subject)),
+                    "application/vnd.oci.image.index.v1+json",
+                    body,
+                )
+
+    def _verify(self, owned: Reference, artifacts: list[_Artifact]) -> None:
+        """Check that the owned registry serves ``artifacts`` as the source does.
+
+        Each by digest (and a cosign tag naming it); the referrers of each
+        subject must be listed by the owned registry's API or fallback index.
+
+        Raises:
+            RegistryError: ``verify_failed`` naming the first that differs.
+        """
+        dst = owned.with_tag(None)
+        listed: dict[str, set[str]] = {}
+        for artifact in artifacts:
+            found = artifact.found
+            names = [(dst.with_digest(found.digest), f"{dst.name}@{found.digest}")]
+            if found.tag is not None:
+                names.append((dst.with_tag(found.tag), f"{dst.name}:{found.tag}"))
+            for ref, name in names:
+                head = self._api.head(ref)
+                if head is None or head.digest != found.digest:
+                    raise RegistryError(
+                        "verify_failed",
+                        f"{name} does not serve the {found.kind.value} {found.digest}",
+                        owned.registry,
+                    )
+            if found.kind is ArtifactKind.REFERRER:
+                if found.subject not in listed:
+                    listed[found.subject] = {
+                        e["digest"] for e in self._referrers(dst, found.subject)
+                    }
+                if found.digest not in listed[found.subject]:
+                    raise RegistryError(
+                        "verify_failed",
+                        f"the owned referrers of {dst.name}@{found.subject} do not list "
+                        f"{found.digest}",
+                        owned.registry,
+                    )
+
+
+def manifest_blobs_or_none(body: bytes) -> list[tuple[str, int]]:
+    """``model.artifacts.manifest_blobs``, as ``RegistryError`` for a malformed manifest."""
+    try:
+        return manifest_blobs(body)
+    except ValueError as exc:
+        raise RegistryError("registry_error", f"artifact manifest: {exc}") from None
+
+
+def _key(found: Found) -> str:
+    """How ``Synced.known`` names an artifact: ``tag=digest`` or ``digest``."""
+    return f"{found.tag}={found.digest}" if found.tag else found.digest
+
+
+def _known(found: Sequence[Found]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_key(f) for f in found))
