@@ -257,13 +257,21 @@ def run_plan(
             controller when ``plan`` runs in its container. Unreachable: no
             backoff is shown.
     """
-    from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table, read_holds
+    from cloner.ops.artifacts import ArtifactCopier
+    from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table, read_state
 
     if controller is None and settings.metrics.port:
         controller = f"http://127.0.0.1:{settings.metrics.port}"
+    state = read_state(kube, settings)
     try:
         rows = build_plan(
-            kube, registry, settings, fetch_backoff(controller), read_holds(kube, settings)
+            kube,
+            registry,
+            settings,
+            fetch_backoff(controller),
+            dict(state.holds),
+            records=dict(state.records),
+            artifacts=ArtifactCopier(registry),
         )
     except KubeError as exc:
         log.error("plan failed: %s", exc)

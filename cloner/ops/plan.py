@@ -10,7 +10,11 @@ A separate process has none of the running controller's memory, so the
 backoff of an image comes from the running controller's metrics port
 (``/state/backoff``), when it answers, and the workloads and namespaces the
 rollout guard holds back after a failed switch come from the durable state
-ConfigMaps (``read_holds``).
+ConfigMaps (``read_holds``), as do the signatures and referrers found at each
+source's last sync and how many of them the owned registry serves
+(``read_records``). A source not synced yet is asked now for the artifacts
+of its top manifest (the cosign tags and referrers of the digest its tag
+names: a few ``HEAD`` and one ``GET``; docs/signatures.md).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from typing import Any, Protocol
 
 from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
+from cloner.model.artifacts import SignatureMode
 from cloner.model.events import rfc3339
 from cloner.model.identity import DOCKER, Descriptor
 from cloner.model.reference import Reference
 from cloner.model.rollout import Hold, namespace_key
-from cloner.model.state import StateBook, shard_names
+from cloner.model.state import Record, StateBook, shard_names
 from cloner.model.workloads import (
     ContainerPlan,
     NamespaceInfo,
@@ -37,6 +42,7 @@ from cloner.model.workloads import (
     describe,
     plan_workload,
 )
+from cloner.ops.artifacts import ArtifactCopier
 from cloner.ops.reconcile import KubeAPI, list_in_scope, unpatchable_public
 
 
@@ -61,7 +67,14 @@ class PlanRow:
             ``excluded by <rule>``, ``held: managed by <owner> (gitops: report)``,
             ``invalid reference: <why>``, ``clone (owned registry: <problem>)``
             when the owned registry could not be asked, or ``held after a
-            failed switch (<reason>) until <time>: <message>`` (rollout guard).
+            failed switch (<reason>) until <time>: <message>`` (rollout guard);
+            a source with signatures or referrers adds ``; artifacts M/N in
+            the owned registry`` (skopeo) or ``; N signatures or referrers
+            lost: ...`` (docker).
+        artifacts: how many signatures, attestations, SBOMs and referrers the
+            source has (None: not looked for, or ``signatures: off``).
+        artifacts_owned: how many of them the owned registry serves (None
+            when not known).
     """
 
     namespace: str
@@ -71,6 +84,8 @@ class PlanRow:
     image: str
     owned: str | None
     decision: str
+    artifacts: int | None = None
+    artifacts_owned: int | None = None
 
 
 def fetch_backoff(controller: str | None, timeout: float = 2.0) -> Mapping[str, Any]:
@@ -95,27 +110,40 @@ def fetch_backoff(controller: str | None, timeout: float = 2.0) -> Mapping[str, 
     return data if isinstance(data, dict) else {}
 
 
-def read_holds(kube: KubeAPI, settings: Settings) -> dict[str, Hold]:
-    """The holds of the rollout guard, read from the state ConfigMaps (no write).
+def read_state(kube: KubeAPI, settings: Settings) -> StateBook:
+    """The durable state, read from the state ConfigMaps (no write).
 
     Returns:
-        Workload key (``Kind ns/name``) or ``Namespace <name>`` -> its hold;
-        {} without ``controllerNamespace`` or when a shard cannot be read
-        (a plan then shows no hold rather than failing).
+        The book; empty without ``controllerNamespace`` or when a shard
+        cannot be read (a plan then shows less rather than failing).
     """
+    book = StateBook(settings.state.config_map, settings.state.ttl)
     namespace = settings.controller_namespace
     if namespace is None:
-        return {}
-    book = StateBook(settings.state.config_map, settings.state.ttl)
+        return book
     try:
         shards = {
             name: (kube.get_config_map(namespace, name) or {}).get("data")
             for name in shard_names(book.prefix)
         }
     except KubeError:
-        return {}
+        return book
     book.load(shards)
-    return dict(book.holds)
+    return book
+
+
+def read_holds(kube: KubeAPI, settings: Settings) -> dict[str, Hold]:
+    """The holds of the rollout guard (``read_state``).
+
+    Returns:
+        Workload key (``Kind ns/name``) or ``Namespace <name>`` -> its hold.
+    """
+    return dict(read_state(kube, settings).holds)
+
+
+def read_records(kube: KubeAPI, settings: Settings) -> dict[str, Record]:
+    """The verified copies (``read_state``): canonical source -> its record."""
+    return dict(read_state(kube, settings).records)
 
 
 def build_plan(
@@ -125,6 +153,8 @@ def build_plan(
     backoff: Mapping[str, Any] | None = None,
     holds: Mapping[str, Hold] | None = None,
     now: float | None = None,
+    records: Mapping[str, Record] | None = None,
+    artifacts: ArtifactCopier | None = None,
 ) -> list[PlanRow]:
     """Plan every container in scope, checking the owned registry for each owned name once.
 
@@ -136,6 +166,11 @@ def build_plan(
             ``held after a failed switch (<reason>) until <time>: <message>``.
         now: epoch seconds (default: the time now); a hold past its end is
             not shown.
+        records: the verified copies (``read_records``): their artifact
+            counts as of the last sync.
+        artifacts: looks for the artifacts of a source without a synced
+            record (``ops.artifacts.ArtifactCopier.discover``); None, or
+            ``signatures: off``, looks for none.
 
     Raises:
         KubeError: namespaces or workloads could not be listed.
@@ -147,6 +182,7 @@ def build_plan(
         kind, message = failures[0]
         raise KubeError(0, f"listing {kind} failed: {message}")
     exists: dict[str, str] = {}
+    counts = _ArtifactCounts(records, artifacts, registry, settings)
     rows = []
     for workload in workloads:
         plans = plan_workload(
@@ -174,7 +210,9 @@ def build_plan(
                     decision += DIGEST_CHANGES
             else:
                 decision = describe(plan)
-            rows.append(_row(workload, plan, owned, decision))
+            found = counts.of(plan.source, owned)
+            decision += _artifacts_text(found, settings.copy.backend == DOCKER)
+            rows.append(_row(workload, plan, owned, decision, found))
     rows += _unpatchable_rows(kube, settings, namespaces)
     return rows
 
@@ -188,7 +226,13 @@ def _hold_of(workload: Workload, holds: Mapping[str, Hold], now: float) -> Hold 
     return None
 
 
-def _row(workload: Workload, plan: ContainerPlan, owned: str | None, decision: str) -> PlanRow:
+def _row(
+    workload: Workload,
+    plan: ContainerPlan,
+    owned: str | None,
+    decision: str,
+    artifacts: tuple[int | None, int | None] = (None, None),
+) -> PlanRow:
     return PlanRow(
         workload.namespace,
         workload.kind,
@@ -197,7 +241,62 @@ def _row(workload: Workload, plan: ContainerPlan, owned: str | None, decision: s
         plan.container.image,
         owned,
         decision,
+        *artifacts,
     )
+
+
+class _ArtifactCounts:
+    """``(found, owned)`` artifacts per source: from its record, else asked once now."""
+
+    def __init__(
+        self,
+        records: Mapping[str, Record] | None,
+        copier: ArtifactCopier | None,
+        registry: ManifestLookup,
+        settings: Settings,
+    ) -> None:
+        self._records = records or {}
+        self._copier = copier if settings.signatures is not SignatureMode.OFF else None
+        self._registry = registry
+        self._known: dict[str, tuple[int | None, int | None]] = {}
+
+    def of(self, source: Reference | None, owned: str | None) -> tuple[int | None, int | None]:
+        """The counts of ``source``; ``(None, None)`` when not known or not to be switched."""
+        if source is None or owned is None:
+            return None, None
+        key = str(source)
+        if key not in self._known:
+            self._known[key] = self._count(source)
+        return self._known[key]
+
+    def _count(self, source: Reference) -> tuple[int | None, int | None]:
+        record = self._records.get(str(source))
+        if record is not None and (record.artifacts_synced or record.artifacts_error):
+            return record.artifacts_found, record.artifacts_owned
+        if self._copier is None:
+            return None, None
+        try:
+            head = self._registry.head(source)
+            if head is None:
+                return None, None
+            return len(self._copier.discover(source, [head.digest])), None
+        except RegistryError:
+            return None, None
+
+
+def _artifacts_text(found: tuple[int | None, int | None], docker: bool) -> str:
+    """The decision's suffix for a source with artifacts; "" for one without."""
+    count, owned = found
+    if not count:
+        return ""
+    if docker:
+        return (
+            f"; {count} signatures or referrers lost: new digests with the docker backend "
+            "(signatures_lost)"
+        )
+    if owned is None:
+        return f"; {count} signatures or referrers at the source, copied with the image"
+    return f"; artifacts {owned}/{count} in the owned registry"
 
 
 #: Why a Job or bare Pod is only reported.

@@ -19,7 +19,11 @@ Behaviour of olareg v0.2.1 seen here (tests/e2e/test_olareg.py checks it):
 * Referrers API off: the same manifest is still accepted (201, no
   ``OCI-Subject`` header, no fallback tag made for the client), and
   ``GET /v2/<name>/referrers/<digest>`` answers **405** ``UNSUPPORTED``, not
-  the 404 the spec asks for.
+  the 404 the spec asks for. go-containerregistry falls back to the
+  ``sha256-<hex>`` tag only on 404/400/406, so cosign v3.1.3's default
+  (new bundle format) fails there ("UNSUPPORTED: ... method not allowed");
+  ``cosign sign --new-bundle-format=false`` (``.sig`` tag) still works.
+  Debian's distribution 2.8 answers 404 and cosign falls back to the tag.
 * Blob uploads: POST then PUT (monolithic), a single POST with ``?digest=``,
   and cross-repository mounts (``POST ...?mount=<digest>&from=<repo>``: 201
   when the source has the blob, else 202 with an upload session).

@@ -36,6 +36,7 @@ from tests.e2e.support import (
     log_size,
     read,
     request_lines,
+    run_controller,
     serving,
     wait_for,
     write_config,
@@ -384,6 +385,14 @@ def test_the_docker_backend_reports_signatures_lost(
         namespaces={"include": [ns]},
         signatures=mode,
     )
+    plan = run_controller(
+        env, path, "plan", "--output", "json", kubeconfig=scope.kubeconfig, once=False
+    )
+    assert plan.returncode == 0, plan.stderr
+    (row,) = json.loads(plan.stdout)
+    # The index's .sig, .att, .sbom, the .sbom's .sig and the bundle referrer.
+    assert row["artifacts"] == 5
+    assert "5 signatures or referrers lost" in row["decision"]
 
     result = scope.run(path)
 
