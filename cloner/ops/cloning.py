@@ -632,6 +632,11 @@ class ImageCloner:
         action = _decide(False, owned_digest, False, record)
         if action is Action.USE_RECORD:
             assert record is not None
+            if self._artifacts_due(str(source), record):
+                # Their sync waits for the source, as long as its backoff says.
+                self._artifact_backoff.failed(
+                    str(source), source_error.reason, self._clock(), None, False, self._inputs()
+                )
             log.warning(
                 "source %s cannot be asked (%s); using the owned copy verified at %s",
                 source,

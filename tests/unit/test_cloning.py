@@ -521,3 +521,154 @@ def test_a_later_image_waits_for_an_earlier_one_still_being_asked_about() -> Non
             thread.join(5)
         assert order == (["3", "2"] if leave_without_copy else ["3", "1", "2"])
     assert slots._lines == {}  # every place in line was given up
+
+
+# --- signatures and referrers (issue 28) ------------------------------------------
+
+
+class StubCopier:
+    """Stands in for ``ops.artifacts.ArtifactCopier``: answers what the test sets."""
+
+    def __init__(self, status: object) -> None:
+        from cloner.model.artifacts import ArtifactStatus
+
+        self.status: ArtifactStatus = status  # type: ignore[assignment]
+        self.syncs = 0
+        self.found: list[object] = []
+
+    def sync(
+        self, source: Reference, owned: Reference, subjects: list[str], known: tuple[str, ...] = ()
+    ) -> object:
+        from cloner.ops.artifacts import Synced
+
+        self.syncs += 1
+        return Synced(self.status, known=("tag=digest",) if not self.status.error else ())
+
+    def discover(self, source: Reference, subjects: list[str]) -> list[object]:
+        self.syncs += 1
+        return self.found
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_copy_mode_switches_despite_a_failed_artifact_sync_and_retries_after_backoff() -> None:
+    from cloner.model.artifacts import ArtifactStatus, SignatureMode
+
+    regs = Registries("skopeo")
+    regs.index(f"{SRC}/app", "1", "s", AMD_ARM)
+    stub = StubCopier(ArtifactStatus(3, 0, "auth"))
+    clock = Clock()
+    c = cloner(regs, artifacts=stub, signatures=SignatureMode.COPY, clock=clock)
+
+    _source, owned, result = ensure(c, f"{SRC}/app:1")
+    assert result.image == str(owned)  # switched anyway
+    assert result.artifacts is not None and result.artifacts.status.error == "auth"
+
+    before = sum(regs.requests.values())
+    _s, _o, again = ensure(c, f"{SRC}/app:1")
+    assert again.image == str(owned) and again.artifacts is None
+    assert sum(regs.requests.values()) == before and stub.syncs == 1  # backing off: no call
+
+    stub.status = ArtifactStatus(3, 3, "")
+    clock.now += 3600 * 2  # past the backoff
+    _s, _o, third = ensure(c, f"{SRC}/app:1")
+    assert stub.syncs == 2 and third.artifacts is not None
+    assert third.artifacts.status == ArtifactStatus(3, 3, "")
+    with c.state.locked() as book:
+        record = book.records[f"{SRC}/app:1"]
+    assert (record.artifacts_found, record.artifacts_owned, record.artifacts_error) == (3, 3, "")
+
+
+def test_require_mode_holds_the_switch_until_every_artifact_is_in_the_owned_registry() -> None:
+    from cloner.model.artifacts import ArtifactStatus, SignatureMode
+
+    regs = Registries("skopeo")
+    regs.index(f"{SRC}/app", "1", "s", AMD_ARM)
+    stub = StubCopier(ArtifactStatus(3, 0, "auth"))
+    clock = Clock()
+    c = cloner(regs, artifacts=stub, signatures=SignatureMode.REQUIRE, clock=clock)
+
+    _source, owned, held = ensure(c, f"{SRC}/app:1")
+    assert held.image is None and held.reason == "signatures_not_copied"
+    assert len(regs.clones) == 1  # the image itself was copied and recorded
+
+    _s, _o, waiting = ensure(c, f"{SRC}/app:1")
+    assert waiting.image is None and waiting.waiting is not None  # backing off, not switched
+
+    stub.status = ArtifactStatus(3, 3, "")
+    clock.now += 3600 * 2
+    _s, _o, switched = ensure(c, f"{SRC}/app:1")
+    assert switched.image == str(owned)
+    assert len(regs.clones) == 1  # reused, not copied again
+
+
+def test_require_mode_refuses_a_signed_source_with_the_docker_backend() -> None:
+    from cloner.model.artifacts import ArtifactStatus, SignatureMode
+
+    regs = Registries("docker")
+    regs.image(f"{SRC}/app", "1", "s")
+    stub = StubCopier(ArtifactStatus())
+    stub.found = ["signature", "attestation"]
+    _source, _owned, result = ensure(
+        cloner(regs, artifacts=stub, signatures=SignatureMode.REQUIRE), f"{SRC}/app:1"
+    )
+    assert result.image is None and result.reason == "signatures_lost"
+
+    reporting = StubCopier(ArtifactStatus())
+    reporting.found = ["signature"]
+    copy = cloner(regs, artifacts=reporting, signatures=SignatureMode.COPY)
+    _source, _owned, lost = ensure(copy, f"{SRC}/app:1")
+    assert lost.image is not None  # copy mode switches and reports
+    assert lost.artifacts is not None and lost.artifacts.status.found == 1
+
+
+def test_a_digest_only_copy_under_the_old_reserved_tag_is_copied_again_under_the_new_one() -> None:
+    regs = Registries("skopeo")
+    digest = regs.index(f"{SRC}/app", None, "s", AMD_ARM)
+    source = parse_reference(f"{SRC}/app@{digest}")
+    owned = TARGET.owned_name(source)
+    assert owned.tag == "sha256_" + digest[7:]
+    # The copy an older version made, under sha256-<hex>.
+    regs.clone(source, owned.with_tag("sha256-" + digest[7:]))
+    regs.clones.clear()
+
+    result = cloner(regs).ensure_all([(source, owned)])[str(source)]
+
+    assert result.image == f"{owned.name}@{digest}" and result.replaced is None
+    assert regs.clones == [(str(source.with_tag(None).with_digest(digest)), str(owned))]
+    assert regs.head(owned).digest == digest
+
+
+def test_an_unreachable_source_does_not_ask_again_every_cycle_for_its_artifacts() -> None:
+    from cloner.model.artifacts import ArtifactStatus, SignatureMode
+
+    regs = Registries("skopeo")
+    regs.index(f"{SRC}/app", "1", "s", AMD_ARM)
+    c = cloner(regs)  # verified without artifacts, as an older version would have
+    ensure(c, f"{SRC}/app:1")
+    stub = StubCopier(ArtifactStatus(0, 0, ""))
+    clock = Clock()
+    later = cloner(
+        regs,
+        artifacts=stub,
+        signatures=SignatureMode.COPY,
+        clock=clock,
+        book=None,
+    )
+    with c.state.locked() as book, later.state.locked() as into:
+        into.records.update(book.records)
+    regs.down[SRC] = RegistryError("network", "down", SRC)
+
+    _s, owned, first = ensure(later, f"{SRC}/app:1")
+    asked = regs.requests[SRC]
+    _s, _o, second = ensure(later, f"{SRC}/app:1")
+
+    assert first.image == second.image == str(owned)
+    assert regs.requests[SRC] == asked  # backing off: the source is not asked again
+    assert stub.syncs == 0
