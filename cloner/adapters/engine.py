@@ -39,7 +39,7 @@ import urllib3
 from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import ClonerError, RegistryError, registry_error
 from cloner.model.credentials import Credential
-from cloner.model.identity import Copied, platform_name
+from cloner.model.identity import BackendName, Copied, platform_name
 from cloner.model.reference import Reference
 from cloner.model.tls import EngineRegistryConfig, listed_insecure
 
@@ -140,6 +140,9 @@ class DockerRegistry:
             that no clone in flight uses are removed. 0 removes the images of
             each clone after its push.
     """
+
+    #: pull, tag and push re-serialise the manifest for the engine's platform.
+    keeps_digests = BackendName.DOCKER.keeps_digests
 
     def __init__(
         self,

@@ -80,7 +80,7 @@ from typing import Any, Literal
 from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import RegistryError, registry_error
 from cloner.model.credentials import Credential
-from cloner.model.identity import Copied
+from cloner.model.identity import BackendName, Copied
 from cloner.model.reference import Reference
 from cloner.model.tls import listed_insecure
 
@@ -375,6 +375,9 @@ class SkopeoBackend:
     Raises:
         ValueError: ``command_timeout`` is not positive.
     """
+
+    #: ``--all --preserve-digests``: every manifest digest and platform is kept.
+    keeps_digests = BackendName.SKOPEO.keeps_digests
 
     def __init__(
         self,

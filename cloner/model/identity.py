@@ -43,6 +43,16 @@ class BackendName(StrEnum):
     DOCKER = "docker"  #: pull, tag, push through the Docker engine
     SKOPEO = "skopeo"  #: registry to registry
 
+    @property
+    def keeps_digests(self) -> bool:
+        """True when the backend's copies keep every manifest digest and platform.
+
+        skopeo's ``copy --all --preserve-digests`` does; the Docker engine
+        re-serialises the manifest for its own platform (see TESTBED, "What a
+        Docker engine does to a multi-platform image").
+        """
+        return self is BackendName.SKOPEO
+
 
 DOCKER = BackendName.DOCKER
 SKOPEO = BackendName.SKOPEO

@@ -1,6 +1,6 @@
 """Which registries a Docker engine reaches without TLS verification. Pure: no I/O.
 
-Called by ``registry.DockerRegistry`` with the engine's registry configuration
+Called by ``engine.DockerRegistry`` with the engine's registry configuration
 (``GET /info`` -> ``RegistryConfig``) to refuse registries that are not listed
 in ``insecureRegistries``. It must stay free of ``kubernetes`` and ``docker``,
 and it makes no DNS lookups.

@@ -32,8 +32,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cloner.errors import RegistryError
@@ -44,6 +44,7 @@ from cloner.model.artifacts import (
     ArtifactKind,
     ArtifactStatus,
     Found,
+    SignatureMode,
     artifact_type,
     cosign_tag,
     fallback_tag,
@@ -52,9 +53,12 @@ from cloner.model.artifacts import (
     merge_fallback_index,
     names_subject,
     referrer_descriptors,
+    switch_allowed,
 )
-from cloner.model.identity import Descriptor
+from cloner.model.backoff import Backoff
+from cloner.model.identity import Descriptor, refresh_due
 from cloner.model.reference import Reference
+from cloner.model.state import Record
 
 log = logging.getLogger(__name__)
 
@@ -387,3 +391,206 @@ def _key(found: Found) -> str:
 
 def _known(found: Sequence[Found]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_key(f) for f in found))
+
+
+class ArtifactSync:
+    """When a verified source's artifacts are synced, and whether they hold its switch.
+
+    ``cloning.ImageCloner`` asks it around each verification; it keeps the
+    retry timing of failed syncs apart from the image's own backoff, which
+    would hold a switch that ``signatures: copy`` must not hold.
+
+    Args:
+        copier: finds and copies the artifacts.
+        mode: ``signatures`` (``copy`` or ``require``; ``off`` makes no
+            ``ArtifactSync`` at all).
+        keeps_digests: the backend's copies keep every digest (skopeo): the
+            artifacts are copied; otherwise (Docker engine) only looked for,
+            and reported as lost.
+        refresh_interval: ``refreshInterval``, seconds (0: never again).
+        backoff: retry timing of a failed sync (``backoff.Backoff``).
+        clock: monotonic seconds; wall: epoch seconds.
+        inputs: the fingerprint of the config and credentials in force.
+    """
+
+    def __init__(
+        self,
+        copier: ArtifactCopier,
+        mode: SignatureMode,
+        keeps_digests: bool,
+        refresh_interval: float,
+        backoff: Backoff,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        inputs: Callable[[], str],
+    ) -> None:
+        self._copier = copier
+        self._mode = mode
+        self._keeps_digests = keeps_digests
+        self._refresh = refresh_interval
+        self._backoff = backoff
+        self._clock = clock
+        self._wall = wall
+        self._inputs = inputs
+
+    def answers_from_record(self, key: str, record: Record) -> bool:
+        """Whether a fresh record answers without asking about its artifacts again.
+
+        No when they are due (``due``) and not backing off after a failed
+        sync, or when ``signatures: require`` holds the switch.
+        """
+        if switch_allowed(self._mode, record_status(record), self._keeps_digests) is not None:
+            return False
+        if not self.due(key, record):
+            return True
+        return self._backoff.waiting(key, self._clock(), self._inputs()) is not None
+
+    def due(self, key: str, record: Record | None) -> bool:
+        """Whether the artifacts of a verified source should be synced now.
+
+        Never synced, the last sync failed, or ``refreshInterval`` passed
+        since the last one (spread as ``identity.refresh_due`` spreads tags;
+        also for a source pinned by digest: signatures are added upstream
+        after an image is published).
+        """
+        if record is None or not record.artifacts_synced or record.artifacts_error:
+            return True
+        return refresh_due(key, record.artifacts_synced, self._wall(), self._refresh, False)
+
+    def source_unreachable(self, key: str, record: Record, reason: str) -> None:
+        """The source cannot be asked: a due sync waits as long as its backoff says."""
+        if self.due(key, record):
+            self._backoff.failed(key, reason, self._clock(), None, False, self._inputs())
+
+    def verified(
+        self,
+        source: Reference,
+        owned: Reference,
+        subject: str,
+        children: Callable[[], Sequence[str]],
+        record: Record,
+        previous: Record | None,
+        cloned: bool,
+    ) -> tuple[Record, Synced | None]:
+        """Sync after a verification when due, and carry the outcome in the record.
+
+        Args:
+            source, owned: the pair just verified.
+            subject: the copied manifest's digest (an index, or one image).
+            children: returns the index's platform manifest digests (asked
+                only for a backend that keeps digests).
+            record: the new record, without artifact fields yet.
+            previous: the record it replaces, if any.
+            cloned: True when this verification copied the image.
+
+        Returns:
+            ``(record with its artifact fields, the sync made or None)``.
+
+        Raises:
+            RegistryError: ``signatures_not_copied`` or ``signatures_lost``
+                when ``signatures: require`` holds the switch
+                (``model.artifacts.switch_allowed``); the record stays valid.
+        """
+        key = str(source)
+        synced = None
+        if cloned or previous is None or self.due(key, previous):
+            synced = self._sync(source, owned, subject, children, previous)
+        if synced is not None:
+            status = synced.status
+            kept = previous.artifacts if previous is not None and status.error else synced.known
+            record = replace(
+                record,
+                artifacts=kept,
+                artifacts_found=status.found,
+                artifacts_owned=status.owned,
+                artifacts_error=status.error,
+                artifacts_synced=record.verified if not status.error else 0.0,
+            )
+        elif previous is not None:
+            record = replace(
+                record,
+                artifacts=previous.artifacts,
+                artifacts_found=previous.artifacts_found,
+                artifacts_owned=previous.artifacts_owned,
+                artifacts_error=previous.artifacts_error,
+                artifacts_synced=previous.artifacts_synced,
+            )
+        return record, synced
+
+    def held(self, source: Reference, owned: Reference, record: Record) -> RegistryError | None:
+        """The error that holds the switch under ``signatures: require``, or None."""
+        reason = switch_allowed(self._mode, record_status(record), self._keeps_digests)
+        if reason is None:
+            return None
+        return RegistryError(reason, _held_message(source, owned, record, reason), owned.registry)
+
+    def _sync(
+        self,
+        source: Reference,
+        owned: Reference,
+        subject: str,
+        children: Callable[[], Sequence[str]],
+        previous: Record | None,
+    ) -> Synced:
+        """Sync (skopeo) or only look for (Docker) the source's signatures and referrers."""
+        key = str(source)
+        if self._keeps_digests:
+            known = previous.artifacts if previous else ()
+            try:
+                synced = self._copier.sync(source, owned, [subject, *children()], known)
+            except Exception:  # the image's copy stands; its artifacts are retried
+                log.exception("unexpected error while copying the artifacts of %s", source)
+                synced = Synced(ArtifactStatus(0, 0, "registry_error"))
+        else:
+            synced = self._look(source, owned, subject)
+        if synced.status.error:
+            self._backoff.failed(
+                key, synced.status.error, self._clock(), None, False, self._inputs()
+            )
+        else:
+            self._backoff.succeeded(key)
+        return synced
+
+    def _look(self, source: Reference, owned: Reference, digest: str) -> Synced:
+        """The Docker backend: count the source's artifacts; none can be valid for its copy."""
+        try:
+            found = tuple(self._copier.discover(source, [digest]))
+        except RegistryError as exc:
+            log.warning("looking for the signatures of %s failed: %s", source, exc)
+            return Synced(ArtifactStatus(0, 0, exc.reason))
+        if found:
+            log.warning(
+                "%s has %d signatures, attestations or referrers; the Docker backend's "
+                "copy %s has new digests, so none of them is valid for it "
+                "(signatures_lost; use copyBackend: skopeo)",
+                source,
+                len(found),
+                owned,
+            )
+        return Synced(ArtifactStatus(len(found), 0, ""), found=found)
+
+
+def record_status(record: Record) -> ArtifactStatus | None:
+    """A record's artifact status; None when they were never looked for."""
+    if not record.artifacts_synced and not record.artifacts_error:
+        return None
+    return ArtifactStatus(record.artifacts_found, record.artifacts_owned, record.artifacts_error)
+
+
+def _held_message(source: Reference, owned: Reference, record: Record, reason: str) -> str:
+    """Why ``signatures: require`` holds the switch of ``source``."""
+    if reason == "signatures_lost":
+        return (
+            f"{source} has {record.artifacts_found} signatures or referrers; the Docker "
+            f"backend's copy {owned} has new digests, so none of them would be valid for it "
+            "(signatures: require; use copyBackend: skopeo)"
+        )
+    if record.artifacts_error:
+        return (
+            f"the signatures and referrers of {source} could not be copied to {owned} "
+            f"({record.artifacts_error}); not switched (signatures: require)"
+        )
+    return (
+        f"{record.artifacts_owned} of the {record.artifacts_found} signatures and referrers of "
+        f"{source} are in {owned}; not switched (signatures: require)"
+    )

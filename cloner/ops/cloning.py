@@ -57,45 +57,27 @@ from typing import Protocol
 
 from cloner.config import BackoffSettings, CopySettings
 from cloner.errors import RegistryError
-from cloner.model.artifacts import ArtifactStatus, SignatureMode, switch_allowed
+from cloner.model.artifacts import SignatureMode
 from cloner.model.backoff import Backoff, RegistryPauses
-from cloner.model.identity import (
-    DOCKER,
-    SKOPEO,
-    Action,
-    Copied,
-    Descriptor,
-    Manifest,
-    base_platform,
-    child_for,
-    decide,
-    engine_drops_platforms,
-    parse_manifest,
-    refresh_due,
-    same_content,
-)
+from cloner.model.identity import Action, Copied, Descriptor, decide, refresh_due
 from cloner.model.reference import Reference
 from cloner.model.state import Failure, Record, StateBook
-from cloner.ops.artifacts import ArtifactCopier, Synced
+from cloner.ops.artifacts import ArtifactCopier, ArtifactSync, Synced
+from cloner.ops.copycheck import CopyCheck, Expected, ManifestAPI, check_for
 from cloner.ops.state import StateStore
 
 log = logging.getLogger(__name__)
 
 
-class ManifestAPI(Protocol):
-    """Manifest lookups in any registry (implemented by ``distribution.DistributionClient``)."""
-
-    def head(self, ref: Reference) -> Descriptor | None:
-        """The manifest's descriptor, None when absent; raises ``RegistryError``."""
-        ...
-
-    def get(self, ref: Reference) -> tuple[Descriptor, bytes]:
-        """The manifest's descriptor and bytes; raises ``RegistryError``."""
-        ...
-
-
 class CopyBackend(Protocol):
-    """Copies an image (``registry.DockerRegistry`` or ``skopeo.SkopeoBackend``)."""
+    """Copies an image (``engine.DockerRegistry`` or ``skopeo.SkopeoBackend``).
+
+    ``keeps_digests``: True when its copies keep every manifest digest and
+    every platform (skopeo), False when they are re-serialised for one
+    platform (the Docker engine); it chooses the ``copycheck.CopyCheck``.
+    """
+
+    keeps_digests: bool
 
     def preflight(self, source: Reference, owned: Reference) -> None:
         """Refuse a pair this backend must not touch, before any registry request.
@@ -223,15 +205,14 @@ class ImageCloner:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._manifests = manifests
-        self._artifacts = artifacts if signatures is not SignatureMode.OFF else None
-        self._signatures = signatures
-        # Retries of a failed artifact sync; apart from the image's backoff,
-        # which would hold a switch that ``copy`` must not hold.
-        self._artifact_backoff = Backoff(backoff.policy)
         self._backend = backend
-        self._backend_name = copy.backend
-        self._engine_platform = engine_platform or (lambda: "linux/amd64")
-        self._node_platforms_source = node_platforms or (lambda: ())
+        self._backend_name = copy.backend  # recorded with each copy; a record of another is redone
+        self._check: CopyCheck = check_for(
+            backend.keeps_digests,
+            manifests,
+            engine_platform or (lambda: "linux/amd64"),
+            node_platforms or (lambda: ()),
+        )
         self._pin = pin_digest
         self._backoff = Backoff(backoff.policy)
         self._pauses = RegistryPauses()
@@ -248,14 +229,25 @@ class ImageCloner:
         self._stopped: Future[None] = Future()
         self._lock = threading.Lock()
         self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._copy_slots = _Slots(self._concurrency, ramp=self._backend_name == SKOPEO)
+        self._copy_slots = _Slots(self._concurrency, ramp=backend.keeps_digests)
         self._tickets = itertools.count()  # submission order, kept by the copy slots
         self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
-        self._nodes: tuple[str, ...] | None = None
         # owned repository -> the one source repository it holds copies of
         self._owned_sources: dict[str, str] = {}
+        self._artifacts: ArtifactSync | None = None
+        if artifacts is not None and signatures is not SignatureMode.OFF:
+            self._artifacts = ArtifactSync(
+                artifacts,
+                signatures,
+                backend.keeps_digests,
+                refresh_interval,
+                Backoff(backoff.policy),
+                clock,
+                wall,
+                inputs,
+            )
         self.restore_backoff()
 
     def restore_backoff(self) -> None:
@@ -344,7 +336,7 @@ class ImageCloner:
             this call or an earlier cycle's), else a new clone on the pool.
             Hand each future to ``collect`` once it is done.
         """
-        self._nodes = None
+        self._check.new_cycle()
         futures: dict[str, Future[ImageResult]] = {}
         for source, owned in pairs:
             key = str(source)
@@ -409,7 +401,7 @@ class ImageCloner:
         )
         if fresh:
             assert record is not None
-            if self._answer_from_record(key, record):
+            if self._artifacts is None or self._artifacts.answers_from_record(key, record):
                 return ImageResult(source, record.image, platforms=record.platforms)
         with self._lock:
             claimed = self._owned_sources.setdefault(owned.name, source.name)
@@ -421,38 +413,6 @@ class ImageCloner:
             log.error(message)
             return ImageResult(source, None, reason="naming_collision", message=message)
         return self._waiting(source, owned)
-
-    def _answer_from_record(self, key: str, record: Record) -> bool:
-        """Whether a fresh record answers without asking about its artifacts again.
-
-        No when they are due (``_artifacts_due``) and not backing off after a
-        failed sync, or when ``signatures: require`` holds the switch.
-        """
-        if self._artifacts is None:
-            return True
-        if switch_allowed(self._signatures, _status(record), self._keeps_digests) is not None:
-            return False
-        if not self._artifacts_due(key, record):
-            return True
-        return self._artifact_backoff.waiting(key, self._clock(), self._inputs()) is not None
-
-    @property
-    def _keeps_digests(self) -> bool:
-        return self._backend_name == SKOPEO
-
-    def _artifacts_due(self, key: str, record: Record | None) -> bool:
-        """Whether the artifacts of a verified source should be synced now.
-
-        Never synced, the last sync failed, or ``refreshInterval`` passed
-        since the last one (spread as ``identity.refresh_due`` spreads tags;
-        also for a source pinned by digest: signatures are added upstream
-        after an image is published).
-        """
-        if self._artifacts is None:
-            return False
-        if record is None or not record.artifacts_synced or record.artifacts_error:
-            return True
-        return refresh_due(key, record.artifacts_synced, self._wall(), self._refresh, False)
 
     def _waiting(self, source: Reference, owned: Reference) -> ImageResult | None:
         now = self._clock()
@@ -534,7 +494,7 @@ class ImageCloner:
         with self.state.locked() as book:
             record = book.records.get(str(source))
         head, source_error = self._ask_source(source)
-        looked_up, owned_head = self._ask_owned(source, owned)
+        looked_up, owned_head = self._check.ask_owned(source, owned)
         owned_digest = owned_head.digest if owned_head else None
         if head is None:
             assert source_error is not None
@@ -542,9 +502,8 @@ class ImageCloner:
         moved = None
         if record is not None and source.digest is None and record.source_digest != head.digest:
             moved = (record.source_digest, head.digest)
-        if head.is_index and self._backend_name != SKOPEO:
-            self._refuse_dropped_platforms(source, head)
-        expected = _Expected(self, source, head)
+        self._check.before_copy(source, head)
+        expected = self._check.expected(source, head)
         matches = owned_head is not None and (
             (
                 record is not None
@@ -552,7 +511,7 @@ class ImageCloner:
                 and record.owned_digest == owned_head.digest
                 and record.backend == self._backend_name
             )
-            or expected.matches(looked_up, owned_head)
+            or self._check.matches(expected, looked_up, owned_head)
         )
         action = _decide(True, owned_digest, matches, record)
         if action is Action.REUSE and looked_up != owned and source.tag is None:
@@ -601,25 +560,6 @@ class ImageCloner:
             return None, exc
         return head, None
 
-    def _ask_owned(
-        self, source: Reference, owned: Reference
-    ) -> tuple[Reference, Descriptor | None]:
-        """``(name looked up, its descriptor or None)`` in the owned registry.
-
-        A copy that keeps digests (skopeo) is found by digest: workloads are
-        patched to ``owned@digest``, whatever the owned tag holds now.
-        """
-        owned_head = self._manifests.head(owned)
-        if (
-            self._backend_name == SKOPEO
-            and source.digest
-            and (owned_head is None or owned_head.digest != source.digest)
-        ):
-            pinned = self._manifests.head(owned.with_digest(source.digest))
-            if pinned is not None:
-                return owned.with_digest(source.digest), pinned
-        return owned, owned_head
-
     def _without_source(
         self,
         source: Reference,
@@ -632,11 +572,8 @@ class ImageCloner:
         action = _decide(False, owned_digest, False, record)
         if action is Action.USE_RECORD:
             assert record is not None
-            if self._artifacts_due(str(source), record):
-                # Their sync waits for the source, as long as its backoff says.
-                self._artifact_backoff.failed(
-                    str(source), source_error.reason, self._clock(), None, False, self._inputs()
-                )
+            if self._artifacts is not None:
+                self._artifacts.source_unreachable(str(source), record, source_error.reason)
             log.warning(
                 "source %s cannot be asked (%s); using the owned copy verified at %s",
                 source,
@@ -658,7 +595,7 @@ class ImageCloner:
         source: Reference,
         owned: Reference,
         head: Descriptor,
-        expected: _Expected,
+        expected: Expected,
         moved: tuple[str, str] | None,
         ticket: int,
     ) -> ImageResult:
@@ -678,7 +615,7 @@ class ImageCloner:
         pushed = copied.digest
         if copied.config_digest is not None:
             expected.engine_config(copied.config_digest)
-        self._check_copy(owned, pushed, head, expected)
+        self._check.check_copy(owned, pushed, head, expected)
         log.info("cloned %s to %s (%s)", source, owned, pushed)
         return self._verified(source, owned, head, pushed, expected, True, moved)
 
@@ -688,20 +625,15 @@ class ImageCloner:
         owned: Reference,
         head: Descriptor,
         owned_digest: str,
-        expected: _Expected,
+        expected: Expected,
         cloned: bool,
         moved: tuple[str, str] | None,
     ) -> ImageResult:
         image = patched_image(source, owned, owned_digest, self._pin)
-        platforms = expected.platforms(owned) if self._backend_name == SKOPEO else ()
+        platforms = self._check.platforms(expected, owned)
         key = str(source)
         with self.state.locked() as book:
             previous = book.records.get(key)
-        synced = None
-        if self._artifacts is not None and (
-            cloned or previous is None or self._artifacts_due(key, previous)
-        ):
-            synced = self._sync_artifacts(source, owned, head, expected, previous)
         now = self._wall()
         record = Record(
             source=key,
@@ -714,137 +646,25 @@ class ImageCloner:
             verified=now,
             used=previous.used if previous else now,
         )
-        if synced is not None:
-            status = synced.status
-            record = replace(
+        synced = None
+        if self._artifacts is not None:
+            record, synced = self._artifacts.verified(
+                source,
+                owned,
+                head.digest,
+                lambda: list(expected.children(owned).values()),
                 record,
-                artifacts=synced.known if not status.error or not previous else previous.artifacts,
-                artifacts_found=status.found,
-                artifacts_owned=status.owned,
-                artifacts_error=status.error,
-                artifacts_synced=now if not status.error else 0.0,
-            )
-        elif previous is not None and self._artifacts is not None:
-            record = replace(
-                record,
-                artifacts=previous.artifacts,
-                artifacts_found=previous.artifacts_found,
-                artifacts_owned=previous.artifacts_owned,
-                artifacts_error=previous.artifacts_error,
-                artifacts_synced=previous.artifacts_synced,
+                previous,
+                cloned,
             )
         with self.state.locked() as book:
             book.verified(record)
-        if self._artifacts is not None:
-            held = switch_allowed(self._signatures, _status(record), self._keeps_digests)
-            if held is not None:
-                raise RegistryError(
-                    held, _held_message(source, owned, record, held), owned.registry
-                )
+        held = self._artifacts.held(source, owned, record) if self._artifacts else None
+        if held is not None:
+            raise held
         return ImageResult(
             source, image, cloned=cloned, moved=moved, platforms=platforms, artifacts=synced
         )
-
-    def _sync_artifacts(
-        self,
-        source: Reference,
-        owned: Reference,
-        head: Descriptor,
-        expected: _Expected,
-        previous: Record | None,
-    ) -> Synced:
-        """Sync (skopeo) or only look for (Docker) the source's signatures and referrers.
-
-        A failed sync backs off on its own (``_artifact_backoff``) and is
-        retried when that ends; the image's own backoff is not touched.
-        """
-        assert self._artifacts is not None
-        key = str(source)
-        if self._keeps_digests:
-            subjects = [head.digest, *expected.children(owned).values()]
-            known = previous.artifacts if previous else ()
-            try:
-                synced = self._artifacts.sync(source, owned, subjects, known)
-            except Exception:  # the image's copy stands; its artifacts are retried
-                log.exception("unexpected error while copying the artifacts of %s", source)
-                synced = Synced(ArtifactStatus(0, 0, "registry_error"))
-        else:
-            try:
-                found = tuple(self._artifacts.discover(source, [head.digest]))
-                synced = Synced(ArtifactStatus(len(found), 0, ""), found=found)
-            except RegistryError as exc:
-                log.warning("looking for the signatures of %s failed: %s", source, exc)
-                synced = Synced(ArtifactStatus(0, 0, exc.reason))
-            if synced.status.found:
-                log.warning(
-                    "%s has %d signatures, attestations or referrers; the Docker backend's "
-                    "copy %s has new digests, so none of them is valid for it "
-                    "(signatures_lost; use copyBackend: skopeo)",
-                    source,
-                    synced.status.found,
-                    owned,
-                )
-        now = self._clock()
-        if synced.status.error:
-            reason = synced.status.error
-            self._artifact_backoff.failed(key, reason, now, None, False, self._inputs())
-        else:
-            self._artifact_backoff.succeeded(key)
-        return synced
-
-    def _check_copy(
-        self, owned: Reference, pushed: str, head: Descriptor, expected: _Expected
-    ) -> None:
-        """After a copy: the owned registry serves ``pushed`` under the tag, and it is the source's.
-
-        Raises:
-            RegistryError: ``verify_failed`` naming what differs.
-        """
-        answered = self._manifests.head(owned)
-        if answered is None or answered.digest != pushed:
-            raise RegistryError(
-                "verify_failed",
-                f"verify {owned}: registry answers {answered.digest if answered else 'nothing'}, "
-                f"pushed {pushed}",
-                owned.registry,
-            )
-        if self._backend_name == SKOPEO:
-            if pushed != head.digest:
-                raise RegistryError(
-                    "verify_failed",
-                    f"verify {owned}: copied {pushed}, the source is {head.digest}",
-                    owned.registry,
-                )
-            for platform, child in expected.children(owned).items():
-                if self._manifests.head(owned.with_digest(child)) is None:
-                    raise RegistryError(
-                        "verify_failed",
-                        f"verify {owned}: platform {platform} ({child}) is missing",
-                        owned.registry,
-                    )
-            return
-        if not expected.matches(owned.with_digest(pushed), answered):
-            raise RegistryError(
-                "verify_failed",
-                f"verify {owned}: its image config is not that of the source's "
-                f"{self._engine_platform()} image",
-                owned.registry,
-            )
-
-    def _refuse_dropped_platforms(self, source: Reference, head: Descriptor) -> None:
-        """Raise ``multi_platform`` when the Docker engine would drop a platform nodes run."""
-        with self._lock:
-            if self._nodes is None:
-                self._nodes = tuple(self._node_platforms_source())
-            nodes = self._nodes
-        engine = self._engine_platform()
-        if all(base_platform(n) == base_platform(engine) for n in nodes):
-            return
-        descriptor, body = self._manifests.get(source.with_tag(None).with_digest(head.digest))
-        index = _parse(descriptor, body, source)
-        message = engine_drops_platforms(index, engine, nodes)
-        if message is not None:
-            raise RegistryError("multi_platform", f"{source}: {message}", source.registry)
 
     def _pause_if_limited(self, exc: RegistryError, default_registry: str) -> None:
         if exc.reason != "rate_limited":
@@ -1027,104 +847,4 @@ def _decide(
         owned_digest=owned_digest,
         matches=matches,
         recorded_owned_digest=record.owned_digest if record else None,
-    )
-
-
-class _Expected:
-    """The source's content, fetched lazily and at most once per decision.
-
-    For ``skopeo`` the index's children and platforms, read from the owned
-    copy (a byte-for-byte copy: the same index, and the owned registry is
-    not rate limited); for ``docker`` the config digest of the source's image
-    for the engine's platform: the engine's image ID after a pull, else read
-    from the source (the index's matching child, or the manifest itself).
-    """
-
-    def __init__(self, cloner: ImageCloner, source: Reference, head: Descriptor) -> None:
-        self._cloner = cloner
-        self._ref = source.with_tag(None).with_digest(head.digest)
-        self._head = head
-        self._index: Manifest | None = None
-        self._config: str | None = None
-
-    def _get(self, ref: Reference) -> Manifest:
-        descriptor, body = self._cloner._manifests.get(ref)
-        return _parse(descriptor, body, ref)
-
-    def _owned_index(self, owned: Reference) -> Manifest:
-        if self._index is None:
-            self._index = self._get(owned.with_tag(None).with_digest(self._head.digest))
-        return self._index
-
-    def children(self, owned: Reference) -> dict[str, str]:
-        """Platform -> child digest of the index (read from the owned copy); {} for one image."""
-        return dict(self._owned_index(owned).children) if self._head.is_index else {}
-
-    def platforms(self, owned: Reference) -> tuple[str, ...]:
-        """The index's platforms (read from the owned copy); () for one image."""
-        return self._owned_index(owned).platforms if self._head.is_index else ()
-
-    def engine_config(self, config_digest: str) -> None:
-        """The config digest the engine verified while pulling the source (its image ID)."""
-        self._config = config_digest
-
-    def config(self) -> str:
-        """The config digest a Docker engine copy must carry."""
-        if self._config is None:
-            manifest = self._get(self._ref)
-            if manifest.is_index:
-                platform = self._cloner._engine_platform()
-                child = child_for(manifest, platform)
-                if child is None:
-                    raise RegistryError(
-                        "not_found",
-                        f"{self._ref}: the index has no {platform} image for the Docker engine",
-                        self._ref.registry,
-                    )
-                manifest = self._get(self._ref.with_digest(child))
-            assert manifest.config_digest is not None
-            self._config = manifest.config_digest
-        return self._config
-
-    def matches(self, owned: Reference, owned_head: Descriptor) -> bool:
-        """``identity.same_content`` of the owned manifest and the source."""
-        if owned_head.digest == self._head.digest:
-            return True
-        if self._cloner._backend_name == SKOPEO or owned_head.is_index:
-            return False
-        owned_manifest = self._get(owned.with_tag(None).with_digest(owned_head.digest))
-        source = Manifest(self._head.digest, self._head.media_type, {}, None)
-        return same_content(DOCKER, source, owned_manifest, self.config())
-
-
-def _parse(descriptor: Descriptor, body: bytes, ref: Reference) -> Manifest:
-    try:
-        return parse_manifest(descriptor.digest, descriptor.media_type, body)
-    except ValueError as exc:
-        raise RegistryError("registry_error", f"{ref}: {exc}", ref.registry) from None
-
-
-def _status(record: Record) -> ArtifactStatus | None:
-    """A record's artifact status; None when they were never looked for."""
-    if not record.artifacts_synced and not record.artifacts_error:
-        return None
-    return ArtifactStatus(record.artifacts_found, record.artifacts_owned, record.artifacts_error)
-
-
-def _held_message(source: Reference, owned: Reference, record: Record, reason: str) -> str:
-    """Why ``signatures: require`` holds the switch of ``source``."""
-    if reason == "signatures_lost":
-        return (
-            f"{source} has {record.artifacts_found} signatures or referrers; the Docker "
-            f"backend's copy {owned} has new digests, so none of them would be valid for it "
-            "(signatures: require; use copyBackend: skopeo)"
-        )
-    if record.artifacts_error:
-        return (
-            f"the signatures and referrers of {source} could not be copied to {owned} "
-            f"({record.artifacts_error}); not switched (signatures: require)"
-        )
-    return (
-        f"{record.artifacts_owned} of the {record.artifacts_found} signatures and referrers of "
-        f"{source} are in {owned}; not switched (signatures: require)"
     )

@@ -31,7 +31,7 @@ from cloner.config import Settings
 from cloner.errors import KubeError, RegistryError
 from cloner.model.artifacts import SignatureMode
 from cloner.model.events import rfc3339
-from cloner.model.identity import DOCKER, Descriptor
+from cloner.model.identity import Descriptor
 from cloner.model.reference import Reference
 from cloner.model.rollout import Hold, namespace_key
 from cloner.model.state import Record, StateBook, shard_names
@@ -183,6 +183,7 @@ def build_plan(
         raise KubeError(0, f"listing {kind} failed: {message}")
     exists: dict[str, str] = {}
     counts = _ArtifactCounts(records, artifacts, registry, settings)
+    keeps_digests = settings.copy.backend.keeps_digests
     rows = []
     for workload in workloads:
         plans = plan_workload(
@@ -206,12 +207,12 @@ def build_plan(
                 if owned not in exists:
                     exists[owned] = _lookup(registry, plan.owned)
                 decision = exists[owned]
-                if settings.copy.backend == DOCKER and plan.source and plan.source.digest:
+                if not keeps_digests and plan.source and plan.source.digest:
                     decision += DIGEST_CHANGES
             else:
                 decision = describe(plan)
             found = counts.of(plan.source, owned)
-            decision += _artifacts_text(found, settings.copy.backend == DOCKER)
+            decision += _artifacts_text(found, not keeps_digests)
             rows.append(_row(workload, plan, owned, decision, found))
     rows += _unpatchable_rows(kube, settings, namespaces)
     return rows

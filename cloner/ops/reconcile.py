@@ -85,7 +85,8 @@ from cloner.model.workloads import (
     plan_workload,
 )
 from cloner.ops.artifacts import ArtifactAPI, ArtifactCopier
-from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult, ManifestAPI
+from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult
+from cloner.ops.copycheck import ManifestAPI
 from cloner.ops.guard import GuardAPI, RolloutGuard, RolloutReport
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 from cloner.ops.state import StateStore
@@ -287,7 +288,7 @@ class Reconciler:
 
     Args:
         kube: the Kubernetes side (``KubeAPI``).
-        manifests: manifest lookups in every registry (``cloning.ManifestAPI``).
+        manifests: manifest lookups in every registry (``copycheck.ManifestAPI``).
         backend: the copy backend (``cloning.CopyBackend``), as
             ``settings.copy.backend`` names it.
         settings: the controller's settings.
@@ -297,7 +298,7 @@ class Reconciler:
         events: records Kubernetes Events on the workloads acted on
             (``events.EventRecorder``); None records none.
         engine_platform: for the Docker backend, returns the engine's
-            ``os/arch`` (``registry.DockerRegistry.engine_platform``).
+            ``os/arch`` (``engine.DockerRegistry.engine_platform``).
         wall: epoch seconds (injectable for tests).
         clone_wait: seconds a cycle waits for clones before it ends and
             leaves the rest in flight for later cycles; None waits for all

@@ -61,6 +61,11 @@ class Registries:
         self.clones: list[tuple[str, str]] = []
         self.abandoned = 0  # abandon() calls
 
+    @property
+    def keeps_digests(self) -> bool:
+        """Copies like skopeo (every digest kept) or like a Docker engine."""
+        return self.backend == "skopeo"
+
     # building ---------------------------------------------------------------
 
     def put(self, name: str, tag: str | None, media: str, body: bytes) -> str:
