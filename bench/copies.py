@@ -43,6 +43,22 @@ image-cloner`` (durable state in ConfigMaps ``image-cloner-state-*``), then
 using the same sources: the public registry should see no request. The same
 again without ``controllerNamespace`` shows what the state saves.
 
+``--signed`` (issue 28) signs every corpus image in the public registry
+after it is pushed (``tests/e2e/signing.sign_image``, ``referrers="fallback"``:
+distribution 2.8 has no referrers API; see ``sign_corpus``): ``.sig``, ``.att``,
+``.sbom`` and its ``.sig``, and two OCI referrers per image; 8 artifact
+manifests for an index, 6 for a single-platform image. It adds two contenders,
+the skopeo backend at the default ``cloneConcurrency`` with ``signatures: off``
+and with ``signatures: copy``, and reports for each the requests the
+artifacts cost (referrers API and ``sha256-<hex>[.sig|.att|.sbom]`` manifest
+requests, per registry and method), the artifact manifests written to the
+owned registry (its access log's manifest ``PUT``s) and those it serves after
+the run, and the difference copy - off (wall time, every request: per image
+and per signed manifest). The skopeo warm cycle then names ``signatures:
+copy``, and its warm run must make no artifact request. There is no ratio
+target: the figures are reported (JSON key ``signed``). The other contenders
+run on the signed corpus too (the controller's default is ``signatures: copy``).
+
 Prints one table, writes every figure to
 ``bench/results/copy-<timestamp>.json`` (``--results-dir``) and draws the
 timelines of the median run of each contender (images copied and, for the
@@ -57,6 +73,7 @@ is pull, decompress and gzip on push, not the storage driver).
     .venv/bin/python bench/copies.py              # full size: 20 images, 222 MB unique, 3 reps
     .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
     .venv/bin/python bench/copies.py --only skopeo --warm   # the skopeo contenders, no warm cycle
+    .venv/bin/python bench/copies.py --signed --only skopeo   # plus signatures off / copy
 
 Targets checked: skopeo backend wall time (median) at most 1.1x the plain
 skopeo loop's with the same parallelism; docker backend at most 0.6x the
@@ -116,6 +133,11 @@ DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
 MB = 1_000_000
 _SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
+SIGNATURE_MODES = ("off", "copy")  # the --signed contenders, in this order
+# An artifact request (--signed): the referrers API, or a manifest under a
+# cosign tag (sha256-<hex>.sig/.att/.sbom) or a referrers fallback tag (sha256-<hex>).
+_REFERRERS_PATH_RE = re.compile(r"/referrers/")
+_ARTIFACT_TAG_RE = re.compile(r"/manifests/sha256-[0-9a-f]{64}(?:\.(?P<suffix>sig|att|sbom))?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +152,8 @@ class Contender:
         parallelism: cloneConcurrency or thread-pool size (1 for the docker loop).
         explicit: for the controller, whether ``cloneConcurrency`` is written
             to the config (False: the default is left to the controller).
+        signatures: for the controller, the ``signatures`` setting written to
+            the config (``off``, ``copy``); None leaves the default (``copy``).
     """
 
     key: str
@@ -138,6 +162,7 @@ class Contender:
     backend: str | None
     parallelism: int
     explicit: bool = True
+    signatures: str | None = None
 
 
 def contenders(
@@ -176,9 +201,182 @@ def contenders(
     return out
 
 
+def signed_contenders(concurrency: int = DEFAULT_CONCURRENCY) -> list[Contender]:
+    """The two contenders of ``--signed``: the skopeo backend with ``signatures: off``, ``copy``.
+
+    Both at the same ``cloneConcurrency`` (written to the config unless it is
+    the default). Pure.
+    """
+    default = concurrency == DEFAULT_CONCURRENCY
+    return [
+        Contender(
+            f"controller-skopeo-c{concurrency}-sig-{mode}",
+            f"controller skopeo c={concurrency} sig {mode}",
+            "controller",
+            "skopeo",
+            concurrency,
+            explicit=not default,
+            signatures=mode,
+        )
+        for mode in SIGNATURE_MODES
+    ]
+
+
 def run_order(items: list[Contender], rep: int) -> list[Contender]:
     """Round ``rep``'s order: forward on even rounds, backward on odd ones. Pure."""
     return list(items) if rep % 2 == 0 else list(reversed(items))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedImage:
+    """What ``--signed`` pushed beside one corpus image.
+
+    Attributes:
+        repository: the image's repository (``corpus/app-03``).
+        subjects: the signed manifests: the image (or index), then each platform manifest.
+        tags: cosign tag (``sha256-<hex>.sig``, ``.att``, ``.sbom``) -> the digest it names.
+        referrers: digests of the manifests whose ``subject`` is one of ``subjects``.
+    """
+
+    repository: str
+    subjects: tuple[str, ...]
+    tags: dict[str, str]
+    referrers: tuple[str, ...]
+
+    @property
+    def artifacts(self) -> int:
+        """The artifact manifests a copy with ``signatures: copy`` must write."""
+        return len(set(self.tags.values()) | set(self.referrers))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSet:
+    """The signed corpus (``--signed``): every image's artifacts, and how long signing took."""
+
+    images: tuple[SignedImage, ...]
+    seconds: float
+
+    @property
+    def digests(self) -> frozenset[str]:
+        """Every artifact manifest digest (cosign tags' and referrers')."""
+        return frozenset(d for i in self.images for d in (*i.tags.values(), *i.referrers))
+
+    def figures(self) -> dict[str, Any]:
+        """Counts of what was signed (``manifests``: the signed image manifests)."""
+        return {
+            "images": len(self.images),
+            "manifests": sum(len(i.subjects) for i in self.images),
+            "artifacts": sum(i.artifacts for i in self.images),
+            "cosign_tags": sum(len(i.tags) for i in self.images),
+            "referrers": sum(len(i.referrers) for i in self.images),
+            "sign_s": self.seconds,
+        }
+
+
+def sign_corpus(env: Environment, corpus: Corpus) -> SignedSet:
+    """Sign every corpus image in the public registry as ``tests/e2e/signing.sign_image`` does.
+
+    An index gets ``.sig`` on it and on each platform manifest (``cosign sign
+    --recursive``), ``.att``, ``.sbom`` and a ``.sig`` of the ``.sbom`` on it,
+    a Sigstore bundle referrer on it and an SBOM referrer on its first
+    platform manifest. ``sign_image`` refuses an empty platform list, so a
+    single-platform image is passed as its own only platform manifest: it
+    gets the same set (its ``.sig`` is pushed twice, the tag names the second;
+    the first stays untagged, never seen by the controller, which asks tags).
+    Distribution 2.8 has no referrers API: ``referrers="fallback"`` (the
+    ``sha256-<hex>`` tag index).
+    """
+    from tests.e2e import images as img
+    from tests.e2e import signing
+
+    started = time.time()
+    signer = signing.Signer()
+    out = []
+    for image in corpus.images:
+        if image.spec.is_index:
+            _, body = img.get_manifest(env.public, image.repository, image.digest)
+            children = [m["digest"] for m in json.loads(body)["manifests"]]
+        else:
+            children = [image.digest]
+        signed = signing.sign_image(
+            env.public, image.repository, image.digest, children, signer, referrers="fallback"
+        )
+        tags = {
+            tag: digest
+            for tag, digest in signed.tag_digests.items()
+            if tag.endswith((".sig", ".att", ".sbom"))
+        }
+        referrers = tuple(d for listed in signed.referrers.values() for d in listed)
+        subjects = tuple(dict.fromkeys((image.digest, *children)))
+        out.append(SignedImage(image.repository, subjects, tags, referrers))
+    return SignedSet(tuple(out), time.time() - started)
+
+
+def artifact_requests(accesses: list[measure.Access]) -> list[measure.Access]:
+    """The artifact requests: the referrers API, manifests under cosign or fallback tags. Pure."""
+    out = []
+    for access in accesses:
+        path = access.path.split("?", 1)[0]
+        if _REFERRERS_PATH_RE.search(path) or _ARTIFACT_TAG_RE.search(path):
+            out.append(access)
+    return out
+
+
+def manifest_puts(accesses: list[measure.Access], artifacts: frozenset[str]) -> dict[str, int]:
+    """Manifests written (``PUT`` answered 201), by what they are. Pure.
+
+    Returns:
+        ``artifact`` (by the digest of a signed artifact), ``cosign_tag``
+        (``sha256-<hex>.sig/.att/.sbom``), ``fallback_index`` (``sha256-<hex>``),
+        ``image_digest`` (another digest: a platform manifest of the image)
+        and ``image_tag`` (another tag: the image).
+    """
+    counts = dict.fromkeys(
+        ("artifact", "cosign_tag", "fallback_index", "image_digest", "image_tag"), 0
+    )
+    for access in accesses:
+        if access.method != "PUT" or access.kind != "manifest" or access.status != 201:
+            continue
+        path = access.path.split("?", 1)[0]
+        reference = path.rsplit("/manifests/", 1)[1]
+        tag = _ARTIFACT_TAG_RE.search(path)
+        if reference.startswith("sha256:"):
+            counts["artifact" if reference in artifacts else "image_digest"] += 1
+        elif tag:
+            counts["cosign_tag" if tag.group("suffix") else "fallback_index"] += 1
+        else:
+            counts["image_tag"] += 1
+    return counts
+
+
+def artifact_figures(
+    public: list[measure.Access], owned: list[measure.Access], artifacts: frozenset[str]
+) -> dict[str, Any]:
+    """The artifact figures of one run from both registries' requests. Pure.
+
+    Returns:
+        ``requests``: per registry, ``artifact_requests`` by method (with
+        ``total``); ``by_digest``: per registry, manifest requests by method
+        for a signed artifact's digest; ``manifest_puts``: the owned
+        registry's ``manifest_puts``.
+    """
+
+    def by_digest(accesses: list[measure.Access]) -> dict[str, int]:
+        return measure.request_counts(
+            a
+            for a in accesses
+            if a.kind == "manifest"
+            and a.path.split("?", 1)[0].rsplit("/manifests/", 1)[1] in artifacts
+        )
+
+    return {
+        "requests": {
+            "public": measure.request_counts(artifact_requests(public)),
+            "owned": measure.request_counts(artifact_requests(owned)),
+        },
+        "by_digest": {"public": by_digest(public), "owned": by_digest(owned)},
+        "manifest_puts": manifest_puts(owned, artifacts),
+    }
 
 
 class Bench:
@@ -189,13 +387,23 @@ class Bench:
         corpus: the pushed corpus (in ``env.public``).
         kubeconfig: the image-cloner ServiceAccount's kubeconfig.
         workdir: where configs and controller logs of each run are kept.
+        signed: the signed corpus (``--signed``); every run's figures then
+            hold ``artifacts`` (``artifact_figures``).
     """
 
-    def __init__(self, env: Environment, corpus: Corpus, kubeconfig: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        corpus: Corpus,
+        kubeconfig: Path,
+        workdir: Path,
+        signed: SignedSet | None = None,
+    ) -> None:
         self.env = env
         self.corpus = corpus
         self.kubeconfig = kubeconfig
         self.workdir = workdir
+        self.signed = signed
         self.runs = 0
         (workdir / "runs").mkdir(parents=True, exist_ok=True)
 
@@ -245,7 +453,7 @@ class Bench:
         public = measure.parse_access(_read_from(self.env.public.log_path, offsets[0]))
         owned = measure.parse_access(_read_from(self.env.owned.log_path, offsets[1]))
         stored = self.stored_blobs()
-        return {
+        figures: dict[str, Any] = {
             "uploaded_bytes": measure.uploaded_bytes(owned, stored),
             "uploads": len(measure.completed_uploads(owned)),
             "mounts": measure.mounts(owned),
@@ -261,6 +469,9 @@ class Bench:
                 "owned": measure.request_profile(owned),
             },
         }
+        if self.signed is not None:
+            figures["artifacts"] = artifact_figures(public, owned, self.signed.digests)
+        return figures
 
     # --- contenders ----------------------------------------------------------------
 
@@ -309,6 +520,16 @@ class Bench:
         else:
             figures = self._docker_loop(run_id)
         after = self.cpu()
+        if self.signed is not None and contender.signatures is not None:
+            owned = self._owned_artifacts(run_id)
+            figures["artifacts"]["in_owned"] = owned
+            if contender.signatures == "copy" and owned != self.signed.figures()["artifacts"]:
+                figures["ok"] = False
+                figures.setdefault(
+                    "error",
+                    f"the owned registry serves {owned} of the "
+                    f"{self.signed.figures()['artifacts']} signed artifacts",
+                )
         cpu = {name: after[name] - before[name] for name in after if name in before}
         cpu["others"] = cpu.get("machine", 0.0) - sum(
             value for name, value in cpu.items() if not name.startswith("machine")
@@ -364,6 +585,8 @@ class Bench:
             extra["registryConcurrency"] = contender.parallelism
         if state:
             extra["controllerNamespace"] = "image-cloner"
+        if contender.signatures is not None:
+            extra["signatures"] = contender.signatures
         target = f"{self.env.owned.host}/{prefix or run_id}"
         config = write_config(self.workdir / "runs" / f"{run_id}.yaml", self.env, target, **extra)
         offsets = self.offsets()
@@ -527,6 +750,28 @@ class Bench:
                 count += 1
         return count
 
+    def _owned_artifacts(self, prefix: str) -> int:
+        """How many signed artifacts the owned registry serves under ``prefix``.
+
+        An artifact counts when every cosign tag naming it names it in the
+        owned repository too, or, for a referrer, when it is there by digest.
+        Asked after the run's figures were read (its requests are not counted).
+        """
+        assert self.signed is not None
+        count = 0
+        for image, signed in zip(self.corpus.images, self.signed.images, strict=True):
+            reference = self.owned_name(prefix, image.repository, image.spec.tag)
+            repository = reference.split("/", 1)[1].rsplit(":", 1)[0]
+            served: dict[str, bool] = {}
+            for tag, digest in signed.tags.items():
+                there = self.env.owned.manifest_digest(repository, tag) == digest
+                served[digest] = served.get(digest, True) and there
+            for digest in signed.referrers:
+                if digest not in served:
+                    served[digest] = self.env.owned.manifest_digest(repository, digest) == digest
+            count += sum(served.values())
+        return count
+
     # --- warm cycle ----------------------------------------------------------------
 
     def warm(self, backend: str) -> dict[str, Any]:
@@ -538,7 +783,11 @@ class Bench:
             name the same sources, and the seed run's owned prefix.
         """
         self.reset()
-        contender = Contender(f"warm-{backend}", f"warm {backend}", "controller", backend, 2, False)
+        # --signed: the skopeo warm cycle names signatures: copy (the default) in its config.
+        signatures = "copy" if self.signed is not None and backend == "skopeo" else None
+        contender = Contender(
+            f"warm-{backend}", f"warm {backend}", "controller", backend, 2, False, signatures
+        )
         seed_id = self.run_id(f"seed-{backend}")
         seed = self._controller(contender, seed_id, state=True)
         warm = self._controller(
@@ -676,6 +925,145 @@ def all_targets(
             }
         )
     return out
+
+
+def _median_counts(counts: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The median of each key over ``counts`` (a key missing from one counts 0). Pure."""
+    keys = sorted({k for c in counts for k in c})
+    return {k: measure.median([c.get(k, 0) for c in counts]) for k in keys}
+
+
+def _minus(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """``a - b`` key by key (a missing key counts 0). Pure."""
+    return {k: (a.get(k) or 0) - (b.get(k) or 0) for k in sorted(set(a) | set(b))}
+
+
+def signed_summary(
+    runs: list[dict[str, Any]],
+    field: list[Contender],
+    warm: list[dict[str, Any]],
+    signed: dict[str, Any],
+) -> dict[str, Any]:
+    """What the artifacts add: ``signatures: off`` against ``copy`` (``--signed``). Pure.
+
+    Args:
+        runs: every run's figures (the signed contenders' hold ``artifacts``).
+        field: the contenders; the two with ``signatures`` set are compared.
+        warm: the warm cycles (``Bench.warm``), with ``artifacts`` figures.
+        signed: ``SignedSet.figures()`` (``images``, ``manifests``, ``artifacts``).
+
+    Returns:
+        ``corpus`` (= ``signed``), ``concurrency``, per mode (``off``,
+        ``copy``): ``key``, ``runs``, ``ok``, ``wall_min_s``,
+        ``wall_median_s``, the medians of ``requests`` (per registry and
+        method, every request), ``artifact_requests`` (``artifact_requests``),
+        ``artifact_by_digest``, ``manifest_puts`` and ``artifacts_in_owned``;
+        ``difference`` (copy - off): ``wall_s``, ``wall_ratio``, ``requests``
+        and ``artifact_requests`` per registry and method, the ``total`` of
+        both registries ``per_image`` and ``per_manifest`` (the signed
+        manifests: images and their platform manifests), ``artifacts_copied``
+        (artifact manifests written by digest in the owned registry);
+        ``warm``: per backend and run (``seed``, ``warm``, ``no_state``) the
+        artifact requests per registry, and ``warm_artifact_requests`` (of
+        the warm runs: 0 expected); ``off_vs_loop``: the ``off`` contender's
+        median wall time over the plain skopeo loop's at the same parallelism,
+        when that loop ran (the other controller contenders copy the
+        artifacts, by the default ``signatures: copy``; the loop never does).
+    """
+    modes: dict[str, dict[str, Any]] = {}
+    for contender in field:
+        mine = [r for r in runs if r["contender"] == contender.key]
+        if contender.signatures is not None and mine:
+            modes[contender.signatures] = _signed_mode(contender.key, mine)
+    out: dict[str, Any] = {"corpus": signed, **modes}
+    if modes:
+        out["concurrency"] = next(c.parallelism for c in field if c.signatures is not None)
+    off, copy = modes.get("off"), modes.get("copy")
+    if off is not None and copy is not None:
+        out["difference"] = _signed_difference(off, copy, signed)
+    if off is not None:
+        loop_key = f"skopeo-loop-{out['concurrency']}"
+        loop_s = measure.median([r["wall_s"] for r in runs if r["contender"] == loop_key])
+        if loop_s:
+            out["off_vs_loop"] = {
+                "loop": loop_key,
+                "off_s": off["wall_median_s"],
+                "loop_s": loop_s,
+                "ratio": off["wall_median_s"] / loop_s,
+            }
+    cycles = [_signed_warm(cycle) for cycle in warm]
+    out["warm"] = cycles
+    out["warm_artifact_requests"] = {
+        c["backend"]: c["warm"]["artifact_requests"]["public"]["total"]
+        + c["warm"]["artifact_requests"]["owned"]["total"]
+        for c in cycles
+        if "warm" in c
+    }
+    return out
+
+
+def _signed_mode(key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``--signed`` contender's medians (see ``signed_summary``). Pure."""
+    walls = [r["wall_s"] for r in runs]
+    entry: dict[str, Any] = {
+        "key": key,
+        "runs": len(runs),
+        "ok": all(r["ok"] for r in runs),
+        "wall_min_s": min(walls),
+        "wall_median_s": measure.median(walls),
+    }
+    for name, pick in (
+        ("requests", lambda r, g: r["requests"][g]),
+        ("artifact_requests", lambda r, g: r["artifacts"]["requests"][g]),
+        ("artifact_by_digest", lambda r, g: r["artifacts"]["by_digest"][g]),
+    ):
+        entry[name] = {g: _median_counts([pick(r, g) for r in runs]) for g in ("public", "owned")}
+    entry["manifest_puts"] = _median_counts([r["artifacts"]["manifest_puts"] for r in runs])
+    entry["artifacts_in_owned"] = measure.median(
+        [r["artifacts"]["in_owned"] for r in runs if "in_owned" in r["artifacts"]]
+    )
+    return entry
+
+
+def _signed_difference(
+    off: dict[str, Any], copy: dict[str, Any], signed: dict[str, Any]
+) -> dict[str, Any]:
+    """``copy - off`` of the medians, and per image and per signed manifest. Pure."""
+    registries = ("public", "owned")
+    requests = {g: _minus(copy["requests"][g], off["requests"][g]) for g in registries}
+    total = requests["public"].get("total", 0) + requests["owned"].get("total", 0)
+    images, manifests = signed["images"] or 1, signed["manifests"] or 1
+    return {
+        "wall_s": copy["wall_median_s"] - off["wall_median_s"],
+        "wall_ratio": copy["wall_median_s"] / off["wall_median_s"],
+        "requests": requests,
+        "artifact_requests": {
+            g: _minus(copy["artifact_requests"][g], off["artifact_requests"][g]) for g in registries
+        },
+        "total": total,
+        "per_image": total / images,
+        "per_manifest": total / manifests,
+        "per_image_by_registry": {g: requests[g].get("total", 0) / images for g in registries},
+        "per_manifest_by_registry": {
+            g: requests[g].get("total", 0) / manifests for g in registries
+        },
+        "artifacts_copied": copy["manifest_puts"].get("artifact"),
+        "artifacts_expected": signed["artifacts"],
+    }
+
+
+def _signed_warm(cycle: dict[str, Any]) -> dict[str, Any]:
+    """A warm cycle's artifact figures per run (``seed``, ``warm``, ``no_state``). Pure."""
+    entry: dict[str, Any] = {"backend": cycle["backend"]}
+    for name in ("seed", "warm", "no_state"):
+        figures = cycle[name].get("artifacts")
+        if figures is not None:
+            entry[name] = {
+                "wall_s": cycle[name]["wall_s"],
+                "artifact_requests": figures["requests"],
+                "manifest_puts": figures["manifest_puts"],
+            }
+    return entry
 
 
 def family(contender: Contender) -> str:
@@ -823,6 +1211,80 @@ def print_report(report: dict[str, Any], labels: dict[str, str]) -> None:
             )
     print()
     _print_profiles(report, labels, figures["images"])
+    if report.get("signed"):
+        print()
+        _print_signed(report["signed"])
+
+
+def _print_signed(signed: dict[str, Any]) -> None:
+    """The ``--signed`` section: signatures off against copy, the warm cycle's artifact requests."""
+    corpus = signed["corpus"]
+    print(
+        f"signed corpus: {corpus['images']} images, {corpus['manifests']} signed manifests, "
+        f"{corpus['artifacts']} artifact manifests ({corpus['cosign_tags']} cosign tags, "
+        f"{corpus['referrers']} referrers in fallback indexes), signed in {corpus['sign_s']:.1f}s"
+    )
+    for mode in SIGNATURE_MODES:
+        entry = signed.get(mode)
+        if entry is None:
+            continue
+        public, owned = entry["requests"]["public"], entry["requests"]["owned"]
+        art_public = entry["artifact_requests"]["public"]
+        art_owned = entry["artifact_requests"]["owned"]
+        puts = entry["manifest_puts"]
+        print(
+            f"  sig {mode:<4} (c={signed['concurrency']}, {entry['runs']} runs"
+            f"{'' if entry['ok'] else ', FAILED'}): wall med {_s(entry['wall_median_s'])}s "
+            f"min {_s(entry['wall_min_s'])}s; requests public {_n(public.get('total'))} "
+            f"(H/G {_req(public, ('HEAD', 'GET'))}), owned {_n(owned.get('total'))} "
+            f"(H/G/PUT/POST/PATCH {_req(owned, measure.METHODS)}); artifact requests public "
+            f"{_n(art_public.get('total'))} (H/G {_req(art_public, ('HEAD', 'GET'))}), owned "
+            f"{_n(art_owned.get('total'))} (H/G/PUT {_req(art_owned, ('HEAD', 'GET', 'PUT'))}); "
+            f"manifests written: {_n(puts.get('artifact'))} artifacts, "
+            f"{_n(puts.get('cosign_tag'))} cosign tags, {_n(puts.get('fallback_index'))} "
+            f"fallback indexes; owned serves {_n(entry['artifacts_in_owned'])}/"
+            f"{corpus['artifacts']} artifacts"
+        )
+    diff = signed.get("difference")
+    if diff is not None:
+        requests = diff["requests"]
+        print(
+            f"  copy - off: wall {diff['wall_s']:+.1f}s ({diff['wall_ratio']:.2f}x); requests "
+            f"{diff['total']:+.0f} (public {requests['public'].get('total', 0):+.0f} H/G "
+            f"{_req(requests['public'], ('HEAD', 'GET'))}, owned "
+            f"{requests['owned'].get('total', 0):+.0f} H/G/PUT/POST/PATCH "
+            f"{_req(requests['owned'], measure.METHODS)}) = {diff['per_image']:.1f} per image "
+            f"(public {diff['per_image_by_registry']['public']:.1f}, owned "
+            f"{diff['per_image_by_registry']['owned']:.1f}), {diff['per_manifest']:.1f} per "
+            f"signed manifest; artifacts copied {_n(diff['artifacts_copied'])}/"
+            f"{diff['artifacts_expected']}"
+        )
+    versus = signed.get("off_vs_loop")
+    if versus is not None and versus["ratio"] is not None:
+        print(
+            f"  sig off / {versus['loop']} (median wall): {versus['off_s']:.1f}s / "
+            f"{versus['loop_s']:.1f}s = {versus['ratio']:.2f}x (the other controller rows copy "
+            "the artifacts, signatures: copy being the default; the loops never do)"
+        )
+    for cycle in signed["warm"]:
+        parts = []
+        for name in ("seed", "warm", "no_state"):
+            if name in cycle:
+                counts = cycle[name]["artifact_requests"]
+                parts.append(
+                    f"{name} public {counts['public']['total']} owned {counts['owned']['total']}"
+                )
+        print(f"  warm {cycle['backend']:<6} artifact requests: {', '.join(parts)}")
+    for backend, count in signed["warm_artifact_requests"].items():
+        print(
+            f"check: warm {backend} run with signatures on makes no artifact request: "
+            f"{count} ({'met' if count == 0 else 'MISSED'})"
+        )
+    print(
+        "artifact requests: the referrers API, and manifests under cosign tags "
+        "(sha256-<hex>.sig/.att/.sbom) or fallback tags (sha256-<hex>); requests by an "
+        "artifact's digest and its blobs are in the copy - off difference only."
+    )
 
 
 def _print_profiles(report: dict[str, Any], labels: dict[str, str], n: int) -> None:
@@ -917,6 +1379,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="vfs",
         help="dockerd's storage driver (default vfs, as the tests; overlay2 is the sidecar's)",
     )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="sign every corpus image (cosign tags, referrers) and add the skopeo backend "
+        "with signatures: off and copy as two contenders",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
@@ -951,8 +1419,17 @@ def main(argv: list[str]) -> int:
         built = time.time()
         corpus = build_corpus(env.public, corpus_spec(args.images, args.scale))
         print(f"corpus pushed in {time.time() - built:.1f}s", flush=True)
-        bench = Bench(env, corpus, kubeconfig, workdir)
+        signed = sign_corpus(env, corpus) if args.signed else None
+        if signed is not None:
+            print(
+                f"corpus signed in {signed.seconds:.1f}s "
+                f"({signed.figures()['artifacts']} artifact manifests)",
+                flush=True,
+            )
+        bench = Bench(env, corpus, kubeconfig, workdir, signed)
         field = contenders(args.concurrency, args.loop_parallelism, args.only)
+        if signed is not None:
+            field += signed_contenders()
         runs: list[dict[str, Any]] = []
         for rep in range(args.reps):
             for contender in run_order(field, rep):
@@ -999,6 +1476,9 @@ def main(argv: list[str]) -> int:
             "title": "copy benchmark: cold copies of the corpus into an empty owned registry",
             "timelines": timelines(runs, field),
         }
+        if signed is not None:
+            report["options"]["signed"] = True
+            report["signed"] = signed_summary(runs, field, warm, signed.figures())
         print()
         print_report(report, {c.key: c.label for c in field})
         args.results_dir.mkdir(parents=True, exist_ok=True)
