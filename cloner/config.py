@@ -34,6 +34,7 @@ The settings are grouped; a collaborator takes its group::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -681,6 +682,69 @@ def reference_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _value_schema(key: Key) -> dict[str, Any]:
+    """The JSON Schema (draft 7) of one key's value, as strict as ``Key.parse``."""
+    kind = key.kind
+    if kind == "choice":
+        assert key.choices is not None
+        return {"enum": [str(c) for c in key.choices]}
+    if kind == "boolean":
+        return {"type": "boolean"}
+    if kind == "strings":
+        return {"type": "array", "items": {"type": "string", "minLength": 1}}
+    if kind in ("seconds", "number", "integer"):
+        schema: dict[str, Any] = {"type": "integer" if kind == "integer" else "number"}
+        if key.low is not None:
+            schema["exclusiveMinimum" if key.above else "minimum"] = _json_number(key.low)
+        if key.high is not None:
+            schema["maximum"] = _json_number(key.high)
+        return schema
+    schema = {"type": "string", "minLength": 1}
+    if kind == "name":
+        schema["maxLength"] = key.max_length
+        schema["pattern"] = f"^{_DNS_SUBDOMAIN.pattern}$"
+    return schema
+
+
+def _json_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def chart_schema(chart_set: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config`` block of the Helm chart's ``values.schema.json``, from ``KEYS``.
+
+    One property per key (sections as nested objects that refuse unknown
+    keys), with the loader's own types, ranges (``exclusiveMinimum`` where
+    ``Key.above``), choices and name rules, so the chart refuses what the
+    controller would refuse at start-up.
+
+    Args:
+        chart_set: keys the chart sets itself (dotted YAML key -> the
+            property to emit instead, e.g. a ``description``).
+
+    Returns:
+        The JSON Schema object of ``.Values.config``.
+    """
+    properties: dict[str, Any] = {}
+    for key in KEYS:
+        section, _, sub = key.yaml.rpartition(".")
+        value = chart_set.get(key.yaml, _value_schema(key))
+        if not section:
+            properties[key.yaml] = value
+            continue
+        block = properties.setdefault(
+            section, {"type": "object", "additionalProperties": False, "properties": {}}
+        )
+        block["properties"][sub] = value
+    required = [k.yaml for k in KEYS if k.default is MISSING]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": properties,
+    }
+
+
 def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
     """``{"namespaces": {"include": x}}`` -> ``{"namespaces.include": x}``."""
     flat: dict[str, Any] = {}
@@ -749,18 +813,53 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     return Settings(**groups[""], **built)
 
 
+def write_chart_schema(path: Path) -> None:
+    """Rewrite the ``config`` block of a chart's ``values.schema.json`` from ``KEYS``.
+
+    Properties the chart sets itself (their schema holds only a
+    ``description``) are kept as they are (``chart_schema``).
+
+    Raises:
+        OSError: the file cannot be read or written.
+        ValueError: it is not JSON with ``properties.config``.
+    """
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    config = schema["properties"]["config"]
+    schema["properties"]["config"] = chart_schema(chart_set_properties(config))
+    path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+
+
+def chart_set_properties(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The chart-set keys of a ``config`` block: dotted key -> its description-only schema."""
+    found: dict[str, Any] = {}
+    for name, value in config.get("properties", {}).items():
+        if set(value) == {"description"}:
+            found[name] = value
+        for sub, subvalue in value.get("properties", {}).items():
+            if set(subvalue) == {"description"}:
+                found[f"{name}.{sub}"] = subvalue
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cloner.config --markdown``: print the configuration reference table.
+    """``python -m cloner.config --markdown | --chart-schema FILE``.
+
+    ``--markdown`` prints the configuration reference table;
+    ``--chart-schema FILE`` rewrites the ``config`` block of the chart's
+    ``values.schema.json`` (``write_chart_schema``).
 
     Returns:
         The exit code: 0, or 2 for other arguments.
     """
     args = sys.argv[1:] if argv is None else argv
-    if args != ["--markdown"]:
-        print("usage: python -m cloner.config --markdown", file=sys.stderr)
-        return 2
-    sys.stdout.write(reference_table())
-    return 0
+    if args == ["--markdown"]:
+        sys.stdout.write(reference_table())
+        return 0
+    if len(args) == 2 and args[0] == "--chart-schema":
+        write_chart_schema(Path(args[1]))
+        return 0
+    print("usage: python -m cloner.config --markdown | --chart-schema FILE", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
