@@ -35,7 +35,14 @@ from kubernetes.config.config_exception import ConfigException
 
 from cloner.adapters.curl import Answer, CurlSettings, CurlTransport
 from cloner.errors import ConfigError, KubeError
-from cloner.model.workloads import KINDS, NamespaceInfo, Workload
+from cloner.model.workloads import (
+    UNPATCHABLE_KINDS,
+    KindInfo,
+    NamespaceInfo,
+    Workload,
+    WorkloadKind,
+    kind_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +165,6 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
 
 _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
-#: API path prefix of each workload kind (group/version, resource).
-_WORKLOAD_PATHS = {
-    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-    "DaemonSet": "/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}",
-    "StatefulSet": "/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}",
-    "CronJob": "/apis/batch/v1/namespaces/{namespace}/cronjobs/{name}",
-}
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON = "application/json"
@@ -276,17 +276,11 @@ class KubeClient:
         self._paused_until = 0.0  # monotonic: writes wait after a 429 (shared by threads)
         self._pause_lock = threading.Lock()
         self._page_size = page_size
-        self._list: dict[str, Callable[..., Any]] = {
-            "Deployment": self._apps.list_deployment_for_all_namespaces,
-            "DaemonSet": self._apps.list_daemon_set_for_all_namespaces,
-            "StatefulSet": self._apps.list_stateful_set_for_all_namespaces,
-            "CronJob": self._batch.list_cron_job_for_all_namespaces,
-        }
-        self._get: dict[str, Callable[..., Any]] = {
-            "Deployment": self._apps.read_namespaced_deployment,
-            "DaemonSet": self._apps.read_namespaced_daemon_set,
-            "StatefulSet": self._apps.read_namespaced_stateful_set,
-            "CronJob": self._batch.read_namespaced_cron_job,
+        # The generated client's API object of each group/version (KindInfo).
+        self._groups: dict[str, Any] = {
+            "apps/v1": self._apps,
+            "batch/v1": self._batch,
+            "v1": self._core,
         }
 
     def reachable(self, timeout: float = 3.0) -> bool:
@@ -406,11 +400,12 @@ class KubeClient:
             ValueError: unknown kind.
             KubeError: a list call failed.
         """
-        if kind not in KINDS:
-            raise ValueError(f"unknown workload kind {kind!r}")
+        info = kind_info(kind)
+        if not info.patchable:
+            raise ValueError(f"{kind} is not a reconciled workload kind")
         only = [f"metadata.namespace={namespace}"] if namespace else []
         selector = ",".join([*only, *_excluding(excluded_namespaces)]) or None
-        for item in self._paginate(self._list[kind], f"list {KINDS[kind]}", selector):
+        for item in self._paginate(self._lister(info), f"list {info.plural}", selector):
             yield Workload.from_api(kind, item)
 
     def list_unpatchable(self, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
@@ -424,21 +419,29 @@ class KubeClient:
             KubeError: a list call failed.
         """
         selector = ",".join(_excluding(excluded_namespaces)) or None
-        calls = (
-            ("Job", self._batch.list_job_for_all_namespaces),
-            ("Pod", self._core.list_pod_for_all_namespaces),
-        )
-        for kind, call in calls:
-            for item in self._paginate(call, f"list {kind.lower()}s", selector):
+        for kind in UNPATCHABLE_KINDS:
+            info = kind_info(kind)
+            for item in self._paginate(self._lister(info), f"list {info.plural}", selector):
                 workload = Workload.from_api(kind, item)
-                if kind == "Pod" and workload.controller_owner is not None:
+                if kind == WorkloadKind.POD and workload.controller_owner is not None:
                     continue
                 yield workload
 
     def get_workload(self, kind: str, namespace: str, name: str) -> Workload | None:
-        """The workload as it is now, or None when it is gone. Raises ``KubeError``."""
-        obj = self._read(self._get[kind], f"get {KINDS[kind]} {namespace}/{name}", name, namespace)
+        """The workload as it is now, or None when it is gone.
+
+        Raises:
+            KubeError: the read failed.
+            ValueError: unknown kind.
+        """
+        info = kind_info(kind)
+        read = getattr(self._groups[info.group_version], f"read_namespaced_{info.snake}")
+        obj = self._read(read, f"get {info.plural} {namespace}/{name}", name, namespace)
         return None if obj is None else Workload.from_api(kind, obj)
+
+    def _lister(self, info: KindInfo) -> Callable[..., Any]:
+        """The generated client's list-for-all-namespaces call of a kind."""
+        return getattr(self._groups[info.group_version], f"list_{info.snake}_for_all_namespaces")
 
     def list_namespaces(self) -> Iterator[NamespaceInfo]:
         """Yield every namespace with its labels and annotations (paginated).
@@ -503,8 +506,8 @@ class KubeClient:
             KubeError: refused; ``conflict`` is True when a ``test`` failed or
                 the object changed (422/409), which means a concurrent edit.
         """
-        path = _WORKLOAD_PATHS[workload.kind].format(
-            namespace=quote(workload.namespace, safe=""), name=quote(workload.name, safe="")
+        path = kind_info(workload.kind).path(
+            quote(workload.namespace, safe=""), quote(workload.name, safe="")
         )
         try:
             # The answer is not read: protobuf, cheaper for the API server.

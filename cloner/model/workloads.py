@@ -24,39 +24,113 @@ from cloner.errors import InvalidReference
 from cloner.model.reference import Policy, Reference, parse_reference
 from cloner.model.rollout import exemption
 
-#: Workload kinds reconciled, with their plural resource names (apps/v1, batch/v1).
-KINDS: Mapping[str, str] = {
-    "Deployment": "deployments",
-    "DaemonSet": "daemonsets",
-    "StatefulSet": "statefulsets",
-    "CronJob": "cronjobs",
+
+class WorkloadKind(StrEnum):
+    """The kinds of object whose pod templates the controller reads (``kind``)."""
+
+    DEPLOYMENT = "Deployment"
+    DAEMON_SET = "DaemonSet"
+    STATEFUL_SET = "StatefulSet"
+    CRON_JOB = "CronJob"
+    JOB = "Job"
+    POD = "Pod"
+
+
+@dataclass(frozen=True, slots=True)
+class KindInfo:
+    """Everything the controller needs to know about one kind, in one row.
+
+    Attributes:
+        kind: the kind.
+        group_version: its API group and version (``apps/v1``, ``batch/v1``,
+            ``v1`` for the core group; Kubernetes API conventions).
+        plural: its resource name (``deployments``).
+        snake: its name in the ``kubernetes`` client's method names
+            (``list_<snake>_for_all_namespaces``, ``read_namespaced_<snake>``).
+        pod_spec: where it keeps its pod spec (a CronJob's Jobs are made from
+            ``spec.jobTemplate``; Kubernetes API reference, batch/v1
+            CronJobSpec).
+        patchable: True when its pod template can be switched; a Job's
+            template is immutable and a Pod's images are fixed for its life,
+            so those are only reported.
+    """
+
+    kind: WorkloadKind
+    group_version: str
+    plural: str
+    snake: str
+    pod_spec: tuple[str, ...]
+    patchable: bool = True
+
+    def path(self, namespace: str, name: str) -> str:
+        """The object's API path (``/apis/apps/v1/namespaces/NS/deployments/NAME``).
+
+        ``namespace`` and ``name`` are used as given: quote them for a URL.
+        """
+        root = "/api" if "/" not in self.group_version else "/apis"
+        return f"{root}/{self.group_version}/namespaces/{namespace}/{self.plural}/{name}"
+
+    @property
+    def pod_spec_pointer(self) -> str:
+        """JSON pointer (RFC 6901) of the pod spec, e.g. ``/spec/template/spec``."""
+        return "/" + "/".join(self.pod_spec)
+
+
+_TEMPLATE = ("spec", "template", "spec")
+
+#: The one table of kinds (what kube-janitor calls its resource table).
+KIND_INFO: Mapping[WorkloadKind, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo(WorkloadKind.DEPLOYMENT, "apps/v1", "deployments", "deployment", _TEMPLATE),
+        KindInfo(WorkloadKind.DAEMON_SET, "apps/v1", "daemonsets", "daemon_set", _TEMPLATE),
+        KindInfo(WorkloadKind.STATEFUL_SET, "apps/v1", "statefulsets", "stateful_set", _TEMPLATE),
+        KindInfo(
+            WorkloadKind.CRON_JOB,
+            "batch/v1",
+            "cronjobs",
+            "cron_job",
+            ("spec", "jobTemplate", "spec", "template", "spec"),
+        ),
+        KindInfo(WorkloadKind.JOB, "batch/v1", "jobs", "job", _TEMPLATE, patchable=False),
+        KindInfo(WorkloadKind.POD, "v1", "pods", "pod", ("spec",), patchable=False),
+    )
 }
 
-#: Where each kind keeps its pod spec (a CronJob's Jobs are made from
-#: ``spec.jobTemplate``; Kubernetes API reference, batch/v1 CronJobSpec).
-POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
-    "Deployment": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "StatefulSet": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-    "Job": ("spec", "template", "spec"),
-    "Pod": ("spec",),
-}
+#: Kinds reconciled (patched), in the order cycles list them.
+KINDS: tuple[WorkloadKind, ...] = tuple(k for k, i in KIND_INFO.items() if i.patchable)
+#: Kinds only reported (``KindInfo.patchable`` False).
+UNPATCHABLE_KINDS: tuple[WorkloadKind, ...] = tuple(
+    k for k, i in KIND_INFO.items() if not i.patchable
+)
 
-#: Kinds whose pod templates cannot be patched (a Job's template is
-#: immutable, a Pod's image fields are fixed for its life); only reported.
-UNPATCHABLE_KINDS = ("Job", "Pod")
+
+def kind_info(kind: str) -> KindInfo:
+    """The row of ``KIND_INFO`` for ``kind``.
+
+    Raises:
+        ValueError: ``kind`` is not a ``WorkloadKind`` (never a silent default).
+    """
+    return KIND_INFO[WorkloadKind(kind)]
 
 
 def pod_spec_pointer(kind: str) -> str:
-    """JSON pointer (RFC 6901) of a kind's pod spec, e.g. ``/spec/template/spec``."""
-    return "/" + "/".join(POD_SPEC_PATHS.get(kind, POD_SPEC_PATHS["Deployment"]))
+    """JSON pointer (RFC 6901) of a kind's pod spec, e.g. ``/spec/template/spec``.
+
+    Raises:
+        ValueError: unknown kind.
+    """
+    return kind_info(kind).pod_spec_pointer
 
 
 def pod_spec_of(kind: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The pod spec of a workload object as the API returns it ({} when absent)."""
+    """The pod spec of a workload object as the API returns it ({} when absent).
+
+    Raises:
+        ValueError: unknown kind.
+    """
     node: Any = obj
-    for part in POD_SPEC_PATHS.get(kind, POD_SPEC_PATHS["Deployment"]):
+    for part in kind_info(kind).pod_spec:
         node = (node or {}).get(part) if isinstance(node, Mapping) else None
     return node if isinstance(node, Mapping) else {}
 
@@ -116,7 +190,7 @@ class Workload:
             ``zero_replicas``), or None.
     """
 
-    kind: str
+    kind: WorkloadKind
     namespace: str
     name: str
     uid: str = ""
@@ -130,6 +204,10 @@ class Workload:
     generation: int = 0
     exempt: str | None = None
 
+    def __post_init__(self) -> None:
+        # A kind outside the table is an error, never a Deployment by default.
+        object.__setattr__(self, "kind", WorkloadKind(self.kind))
+
     @property
     def key(self) -> str:
         """``Kind namespace/name``, for logs."""
@@ -137,16 +215,20 @@ class Workload:
 
     @classmethod
     def from_api(cls, kind: str, obj: Mapping[str, Any]) -> Workload:
-        """Build a snapshot from an apps/v1 object as the API returns it (JSON dict).
+        """Build a snapshot from an object as the API returns it (JSON dict).
 
         Args:
-            kind: one of ``KINDS``.
+            kind: a ``WorkloadKind`` value.
             obj: the object (``metadata``, ``spec.template.spec``...).
 
         Returns:
             The snapshot; a container without an image is left out (it has
             nothing to clone and the API server would reject it anyway).
+
+        Raises:
+            ValueError: unknown kind.
         """
+        kind = WorkloadKind(kind)
         meta = obj.get("metadata") or {}
         pod_spec = pod_spec_of(kind, obj)
         spec_path = pod_spec_pointer(kind)

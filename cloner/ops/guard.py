@@ -60,7 +60,7 @@ from cloner.model.rollout import (
     revision_pods,
     rollout_status,
 )
-from cloner.model.workloads import KINDS, Container, Workload, undo_patch
+from cloner.model.workloads import Container, Workload, kind_info, undo_patch
 from cloner.ops.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class RolloutGuard:
         for kind in kinds:
             seen.objects[kind] = {
                 (item.get("metadata") or {}).get("name", ""): item
-                for item in self._kube.list_namespaced(KINDS[kind], namespace)
+                for item in self._kube.list_namespaced(kind_info(kind).plural, namespace)
             }
         if "Deployment" in kinds:
             seen.replica_sets = self._kube.list_namespaced("replicasets", namespace)

@@ -36,7 +36,7 @@ from cloner.model.identity import (
     child_for,
 )
 from cloner.model.reference import Reference
-from cloner.model.workloads import KINDS, NamespaceInfo, Workload, pod_spec_of
+from cloner.model.workloads import KINDS, NamespaceInfo, Workload, kind_info, pod_spec_of
 
 
 def sha(data: bytes) -> str:
@@ -285,7 +285,7 @@ class FakeKube:
 
     def list_namespaced(self, resource: str, namespace: str) -> list[dict[str, Any]]:
         self.namespaced_reads.append((resource, namespace))
-        kinds = [k for k, plural in KINDS.items() if plural == resource]
+        kinds = [k for k in KINDS if kind_info(k).plural == resource]
         if kinds:
             found = [o for o in self.objects if o["kind"] == kinds[0]]
         else:

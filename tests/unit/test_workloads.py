@@ -1,5 +1,7 @@
 """Workload snapshots, per-container plans and the JSON patch."""
 
+import pytest
+
 from cloner.model.reference import Policy, Target
 from cloner.model.workloads import (
     NamespaceInfo,
@@ -240,3 +242,29 @@ def test_describe_is_the_one_wording_of_decisions() -> None:
         "invalid reference: invalid tag ':1'",
     ]
     assert describe(plans[2], image=True) == "invalid reference 'nginx::1': invalid tag ':1'"
+
+
+# --- the one kind table (issue 29 item 4) --------------------------------------------
+
+
+def test_the_kind_table_answers_every_question_about_a_kind() -> None:
+    from cloner.model.workloads import KINDS, UNPATCHABLE_KINDS, kind_info
+
+    assert [str(k) for k in KINDS] == ["Deployment", "DaemonSet", "StatefulSet", "CronJob"]
+    assert [str(k) for k in UNPATCHABLE_KINDS] == ["Job", "Pod"]
+    assert kind_info("CronJob").pod_spec_pointer == "/spec/jobTemplate/spec/template/spec"
+    assert kind_info("Deployment").path("a", "web") == "/apis/apps/v1/namespaces/a/deployments/web"
+    assert kind_info("Pod").path("a", "p") == "/api/v1/namespaces/a/pods/p"
+    assert kind_info("StatefulSet").snake == "stateful_set"
+
+
+@pytest.mark.parametrize("kind", ["ReplicaSet", "deployment", ""])
+def test_an_unknown_kind_is_an_error_not_a_deployment(kind: str) -> None:
+    from cloner.model.workloads import pod_spec_of, pod_spec_pointer
+
+    with pytest.raises(ValueError):
+        pod_spec_pointer(kind)
+    with pytest.raises(ValueError):
+        pod_spec_of(kind, {"spec": {"template": {"spec": {}}}})
+    with pytest.raises(ValueError):
+        Workload(kind, "a", "web")  # type: ignore[arg-type]
