@@ -282,6 +282,9 @@ class Reconciler:
         writes: the pool that sends patches (``writes.WritePool``), shared
             with the EventRecorder so that Events wait behind patches; None
             makes one of ``patchConcurrency`` threads.
+        pull_credentials: the read-only credentials of
+            ``pullSecret.dockerConfig`` (``credentials.CredentialStore``),
+            which the pull Secrets then hold; None when that setting is unset.
     """
 
     def __init__(
@@ -297,6 +300,7 @@ class Reconciler:
         wall: Callable[[], float] = time.time,
         clone_wait: float | None = None,
         writes: WritePool | None = None,
+        pull_credentials: Credentials | None = None,
     ) -> None:
         self._kube = kube
         self._events = events or NullRecorder()
@@ -345,6 +349,7 @@ class Reconciler:
                 self._credentials,
                 settings.owned.registry,
                 settings.pull_secrets,
+                pull_credentials,
             )
         self._patch_times: dict[str, deque[float]] = {}
         self._summary_lock = threading.Lock()
