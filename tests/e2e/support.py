@@ -280,6 +280,28 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+def secrets_holding(env: Environment, *needles: str) -> list[str]:
+    """``namespace/name`` of every Secret of the cluster in which a needle shows.
+
+    Every ``data`` value is decoded (base64), and in a ``.dockerconfigjson``
+    every ``auth`` too (base64 of ``user:password``).
+    """
+    listed = json.loads(env.run_kubectl("get", "secrets", "-A", "-o", "json").stdout)
+    found = []
+    for secret in listed["items"]:
+        texts = []
+        for key, value in (secret.get("data") or {}).items():
+            text = base64.b64decode(value).decode("utf-8", "replace")
+            texts.append(text)
+            if key == ".dockerconfigjson":
+                for entry in json.loads(text).get("auths", {}).values():
+                    texts.append(base64.b64decode(entry.get("auth", "")).decode("utf-8", "replace"))
+        if any(needle in text for needle in needles for text in texts):
+            meta = secret["metadata"]
+            found.append(f"{meta['namespace']}/{meta['name']}")
+    return found
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll ``check()`` every 0.2 s until it is true; returns the seconds it took.
 

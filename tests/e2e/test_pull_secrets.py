@@ -43,6 +43,7 @@ from tests.e2e.support import (
     images,
     read,
     scrape,
+    secrets_holding,
     serving,
     wait_for,
     write_config,
@@ -376,28 +377,6 @@ def auth_config(host: str, user: str, password: str) -> str:
     """A docker config.json with one ``auths`` entry."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return json.dumps({"auths": {host: {"auth": token}}})
-
-
-def secrets_holding(env: Environment, *needles: str) -> list[str]:
-    """``namespace/name`` of every Secret of the cluster in which a needle shows.
-
-    Every ``data`` value is decoded (base64), and in a ``.dockerconfigjson``
-    every ``auth`` too (base64 of ``user:password``).
-    """
-    listed = json.loads(env.run_kubectl("get", "secrets", "-A", "-o", "json").stdout)
-    found = []
-    for secret in listed["items"]:
-        texts = []
-        for key, value in (secret.get("data") or {}).items():
-            text = base64.b64decode(value).decode("utf-8", "replace")
-            texts.append(text)
-            if key == ".dockerconfigjson":
-                for entry in json.loads(text).get("auths", {}).values():
-                    texts.append(base64.b64decode(entry.get("auth", "")).decode("utf-8", "replace"))
-        if any(needle in text for needle in needles for text in texts):
-            meta = secret["metadata"]
-            found.append(f"{meta['namespace']}/{meta['name']}")
-    return found
 
 
 def status_as(host: str, method: str, path: str, user: str, password: str) -> int:
