@@ -187,7 +187,7 @@ class PullSecrets:
         registry = self._owned_registry
         return OwnedEntry(config.for_registry(registry), config.helper_for(registry), source)
 
-    def decide(self) -> PullCredential:
+    def _decide(self) -> PullCredential:
         """This cycle's pull credential, or why namespaces must wait (``pull_credential``).
 
         A missing entry for the owned registry is logged once per version of
@@ -216,7 +216,7 @@ class PullSecrets:
 
     def credential(self) -> Credential | None:
         """The credential the Secrets hold, or None (then no Secret is provisioned)."""
-        return self.decide().credential
+        return self._decide().credential
 
     def sweep(self, namespaces: Iterable[str]) -> None:
         """Bring every managed Secret in ``namespaces`` up to date, once per credentials version.
@@ -259,7 +259,7 @@ class PullSecrets:
             return self._ready(namespace, service_account)
 
     def _ready(self, namespace: str, service_account: str) -> bool:
-        decided = self.decide()
+        decided = self._decide()
         if decided.reason:
             # No credential for the Secret although the registry wants one:
             # patching would start pods that cannot pull.
