@@ -48,6 +48,7 @@ from tests.e2e.test_cluster import (
     wait_for,
 )
 from tests.e2e.test_pull_secrets import READER, auths, secret_of
+from tests.e2e.test_rollout_guard import controller_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -64,10 +65,6 @@ class ReadOnly:
     pusher: str
     push_password: str
     read_password: str
-
-
-def controller_gone(cluster: Cluster) -> bool:
-    return kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +115,11 @@ def test_the_kubelet_pulls_the_owned_copy_as_reader_and_no_secret_holds_the_push
     kubectl(cluster, "create", "namespace", NS_APPS)
     cluster.wait_namespace_ready(NS_APPS)
     public = {"web": image, "init": image, "db": image, "agent": image}
-    apply(cluster, sample_workloads(NS_APPS, public, None, None)[:1])  # the Deployment
+    (web,) = sample_workloads(NS_APPS, public, None, None)[:1]  # the Deployment
+    # No pod before the switch, so the node has nothing of the image yet:
+    # the kubelet fetches the owned copy's manifest, config and layers.
+    web["spec"]["replicas"] = 0
+    apply(cluster, [web])
     prefix = read_only.deployment.target + "/"
     wait_for(
         "the Deployment patched to the owned copy",
@@ -127,6 +128,7 @@ def test_the_kubelet_pulls_the_owned_copy_as_reader_and_no_secret_holds_the_push
         ),
         120,
     )
+    kubectl(cluster, "-n", NS_APPS, "scale", "deployment/web", "--replicas=2")
     rollout(cluster, NS_APPS, "deployment", "web")
     wait_for(
         "the web pods Running on the owned copy",
@@ -138,12 +140,14 @@ def test_the_kubelet_pulls_the_owned_copy_as_reader_and_no_secret_holds_the_push
     # as reader, never as the push account.
     repository = f"/v2/{prefix.split('/', 1)[1]}{env.public.host.replace(':', '-')}/{NS_APPS}/web"
     kubelet = [r for r in proxy.requests if r.agent.startswith("containerd/")]
-    fetched = [r for r in kubelet if r.path.startswith(f"{repository}/manifests/")]
-    assert {r.user for r in fetched if r.status == 200} == {READER}, proxy.log_lines()
+    manifests = [r for r in kubelet if r.path.startswith(f"{repository}/manifests/")]
+    blobs = [r for r in kubelet if r.path.startswith(f"{repository}/blobs/")]
+    assert {r.user for r in manifests if r.status == 200} == {READER}, proxy.log_lines()
+    assert blobs and {(r.user, r.status) for r in blobs} == {(READER, 200)}, proxy.log_lines()
     assert read_only.pusher not in {r.user for r in kubelet}
     print(
-        f"\nthrough the proxy: containerd {len(kubelet)} requests "
-        f"({len(fetched)} of the owned manifest, users {sorted({r.user for r in kubelet})}), "
+        f"\nthrough the proxy: containerd {len(kubelet)} requests ({len(manifests)} manifest, "
+        f"{len(blobs)} blob; users {sorted({r.user for r in kubelet})}), "
         f"{len([r for r in proxy.requests if r.method in WRITE_METHODS])} writes"
     )
     # Every write that reached the registry was the controller's, as the push account.
