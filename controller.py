@@ -36,6 +36,7 @@ from cloner.config import Settings, load_settings
 from cloner.errors import ConfigError, KubeError
 from cloner.model.events import EventRecorder
 from cloner.model.identity import SKOPEO
+from cloner.model.pullsecrets import carries_push_credentials
 from cloner.ops.loop import Loop
 from cloner.ops.reconcile import Reconciler
 from cloner.ops.writes import WritePool
@@ -289,16 +290,28 @@ class Adapters:
     credentials: CredentialStore
     manifests: DistributionClient
     backend: DockerRegistry | SkopeoBackend
+    pull_credentials: CredentialStore | None = None  # pullSecret.dockerConfig, when set
+
+    @property
+    def stores(self) -> tuple[CredentialStore, ...]:
+        """Every docker config in use, re-read before each cycle."""
+        pull = () if self.pull_credentials is None else (self.pull_credentials,)
+        return (self.credentials, *pull)
 
 
 def build_adapters(args: argparse.Namespace, settings: Settings) -> Adapters:
     """Read the credentials and build every client the settings name.
 
     Raises:
-        ConfigError: the docker config cannot be read or is malformed.
+        ConfigError: a docker config (``dockerConfig``, or
+            ``pullSecret.dockerConfig`` when set) cannot be read or is malformed.
     """
     credentials = CredentialStore(settings.docker_config)
     credentials.reload()
+    pull_credentials = None
+    if settings.pull_secrets.docker_config is not None:
+        pull_credentials = CredentialStore(settings.pull_secrets.docker_config)
+        pull_credentials.reload()
     manifests = DistributionClient(
         credentials,
         insecure_registries=settings.copy.insecure_registries,
@@ -307,7 +320,7 @@ def build_adapters(args: argparse.Namespace, settings: Settings) -> Adapters:
     backend = build_backend(settings, credentials)
     api_client = load_api_client(args.kubeconfig)
     kube = KubeClient(api_client, settings.list_page_size)
-    return Adapters(api_client, kube, credentials, manifests, backend)
+    return Adapters(api_client, kube, credentials, manifests, backend, pull_credentials)
 
 
 def start_elector(api_client: Any, settings: Settings) -> LeaderElector:
@@ -374,6 +387,7 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
         settings.poll_interval,
         ",".join(settings.excluded_namespaces),
     )
+    report_pull_credentials(settings)
     backend = adapters.backend
     # Patches and Events share one bounded pool; Events wait behind patches.
     writes = WritePool(settings.patch_concurrency)
@@ -391,6 +405,7 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
         # clones until shortly before the next one starts; --once waits for all.
         clone_wait=None if args.once else 0.9 * settings.poll_interval,
         artifacts=adapters.manifests,
+        pull_credentials=adapters.pull_credentials,
     )
     elector = None
     if settings.leader_election.enabled and not args.once:
@@ -400,7 +415,7 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
         loop = Loop(
             reconciler.reconcile_once,
             settings.poll_interval,
-            lambda: reload_credentials(adapters.credentials),
+            lambda: reload_credentials(*adapters.stores),
             on_stop=reconciler.stop,
             shutdown_timeout=settings.shutdown_timeout,
             is_leader=elector.is_leader if elector is not None else None,
@@ -420,12 +435,34 @@ def run(args: argparse.Namespace, settings: Settings, adapters: Adapters) -> int
     return 0
 
 
-def reload_credentials(credentials: CredentialStore) -> None:
-    """Before each cycle: re-read the docker config; a bad one keeps the last good one."""
-    try:
-        credentials.reload()
-    except ConfigError as exc:
-        log.error("keeping the previous registry credentials: %s", exc)
+def reload_credentials(*stores: CredentialStore) -> None:
+    """Before each cycle: re-read each docker config; a bad one keeps its last good one."""
+    for credentials in stores:
+        try:
+            credentials.reload()
+        except ConfigError as exc:
+            log.error("keeping the previous registry credentials: %s", exc)
+
+
+def report_pull_credentials(settings: Settings) -> None:
+    """At start-up: say whether the pull Secrets carry the push credentials (issue 28).
+
+    Sets the gauge ``image_cloner_pull_secret_has_push_credentials`` and, when
+    they do (``pullSecret.dockerConfig`` unset while Secrets are provisioned),
+    logs one Warning naming the way out.
+    """
+    carried = carries_push_credentials(
+        settings.pull_secrets.provision, settings.pull_secrets.docker_config
+    )
+    metrics.set_pull_secret_push_credentials(carried)
+    if carried:
+        log.warning(
+            "pullSecret.dockerConfig is not set: the managed pull Secrets carry the owned "
+            "registry's entry of dockerConfig (%s), the credentials the controller pushes "
+            "with, into every patched namespace; set pullSecret.dockerConfig to a docker "
+            "config.json with a read-only account for the nodes (docs/credentials.md)",
+            settings.docker_config,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

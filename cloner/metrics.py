@@ -101,8 +101,14 @@ NAMESPACE_FAILURES = Counter(
     "image_cloner_namespace_failures",
     "Namespaces whose workloads were not patched in a cycle because pull credentials "
     "could not be put in place, by reason (foreign_secret, serviceaccount_missing, "
-    "api_error).",
+    "api_error, credentials_unavailable, pull_credentials_missing).",
     ["reason"],
+    registry=REGISTRY,
+)
+PULL_SECRET_PUSH_CREDENTIALS = Gauge(
+    "image_cloner_pull_secret_has_push_credentials",
+    "1 when the managed pull Secrets carry the push credentials of dockerConfig "
+    "(pullSecret.dockerConfig is unset), 0 when they carry read-only ones or none are made.",
     registry=REGISTRY,
 )
 IMAGES_WAITING = Gauge(
@@ -228,7 +234,13 @@ for _state in ("owned", "pending", "backing_off"):
     IMAGES.labels(state=_state)
 for _action in ("created", "updated"):
     PULL_SECRETS_WRITTEN.labels(action=_action)
-for _reason in ("foreign_secret", "serviceaccount_missing", "api_error", "credentials_unavailable"):
+for _reason in (
+    "foreign_secret",
+    "serviceaccount_missing",
+    "api_error",
+    "credentials_unavailable",
+    "pull_credentials_missing",
+):
     NAMESPACE_FAILURES.labels(reason=_reason)
 for _result in ("ok", "failed", "error"):
     CYCLES.labels(result=_result)
@@ -377,6 +389,15 @@ def exposition() -> tuple[bytes, str]:
 def set_leader(leading: bool) -> None:
     """Whether this replica acts (holds the Lease, or leader election is off)."""
     LEADER.set(1 if leading else 0)
+
+
+def set_pull_secret_push_credentials(carried: bool) -> None:
+    """Whether the managed pull Secrets carry the push credentials (set once at start-up).
+
+    Args:
+        carried: ``pullsecrets.carries_push_credentials`` of the settings.
+    """
+    PULL_SECRET_PUSH_CREDENTIALS.set(1 if carried else 0)
 
 
 def record_cycle_error(duration: float) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from cloner.model.credentials import Credential
+from cloner.model.credentials import Credential, HelperRef
 from cloner.model.workloads import ADDED_PULL_SECRET, annotation_ops
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -36,6 +37,108 @@ class AttachMode(StrEnum):
 
 
 ATTACH_MODES = tuple(AttachMode)
+
+#: ``PullCredential.reason``: a credential helper answers for the owned
+#: registry but gave no credential this cycle.
+CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+#: ``PullCredential.reason``: ``pullSecret.dockerConfig`` has no entry for the
+#: owned registry while ``dockerConfig`` has one (the registry wants credentials).
+PULL_CREDENTIALS_MISSING = "pull_credentials_missing"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedEntry:
+    """What one docker ``config.json`` holds for the owned registry, as resolved this cycle.
+
+    Attributes:
+        credential: its credential now (a helper's answer or the ``auths``
+            entry), or None.
+        helper: the credential helper that answers for the owned registry, or None.
+        source: the file, for messages.
+    """
+
+    credential: Credential | None
+    helper: HelperRef | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PullCredential:
+    """What the managed pull Secrets hold this cycle, or why workloads must wait.
+
+    Attributes:
+        credential: the credential to put in the Secrets; None when there is
+            none to put there.
+        reason: ``""`` when workloads may be patched (with ``credential`` in
+            their namespace's Secret, or with no Secret when ``credential`` is
+            None: the owned registry is taken to allow anonymous pulls);
+            else ``CREDENTIALS_UNAVAILABLE`` or ``PULL_CREDENTIALS_MISSING``:
+            no workload that needs the Secret may be patched (its new pods
+            could not pull).
+        message: says why, for logs and the namespace failures; ``""`` with
+            no reason. Never holds a secret.
+    """
+
+    credential: Credential | None = None
+    reason: str = ""
+    message: str = ""
+
+
+def pull_credential(registry: str, push: OwnedEntry, pull: OwnedEntry | None) -> PullCredential:
+    """Decide which credential the managed pull Secrets hold (issue 28). Pure.
+
+    Rules, in order (docs/credentials.md, "Read-only credentials for the nodes"):
+
+    1. the entry in force is ``pull`` (``pullSecret.dockerConfig``) when it is
+       configured, else ``push`` (``dockerConfig``); its credential, if any,
+       goes into the Secrets;
+    2. its helper gave nothing: ``CREDENTIALS_UNAVAILABLE``;
+    3. ``pull`` has no entry while ``push`` has one: ``PULL_CREDENTIALS_MISSING``,
+       never a fall-back to the push credentials;
+    4. otherwise no Secret is needed: no file has an entry for the owned
+       registry, so it is taken to allow anonymous pulls.
+
+    Args:
+        registry: the owned registry host, for messages.
+        push: the owned entry of ``dockerConfig``.
+        pull: the owned entry of ``pullSecret.dockerConfig``; None when unset.
+
+    Returns:
+        The ``PullCredential``.
+    """
+    entry = push if pull is None else pull
+    if entry.credential is not None:
+        return PullCredential(entry.credential)
+    if entry.helper is not None:
+        return PullCredential(
+            reason=CREDENTIALS_UNAVAILABLE,
+            message=f"credential helper {entry.helper.program} gave no credential "
+            f"for the owned registry {registry}",
+        )
+    if pull is not None and (push.credential is not None or push.helper is not None):
+        return PullCredential(
+            reason=PULL_CREDENTIALS_MISSING,
+            message=f"{pull.source} (pullSecret.dockerConfig) has no entry for the owned "
+            f"registry {registry}; the push credentials of {push.source} are never put "
+            "in pull secrets",
+        )
+    return PullCredential()
+
+
+def carries_push_credentials(provision: bool, pull_docker_config: object | None) -> bool:
+    """Whether the managed pull Secrets carry the push credentials (issue 28). Pure.
+
+    True when Secrets are provisioned (``pullSecret.provision``) and no
+    ``pullSecret.dockerConfig`` is set: the owned registry's entry of
+    ``dockerConfig`` then goes into every patched namespace. The controller
+    logs a Warning once at start-up and sets the gauge
+    ``image_cloner_pull_secret_has_push_credentials`` to 1.
+
+    Args:
+        provision: ``pullSecret.provision``.
+        pull_docker_config: ``pullSecret.dockerConfig`` (a path), or None.
+    """
+    return provision and pull_docker_config is None
 
 
 def dockerconfigjson(credential: Credential) -> bytes:

@@ -4,9 +4,12 @@ Called by ``reconcile`` before it patches a workload: the workload's namespace
 must hold the managed pull Secret, and (``pullSecret.attach: serviceaccount``)
 the ServiceAccount its pods run as must list it, so no new pod starts without
 the credentials it needs. Also called once per change of the docker
-``config.json`` (and at start) to bring every managed Secret up to date. It
-works through the ``SecretAPI`` protocol; the decisions are the pure functions
-of ``pullsecrets``. Failures are recorded, never raised.
+``config.json`` (and at start) to bring every managed Secret up to date. The
+Secrets hold the owned registry's entry of ``pullSecret.dockerConfig`` when it
+is set (read-only credentials), else that of ``dockerConfig``
+(``pullsecrets.pull_credential``). It works through the ``SecretAPI``
+protocol; the decisions are the pure functions of ``pullsecrets``. Failures
+are recorded, never raised.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from cloner.config import PullSecretSettings
 from cloner.errors import KubeError
 from cloner.model.credentials import Credential, DockerConfig
 from cloner.model.pullsecrets import (
+    PULL_CREDENTIALS_MISSING,
     AttachMode,
+    OwnedEntry,
+    PullCredential,
     desired_secret,
     is_managed,
+    pull_credential,
     references_secret,
     secret_action,
     service_account_patch,
@@ -94,7 +101,8 @@ class ProvisionReport:
         secrets: Secrets written, by action (``created``, ``updated``).
         service_accounts_patched: ServiceAccounts that got the Secret added.
         failures: ``(namespace, reason, message)``; reason is
-            ``foreign_secret``, ``serviceaccount_missing`` or ``api_error``.
+            ``foreign_secret``, ``serviceaccount_missing``, ``api_error``,
+            ``credentials_unavailable`` or ``pull_credentials_missing``.
     """
 
     secrets: Counter[str] = field(default_factory=Counter)
@@ -107,10 +115,13 @@ class PullSecrets:
 
     Args:
         kube: the Kubernetes side.
-        credentials: the credentials in force.
+        credentials: the credentials in force (``dockerConfig``: push).
         owned_registry: the owned registry host (whose entry is provisioned).
         settings: the ``pullSecret`` group: the Secret's name, and where it is
             attached (``serviceaccount`` or ``workload``).
+        pull_credentials: the read-only credentials of ``pullSecret.dockerConfig``
+            (``settings.docker_config``), whose owned entry the Secrets then
+            hold instead; None when that setting is unset.
     """
 
     def __init__(
@@ -119,9 +130,12 @@ class PullSecrets:
         credentials: Credentials,
         owned_registry: str,
         settings: PullSecretSettings,
+        pull_credentials: Credentials | None = None,
     ) -> None:
         self._kube = kube
         self._credentials = credentials
+        self._pull_credentials = pull_credentials
+        self._pull_source = str(settings.docker_config)
         self._owned_registry = owned_registry
         self.name = settings.name
         self._attach_service_accounts = settings.attach == AttachMode.SERVICEACCOUNT
@@ -164,27 +178,56 @@ class PullSecrets:
             until = self._admits.get((namespace, service_account), 0.0)
         return max(0.0, until - time.monotonic())
 
+    def _in_force(self) -> Credentials:
+        """The credentials whose owned entry goes into the Secrets (the pull ones when set)."""
+        return self._credentials if self._pull_credentials is None else self._pull_credentials
+
+    def _owned_entry(self, credentials: Credentials, source: str) -> OwnedEntry:
+        config = credentials.current
+        registry = self._owned_registry
+        return OwnedEntry(config.for_registry(registry), config.helper_for(registry), source)
+
+    def _decide(self) -> PullCredential:
+        """This cycle's pull credential, or why namespaces must wait (``pull_credential``).
+
+        A missing entry for the owned registry is logged once per version of
+        the credentials in force.
+        """
+        push = self._owned_entry(self._credentials, "dockerConfig")
+        pull = None
+        if self._pull_credentials is not None:
+            pull = self._owned_entry(self._pull_credentials, self._pull_source)
+        decided = pull_credential(self._owned_registry, push, pull)
+        version = self._in_force().version
+        if decided.credential is None and self._warned_version != version:
+            self._warned_version = version
+            if decided.reason == PULL_CREDENTIALS_MISSING:
+                log.warning(
+                    "%s: workloads in namespaces that need the pull secret are not patched",
+                    decided.message,
+                )
+            elif not decided.reason:
+                log.warning(
+                    "the docker config has no entry for the owned registry %s: no pull "
+                    "secret is provisioned (nodes must be able to pull from it already)",
+                    self._owned_registry,
+                )
+        return decided
+
     def credential(self) -> Credential | None:
-        """The owned registry's credential, or None (then no Secret is needed)."""
-        credential = self._credentials.current.for_registry(self._owned_registry)
-        if credential is None and self._warned_version != self._credentials.version:
-            self._warned_version = self._credentials.version
-            log.warning(
-                "the docker config has no entry for the owned registry %s: no pull "
-                "secret is provisioned (nodes must be able to pull from it already)",
-                self._owned_registry,
-            )
-        return credential
+        """The credential the Secrets hold, or None (then no Secret is provisioned)."""
+        return self._decide().credential
 
     def sweep(self, namespaces: Iterable[str]) -> None:
         """Bring every managed Secret in ``namespaces`` up to date, once per credentials version.
 
-        Runs at the first cycle and after the docker ``config.json`` changed;
+        Runs at the first cycle and after the docker ``config.json`` in force
+        (``pullSecret.dockerConfig`` when set) or a helper's answer changed;
         only Secrets the controller manages are updated, none are created.
         If any read fails the sweep runs again next cycle.
         """
         credential = self.credential()
-        version = self._credentials.version
+        version = self._in_force().version
         if credential is None or self._swept_version == version:
             return
         complete = True
@@ -216,21 +259,16 @@ class PullSecrets:
             return self._ready(namespace, service_account)
 
     def _ready(self, namespace: str, service_account: str) -> bool:
-        credential = self.credential()
-        if credential is None:
-            helper = self._credentials.current.helper_for(self._owned_registry)
-            if helper is None:
-                return True  # no credential configured: nodes pull by themselves
-            # A helper answers for the owned registry but gave nothing now:
+        decided = self._decide()
+        if decided.reason:
+            # No credential for the Secret although the registry wants one:
             # patching would start pods that cannot pull.
             if namespace not in self._namespaces:
-                self._namespaces[namespace] = self._fail(
-                    namespace,
-                    "credentials_unavailable",
-                    f"credential helper docker-credential-{helper.name} gave no credential "
-                    f"for the owned registry {self._owned_registry}",
-                )
+                self._namespaces[namespace] = self._fail(namespace, decided.reason, decided.message)
             return False
+        credential = decided.credential
+        if credential is None:
+            return True  # no credential configured: nodes pull by themselves
         if namespace not in self._namespaces:
             self._namespaces[namespace] = self._ensure_secret(namespace, credential)
         if not self._namespaces[namespace]:

@@ -310,6 +310,9 @@ class Reconciler:
             referrers (``ops.artifacts.ArtifactAPI``, the same
             ``DistributionClient``); None copies none whatever
             ``signatures`` says.
+        pull_credentials: the read-only credentials of
+            ``pullSecret.dockerConfig`` (``credentials.CredentialStore``),
+            which the pull Secrets then hold; None when that setting is unset.
     """
 
     def __init__(
@@ -326,6 +329,7 @@ class Reconciler:
         clone_wait: float | None = None,
         writes: WritePool | None = None,
         artifacts: ArtifactAPI | None = None,
+        pull_credentials: Credentials | None = None,
     ) -> None:
         self._kube = kube
         self._events = events or NullRecorder()
@@ -376,6 +380,7 @@ class Reconciler:
                 self._credentials,
                 settings.owned.registry,
                 settings.pull_secrets,
+                pull_credentials,
             )
         self._patch_times: dict[str, deque[float]] = {}
         self._summary_lock = threading.Lock()

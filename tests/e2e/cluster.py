@@ -399,15 +399,9 @@ class Cluster:
             f"#!/bin/sh\nexec {sys.executable} {PODNET} plugin {self.podnet_control}\n"
         )
         plugin.chmod(0o755)
-        certs = self.root / "certs.d"
+        certs = self.certs_dir
         for registry in (self.env.public, self.env.owned, self.infra):
-            host_dir = certs / registry.host
-            host_dir.mkdir(parents=True, exist_ok=True)
-            (host_dir / "hosts.toml").write_text(
-                f'server = "{registry.url}"\n'
-                f'[host."{registry.url}"]\n'
-                '  capabilities = ["pull", "resolve"]\n'
-            )
+            self.add_registry_host(registry.host)
         root = self.root / "containerd"
         config = self.root / "containerd.toml"
         cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -447,6 +441,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             ["containerd", f"--config={config}"],
             self.env.workdir / "logs" / "containerd.log",
             stop_timeout=20,
+        )
+
+    @property
+    def certs_dir(self) -> Path:
+        """containerd's ``config_path``: a ``HOST/hosts.toml`` per registry host."""
+        return self.root / "certs.d"
+
+    def add_registry_host(self, host: str) -> None:
+        """Let containerd pull from ``host`` (``127.0.0.1:PORT``) over plain HTTP.
+
+        Writes ``certs.d/HOST/hosts.toml``; containerd reads that directory at
+        every pull, so a host added while the cluster runs (a test's proxy in
+        front of a registry) is used from the next pull on.
+        """
+        host_dir = self.certs_dir / host
+        host_dir.mkdir(parents=True, exist_ok=True)
+        url = f"http://{host}"
+        (host_dir / "hosts.toml").write_text(
+            f'server = "{url}"\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
         )
 
     def _import_pause_image(self) -> None:
@@ -851,6 +864,9 @@ def write_overlay(
     poll_interval: int = 5,
     skopeo: bool = False,
     config: dict[str, Any] | None = None,
+    owned_host: str | None = None,
+    push_account: tuple[str, str] | None = None,
+    pull_account: tuple[str, str] | None = None,
 ) -> Deployment:
     """Write a kustomize overlay of ``manifests/`` for this cluster; return what it deploys.
 
@@ -877,6 +893,14 @@ def write_overlay(
     merged key by key into the shipped file after the settings above (a
     nested mapping such as ``{"pullSecret": {"provision": False}}`` changes
     only the keys it names).
+
+    ``owned_host`` is where the owned registry is reached, when not at its
+    own address (a proxy in front of it): the ``target`` host, the key of the
+    credentials and one more of ``insecureRegistries``. ``push_account``
+    (user, password) is the account of ``docker-configuration``, the owned
+    registry's own user by default. With ``pull_account`` the overlay adds
+    the component ``manifests/read-only-pull/``, its ConfigMap
+    ``docker-pull-configuration`` holding that account (``pullSecret.dockerConfig``).
     """
     if cluster.images is None:
         raise ComponentError("cluster images not built")
@@ -885,10 +909,12 @@ def write_overlay(
     shipped = REPO_ROOT / "manifests" / "base" / "configmap-config.yaml"
     settings = yaml.safe_load(yaml.safe_load(shipped.read_text())["data"]["config.yaml"])
     (metrics_port,) = free_ports(1)
-    target = f"{env.owned.host}/mirror"
+    owned_host = owned_host or env.owned.host
+    target = f"{owned_host}/mirror"
+    insecure = [env.public.host, env.owned.host]
     settings.update(
         target=target,
-        insecureRegistries=[env.public.host, env.owned.host],
+        insecureRegistries=insecure + ([owned_host] if owned_host not in insecure else []),
         metricsAddress=LOOPBACK,
         metricsPort=metrics_port,
         pollInterval=poll_interval,
@@ -896,8 +922,9 @@ def write_overlay(
     if config:
         _merge_settings(settings, config)
     assert env.owned.username is not None and env.owned.password is not None
-    auth = _b64(f"{env.owned.username}:{env.owned.password}")
-    docker_config = json.dumps({"auths": {env.owned.host: {"auth": auth}}}, indent=2)
+    docker_config = _docker_config(
+        owned_host, *(push_account or (env.owned.username, env.owned.password))
+    )
     api_port = env.apiserver_url.rsplit(":", 1)[1]
     controller, dind = "/spec/template/spec/containers/0", "/spec/template/spec/containers/1"
     host_network: list[dict[str, Any]] = [
@@ -960,15 +987,15 @@ def write_overlay(
         ],
     }
     (directory / "docker-configuration.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "docker-configuration", "namespace": CONTROLLER_NAMESPACE},
-                "data": {"config.json": docker_config},
-            }
-        )
+        _config_map("docker-configuration", docker_config)
     )
+    if pull_account is not None:
+        component = REPO_ROOT / "manifests" / "read-only-pull"
+        kustomization["components"] = [os.path.relpath(component, directory)]
+        kustomization["patches"].append({"path": "docker-pull-configuration.yaml"})
+        (directory / "docker-pull-configuration.yaml").write_text(
+            _config_map("docker-pull-configuration", _docker_config(owned_host, *pull_account))
+        )
     (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     for path in directory.iterdir():
         path.chmod(0o600)
@@ -1001,6 +1028,23 @@ def _pause_layer() -> bytes:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def _docker_config(host: str, user: str, password: str) -> str:
+    """A docker config.json with one ``auths`` entry, for ``host``."""
+    return json.dumps({"auths": {host: {"auth": _b64(f"{user}:{password}")}}}, indent=2)
+
+
+def _config_map(name: str, config_json: str) -> str:
+    """The YAML of a ConfigMap ``name`` in the controller's namespace holding ``config.json``."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": CONTROLLER_NAMESPACE},
+            "data": {"config.json": config_json},
+        }
+    )
 
 
 def make(cluster: Cluster, target: str, deployment: Deployment) -> subprocess.CompletedProcess[str]:

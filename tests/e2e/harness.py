@@ -221,7 +221,9 @@ class Registry:
     """A CNCF distribution registry (``docker-registry serve``) on loopback.
 
     ``username``/``password`` are None for an anonymous registry; otherwise the
-    registry uses htpasswd (bcrypt) basic auth with that single user.
+    registry uses htpasswd (bcrypt) basic auth with that user, plus the
+    accounts in ``users`` (``set_user``): distribution's htpasswd auth takes
+    one file, which holds them all.
     """
 
     name: str
@@ -230,6 +232,8 @@ class Registry:
     password: str | None
     root: Path = field(repr=False)
     on_password_change: Callable[[Registry], None] | None = field(default=None, repr=False)
+    #: Further accounts of the htpasswd file, name -> password (``set_user``).
+    users: dict[str, str] = field(default_factory=dict, repr=False)
     _process: Process | None = field(default=None, init=False, repr=False)
     _http_secret: str = field(default_factory=lambda: secrets.token_hex(16), init=False, repr=False)
 
@@ -281,10 +285,25 @@ class Registry:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _write_htpasswd(self) -> None:
+        """Write every account, bcrypt; the passwords go to ``htpasswd -i`` on stdin.
+
+        distribution 2.8 reads the file again when its modification time
+        changes (its htpasswd access controller checks it on every request),
+        so a running registry takes a new file at the next request.
+        """
         assert self.username is not None and self.password is not None
-        result = _run(["htpasswd", "-Bbn", self.username, self.password])
-        self.htpasswd_path.write_text(result.stdout.strip() + "\n")
-        self.htpasswd_path.chmod(0o600)
+        accounts = {self.username: self.password, **self.users}
+        lines = [
+            _run(["htpasswd", "-Bin", name], input=password).stdout.strip()
+            for name, password in accounts.items()
+        ]
+        path = self.htpasswd_path
+        before = path.stat().st_mtime_ns if path.exists() else None
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        after = path.stat().st_mtime_ns
+        if after == before:  # a coarse clock: make the change visible all the same
+            os.utime(path, ns=(after + 1_000_000, after + 1_000_000))
 
     def launch(self) -> None:
         """Start the process without waiting for it to be ready (see :meth:`wait_ready`)."""
@@ -322,6 +341,30 @@ class Registry:
         if self._process is not None:
             self._process.stop()
 
+    def set_user(self, name: str, password: str) -> None:
+        """Add a further htpasswd account, or give it a new password; no restart.
+
+        A running registry takes the rewritten file at the next request (see
+        ``_write_htpasswd``); this waits until ``GET /v2/`` as ``name``
+        answers 200. ``username``'s own password changes with ``set_password``.
+
+        Raises:
+            ValueError: the registry is anonymous, or ``name`` is ``username``.
+            ComponentError: the registry does not accept the account within 10 s.
+        """
+        if self.username is None:
+            raise ValueError(f"registry {self.name} is anonymous")
+        if name == self.username:
+            raise ValueError(f"{name} is the registry's own user: use set_password")
+        self.users[name] = password
+        if not self.htpasswd_path.exists():
+            return  # written when the registry starts
+        self._write_htpasswd()
+        if self._process is not None and self.running:
+            self._process.wait_until(
+                lambda: self.status_as("/v2/", name, password) == 200, 10, f"accepting {name}"
+            )
+
     def set_password(self, password: str) -> None:
         """Rewrite the htpasswd file with a new bcrypt password and restart the registry."""
         if self.username is None:
@@ -354,15 +397,17 @@ class Registry:
 
     def _status(self, path: str, auth: bool = True) -> int:
         """Return the HTTP status of ``GET path`` (no exception on 4xx/5xx)."""
-        try:
-            with urllib.request.urlopen(self._request(path, auth=auth), timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
+        return _status_of(self._request(path, auth=auth))
 
     def status(self, path: str, auth: bool = False) -> int:
         """HTTP status of ``GET path``, anonymous by default (e.g. 401 for the owned one)."""
         return self._status(path, auth=auth)
+
+    def status_as(self, path: str, username: str, password: str, method: str = "GET") -> int:
+        """HTTP status of ``METHOD path`` as ``username`` (no exception on 4xx/5xx)."""
+        request = self._request(path, method=method, auth=False)
+        request.add_header("Authorization", "Basic " + _basic_auth(username, password))
+        return _status_of(request)
 
     def _get_json(self, path: str) -> tuple[Any, str | None]:
         with urllib.request.urlopen(self._request(path), timeout=30) as response:
@@ -416,6 +461,15 @@ class Registry:
                     return None
                 raise
         return None
+
+
+def _status_of(request: urllib.request.Request) -> int:
+    """The HTTP status the request gets (no exception on 4xx/5xx)."""
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def _next_link(link: str | None) -> str | None:

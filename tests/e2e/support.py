@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import http.server
 import json
@@ -12,9 +13,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,28 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+def secrets_holding(env: Environment, *needles: str) -> list[str]:
+    """``namespace/name`` of every Secret of the cluster in which a needle shows.
+
+    Every ``data`` value is decoded (base64), and in a ``.dockerconfigjson``
+    every ``auth`` too (base64 of ``user:password``).
+    """
+    listed = json.loads(env.run_kubectl("get", "secrets", "-A", "-o", "json").stdout)
+    found = []
+    for secret in listed["items"]:
+        texts = []
+        for key, value in (secret.get("data") or {}).items():
+            text = base64.b64decode(value).decode("utf-8", "replace")
+            texts.append(text)
+            if key == ".dockerconfigjson":
+                for entry in json.loads(text).get("auths", {}).values():
+                    texts.append(base64.b64decode(entry.get("auth", "")).decode("utf-8", "replace"))
+        if any(needle in text for needle in needles for text in texts):
+            meta = secret["metadata"]
+            found.append(f"{meta['namespace']}/{meta['name']}")
+    return found
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll ``check()`` every 0.2 s until it is true; returns the seconds it took.
 
@@ -357,6 +380,13 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+#: Requests that change a registry (distribution spec: uploads, manifest puts, deletes).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: The answer to a write by a read-only user (distribution's own for a denied scope).
+DENIED = Fault(403, "DENIED", "requested access to the resource is denied")
+
+
 @dataclass(frozen=True)
 class ProxiedRequest:
     """One request the proxy received.
@@ -365,12 +395,16 @@ class ProxiedRequest:
         at: ``time.monotonic()`` when it arrived (seconds; the test's own clock).
         method, path: as received.
         status: what the proxy answered (the upstream's status or the fault's).
+        user: the user name of its ``Authorization: Basic`` header, ``""`` without one.
+        agent: its ``User-Agent`` header (``containerd/...`` for the kubelet's pulls).
     """
 
     at: float
     method: str
     path: str
     status: int
+    user: str = ""
+    agent: str = ""
 
     @property
     def is_manifest(self) -> bool:
@@ -392,11 +426,19 @@ class RegistryProxy(http.server.ThreadingHTTPServer):
     forwarded, until ``release()`` (a registry that has stopped answering);
     such requests are in ``held`` from the moment they arrived.
 
+    Each record names the basic-auth user of the request (``user``): with
+    ``read_only`` users, every write (``WRITE_METHODS``) one of them sends is
+    answered 403 ``DENIED`` and never forwarded, so the registry behind
+    holds an account that can only pull. Request bodies may be sent with a
+    length or chunked (``docker push`` streams layers chunked); they are
+    forwarded with a length.
+
     Args:
         upstream: ``host:port`` of the registry (plain HTTP).
         fault: the per-request decision; called on the handler's thread,
             under the proxy's lock (so counting faults is safe).
         hold: which requests wait for ``release()``; none when not given.
+        read_only: user names whose writes are refused.
     """
 
     daemon_threads = True
@@ -406,10 +448,12 @@ class RegistryProxy(http.server.ThreadingHTTPServer):
         upstream: str,
         fault: Callable[[str, str], Fault | None] | None = None,
         hold: Callable[[str, str], bool] | None = None,
+        read_only: Collection[str] = (),
     ) -> None:
         self.upstream = upstream
         self.fault = fault or (lambda _method, _path: None)
         self.hold = hold or (lambda _method, _path: False)
+        self.read_only = frozenset(read_only)
         self.held: list[tuple[str, str]] = []
         self.released = threading.Event()
         self.requests: list[ProxiedRequest] = []
@@ -431,9 +475,26 @@ class RegistryProxy(http.server.ThreadingHTTPServer):
         """``127.0.0.1:PORT``: use it as the registry host of image references."""
         return f"127.0.0.1:{self.server_address[1]}"
 
-    def record(self, at: float, method: str, path: str, status: int) -> None:
+    def record(self, request: ProxiedRequest) -> None:
         with self.lock:
-            self.requests.append(ProxiedRequest(at, method, path, status))
+            self.requests.append(request)
+
+    def decide(self, method: str, path: str, user: str) -> Fault | None:
+        """The fault to answer with, if any: a read-only user's write, then ``fault``.
+
+        Called under the proxy's lock.
+        """
+        if user in self.read_only and method in WRITE_METHODS:
+            return DENIED
+        return self.fault(method, path)
+
+    def log_lines(self) -> list[str]:
+        """One line per request so far: ``METHOD path status user=... agent=...``."""
+        with self.lock:
+            return [
+                f"{r.method} {r.path} {r.status} user={r.user or '-'} agent={r.agent or '-'}"
+                for r in self.requests
+            ]
 
     def requests_between(self, start: float, end: float) -> list[ProxiedRequest]:
         """Requests that arrived at ``start < at < end`` (monotonic seconds)."""
@@ -458,12 +519,39 @@ class _RegistryProxyHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _user(self) -> str:
+        """The user name of the request's ``Authorization: Basic`` header, ``""`` without one."""
+        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            return ""
+        try:
+            return base64.b64decode(value.strip()).decode("utf-8").partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+
+    def _body(self) -> bytes | None:
+        """The request body (None without one), read by its length or chunk by chunk."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after the chunk
+            while self.rfile.readline().strip():  # trailer fields, up to the empty line
+                pass
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else None
+
     def _forward(self) -> None:
         arrived = time.monotonic()
+        body = self._body()
+        request = ProxiedRequest(
+            arrived, self.command, self.path, 0, self._user(), self.headers.get("User-Agent", "")
+        )
         with self.server.lock:
-            fault = self.server.fault(self.command, self.path)
+            fault = self.server.decide(request.method, request.path, request.user)
         if fault is not None:
-            self.server.record(arrived, self.command, self.path, fault.status)
+            self.server.record(replace(request, status=fault.status))
             self._answer_fault(fault)
             return
         with self.server.lock:
@@ -472,22 +560,24 @@ class _RegistryProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.server.held.append((self.command, self.path))
         if held:
             self.server.released.wait(timeout=300)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
         connection = http.client.HTTPConnection(self.server.upstream, timeout=30)
         try:
             # Every header line as sent, repeated ones too (clients send one
             # Accept line per media type); Host is kept, so URLs the registry
-            # builds (Location) point at the proxy.
+            # builds (Location) point at the proxy. A body goes with its length.
             connection.putrequest(
                 self.command, self.path, skip_host=True, skip_accept_encoding=True
             )
+            framing = ("content-length", "transfer-encoding")
             for key, value in self.headers.items():
-                connection.putheader(key, value)
+                if key.lower() not in framing:
+                    connection.putheader(key, value)
+            if body is not None or any(key in self.headers for key in framing):
+                connection.putheader("Content-Length", str(len(body or b"")))
             connection.endheaders(body)
             response = connection.getresponse()
             data = response.read()
-            self.server.record(arrived, self.command, self.path, response.status)
+            self.server.record(replace(request, status=response.status))
             self.send_response(response.status)
             for key, value in response.getheaders():
                 if key.lower() not in _NOT_FORWARDED:

@@ -4,10 +4,11 @@
 by ``hack/build-kube.sh`` (both cached per machine). The chart is rendered
 with ``helm template`` and compared object by object with ``kubectl
 kustomize`` of manifests/, manifests/skopeo/, manifests/secret-credentials/
-and manifests/monitoring/ for the same settings. The one thing compared by
-meaning rather than by bytes is the controller's config file: the chart
-writes every setting of ``config:`` (sorted, without comments), the
-kustomize ConfigMap a commented subset; both are loaded with
+and manifests/monitoring/, and of overlays adding the read-only pull
+components (manifests/read-only-pull/ and -secret/), for the same settings.
+The one thing compared by meaning rather than by bytes is the controller's
+config file: the chart writes every setting of ``config:`` (sorted, without
+comments), the kustomize ConfigMap a commented subset; both are loaded with
 ``cloner.config.load_settings`` and the environment the container gets,
 and the resulting ``Settings`` must be equal. Representative renders are
 then applied with ``kubectl apply --dry-run=server`` to the e2e API server.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -118,8 +120,8 @@ def kubectl_bin() -> Path:
     return kube_bin_dir() / "kubectl"
 
 
-def kustomize(kubectl_bin: Path, *directories: str) -> Objects:
-    """``kubectl kustomize`` of each manifests/ directory, merged into one set of objects."""
+def kustomize(kubectl_bin: Path, *directories: str | Path) -> Objects:
+    """``kubectl kustomize`` of each manifests/ directory (or overlay), merged into one set."""
     objects: Objects = {}
     for directory in directories:
         result = subprocess.run(
@@ -132,6 +134,23 @@ def kustomize(kubectl_bin: Path, *directories: str) -> Objects:
         assert result.returncode == 0, result.stderr
         objects.update(index(result.stdout))
     return objects
+
+
+def overlay(directory: Path, resource: str, component: str) -> Path:
+    """An overlay of ``manifests/<resource>`` with ``manifests/<component>``, as a user writes it.
+
+    kustomize takes only relative paths to other kustomizations, so they are
+    written relative to ``directory``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS / resource, directory)],
+        "components": [os.path.relpath(MANIFESTS / component, directory)],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return directory
 
 
 def index(stream: str) -> Objects:
@@ -218,6 +237,66 @@ def test_an_existing_secret_renders_manifests_secret_credentials(
     values = {**KUSTOMIZE_TAG, "dockerConfig": {"existingSecret": "docker-configuration"}}
     chart = index(helm.template(tmp_path, values))
     assert_same_objects(chart, kustomize(kubectl_bin, "secret-credentials"), tmp_path)
+
+
+#: Where the chart and manifests/read-only-pull/ mount pullSecret.dockerConfig.
+PULL_DOCKER_CONFIG = Path("/etc/image-cloner/pull-docker/config.json")
+
+
+def shipped_pull_config() -> str:
+    """The placeholder config.json of manifests/read-only-pull/'s ConfigMap."""
+    shipped = MANIFESTS / "read-only-pull" / "configmap-docker-pull.yaml"
+    return str(yaml.safe_load(shipped.read_text())["data"]["config.json"])
+
+
+@pytest.mark.parametrize(
+    ("values", "resource", "component"),
+    [
+        ({"pullDockerConfig": {"json": "(shipped)"}}, "", "read-only-pull"),
+        (
+            {
+                "dockerConfig": {"existingSecret": "docker-configuration"},
+                "pullDockerConfig": {"existingSecret": "docker-pull-configuration"},
+            },
+            "secret-credentials",
+            "read-only-pull-secret",
+        ),
+        (
+            {
+                "copyBackend": "skopeo",
+                "pullDockerConfig": {"existingSecret": "docker-pull-configuration"},
+            },
+            "skopeo",
+            "read-only-pull-secret",
+        ),
+    ],
+)
+def test_pull_docker_config_renders_the_read_only_pull_components(
+    helm: Helm,
+    kubectl_bin: Path,
+    tmp_path: Path,
+    values: dict[str, Any],
+    resource: str,
+    component: str,
+) -> None:
+    if values["pullDockerConfig"].get("json") == "(shipped)":
+        values = {**values, "pullDockerConfig": {"json": shipped_pull_config()}}
+    chart = index(helm.template(tmp_path, {**KUSTOMIZE_TAG, **values}))
+    manifests = kustomize(kubectl_bin, overlay(tmp_path / "overlay", resource, component))
+    assert_same_objects(chart, manifests, tmp_path)
+    assert effective_settings(chart, tmp_path).pull_secrets.docker_config == PULL_DOCKER_CONFIG
+    (deployment,) = [o for k, o in chart.items() if k[1] == "Deployment"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    source = volumes["docker-pull-configuration"]
+    assert (source.get("secret") or source.get("configMap"))["optional"] is True
+
+
+def test_without_pull_docker_config_the_controller_gets_no_pull_setting(
+    helm: Helm, tmp_path: Path
+) -> None:
+    chart = index(helm.template(tmp_path))
+    assert effective_settings(chart, tmp_path).pull_secrets.docker_config is None
+    assert "docker-pull-configuration" not in json.dumps(list(chart.values()))
 
 
 def test_monitoring_values_render_manifests_monitoring(
@@ -352,6 +431,14 @@ def test_a_changed_setting_reaches_the_config_file_the_port_and_the_state_role(
             {"dockerConfig": {"existingSecret": "a", "existingConfigMap": "b"}},
             "at most one of dockerConfig.existingSecret",
         ),
+        (
+            {"pullDockerConfig": {"existingSecret": "a", "json": "{}"}},
+            "at most one of pullDockerConfig.existingSecret",
+        ),
+        (
+            {"config": {"pullSecret": {"dockerConfig": "/etc/pull.json"}}},
+            "config.pullSecret.dockerConfig is set by the chart",
+        ),
     ],
 )
 def test_values_the_controller_cannot_run_with_fail_the_render(
@@ -372,6 +459,7 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
     "secret-ha-scheduling": {
         "replicas": 2,
         "dockerConfig": {"existingSecret": "registry-credentials"},
+        "pullDockerConfig": {"existingSecret": "registry-read-credentials"},
         "podSecurityContext": {"fsGroup": 10001, "runAsNonRoot": True},
         "nodeSelector": {"example.com/pool": "image-cloner"},
         "tolerations": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import secrets
 import ssl
 import urllib.error
 import urllib.request
@@ -238,3 +239,17 @@ def test_registry_restart_keeps_storage(env: Environment) -> None:
         urllib.request.urlopen(f"{env.public.url}/v2/", timeout=5)
     env.start_component("public")
     assert env.public.manifest_digest("library/restart", "v1") == digest
+
+
+def test_further_accounts_share_the_htpasswd_file_without_a_restart(env: Environment) -> None:
+    """set_user adds an account beside the owned user; the registry re-reads the file."""
+    starts = env.owned.log_path.read_text().count("=== start")
+    password = secrets.token_urlsafe(12)
+    env.owned.set_user("harness-extra", password)
+    assert env.owned.status_as("/v2/", "harness-extra", password) == 200
+    assert env.owned.status("/v2/", auth=True) == 200  # the owned user still works
+    env.owned.set_user("harness-extra", password + "-rotated")
+    assert env.owned.status_as("/v2/", "harness-extra", password) == 401
+    assert env.owned.status_as("/v2/", "harness-extra", password + "-rotated") == 200
+    assert env.owned.log_path.read_text().count("=== start") == starts  # never restarted
+    assert password not in env.owned.htpasswd_path.read_text()  # bcrypt only

@@ -2,6 +2,13 @@
 
 Every controller run here uses a token of the image-cloner ServiceAccount,
 bound by manifests/rbac.yaml alone (the ``scope`` fixture).
+
+Issue 28, read-only credentials for the nodes: the owned registry gets an
+htpasswd account ``reader`` and a push account of the test's own, and is
+reached through a loopback ``RegistryProxy`` that refuses every write of
+``reader`` and records the user of each request; the controller pushes as the
+push account (``dockerConfig``) and provisions ``reader``
+(``pullSecret.dockerConfig``).
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import json
 import secrets
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
@@ -23,19 +32,27 @@ from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import PullSecretSettings
 from cloner.model.credentials import DockerConfig
 from cloner.ops.provisioning import ADMISSION_SETTLE, PullSecrets
-from tests.e2e.harness import Environment
+from tests.e2e.harness import Environment, free_port
 from tests.e2e.support import (
+    WRITE_METHODS,
+    RegistryProxy,
     Scope,
     controller_loop,
     create,
     create_namespace,
     images,
     read,
+    scrape,
+    secrets_holding,
+    serving,
     wait_for,
     write_config,
 )
 
 SECRET = "image-cloner-pull-secret"
+READER = "reader"
+GAUGE = "image_cloner_pull_secret_has_push_credentials"
+NOT_SET_WARNING = "pullSecret.dockerConfig is not set"
 
 
 def docker_config(env: Environment, password: str) -> str:
@@ -68,13 +85,18 @@ def pull_secrets_of_account(api: kubernetes.client.ApiClient, ns: str, name: str
     return [ref.name for ref in account.image_pull_secrets or []]
 
 
-def pull_as_kubelet(env: Environment, secret: dict[str, Any], image: str) -> None:
+def pull_as_kubelet(
+    env: Environment, secret: dict[str, Any], image: str, host: str | None = None
+) -> None:
     """Pull ``image`` (``repo:tag``) with the credentials in the Secret, as kubelet would.
+
+    ``host`` is the entry's key when the owned registry is reached through
+    another host (a ``RegistryProxy``); the owned registry's by default.
 
     Raises:
         AssertionError: the registry refused the pull.
     """
-    entry = auths(secret)[env.owned.host]
+    entry = auths(secret)[host or env.owned.host]
     user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
     repository, tag = image.rsplit(":", 1)
     with closing(env.docker_client()) as client:
@@ -346,3 +368,161 @@ def test_the_service_account_reads_and_updates_only_the_managed_secret(
         assert can_i(verb, "secret/argocd-secret") == "no", verb
     assert can_i("list", "secrets") == "no"
     assert can_i("watch", "secrets") == "no"
+
+
+# --- issue 28: read-only credentials for the nodes -----------------------------------
+
+
+def auth_config(host: str, user: str, password: str) -> str:
+    """A docker config.json with one ``auths`` entry."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"auth": token}}})
+
+
+def status_as(host: str, method: str, path: str, user: str, password: str) -> int:
+    """HTTP status of ``METHOD http://host/path`` with basic auth as ``user``."""
+    request = urllib.request.Request(f"http://{host}{path}", method=method)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_read_only_credentials_reach_every_secret_and_the_push_account_none(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    ns_b, ns_c = f"{ns}-b", f"{ns}-c"
+    for name in (ns_b, ns_c):
+        create_namespace(env, name)
+    api = env.api_client()
+    pusher, push_password = f"pusher-{ns}", secrets.token_urlsafe(12)
+    read_password = secrets.token_urlsafe(12)
+    env.owned.set_user(pusher, push_password)
+    env.owned.set_user(READER, read_password)
+    with serving(RegistryProxy(env.owned.host, read_only={READER})) as proxy:
+        target = f"{proxy.host}/t-{ns}"
+        owned_image = f"{target}/{env.public.host.replace(':', '-')}/{ns}/ro:1"
+        env.build_image(scope.source("ro:1"), layers=2, seed=f"{ns}-ro")
+        create(api, "Deployment", ns, "a", {"main": scope.source("ro:1")})
+        create(api, "StatefulSet", ns_b, "b", {"main": scope.source("ro:1")})
+        push_config, pull_config = tmp_path / "push.json", tmp_path / "pull.json"
+        push_config.write_text(auth_config(proxy.host, pusher, push_password))
+        pull_config.write_text(auth_config(proxy.host, READER, read_password))
+        port = free_port()
+        config = write_config(
+            tmp_path / "c.yaml",
+            env,
+            target,
+            namespaces={"include": [f"{ns}*"]},
+            dockerConfig=str(push_config),
+            pullSecret={"dockerConfig": str(pull_config)},
+            metricsPort=port,
+            metricsAddress="127.0.0.1",
+        )
+        with controller_loop(scope.kubeconfig, config) as lines:
+            workloads = [("Deployment", ns, "a"), ("StatefulSet", ns_b, "b")]
+            wait_for(
+                lambda: all(images(read(api, *w))["main"] == owned_image for w in workloads),
+                60,
+                "patched",
+            )
+            assert scrape(port)[GAUGE] == 0.0
+            for namespace in (ns, ns_b):
+                secret = secret_of(api, namespace)
+                assert secret is not None, namespace
+                entry = auths(secret)[proxy.host]
+                assert base64.b64decode(entry["auth"]).decode() == f"{READER}:{read_password}"
+            # The push account is in no Secret of the cluster; reader is in exactly those.
+            assert secrets_holding(env, pusher, push_password) == []
+            assert sorted(secrets_holding(env, read_password)) == sorted(
+                f"{n}/{SECRET}" for n in (ns, ns_b)
+            )
+            # The Secret pulls the owned copy through the proxy, as reader;
+            # the same credentials cannot push.
+            first = secret_of(api, ns_b)
+            assert first is not None
+            before_pull = len(proxy.requests)
+            pull_as_kubelet(env, first, owned_image, host=proxy.host)
+            pulled = proxy.requests[before_pull:]
+            assert {r.user for r in pulled if r.status == 200} == {READER}, proxy.log_lines()
+            uploads = f"/v2/{target.split('/', 1)[1]}/extra/blobs/uploads/"
+            assert status_as(proxy.host, "POST", uploads, READER, read_password) == 403
+            assert status_as(proxy.host, "GET", "/v2/", READER, read_password) == 200
+            writes = [r for r in proxy.requests if r.method in WRITE_METHODS]
+            assert {r.user for r in writes if r.status < 400} == {pusher}, proxy.log_lines()
+            assert {r.status for r in writes if r.user == READER} == {403}
+
+            # Rotate reader's password: the registry's and the pull config.json.
+            new_password = secrets.token_urlsafe(12)
+            env.owned.set_user(READER, new_password)
+            pull_config.write_text(auth_config(proxy.host, READER, new_password))
+
+            def rotated() -> bool:
+                return all(
+                    base64.b64decode(auths(secret_of(api, n) or {})[proxy.host]["auth"]).decode()
+                    == f"{READER}:{new_password}"
+                    for n in (ns, ns_b)
+                )
+
+            took = wait_for(rotated, 10, "reader's new password in every managed Secret")
+            print(f"\nread-only credentials rotated {took:.1f}s after the pull config.json change")
+            rotated_secret = secret_of(api, ns)
+            assert rotated_secret is not None
+            pull_as_kubelet(env, rotated_secret, owned_image, host=proxy.host)
+            with pytest.raises(AssertionError, match="pull of"):
+                pull_as_kubelet(env, first, owned_image, host=proxy.host)
+
+            # A pull config without the owned entry: never the push account
+            # instead; a new namespace is not patched and gets no Secret.
+            pull_config.write_text(auth_config("other.example.com", READER, new_password))
+            create(api, "Deployment", ns_c, "c", {"main": scope.source("ro:1")})
+            wait_for(
+                lambda: "(pullSecret.dockerConfig) has no entry" in "".join(lines),
+                20,
+                "the missing entry reported",
+            )
+            wait_for(lambda: f"not patching workloads in {ns_c}" in "".join(lines), 20, "held")
+            assert images(read(api, "Deployment", ns_c, "c")) == {"main": scope.source("ro:1")}
+            assert secret_of(api, ns_c) is None
+            assert secrets_holding(env, pusher, push_password) == []
+            namespace_failures = (
+                'image_cloner_namespace_failures_total{reason="pull_credentials_missing"}'
+            )
+            assert scrape(port)[namespace_failures] >= 1
+    output = "".join(lines)
+    assert NOT_SET_WARNING not in output
+    for password in (push_password, read_password, new_password):
+        assert password not in output
+
+
+def test_without_read_only_credentials_the_gauge_is_1_and_one_warning_says_so(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        env,
+        scope.target,
+        namespaces={"include": [scope.namespace]},
+        metricsPort=port,
+        metricsAddress="127.0.0.1",
+    )
+    with controller_loop(scope.kubeconfig, config) as lines:
+        wait_for(lambda: _cycles(port) >= 3, 30, "three cycles")
+        assert scrape(port)[GAUGE] == 1.0
+    warnings = [line for line in lines if NOT_SET_WARNING in line]
+    assert len(warnings) == 1, warnings
+    assert " WARNING " in warnings[0] and str(env.docker_config) in warnings[0]
+
+
+def _cycles(port: int) -> float:
+    """Reconcile cycles the controller on ``port`` has run (0 before it serves metrics)."""
+    try:
+        samples = scrape(port)
+    except OSError:  # not listening yet
+        return 0
+    return sum(v for k, v in samples.items() if k.startswith("image_cloner_reconcile_cycles_total"))

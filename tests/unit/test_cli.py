@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import controller
+from cloner.config import PullSecretSettings, Settings
+from cloner.metrics import REGISTRY
 
 
 @pytest.mark.parametrize(
@@ -43,3 +47,30 @@ def test_an_option_of_another_command_is_refused(
         controller.parse_args(argv)
     assert caught.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("pull_secret", "gauge", "warnings"),
+    [
+        ({}, 1.0, 1),
+        ({"docker_config": "/etc/image-cloner/pull-docker/config.json"}, 0.0, 0),
+        ({"provision": False}, 0.0, 0),
+    ],
+)
+def test_start_up_says_whether_pull_secrets_carry_the_push_credentials(
+    pull_secret: dict[str, Any],
+    gauge: float,
+    warnings: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings(
+        target="owned.example.com/m", pull_secrets=PullSecretSettings(**pull_secret)
+    )
+    with caplog.at_level(logging.WARNING, logger="image_cloner"):
+        controller.report_pull_credentials(settings)
+    value = REGISTRY.get_sample_value("image_cloner_pull_secret_has_push_credentials")
+    assert value == gauge
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == warnings
+    if warnings:
+        assert messages[0].startswith("pullSecret.dockerConfig is not set: the managed pull")

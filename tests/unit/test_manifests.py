@@ -10,8 +10,8 @@ from cloner.model.credentials import DockerConfig
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
 
 
-def configmap(name: str) -> dict[str, str]:
-    for path in MANIFESTS.glob("*.yaml"):
+def configmap(name: str, directory: Path = MANIFESTS) -> dict[str, str]:
+    for path in directory.glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == name:
                 return doc["data"]
@@ -41,3 +41,14 @@ def test_deployment_points_the_controller_at_the_mounted_files() -> None:
     assert "/etc/image-cloner/config/config.yaml" in controller["args"]
     assert controller["securityContext"]["runAsNonRoot"] is True
     assert containers["dind"]["securityContext"]["privileged"] is True
+
+
+def test_read_only_pull_configmap_holds_another_account_for_the_owned_registry() -> None:
+    read_only = MANIFESTS.parent / "read-only-pull"
+    pull = DockerConfig.parse(configmap("docker-pull-configuration", read_only)["config.json"])
+    push = DockerConfig.parse(configmap("docker-configuration")["config.json"])
+    reader = pull.for_registry("registry.example.com")
+    pusher = push.for_registry("registry.example.com")
+    assert reader is not None and pusher is not None
+    assert reader.username != pusher.username
+    assert list(pull.credentials) == ["registry.example.com"]  # the owned entry alone

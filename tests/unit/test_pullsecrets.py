@@ -3,10 +3,17 @@
 import base64
 import json
 
-from cloner.model.credentials import DockerConfig
+import pytest
+
+from cloner.model.credentials import Credential, DockerConfig, HelperRef
 from cloner.model.pullsecrets import (
+    CREDENTIALS_UNAVAILABLE,
+    PULL_CREDENTIALS_MISSING,
+    OwnedEntry,
+    carries_push_credentials,
     desired_secret,
     dockerconfigjson,
+    pull_credential,
     secret_action,
     service_account_patch,
     updated_secret,
@@ -146,3 +153,76 @@ def test_workload_mode_adds_secret_in_the_image_patch() -> None:
     assert not [op for op in ops if "imagePullSecrets" in op["path"]]
     assert "added-pull-secret" not in json.dumps(ops)
     assert image_patch(bare, [], "s") == []
+
+
+# --- which credential the Secret holds (issue 28) -----------------------------------
+
+PUSH = Credential("owned.example.com:5000", "cloner", "push-pw")
+READ = Credential("owned.example.com:5000", "reader", "read-pw")
+HELPER = HelperRef("ecr-login", "owned.example.com:5000", "credHelpers")
+
+
+def entry(credential: Credential | None, helper: HelperRef | None, source: str) -> OwnedEntry:
+    return OwnedEntry(credential, helper, source)
+
+
+@pytest.mark.parametrize(
+    ("push", "pull", "credential", "reason"),
+    [
+        # pullSecret.dockerConfig unset: the push entry, as before issue 28.
+        ((PUSH, None), None, PUSH, ""),
+        ((None, HELPER), None, None, CREDENTIALS_UNAVAILABLE),
+        ((None, None), None, None, ""),  # anonymous pulls: no Secret
+        # Set: its entry, whatever the push file holds.
+        ((PUSH, None), (READ, None), READ, ""),
+        ((None, None), (READ, None), READ, ""),
+        ((PUSH, None), (None, HELPER), None, CREDENTIALS_UNAVAILABLE),
+        # No entry for the owned registry: never the push credentials.
+        ((PUSH, None), (None, None), None, PULL_CREDENTIALS_MISSING),
+        ((None, HELPER), (None, None), None, PULL_CREDENTIALS_MISSING),
+        ((None, None), (None, None), None, ""),  # neither file has one: anonymous
+    ],
+)
+def test_the_pull_credential_is_the_read_only_entry_when_configured(
+    push: tuple[Credential | None, HelperRef | None],
+    pull: tuple[Credential | None, HelperRef | None] | None,
+    credential: Credential | None,
+    reason: str,
+) -> None:
+    decided = pull_credential(
+        "owned.example.com:5000",
+        entry(*push, "/push/config.json"),
+        None if pull is None else entry(*pull, "/pull/config.json"),
+    )
+    assert decided.credential == credential
+    assert decided.reason == reason
+    assert bool(decided.message) == bool(reason)
+    assert "push-pw" not in decided.message and "read-pw" not in decided.message
+
+
+def test_a_missing_read_only_entry_names_both_files() -> None:
+    decided = pull_credential(
+        "owned.example.com:5000",
+        entry(PUSH, None, "/push/config.json"),
+        entry(None, None, "/pull/config.json"),
+    )
+    assert decided.message == (
+        "/pull/config.json (pullSecret.dockerConfig) has no entry for the owned registry "
+        "owned.example.com:5000; the push credentials of /push/config.json are never put "
+        "in pull secrets"
+    )
+
+
+@pytest.mark.parametrize(
+    ("provision", "pull_docker_config", "expected"),
+    [
+        (True, None, True),
+        (True, "/etc/image-cloner/pull-docker/config.json", False),
+        (False, None, False),  # no Secret is made at all
+        (False, "/etc/image-cloner/pull-docker/config.json", False),
+    ],
+)
+def test_secrets_carry_push_credentials_only_without_a_pull_config(
+    provision: bool, pull_docker_config: str | None, expected: bool
+) -> None:
+    assert carries_push_credentials(provision, pull_docker_config) is expected

@@ -300,6 +300,9 @@ def test_invalid_reference_counts_as_failure_reason() -> None:
 
 import base64  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
+
+import pytest  # noqa: E402
 
 from cloner.errors import KubeError  # noqa: E402
 from cloner.model.credentials import DockerConfig  # noqa: E402
@@ -307,13 +310,14 @@ from cloner.ops.provisioning import ADMISSION_SETTLE  # noqa: E402
 
 
 class Creds:
-    def __init__(self, password: str) -> None:
+    def __init__(self, password: str, user: str = "cloner") -> None:
+        self.user = user
         self.set(password)
 
     def set(self, password: str) -> None:
-        token = base64.b64encode(f"cloner:{password}".encode()).decode()
+        token = base64.b64encode(f"{self.user}:{password}".encode()).decode()
         self.current = DockerConfig.parse(json.dumps({"auths": {OWNED: {"auth": token}}}))
-        self.version = password
+        self.version = f"{self.user}:{password}"
 
 
 class SlowSecrets(FakeKube):
@@ -505,6 +509,73 @@ def test_changed_credentials_update_every_managed_secret_next_cycle() -> None:
     kube.calls.clear()
     reconciler.reconcile_once()
     assert kube.calls == []  # nothing left to do
+
+
+def secret_auth(kube: FakeKube, ns: str) -> bytes:
+    """The decoded ``auth`` of the owned entry of the managed Secret in ``ns``."""
+    data = kube.secrets[(ns, "image-cloner-pull-secret")]["data"][".dockerconfigjson"]
+    return base64.b64decode(json.loads(base64.b64decode(data))["auths"][OWNED]["auth"])
+
+
+PULL_CONFIG = Settings(
+    rollout=NO_CANARY,
+    target=f"{OWNED}/m",
+    copy=SKOPEO,
+    pull_secrets=PullSecretSettings(docker_config="/etc/pull/config.json"),
+)
+
+
+def test_read_only_credentials_go_into_the_secrets_and_follow_their_rotation() -> None:
+    kube = FakeKube(
+        [
+            workload("Deployment", "a", "web", "nginx:1.25"),
+            workload("Deployment", "b", "x", "redis"),
+        ]
+    )
+    for ns in ("a", "b"):
+        kube.accounts[(ns, "default")] = {"metadata": {"resourceVersion": "1"}}
+    push, read = Creds("push-pw"), Creds("read-pw", user="reader")
+    reconciler = make(kube, FakeRegistry(), PULL_CONFIG, push, pull_credentials=read)
+    summary = reconciler.reconcile_once()
+    assert summary.ok and sum(summary.patched.values()) == 2
+    assert [secret_auth(kube, ns) for ns in ("a", "b")] == [b"reader:read-pw"] * 2
+    # The read-only password rotates: every managed Secret follows next cycle.
+    read.set("read-pw-2")
+    kube.calls.clear()
+    reconciler.reconcile_once()
+    assert sorted(kube.calls) == ["update secret a", "update secret b"]
+    assert [secret_auth(kube, ns) for ns in ("a", "b")] == [b"reader:read-pw-2"] * 2
+    # The push password rotates: no Secret holds it, none is written.
+    push.set("push-pw-2")
+    kube.calls.clear()
+    reconciler.reconcile_once()
+    assert kube.calls == []
+
+
+def test_a_pull_config_without_the_owned_entry_holds_namespaces_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NoOwnedEntry:
+        current = DockerConfig.parse(json.dumps({"auths": {"other.example.com": {}}}))
+        version = "v1"
+
+    kube = FakeKube([workload("Deployment", "a", "web", "nginx:1.25")])
+    kube.accounts[("a", "default")] = {"metadata": {"resourceVersion": "1"}}
+    reconciler = make(
+        kube, FakeRegistry(), PULL_CONFIG, Creds("pw"), pull_credentials=NoOwnedEntry()
+    )
+    with caplog.at_level(logging.WARNING, logger="cloner.ops.provisioning"):
+        first = reconciler.reconcile_once()
+        second = reconciler.reconcile_once()
+    # Never a fall-back to the push credentials: no Secret, no patch.
+    assert kube.secrets == {} and kube.image("a/web", "c0") == "nginx:1.25"
+    for summary in (first, second):
+        ((namespace, reason, message),) = summary.provisioning.failures
+        assert (namespace, reason) == ("a", "pull_credentials_missing")
+        assert message.startswith("/etc/pull/config.json (pullSecret.dockerConfig) has no entry")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # once per version of the file
+    assert "/etc/pull/config.json (pullSecret.dockerConfig) has no entry" in warnings[0]
 
 
 def test_provision_false_creates_nothing() -> None:

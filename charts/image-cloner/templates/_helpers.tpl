@@ -26,6 +26,19 @@ object the API server refuses; each fails the render with what to change.
 {{- if and (not .Values.dockerConfig.existingSecret) (not .Values.dockerConfig.existingConfigMap) (not .Values.dockerConfig.json) -}}
 {{- fail "dockerConfig: set json, existingSecret or existingConfigMap" -}}
 {{- end -}}
+{{- if hasKey (.Values.config.pullSecret | default dict) "dockerConfig" -}}
+{{- fail "config.pullSecret.dockerConfig is set by the chart; use the top-level pullDockerConfig value (docs/helm.md)" -}}
+{{- end -}}
+{{- $pull := .Values.pullDockerConfig -}}
+{{- if gt (len (compact (list $pull.existingSecret $pull.existingConfigMap $pull.json))) 1 -}}
+{{- fail "set at most one of pullDockerConfig.existingSecret, pullDockerConfig.existingConfigMap and pullDockerConfig.json" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether read-only pull credentials are mounted (pullDockerConfig): "true" or "". */}}
+{{- define "image-cloner.pullDockerConfig" -}}
+{{- $pull := .Values.pullDockerConfig -}}
+{{- if or $pull.existingSecret $pull.existingConfigMap $pull.json }}true{{ end -}}
 {{- end -}}
 
 {{/* The controller image: repository:tag, the tag defaulting to appVersion. */}}
