@@ -34,9 +34,9 @@ from cloner.adapters.distribution import DistributionClient
 from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import Settings, load_settings
 from cloner.errors import ConfigError, KubeError
-from cloner.model.events import EventRecorder
 from cloner.model.identity import SKOPEO
 from cloner.model.pullsecrets import carries_push_credentials
+from cloner.ops.events import EventRecorder
 from cloner.ops.loop import Loop
 from cloner.ops.reconcile import Reconciler
 from cloner.ops.writes import WritePool

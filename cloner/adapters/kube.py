@@ -743,7 +743,7 @@ class KubeClient:
     # Events ------------------------------------------------------------------
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> str:
-        """Create a core/v1 Event (``events.EventRecorder``).
+        """Create a core/v1 Event (``ops.events.EventRecorder``).
 
         Args:
             namespace: the Event's namespace (the involved object's).

@@ -35,8 +35,6 @@ from cloner.model.events import (
     SWITCH_SLOW,
     SWITCH_UNDONE,
     WARNING,
-    EventRecorder,
-    NullRecorder,
     clean_message,
     rfc3339,
     switch_completed_message,
@@ -61,6 +59,7 @@ from cloner.model.rollout import (
     rollout_status,
 )
 from cloner.model.workloads import Container, Workload, kind_info, undo_patch
+from cloner.ops.events import EventRecorder, NullRecorder
 from cloner.ops.state import StateStore
 
 log = logging.getLogger(__name__)

@@ -57,8 +57,6 @@ from cloner.model.events import (
     SIGNATURES_NOT_COPIED,
     SOURCE_MOVED,
     WARNING,
-    EventRecorder,
-    NullRecorder,
     clone_failed_message,
     cloned_message,
     owned_copy_replaced_message,
@@ -87,6 +85,7 @@ from cloner.model.workloads import (
 from cloner.ops.artifacts import ArtifactAPI, ArtifactCopier
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult
 from cloner.ops.copycheck import ManifestAPI
+from cloner.ops.events import EventRecorder, NullRecorder
 from cloner.ops.guard import GuardAPI, RolloutGuard, RolloutReport
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 from cloner.ops.state import StateStore
@@ -296,7 +295,7 @@ class Reconciler:
             (``credentials.CredentialStore``); None means none (no Secret).
         clock: monotonic seconds (injectable for tests).
         events: records Kubernetes Events on the workloads acted on
-            (``events.EventRecorder``); None records none.
+            (``ops.events.EventRecorder``); None records none.
         engine_platform: for the Docker backend, returns the engine's
             ``os/arch`` (``engine.DockerRegistry.engine_platform``).
         wall: epoch seconds (injectable for tests).

@@ -45,8 +45,6 @@ from cloner.errors import InvalidReference, KubeError
 from cloner.model.events import (
     NORMAL,
     REVERTED,
-    EventRecorder,
-    NullRecorder,
     reverted_message,
 )
 from cloner.model.reference import Policy, parse_reference
@@ -58,6 +56,7 @@ from cloner.model.workloads import (
     annotation_pointer,
     recorded_originals,
 )
+from cloner.ops.events import EventRecorder, NullRecorder
 
 if TYPE_CHECKING:
     from cloner.config import Settings

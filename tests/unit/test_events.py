@@ -22,10 +22,9 @@ from cloner.model.events import (
     WARNING,
     EventAggregator,
     EventKey,
-    EventRecorder,
-    NullRecorder,
 )
 from cloner.model.workloads import Workload
+from cloner.ops.events import EventRecorder, NullRecorder
 
 WEB = Workload("Deployment", "shop", "web", uid="uid-web", resource_version="7")
 API = Workload("Deployment", "shop", "api", uid="uid-api", resource_version="3")

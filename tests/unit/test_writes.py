@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from cloner.model.events import NORMAL, PATCHED, EventAggregator, EventRecorder
+from cloner.model.events import NORMAL, PATCHED, EventAggregator
+from cloner.ops.events import EventRecorder
 from cloner.ops.writes import WritePool
 from tests.unit.test_events import WEB, Clock, FakeEvents
 
