@@ -54,7 +54,7 @@ from cloner.model.identity import BackendName
 from cloner.model.lease import validate_timing
 from cloner.model.pullsecrets import AttachMode
 from cloner.model.reference import NamingStrategy, Policy, Target
-from cloner.model.workloads import GitopsMode
+from cloner.model.workloads import GitopsMode, NamespaceScope
 
 # Kubernetes object names: RFC 1123 DNS subdomain (apimachinery validation).
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -332,6 +332,11 @@ class Settings:
             "policy",
             Policy(owned, tuple(others), self.include_images, self.exclude_images),
         )
+
+    @property
+    def namespace_scope(self) -> NamespaceScope:
+        """``namespaces.include`` and ``excluded_namespaces`` as one decision."""
+        return NamespaceScope(self.include_namespaces, self.excluded_namespaces)
 
     @property
     def excluded_namespaces(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ its image changed since the read, so a concurrent edit is never overwritten.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -273,18 +273,37 @@ class Workload:
         return f"{pod_spec_pointer(self.kind)}/imagePullSecrets"
 
 
-def namespace_in_scope(namespace: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    """True when a namespace is reconciled.
+@dataclass(frozen=True, slots=True)
+class NamespaceScope:
+    """Which namespaces are reconciled: the one place that decides it.
 
-    Args:
-        namespace: the namespace name.
-        include: glob patterns (``fnmatch``, case-sensitive); empty means all.
-        exclude: glob patterns; an exclusion wins over an inclusion.
+    Used alike by a cycle, ``plan`` and the report of Jobs and bare Pods.
+
+    Attributes:
+        include: glob patterns (``fnmatch``, case-sensitive); empty means all
+            (``namespaces.include``).
+        exclude: glob patterns; an exclusion wins over an inclusion
+            (``namespaces.exclude`` plus the controller's own namespace).
     """
-    if any(fnmatchcase(namespace, pattern) for pattern in exclude):
-        return False
-    include = tuple(include)
-    return not include or any(fnmatchcase(namespace, pattern) for pattern in include)
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def contains(self, namespace: str) -> bool:
+        """True when ``namespace`` is reconciled."""
+        if any(fnmatchcase(namespace, pattern) for pattern in self.exclude):
+            return False
+        return not self.include or any(fnmatchcase(namespace, p) for p in self.include)
+
+    @property
+    def exact_exclusions(self) -> tuple[str, ...]:
+        """The excluded names that are no pattern: what a list call may leave out.
+
+        Sent to the API server as ``metadata.namespace!=NAME`` field selectors
+        (which match names exactly, never globs), so it does not send what
+        ``contains`` would drop anyway.
+        """
+        return tuple(ns for ns in self.exclude if not any(c in ns for c in "*?["))
 
 
 #: Label or annotation that opts a workload, or every workload of a

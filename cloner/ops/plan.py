@@ -43,7 +43,8 @@ from cloner.model.workloads import (
     plan_workload,
 )
 from cloner.ops.artifacts import ArtifactCopier
-from cloner.ops.reconcile import KubeAPI, list_in_scope, unpatchable_public
+from cloner.ops.listing import list_in_scope, unpatchable_public
+from cloner.ops.reconcile import KubeAPI
 
 
 class ManifestLookup(Protocol):

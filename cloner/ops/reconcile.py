@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,25 +68,22 @@ from cloner.model.events import (
 from cloner.model.reference import parse_reference
 from cloner.model.state import StateBook
 from cloner.model.workloads import (
-    KINDS,
     UNPATCHABLE_KINDS,
     Container,
     ContainerPlan,
     Decision,
-    GitopsMode,
     NamespaceInfo,
     Workload,
     describe,
     image_patch,
-    namespace_in_scope,
     original_images,
-    plan_workload,
 )
 from cloner.ops.artifacts import ArtifactAPI, ArtifactCopier
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult
 from cloner.ops.copycheck import ManifestAPI
 from cloner.ops.events import EventRecorder, NullRecorder
 from cloner.ops.guard import GuardAPI, RolloutGuard, RolloutReport
+from cloner.ops.listing import list_in_scope, unpatchable_public
 from cloner.ops.provisioning import Credentials, ProvisionReport, PullSecrets, SecretAPI
 from cloner.ops.state import StateStore
 from cloner.ops.writes import WritePool
@@ -98,7 +95,6 @@ __all__ = [
     "ManifestAPI",
     "Reconciler",
     "Summary",
-    "list_in_scope",
 ]
 
 FIGHT_WINDOW = 3600.0  # seconds over which fightLimit counts patches
@@ -931,59 +927,6 @@ def _relay(done: Future[None], to: Future[None]) -> None:
         to.set_exception(error)
     else:
         to.set_result(None)
-
-
-def list_in_scope(
-    kube: KubeAPI, settings: Settings
-) -> tuple[list[Workload], list[tuple[str, str]]]:
-    """List the workloads of every kind in the namespaces in scope.
-
-    Exact excluded names go to the API server as a field selector, so it does
-    not send what would be dropped; patterns (and the rule itself) are applied
-    here.
-
-    Returns:
-        ``(workloads, failures)``; a kind whose list failed is left out and
-        named in ``failures`` as ``(kind, message)``.
-    """
-    include = settings.include_namespaces
-    excluded = settings.excluded_namespaces
-    exact = [ns for ns in excluded if not any(c in ns for c in "*?[")]
-    workloads: list[Workload] = []
-    failures: list[tuple[str, str]] = []
-    for kind in KINDS:
-        try:
-            found = list(kube.list_workloads(kind, exact))
-        except KubeError as exc:
-            failures.append((kind, str(exc)))
-            log.error("listing %s failed, skipping them this cycle: %s", kind, exc)
-            continue
-        workloads += [w for w in found if namespace_in_scope(w.namespace, include, excluded)]
-    return workloads, failures
-
-
-def unpatchable_public(
-    kube: KubeAPI, settings: Settings, namespaces: Mapping[str, NamespaceInfo]
-) -> Iterator[tuple[Workload, list[ContainerPlan]]]:
-    """Jobs and bare Pods in scope, each with the plans of its images that would be cloned.
-
-    Their templates cannot be patched, so a cycle only reports them and
-    ``plan`` lists them. Workloads without such images are left out.
-
-    Raises:
-        KubeError: the list failed.
-    """
-    for workload in kube.list_unpatchable(settings.excluded_namespaces):
-        if not namespace_in_scope(
-            workload.namespace, settings.include_namespaces, settings.excluded_namespaces
-        ):
-            continue
-        plans = plan_workload(
-            workload, settings.policy, namespaces.get(workload.namespace), GitopsMode.PATCH
-        )
-        public = [p for p in plans if p.decision == Decision.CLONE]
-        if public:
-            yield workload, public
 
 
 def _rebase(changes: list[tuple[Container, str]], fresh: Workload) -> list[tuple[Container, str]]:

@@ -148,13 +148,16 @@ def test_patch_is_empty_when_nothing_changes() -> None:
 
 
 def test_namespace_scope_globs_exclude_wins() -> None:
-    from cloner.model.workloads import namespace_in_scope
+    from cloner.model.workloads import NamespaceScope
 
-    assert namespace_in_scope("shop", (), ("kube-*",))
-    assert not namespace_in_scope("kube-system", (), ("kube-*",))
-    assert namespace_in_scope("team-a", ("team-*",), ())
-    assert not namespace_in_scope("other", ("team-*",), ())
-    assert not namespace_in_scope("team-x", ("team-*",), ("team-x",))
+    assert NamespaceScope((), ("kube-*",)).contains("shop")
+    assert not NamespaceScope((), ("kube-*",)).contains("kube-system")
+    assert NamespaceScope(("team-*",), ()).contains("team-a")
+    assert not NamespaceScope(("team-*",), ()).contains("other")
+    assert not NamespaceScope(("team-*",), ("team-x",)).contains("team-x")
+    # Only exact names go to the API server's field selector, never a glob.
+    scope = NamespaceScope((), ("kube-*", "image-cloner", "te?t", "[ab]x"))
+    assert scope.exact_exclusions == ("image-cloner",)
 
 
 def test_owned_registries_are_never_cloned() -> None:
