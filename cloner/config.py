@@ -835,13 +835,20 @@ def write_chart_schema(path: Path) -> None:
 
 
 def chart_set_properties(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The chart-set keys of a ``config`` block: dotted key -> its description-only schema."""
+    """The properties of a ``config`` block the chart owns: dotted key -> its schema.
+
+    Two kinds: a key the chart sets itself (its schema holds only a
+    ``description``), and a key the chart must hold tighter than the
+    controller does, marked with a ``$comment`` that says why (the chart's
+    probes need ``metricsPort`` above 0). Both are kept as they are by
+    ``write_chart_schema``.
+    """
     found: dict[str, Any] = {}
     for name, value in config.get("properties", {}).items():
-        if set(value) == {"description"}:
+        if set(value) == {"description"} or "$comment" in value:
             found[name] = value
         for sub, subvalue in value.get("properties", {}).items():
-            if set(subvalue) == {"description"}:
+            if set(subvalue) == {"description"} or "$comment" in subvalue:
                 found[f"{name}.{sub}"] = subvalue
     return found
 

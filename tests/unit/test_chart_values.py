@@ -48,9 +48,19 @@ def test_the_schema_config_block_is_the_generated_one() -> None:
 
 
 def test_every_key_is_a_value_or_set_by_the_chart() -> None:
-    chart_set = set(chart_set_properties(schema_config()))
+    owned = chart_set_properties(schema_config())
+    chart_set = {k for k, v in owned.items() if set(v) == {"description"}}
     assert set(values_config()) | chart_set == set(KEYS_BY_YAML)
     assert not set(values_config()) & chart_set
+
+
+def test_a_key_the_chart_holds_tighter_accepts_nothing_the_controller_refuses() -> None:
+    tighter = {k: v for k, v in chart_set_properties(schema_config()).items() if "$comment" in v}
+    assert set(tighter) == {"metricsPort"}  # the chart's probes need the port
+    for key, schema in tighter.items():
+        loader = KEYS_BY_YAML[key]
+        assert loader.low is None or schema["minimum"] >= loader.low, key
+        assert loader.high is None or schema["maximum"] <= loader.high, key
 
 
 @pytest.mark.parametrize("key", KEYS, ids=lambda k: k.yaml)
