@@ -37,6 +37,7 @@ from cloner.adapters.curl import Answer, CurlSettings, CurlTransport
 from cloner.errors import ConfigError, KubeError
 from cloner.model.workloads import (
     UNPATCHABLE_KINDS,
+    JsonPatch,
     KindInfo,
     NamespaceInfo,
     Workload,
@@ -494,7 +495,7 @@ class KubeClient:
             if not token:
                 return
 
-    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
+    def patch_workload(self, workload: Workload, patch: JsonPatch) -> None:
         """Apply a JSON patch (RFC 6902) to a workload.
 
         Args:
@@ -695,7 +696,7 @@ class KubeClient:
             namespace,
         )
 
-    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> str:
+    def patch_service_account(self, namespace: str, name: str, patch: JsonPatch) -> str:
         """Apply a JSON patch to a ServiceAccount.
 
         Returns:
@@ -768,9 +769,7 @@ class KubeClient:
             raise translate_error(ValueError("no metadata.name in the created Event"), what)
         return name
 
-    def patch_event(
-        self, namespace: str, name: str, patch: list[dict[str, Any]] | dict[str, Any]
-    ) -> None:
+    def patch_event(self, namespace: str, name: str, patch: JsonPatch | dict[str, Any]) -> None:
         """Patch a core/v1 Event, for example its ``count`` and ``lastTimestamp``.
 
         Args:

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from cloner.model.credentials import Credential, HelperRef
-from cloner.model.workloads import ADDED_PULL_SECRET, annotation_ops
+from cloner.model.workloads import ADDED_PULL_SECRET, JsonPatch, annotation_ops
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "image-cloner"
@@ -229,7 +229,7 @@ def references_secret(pull_secrets: Sequence[Mapping[str, Any]] | None, name: st
     return any((entry or {}).get("name") == name for entry in pull_secrets or ())
 
 
-def service_account_patch(service_account: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+def service_account_patch(service_account: Mapping[str, Any], name: str) -> JsonPatch:
     """The JSON patch that appends the Secret to a ServiceAccount's ``imagePullSecrets``.
 
     Entries already there are kept as they are. The patch ``test``s the

@@ -135,6 +135,10 @@ def pod_spec_of(kind: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
+#: A JSON patch (RFC 6902): the list of its operations, as sent with
+#: ``application/json-patch+json``.
+JsonPatch = list[dict[str, Any]]
+
 #: Pod template lists that hold containers whose image can be changed.
 #: (Ephemeral containers cannot be set on a template.)
 CONTAINER_LISTS = ("initContainers", "containers")
@@ -581,7 +585,7 @@ def annotation_pointer(key: str) -> str:
 
 def annotation_ops(
     current: Mapping[str, str], resource_version: str, updates: Mapping[str, str]
-) -> list[dict[str, Any]]:
+) -> JsonPatch:
     """JSON patch operations that set annotations without losing concurrent edits.
 
     Args:
@@ -601,7 +605,7 @@ def annotation_ops(
             {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
             {"op": "add", "path": "/metadata/annotations", "value": dict(updates)},
         ]
-    operations: list[dict[str, Any]] = []
+    operations: JsonPatch = []
     for key, value in updates.items():
         path = annotation_pointer(key)
         if key in current:
@@ -616,7 +620,7 @@ def image_patch(
     workload: Workload,
     changes: Sequence[tuple[Container, str]],
     pull_secret: str | None = None,
-) -> list[dict[str, Any]]:
+) -> JsonPatch:
     """The JSON patch (RFC 6902) that switches a workload's containers to new images.
 
     For each change it first ``test``s that the container at that index still
@@ -637,7 +641,7 @@ def image_patch(
     Returns:
         The list of patch operations (empty when there are no changes).
     """
-    operations: list[dict[str, Any]] = []
+    operations: JsonPatch = []
     originals = original_images(workload.annotations)
     for container, image in changes:
         if image == container.image:
@@ -697,7 +701,7 @@ def undo_patch(
     owned: Mapping[str, str],
     originals: Mapping[str, str],
     record: Mapping[str, Any],
-) -> list[dict[str, Any]]:
+) -> JsonPatch:
     """The JSON patch (RFC 6902) that takes a failed switch back.
 
     One patch, guarded by a ``test`` of the ``resourceVersion`` that was
@@ -718,7 +722,7 @@ def undo_patch(
         The operations; empty when no switched container still holds its
         owned reference (someone changed it since: nothing to undo).
     """
-    operations: list[dict[str, Any]] = [
+    operations: JsonPatch = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": workload.resource_version}
     ]
     restored: set[str] = set()

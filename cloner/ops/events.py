@@ -30,7 +30,7 @@ from cloner.model.events import (
     event_body,
     rfc3339,
 )
-from cloner.model.workloads import Workload
+from cloner.model.workloads import JsonPatch, Workload
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ class EventAPI(Protocol):
         """Create a core/v1 Event; return its ``metadata.name``. Raises ``KubeError``."""
         ...
 
-    def patch_event(
-        self, namespace: str, name: str, patch: list[dict[str, Any]] | dict[str, Any]
-    ) -> None:
+    def patch_event(self, namespace: str, name: str, patch: JsonPatch | dict[str, Any]) -> None:
         """Patch an Event (a dict: strategic merge; a list: JSON patch). Raises ``KubeError``."""
         ...
 

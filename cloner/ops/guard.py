@@ -58,7 +58,7 @@ from cloner.model.rollout import (
     revision_pods,
     rollout_status,
 )
-from cloner.model.workloads import Container, Workload, kind_info, undo_patch
+from cloner.model.workloads import Container, JsonPatch, Workload, kind_info, undo_patch
 from cloner.ops.events import EventRecorder, NullRecorder
 from cloner.ops.state import StateStore
 
@@ -72,7 +72,7 @@ class GuardAPI(Protocol):
         """Objects of ``resource`` (plural) in ``namespace`` as JSON dicts; raises ``KubeError``."""
         ...
 
-    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
+    def patch_workload(self, workload: Workload, patch: JsonPatch) -> None:
         """Apply a JSON patch; raises ``KubeError`` (``conflict`` on a failed test)."""
         ...
 

@@ -38,6 +38,7 @@ from cloner.model.pullsecrets import (
     service_account_patch,
     updated_secret,
 )
+from cloner.model.workloads import JsonPatch
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class SecretAPI(Protocol):
         """The ServiceAccount, None if absent; raises ``KubeError``."""
         ...
 
-    def patch_service_account(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> str:
+    def patch_service_account(self, namespace: str, name: str, patch: JsonPatch) -> str:
         """Apply a JSON patch to a ServiceAccount; returns its new resourceVersion.
 
         Raises ``KubeError``.

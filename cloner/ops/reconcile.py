@@ -72,6 +72,7 @@ from cloner.model.workloads import (
     Container,
     ContainerPlan,
     Decision,
+    JsonPatch,
     NamespaceInfo,
     Workload,
     describe,
@@ -111,7 +112,7 @@ class KubeAPI(SecretAPI, GuardAPI, Protocol):
         """Every workload of ``kind`` outside the excluded namespaces; raises ``KubeError``."""
         ...
 
-    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
+    def patch_workload(self, workload: Workload, patch: JsonPatch) -> None:
         """Apply a JSON patch; raises ``KubeError``."""
         ...
 

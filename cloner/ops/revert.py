@@ -52,6 +52,7 @@ from cloner.model.workloads import (
     ADDED_PULL_SECRET,
     KINDS,
     ORIGINAL_IMAGES,
+    JsonPatch,
     Workload,
     annotation_pointer,
     recorded_originals,
@@ -207,9 +208,7 @@ class RevertPlan:
         return out
 
 
-def pull_secret_removal(
-    path: str, names: Iterable[str] | None, secret: str
-) -> list[dict[str, Any]] | None:
+def pull_secret_removal(path: str, names: Iterable[str] | None, secret: str) -> JsonPatch | None:
     """JSON patch operations removing a pull Secret entry the controller added.
 
     The one rule for workloads and ServiceAccounts alike: the controller
@@ -243,9 +242,9 @@ def pull_secret_removal(
 
 def _restore(
     workload: Workload, originals: Mapping[str, str], is_owned: Callable[[str], bool]
-) -> tuple[list[ContainerRevert], list[dict[str, Any]], list[tuple[str, str]]]:
+) -> tuple[list[ContainerRevert], JsonPatch, list[tuple[str, str]]]:
     """Per recorded container its action; the patch operations; what stays owned after it."""
-    operations: list[dict[str, Any]] = []
+    operations: JsonPatch = []
     containers: list[ContainerRevert] = []
     owned_after: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -414,7 +413,7 @@ def service_account_revert_patch(
     users = tuple(sorted(users))
     if users:
         return ServiceAccountPlan(namespace, name, pull_secret, PullSecretAction.KEPT, users=users)
-    operations: list[dict[str, Any]] = [
+    operations: JsonPatch = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")}
     ]
     names = [(e or {}).get("name", "") for e in service_account.get("imagePullSecrets") or ()]
@@ -434,7 +433,7 @@ class RevertAPI(Protocol):
         """Every workload of a kind, in one namespace or all; raises ``KubeError``."""
         ...
 
-    def patch_workload(self, workload: Workload, patch: list[dict[str, Any]]) -> None:
+    def patch_workload(self, workload: Workload, patch: JsonPatch) -> None:
         """Apply a JSON patch to a workload; raises ``KubeError``."""
         ...
 
@@ -442,9 +441,7 @@ class RevertAPI(Protocol):
         """The ServiceAccount, None if absent; raises ``KubeError``."""
         ...
 
-    def patch_service_account(
-        self, namespace: str, name: str, patch: list[dict[str, Any]]
-    ) -> object:
+    def patch_service_account(self, namespace: str, name: str, patch: JsonPatch) -> object:
         """Apply a JSON patch to a ServiceAccount (the result is not used); raises ``KubeError``."""
         ...
 
