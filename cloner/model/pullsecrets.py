@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from cloner.model.credentials import Credential, HelperRef
-from cloner.model.workloads import ADDED_PULL_SECRET, JsonPatch, annotation_ops
+from cloner.model.workloads import ADDED_PULL_SECRET, JsonPatch, annotation_ops, pull_secret_ops
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "image-cloner"
@@ -224,38 +224,67 @@ def updated_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> d
     return {**desired, "metadata": metadata}
 
 
-def references_secret(pull_secrets: Sequence[Mapping[str, Any]] | None, name: str) -> bool:
-    """True when an ``imagePullSecrets`` list already names the Secret."""
-    return any((entry or {}).get("name") == name for entry in pull_secrets or ())
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """A core/v1 ServiceAccount as the pull Secret rules need it (snapshot of the API object).
+
+    Attributes:
+        namespace, name: where it is.
+        resource_version: ``metadata.resourceVersion`` as read (what patches
+            ``test``).
+        annotations: its annotations.
+        pull_secrets: the names in its ``imagePullSecrets``, in order; None
+            when the field is absent.
+    """
+
+    namespace: str
+    name: str
+    resource_version: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    pull_secrets: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> ServiceAccount:
+        """The snapshot of a ServiceAccount as the API returns it (JSON dict)."""
+        meta = obj.get("metadata") or {}
+        listed = obj.get("imagePullSecrets")
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            resource_version=str(meta.get("resourceVersion", "")),
+            annotations=dict(meta.get("annotations") or {}),
+            pull_secrets=(
+                None if listed is None else tuple(str((e or {}).get("name", "")) for e in listed)
+            ),
+        )
+
+    def lists(self, secret: str) -> bool:
+        """True when its ``imagePullSecrets`` names ``secret``."""
+        return secret in (self.pull_secrets or ())
 
 
-def service_account_patch(service_account: Mapping[str, Any], name: str) -> JsonPatch:
+def service_account_patch(account: ServiceAccount, name: str) -> JsonPatch:
     """The JSON patch that appends the Secret to a ServiceAccount's ``imagePullSecrets``.
 
-    Entries already there are kept as they are. The patch ``test``s the
-    ``resourceVersion`` that was read, so a concurrent edit of the
-    ServiceAccount makes the API server refuse it rather than lose either change.
-    It also sets the ``image-cloner.io/added-pull-secret`` annotation, so
-    ``revert`` removes only what the controller added.
+    ``workloads.pull_secret_ops`` decides the list; the patch ``test``s the
+    ``resourceVersion`` that was read first, so a concurrent edit of the
+    ServiceAccount makes the API server refuse it rather than lose either
+    change. It also sets the ``image-cloner.io/added-pull-secret``
+    annotation, so ``revert`` removes only what the controller added.
 
     Args:
-        service_account: the ServiceAccount as read (JSON dict).
+        account: the ServiceAccount as read.
         name: the Secret name.
 
     Returns:
         The operations, or ``[]`` when the Secret is already listed.
     """
-    current = service_account.get("imagePullSecrets")
-    if references_secret(current, name):
+    added = pull_secret_ops("/imagePullSecrets", account.pull_secrets, name)
+    if not added:
         return []
-    version = (service_account.get("metadata") or {}).get("resourceVersion", "")
+    version = account.resource_version
     test = {"op": "test", "path": "/metadata/resourceVersion", "value": version}
-    if current is None:
-        add = {"op": "add", "path": "/imagePullSecrets", "value": [{"name": name}]}
-    else:
-        add = {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": name}}
-    annotations = (service_account.get("metadata") or {}).get("annotations") or {}
-    marks = annotation_ops(annotations, version, {ADDED_PULL_SECRET: name})
+    marks = annotation_ops(account.annotations, version, {ADDED_PULL_SECRET: name})
     if marks and marks[0]["path"] == "/metadata/resourceVersion":
         marks = marks[1:]  # tested once already
-    return [test, add, *marks]
+    return [test, *added, *marks]

@@ -531,6 +531,66 @@ ORIGINAL_IMAGES = "image-cloner.io/original-images"
 ADDED_PULL_SECRET = "image-cloner.io/added-pull-secret"
 
 
+def pull_secret_ops(
+    path: str,
+    names: Sequence[str] | None,
+    secret: str,
+    *,
+    remove: bool = False,
+    resource_version: str | None = None,
+) -> JsonPatch:
+    """The one rule for an ``imagePullSecrets`` list, a pod template's or a ServiceAccount's.
+
+    Adding: the entry is appended when absent, and entries already there are
+    kept as they are; when the field is absent it is created, and since that
+    would replace a list added concurrently, the ``resourceVersion`` that was
+    read is ``test``ed first (RFC 6902; the API server refuses the patch if
+    the object changed). Removing (``revert``): the controller appended its
+    entry, so the last entry of that name is its own; when it is the only
+    entry, the controller created the field, and the whole field goes. Each
+    removal is guarded by a ``test`` of what it removes.
+
+    Args:
+        path: JSON pointer of the list (``Workload.pull_secrets_path``,
+            ``/imagePullSecrets`` for a ServiceAccount).
+        names: the names listed there, in order; None when the field is absent.
+        secret: the Secret name.
+        remove: remove it instead of adding it.
+        resource_version: what to ``test`` before creating the field; None
+            when the caller tests it already.
+
+    Returns:
+        The operations; ``[]`` when there is nothing to do (already listed,
+        or not listed for a removal).
+    """
+    entries = list(names or ())
+    if remove:
+        positions = [i for i, name in enumerate(entries) if name == secret]
+        if not positions:
+            return []
+        if len(entries) == 1:
+            return [
+                {"op": "test", "path": path, "value": [{"name": secret}]},
+                {"op": "remove", "path": path},
+            ]
+        index = positions[-1]
+        return [
+            {"op": "test", "path": f"{path}/{index}/name", "value": secret},
+            {"op": "remove", "path": f"{path}/{index}"},
+        ]
+    if secret in entries:
+        return []
+    if names is not None:
+        return [{"op": "add", "path": f"{path}/-", "value": {"name": secret}}]
+    created: JsonPatch = [{"op": "add", "path": path, "value": [{"name": secret}]}]
+    if resource_version is None:
+        return created
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        *created,
+    ]
+
+
 def recorded_originals(annotations: Mapping[str, str]) -> dict[str, str] | None:
     """The ``image-cloner.io/original-images`` annotation, strictly parsed.
 
@@ -657,32 +717,15 @@ def image_patch(
     annotations = {ORIGINAL_IMAGES: json.dumps(originals, sort_keys=True, separators=(",", ":"))}
     guarded = False
     if pull_secret:
-        current = workload.pull_secrets
-        if current is None:
-            # Adding the whole list would replace one added concurrently, so
-            # this case is guarded by the resourceVersion that was read.
-            guarded = True
-            operations += [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": workload.resource_version,
-                },
-                {
-                    "op": "add",
-                    "path": workload.pull_secrets_path,
-                    "value": [{"name": pull_secret}],
-                },
-            ]
-        elif pull_secret not in current:
-            operations.append(
-                {
-                    "op": "add",
-                    "path": f"{workload.pull_secrets_path}/-",
-                    "value": {"name": pull_secret},
-                }
-            )
-        if current is None or pull_secret not in current:
+        added = pull_secret_ops(
+            workload.pull_secrets_path,
+            workload.pull_secrets,
+            pull_secret,
+            resource_version=workload.resource_version,
+        )
+        guarded = workload.pull_secrets is None
+        operations += added
+        if added:
             annotations[ADDED_PULL_SECRET] = pull_secret
     extra = annotation_ops(workload.annotations, workload.resource_version, annotations)
     if guarded and extra and extra[0]["path"] == "/metadata/resourceVersion":

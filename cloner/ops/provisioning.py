@@ -30,10 +30,10 @@ from cloner.model.pullsecrets import (
     AttachMode,
     OwnedEntry,
     PullCredential,
+    ServiceAccount,
     desired_secret,
     is_managed,
     pull_credential,
-    references_secret,
     secret_action,
     service_account_patch,
     updated_secret,
@@ -350,7 +350,7 @@ class PullSecrets:
                     "serviceaccount_missing",
                     f"ServiceAccount {namespace}/{name} does not exist",
                 )
-            patch = service_account_patch(account, self.name)
+            patch = service_account_patch(ServiceAccount.from_api(account), self.name)
             if patch:
                 version = self._kube.patch_service_account(namespace, name, patch)
                 with self._lock:
@@ -370,7 +370,7 @@ class PullSecrets:
         Raises ``KubeError`` (the caller records it).
         """
         seen = self._kube.service_account_at_least(namespace, name, version) if version else None
-        if seen is None or not references_secret(seen.get("imagePullSecrets"), self.name):
+        if seen is None or not ServiceAccount.from_api(seen).lists(self.name):
             return self._fail(
                 namespace,
                 "api_error",

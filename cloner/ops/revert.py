@@ -47,6 +47,7 @@ from cloner.model.events import (
     REVERTED,
     reverted_message,
 )
+from cloner.model.pullsecrets import ServiceAccount
 from cloner.model.reference import Policy, parse_reference
 from cloner.model.workloads import (
     ADDED_PULL_SECRET,
@@ -55,6 +56,7 @@ from cloner.model.workloads import (
     JsonPatch,
     Workload,
     annotation_pointer,
+    pull_secret_ops,
     recorded_originals,
 )
 from cloner.ops.events import EventRecorder, NullRecorder
@@ -208,38 +210,6 @@ class RevertPlan:
         return out
 
 
-def pull_secret_removal(path: str, names: Iterable[str] | None, secret: str) -> JsonPatch | None:
-    """JSON patch operations removing a pull Secret entry the controller added.
-
-    The one rule for workloads and ServiceAccounts alike: the controller
-    appended its entry, so the last entry of that name is its own; when it is
-    the only entry, the controller created the field, and the whole field
-    goes. Each removal is guarded by a ``test`` of what it removes.
-
-    Args:
-        path: JSON pointer of the ``imagePullSecrets`` list.
-        names: the names listed there, in order; None when the field is absent.
-        secret: the Secret name the annotation records.
-
-    Returns:
-        The operations, or None when no entry of that name is listed.
-    """
-    entries = list(names or ())
-    positions = [i for i, name in enumerate(entries) if name == secret]
-    if not positions:
-        return None
-    if len(entries) == 1:
-        return [
-            {"op": "test", "path": path, "value": [{"name": secret}]},
-            {"op": "remove", "path": path},
-        ]
-    index = positions[-1]
-    return [
-        {"op": "test", "path": f"{path}/{index}/name", "value": secret},
-        {"op": "remove", "path": f"{path}/{index}"},
-    ]
-
-
 def _restore(
     workload: Workload, originals: Mapping[str, str], is_owned: Callable[[str], bool]
 ) -> tuple[list[ContainerRevert], JsonPatch, list[tuple[str, str]]]:
@@ -315,10 +285,10 @@ def revert_patch(workload: Workload, is_owned: Callable[[str], bool]) -> RevertP
 
     pull_secret_action: PullSecretAction | None = None
     if pull_secret is not None:
-        removal = pull_secret_removal(
-            workload.pull_secrets_path, workload.pull_secrets, pull_secret
+        removal = pull_secret_ops(
+            workload.pull_secrets_path, workload.pull_secrets, pull_secret, remove=True
         )
-        if removal is None:
+        if not removal:
             pull_secret_action = PullSecretAction.ABSENT
         elif owned_after:
             pull_secret_action = PullSecretAction.KEPT
@@ -388,12 +358,12 @@ class ServiceAccountPlan:
 
 
 def service_account_revert_patch(
-    service_account: Mapping[str, Any], users: Iterable[str] = ()
+    account: ServiceAccount, users: Iterable[str] = ()
 ) -> ServiceAccountPlan | None:
     """Plan the revert of one ServiceAccount. Pure: no I/O.
 
     Args:
-        service_account: the core/v1 ServiceAccount as read (JSON dict).
+        account: the ServiceAccount as read (``pullsecrets.ServiceAccount``).
         users: the workloads (``Kind ns/name``) in its namespace that run as it
             and still use owned images (after their own revert).
 
@@ -404,22 +374,19 @@ def service_account_revert_patch(
         name from ``imagePullSecrets`` (the whole field when it is the only
         entry, as the controller then created the field) and the annotation.
     """
-    meta = service_account.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    pull_secret = annotations.get(ADDED_PULL_SECRET)
+    pull_secret = account.annotations.get(ADDED_PULL_SECRET)
     if pull_secret is None:
         return None
-    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    namespace, name = account.namespace, account.name
     users = tuple(sorted(users))
     if users:
         return ServiceAccountPlan(namespace, name, pull_secret, PullSecretAction.KEPT, users=users)
     operations: JsonPatch = [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")}
+        {"op": "test", "path": "/metadata/resourceVersion", "value": account.resource_version}
     ]
-    names = [(e or {}).get("name", "") for e in service_account.get("imagePullSecrets") or ()]
-    removal = pull_secret_removal("/imagePullSecrets", names, pull_secret)
-    action = PullSecretAction.ABSENT if removal is None else PullSecretAction.REMOVE
-    operations += removal or []
+    removal = pull_secret_ops("/imagePullSecrets", account.pull_secrets, pull_secret, remove=True)
+    action = PullSecretAction.REMOVE if removal else PullSecretAction.ABSENT
+    operations += removal
     operations.append({"op": "remove", "path": annotation_pointer(ADDED_PULL_SECRET)})
     return ServiceAccountPlan(namespace, name, pull_secret, action, tuple(operations))
 
@@ -626,7 +593,9 @@ class _Revert:
             return
         if found is None:
             return
-        plan = service_account_revert_patch(found, self.users.get((namespace, name), ()))
+        plan = service_account_revert_patch(
+            ServiceAccount.from_api(found), self.users.get((namespace, name), ())
+        )
         if plan is None:
             return
         report.secrets.add(f"{namespace}/{plan.pull_secret}")

@@ -10,6 +10,7 @@ from cloner.model.pullsecrets import (
     CREDENTIALS_UNAVAILABLE,
     PULL_CREDENTIALS_MISSING,
     OwnedEntry,
+    ServiceAccount,
     carries_push_credentials,
     desired_secret,
     dockerconfigjson,
@@ -83,7 +84,7 @@ def test_update_keeps_metadata_and_resource_version() -> None:
 
 def test_service_account_patch_appends_and_keeps_existing_entries() -> None:
     account = {"metadata": {"resourceVersion": "3"}, "imagePullSecrets": [{"name": "mine"}]}
-    assert service_account_patch(account, "s") == [
+    assert service_account_patch(ServiceAccount.from_api(account), "s") == [
         {"op": "test", "path": "/metadata/resourceVersion", "value": "3"},
         {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "s"}},
         {
@@ -96,19 +97,19 @@ def test_service_account_patch_appends_and_keeps_existing_entries() -> None:
         "metadata": {"resourceVersion": "3", "annotations": {"team": "x"}},
         "imagePullSecrets": [],
     }
-    assert service_account_patch(annotated, "s")[-1] == {
+    assert service_account_patch(ServiceAccount.from_api(annotated), "s")[-1] == {
         "op": "add",
         "path": "/metadata/annotations/image-cloner.io~1added-pull-secret",
         "value": "s",
     }
     bare = {"metadata": {"resourceVersion": "4"}}
-    assert service_account_patch(bare, "s")[1] == {
+    assert service_account_patch(ServiceAccount.from_api(bare), "s")[1] == {
         "op": "add",
         "path": "/imagePullSecrets",
         "value": [{"name": "s"}],
     }
     listed = {"metadata": {}, "imagePullSecrets": [{"name": "s"}]}
-    assert service_account_patch(listed, "s") == []
+    assert service_account_patch(ServiceAccount.from_api(listed), "s") == []
 
 
 def _workload(pull_secrets: list[dict] | None) -> Workload:
@@ -226,3 +227,28 @@ def test_secrets_carry_push_credentials_only_without_a_pull_config(
     provision: bool, pull_docker_config: str | None, expected: bool
 ) -> None:
     assert carries_push_credentials(provision, pull_docker_config) is expected
+
+
+def test_one_rule_for_every_image_pull_secrets_list() -> None:
+    from cloner.model.workloads import pull_secret_ops
+
+    path = "/spec/template/spec/imagePullSecrets"
+    # absent field: created, guarded by the resourceVersion read
+    assert pull_secret_ops(path, None, "s", resource_version="7") == [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+        {"op": "add", "path": path, "value": [{"name": "s"}]},
+    ]
+    assert pull_secret_ops(path, ("a",), "s") == [
+        {"op": "add", "path": f"{path}/-", "value": {"name": "s"}}
+    ]
+    assert pull_secret_ops(path, ("a", "s"), "s") == []  # listed: nothing to do
+    # removal: the last entry of that name, or the whole field it created
+    assert pull_secret_ops(path, ("s", "a", "s"), "s", remove=True) == [
+        {"op": "test", "path": f"{path}/2/name", "value": "s"},
+        {"op": "remove", "path": f"{path}/2"},
+    ]
+    assert pull_secret_ops(path, ("s",), "s", remove=True) == [
+        {"op": "test", "path": path, "value": [{"name": "s"}]},
+        {"op": "remove", "path": path},
+    ]
+    assert pull_secret_ops(path, ("a",), "s", remove=True) == []

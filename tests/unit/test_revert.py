@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cloner.errors import KubeError
-from cloner.model.pullsecrets import service_account_patch
+from cloner.model.pullsecrets import ServiceAccount, service_account_patch
 from cloner.model.reference import Policy, Target
 from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
 from cloner.ops.revert import (
@@ -315,7 +315,7 @@ def account(pull_secrets: list[str] | None, **annotations: str) -> dict[str, Any
 
 
 def controller_attached(sa: dict[str, Any]) -> dict[str, Any]:
-    result = apply_patch(sa, service_account_patch(sa, SECRET))
+    result = apply_patch(sa, service_account_patch(ServiceAccount.from_api(sa), SECRET))
     result["metadata"]["resourceVersion"] = "12"
     return result
 
@@ -327,7 +327,7 @@ def controller_attached(sa: dict[str, Any]) -> dict[str, Any]:
 def test_service_account_round_trip(before: list[str] | None, annotations: dict) -> None:
     original = account(before, **annotations)
     attached = controller_attached(original)
-    plan = service_account_revert_patch(attached)
+    plan = service_account_revert_patch(ServiceAccount.from_api(attached))
     assert plan is not None and plan.action == "remove"
     assert plan.operations[0] == {
         "op": "test",
@@ -344,7 +344,9 @@ def test_service_account_round_trip(before: list[str] | None, annotations: dict)
 
 def test_service_account_in_use_is_kept() -> None:
     attached = controller_attached(account(None))
-    plan = service_account_revert_patch(attached, ["Deployment shop/b", "Deployment shop/a"])
+    plan = service_account_revert_patch(
+        ServiceAccount.from_api(attached), ["Deployment shop/b", "Deployment shop/a"]
+    )
     assert plan is not None and plan.action == "kept" and plan.operations == ()
     assert plan.lines() == [
         "left ServiceAccount shop/runner imagePullSecrets entry image-cloner-pull-secret: "
@@ -354,7 +356,7 @@ def test_service_account_in_use_is_kept() -> None:
 
 def test_service_account_without_the_entry_loses_the_annotation() -> None:
     sa = account(["other"], **{ADDED_PULL_SECRET: SECRET})
-    plan = service_account_revert_patch(sa)
+    plan = service_account_revert_patch(ServiceAccount.from_api(sa))
     assert plan is not None and plan.action == "absent"
     result = apply_patch(sa, list(plan.operations))
     assert result["imagePullSecrets"] == [{"name": "other"}]
@@ -362,7 +364,7 @@ def test_service_account_without_the_entry_loses_the_annotation() -> None:
 
 
 def test_service_account_not_annotated_has_no_plan() -> None:
-    assert service_account_revert_patch(account([SECRET])) is None
+    assert service_account_revert_patch(ServiceAccount.from_api(account([SECRET]))) is None
 
 
 # The run, against an in-memory API ------------------------------------------
