@@ -296,11 +296,11 @@ def _gauge_cycle(summary: Summary) -> None:
     """The gauges: the state the pass found."""
     for kind in KINDS:
         WORKLOADS_SEEN.labels(kind=kind).set(summary.workloads.get(kind, 0))
-    IMAGES_WAITING.set(summary.waiting)
+    IMAGES_WAITING.set(summary.not_tried)
     IMAGES.labels(state="owned").set(summary.owned_images)
-    IMAGES.labels(state="backing_off").set(summary.waiting)
+    IMAGES.labels(state="backing_off").set(summary.not_tried)
     IMAGES.labels(state="pending").set(
-        sum(1 for r in summary.images.values() if r.image is None and r.waiting is None)
+        sum(1 for r in summary.images.values() if r.image is None and r.retry_in is None)
     )
     GITOPS_HELD.set(len(summary.gitops))
     FIGHTS.set(len(summary.fights))

@@ -71,7 +71,7 @@ class Backoff:
     rand: Callable[[], float] = random.random
     _entries: dict[str, _Entry] = field(default_factory=dict)
 
-    def waiting(self, key: str, now: float, inputs: str = "") -> tuple[float, str] | None:
+    def backing_off(self, key: str, now: float, inputs: str = "") -> tuple[float, str] | None:
         """``(until, reason)`` while ``key`` is backing off, else None.
 
         Args:
@@ -133,7 +133,7 @@ class Backoff:
         entry = self._entries.get(key)
         return entry.failures if entry else 0
 
-    def waiting_all(self, now: float, inputs: str = "") -> dict[str, tuple[float, str]]:
+    def backing_off_all(self, now: float, inputs: str = "") -> dict[str, tuple[float, str]]:
         """Every key waiting at ``now`` (see ``waiting``): key -> (until, reason)."""
         return {
             k: (e.until, e.reason)

@@ -40,7 +40,7 @@ class CycleIndex:
         traced: ``(workload key, container name)`` of those containers.
         needed: workload key -> canonical sources its ``clone`` decisions wait
             on (workloads with none are absent).
-        waiting: canonical source -> the workloads whose ``clone`` decisions
+        awaiting_clone: canonical source -> the workloads whose ``clone`` decisions
             need it, in list order.
         users: canonical source -> the workloads that use it, to clone or as a
             recorded original (the Events about the source go to them).
@@ -55,7 +55,7 @@ class CycleIndex:
     patched: list[tuple[Reference, Reference]] = field(default_factory=list)
     traced: set[tuple[str, str]] = field(default_factory=set)
     needed: dict[str, set[str]] = field(default_factory=dict)
-    waiting: dict[str, list[Workload]] = field(default_factory=dict)
+    awaiting_clone: dict[str, list[Workload]] = field(default_factory=dict)
     users: dict[str, list[Workload]] = field(default_factory=dict)
     notes: list[tuple[Workload, ContainerPlan]] = field(default_factory=list)
     owned_sources: set[str] = field(default_factory=set)
@@ -117,7 +117,7 @@ def _add_decisions(index: CycleIndex, workload: Workload, plans: list[ContainerP
     if sources:
         index.needed[workload.key] = set(sources)
         for key in index.needed[workload.key]:
-            index.waiting.setdefault(key, []).append(workload)
+            index.awaiting_clone.setdefault(key, []).append(workload)
     return sources
 
 

@@ -106,7 +106,7 @@ MAX_ENTRIES = 4096
 
 
 class EventAction(StrEnum):
-    """What the recorder does with one observed event (``Decision.action``)."""
+    """What the recorder does with one observed event (``Occurrence.action``)."""
 
     CREATE = "create"  #: a new Event object
     UPDATE = "update"  #: the series' Event gets its count and last time patched
@@ -149,8 +149,8 @@ class EventKey:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do with one occurrence of an event.
+class Occurrence:
+    """What to do with one occurrence of an event (``EventAggregator.observe``).
 
     Attributes:
         action: ``create`` (a new Event), ``update`` (patch ``name``'s count and
@@ -225,7 +225,7 @@ class EventAggregator:
         self._series: OrderedDict[EventKey, _Series] = OrderedDict()
         self._buckets: OrderedDict[tuple[str, str, str, str], _Bucket] = OrderedDict()
 
-    def observe(self, key: EventKey, now: float) -> Decision:
+    def observe(self, key: EventKey, now: float) -> Occurrence:
         """Count one occurrence of ``key`` and say what to write.
 
         Args:
@@ -247,10 +247,10 @@ class EventAggregator:
             series.last = now
         self._remember(self._series, key, series)
         if not self._take_token(key.involved_object, now):
-            return Decision(DROP, series.count, None, series.first)
+            return Occurrence(DROP, series.count, None, series.first)
         if series.name is None:
-            return Decision(CREATE, series.count, None, series.first)
-        return Decision(UPDATE, series.count, series.name, series.first)
+            return Occurrence(CREATE, series.count, None, series.first)
+        return Occurrence(UPDATE, series.count, series.name, series.first)
 
     def created(self, key: EventKey, name: str) -> None:
         """Note the name the API server gave the Event of ``key``'s series.

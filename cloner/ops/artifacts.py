@@ -443,7 +443,7 @@ class ArtifactSync:
             return False
         if not self.due(key, record):
             return True
-        return self._backoff.waiting(key, self._clock(), self._inputs()) is not None
+        return self._backoff.backing_off(key, self._clock(), self._inputs()) is not None
 
     def due(self, key: str, record: Record | None) -> bool:
         """Whether the artifacts of a verified source should be synced now.

@@ -8,7 +8,7 @@ each it returns the reference workloads may be patched to, or why not:
   only through the ``ops.state.StateStore`` it shares with ``reconcile``),
   with no registry call;
 - a source backing off after a failure, or whose source or owned registry is
-  paused after "too many requests", is not tried (``waiting``);
+  paused after "too many requests", is not tried (``retry_in``);
 - otherwise the source is asked for its manifest digest (one HEAD) and the
   owned registry for the owned name, and ``identity.decide`` says what to do:
   reuse the owned copy when it is the source's content, copy when it is
@@ -111,7 +111,7 @@ class ImageResult:
         reason: the failure reason (``RegistryError.reason``) of a failure in
             this cycle, None otherwise.
         message: what failed, or why the image waits.
-        waiting: seconds until the next try when the image was not tried this
+        retry_in: seconds until the next try when the image was not tried this
             cycle (backing off, registry paused, shutting down), else None.
         duration: seconds the clone took, when this cycle cloned it.
         replaced: the digest of other content the owned name held and this
@@ -129,7 +129,7 @@ class ImageResult:
     cloned: bool = False
     reason: str | None = None
     message: str | None = None
-    waiting: float | None = None
+    retry_in: float | None = None
     duration: float | None = None
     replaced: str | None = None
     moved: tuple[str, str] | None = None
@@ -311,7 +311,7 @@ class ImageCloner:
                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
                 "reason": reason,
             }
-            for key, (until, reason) in self._backoff.waiting_all(now, self._inputs()).items()
+            for key, (until, reason) in self._backoff.backing_off_all(now, self._inputs()).items()
         }
 
     def forget(self, source: Reference) -> None:
@@ -412,13 +412,13 @@ class ImageCloner:
             )
             log.error(message)
             return ImageResult(source, None, reason="naming_collision", message=message)
-        return self._waiting(source, owned)
+        return self._not_now(source, owned)
 
-    def _waiting(self, source: Reference, owned: Reference) -> ImageResult | None:
+    def _not_now(self, source: Reference, owned: Reference) -> ImageResult | None:
         now = self._clock()
         if self.stopping:
-            return ImageResult(source, None, message="shutting down", waiting=0.0)
-        backing_off = self._backoff.waiting(str(source), now, self._inputs())
+            return ImageResult(source, None, message="shutting down", retry_in=0.0)
+        backing_off = self._backoff.backing_off(str(source), now, self._inputs())
         if backing_off is not None:
             until, reason = backing_off
             return ImageResult(
@@ -426,7 +426,7 @@ class ImageCloner:
                 None,
                 message=f"backing off after {reason} "
                 f"({self._backoff.failures(str(source))} failures)",
-                waiting=until - now,
+                retry_in=until - now,
             )
         for registry in (source.registry, owned.registry):
             until = self._pauses.paused_until(registry, now)
@@ -435,7 +435,7 @@ class ImageCloner:
                     source,
                     None,
                     message=f"registry {registry} paused after too many requests",
-                    waiting=until - now,
+                    retry_in=until - now,
                 )
         return None
 
@@ -453,9 +453,9 @@ class ImageCloner:
 
     def _ensure(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
         if self.stopping:
-            return ImageResult(source, None, message="shutting down", waiting=0.0)
+            return ImageResult(source, None, message="shutting down", retry_in=0.0)
         # Another clone of this registry may have paused it meanwhile.
-        waiting = self._waiting(source, owned)
+        waiting = self._not_now(source, owned)
         if waiting is not None:
             return waiting
         started = self._clock()
@@ -478,11 +478,11 @@ class ImageCloner:
             return self._failed(
                 source, owned, RegistryError("registry_error", f"clone {source}: {exc!r}")
             )
-        if result.waiting is not None:
+        if result.retry_in is not None:
             return result  # paused while it waited for a copy slot
         if self.stopping:
             log.warning("abandoning %s: shutting down (nothing is patched for it)", source)
-            return ImageResult(source, None, message="abandoned: shutting down", waiting=0.0)
+            return ImageResult(source, None, message="abandoned: shutting down", retry_in=0.0)
         self._succeeded(str(source))
         if result.cloned:
             return replace(result, duration=self._clock() - started)
@@ -605,7 +605,7 @@ class ImageCloner:
         # idle while they wait for an answer.
         with self._copy_slots.take(ticket, source.registry), self._registry_slot(source.registry):
             # A registry may have been paused while this copy waited.
-            waiting = self._waiting(source, owned)
+            waiting = self._not_now(source, owned)
             if waiting is not None:
                 return waiting
             log.info("copying %s (%s) to %s", source, head.digest, owned)
@@ -707,7 +707,7 @@ class ImageCloner:
             " or when the config or credentials change" if permanent else "",
             exc,
         )
-        return ImageResult(source, None, reason=exc.reason, message=str(exc), waiting=None)
+        return ImageResult(source, None, reason=exc.reason, message=str(exc), retry_in=None)
 
 
 #: Seconds after which the ramp lets one more copy of a registry start even

@@ -230,9 +230,9 @@ class Summary:
         return sum(1 for r in self.images.values() if r.moved)
 
     @property
-    def waiting(self) -> int:
+    def not_tried(self) -> int:
         """Images not tried this pass (backing off, registry paused, shutting down)."""
-        return sum(1 for r in self.images.values() if r.waiting is not None)
+        return sum(1 for r in self.images.values() if r.retry_in is not None)
 
     @property
     def clone_failures(self) -> Counter[str]:
@@ -252,7 +252,7 @@ class Summary:
             or self.list_failures
             or self.provisioning.failures
             or self.rollout.failures
-            or self.waiting
+            or self.not_tried
             or self.fights
             or self.in_flight
             or self.stopped
@@ -268,7 +268,7 @@ class Summary:
             f"clone_failures={sum(self.clone_failures.values())}{failures} "
             f"patched={sum(self.patched.values())} patch_failures={len(self.patch_failures)} "
             f"excluded={self.excluded} list_failures={len(self.list_failures)} "
-            f"waiting={self.waiting} gitops_held={len(self.gitops)} fights={len(self.fights)} "
+            f"waiting={self.not_tried} gitops_held={len(self.gitops)} fights={len(self.fights)} "
             f"healed={self.healed} in_flight={self.in_flight} "
             f"secrets_written={sum(self.provisioning.secrets.values())} "
             f"namespace_failures={len(self.provisioning.failures)} "
@@ -523,7 +523,7 @@ class Reconciler:
                 result = self._images.collect(key, pending.pop(key))
                 summary.images[key] = result
                 self._record_image_events(key, result, index.users.get(key, ()))
-                for workload in index.waiting.get(key, ()):
+                for workload in index.awaiting_clone.get(key, ()):
                     needed[workload.key].discard(key)
                     if not needed[workload.key] and not self._images.stopping:
                         sent += self._dispatch(workload, index.plans[workload.key], summary)

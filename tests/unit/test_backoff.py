@@ -19,8 +19,8 @@ def test_backoff_waits_then_forgets_on_success() -> None:
     backoff = Backoff(BackoffPolicy(10, 100, 0))
     until = backoff.failed("img", "network", now=0)
     assert until == 10
-    assert backoff.waiting("img", 5) == (10, "network")
-    assert backoff.waiting("img", 10) is None
+    assert backoff.backing_off("img", 5) == (10, "network")
+    assert backoff.backing_off("img", 10) is None
     assert backoff.failed("img", "network", now=10) == 30
     backoff.succeeded("img")
     assert backoff.failures("img") == 0
@@ -44,9 +44,9 @@ def test_permanent_failure_waits_the_cap_at_once_until_its_inputs_change() -> No
     book = Backoff(BackoffPolicy(initial=10, maximum=400, jitter=0), rand=lambda: 0.5)
     until = book.failed("x", "not_found", now=0, permanent=True, inputs="cfg-1")
     assert until == 400  # the cap, not initial
-    assert book.waiting("x", 399, inputs="cfg-1") == (400, "not_found")
-    assert book.waiting("x", 1, inputs="cfg-2") is None  # new credentials or config
-    assert book.waiting_all(1, inputs="cfg-2") == {}
+    assert book.backing_off("x", 399, inputs="cfg-1") == (400, "not_found")
+    assert book.backing_off("x", 1, inputs="cfg-2") is None  # new credentials or config
+    assert book.backing_off_all(1, inputs="cfg-2") == {}
     # A temporary failure ignores the inputs: waiting heals it, not a new password.
     book.failed("y", "network", now=0)
-    assert book.waiting("y", 5, inputs="anything") == (10, "network")
+    assert book.backing_off("y", 5, inputs="anything") == (10, "network")

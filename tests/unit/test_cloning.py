@@ -220,7 +220,7 @@ def test_backoff_survives_a_restart() -> None:
     restored.load(book.dirty_shards())
     regs.requests.clear()
     _, _, waiting = ensure(cloner(regs, book=restored), f"{SRC}/ghost:1")
-    assert waiting.waiting is not None and waiting.waiting > 0
+    assert waiting.retry_in is not None and waiting.retry_in > 0
     assert sum(regs.requests.values()) == 0
 
 
@@ -599,7 +599,7 @@ def test_require_mode_holds_the_switch_until_every_artifact_is_in_the_owned_regi
     assert len(regs.clones) == 1  # the image itself was copied and recorded
 
     _s, _o, waiting = ensure(c, f"{SRC}/app:1")
-    assert waiting.image is None and waiting.waiting is not None  # backing off, not switched
+    assert waiting.image is None and waiting.retry_in is not None  # backing off, not switched
 
     stub.status = ArtifactStatus(3, 3, "")
     clock.now += 3600 * 2

@@ -43,7 +43,7 @@ def test_one_pass_gives_copies_waiters_users_and_notes() -> None:
         web.key: {"docker.io/library/nginx:1", "docker.io/library/redis:7"},
         api.key: {"docker.io/library/nginx:1"},
     }
-    assert [w.name for w in index.waiting["docker.io/library/nginx:1"]] == ["web", "api"]
+    assert [w.name for w in index.awaiting_clone["docker.io/library/nginx:1"]] == ["web", "api"]
     assert [w.name for w in index.users["docker.io/library/redis:7"]] == ["web"]
     assert [(w.name, p.decision) for w, p in index.notes] == [
         ("api", Decision.INVALID),

@@ -633,7 +633,7 @@ def test_failed_image_backs_off_exponentially_without_retry_storm() -> None:
     # next at 70: 3 tries in a minute, not 12.
     assert attempts_per_pass(reconciler, registry, clock) == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]
     summary = reconciler.reconcile_once()
-    assert summary.waiting == 1 and not summary.ok
+    assert summary.not_tried == 1 and not summary.ok
 
 
 def test_permanent_failure_waits_the_cap_until_credentials_change() -> None:
@@ -678,7 +678,7 @@ def test_rate_limited_registry_is_paused_as_a_whole_with_retry_after() -> None:
     kube.objects.append(workload("Deployment", "a", "new", "quay.io/x/other:2"))
     clock.now += 60
     second = reconciler.reconcile_once()
-    waiting = {r.source.repository: r for r in second.images.values() if r.waiting}
+    waiting = {r.source.repository: r for r in second.images.values() if r.retry_in}
     assert set(waiting) == {"x/a", "x/other"}  # the whole registry waits
     assert "paused" in (waiting["x/other"].message or "")
     clock.now += 61
