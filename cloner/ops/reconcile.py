@@ -526,7 +526,7 @@ class Reconciler:
                 for workload in index.awaiting_clone.get(key, ()):
                     needed[workload.key].discard(key)
                     if not needed[workload.key] and not self._images.stopping:
-                        sent += self._dispatch(workload, index.plans[workload.key], summary)
+                        sent += self._switch(workload, index.plans[workload.key], summary)
         summary.in_flight = len(pending)
         if pending:
             log.info(
@@ -537,10 +537,10 @@ class Reconciler:
         for future in sent:
             future.result()
 
-    def _dispatch(
+    def _switch(
         self, workload: Workload, plans: list[ContainerPlan], summary: Summary
     ) -> list[Future[None]]:
-        """Send the patch of a workload whose images are all decided, if it has changes."""
+        """Switch a workload whose images are all decided, if it has changes (``_submit``)."""
         changes = [
             (plan.container, image)
             for plan in plans
@@ -558,6 +558,25 @@ class Reconciler:
                 log.info("not switching %s now: %s", workload.key, admission.reason)
                 return []
             canary = admission.canary
+        return self._submit(workload, changes, summary, canary)
+
+    def _submit(
+        self,
+        workload: Workload,
+        changes: list[tuple[Container, str]],
+        summary: Summary,
+        canary: bool | None,
+    ) -> list[Future[None]]:
+        """The one patch path: namespace readiness, then ``_send``, all on the write pool.
+
+        Used for switches (``canary`` True or False: the rollout guard follows
+        them) and for self-heal (``canary`` None: one owned copy for another).
+        The cycle's thread never waits for the API server or for the
+        admission wait (a timer does), so it keeps the pool fed.
+
+        Returns:
+            The futures to wait for (none when nothing is sent).
+        """
         if self._pull_secrets is None:
             return [self._writes.submit(self._send, workload, changes, None, summary, canary)]
         # The namespace is made ready on the pool too, several at once, and
@@ -734,6 +753,7 @@ class Reconciler:
         with self._state.locked() as book:
             book.verify_done(now)
         checked: dict[str, str | None] = {}  # owned reference in use -> image to patch to
+        healing: list[Future[None]] = []
         for workload in workloads:
             originals = original_images(workload.annotations)
             changes: list[tuple[Container, str]] = []
@@ -747,7 +767,9 @@ class Reconciler:
                 if healed is not None and healed != container.image:
                     changes.append((container, healed))
             if changes and not self._images.stopping:
-                self._apply(workload, changes, summary, heal=True)
+                healing += self._submit(workload, changes, summary, None)
+        for future in healing:
+            future.result()
 
     def _heal(self, current: str, original: str, summary: Summary) -> str | None:
         """Check one owned reference in use; clone it again from ``original`` if missing.
@@ -802,40 +824,6 @@ class Reconciler:
             log.error("fight detected on %s: %s", workload.key, message)
         return True
 
-    def _apply(
-        self,
-        workload: Workload,
-        changes: list[tuple[Container, str]],
-        summary: Summary,
-        heal: bool = False,
-    ) -> None:
-        """Make the namespace ready, then patch; retry once on a concurrent change."""
-        pull_secret = self._prepare(workload, summary, heal)
-        if pull_secret is not False:
-            self._send(workload, changes, pull_secret, summary)
-
-    def _prepare(
-        self, workload: Workload, summary: Summary, heal: bool = False
-    ) -> str | bool | None:
-        """Checks made in the caller's thread before ``_apply`` sends a patch.
-
-        Returns:
-            False when the workload must not be patched (a fight, or its
-            namespace is not ready to pull); else the pull Secret to add to
-            the pod template (None when there is none to add).
-        """
-        if not heal and self._fighting(workload, summary):
-            return False
-        if self._pull_secrets is None:
-            return None
-        # Credentials first: no new pod may start without them.
-        if not self._pull_secrets.namespace_ready(workload.namespace, workload.service_account):
-            return False
-        delay = self._pull_secrets.admission_wait(workload.namespace, workload.service_account)
-        if delay > 0:
-            time.sleep(delay)  # until admission surely copies the Secret into new pods
-        return self._pull_secrets.workload_pull_secret(workload.pull_secrets)
-
     def _send(
         self,
         workload: Workload,
@@ -844,14 +832,14 @@ class Reconciler:
         summary: Summary,
         canary: bool | None = None,
     ) -> None:
-        """Patch (on a patch pool thread or the cycle's); retry once on a concurrent change.
+        """Patch (on a patch pool thread); retry once on a concurrent change.
 
         ``canary`` is None for a patch that is no switch (self-heal: one
         owned copy for another); else the patch is a switch the rollout
         guard follows once accepted, and True when it is its namespace's
         canary.
         """
-        error = self._patch(workload, changes, pull_secret)
+        error = self._write_patch(workload, changes, pull_secret)
         if error is not None and error.conflict:
             with self._summary_lock:
                 summary.conflicts_retried += 1
@@ -863,7 +851,7 @@ class Reconciler:
             if fresh is not None:
                 changes = _rebase(changes, fresh)
                 workload = fresh
-                error = self._patch(workload, changes, pull_secret) if changes else None
+                error = self._write_patch(workload, changes, pull_secret) if changes else None
         if error is not None:
             with self._summary_lock:
                 summary.patch_failures.append((workload.key, str(error)))
@@ -905,12 +893,13 @@ class Reconciler:
         elif canary:
             self._guard.not_switched(workload)
 
-    def _patch(
+    def _write_patch(
         self,
         workload: Workload,
         changes: list[tuple[Container, str]],
         pull_secret: str | None,
     ) -> KubeError | None:
+        """One PATCH of the workload (``image_patch``); the error instead of raising it."""
         patch = image_patch(workload, changes, pull_secret)
         if not patch:
             return None
