@@ -21,8 +21,9 @@ import pytest
 
 from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import load_settings
+from cloner.model.revert import owned_predicate
 from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload
-from cloner.ops.revert import owned_predicate, revert_all
+from cloner.ops.revert import revert_all
 from tests.e2e.harness import Environment
 from tests.e2e.support import REPO, Scope, create, images, read, write_config
 

@@ -16,14 +16,14 @@ import pytest
 from cloner.errors import KubeError
 from cloner.model.pullsecrets import ServiceAccount, service_account_patch
 from cloner.model.reference import Policy, Target
-from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
-from cloner.ops.revert import (
+from cloner.model.revert import (
     RevertPlan,
     owned_predicate,
-    revert_all,
     revert_patch,
     service_account_revert_patch,
 )
+from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
+from cloner.ops.revert import revert_all
 from tests.unit.fakes import FakeKube, PatchFailed, apply_patch
 
 POLICY = Policy(Target("owned.example.com", "mirror"), (Target("inhouse.example.com"),))
