@@ -499,18 +499,11 @@ class ImageCloner:
         if head is None:
             assert source_error is not None
             return self._without_source(source, looked_up, owned_digest, record, source_error)
-        moved = None
-        if record is not None and source.digest is None and record.source_digest != head.digest:
-            moved = (record.source_digest, head.digest)
+        moved = _moved(source, head, record)
         self._check.before_copy(source, head)
         expected = self._check.expected(source, head)
         matches = owned_head is not None and (
-            (
-                record is not None
-                and record.source_digest == head.digest
-                and record.owned_digest == owned_head.digest
-                and record.backend == self._backend_name
-            )
+            self._recorded(record, head, owned_head)
             or self._check.matches(expected, looked_up, owned_head)
         )
         action = _decide(True, owned_digest, matches, record)
@@ -538,6 +531,15 @@ class ImageCloner:
             log.info("source %s moved from %s to %s; copying it again", source, *moved)
         result = self._copy(source, owned, head, expected, moved, ticket)
         return replace(result, replaced=replaced)
+
+    def _recorded(self, record: Record | None, head: Descriptor, owned_head: Descriptor) -> bool:
+        """True when the record verified exactly this pair of digests with this backend."""
+        return (
+            record is not None
+            and record.source_digest == head.digest
+            and record.owned_digest == owned_head.digest
+            and record.backend == self._backend_name
+        )
 
     def _ask_source(self, source: Reference) -> tuple[Descriptor | None, RegistryError | None]:
         """The source's descriptor (one HEAD), or None and why it cannot be used."""
@@ -836,6 +838,13 @@ class _Slots:
             if running >= allowed:
                 return (steps + 1) * self._ramp_step - elapsed
         return 0.0 if running < allowed else None
+
+
+def _moved(source: Reference, head: Descriptor, record: Record | None) -> tuple[str, str] | None:
+    """``(before, now)`` when a tagged source names other content than at its record."""
+    if record is None or source.digest is not None or record.source_digest == head.digest:
+        return None
+    return (record.source_digest, head.digest)
 
 
 def _decide(
