@@ -22,11 +22,11 @@ from cloner.model.events import (
     NORMAL,
     PATCHED,
     WARNING,
-    EventRecorder,
     clone_failed_message,
     patched_message,
 )
 from cloner.model.workloads import Workload
+from cloner.ops.events import EventRecorder
 from tests.e2e.harness import Environment
 from tests.e2e.support import Scope, create, read
 
