@@ -199,12 +199,25 @@ def test_deleted_owned_copy_is_cloned_again_within_verify_interval(
             assert response.status == 202
         assert env.owned.manifest_digest(repository, "1") is None
         deleted = time.monotonic()
-        took = wait_for(
-            lambda: env.owned.manifest_digest(repository, "1") is not None, 15, "restored"
-        )
+        took = wait_for(lambda: _served(env, repository, "1"), 15, "restored")
     print(f"\nowned copy restored {took:.1f}s after deletion (verifyInterval 3 s)")
     assert took <= 3 + 5
     assert time.monotonic() - deleted >= took
     assert env.owned.manifest_digest(repository, "1") == digest  # same content again
     assert images(read(api, "Deployment", ns, "web"))["main"] == f"{scope.owned('keep')}:1"
     assert any("is missing; cloning it again" in line for line in output)
+
+
+def _served(env: Environment, repository: str, reference: str) -> bool:
+    """Whether the owned registry serves the manifest; False while a push is mid-write.
+
+    Distribution 2.8 can answer a read of a tag whose manifest is being
+    pushed again with 500 for a moment (seen once in a clean-clone CI run);
+    that is "not restored yet", not a failure of the controller.
+    """
+    try:
+        return env.owned.manifest_digest(repository, reference) is not None
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            return False
+        raise
