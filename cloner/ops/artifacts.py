@@ -97,13 +97,11 @@ class Synced:
         known: what the owned registry now serves, as ``tag=digest`` for a
             cosign tag and ``digest`` for a referrer; kept in the record so
             the next sync writes only what changed upstream.
-        found: the artifacts found at the source.
     """
 
     status: ArtifactStatus
     copied: Counter[str] = field(default_factory=Counter)
     known: tuple[str, ...] = ()
-    found: tuple[Found, ...] = ()
 
 
 @dataclass
@@ -208,15 +206,24 @@ class ArtifactCopier:
 
     def _referrers(self, repo: Reference, subject: str) -> list[dict[str, Any]]:
         """The referrers of ``subject``: the API where there is one, else the fallback tag."""
+        listed = self._listed(repo, subject)
+        return listed if listed is not None else self._fallback_entries(repo, subject)
+
+    def _listed(self, repo: Reference, subject: str) -> list[dict[str, Any]] | None:
+        """The referrers API's list, or None for a registry without the API.
+
+        Whether a registry has it is asked with a ``GET`` (distribution-spec
+        v1.1: 200 with an index; an ``OCI-Subject`` header alone is not
+        trusted) and remembered per registry, so one without it is asked once.
+        """
         with self._lock:
             has_api = self._has_api.get(repo.registry)
-        if has_api is not False:
-            listed = self._api.referrers(repo, subject)
-            with self._lock:
-                self._has_api[repo.registry] = listed is not None
-            if listed is not None:
-                return listed
-        return self._fallback_entries(repo, subject)
+        if has_api is False:
+            return None
+        listed = self._api.referrers(repo, subject)
+        with self._lock:
+            self._has_api[repo.registry] = listed is not None
+        return listed
 
     def _fallback_entries(self, repo: Reference, subject: str) -> list[dict[str, Any]]:
         """The entries of the fallback index under ``sha256-<hex>``; [] when there is none."""
@@ -253,9 +260,8 @@ class ArtifactCopier:
         except RegistryError as exc:
             log.warning("finding the signatures and referrers of %s failed: %s", source, exc)
             return Synced(ArtifactStatus(0, 0, exc.reason))
-        found = tuple(a.found for a in artifacts)
         if not artifacts:
-            return Synced(ArtifactStatus(0, 0, ""), found=found)
+            return Synced(ArtifactStatus(0, 0, ""))
         copied: Counter[str] = Counter()
         try:
             new = self._copy(source, owned, artifacts, set(known), copied)
@@ -264,10 +270,9 @@ class ArtifactCopier:
             log.warning(
                 "copying the signatures and referrers of %s to %s failed: %s", source, owned, exc
             )
-            return Synced(ArtifactStatus(len(artifacts), 0, exc.reason), copied, (), found)
-        return Synced(
-            ArtifactStatus(len(artifacts), len(artifacts), ""), copied, _known(found), found
-        )
+            return Synced(ArtifactStatus(len(artifacts), 0, exc.reason), copied)
+        known_now = _known([a.found for a in artifacts])
+        return Synced(ArtifactStatus(len(artifacts), len(artifacts), ""), copied, known_now)
 
     def _copy(
         self,
@@ -284,21 +289,25 @@ class ArtifactCopier:
         """
         src, dst = source.with_tag(None), owned.with_tag(None)
         new: list[_Artifact] = []
+        ensured: set[str] = set()  # blobs already in the owned repository
         for artifact in artifacts:
             found = artifact.found
             if _key(found) in known:
                 continue
             present = self._api.head(dst.with_digest(found.digest))
             if present is None:
-                for digest, size in manifest_blobs_or_none(artifact.body):
-                    self._api.copy_blob(src, dst, digest, size)
+                for digest, size in _blobs(artifact.body):
+                    if digest not in ensured:
+                        self._api.copy_blob(src, dst, digest, size)
+                        ensured.add(digest)
                 self._api.put_manifest(
                     dst.with_digest(found.digest), found.media_type, artifact.body
                 )
                 copied[found.kind.value] += 1
             new.append(artifact)
         referrers = [a.found for a in new if a.found.kind is ArtifactKind.REFERRER]
-        if referrers and not self._owned_has_api(dst, referrers[0].subject):
+        if referrers and self._listed(dst, referrers[0].subject) is None:
+            # Asked after a referrer was pushed, so the repository exists.
             self._update_fallback(dst, referrers)
         for artifact in new:
             found = artifact.found
@@ -307,21 +316,6 @@ class ArtifactCopier:
                 if tagged is None or tagged.digest != found.digest:
                     self._api.put_manifest(dst.with_tag(found.tag), found.media_type, artifact.body)
         return new
-
-    def _owned_has_api(self, dst: Reference, subject: str) -> bool:
-        """Whether the owned registry serves the referrers API (one ``GET``, then remembered).
-
-        Asked after a referrer was pushed, so the repository exists: a
-        registry with the API answers 200 (distribution-spec v1.1); an
-        ``OCI-Subject`` header on the push alone is not trusted.
-        """
-        with self._lock:
-            known = self._has_api.get(dst.registry)
-        if known is None:
-            known = self._api.referrers(dst, subject) is not None
-            with self._lock:
-                self._has_api[dst.registry] = known
-        return known
 
     def _update_fallback(self, dst: Reference, referrers: list[Found]) -> None:
         """Merge ``referrers`` into each subject's fallback index in the owned repository."""
@@ -376,7 +370,7 @@ class ArtifactCopier:
                     )
 
 
-def manifest_blobs_or_none(body: bytes) -> list[tuple[str, int]]:
+def _blobs(body: bytes) -> list[tuple[str, int]]:
     """``model.artifacts.manifest_blobs``, as ``RegistryError`` for a malformed manifest."""
     try:
         return manifest_blobs(body)
@@ -567,7 +561,7 @@ class ArtifactSync:
                 len(found),
                 owned,
             )
-        return Synced(ArtifactStatus(len(found), 0, ""), found=found)
+        return Synced(ArtifactStatus(len(found), 0, ""))
 
 
 def record_status(record: Record) -> ArtifactStatus | None:
