@@ -10,6 +10,7 @@ is kopf's TemporaryError/PermanentError and go-containerregistry's
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 
 
 class ClonerError(Exception):
@@ -50,6 +51,29 @@ class InvalidReference(ClonerError, ValueError):
         self.problem = problem
 
 
+class FailureReason(StrEnum):
+    """Why an image was not cloned or verified: ``RegistryError.reason``.
+
+    The label ``reason`` of ``image_cloner_clone_failures_total`` and the
+    backoff's reason; the meaning of each is given by ``RegistryError``.
+    """
+
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    NETWORK = "network"
+    REGISTRY_ERROR = "registry_error"
+    INVALID_REFERENCE = "invalid_reference"
+    VERIFY_FAILED = "verify_failed"
+    NAMING_COLLISION = "naming_collision"
+    INSECURE_REGISTRY = "insecure_registry"
+    SOURCE_UNVERIFIED = "source_unverified"
+    MULTI_PLATFORM = "multi_platform"
+    UNSUPPORTED = "unsupported"
+    SIGNATURES_NOT_COPIED = "signatures_not_copied"
+    SIGNATURES_LOST = "signatures_lost"
+
+
 class RegistryError(ClonerError):
     """Pulling, pushing or inspecting an image failed.
 
@@ -76,36 +100,21 @@ class RegistryError(ClonerError):
             when it said.
     """
 
-    REASONS = (
-        "auth",
-        "not_found",
-        "rate_limited",
-        "network",
-        "registry_error",
-        "invalid_reference",
-        "verify_failed",
-        "naming_collision",
-        "insecure_registry",
-        "source_unverified",
-        "multi_platform",
-        "unsupported",
-        "signatures_not_copied",
-        "signatures_lost",
-    )
+    REASONS = tuple(FailureReason)
     _TEMPORARY = frozenset(
         {
-            "rate_limited",
-            "network",
-            "registry_error",
-            "verify_failed",
-            "source_unverified",
-            "signatures_not_copied",
+            FailureReason.RATE_LIMITED,
+            FailureReason.NETWORK,
+            FailureReason.REGISTRY_ERROR,
+            FailureReason.VERIFY_FAILED,
+            FailureReason.SOURCE_UNVERIFIED,
+            FailureReason.SIGNATURES_NOT_COPIED,
         }
     )
 
     def __init__(
         self,
-        reason: str,
+        reason: FailureReason | str,
         message: str,
         registry: str | None = None,
         *,
@@ -114,7 +123,7 @@ class RegistryError(ClonerError):
         if reason not in self.REASONS:
             raise ValueError(f"unknown registry error reason {reason!r}")
         super().__init__(message)
-        self.reason = reason
+        self.reason = FailureReason(reason)
         self.registry = registry
         self.retry_after = retry_after
         self.temporary = reason in self._TEMPORARY

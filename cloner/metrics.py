@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from cloner import __version__
 from cloner.errors import RegistryError
+from cloner.model.pullsecrets import ProvisionFailure
 from cloner.model.workloads import KINDS
 from cloner.ops.reconcile import Summary
 
@@ -234,13 +235,7 @@ for _state in ("owned", "pending", "backing_off"):
     IMAGES.labels(state=_state)
 for _action in ("created", "updated"):
     PULL_SECRETS_WRITTEN.labels(action=_action)
-for _reason in (
-    "foreign_secret",
-    "serviceaccount_missing",
-    "api_error",
-    "credentials_unavailable",
-    "pull_credentials_missing",
-):
+for _reason in ProvisionFailure:
     NAMESPACE_FAILURES.labels(reason=_reason)
 for _result in ("ok", "failed", "error"):
     CYCLES.labels(result=_result)

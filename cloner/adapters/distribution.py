@@ -58,7 +58,7 @@ import urllib3
 import urllib3.util.ssl_
 
 from cloner.adapters.credential_store import CredentialStore
-from cloner.errors import InvalidReference, RegistryError
+from cloner.errors import FailureReason, InvalidReference, RegistryError
 from cloner.model.artifacts import referrer_descriptors
 from cloner.model.credentials import Credential
 from cloner.model.identity import DOCKER_LIST as DOCKER_MANIFEST_LIST
@@ -399,7 +399,9 @@ class DistributionClient:
                 out.extend(referrer_descriptors(answer.body))
             except ValueError as exc:
                 self._count(registry, "referrers", "registry_error")
-                raise RegistryError("registry_error", f"{what}: {exc}", registry) from None
+                raise RegistryError(
+                    FailureReason.REGISTRY_ERROR, f"{what}: {exc}", registry
+                ) from None
             self._count(registry, "referrers", "success")
             pages += 1
             path = _next_path(answer.headers.get("Link"), registry)
@@ -453,7 +455,7 @@ class DistributionClient:
                 return True
         if size > MAX_BLOB_BYTES:
             raise RegistryError(
-                "registry_error",
+                FailureReason.REGISTRY_ERROR,
                 f"blob {source.name}@{digest} is {size} bytes, over {MAX_BLOB_BYTES}",
                 source.registry,
             )
@@ -464,11 +466,13 @@ class DistributionClient:
             raise self._status_error(answer, what, source.registry)
         algorithm = digest.partition(":")[0]
         if algorithm not in _DIGEST_ALGORITHMS:
-            raise RegistryError("invalid_reference", f"{what}: unknown digest", source.registry)
+            raise RegistryError(
+                FailureReason.INVALID_REFERENCE, f"{what}: unknown digest", source.registry
+            )
         actual = f"{algorithm}:{hashlib.new(algorithm, answer.body).hexdigest()}"
         if actual != digest or len(answer.body) != size:
             raise RegistryError(
-                "verify_failed",
+                FailureReason.VERIFY_FAILED,
                 f"{what}: received {len(answer.body)} bytes hashing to {actual}",
                 source.registry,
             )
@@ -520,7 +524,7 @@ class DistributionClient:
         said = answer.headers.get("Docker-Content-Digest", "").strip()
         if said.startswith("sha256:") and said != digest:
             raise RegistryError(
-                "verify_failed",
+                FailureReason.VERIFY_FAILED,
                 f"{what}: the registry stored {said}, the bytes sent are {digest}",
                 ref.registry,
             )
@@ -580,7 +584,7 @@ class DistributionClient:
         """A refused write: ``auth`` for 401/403 (final until the credentials change)."""
         error = self._status_error(answer, what, registry)
         if answer.status in (401, 403):
-            return RegistryError("auth", str(error), registry)
+            return RegistryError(FailureReason.AUTH, str(error), registry)
         return error
 
     def _api(
@@ -659,14 +663,14 @@ class DistributionClient:
             algorithm = ref.digest.partition(":")[0]
             if algorithm not in _DIGEST_ALGORITHMS:
                 raise RegistryError(
-                    "invalid_reference",
+                    FailureReason.INVALID_REFERENCE,
                     f"{what}: cannot verify a {algorithm!r} digest",
                     registry=ref.registry,
                 )
             actual = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
             if actual != ref.digest:
                 raise RegistryError(
-                    "verify_failed",
+                    FailureReason.VERIFY_FAILED,
                     f"{what}: the manifest received hashes to {actual}, not the digest asked for",
                     registry=ref.registry,
                 )
@@ -769,14 +773,14 @@ class DistributionClient:
         parts = urlsplit(realm)
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise RegistryError(
-                "registry_error",
+                FailureReason.REGISTRY_ERROR,
                 f"{what}: the Bearer challenge has no usable realm URL ({realm!r})",
                 registry=registry,
             )
         listed = listed_insecure(parts.netloc, self._insecure)
         if parts.scheme == "http" and credential is not None and not listed:
             raise RegistryError(
-                "auth",
+                FailureReason.AUTH,
                 f"{what}: the token service {parts.netloc} is plain http; credentials are not "
                 "sent there unless it is listed in insecureRegistries",
                 registry=registry,
@@ -811,7 +815,9 @@ class DistributionClient:
         token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise RegistryError(
-                "registry_error", f"{what}: the answer holds no token", registry=registry
+                FailureReason.REGISTRY_ERROR,
+                f"{what}: the answer holds no token",
+                registry=registry,
             )
         lifetime = _positive_number(data.get("expires_in")) or DEFAULT_TOKEN_SECONDS
         margin = min(TOKEN_MARGIN_SECONDS, lifetime / 2)
@@ -980,7 +986,9 @@ class DistributionClient:
             raise error from None
         if len(body) > limit:
             raise RegistryError(
-                "registry_error", f"{what}: the answer is larger than {limit} bytes", registry
+                FailureReason.REGISTRY_ERROR,
+                f"{what}: the answer is larger than {limit} bytes",
+                registry,
             )
         return _Answer(response.status_code, response.headers, body)
 
@@ -1000,12 +1008,14 @@ class DistributionClient:
                     "serves plain http or a certificate not trusted here, list it in "
                     "insecureRegistries"
                 )
-                return RegistryError("insecure_registry", message, registry=registry)
+                return RegistryError(FailureReason.INSECURE_REGISTRY, message, registry=registry)
             message = f"{what}: TLS handshake with {host} failed ({cause})"
-            return RegistryError("network", message, registry=registry)
+            return RegistryError(FailureReason.NETWORK, message, registry=registry)
         if isinstance(exc, requests.exceptions.Timeout):
             return RegistryError(
-                "network", f"{what}: {host} timed out ({self._timeout:g}s)", registry=registry
+                FailureReason.NETWORK,
+                f"{what}: {host} timed out ({self._timeout:g}s)",
+                registry=registry,
             )
         if isinstance(
             exc,
@@ -1018,8 +1028,12 @@ class DistributionClient:
                 ValueError,
             ),
         ):
-            return RegistryError("registry_error", f"{what}: {cause}", registry=registry)
-        return RegistryError("network", f"{what}: cannot reach {host}: {cause}", registry=registry)
+            return RegistryError(
+                FailureReason.REGISTRY_ERROR, f"{what}: {cause}", registry=registry
+            )
+        return RegistryError(
+            FailureReason.NETWORK, f"{what}: cannot reach {host}: {cause}", registry=registry
+        )
 
     def _status_error(
         self, answer: _Answer, what: str, registry: str, detail: str = ""
@@ -1177,7 +1191,7 @@ def _with_digest(location: str, digest: str, registry: str) -> str:
     parts = urlsplit(location)
     if parts.netloc and parts.netloc != registry_endpoint(registry):
         raise RegistryError(
-            "registry_error",
+            FailureReason.REGISTRY_ERROR,
             f"upload location {parts.netloc} is not the registry {registry}",
             registry,
         )

@@ -37,7 +37,7 @@ import requests
 import urllib3
 
 from cloner.adapters.credential_store import CredentialStore
-from cloner.errors import ClonerError, RegistryError, registry_error
+from cloner.errors import ClonerError, FailureReason, RegistryError, registry_error
 from cloner.model.credentials import Credential
 from cloner.model.identity import BackendName, Copied, platform_name
 from cloner.model.reference import Reference
@@ -229,7 +229,7 @@ class DockerRegistry:
             config = EngineRegistryConfig.from_info(raw)
         except ValueError as exc:
             raise RegistryError(
-                "registry_error",
+                FailureReason.REGISTRY_ERROR,
                 f"{what}: {exc}; cannot tell which registries it reaches without TLS "
                 "verification, so none is used",
             ) from None
@@ -267,7 +267,7 @@ class DockerRegistry:
                 continue
             name = host if host == registry else f"{host} (mirror of {registry})"
             raise RegistryError(
-                "insecure_registry",
+                FailureReason.INSECURE_REGISTRY,
                 f"{name} is reached without TLS verification by the Docker engine "
                 "(insecure registry or loopback); list it in insecureRegistries to allow this",
                 registry=registry,
@@ -288,16 +288,16 @@ class DockerRegistry:
             explanation = str(exc.explanation or exc)
             error = registry_error(explanation, what, registry)
             if error.reason == "registry_error" and exc.status_code == 404:
-                error = RegistryError("not_found", str(error), registry=registry)
+                error = RegistryError(FailureReason.NOT_FOUND, str(error), registry=registry)
             return error
         if isinstance(
             exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
         ):
             self._reset()
-            return RegistryError("network", f"{what}: Docker engine unreachable: {exc}")
+            return RegistryError(FailureReason.NETWORK, f"{what}: Docker engine unreachable: {exc}")
         if isinstance(exc, docker.errors.DockerException):
             self._reset()
-            return RegistryError("network", f"{what}: Docker engine error: {exc}")
+            return RegistryError(FailureReason.NETWORK, f"{what}: Docker engine error: {exc}")
         raise exc
 
     # Operations ------------------------------------------------------------
@@ -351,7 +351,7 @@ class DockerRegistry:
         digest = (data.get("Descriptor") or {}).get("digest")
         if not digest:
             raise RegistryError(
-                "registry_error", f"{what}: the engine returned no digest", ref.registry
+                FailureReason.REGISTRY_ERROR, f"{what}: the engine returned no digest", ref.registry
             )
         return str(digest)
 
@@ -452,7 +452,9 @@ class DockerRegistry:
         digests = [a["Digest"] for a in aux if isinstance(a, Mapping) and a.get("Digest")]
         if not digests:
             raise RegistryError(
-                "registry_error", f"push {owned}: the engine reported no digest", owned.registry
+                FailureReason.REGISTRY_ERROR,
+                f"push {owned}: the engine reported no digest",
+                owned.registry,
             )
         # The caller checks what the owned registry serves (cloning._check_copy).
         return Copied(str(digests[-1]), image_id)

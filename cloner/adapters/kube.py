@@ -35,6 +35,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from cloner.adapters.curl import Answer, CurlSettings, CurlTransport
 from cloner.errors import ConfigError, KubeError
+from cloner.model.pullsecrets import SecretInfo, ServiceAccount
 from cloner.model.workloads import (
     UNPATCHABLE_KINDS,
     JsonPatch,
@@ -645,9 +646,10 @@ class KubeClient:
         name = body["metadata"]["name"]
         self._write(replace, f"update {resource} {namespace}/{name}", name, namespace, body)
 
-    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The Secret as JSON, or None when there is none. Raises ``KubeError``."""
-        return self._get_named("secret", namespace, name)
+    def get_secret(self, namespace: str, name: str) -> SecretInfo | None:
+        """The Secret's snapshot, or None when there is none. Raises ``KubeError``."""
+        found = self._get_named("secret", namespace, name)
+        return None if found is None else SecretInfo.from_api(found)
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Create a Secret. Raises ``KubeError`` (409 when one appeared meanwhile)."""
@@ -687,14 +689,15 @@ class KubeClient:
                 platforms.append(f"{os}/{arch}")
         return platforms
 
-    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The ServiceAccount as JSON, or None when there is none. Raises ``KubeError``."""
-        return self._read(
+    def get_service_account(self, namespace: str, name: str) -> ServiceAccount | None:
+        """The ServiceAccount's snapshot, or None when there is none. Raises ``KubeError``."""
+        found = self._read(
             self._core.read_namespaced_service_account,
             f"get serviceaccount {namespace}/{name}",
             name,
             namespace,
         )
+        return None if found is None else ServiceAccount.from_api(found)
 
     def patch_service_account(self, namespace: str, name: str, patch: JsonPatch) -> str:
         """Apply a JSON patch to a ServiceAccount.
@@ -717,7 +720,7 @@ class KubeClient:
 
     def service_account_at_least(
         self, namespace: str, name: str, resource_version: str
-    ) -> dict[str, Any] | None:
+    ) -> ServiceAccount | None:
         """The ServiceAccount as the API server's cache holds it, at ``resource_version`` or later.
 
         A GET with ``resourceVersion`` set is served from the API server's
@@ -728,7 +731,7 @@ class KubeClient:
         pods from one. Needs only ``get`` on serviceaccounts.
 
         Returns:
-            The ServiceAccount as JSON, or None when there is none.
+            The ServiceAccount's snapshot, or None when there is none.
 
         Raises:
             KubeError: refused, unreachable, or the cache did not catch up
@@ -739,7 +742,8 @@ class KubeClient:
             f"/api/v1/namespaces/{quote(namespace, safe='')}/serviceaccounts/"
             f"{quote(name, safe='')}?resourceVersion={quote(resource_version, safe='')}"
         )
-        return self._read_body(lambda: self._send_json("GET", path, None), what)
+        found = self._read_body(lambda: self._send_json("GET", path, None), what)
+        return None if found is None else ServiceAccount.from_api(found)
 
     # Events ------------------------------------------------------------------
 

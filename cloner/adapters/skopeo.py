@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cloner.adapters.credential_store import CredentialStore
-from cloner.errors import RegistryError, registry_error
+from cloner.errors import FailureReason, RegistryError, registry_error
 from cloner.model.credentials import Credential
 from cloner.model.identity import BackendName, Copied
 from cloner.model.reference import Reference
@@ -506,11 +506,13 @@ class SkopeoBackend:
             shutil.rmtree(workdir, ignore_errors=True)
         if not written:
             raise RegistryError(
-                "verify_failed", f"{what}: skopeo exited 0 but wrote no digest", owned.registry
+                FailureReason.VERIFY_FAILED,
+                f"{what}: skopeo exited 0 but wrote no digest",
+                owned.registry,
             )
         if source.digest is not None and written != source.digest:
             raise RegistryError(
-                "verify_failed",
+                FailureReason.VERIFY_FAILED,
                 f"{what}: skopeo wrote {written}, the source digest is {source.digest}",
                 owned.registry,
             )
@@ -542,7 +544,9 @@ class SkopeoBackend:
         limit = self.command_timeout + PROCESS_TIMEOUT_MARGIN
         with self._processes_lock:
             if self._abandoned:
-                raise RegistryError("registry_error", f"{what}: not started, shutting down")
+                raise RegistryError(
+                    FailureReason.REGISTRY_ERROR, f"{what}: not started, shutting down"
+                )
             try:
                 process = subprocess.Popen(
                     argv,
@@ -555,7 +559,7 @@ class SkopeoBackend:
                 )
             except OSError as exc:
                 raise RegistryError(
-                    "registry_error",
+                    FailureReason.REGISTRY_ERROR,
                     f"{what}: cannot run {self.skopeo!r}: {exc.strerror or exc}; "
                     "install skopeo or set the path to it",
                 ) from None
@@ -566,7 +570,8 @@ class SkopeoBackend:
             process.kill()
             process.communicate()
             raise RegistryError(
-                "network", f"{what}: skopeo did not finish within {limit:g}s and was killed"
+                FailureReason.NETWORK,
+                f"{what}: skopeo did not finish within {limit:g}s and was killed",
             ) from None
         finally:
             with self._processes_lock:

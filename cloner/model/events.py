@@ -80,10 +80,16 @@ SWITCH_SLOW = "SwitchSlow"
 SIGNATURES_NOT_COPIED = "SignaturesNotCopied"
 SIGNATURES_LOST = "SignaturesLost"
 
-#: Event types (``Event.type``).
-NORMAL = "Normal"
-WARNING = "Warning"
-TYPES = (NORMAL, WARNING)
+
+class EventType(StrEnum):
+    """``Event.type``: the two the core/v1 Event API defines."""
+
+    NORMAL = "Normal"  #: something worked as intended
+    WARNING = "Warning"  #: something failed or needs a person
+
+
+NORMAL, WARNING = EventType.NORMAL, EventType.WARNING
+TYPES = tuple(EventType)
 
 #: ``source.component`` and ``reportingComponent`` of every Event.
 COMPONENT = "image-cloner"

@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from cloner.model.credentials import Credential, HelperRef
 from cloner.model.workloads import ADDED_PULL_SECRET, JsonPatch, annotation_ops, pull_secret_ops
@@ -38,12 +38,39 @@ class AttachMode(StrEnum):
 
 ATTACH_MODES = tuple(AttachMode)
 
-#: ``PullCredential.reason``: a credential helper answers for the owned
-#: registry but gave no credential this cycle.
-CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
-#: ``PullCredential.reason``: ``pullSecret.dockerConfig`` has no entry for the
-#: owned registry while ``dockerConfig`` has one (the registry wants credentials).
-PULL_CREDENTIALS_MISSING = "pull_credentials_missing"
+
+class ProvisionFailure(StrEnum):
+    """Why a namespace was not made ready to pull (``ProvisionReport.failures``).
+
+    Also the label ``reason`` of ``image_cloner_pull_secret_failures_total``.
+    """
+
+    #: A Secret of the managed name exists without the managed-by label.
+    FOREIGN_SECRET = "foreign_secret"
+    #: The ServiceAccount the pods run as does not exist.
+    SERVICEACCOUNT_MISSING = "serviceaccount_missing"
+    #: A read or write of the API server failed.
+    API_ERROR = "api_error"
+    #: A credential helper answers for the owned registry but gave no
+    #: credential this cycle (also ``PullCredential.reason``).
+    CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+    #: ``pullSecret.dockerConfig`` has no entry for the owned registry while
+    #: ``dockerConfig`` has one: the registry wants credentials (also
+    #: ``PullCredential.reason``).
+    PULL_CREDENTIALS_MISSING = "pull_credentials_missing"
+
+
+CREDENTIALS_UNAVAILABLE = ProvisionFailure.CREDENTIALS_UNAVAILABLE
+PULL_CREDENTIALS_MISSING = ProvisionFailure.PULL_CREDENTIALS_MISSING
+
+
+class SecretAction(StrEnum):
+    """What makes a namespace hold the desired pull Secret (``secret_action``)."""
+
+    CREATE = "create"  #: none there: create it
+    UPDATE = "update"  #: managed, but its type or data differ: replace them
+    NONE = "none"  #: managed and current
+    FOREIGN = "foreign"  #: a Secret of that name the controller does not manage
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +107,7 @@ class PullCredential:
     """
 
     credential: Credential | None = None
-    reason: str = ""
+    reason: ProvisionFailure | Literal[""] = ""
     message: str = ""
 
 
@@ -185,13 +212,50 @@ def desired_secret(name: str, namespace: str, credential: Credential) -> dict[st
     }
 
 
-def is_managed(secret: Mapping[str, Any]) -> bool:
-    """True when the Secret carries ``app.kubernetes.io/managed-by: image-cloner``."""
-    labels = (secret.get("metadata") or {}).get("labels") or {}
-    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+@dataclass(frozen=True, slots=True)
+class SecretInfo:
+    """A core/v1 Secret as the pull Secret rules need it (snapshot of the API object).
+
+    Attributes:
+        namespace, name: where it is.
+        metadata: its ``metadata`` as read, kept whole so that an update
+            (PUT) keeps what others wrote (labels, annotations, owner
+            references, finalizers) and tests ``resourceVersion``.
+        type: its ``type`` ("" when absent).
+        data: its ``data``, base64 values by key.
+    """
+
+    namespace: str
+    name: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    type: str = ""
+    data: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> SecretInfo:
+        """The snapshot of a Secret as the API returns it (JSON dict)."""
+        meta = dict(obj.get("metadata") or {})
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            metadata=meta,
+            type=str(obj.get("type") or ""),
+            data=dict(obj.get("data") or {}),
+        )
+
+    @property
+    def resource_version(self) -> str:
+        """``metadata.resourceVersion`` as read."""
+        return str(self.metadata.get("resourceVersion", ""))
+
+    @property
+    def managed(self) -> bool:
+        """True when it carries ``app.kubernetes.io/managed-by: image-cloner``."""
+        labels = self.metadata.get("labels") or {}
+        return labels.get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
-def secret_action(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> str:
+def secret_action(existing: SecretInfo | None, desired: Mapping[str, Any]) -> SecretAction:
     """What to do to make the namespace hold ``desired``.
 
     Args:
@@ -199,27 +263,27 @@ def secret_action(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]
         desired: from ``desired_secret``.
 
     Returns:
-        ``create`` (none there), ``update`` (managed, content or type
-        differs), ``none`` (managed and current), or ``foreign`` (a Secret of
+        ``CREATE`` (none there), ``UPDATE`` (managed, content or type
+        differs), ``NONE`` (managed and current), or ``FOREIGN`` (a Secret of
         that name the controller does not manage: never overwritten).
     """
     if existing is None:
-        return "create"
-    if not is_managed(existing):
-        return "foreign"
-    if existing.get("type") != desired["type"] or (existing.get("data") or {}) != desired["data"]:
-        return "update"
-    return "none"
+        return SecretAction.CREATE
+    if not existing.managed:
+        return SecretAction.FOREIGN
+    if existing.type != desired["type"] or dict(existing.data) != desired["data"]:
+        return SecretAction.UPDATE
+    return SecretAction.NONE
 
 
-def updated_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+def updated_secret(existing: SecretInfo, desired: Mapping[str, Any]) -> dict[str, Any]:
     """The body of the update (PUT) of a managed Secret.
 
     Keeps the existing metadata (labels and annotations others added, and
     ``resourceVersion`` as the precondition, so a concurrent change makes the
     update fail instead of being lost) and replaces type and data.
     """
-    metadata = dict(existing.get("metadata") or {})
+    metadata = dict(existing.metadata)
     metadata["labels"] = {**(metadata.get("labels") or {}), MANAGED_BY_LABEL: MANAGED_BY}
     return {**desired, "metadata": metadata}
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from cloner.errors import RegistryError
+from cloner.errors import FailureReason, RegistryError
 from cloner.model.artifacts import (
     COSIGN_SUFFIXES,
     MAX_ARTIFACTS,
@@ -352,7 +352,7 @@ class ArtifactCopier:
                 head = self._api.head(ref)
                 if head is None or head.digest != found.digest:
                     raise RegistryError(
-                        "verify_failed",
+                        FailureReason.VERIFY_FAILED,
                         f"{name} does not serve the {found.kind.value} {found.digest}",
                         owned.registry,
                     )
@@ -363,7 +363,7 @@ class ArtifactCopier:
                     }
                 if found.digest not in listed[found.subject]:
                     raise RegistryError(
-                        "verify_failed",
+                        FailureReason.VERIFY_FAILED,
                         f"the owned referrers of {dst.name}@{found.subject} do not list "
                         f"{found.digest}",
                         owned.registry,
@@ -375,7 +375,7 @@ def _blobs(body: bytes) -> list[tuple[str, int]]:
     try:
         return manifest_blobs(body)
     except ValueError as exc:
-        raise RegistryError("registry_error", f"artifact manifest: {exc}") from None
+        raise RegistryError(FailureReason.REGISTRY_ERROR, f"artifact manifest: {exc}") from None
 
 
 def _key(found: Found) -> str:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cloner.config import BackoffSettings, CopySettings
-from cloner.errors import RegistryError
+from cloner.errors import FailureReason, RegistryError
 from cloner.model.artifacts import SignatureMode
 from cloner.model.backoff import Backoff, RegistryPauses
 from cloner.model.identity import Action, Copied, Descriptor, decide, refresh_due
@@ -411,7 +411,7 @@ class ImageCloner:
                 "not cloned (change naming or flatSeparator)"
             )
             log.error(message)
-            return ImageResult(source, None, reason="naming_collision", message=message)
+            return ImageResult(source, None, reason=FailureReason.NAMING_COLLISION, message=message)
         return self._not_now(source, owned)
 
     def _not_now(self, source: Reference, owned: Reference) -> ImageResult | None:
@@ -476,7 +476,9 @@ class ImageCloner:
         except Exception as exc:  # one image's surprise must not end the cycle
             log.exception("unexpected error while cloning %s", source)
             return self._failed(
-                source, owned, RegistryError("registry_error", f"clone {source}: {exc!r}")
+                source,
+                owned,
+                RegistryError(FailureReason.REGISTRY_ERROR, f"clone {source}: {exc!r}"),
             )
         if result.retry_in is not None:
             return result  # paused while it waited for a copy slot
@@ -547,13 +549,13 @@ class ImageCloner:
             head = self._manifests.head(source)
             if head is None:
                 raise RegistryError(
-                    "not_found",
+                    FailureReason.NOT_FOUND,
                     f"{source}: the source registry has no such manifest",
                     source.registry,
                 )
             if source.digest is not None and head.digest != source.digest:
                 raise RegistryError(
-                    "verify_failed",
+                    FailureReason.VERIFY_FAILED,
                     f"{source}: the source registry answers {head.digest} for it",
                     source.registry,
                 )
@@ -585,7 +587,7 @@ class ImageCloner:
             return ImageResult(source, record.image, platforms=record.platforms)
         if action is Action.WAIT_UNVERIFIED:
             raise RegistryError(
-                "source_unverified",
+                FailureReason.SOURCE_UNVERIFIED,
                 f"{source} cannot be asked ({source_error}); the owned name {looked_up} "
                 "exists but was never verified against it, so it is not used",
                 source.registry,

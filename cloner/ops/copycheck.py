@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from cloner.errors import RegistryError
+from cloner.errors import FailureReason, RegistryError
 from cloner.model.identity import (
     DOCKER,
     Descriptor,
@@ -121,7 +121,7 @@ class Expected:
                 child = child_for(manifest, platform)
                 if child is None:
                     raise RegistryError(
-                        "not_found",
+                        FailureReason.NOT_FOUND,
                         f"{self._ref}: the index has no {platform} image for the Docker engine",
                         self._ref.registry,
                     )
@@ -193,7 +193,7 @@ class _Base:
         answered = self._manifests.head(owned)
         if answered is None or answered.digest != pushed:
             raise RegistryError(
-                "verify_failed",
+                FailureReason.VERIFY_FAILED,
                 f"verify {owned}: registry answers {answered.digest if answered else 'nothing'}, "
                 f"pushed {pushed}",
                 owned.registry,
@@ -244,14 +244,14 @@ class DigestCheck(_Base):
         self._served(owned, pushed)
         if pushed != head.digest:
             raise RegistryError(
-                "verify_failed",
+                FailureReason.VERIFY_FAILED,
                 f"verify {owned}: copied {pushed}, the source is {head.digest}",
                 owned.registry,
             )
         for platform, child in expected.children(owned).items():
             if self._manifests.head(owned.with_digest(child)) is None:
                 raise RegistryError(
-                    "verify_failed",
+                    FailureReason.VERIFY_FAILED,
                     f"verify {owned}: platform {platform} ({child}) is missing",
                     owned.registry,
                 )
@@ -310,7 +310,9 @@ class ConfigCheck(_Base):
         index = parse(descriptor, body, source)
         message = engine_drops_platforms(index, engine, nodes)
         if message is not None:
-            raise RegistryError("multi_platform", f"{source}: {message}", source.registry)
+            raise RegistryError(
+                FailureReason.MULTI_PLATFORM, f"{source}: {message}", source.registry
+            )
 
     def matches(self, expected: Expected, owned: Reference, owned_head: Descriptor) -> bool:
         """``identity.same_content``: the owned image's config is the source's for the engine."""
@@ -333,7 +335,7 @@ class ConfigCheck(_Base):
         answered = self._served(owned, pushed)
         if not self.matches(expected, owned.with_digest(pushed), answered):
             raise RegistryError(
-                "verify_failed",
+                FailureReason.VERIFY_FAILED,
                 f"verify {owned}: its image config is not that of the source's "
                 f"{self._engine_platform()} image",
                 owned.registry,
@@ -365,4 +367,4 @@ def parse(descriptor: Descriptor, body: bytes, ref: Reference) -> Manifest:
     try:
         return parse_manifest(descriptor.digest, descriptor.media_type, body)
     except ValueError as exc:
-        raise RegistryError("registry_error", f"{ref}: {exc}", ref.registry) from None
+        raise RegistryError(FailureReason.REGISTRY_ERROR, f"{ref}: {exc}", ref.registry) from None

@@ -29,10 +29,12 @@ from cloner.model.pullsecrets import (
     PULL_CREDENTIALS_MISSING,
     AttachMode,
     OwnedEntry,
+    ProvisionFailure,
     PullCredential,
+    SecretAction,
+    SecretInfo,
     ServiceAccount,
     desired_secret,
-    is_managed,
     pull_credential,
     secret_action,
     service_account_patch,
@@ -54,7 +56,7 @@ ADMISSION_SETTLE = 0.5
 class SecretAPI(Protocol):
     """The Kubernetes calls provisioning needs (implemented by ``kube.KubeClient``)."""
 
-    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_secret(self, namespace: str, name: str) -> SecretInfo | None:
         """The Secret, None if absent; raises ``KubeError``."""
         ...
 
@@ -66,7 +68,7 @@ class SecretAPI(Protocol):
         """Update a Secret (resourceVersion precondition); raises ``KubeError``."""
         ...
 
-    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_service_account(self, namespace: str, name: str) -> ServiceAccount | None:
         """The ServiceAccount, None if absent; raises ``KubeError``."""
         ...
 
@@ -79,7 +81,7 @@ class SecretAPI(Protocol):
 
     def service_account_at_least(
         self, namespace: str, name: str, resource_version: str
-    ) -> dict[str, Any] | None:
+    ) -> ServiceAccount | None:
         """The ServiceAccount as the API server's cache holds it at ``resource_version`` or later.
 
         None if absent; raises ``KubeError`` (also when the cache did not catch up).
@@ -101,14 +103,12 @@ class ProvisionReport:
     Attributes:
         secrets: Secrets written, by action (``created``, ``updated``).
         service_accounts_patched: ServiceAccounts that got the Secret added.
-        failures: ``(namespace, reason, message)``; reason is
-            ``foreign_secret``, ``serviceaccount_missing``, ``api_error``,
-            ``credentials_unavailable`` or ``pull_credentials_missing``.
+        failures: ``(namespace, reason, message)``.
     """
 
     secrets: Counter[str] = field(default_factory=Counter)
     service_accounts_patched: int = 0
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    failures: list[tuple[str, ProvisionFailure, str]] = field(default_factory=list)
 
 
 class PullSecrets:
@@ -239,7 +239,7 @@ class PullSecrets:
                 log.error("checking the pull secret of %s failed: %s", namespace, exc)
                 complete = False
                 continue
-            if existing is None or not is_managed(existing):
+            if existing is None or not existing.managed:
                 continue
             complete &= self._converge(namespace, existing, credential)
         if complete:
@@ -300,7 +300,7 @@ class PullSecrets:
             return None
         return self.name
 
-    def _fail(self, namespace: str, reason: str, message: str) -> bool:
+    def _fail(self, namespace: str, reason: ProvisionFailure, message: str) -> bool:
         self._report.failures.append((namespace, reason, message))
         log.error("not patching workloads in %s this cycle: %s", namespace, message)
         return False
@@ -309,36 +309,36 @@ class PullSecrets:
         try:
             existing = self._kube.get_secret(namespace, self.name)
         except KubeError as exc:
-            return self._fail(namespace, "api_error", str(exc))
+            return self._fail(namespace, ProvisionFailure.API_ERROR, str(exc))
         return self._converge(namespace, existing, credential)
 
     def _converge(
-        self, namespace: str, existing: dict[str, Any] | None, credential: Credential
+        self, namespace: str, existing: SecretInfo | None, credential: Credential
     ) -> bool:
         desired = desired_secret(self.name, namespace, credential)
         action = secret_action(existing, desired)
         try:
-            if action == "foreign":
+            if action == SecretAction.FOREIGN:
                 return self._fail(
                     namespace,
-                    "foreign_secret",
+                    ProvisionFailure.FOREIGN_SECRET,
                     f"Secret {namespace}/{self.name} exists and is not managed by "
                     "image-cloner (no app.kubernetes.io/managed-by=image-cloner label); "
                     "it is left as it is",
                 )
-            if action == "create":
+            if action == SecretAction.CREATE:
                 self._kube.create_secret(namespace, desired)
                 with self._lock:  # namespaces are made ready in parallel
                     self._report.secrets["created"] += 1
                 log.info("created pull secret %s/%s", namespace, self.name)
-            elif action == "update":
+            elif action == SecretAction.UPDATE:
                 assert existing is not None
                 self._kube.replace_secret(namespace, updated_secret(existing, desired))
                 with self._lock:
                     self._report.secrets["updated"] += 1
                 log.info("updated pull secret %s/%s", namespace, self.name)
         except KubeError as exc:
-            return self._fail(namespace, "api_error", str(exc))
+            return self._fail(namespace, ProvisionFailure.API_ERROR, str(exc))
         return True
 
     def _ensure_attached(self, namespace: str, name: str) -> bool:
@@ -347,10 +347,10 @@ class PullSecrets:
             if account is None:
                 return self._fail(
                     namespace,
-                    "serviceaccount_missing",
+                    ProvisionFailure.SERVICEACCOUNT_MISSING,
                     f"ServiceAccount {namespace}/{name} does not exist",
                 )
-            patch = service_account_patch(ServiceAccount.from_api(account), self.name)
+            patch = service_account_patch(account, self.name)
             if patch:
                 version = self._kube.patch_service_account(namespace, name, patch)
                 with self._lock:
@@ -358,7 +358,7 @@ class PullSecrets:
                 log.info("added pull secret %s to ServiceAccount %s/%s", self.name, namespace, name)
                 return self._await_admission(namespace, name, version)
         except KubeError as exc:
-            return self._fail(namespace, "api_error", str(exc))
+            return self._fail(namespace, ProvisionFailure.API_ERROR, str(exc))
         return True
 
     def _await_admission(self, namespace: str, name: str, version: str) -> bool:
@@ -370,10 +370,10 @@ class PullSecrets:
         Raises ``KubeError`` (the caller records it).
         """
         seen = self._kube.service_account_at_least(namespace, name, version) if version else None
-        if seen is None or not ServiceAccount.from_api(seen).lists(self.name):
+        if seen is None or not seen.lists(self.name):
             return self._fail(
                 namespace,
-                "api_error",
+                ProvisionFailure.API_ERROR,
                 f"the API server did not confirm that ServiceAccount {namespace}/{name} "
                 f"lists {self.name} (version {version or 'unknown'}); retried next cycle",
             )

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloner.config import Settings
-from cloner.errors import InvalidReference, KubeError, RegistryError
+from cloner.errors import FailureReason, InvalidReference, KubeError, RegistryError
 from cloner.model.credentials import DockerConfig
 from cloner.model.cycle import CycleIndex, index_cycle
 from cloner.model.events import (
@@ -400,7 +400,7 @@ class Reconciler:
             return self._kube.node_platforms()
         except KubeError as exc:
             raise RegistryError(
-                "registry_error", f"cannot list nodes to check their platforms: {exc}"
+                FailureReason.REGISTRY_ERROR, f"cannot list nodes to check their platforms: {exc}"
             ) from None
 
     # Durable state ---------------------------------------------------------

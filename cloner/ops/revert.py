@@ -38,7 +38,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cloner.errors import KubeError
 from cloner.model.events import (
@@ -81,7 +81,7 @@ class RevertAPI(Protocol):
         """Apply a JSON patch to a workload; raises ``KubeError``."""
         ...
 
-    def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_service_account(self, namespace: str, name: str) -> ServiceAccount | None:
         """The ServiceAccount, None if absent; raises ``KubeError``."""
         ...
 
@@ -270,9 +270,7 @@ class _Revert:
             return
         if found is None:
             return
-        plan = service_account_revert_patch(
-            ServiceAccount.from_api(found), self.users.get((namespace, name), ())
-        )
+        plan = service_account_revert_patch(found, self.users.get((namespace, name), ()))
         if plan is None:
             return
         report.secrets.add(f"{namespace}/{plan.pull_secret}")

@@ -82,7 +82,7 @@ def test_a_patch_lands_and_a_refused_one_names_the_api_servers_reason(
             assert 'deployments.apps "absent" not found' in str(missing.value), str(missing.value)
             # A read on the same connection after the writes: no body carried over.
             account = kube.get_service_account(namespace, "default")
-            assert account is not None and account["metadata"]["name"] == "default"
+            assert account is not None and account.name == "default"
             # The only Secret name the shipped RBAC lets it read; not created here.
             assert kube.get_secret(namespace, "image-cloner-pull-secret") is None
         assert images(read(admin, "Deployment", namespace, "web")) == {"main": "127.0.0.1:1/web:2"}

@@ -35,6 +35,7 @@ from cloner.model.identity import (
     Descriptor,
     child_for,
 )
+from cloner.model.pullsecrets import SecretInfo, ServiceAccount
 from cloner.model.reference import Reference
 from cloner.model.workloads import KINDS, NamespaceInfo, Workload, kind_info, pod_spec_of
 
@@ -328,8 +329,9 @@ class FakeKube:
             raise KubeError(404, "not found")
         self.config_maps[key] = body
 
-    def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.secrets.get((ns, name))
+    def get_secret(self, ns: str, name: str) -> SecretInfo | None:
+        found = self.secrets.get((ns, name))
+        return None if found is None else SecretInfo.from_api(found)
 
     def create_secret(self, ns: str, body: dict[str, Any]) -> None:
         self.calls.append(f"create secret {ns}")
@@ -339,9 +341,10 @@ class FakeKube:
         self.calls.append(f"update secret {ns}")
         self.secrets[(ns, body["metadata"]["name"])] = body
 
-    def get_service_account(self, ns: str, name: str) -> dict[str, Any] | None:
+    def get_service_account(self, ns: str, name: str) -> ServiceAccount | None:
         self.gets.append((ns, name))
-        return copy.deepcopy(self.accounts.get((ns, name)))
+        found = self.accounts.get((ns, name))
+        return None if found is None else ServiceAccount.from_api(found)
 
     def patch_service_account(self, ns: str, name: str, patch: list[dict[str, Any]]) -> str:
         self.calls.append(f"patch sa {ns}/{name}")
@@ -356,7 +359,7 @@ class FakeKube:
 
     def service_account_at_least(
         self, ns: str, name: str, resource_version: str
-    ) -> dict[str, Any] | None:
+    ) -> ServiceAccount | None:
         """As the watch cache would: the account, once its version reached ``resource_version``."""
         self.calls.append(f"confirm sa {ns}/{name}")
         account = self.accounts.get((ns, name))
@@ -365,4 +368,4 @@ class FakeKube:
         held = int(account.get("metadata", {}).get("resourceVersion", "0"))
         if held < int(resource_version):
             raise KubeError(504, "Too large resource version")
-        return copy.deepcopy(account)
+        return ServiceAccount.from_api(account)

@@ -10,6 +10,7 @@ from cloner.model.pullsecrets import (
     CREDENTIALS_UNAVAILABLE,
     PULL_CREDENTIALS_MISSING,
     OwnedEntry,
+    SecretInfo,
     ServiceAccount,
     carries_push_credentials,
     desired_secret,
@@ -57,9 +58,9 @@ def test_secret_actions() -> None:
     managed_stale = {**managed_current, "data": {".dockerconfigjson": "e30="}}
     foreign = {"metadata": {"name": "s"}, "type": "Opaque", "data": {}}
     assert secret_action(None, desired) == "create"
-    assert secret_action(managed_current, desired) == "none"
-    assert secret_action(managed_stale, desired) == "update"
-    assert secret_action(foreign, desired) == "foreign"
+    assert secret_action(SecretInfo.from_api(managed_current), desired) == "none"
+    assert secret_action(SecretInfo.from_api(managed_stale), desired) == "update"
+    assert secret_action(SecretInfo.from_api(foreign), desired) == "foreign"
 
 
 def test_update_keeps_metadata_and_resource_version() -> None:
@@ -75,7 +76,7 @@ def test_update_keeps_metadata_and_resource_version() -> None:
         "type": "kubernetes.io/dockerconfigjson",
         "data": {".dockerconfigjson": "e30="},
     }
-    body = updated_secret(existing, desired)
+    body = updated_secret(SecretInfo.from_api(existing), desired)
     assert body["metadata"]["resourceVersion"] == "7"
     assert body["metadata"]["labels"]["team"] == "a"
     assert body["metadata"]["annotations"] == {"note": "x"}
