@@ -35,9 +35,13 @@ class CycleIndex:
         plans: workload key (``Workload.key``) -> its container plans, in pod order.
         to_copy: ``(source, owned)`` of every ``clone`` decision, in workload
             order (duplicates kept; ``ImageCloner.submit`` starts each source once).
-        patched: ``(source, owned)`` traced back from the original-images
+        switched: ``(source, owned)`` traced back from the original-images
             annotation of containers already on an owned copy of a public source.
         traced: ``(workload key, container name)`` of those containers.
+        in_use: ``(workload key, container name)`` -> ``(current, source)``
+            of those containers: the parsed owned reference the container
+            runs and the parsed public original it was switched from, so the
+            verify step does not parse them again.
         needed: workload key -> canonical sources its ``clone`` decisions wait
             on (workloads with none are absent).
         awaiting_clone: canonical source -> the workloads whose ``clone`` decisions
@@ -52,8 +56,9 @@ class CycleIndex:
 
     plans: dict[str, list[ContainerPlan]] = field(default_factory=dict)
     to_copy: list[tuple[Reference, Reference]] = field(default_factory=list)
-    patched: list[tuple[Reference, Reference]] = field(default_factory=list)
+    switched: list[tuple[Reference, Reference]] = field(default_factory=list)
     traced: set[tuple[str, str]] = field(default_factory=set)
+    in_use: dict[tuple[str, str], tuple[Reference, Reference]] = field(default_factory=dict)
     needed: dict[str, set[str]] = field(default_factory=dict)
     awaiting_clone: dict[str, list[Workload]] = field(default_factory=dict)
     users: dict[str, list[Workload]] = field(default_factory=dict)
@@ -62,8 +67,8 @@ class CycleIndex:
 
     @property
     def pairs(self) -> list[tuple[Reference, Reference]]:
-        """``to_copy`` then ``patched``: everything ``ImageCloner.submit`` is given."""
-        return self.to_copy + self.patched
+        """``to_copy`` then ``switched``: everything ``ImageCloner.submit`` is given."""
+        return self.to_copy + self.switched
 
 
 def index_cycle(
@@ -82,7 +87,7 @@ def index_cycle(
 
     Returns:
         The ``CycleIndex``. A recorded original that does not parse, or whose
-        owned name would not be valid, is left out of ``patched`` (the
+        owned name would not be valid, is left out of ``switched`` (the
         container was planned as usual).
     """
     index = CycleIndex()
@@ -144,7 +149,8 @@ def _trace(
             current = parse_reference(container.image)
             source = parse_reference(original)
             if target.owns(current) and not target.owns(source):
-                index.patched.append((source, target.owned_name(source)))
+                index.switched.append((source, target.owned_name(source)))
                 index.traced.add((workload.key, container.name))
+                index.in_use[(workload.key, container.name)] = (current, source)
         except InvalidReference:
             continue

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloner.config import Settings
-from cloner.errors import FailureReason, InvalidReference, KubeError, RegistryError
+from cloner.errors import FailureReason, KubeError, RegistryError
 from cloner.model.credentials import DockerConfig
 from cloner.model.cycle import CycleIndex, index_cycle
 from cloner.model.events import (
@@ -65,7 +65,7 @@ from cloner.model.events import (
     signatures_not_copied_message,
     source_moved_message,
 )
-from cloner.model.reference import parse_reference
+from cloner.model.reference import Reference
 from cloner.model.state import StateBook
 from cloner.model.workloads import (
     UNPATCHABLE_KINDS,
@@ -77,7 +77,6 @@ from cloner.model.workloads import (
     Workload,
     describe,
     image_patch,
-    original_images,
 )
 from cloner.ops.artifacts import ArtifactAPI, ArtifactCopier
 from cloner.ops.cloning import CopyBackend, ImageCloner, ImageResult
@@ -480,7 +479,7 @@ class Reconciler:
         summary.owned_images = len(owned_in_use)
         if not self._images.stopping:
             self._report_unpatchable(namespaces, summary)
-            self._verify(workloads, summary)
+            self._verify(workloads, index, summary)
             self._save_state()
             if self._pull_secrets is not None:
                 self._pull_secrets.sweep(w.namespace for w in workloads)
@@ -742,8 +741,12 @@ class Reconciler:
             return
         summary.unpatchable = dict(counts)
 
-    def _verify(self, workloads: list[Workload], summary: Summary) -> None:
-        """Every ``verifyInterval``: re-clone owned copies that patched workloads miss."""
+    def _verify(self, workloads: list[Workload], index: CycleIndex, summary: Summary) -> None:
+        """Every ``verifyInterval``: re-clone owned copies that patched workloads miss.
+
+        The containers looked at are those ``index_cycle`` traced
+        (``CycleIndex.in_use``): on an owned copy of a recorded public original.
+        """
         interval = self._settings.refresh.verify_interval
         now = self._wall()
         with self._state.locked() as book:
@@ -755,14 +758,13 @@ class Reconciler:
         checked: dict[str, str | None] = {}  # owned reference in use -> image to patch to
         healing: list[Future[None]] = []
         for workload in workloads:
-            originals = original_images(workload.annotations)
             changes: list[tuple[Container, str]] = []
             for container in workload.containers:
-                original = originals.get(container.name)
-                if original is None:
+                traced = index.in_use.get((workload.key, container.name))
+                if traced is None:
                     continue
                 if container.image not in checked:
-                    checked[container.image] = self._heal(container.image, original, summary)
+                    checked[container.image] = self._heal(container.image, *traced, summary)
                 healed = checked[container.image]
                 if healed is not None and healed != container.image:
                     changes.append((container, healed))
@@ -771,20 +773,20 @@ class Reconciler:
         for future in healing:
             future.result()
 
-    def _heal(self, current: str, original: str, summary: Summary) -> str | None:
-        """Check one owned reference in use; clone it again from ``original`` if missing.
+    def _heal(
+        self, current: str, in_use: Reference, source: Reference, summary: Summary
+    ) -> str | None:
+        """Check one owned reference in use; clone it again from ``source`` if missing.
+
+        Args:
+            current: the container's image as written.
+            in_use: ``current`` parsed (an owned reference).
+            source: the public original it was switched from.
 
         Returns:
             The reference the workload should use (``current`` when it is
             fine), or None when it could not be checked or restored.
         """
-        try:
-            in_use = parse_reference(current)
-            source = parse_reference(original)
-        except InvalidReference:
-            return None
-        if not self._settings.owned.owns(in_use):
-            return None  # the user changed it since; not ours to heal
         try:
             if self._manifests.head(in_use) is not None:
                 return current
@@ -792,7 +794,7 @@ class Reconciler:
             log.warning("cannot verify %s now: %s", current, exc)
             return None
         owned = self._settings.owned.owned_name(source)
-        log.warning("owned copy %s is missing; cloning it again from %s", current, original)
+        log.warning("owned copy %s is missing; cloning it again from %s", current, source)
         self._images.forget(source)
         result = self._images.ensure_all([(source, owned)])[str(source)]
         if result.image is None:

@@ -49,7 +49,7 @@ def test_one_pass_gives_copies_waiters_users_and_notes() -> None:
         ("api", Decision.INVALID),
         ("vendor", Decision.EXCLUDED),
     ]
-    assert index.patched == [] and index.owned_sources == set()
+    assert index.switched == [] and index.owned_sources == set()
 
 
 def test_patched_workloads_are_traced_to_their_source_once() -> None:
@@ -58,7 +58,7 @@ def test_patched_workloads_are_traced_to_their_source_once() -> None:
     house = workload("house", {"app": "owned.example.com/mirror/team/tool:3"})
     index = index_cycle([done, house], POLICY, {})
 
-    assert [(str(s), str(o)) for s, o in index.patched] == [
+    assert [(str(s), str(o)) for s, o in index.switched] == [
         ("docker.io/library/nginx:1", OWNED_NGINX)
     ]
     assert index.traced == {(done.key, "app")}
@@ -66,7 +66,7 @@ def test_patched_workloads_are_traced_to_their_source_once() -> None:
     assert [w.name for w in index.users["docker.io/library/nginx:1"]] == ["done"]
     # The traced container counts under its source; the other owned image counts itself.
     assert index.owned_sources == {"owned.example.com/mirror/team/tool:3"}
-    assert index.pairs == index.to_copy + index.patched
+    assert index.pairs == index.to_copy + index.switched
     assert index.needed == {}
 
 
@@ -77,5 +77,5 @@ def test_opted_out_namespace_and_malformed_annotation() -> None:
         POLICY,
         {"shop": NamespaceInfo("shop", {"image-cloner.io/skip": "true"})},
     )
-    assert index.to_copy == [] and index.patched == []
+    assert index.to_copy == [] and index.switched == []
     assert [p.decision for _, p in index.notes] == [Decision.EXCLUDED, Decision.EXCLUDED]
