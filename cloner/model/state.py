@@ -198,8 +198,7 @@ class StateBook:
 
     def forget(self, key: str) -> None:
         """Drop the record of a source (its owned copy must be verified again)."""
-        if self.records.pop(key, None) is not None:
-            self._touch(key)
+        self._drop(self.records, key)
 
     def verify_done(self, now: float) -> None:
         """Record the time (epoch seconds) of a ``verifyInterval`` check, so a restart waits."""
@@ -208,13 +207,11 @@ class StateBook:
 
     def failed(self, key: str, failure: Failure) -> None:
         """Record a failure of a source."""
-        self.failures[key] = failure
-        self._touch(key)
+        self._put(self.failures, key, failure)
 
     def succeeded(self, key: str) -> None:
         """Forget the failures of a source."""
-        if self.failures.pop(key, None) is not None:
-            self._touch(key)
+        self._drop(self.failures, key)
 
     def used(self, keys: Iterable[str], now: float) -> None:
         """Note the sources workloads use at ``now`` (epoch seconds); expire unused records.
@@ -233,22 +230,28 @@ class StateBook:
 
     def switch_started(self, switch: PendingSwitch) -> None:
         """Follow a switch (replacing an earlier one of the same workload)."""
-        self.switches[switch.key] = switch
-        self._touch(switch.key)
+        self._put(self.switches, switch.key, switch)
 
     def switch_ended(self, key: str) -> None:
         """Stop following the switch of workload ``key`` (complete, undone or gone)."""
-        if self.switches.pop(key, None) is not None:
-            self._touch(key)
+        self._drop(self.switches, key)
 
     def hold(self, key: str, hold: Hold) -> None:
         """Hold a workload (``Kind ns/name``) or a namespace (``Namespace <name>``) back."""
-        self.holds[key] = hold
-        self._touch(key)
+        self._put(self.holds, key, hold)
 
     def release(self, key: str) -> None:
         """End the hold of ``key``."""
-        if self.holds.pop(key, None) is not None:
+        self._drop(self.holds, key)
+
+    def _put(self, table: dict[str, Any], key: str, value: object) -> None:
+        """Set ``table[key]`` and mark its shard as changed."""
+        table[key] = value
+        self._touch(key)
+
+    def _drop(self, table: dict[str, Any], key: str) -> None:
+        """Remove ``key`` from ``table``; its shard is changed only when it was there."""
+        if table.pop(key, None) is not None:
             self._touch(key)
 
     def _touch(self, key: str) -> None:

@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -204,7 +204,6 @@ class ImageCloner:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._manifests = manifests
         self._backend = backend
         self._backend_name = copy.backend  # recorded with each copy; a record of another is redone
         self._check: CopyCheck = check_for(
@@ -213,23 +212,17 @@ class ImageCloner:
             engine_platform or (lambda: "linux/amd64"),
             node_platforms or (lambda: ()),
         )
-        self._pin = pin_digest
-        self._backoff = Backoff(backoff.policy)
-        self._pauses = RegistryPauses()
-        self._rate_limit_pause = backoff.rate_limit_pause
         self._concurrency = copy.concurrency
-        self._registry_concurrency = copy.registry_concurrency
         self._refresh = refresh_interval
         #: the durable state (``ops.state.StateStore``); its book only inside ``locked()``
         self.state = state or StateStore(StateBook())
-        self._inputs = inputs
         self._clock = clock
         self._wall = wall
         self._stopping = threading.Event()
         self._stopped: Future[None] = Future()
+        #: the retry gate: backoff and paused registries (``RetryGate``)
+        self.gate = RetryGate(backoff, self.state, inputs, self._stopping.is_set, clock, wall)
         self._lock = threading.Lock()
-        self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._copy_slots = _Slots(self._concurrency, ramp=backend.keeps_digests)
         self._tickets = itertools.count()  # submission order, kept by the copy slots
         self._owned_locks: dict[str, threading.Lock] = {}
         self._inflight: dict[str, Future[ImageResult]] = {}
@@ -248,17 +241,20 @@ class ImageCloner:
                 wall,
                 inputs,
             )
-        self.restore_backoff()
-
-    def restore_backoff(self) -> None:
-        """Carry the failures of the durable state (``state``) into the in-memory backoff."""
-        now, wall = self._clock(), self._wall()
-        with self.state.locked() as book:
-            failures = list(book.failures.items())
-        for key, failure in failures:
-            self._backoff.restore(
-                key, failure.failures, now + failure.until - wall, failure.reason, failure.inputs
-            )
+        self._copier = ImageCopier(
+            manifests,
+            backend,
+            self._check,
+            self._backend_name,
+            self.gate,
+            _Slots(self._concurrency, ramp=backend.keeps_digests),
+            copy.registry_concurrency,
+            self.state,
+            self._artifacts,
+            pin_digest,
+            wall,
+        )
+        self.gate.restore()
 
     def stop(self) -> None:
         """No new clone starts; results still in flight are abandoned.
@@ -297,22 +293,6 @@ class ImageCloner:
         """How many clones are still running (submitted and not done)."""
         with self._lock:
             return sum(not future.done() for future in self._inflight.values())
-
-    def waiting_images(self) -> dict[str, dict[str, str]]:
-        """Images backing off now: canonical source -> ``{"until": RFC 3339, "reason": ...}``.
-
-        Served by the running controller (``/state/backoff``) so that ``plan``
-        can show it.
-        """
-        now = self._clock()
-        wall = self._wall()
-        return {
-            key: {
-                "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
-                "reason": reason,
-            }
-            for key, (until, reason) in self._backoff.backing_off_all(now, self._inputs()).items()
-        }
 
     def forget(self, source: Reference) -> None:
         """Drop a verified source, so the next try asks the registries again."""
@@ -412,11 +392,119 @@ class ImageCloner:
             )
             log.error(message)
             return ImageResult(source, None, reason=FailureReason.NAMING_COLLISION, message=message)
-        return self._not_now(source, owned)
+        return self.gate.not_now(source, owned)
 
-    def _not_now(self, source: Reference, owned: Reference) -> ImageResult | None:
-        now = self._clock()
+    def _owned_lock(self, repository: str) -> threading.Lock:
+        with self._lock:
+            return self._owned_locks.setdefault(repository, threading.Lock())
+
+    def _ensure(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
         if self.stopping:
+            return ImageResult(source, None, message="shutting down", retry_in=0.0)
+        # Another clone of this registry may have paused it meanwhile.
+        waiting = self.gate.not_now(source, owned)
+        if waiting is not None:
+            return waiting
+        started = self._clock()
+        try:
+            # One decision at a time per owned repository: sources that
+            # differ only by tag or digest share it, and two copies into
+            # one repository at once race in the registry. The second
+            # then finds the first one's copy and reuses it. The place in
+            # line comes after that lock: an image waiting for it must not
+            # hold up later images, one of which may hold it.
+            with self._owned_lock(owned.name), self._copier.turn(ticket, source.registry):
+                result = self._copier.run(source, owned, ticket)
+        except RegistryError as exc:
+            return self.gate.failed(source, owned, exc)
+        except Exception as exc:  # one image's surprise must not end the cycle
+            log.exception("unexpected error while cloning %s", source)
+            return self.gate.failed(
+                source,
+                owned,
+                RegistryError(FailureReason.REGISTRY_ERROR, f"clone {source}: {exc!r}"),
+            )
+        if result.retry_in is not None:
+            return result  # paused while it waited for a copy slot
+        if self.stopping:
+            log.warning("abandoning %s: shutting down (nothing is patched for it)", source)
+            return ImageResult(source, None, message="abandoned: shutting down", retry_in=0.0)
+        self.gate.succeeded(str(source))
+        if result.cloned:
+            return replace(result, duration=self._clock() - started)
+        return result
+
+
+class RetryGate:
+    """Whether an image may be tried now: its backoff and the registries paused after a 429.
+
+    The one owner of per-image retry timing (``model.backoff.Backoff``) and of
+    registry pauses (``model.backoff.RegistryPauses``); failures are also
+    kept in the durable state, so a restart waits as the last run would have.
+
+    Args:
+        backoff: the backoff group: per-image retry timing and the seconds a
+            registry is paused after a 429 without Retry-After.
+        state: the durable state (``StateBook.failures``).
+        inputs: returns the fingerprint of the config and credentials in
+            force; a permanent failure waits the backoff cap unless it changes.
+        stopping: True once the controller is stopping.
+        clock: monotonic seconds.
+        wall: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        backoff: BackoffSettings,
+        state: StateStore[StateBook],
+        inputs: Callable[[], str],
+        stopping: Callable[[], bool],
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self._backoff = Backoff(backoff.policy)
+        self._pauses = RegistryPauses()
+        self._rate_limit_pause = backoff.rate_limit_pause
+        self._state = state
+        self._inputs = inputs
+        self._stopping = stopping
+        self._clock = clock
+        self._wall = wall
+
+    def restore(self) -> None:
+        """Carry the failures of the durable state (``state``) into the in-memory backoff."""
+        now, wall = self._clock(), self._wall()
+        with self._state.locked() as book:
+            failures = list(book.failures.items())
+        for key, failure in failures:
+            self._backoff.restore(
+                key, failure.failures, now + failure.until - wall, failure.reason, failure.inputs
+            )
+
+    def waiting(self) -> dict[str, dict[str, str]]:
+        """Images backing off now: canonical source -> ``{"until": RFC 3339, "reason": ...}``.
+
+        Served by the running controller (``/state/backoff``) so that ``plan``
+        can show it.
+        """
+        now = self._clock()
+        wall = self._wall()
+        return {
+            key: {
+                "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
+                "reason": reason,
+            }
+            for key, (until, reason) in self._backoff.backing_off_all(now, self._inputs()).items()
+        }
+
+    def not_now(self, source: Reference, owned: Reference) -> ImageResult | None:
+        """A result that says why ``source`` is not tried now, or None when it may be.
+
+        Not tried: while stopping, while it backs off, or while its source or
+        owned registry is paused (``ImageResult.retry_in`` says for how long).
+        """
+        now = self._clock()
+        if self._stopping():
             return ImageResult(source, None, message="shutting down", retry_in=0.0)
         backing_off = self._backoff.backing_off(str(source), now, self._inputs())
         if backing_off is not None:
@@ -439,61 +527,117 @@ class ImageCloner:
                 )
         return None
 
-    def _registry_slot(self, registry: str) -> threading.BoundedSemaphore:
-        with self._lock:
-            slot = self._registry_slots.get(registry)
-            if slot is None:
-                slot = threading.BoundedSemaphore(self._registry_concurrency)
-                self._registry_slots[registry] = slot
-            return slot
+    def pause_if_limited(self, exc: RegistryError, default_registry: str) -> None:
+        """Pause the registry of a 429 (``rate_limited``) for its Retry-After, or the default."""
+        if exc.reason != FailureReason.RATE_LIMITED:
+            return
+        registry = exc.registry or default_registry
+        pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
+        if self._pauses.paused_until(registry, self._clock()) is None:
+            log.warning("pausing registry %s for %.0fs: too many requests", registry, pause)
+        self._pauses.pause(registry, self._clock() + pause)
 
-    def _owned_lock(self, repository: str) -> threading.Lock:
-        with self._lock:
-            return self._owned_locks.setdefault(repository, threading.Lock())
+    def succeeded(self, key: str) -> None:
+        """Forget the failures of canonical source ``key``."""
+        self._backoff.succeeded(key)
+        with self._state.locked() as book:
+            book.succeeded(key)
 
-    def _ensure(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
-        if self.stopping:
-            return ImageResult(source, None, message="shutting down", retry_in=0.0)
-        # Another clone of this registry may have paused it meanwhile.
-        waiting = self._not_now(source, owned)
-        if waiting is not None:
-            return waiting
-        started = self._clock()
-        try:
-            # One decision at a time per owned repository: sources that
-            # differ only by tag or digest share it, and two copies into
-            # one repository at once race in the registry. The second
-            # then finds the first one's copy and reuses it. The place in
-            # line comes after that lock: an image waiting for it must not
-            # hold up later images, one of which may hold it.
-            with (
-                self._owned_lock(owned.name),
-                self._copy_slots.turn(ticket, source.registry),
-            ):
-                result = self._verify_or_copy(source, owned, ticket)
-        except RegistryError as exc:
-            return self._failed(source, owned, exc)
-        except Exception as exc:  # one image's surprise must not end the cycle
-            log.exception("unexpected error while cloning %s", source)
-            return self._failed(
-                source,
-                owned,
-                RegistryError(FailureReason.REGISTRY_ERROR, f"clone {source}: {exc!r}"),
+    def failed(self, source: Reference, owned: Reference, exc: RegistryError) -> ImageResult:
+        """Back ``source`` off after ``exc`` (kept in the state too); the result says why."""
+        now = self._clock()
+        key = str(source)
+        not_before = now + exc.retry_after if exc.retry_after is not None else None
+        permanent = not exc.temporary
+        inputs = self._inputs()
+        until = self._backoff.failed(key, exc.reason, now, not_before, permanent, inputs)
+        self.pause_if_limited(exc, source.registry)
+        with self._state.locked() as book:
+            book.failed(
+                key,
+                Failure(
+                    self._backoff.failures(key),
+                    self._wall() + until - now,
+                    exc.reason,
+                    inputs if permanent else None,
+                ),
             )
-        if result.retry_in is not None:
-            return result  # paused while it waited for a copy slot
-        if self.stopping:
-            log.warning("abandoning %s: shutting down (nothing is patched for it)", source)
-            return ImageResult(source, None, message="abandoned: shutting down", retry_in=0.0)
-        self._succeeded(str(source))
-        if result.cloned:
-            return replace(result, duration=self._clock() - started)
-        return result
+        log.error(
+            "clone of %s to %s failed (%s), next try in %.0fs%s: %s",
+            source,
+            owned,
+            exc.reason,
+            until - now,
+            " or when the config or credentials change" if permanent else "",
+            exc,
+        )
+        return ImageResult(source, None, reason=exc.reason, message=str(exc), retry_in=None)
 
-    def _verify_or_copy(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
-        """Ask the source and the owned registry, then reuse, copy or refuse (``decide``)."""
+
+class ImageCopier:
+    """One image: ask the source and the owned registry, then reuse, copy or refuse it.
+
+    The decision is ``identity.decide``; what a copy must match is the
+    backend's ``copycheck.CopyCheck``. What is verified is recorded in the
+    durable state (``StateBook.verified``) and returned as an ``ImageResult``.
+
+    Args:
+        manifests: manifest lookups in the source and owned registries.
+        backend: the copy backend.
+        check: the backend's copy check.
+        backend_name: ``copyBackend``, recorded with each copy.
+        gate: the retry gate (a registry paused while a copy waited).
+        copy_slots: the copy slots (``_Slots``) every copy takes a turn of.
+        registry_concurrency: copies at once from one source registry.
+        state: the durable state.
+        artifacts: keeps signatures and referrers in sync, or None.
+        pin_digest: ``pinDigest``.
+        wall: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        manifests: ManifestAPI,
+        backend: CopyBackend,
+        check: CopyCheck,
+        backend_name: str,
+        gate: RetryGate,
+        copy_slots: _Slots,
+        registry_concurrency: int,
+        state: StateStore[StateBook],
+        artifacts: ArtifactSync | None,
+        pin_digest: bool,
+        wall: Callable[[], float],
+    ) -> None:
+        self._manifests = manifests
+        self._backend = backend
+        self._check = check
+        self._backend_name = backend_name
+        self._gate = gate
+        self._copy_slots = copy_slots
+        self._registry_concurrency = registry_concurrency
+        self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+        self._state = state
+        self._artifacts = artifacts
+        self._pin = pin_digest
+        self._wall = wall
+
+    def run(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
+        """Ask the source and the owned registry, then reuse, copy or refuse (``decide``).
+
+        Args:
+            source, owned: the image and its owned name.
+            ticket: the submission order, kept by the copy slots.
+
+        Returns:
+            The ``ImageResult`` of a verified copy (reused or made).
+
+        Raises:
+            RegistryError: the image cannot be used now (the caller backs it off).
+        """
         self._backend.preflight(source, owned)
-        with self.state.locked() as book:
+        with self._state.locked() as book:
             record = book.records.get(str(source))
         head, source_error = self._ask_source(source)
         looked_up, owned_head = self._check.ask_owned(source, owned)
@@ -560,7 +704,7 @@ class ImageCloner:
                     source.registry,
                 )
         except RegistryError as exc:
-            self._pause_if_limited(exc, source.registry)
+            self._gate.pause_if_limited(exc, source.registry)
             return None, exc
         return head, None
 
@@ -609,7 +753,7 @@ class ImageCloner:
         # idle while they wait for an answer.
         with self._copy_slots.take(ticket, source.registry), self._registry_slot(source.registry):
             # A registry may have been paused while this copy waited.
-            waiting = self._not_now(source, owned)
+            waiting = self._gate.not_now(source, owned)
             if waiting is not None:
                 return waiting
             log.info("copying %s (%s) to %s", source, head.digest, owned)
@@ -636,7 +780,7 @@ class ImageCloner:
         image = patched_image(source, owned, owned_digest, self._pin)
         platforms = self._check.platforms(expected, owned)
         key = str(source)
-        with self.state.locked() as book:
+        with self._state.locked() as book:
             previous = book.records.get(key)
         now = self._wall()
         record = Record(
@@ -661,7 +805,7 @@ class ImageCloner:
                 previous,
                 cloned,
             )
-        with self.state.locked() as book:
+        with self._state.locked() as book:
             book.verified(record)
         held = self._artifacts.held(source, owned, record) if self._artifacts else None
         if held is not None:
@@ -670,48 +814,17 @@ class ImageCloner:
             source, image, cloned=cloned, moved=moved, platforms=platforms, artifacts=synced
         )
 
-    def _pause_if_limited(self, exc: RegistryError, default_registry: str) -> None:
-        if exc.reason != "rate_limited":
-            return
-        registry = exc.registry or default_registry
-        pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
-        if self._pauses.paused_until(registry, self._clock()) is None:
-            log.warning("pausing registry %s for %.0fs: too many requests", registry, pause)
-        self._pauses.pause(registry, self._clock() + pause)
+    def turn(self, ticket: int, registry: str) -> AbstractContextManager[None]:
+        """Wait for the turn of ``ticket`` among copies of ``registry`` (``_Slots.turn``)."""
+        return self._copy_slots.turn(ticket, registry)
 
-    def _succeeded(self, key: str) -> None:
-        self._backoff.succeeded(key)
-        with self.state.locked() as book:
-            book.succeeded(key)
-
-    def _failed(self, source: Reference, owned: Reference, exc: RegistryError) -> ImageResult:
-        now = self._clock()
-        key = str(source)
-        not_before = now + exc.retry_after if exc.retry_after is not None else None
-        permanent = not exc.temporary
-        inputs = self._inputs()
-        until = self._backoff.failed(key, exc.reason, now, not_before, permanent, inputs)
-        self._pause_if_limited(exc, source.registry)
-        with self.state.locked() as book:
-            book.failed(
-                key,
-                Failure(
-                    self._backoff.failures(key),
-                    self._wall() + until - now,
-                    exc.reason,
-                    inputs if permanent else None,
-                ),
-            )
-        log.error(
-            "clone of %s to %s failed (%s), next try in %.0fs%s: %s",
-            source,
-            owned,
-            exc.reason,
-            until - now,
-            " or when the config or credentials change" if permanent else "",
-            exc,
-        )
-        return ImageResult(source, None, reason=exc.reason, message=str(exc), retry_in=None)
+    def _registry_slot(self, registry: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            slot = self._registry_slots.get(registry)
+            if slot is None:
+                slot = threading.BoundedSemaphore(self._registry_concurrency)
+                self._registry_slots[registry] = slot
+            return slot
 
 
 #: Seconds after which the ramp lets one more copy of a registry start even

@@ -352,7 +352,7 @@ class Reconciler:
             state=self._state,
             wall=wall,
             pin_digest=settings.pin_digest,
-            inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
+            inputs=self._inputs,
             artifacts=ArtifactCopier(artifacts) if artifacts is not None else None,
             signatures=settings.signatures,
             clock=clock,
@@ -363,7 +363,7 @@ class Reconciler:
                 kube,
                 self._state,
                 settings,
-                inputs=lambda: f"{self._settings_digest}:{self._credentials.version}",
+                inputs=self._inputs,
                 owned_digests=self._owned_digests,
                 events=self._events,
                 wall=wall,
@@ -413,7 +413,7 @@ class Reconciler:
         """
         if self._state.loaded or not self._state.load():
             return
-        self._images.restore_backoff()
+        self._images.gate.restore()
         with self._state.locked() as book:
             log.info(
                 "state: %d verified copies and %d backing-off images read from %s/%s-*",
@@ -439,8 +439,8 @@ class Reconciler:
         return self._images.in_flight()
 
     def waiting_images(self) -> dict[str, dict[str, str]]:
-        """Images backing off now (see ``cloning.ImageCloner.waiting_images``)."""
-        return self._images.waiting_images()
+        """Images backing off now (see ``cloning.RetryGate.waiting``)."""
+        return self._images.gate.waiting()
 
     def reconcile_once(self) -> Summary:
         """Run one pass; see the module docstring for the order.
@@ -740,6 +740,10 @@ class Reconciler:
             log.warning("cannot list Jobs and Pods to report their images: %s", exc)
             return
         summary.unpatchable = dict(counts)
+
+    def _inputs(self) -> str:
+        """What a permanent failure or a hold depends on: the settings and the credentials."""
+        return f"{self._settings_digest}:{self._credentials.version}"
 
     def _verify(self, workloads: list[Workload], index: CycleIndex, summary: Summary) -> None:
         """Every ``verifyInterval``: re-clone owned copies that patched workloads miss.
