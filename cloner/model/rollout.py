@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -267,6 +267,17 @@ def _stateful_set(
 # --- Records kept in the durable state ----------------------------------------
 
 
+def _to_json(record: Any, **values: Any) -> dict[str, Any]:
+    """A record's fields as a JSON object: names in lowerCamelCase (Kubernetes API
+    conventions), with ``values`` given for the fields that need converting."""
+    out = {}
+    for item in fields(record):
+        head, *rest = item.name.split("_")
+        name = head + "".join(part.title() for part in rest)
+        out[name] = values.get(item.name, getattr(record, item.name))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class SwitchedContainer:
     """One container a switch changed: its name, original and owned references."""
@@ -312,17 +323,7 @@ class PendingSwitch:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``from_json`` reads it back)."""
-        return {
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "name": self.name,
-            "uid": self.uid,
-            "generation": self.generation,
-            "containers": [[c.name, c.original, c.owned] for c in self.containers],
-            "started": self.started,
-            "canary": self.canary,
-            "slowReported": self.slow_reported,
-        }
+        return _to_json(self, containers=[[c.name, c.original, c.owned] for c in self.containers])
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> PendingSwitch:
@@ -399,13 +400,7 @@ class Hold:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``from_json`` reads it back)."""
-        return {
-            "reason": self.reason,
-            "message": self.message,
-            "inputs": self.inputs,
-            "until": self.until,
-            "copies": [list(c) for c in self.copies],
-        }
+        return _to_json(self, copies=[list(c) for c in self.copies])
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Hold:
@@ -540,15 +535,17 @@ def timestamp(value: Any) -> float | None:
 
 
 def _event_time(event: Mapping[str, Any]) -> float | None:
-    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
-        at = timestamp(event.get(key))
-        if at is not None:
-            return at
-    return timestamp(_get(event, "metadata", "creationTimestamp"))
+    """When the Event last happened: the first of its times that is set."""
+    return _time_of(event, ("lastTimestamp", "eventTime", "firstTimestamp"))
 
 
 def _first_time(event: Mapping[str, Any]) -> float | None:
-    for key in ("firstTimestamp", "eventTime", "lastTimestamp"):
+    """When the Event first happened: the first of its times that is set."""
+    return _time_of(event, ("firstTimestamp", "eventTime", "lastTimestamp"))
+
+
+def _time_of(event: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
         at = timestamp(event.get(key))
         if at is not None:
             return at

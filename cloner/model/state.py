@@ -30,17 +30,27 @@ from typing import Any
 from cloner.model.identity import spread
 from cloner.model.rollout import Hold, PendingSwitch
 
+#: ConfigMaps the state is spread over (``<configMap>-<n>``), each under the
+#: API server's 1 MiB object limit; a source always lands in the same one.
 SHARDS = 16
+#: Verified copies remembered at most; the least recently used go first.
 MAX_RECORDS = 16000
+#: Seconds: a record's ``used`` time is rewritten at most this often, so a
+#: warm cycle writes nothing.
 USE_RESOLUTION = 86400.0
-RECORDS_KEY = "records.json"
-BACKOFF_KEY = "backoff.json"
-#: In shard 0: ``{"at": epoch seconds}`` of the last ``verifyInterval`` check.
-VERIFIED_KEY = "verified.json"
-#: Switches whose rollout is still followed (``rollout.PendingSwitch``), by workload key.
-SWITCHES_KEY = "switches.json"
-#: Workloads and namespaces held back after a failed switch (``rollout.Hold``), by key.
-HOLDS_KEY = "holds.json"
+#: The data keys of each state ConfigMap: the verified copies (``Record``) and
+#: the failures (``Failure``) by canonical source; in shard 0 only,
+#: ``{"at": epoch seconds}`` of the last ``verifyInterval`` check; the switches
+#: whose rollout is still followed (``rollout.PendingSwitch``) and the
+#: workloads and namespaces held back after a failed switch (``rollout.Hold``),
+#: by workload key.
+RECORDS_KEY, BACKOFF_KEY, VERIFIED_KEY, SWITCHES_KEY, HOLDS_KEY = (
+    "records.json",
+    "backoff.json",
+    "verified.json",
+    "switches.json",
+    "holds.json",
+)
 
 
 @dataclass(frozen=True, slots=True)

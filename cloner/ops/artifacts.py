@@ -387,6 +387,7 @@ def _known(found: Sequence[Found]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_key(f) for f in found))
 
 
+@dataclass(eq=False)
 class ArtifactSync:
     """When a verified source's artifacts are synced, and whether they hold its switch.
 
@@ -407,25 +408,14 @@ class ArtifactSync:
         inputs: the fingerprint of the config and credentials in force.
     """
 
-    def __init__(
-        self,
-        copier: ArtifactCopier,
-        mode: SignatureMode,
-        keeps_digests: bool,
-        refresh_interval: float,
-        backoff: Backoff,
-        clock: Callable[[], float],
-        wall: Callable[[], float],
-        inputs: Callable[[], str],
-    ) -> None:
-        self._copier = copier
-        self._mode = mode
-        self._keeps_digests = keeps_digests
-        self._refresh = refresh_interval
-        self._backoff = backoff
-        self._clock = clock
-        self._wall = wall
-        self._inputs = inputs
+    copier: ArtifactCopier
+    mode: SignatureMode
+    keeps_digests: bool
+    refresh_interval: float
+    backoff: Backoff
+    clock: Callable[[], float]
+    wall: Callable[[], float]
+    inputs: Callable[[], str]
 
     def answers_from_record(self, key: str, record: Record) -> bool:
         """Whether a fresh record answers without asking about its artifacts again.
@@ -433,11 +423,11 @@ class ArtifactSync:
         No when they are due (``due``) and not backing off after a failed
         sync, or when ``signatures: require`` holds the switch.
         """
-        if switch_allowed(self._mode, record_status(record), self._keeps_digests) is not None:
+        if switch_allowed(self.mode, record_status(record), self.keeps_digests) is not None:
             return False
         if not self.due(key, record):
             return True
-        return self._backoff.backing_off(key, self._clock(), self._inputs()) is not None
+        return self.backoff.backing_off(key, self.clock(), self.inputs()) is not None
 
     def due(self, key: str, record: Record | None) -> bool:
         """Whether the artifacts of a verified source should be synced now.
@@ -449,12 +439,12 @@ class ArtifactSync:
         """
         if record is None or not record.artifacts_synced or record.artifacts_error:
             return True
-        return refresh_due(key, record.artifacts_synced, self._wall(), self._refresh, False)
+        return refresh_due(key, record.artifacts_synced, self.wall(), self.refresh_interval, False)
 
     def source_unreachable(self, key: str, record: Record, reason: str) -> None:
         """The source cannot be asked: a due sync waits as long as its backoff says."""
         if self.due(key, record):
-            self._backoff.failed(key, reason, self._clock(), None, False, self._inputs())
+            self.backoff.failed(key, reason, self.clock(), None, False, self.inputs())
 
     def verified(
         self,
@@ -513,7 +503,7 @@ class ArtifactSync:
 
     def held(self, source: Reference, owned: Reference, record: Record) -> RegistryError | None:
         """The error that holds the switch under ``signatures: require``, or None."""
-        reason = switch_allowed(self._mode, record_status(record), self._keeps_digests)
+        reason = switch_allowed(self.mode, record_status(record), self.keeps_digests)
         if reason is None:
             return None
         return RegistryError(reason, _held_message(source, owned, record, reason), owned.registry)
@@ -528,27 +518,25 @@ class ArtifactSync:
     ) -> Synced:
         """Sync (skopeo) or only look for (Docker) the source's signatures and referrers."""
         key = str(source)
-        if self._keeps_digests:
+        if self.keeps_digests:
             known = previous.artifacts if previous else ()
             try:
-                synced = self._copier.sync(source, owned, [subject, *children()], known)
+                synced = self.copier.sync(source, owned, [subject, *children()], known)
             except Exception:  # the image's copy stands; its artifacts are retried
                 log.exception("unexpected error while copying the artifacts of %s", source)
                 synced = Synced(ArtifactStatus(0, 0, "registry_error"))
         else:
             synced = self._look(source, owned, subject)
         if synced.status.error:
-            self._backoff.failed(
-                key, synced.status.error, self._clock(), None, False, self._inputs()
-            )
+            self.backoff.failed(key, synced.status.error, self.clock(), None, False, self.inputs())
         else:
-            self._backoff.succeeded(key)
+            self.backoff.succeeded(key)
         return synced
 
     def _look(self, source: Reference, owned: Reference, digest: str) -> Synced:
         """The Docker backend: count the source's artifacts; none can be valid for its copy."""
         try:
-            found = tuple(self._copier.discover(source, [digest]))
+            found = tuple(self.copier.discover(source, [digest]))
         except RegistryError as exc:
             log.warning("looking for the signatures of %s failed: %s", source, exc)
             return Synced(ArtifactStatus(0, 0, exc.reason))

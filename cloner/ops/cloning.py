@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from cloner.config import BackoffSettings, CopySettings
@@ -435,6 +435,7 @@ class ImageCloner:
         return result
 
 
+@dataclass(eq=False)
 class RetryGate:
     """Whether an image may be tried now: its backoff and the registries paused after a 429.
 
@@ -453,28 +454,22 @@ class RetryGate:
         wall: epoch seconds.
     """
 
-    def __init__(
-        self,
-        backoff: BackoffSettings,
-        state: StateStore[StateBook],
-        inputs: Callable[[], str],
-        stopping: Callable[[], bool],
-        clock: Callable[[], float],
-        wall: Callable[[], float],
-    ) -> None:
-        self._backoff = Backoff(backoff.policy)
-        self._pauses = RegistryPauses()
-        self._rate_limit_pause = backoff.rate_limit_pause
-        self._state = state
-        self._inputs = inputs
-        self._stopping = stopping
-        self._clock = clock
-        self._wall = wall
+    backoff: BackoffSettings
+    state: StateStore[StateBook]
+    inputs: Callable[[], str]
+    stopping: Callable[[], bool]
+    clock: Callable[[], float]
+    wall: Callable[[], float]
+    _backoff: Backoff = field(init=False)
+    _pauses: RegistryPauses = field(init=False, default_factory=RegistryPauses)
+
+    def __post_init__(self) -> None:
+        self._backoff = Backoff(self.backoff.policy)
 
     def restore(self) -> None:
         """Carry the failures of the durable state (``state``) into the in-memory backoff."""
-        now, wall = self._clock(), self._wall()
-        with self._state.locked() as book:
+        now, wall = self.clock(), self.wall()
+        with self.state.locked() as book:
             failures = list(book.failures.items())
         for key, failure in failures:
             self._backoff.restore(
@@ -487,14 +482,14 @@ class RetryGate:
         Served by the running controller (``/state/backoff``) so that ``plan``
         can show it.
         """
-        now = self._clock()
-        wall = self._wall()
+        now = self.clock()
+        wall = self.wall()
         return {
             key: {
                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + until - now)),
                 "reason": reason,
             }
-            for key, (until, reason) in self._backoff.backing_off_all(now, self._inputs()).items()
+            for key, (until, reason) in self._backoff.backing_off_all(now, self.inputs()).items()
         }
 
     def not_now(self, source: Reference, owned: Reference) -> ImageResult | None:
@@ -503,10 +498,10 @@ class RetryGate:
         Not tried: while stopping, while it backs off, or while its source or
         owned registry is paused (``ImageResult.retry_in`` says for how long).
         """
-        now = self._clock()
-        if self._stopping():
+        now = self.clock()
+        if self.stopping():
             return ImageResult(source, None, message="shutting down", retry_in=0.0)
-        backing_off = self._backoff.backing_off(str(source), now, self._inputs())
+        backing_off = self._backoff.backing_off(str(source), now, self.inputs())
         if backing_off is not None:
             until, reason = backing_off
             return ImageResult(
@@ -532,32 +527,32 @@ class RetryGate:
         if exc.reason != FailureReason.RATE_LIMITED:
             return
         registry = exc.registry or default_registry
-        pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
-        if self._pauses.paused_until(registry, self._clock()) is None:
+        pause = exc.retry_after if exc.retry_after is not None else self.backoff.rate_limit_pause
+        if self._pauses.paused_until(registry, self.clock()) is None:
             log.warning("pausing registry %s for %.0fs: too many requests", registry, pause)
-        self._pauses.pause(registry, self._clock() + pause)
+        self._pauses.pause(registry, self.clock() + pause)
 
     def succeeded(self, key: str) -> None:
         """Forget the failures of canonical source ``key``."""
         self._backoff.succeeded(key)
-        with self._state.locked() as book:
+        with self.state.locked() as book:
             book.succeeded(key)
 
     def failed(self, source: Reference, owned: Reference, exc: RegistryError) -> ImageResult:
         """Back ``source`` off after ``exc`` (kept in the state too); the result says why."""
-        now = self._clock()
+        now = self.clock()
         key = str(source)
         not_before = now + exc.retry_after if exc.retry_after is not None else None
         permanent = not exc.temporary
-        inputs = self._inputs()
+        inputs = self.inputs()
         until = self._backoff.failed(key, exc.reason, now, not_before, permanent, inputs)
         self.pause_if_limited(exc, source.registry)
-        with self._state.locked() as book:
+        with self.state.locked() as book:
             book.failed(
                 key,
                 Failure(
                     self._backoff.failures(key),
-                    self._wall() + until - now,
+                    self.wall() + until - now,
                     exc.reason,
                     inputs if permanent else None,
                 ),
@@ -574,6 +569,7 @@ class RetryGate:
         return ImageResult(source, None, reason=exc.reason, message=str(exc), retry_in=None)
 
 
+@dataclass(eq=False)
 class ImageCopier:
     """One image: ask the source and the owned registry, then reuse, copy or refuse it.
 
@@ -595,33 +591,19 @@ class ImageCopier:
         wall: epoch seconds.
     """
 
-    def __init__(
-        self,
-        manifests: ManifestAPI,
-        backend: CopyBackend,
-        check: CopyCheck,
-        backend_name: str,
-        gate: RetryGate,
-        copy_slots: _Slots,
-        registry_concurrency: int,
-        state: StateStore[StateBook],
-        artifacts: ArtifactSync | None,
-        pin_digest: bool,
-        wall: Callable[[], float],
-    ) -> None:
-        self._manifests = manifests
-        self._backend = backend
-        self._check = check
-        self._backend_name = backend_name
-        self._gate = gate
-        self._copy_slots = copy_slots
-        self._registry_concurrency = registry_concurrency
-        self._registry_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._lock = threading.Lock()
-        self._state = state
-        self._artifacts = artifacts
-        self._pin = pin_digest
-        self._wall = wall
+    manifests: ManifestAPI
+    backend: CopyBackend
+    check: CopyCheck
+    backend_name: str
+    gate: RetryGate
+    copy_slots: _Slots
+    registry_concurrency: int
+    state: StateStore[StateBook]
+    artifacts: ArtifactSync | None
+    pin_digest: bool
+    wall: Callable[[], float]
+    _registry_slots: dict[str, threading.BoundedSemaphore] = field(init=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def run(self, source: Reference, owned: Reference, ticket: int) -> ImageResult:
         """Ask the source and the owned registry, then reuse, copy or refuse (``decide``).
@@ -636,21 +618,21 @@ class ImageCopier:
         Raises:
             RegistryError: the image cannot be used now (the caller backs it off).
         """
-        self._backend.preflight(source, owned)
-        with self._state.locked() as book:
+        self.backend.preflight(source, owned)
+        with self.state.locked() as book:
             record = book.records.get(str(source))
         head, source_error = self._ask_source(source)
-        looked_up, owned_head = self._check.ask_owned(source, owned)
+        looked_up, owned_head = self.check.ask_owned(source, owned)
         owned_digest = owned_head.digest if owned_head else None
         if head is None:
             assert source_error is not None
             return self._without_source(source, looked_up, owned_digest, record, source_error)
         moved = _moved(source, head, record)
-        self._check.before_copy(source, head)
-        expected = self._check.expected(source, head)
+        self.check.before_copy(source, head)
+        expected = self.check.expected(source, head)
         matches = owned_head is not None and (
             self._recorded(record, head, owned_head)
-            or self._check.matches(expected, looked_up, owned_head)
+            or self.check.matches(expected, looked_up, owned_head)
         )
         action = _decide(True, owned_digest, matches, record)
         if action is Action.REUSE and looked_up != owned and source.tag is None:
@@ -684,13 +666,13 @@ class ImageCopier:
             record is not None
             and record.source_digest == head.digest
             and record.owned_digest == owned_head.digest
-            and record.backend == self._backend_name
+            and record.backend == self.backend_name
         )
 
     def _ask_source(self, source: Reference) -> tuple[Descriptor | None, RegistryError | None]:
         """The source's descriptor (one HEAD), or None and why it cannot be used."""
         try:
-            head = self._manifests.head(source)
+            head = self.manifests.head(source)
             if head is None:
                 raise RegistryError(
                     FailureReason.NOT_FOUND,
@@ -704,7 +686,7 @@ class ImageCopier:
                     source.registry,
                 )
         except RegistryError as exc:
-            self._gate.pause_if_limited(exc, source.registry)
+            self.gate.pause_if_limited(exc, source.registry)
             return None, exc
         return head, None
 
@@ -720,8 +702,8 @@ class ImageCopier:
         action = _decide(False, owned_digest, False, record)
         if action is Action.USE_RECORD:
             assert record is not None
-            if self._artifacts is not None:
-                self._artifacts.source_unreachable(str(source), record, source_error.reason)
+            if self.artifacts is not None:
+                self.artifacts.source_unreachable(str(source), record, source_error.reason)
             log.warning(
                 "source %s cannot be asked (%s); using the owned copy verified at %s",
                 source,
@@ -751,19 +733,19 @@ class ImageCopier:
         # Only the copy itself holds a slot: the questions before it and the
         # check after it are small requests, and a slot they held would sit
         # idle while they wait for an answer.
-        with self._copy_slots.take(ticket, source.registry), self._registry_slot(source.registry):
+        with self.copy_slots.take(ticket, source.registry), self._registry_slot(source.registry):
             # A registry may have been paused while this copy waited.
-            waiting = self._gate.not_now(source, owned)
+            waiting = self.gate.not_now(source, owned)
             if waiting is not None:
                 return waiting
             log.info("copying %s (%s) to %s", source, head.digest, owned)
             # Copy exactly what was decided on: the digest just answered, not
             # whatever the tag names by the time the copy starts.
-            copied = self._backend.clone(source.with_tag(None).with_digest(head.digest), owned)
+            copied = self.backend.clone(source.with_tag(None).with_digest(head.digest), owned)
         pushed = copied.digest
         if copied.config_digest is not None:
             expected.engine_config(copied.config_digest)
-        self._check.check_copy(owned, pushed, head, expected)
+        self.check.check_copy(owned, pushed, head, expected)
         log.info("cloned %s to %s (%s)", source, owned, pushed)
         return self._verified(source, owned, head, pushed, expected, True, moved)
 
@@ -777,12 +759,12 @@ class ImageCopier:
         cloned: bool,
         moved: tuple[str, str] | None,
     ) -> ImageResult:
-        image = patched_image(source, owned, owned_digest, self._pin)
-        platforms = self._check.platforms(expected, owned)
+        image = patched_image(source, owned, owned_digest, self.pin_digest)
+        platforms = self.check.platforms(expected, owned)
         key = str(source)
-        with self._state.locked() as book:
+        with self.state.locked() as book:
             previous = book.records.get(key)
-        now = self._wall()
+        now = self.wall()
         record = Record(
             source=key,
             source_digest=head.digest,
@@ -790,13 +772,13 @@ class ImageCopier:
             owned_digest=owned_digest,
             image=image,
             platforms=platforms,
-            backend=self._backend_name,
+            backend=self.backend_name,
             verified=now,
             used=previous.used if previous else now,
         )
         synced = None
-        if self._artifacts is not None:
-            record, synced = self._artifacts.verified(
+        if self.artifacts is not None:
+            record, synced = self.artifacts.verified(
                 source,
                 owned,
                 head.digest,
@@ -805,9 +787,9 @@ class ImageCopier:
                 previous,
                 cloned,
             )
-        with self._state.locked() as book:
+        with self.state.locked() as book:
             book.verified(record)
-        held = self._artifacts.held(source, owned, record) if self._artifacts else None
+        held = self.artifacts.held(source, owned, record) if self.artifacts else None
         if held is not None:
             raise held
         return ImageResult(
@@ -816,13 +798,13 @@ class ImageCopier:
 
     def turn(self, ticket: int, registry: str) -> AbstractContextManager[None]:
         """Wait for the turn of ``ticket`` among copies of ``registry`` (``_Slots.turn``)."""
-        return self._copy_slots.turn(ticket, registry)
+        return self.copy_slots.turn(ticket, registry)
 
     def _registry_slot(self, registry: str) -> threading.BoundedSemaphore:
         with self._lock:
             slot = self._registry_slots.get(registry)
             if slot is None:
-                slot = threading.BoundedSemaphore(self._registry_concurrency)
+                slot = threading.BoundedSemaphore(self.registry_concurrency)
                 self._registry_slots[registry] = slot
             return slot
 

@@ -360,13 +360,7 @@ class Reconciler:
         self._guard: RolloutGuard | None = None
         if settings.rollout.enabled:
             self._guard = RolloutGuard(
-                kube,
-                self._state,
-                settings,
-                inputs=self._inputs,
-                owned_digests=self._owned_digests,
-                events=self._events,
-                wall=wall,
+                kube, self._state, settings, self._inputs, self._owned_digests, self._events, wall
             )
         self._pull_secrets: PullSecrets | None = None
         if settings.pull_secrets.provision:
