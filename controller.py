@@ -35,6 +35,7 @@ from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import Settings, load_settings
 from cloner.errors import ConfigError, KubeError
 from cloner.model.identity import SKOPEO
+from cloner.model.proxy import ProxyConfig
 from cloner.model.pullsecrets import carries_push_credentials
 from cloner.ops.events import EventRecorder
 from cloner.ops.loop import Loop
@@ -209,9 +210,13 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def build_backend(
-    settings: Settings, credentials: CredentialStore
+    settings: Settings, credentials: CredentialStore, proxy: ProxyConfig | None = None
 ) -> DockerRegistry | SkopeoBackend:
-    """The copy backend ``copyBackend`` names: the Docker engine, or skopeo."""
+    """The copy backend ``copyBackend`` names: the Docker engine, or skopeo.
+
+    ``proxy`` goes to skopeo's environment; the Docker engine reaches
+    registries through its own (the dind sidecar's) environment.
+    """
     if settings.copy.backend == SKOPEO:
         from cloner.adapters.skopeo import SkopeoBackend
 
@@ -219,6 +224,7 @@ def build_backend(
             credentials,
             insecure_registries=settings.copy.insecure_registries,
             command_timeout=settings.copy.docker_timeout,
+            proxy=proxy,
         )
     from cloner.adapters.engine import DockerRegistry
 
@@ -228,6 +234,7 @@ def build_backend(
         settings.copy.docker_timeout,
         insecure_registries=settings.copy.insecure_registries,
         cache_bytes=settings.copy.engine_cache_bytes,
+        proxy=proxy,
     )
 
 
@@ -312,13 +319,18 @@ def build_adapters(args: argparse.Namespace, settings: Settings) -> Adapters:
     if settings.pull_secrets.docker_config is not None:
         pull_credentials = CredentialStore(settings.pull_secrets.docker_config)
         pull_credentials.reload()
+    # One proxy rule for every path to the network (model.proxy), read once.
+    proxy = ProxyConfig.from_environ(os.environ)
+    if proxy.enabled:
+        log.info("proxy: %s", proxy.describe())
     manifests = DistributionClient(
         credentials,
         insecure_registries=settings.copy.insecure_registries,
         timeout=settings.copy.registry_timeout,
+        proxy=proxy,
     )
-    backend = build_backend(settings, credentials)
-    api_client = load_api_client(args.kubeconfig)
+    backend = build_backend(settings, credentials, proxy)
+    api_client = load_api_client(args.kubeconfig, proxy)
     kube = KubeClient(api_client, settings.list_page_size)
     return Adapters(api_client, kube, credentials, manifests, backend, pull_credentials)
 

@@ -15,10 +15,11 @@ requests as urllib3's pool keeps it. The handle is set up like the client's
 urllib3 pool (``kubernetes.client.rest.RESTClientObject``): the CA file
 (Mozilla's roots from ``certifi`` when the configuration names none), peer
 and host name verification unless ``verify_ssl`` is off, the client
-certificate and key files; HTTP/1.1, no proxy from the environment (the
-client reads none), no redirects. ``cloner.adapters.kube.curl_settings``
-decides when a configuration needs the urllib3 path instead (a proxy, a TLS
-server name, ...). Request headers, the ``Authorization`` header included,
+certificate and key files, and its proxy (``model.proxy``'s decision for
+the API server, never libcurl's own reading of the environment); HTTP/1.1,
+no redirects. ``cloner.adapters.kube.curl_settings`` decides when a
+configuration needs the urllib3 path instead (proxy headers, a TLS server
+name, ...). Request headers, the ``Authorization`` header included,
 are passed per request and never logged; libcurl's error text names the
 host and the failure, never a header.
 """
@@ -70,6 +71,10 @@ class CurlSettings:
         cert_file, key_file: the client certificate and key (PEM files), or None.
         connect_timeout: seconds to connect (TCP and TLS).
         timeout: seconds for a whole request, connecting included.
+        proxy: the proxy to reach the API server through (``http://host:port``,
+            credentials allowed), or "" for a direct connection. Decided by
+            ``model.proxy`` for the API server's address; libcurl's own
+            reading of ``http_proxy`` and ``NO_PROXY`` is never used.
     """
 
     ca_file: str
@@ -78,6 +83,7 @@ class CurlSettings:
     key_file: str | None = None
     connect_timeout: float = 10.0
     timeout: float = 70.0
+    proxy: str = ""
 
 
 def parse_header_lines(lines: list[bytes]) -> tuple[str, list[tuple[str, str]]]:
@@ -125,7 +131,9 @@ class CurlTransport:
         handle = pycurl.Curl()
         handle.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM: threads
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        handle.setopt(pycurl.PROXY, "")  # none from http(s)_proxy: the client reads none
+        # Exactly the proxy decided for the API server ("" is none): libcurl
+        # reads no proxy variable of the environment once PROXY is set.
+        handle.setopt(pycurl.PROXY, settings.proxy)
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
         handle.setopt(pycurl.CAINFO, settings.ca_file)
         handle.setopt(pycurl.SSL_VERIFYPEER, 1 if settings.verify else 0)

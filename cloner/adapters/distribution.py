@@ -58,11 +58,13 @@ import urllib3
 import urllib3.util.ssl_
 
 from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.proxying import ProxyDecided
 from cloner.errors import FailureReason, InvalidReference, RegistryError
 from cloner.model.artifacts import referrer_descriptors
 from cloner.model.credentials import Credential
 from cloner.model.identity import DOCKER_LIST as DOCKER_MANIFEST_LIST
 from cloner.model.identity import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from cloner.model.proxy import ProxyConfig
 from cloner.model.reference import (
     DEFAULT_REGISTRY,
     LEGACY_DEFAULT_REGISTRY,
@@ -247,6 +249,9 @@ class DistributionClient:
             without verification, then plain http. Every other registry is
             reached over https with TLS verification only.
         timeout: seconds to connect, and seconds between two reads.
+        proxy: the proxy settings (``model.proxy``): which URLs go through
+            which proxy; the environment's own proxy variables are not read
+            by ``requests`` itself. Default: no proxy.
 
     Attributes:
         requests: requests so far by (registry host, operation, outcome):
@@ -263,16 +268,18 @@ class DistributionClient:
         *,
         insecure_registries: Sequence[str] = (),
         timeout: float = 30.0,
+        proxy: ProxyConfig | None = None,
     ) -> None:
         self._store = credentials
         self._insecure = tuple(insecure_registries)
         self._timeout = timeout
-        self._session = requests.Session()
+        proxy = proxy or ProxyConfig()
+        self._session = _ProxiedSession(proxy)
         # Listed registries get https without verification on a session of
         # their own, whose one TLS context is made once: otherwise urllib3
         # makes a context and loads the system's roots (about 30 ms of CPU)
         # for every new connection, roots it then does not check against.
-        self._unverified = requests.Session()
+        self._unverified = _ProxiedSession(proxy)
         self._unverified.mount("https://", _UnverifiedAdapter())
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}  # listed registry -> "https" or "http", what worked
@@ -1072,6 +1079,14 @@ class DistributionClient:
             self.requests[registry, operation, outcome] += 1
 
 
+class _ProxiedSession(ProxyDecided, requests.Session):
+    """The registry client's session: its proxy per URL is ``model.proxy``'s."""
+
+    def __init__(self, proxy: ProxyConfig) -> None:
+        super().__init__()
+        self.proxy_config = proxy
+
+
 class _UnverifiedAdapter(requests.adapters.HTTPAdapter):
     """https without certificate or host name checks, on one TLS context made once.
 
@@ -1081,6 +1096,13 @@ class _UnverifiedAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_NONE)
         super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """The pool through a proxy, with the same unverified TLS context for the registry."""
+        proxy_kwargs.setdefault(
+            "ssl_context", urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_NONE)
+        )
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
 class _ConnectError(Exception):

@@ -37,9 +37,11 @@ import requests
 import urllib3
 
 from cloner.adapters.credential_store import CredentialStore
+from cloner.adapters.proxying import ProxyDecided
 from cloner.errors import ClonerError, FailureReason, RegistryError, registry_error
 from cloner.model.credentials import Credential
 from cloner.model.identity import BackendName, Copied, platform_name
+from cloner.model.proxy import ProxyConfig
 from cloner.model.reference import Reference
 from cloner.model.tls import EngineRegistryConfig, listed_insecure
 
@@ -139,6 +141,11 @@ class DockerRegistry:
             layers are pulled once; beyond it the least recently used images
             that no clone in flight uses are removed. 0 removes the images of
             each clone after its push.
+        proxy: the proxy settings (``model.proxy``) for the connection to the
+            engine itself (a ``tcp://`` ``DOCKER_HOST``; a unix socket and a
+            loopback address are never proxied). The engine reaches
+            registries through its own environment (the dind sidecar's
+            ``HTTPS_PROXY``), not through this. Default: no proxy.
     """
 
     #: pull, tag and push re-serialise the manifest for the engine's platform.
@@ -152,8 +159,10 @@ class DockerRegistry:
         *,
         insecure_registries: Sequence[str] = (),
         cache_bytes: int = 0,
+        proxy: ProxyConfig | None = None,
     ) -> None:
         self._docker_host = docker_host
+        self._proxy = proxy or ProxyConfig()
         self._cache_bytes = cache_bytes
         self._cache_lock = threading.Lock()  # one trim at a time
         self._in_use: Counter[str] = Counter()  # image IDs of clones in flight
@@ -184,8 +193,8 @@ class DockerRegistry:
         """The engine client, created on first use (API version negotiated)."""
         with self._lock:
             if self._client is None:
-                self._client = docker.APIClient(
-                    base_url=self._docker_host, version="auto", timeout=self._timeout
+                self._client = _EngineClient(
+                    self._proxy, base_url=self._docker_host, version="auto", timeout=self._timeout
                 )
             return self._client
 
@@ -554,3 +563,15 @@ class DockerRegistry:
                         return
             except Exception as exc:  # best effort: the next clone trims again
                 log.warning("engine cache: could not trim to %d bytes: %s", self._cache_bytes, exc)
+
+
+class _EngineClient(ProxyDecided, docker.APIClient):
+    """The Docker engine client, whose proxy is ``model.proxy``'s decision.
+
+    Set before ``APIClient.__init__``, which already asks the engine for its
+    API version.
+    """
+
+    def __init__(self, proxy: ProxyConfig, **kwargs: Any) -> None:
+        self.proxy_config = proxy
+        super().__init__(**kwargs)

@@ -35,6 +35,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from cloner.adapters.curl import Answer, CurlSettings, CurlTransport
 from cloner.errors import ConfigError, KubeError
+from cloner.model.proxy import ProxyConfig
 from cloner.model.pullsecrets import SecretInfo, ServiceAccount
 from cloner.model.workloads import (
     UNPATCHABLE_KINDS,
@@ -56,13 +57,22 @@ THROTTLE_TRIES = 4
 THROTTLE_BACKOFF = 0.5
 
 
-def load_api_client(kubeconfig: Path | None = None) -> client.ApiClient:
+def load_api_client(
+    kubeconfig: Path | None = None, proxy: ProxyConfig | None = None
+) -> client.ApiClient:
     """Build an API client, with controller-runtime's precedence.
+
+    The proxy to the API server is ``proxy``'s decision for its address
+    (``model.proxy``: ``HTTPS_PROXY`` unless ``NO_PROXY`` covers it), unless
+    the kubeconfig's cluster names a ``proxy-url``, which wins. In a cluster
+    the API server's service address (``KUBERNETES_SERVICE_HOST``) is always
+    reached directly: it is inside the cluster, where no corporate proxy is.
 
     Args:
         kubeconfig: an explicit kubeconfig file; when None, the in-cluster
             ServiceAccount is used if present, else ``KUBECONFIG`` or
             ``~/.kube/config``.
+        proxy: the proxy settings; default none.
 
     Returns:
         A configured ``kubernetes.client.ApiClient``.
@@ -70,17 +80,27 @@ def load_api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     Raises:
         ConfigError: no usable configuration was found (names the source).
     """
+    # proxy="": the client reads no proxy variable itself (the host setter of
+    # kubernetes>=35 would otherwise pick HTTPS_PROXY again for each host).
+    configuration = client.Configuration(proxy="")
+    in_cluster = False
     try:
         if kubeconfig is not None:
-            return config.new_client_from_config(config_file=str(kubeconfig))
-        try:
-            config.load_incluster_config()
-            return client.ApiClient()
-        except ConfigException:
-            return config.new_client_from_config()
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+                in_cluster = True
+            except ConfigException:
+                config.load_kube_config(client_configuration=configuration)
     except (ConfigException, OSError, TypeError, ValueError) as exc:
         source = str(kubeconfig) if kubeconfig else "kubeconfig"
         raise ConfigError(source, f"no usable Kubernetes configuration: {exc}") from None
+    configuration.no_proxy = None
+    if not configuration.proxy:
+        decided = None if in_cluster else (proxy or ProxyConfig()).proxy_for(configuration.host)
+        configuration.proxy = decided
+    return client.ApiClient(configuration)
 
 
 def translate_error(exc: Exception, what: str) -> KubeError:
@@ -227,7 +247,7 @@ def curl_settings(configuration: client.Configuration) -> CurlSettings | None:
     Returns:
         The settings, or None for the urllib3 path.
     """
-    kept = ("proxy", "tls_server_name", "assert_hostname", "retries")
+    kept = ("proxy_headers", "tls_server_name", "assert_hostname", "retries")
     if any(getattr(configuration, name, None) for name in kept):
         return None
     if not str(configuration.host).startswith(("https://", "http://")):
@@ -239,6 +259,7 @@ def curl_settings(configuration: client.Configuration) -> CurlSettings | None:
         key_file=configuration.key_file or None,
         connect_timeout=REQUEST_TIMEOUT[0],
         timeout=REQUEST_TIMEOUT[0] + REQUEST_TIMEOUT[1],
+        proxy=configuration.proxy or "",
     )
 
 
@@ -359,7 +380,7 @@ class KubeClient:
         headers = {**api.default_headers, "Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
-        api.update_params_for_auth(headers, [], ["BearerToken"])
+        api.update_params_for_auth(headers, [], ["BearerToken"], path, method, None)
         answer = self.transport.request(
             method,
             api.configuration.host + path,

@@ -81,26 +81,23 @@ from cloner.adapters.credential_store import CredentialStore
 from cloner.errors import FailureReason, RegistryError, registry_error
 from cloner.model.credentials import Credential
 from cloner.model.identity import BackendName, Copied
+from cloner.model.proxy import ProxyConfig
 from cloner.model.reference import Reference
 from cloner.model.tls import listed_insecure
 
 log = logging.getLogger(__name__)
 
 PROCESS_TIMEOUT_MARGIN = 10.0  # seconds the process may run past --command-timeout
-# Environment variables passed on to skopeo: the search path, temporary files,
-# proxies and CA bundles. Everything else, notably DOCKER_CONFIG,
-# REGISTRY_AUTH_FILE and XDG_CONFIG_HOME (other credential sources), is not.
+# Environment variables passed on to skopeo: the search path, temporary files
+# and CA bundles. The proxy variables are written from ``model.proxy``'s
+# settings (``ProxyConfig.child_environ``). Everything else, notably
+# DOCKER_CONFIG, REGISTRY_AUTH_FILE and XDG_CONFIG_HOME (other credential
+# sources), is not.
 _PASSED_ENV = (
     "PATH",
     "TMPDIR",
     "TZ",
     "LANG",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 )
@@ -366,6 +363,8 @@ class SkopeoBackend:
             (``--command-timeout``); the process is killed
             ``PROCESS_TIMEOUT_MARGIN`` seconds later.
         skopeo: the executable name or path.
+        proxy: the proxy settings (``model.proxy``), given to skopeo as its
+            ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY``; default none.
 
     Attributes:
         requests: ``("copy", "success" | reason)`` -> count, for the
@@ -386,10 +385,12 @@ class SkopeoBackend:
         insecure_registries: Sequence[str] = (),
         command_timeout: float = 600.0,
         skopeo: str = "skopeo",
+        proxy: ProxyConfig | None = None,
     ) -> None:
         if command_timeout <= 0:
             raise ValueError(f"command_timeout must be positive, not {command_timeout!r}")
         self.credentials = credentials
+        self.proxy = proxy or ProxyConfig()
         self.insecure_registries = tuple(insecure_registries)
         self.command_timeout = float(command_timeout)
         self.skopeo = skopeo
@@ -538,6 +539,7 @@ class SkopeoBackend:
     def _run(self, argv: list[str], home: Path, what: str) -> subprocess.CompletedProcess[str]:
         """Run skopeo with its own environment; translate a missing binary and a timeout."""
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
+        env.update(self.proxy.child_environ())
         env["HOME"] = str(home)
         env.setdefault("PATH", os.defpath)
         env["XDG_DATA_HOME"] = str(self.blob_info_cache())

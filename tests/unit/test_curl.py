@@ -193,10 +193,17 @@ def test_curl_gets_the_clients_tls_files_and_verification() -> None:
     assert unverified is not None and not unverified.verify
 
 
+def test_libcurl_is_given_the_proxy_decided_for_the_api_server() -> None:
+    proxied = curl_settings(configuration(proxy="http://proxy:3128"))
+    assert proxied is not None and proxied.proxy == "http://proxy:3128"
+    direct = curl_settings(configuration())
+    assert direct is not None and direct.proxy == ""
+
+
 @pytest.mark.parametrize(
     "values",
     [
-        {"proxy": "http://proxy:3128"},
+        {"proxy_headers": {"Proxy-Authorization": "Basic eDp5"}},
         {"tls_server_name": "kubernetes.default"},
         {"assert_hostname": "kubernetes"},
         {"retries": 3},

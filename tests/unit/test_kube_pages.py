@@ -35,9 +35,10 @@ class Gone:
     status = 410
     reason = "Gone"
     data = b'{"message": "continue token expired"}'
+    headers: dict[str, str] = {}  # noqa: RUF012 (read only)
 
     def getheaders(self) -> dict[str, str]:
-        return {}
+        return self.headers
 
 
 def page(uids: list[str], token: str | None) -> bytes:

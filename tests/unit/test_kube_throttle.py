@@ -18,10 +18,10 @@ class Response:
         self.status = status
         self.reason = "Too Many Requests"
         self.data = b"{}"
-        self._headers = {"Retry-After": retry_after} if retry_after else {}
+        self.headers = {"Retry-After": retry_after} if retry_after else {}
 
     def getheaders(self) -> dict[str, str]:
-        return self._headers
+        return self.headers
 
 
 def test_a_429_pauses_writes_for_retry_after_then_retries() -> None:

@@ -34,6 +34,7 @@ from cloner.adapters.skopeo import (
     fatal_message,
 )
 from cloner.errors import RegistryError
+from cloner.model.proxy import ProxyConfig
 from cloner.model.reference import Reference, parse_reference
 
 PUBLIC = "127.0.0.1:48191"
@@ -431,15 +432,31 @@ def test_skopeo_gets_no_other_credential_source(
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("no_proxy", ".svc")
     fake.plan(digest=DIGEST)
-    _backend(store, fake).clone(_ref(f"{PUBLIC}/src/app:1"), _ref(f"{OWNED}/dst/app:1"))
+    proxy = ProxyConfig.from_environ(os.environ)
+    _backend(store, fake, proxy=proxy).clone(
+        _ref(f"{PUBLIC}/src/app:1"), _ref(f"{OWNED}/dst/app:1")
+    )
     env = fake.record["env"]
     for name in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_CONFIG_HOME"):
         assert name not in env
-    assert env["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+    # The proxy settings the controller decided, in both spellings Go reads.
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == "http://127.0.0.1:3128"
+    assert env["NO_PROXY"] == env["no_proxy"] == ".svc"
     assert env["HOME"] != os.environ.get("HOME")
     assert fake.record["home_entries"] == []
     assert not Path(env["HOME"]).exists()
+
+
+def test_skopeo_reads_no_proxy_variable_the_backend_was_not_given(
+    store: CredentialStore, fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:3128")
+    fake.plan(digest=DIGEST)
+    _backend(store, fake).clone(_ref(f"{PUBLIC}/src/app:1"), _ref(f"{OWNED}/dst/app:1"))
+    assert not {"HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"} & set(fake.record["env"])
 
 
 def test_every_copy_shares_one_private_blob_info_cache_until_close(
