@@ -497,6 +497,9 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
         "dind": {"extraArgs": ["--insecure-registry=registry.internal:5000"]},
         "extraEnv": [{"name": "IMAGE_CLONER_POLL_INTERVAL", "value": "120"}],
     },
+    # HTTPS_PROXY, HTTP_PROXY, NO_PROXY (and lowercase) on the controller and
+    # the sidecar; HTTP_PROXY empty, so rendered as a name alone.
+    "proxy": {"proxy": {"httpsProxy": "http://user:secret@proxy.example.com:3128"}},
 }
 
 #: Enough of the Prometheus Operator's CRD for the API server to know the kind.
