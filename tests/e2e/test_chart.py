@@ -597,6 +597,31 @@ def test_the_api_server_accepts_the_rendered_chart_in_a_dry_run(
     ).returncode
 
 
+@pytest.mark.parametrize("resource", ["", "skopeo"])
+def test_the_api_server_accepts_the_proxy_component_in_a_dry_run(
+    env: Environment, kubectl_bin: Path, namespace: str, tmp_path: Path, resource: str
+) -> None:
+    # manifests/proxy/ with the values set as docs/deploy.md shows, moved into
+    # the test's namespace (a dry run creates no namespace for the others).
+    directory = overlay(tmp_path / "overlay", resource, "proxy")
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    settings = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "image-cloner-proxy", "namespace": "image-cloner"},
+        "data": {"HTTPS_PROXY": "http://proxy.example.com:3128"},
+    }
+    kustomization["patches"] = [{"patch": yaml.safe_dump(settings)}]
+    kustomization["namespace"] = namespace
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objects = kustomize(kubectl_bin, directory)
+    assert any(k[1] == "ConfigMap" and k[3].startswith("image-cloner-proxy-") for k in objects)
+    result = dry_run(env, yaml.safe_dump_all(objects.values()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    accepted = [line for line in result.stdout.splitlines() if line.endswith("(server dry run)")]
+    assert len(accepted) == len(objects), result.stdout
+
+
 def test_the_dry_run_refuses_what_the_api_server_would_refuse(
     env: Environment, helm: Helm, namespace: str, tmp_path: Path
 ) -> None:

@@ -5,7 +5,9 @@ read the environment each container starts with. With ``proxy.httpsProxy``
 or ``proxy.httpProxy`` set, the controller and the dind sidecar (the Docker
 engine reads its own environment) get HTTPS_PROXY, HTTP_PROXY, NO_PROXY and
 the lowercase forms; with neither, no container gets any of them and the
-render is what it was before the value existed.
+render is what it was before the value existed. The component
+``manifests/proxy/`` gives the pod the same environment from the same three
+values.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import yaml
 
 from tests.unit.render import (
     CHART,
+    MANIFESTS,
+    configmap_patch,
     containers,
     environment,
     helm,
     helm_template,
+    kustomize,
+    overlay,
 )
 
 NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
@@ -213,3 +219,30 @@ def test_the_default_no_proxy_covers_the_api_server_and_the_cluster(host: str) -
 )
 def test_the_default_no_proxy_sends_public_registries_through_the_proxy(host: str) -> None:
     assert not bypassed(default_no_proxy(), host)
+
+
+# --- the kustomize component gives the pod the same environment --------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "resource"), [("docker", ""), ("skopeo", "skopeo")], ids=["docker", "skopeo"]
+)
+@pytest.mark.parametrize("proxy", [VALUES, {"httpsProxy": PROXY}], ids=["all-three", "https-only"])
+def test_the_chart_and_the_kustomize_component_give_each_container_the_same_proxy(
+    tmp_path: Path, backend: str, resource: str, proxy: dict[str, str]
+) -> None:
+    chart = environment(helm_template(tmp_path, {"copyBackend": backend, "proxy": proxy}))
+    keys = dict(zip(("httpsProxy", "httpProxy", "noProxy"), NAMES, strict=True))
+    patch = configmap_patch("image-cloner-proxy", {keys[k]: v for k, v in proxy.items()})
+    rendered = kustomize(overlay(tmp_path / "overlay", resource, "proxy", patches=[patch]))
+    manifests = environment(rendered)
+    assert list(manifests) == list(chart)
+    for name in chart:
+        assert proxy_env(manifests[name]) == proxy_env(chart[name]), name
+
+
+def test_the_component_ships_the_charts_default_no_proxy() -> None:
+    kustomization = yaml.safe_load((MANIFESTS / "proxy" / "kustomization.yaml").read_text())
+    (generator,) = kustomization["configMapGenerator"]
+    literals = dict(literal.split("=", 1) for literal in generator["literals"])
+    assert literals == {"HTTPS_PROXY": "", "HTTP_PROXY": "", "NO_PROXY": default_no_proxy()}
