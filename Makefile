@@ -33,6 +33,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 deps: $(VENV)/.installed
 	hack/install-deps.sh
 	hack/build-kube.sh >/dev/null
+	hack/build-helm.sh >/dev/null
 	hack/build-olareg.sh >/dev/null
 
 lint: $(VENV)/.installed

@@ -497,6 +497,9 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
         "dind": {"extraArgs": ["--insecure-registry=registry.internal:5000"]},
         "extraEnv": [{"name": "IMAGE_CLONER_POLL_INTERVAL", "value": "120"}],
     },
+    # HTTPS_PROXY, HTTP_PROXY, NO_PROXY (and lowercase) on the controller and
+    # the sidecar; HTTP_PROXY empty, so rendered as a name alone.
+    "proxy": {"proxy": {"httpsProxy": "http://user:secret@proxy.example.com:3128"}},
 }
 
 #: Enough of the Prometheus Operator's CRD for the API server to know the kind.
@@ -592,6 +595,31 @@ def test_the_api_server_accepts_the_rendered_chart_in_a_dry_run(
     assert env.run_kubectl(
         "-n", namespace, "get", "deployment", "image-cloner", check=False
     ).returncode
+
+
+@pytest.mark.parametrize("resource", ["", "skopeo"])
+def test_the_api_server_accepts_the_proxy_component_in_a_dry_run(
+    env: Environment, kubectl_bin: Path, namespace: str, tmp_path: Path, resource: str
+) -> None:
+    # manifests/proxy/ with the values set as docs/deploy.md shows, moved into
+    # the test's namespace (a dry run creates no namespace for the others).
+    directory = overlay(tmp_path / "overlay", resource, "proxy")
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    settings = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "image-cloner-proxy", "namespace": "image-cloner"},
+        "data": {"HTTPS_PROXY": "http://proxy.example.com:3128"},
+    }
+    kustomization["patches"] = [{"patch": yaml.safe_dump(settings)}]
+    kustomization["namespace"] = namespace
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objects = kustomize(kubectl_bin, directory)
+    assert any(k[1] == "ConfigMap" and k[3].startswith("image-cloner-proxy-") for k in objects)
+    result = dry_run(env, yaml.safe_dump_all(objects.values()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    accepted = [line for line in result.stdout.splitlines() if line.endswith("(server dry run)")]
+    assert len(accepted) == len(objects), result.stdout
 
 
 def test_the_dry_run_refuses_what_the_api_server_would_refuse(

@@ -50,3 +50,26 @@ object the API server refuses; each fails the render with what to change.
 {{- define "image-cloner.dind" -}}
 {{- if eq .Values.copyBackend "docker" }}true{{ end -}}
 {{- end -}}
+
+{{/*
+The proxy environment of the controller and of the dind sidecar (proxy.*):
+HTTPS_PROXY, HTTP_PROXY and NO_PROXY, each also in lowercase (libcurl reads
+only http_proxy; Python and Go read either), when httpsProxy or httpProxy is
+set; nothing otherwise. An empty value renders the name alone, which is the
+empty string: the API server drops `value: ""`, and `kubectl apply` would then
+report a change on every run (as DOCKER_TLS_CERTDIR in the Deployment).
+*/}}
+{{- define "image-cloner.proxyEnv" -}}
+{{- $proxy := .Values.proxy | default dict -}}
+{{- if or $proxy.httpsProxy $proxy.httpProxy -}}
+{{- range $pair := list (list "HTTPS_PROXY" $proxy.httpsProxy) (list "HTTP_PROXY" $proxy.httpProxy) (list "NO_PROXY" $proxy.noProxy) }}
+{{- $value := index $pair 1 | default "" | toString }}
+{{- range $name := list (index $pair 0) (index $pair 0 | lower) }}
+- name: {{ $name }}
+{{- with $value }}
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
