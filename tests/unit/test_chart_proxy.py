@@ -12,7 +12,6 @@ values.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cloner.model.proxy import ProxyConfig
 from tests.unit.render import (
     CHART,
     MANIFESTS,
@@ -159,30 +159,11 @@ def test_the_schema_knows_the_three_keys_and_values_yaml_holds_them() -> None:
 
 
 def bypassed(no_proxy: str, host: str) -> bool:
-    """Whether ``host`` is reached directly under ``no_proxy``, by the rule every path applies.
-
-    Go's (``golang.org/x/net/http/httpproxy``), which skopeo and dockerd use
-    and the controller follows: an IP literal against IP and CIDR entries (a
-    name is never resolved); a name against ``example.com`` (itself and its
-    subdomains) and ``.example.com`` (its subdomains).
-    """
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    for entry in filter(None, (e.strip() for e in no_proxy.split(","))):
-        if ip is not None:
-            try:
-                if ip in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                continue
-        elif entry.startswith("."):
-            if host.endswith(entry):
-                return True
-        elif host == entry or host.endswith("." + entry):
-            return True
-    return False
+    """Whether ``host`` is reached directly under ``no_proxy``: the controller's own rule
+    (``model.proxy``, Go's, which skopeo and dockerd apply too)."""
+    config = ProxyConfig.from_environ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": no_proxy})
+    literal = f"[{host}]" if ":" in host else host
+    return config.proxy_for(f"https://{literal}/") is None
 
 
 @pytest.mark.parametrize(
