@@ -165,6 +165,7 @@ def build_plan(
     now: float | None = None,
     records: Mapping[str, Record] | None = None,
     artifacts: ArtifactCopier | None = None,
+    out_of_scope: bool = False,
 ) -> list[PlanRow]:
     """Plan every container in scope, checking the owned registry for each owned name once.
 
@@ -181,13 +182,18 @@ def build_plan(
         artifacts: looks for the artifacts of a source without a synced
             record (``ops.artifacts.ArtifactCopier.discover``); None, or
             ``signatures: off``, looks for none.
+        out_of_scope: also list the workloads of the namespaces out of scope
+            (``plan --all``), each container ``excluded by <rule>`` with the
+            rule ``NamespaceScope.exclusion`` names, such as
+            ``namespaces.exclude (kube-system)``. Jobs and bare Pods there
+            are not listed.
 
     Raises:
         KubeError: namespaces or workloads could not be listed.
     """
     now = time.time() if now is None else now
     namespaces = {ns.name: ns for ns in kube.list_namespaces()}
-    workloads, failures = list_in_scope(kube, settings)
+    workloads, failures = list_in_scope(kube, settings, out_of_scope)
     if failures:
         kind, message = failures[0]
         raise KubeError(0, f"listing {kind} failed: {message}")
@@ -197,7 +203,11 @@ def build_plan(
     rows = []
     for workload in workloads:
         plans = plan_workload(
-            workload, settings.policy, namespaces.get(workload.namespace), settings.gitops
+            workload,
+            settings.policy,
+            namespaces.get(workload.namespace),
+            settings.gitops,
+            settings.namespace_scope,
         )
         for plan in plans:
             owned = None

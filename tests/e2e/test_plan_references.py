@@ -8,6 +8,10 @@ and the Docker backend (the copy of an OCI image gets a new digest, which
 ``plan`` shows as ``<digest after copy>``). Once the copies are verified, a
 new workload of the same sources is planned with the exact reference, from
 the durable record, and the cycle writes exactly that.
+
+Part 3: ``plan --all`` also lists the workloads of namespaces out of scope,
+each container ``excluded by <rule> (<namespace>)``; the default output and
+the cycle leave them out as before.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ import pytest
 from cloner.model.reference import DIGEST_AFTER_COPY
 from tests.e2e import images as img
 from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, images, read, run_controller, write_config
+from tests.e2e.support import (
+    Scope,
+    create,
+    create_namespace,
+    images,
+    read,
+    run_controller,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +150,65 @@ def test_plan_shows_the_reference_the_cycle_writes(
     result = scope.run(config)
     assert result.returncode == 0, result.stderr
     assert assert_cycle_wrote_the_plan(env, later) == first
+
+
+def test_plan_all_lists_the_workloads_of_excluded_namespaces_with_the_rule(
+    scope: Scope, env: Environment, tmp_path: Path
+) -> None:
+    ns = scope.namespace
+    api = env.api_client()
+    by_name, by_glob = f"{ns}-x", f"{ns}-glob"
+    for name in (by_name, by_glob):
+        create_namespace(env, name)
+    img.build_image(env.public, f"{ns}/app", "1", layers=[img.layer(f"{ns}-app")])
+    create(api, "Deployment", ns, "web", {"main": scope.source("app:1")})
+    create(api, "DaemonSet", by_name, "agent", {"a": scope.source("app:1"), "b": "busybox:1"})
+    create(api, "Deployment", by_glob, "tool", {"main": scope.source("app:1")})
+    config = write_config(
+        tmp_path / "c.yaml",
+        env,
+        scope.target,
+        namespaces={
+            "include": [ns, f"{ns}-*"],  # an exclusion wins over an inclusion
+            "exclude": ["kube-system", "kube-public", "kube-node-lease", by_name, f"{ns}-g*"],
+        },
+    )
+    in_scope = [(r["namespace"], r["name"], r["decision"]) for r in plan(scope, config)]
+    assert in_scope == [(ns, "web", "clone")]
+
+    everything = plan(scope, config, "--all")
+    mine = {
+        (r["namespace"], r["name"], r["container"]): (r["image"], r["owned"], r["decision"])
+        for r in everything
+        if r["namespace"] in (ns, by_name, by_glob)
+    }
+    assert mine == {
+        (ns, "web", "main"): (scope.source("app:1"), f"{scope.owned('app')}:1", "clone"),
+        (by_name, "agent", "a"): (
+            scope.source("app:1"),
+            None,
+            f"excluded by namespaces.exclude ({by_name})",
+        ),
+        (by_name, "agent", "b"): ("busybox:1", None, f"excluded by namespaces.exclude ({by_name})"),
+        (by_glob, "tool", "main"): (
+            scope.source("app:1"),
+            None,
+            f"excluded by namespaces.exclude '{ns}-g*' ({by_glob})",
+        ),
+    }
+    # Every other namespace of the shared API server is out of scope too, and says why.
+    others = [r for r in everything if r["namespace"] not in (ns, by_name, by_glob)]
+    assert all(r["decision"].startswith("excluded by namespaces.") for r in others), others
+    table = run_controller(
+        env, config, "plan", "--all", kubeconfig=scope.kubeconfig, once=False
+    ).stdout.splitlines()
+    assert any(
+        line.startswith(by_name) and line.endswith(f"excluded by namespaces.exclude ({by_name})")
+        for line in table
+    ), table
+
+    result = scope.run(config)
+    assert result.returncode == 0, result.stderr
+    assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('app')}:1"}
+    assert images(read(api, "DaemonSet", by_name, "agent"))["a"] == scope.source("app:1")
+    assert images(read(api, "Deployment", by_glob, "tool")) == {"main": scope.source("app:1")}

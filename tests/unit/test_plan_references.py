@@ -1,6 +1,6 @@
-"""``plan``'s owned column is the reference the next cycle writes.
+"""``plan``'s owned column is the reference the next cycle writes, and ``plan --all``.
 
-Issue 30, part 2. For every row a plan shows, a cycle that follows
+Issue 30, parts 2 and 3. For every row a plan shows, a cycle that follows
 (``Reconciler.reconcile_once`` against the same in-memory stand-ins) writes
 exactly that reference, for sources by tag, by digest and by tag and digest,
 with ``pinDigest`` on and off, for both backends. Where the digest exists only
@@ -19,6 +19,7 @@ import pytest
 
 from cloner.config import CopySettings, Settings
 from cloner.model.reference import DIGEST_AFTER_COPY
+from cloner.model.workloads import NamespaceScope
 from cloner.ops.plan import DIGEST_CHANGES, PlanRow, build_plan, read_records
 from tests.unit.fakes import FakeKube
 from tests.unit.test_reconcile import OWNED, SETTINGS, FakeRegistry, make, workload
@@ -118,3 +119,86 @@ def test_a_fresh_record_answers_as_it_was_written_when_pin_digest_changed() -> N
     assert row.owned == f"{OWNED}/m/quay.io/x/app:1"  # as recorded, not pinned yet
     make(kube, fakes, pinned).reconcile_once()
     assert_plan_was_written(kube, [row])
+
+
+# --- plan --all: the workloads of namespaces out of scope ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "namespace", "reason"),
+    [
+        (NamespaceScope((), ("kube-system",)), "kube-system", "namespaces.exclude (kube-system)"),
+        (
+            NamespaceScope((), ("kube-*",)),
+            "kube-node-lease",
+            "namespaces.exclude 'kube-*' (kube-node-lease)",
+        ),
+        (
+            NamespaceScope((), (), "image-cloner"),
+            "image-cloner",
+            "controllerNamespace (image-cloner)",
+        ),
+        (
+            NamespaceScope((), ("image-cloner",), "image-cloner"),
+            "image-cloner",
+            "namespaces.exclude (image-cloner)",
+        ),
+        (NamespaceScope(("team-*",), ()), "other", "namespaces.include (other)"),
+        (NamespaceScope(("team-*",), ("team-x",)), "team-x", "namespaces.exclude (team-x)"),
+        (NamespaceScope(("team-*",), ("kube-*",), "ops"), "team-a", None),
+        (NamespaceScope(), "anything", None),
+    ],
+)
+def test_namespace_scope_names_the_rule_that_leaves_a_namespace_out(
+    scope: NamespaceScope, namespace: str, reason: str | None
+) -> None:
+    assert scope.exclusion(namespace) == reason
+    assert scope.contains(namespace) is (reason is None)
+
+
+def test_the_controllers_namespace_is_left_out_of_list_calls() -> None:
+    assert NamespaceScope((), ("kube-*", "a"), "image-cloner").exact_exclusions == (
+        "a",
+        "image-cloner",
+    )
+    assert NamespaceScope((), ("image-cloner",), "image-cloner").exact_exclusions == (
+        "image-cloner",
+    )
+
+
+def test_plan_all_lists_excluded_namespaces_with_the_rule_and_the_default_does_not() -> None:
+    config = replace(SETTINGS, exclude_namespaces=("kube-system", "kube-*"))
+    kube = FakeKube(
+        [
+            workload("Deployment", "shop", "web", "nginx:1"),
+            workload(
+                "DaemonSet", "kube-system", "calico-node", "quay.io/calico/node:v3", "busybox"
+            ),
+            workload(
+                "StatefulSet", "kube-public", "descheduler", "registry.k8s.io/descheduler:v0.3"
+            ),
+            workload("Deployment", "image-cloner", "image-cloner", "ghcr.io/x/cloner:1"),
+        ]
+    )
+
+    def decisions(out_of_scope: bool) -> dict[tuple[str, str, str], tuple[str, str | None]]:
+        rows = build_plan(kube, FakeRegistry(), config, out_of_scope=out_of_scope)
+        return {(r.namespace, r.name, r.container): (r.decision, r.owned) for r in rows}
+
+    in_scope = {("shop", "web", "c0"): ("clone", f"{OWNED}/m/docker.io/library/nginx:1")}
+    assert decisions(False) == in_scope
+    system = ("excluded by namespaces.exclude (kube-system)", None)
+    assert decisions(True) == {
+        **in_scope,
+        ("kube-system", "calico-node", "c0"): system,
+        ("kube-system", "calico-node", "c1"): system,
+        ("kube-public", "descheduler", "c0"): (
+            "excluded by namespaces.exclude 'kube-*' (kube-public)",
+            None,
+        ),
+        ("image-cloner", "image-cloner", "c0"): (
+            "excluded by controllerNamespace (image-cloner)",
+            None,
+        ),
+    }
+    assert kube.calls == []  # plan writes nothing
