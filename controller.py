@@ -2,7 +2,7 @@
 
     python controller.py [run] [--once] [--config PATH] [--kubeconfig PATH]
     python controller.py revert [--namespace NS] [--dry-run] [--config PATH] [--kubeconfig PATH]
-    python controller.py plan [--output table|json] [--config PATH] [--kubeconfig PATH]
+    python controller.py plan [--output table|json] [--all] [--config PATH] [--kubeconfig PATH]
 
 Without ``--once`` it reconciles every ``pollInterval`` seconds until SIGTERM
 and exits 0. With ``--once`` it runs a single cycle and exits 0 when nothing
@@ -151,6 +151,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="URL of a running controller's metrics port, for its backoff state "
         "(default http://127.0.0.1:<metricsPort>)",
     )
+    plan.add_argument(
+        "--all",
+        action="store_true",
+        dest="out_of_scope",
+        help="also list the workloads of namespaces out of scope, each with the rule that "
+        "leaves it out, e.g. 'excluded by namespaces.exclude (kube-system)'",
+    )
     revert = commands.add_parser(
         "revert",
         parents=[_common(suppress=True)],
@@ -255,6 +262,7 @@ def run_plan(
     settings: Settings,
     output: str,
     controller: str | None,
+    out_of_scope: bool = False,
 ) -> int:
     """``plan``: print the table (or JSON) of what a cycle would do; exit 0, 1 if listing failed.
 
@@ -264,6 +272,8 @@ def run_plan(
             ``http://127.0.0.1:<metricsPort>``, which is the running
             controller when ``plan`` runs in its container. Unreachable: no
             backoff is shown.
+        out_of_scope: ``--all``: also the workloads of namespaces out of
+            scope, ``excluded by <rule> (<namespace>)``.
     """
     from cloner.ops.artifacts import ArtifactCopier
     from cloner.ops.plan import build_plan, fetch_backoff, format_json, format_table, read_state
@@ -280,6 +290,7 @@ def run_plan(
             dict(state.holds),
             records=dict(state.records),
             artifacts=ArtifactCopier(registry),
+            out_of_scope=out_of_scope,
         )
     except KubeError as exc:
         log.error("plan failed: %s", exc)
@@ -496,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         adapters = build_adapters(args, settings)
         if args.command == "plan":
             return run_plan(
-                adapters.kube, adapters.manifests, settings, args.output, args.controller
+                adapters.kube,
+                adapters.manifests,
+                settings,
+                args.output,
+                args.controller,
+                args.out_of_scope,
             )
         return run(args, settings, adapters)
     except ConfigError as exc:

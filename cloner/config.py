@@ -335,8 +335,10 @@ class Settings:
 
     @property
     def namespace_scope(self) -> NamespaceScope:
-        """``namespaces.include`` and ``excluded_namespaces`` as one decision."""
-        return NamespaceScope(self.include_namespaces, self.excluded_namespaces)
+        """``namespaces.include``, ``.exclude`` and ``controllerNamespace``: one decision."""
+        return NamespaceScope(
+            self.include_namespaces, self.exclude_namespaces, self.controller_namespace
+        )
 
     @property
     def excluded_namespaces(self) -> tuple[str, ...]:

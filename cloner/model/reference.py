@@ -282,6 +282,78 @@ def digest_tag(digest: str) -> str:
     return digest.replace(":", "_", 1)[:TAG_MAX]
 
 
+#: What ``planned_image`` writes for a digest that only the copy will give.
+DIGEST_AFTER_COPY = "<digest after copy>"
+
+
+def patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
+    """The reference a workload is patched to: the one rule of the cycle and of ``plan``.
+
+    A source pinned by digest stays pinned: ``owned@digest`` (and the tag too
+    when the source had one). A tagged source points to ``owned:tag``, or to
+    ``owned:tag@digest`` with ``pin`` (``pinDigest``), so that a later move of
+    the owned tag cannot change what runs.
+
+    Args:
+        source: the source reference.
+        owned: its owned name (``Target.owned_name``: a tag, no digest).
+        digest: the owned copy's manifest digest, as verified in the owned
+            registry (``algorithm:hex``; ``planned_image`` passes
+            ``DIGEST_AFTER_COPY`` when it is not known yet).
+        pin: ``pinDigest``.
+
+    Returns:
+        For ``owned`` = ``reg/m/docker.io/library/nginx:1``: ``reg/m/...:1``
+        (tag), ``reg/m/...:1@<digest>`` (tag with ``pin``, or tag+digest) or
+        ``reg/m/...@<digest>`` (digest only: the owned tag ``sha256_<hex>``
+        is dropped, the digest names the content).
+    """
+    if source.digest is None:
+        return str(owned.with_digest(digest)) if pin else str(owned)
+    if source.tag is None:
+        return str(owned.with_tag(None).with_digest(digest))
+    return str(owned.with_digest(digest))
+
+
+def planned_image(
+    source: Reference,
+    owned: Reference,
+    pin: bool,
+    keeps_digests: bool,
+    owned_digest: str | None = None,
+) -> str:
+    """The reference a cycle would patch to, as far as it is known before it runs.
+
+    ``plan``'s owned column: ``patched_image`` with the digest the cycle would
+    pass it.
+
+    - A backend that keeps digests (skopeo) copies a source pinned by digest
+      to that very digest (its copy check refuses any other), so the
+      reference is exact.
+    - Otherwise the digest is that of the owned copy the cycle would use,
+      ``owned_digest``, when one is known (the owned registry serves it now).
+    - Otherwise it exists only after the copy: the Docker engine gives the
+      copy a new digest (TESTBED, "What a Docker engine does"), and a tag
+      with ``pinDigest`` is pinned to whatever the tag names when copied.
+      ``DIGEST_AFTER_COPY`` stands in for it, so no reference is shown that
+      will not be written. A tag without ``pinDigest`` needs no digest.
+
+    Args:
+        source, owned: as for ``patched_image``.
+        pin: ``pinDigest``.
+        keeps_digests: ``copyBackend`` keeps manifest digests
+            (``identity.BackendName.keeps_digests``).
+        owned_digest: the manifest digest of the owned copy a cycle would
+            reuse, None when there is none or it is not known.
+
+    Returns:
+        For example ``reg/m/quay.io/x/y@sha256:...`` or
+        ``reg/m/quay.io/x/y:1@<digest after copy>``.
+    """
+    digest = source.digest if keeps_digests and source.digest else owned_digest
+    return patched_image(source, owned, digest or DIGEST_AFTER_COPY, pin)
+
+
 def registry_path_component(registry: str) -> str:
     """A registry host as one repository path component.
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cloner.model.identity import spread
+from cloner.model.identity import refresh_due, spread
 from cloner.model.rollout import Hold, PendingSwitch
 
 #: ConfigMaps the state is spread over (``<configMap>-<n>``), each under the
@@ -93,6 +93,27 @@ class Record:
     artifacts_owned: int = 0
     artifacts_error: str = ""
     artifacts_synced: float = 0.0
+
+    def answers(self, owned: str, backend: str, now: float, interval: float, pinned: bool) -> bool:
+        """True when this record answers for ``owned`` with no registry call.
+
+        It does when it was verified for that owned name by that backend and
+        no refresh is due (``identity.refresh_due``): a cycle then patches to
+        ``image`` as recorded (``cloning.ImageCloner``), and ``plan`` shows
+        that reference.
+
+        Args:
+            owned: the owned reference with its tag (``Target.owned_name``).
+            backend: ``copyBackend`` now; a record of the other one is redone.
+            now: epoch seconds.
+            interval: ``refreshInterval`` in seconds.
+            pinned: the source has a digest (never refreshed).
+        """
+        return (
+            self.backend == backend
+            and self.owned == owned
+            and not refresh_due(self.source, self.verified, now, interval, pinned)
+        )
 
 
 @dataclass(frozen=True, slots=True)

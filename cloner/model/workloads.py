@@ -281,23 +281,50 @@ class Workload:
 class NamespaceScope:
     """Which namespaces are reconciled: the one place that decides it.
 
-    Used alike by a cycle, ``plan`` and the report of Jobs and bare Pods.
+    Used alike by a cycle, ``plan`` (``plan --all`` names the rule that
+    leaves a namespace out) and the report of Jobs and bare Pods.
 
     Attributes:
         include: glob patterns (``fnmatch``, case-sensitive); empty means all
             (``namespaces.include``).
         exclude: glob patterns; an exclusion wins over an inclusion
-            (``namespaces.exclude`` plus the controller's own namespace).
+            (``namespaces.exclude``).
+        own: the controller's own namespace (``controllerNamespace``), always
+            excluded; None when not known.
     """
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    own: str | None = None
 
     def contains(self, namespace: str) -> bool:
         """True when ``namespace`` is reconciled."""
-        if any(fnmatchcase(namespace, pattern) for pattern in self.exclude):
-            return False
-        return not self.include or any(fnmatchcase(namespace, p) for p in self.include)
+        return self.exclusion(namespace) is None
+
+    def exclusion(self, namespace: str) -> str | None:
+        """Why ``namespace`` is not reconciled, or None when it is.
+
+        Returns:
+            The rule with the namespace in parentheses (also when a glob
+            matched it, whose pattern is then named too), for
+            ``excluded by <rule>``: ``namespaces.exclude (kube-system)``,
+            ``namespaces.exclude 'kube-*' (kube-node-lease)``,
+            ``controllerNamespace (image-cloner)`` or
+            ``namespaces.include (other)`` (in none of its patterns).
+        """
+        for pattern in self.exclude:
+            if fnmatchcase(namespace, pattern):
+                rule = (
+                    "namespaces.exclude"
+                    if pattern == namespace
+                    else f"namespaces.exclude {pattern!r}"
+                )
+                return f"{rule} ({namespace})"
+        if namespace == self.own:
+            return f"controllerNamespace ({namespace})"
+        if self.include and not any(fnmatchcase(namespace, p) for p in self.include):
+            return f"namespaces.include ({namespace})"
+        return None
 
     @property
     def exact_exclusions(self) -> tuple[str, ...]:
@@ -305,9 +332,13 @@ class NamespaceScope:
 
         Sent to the API server as ``metadata.namespace!=NAME`` field selectors
         (which match names exactly, never globs), so it does not send what
-        ``contains`` would drop anyway.
+        ``contains`` would drop anyway. The controller's own namespace is one
+        of them.
         """
-        return tuple(ns for ns in self.exclude if not any(c in ns for c in "*?["))
+        names = [ns for ns in self.exclude if not any(c in ns for c in "*?[")]
+        if self.own is not None and self.own not in names:
+            names.append(self.own)
+        return tuple(names)
 
 
 #: Label or annotation that opts a workload, or every workload of a
@@ -465,6 +496,7 @@ def plan_workload(
     policy: Policy,
     namespace: NamespaceInfo | None = None,
     gitops: GitopsMode = GitopsMode.PATCH,
+    scope: NamespaceScope | None = None,
 ) -> list[ContainerPlan]:
     """Decide, for every container of a workload, whether its image needs a clone.
 
@@ -475,15 +507,19 @@ def plan_workload(
         gitops: ``gitops`` setting for a workload that ``gitops_owner`` names:
             ``report`` turns its ``clone`` decisions into ``gitops``, ``skip``
             into ``excluded``, ``patch`` leaves them.
+        scope: the namespaces reconciled; None when the caller listed only
+            those (a cycle).
 
     Returns:
-        One ``ContainerPlan`` per container, in the workload's order. An
-        opted-out workload yields ``excluded`` for every container, whatever
-        its references. An
+        One ``ContainerPlan`` per container, in the workload's order. A
+        workload outside ``scope`` (its reason is ``NamespaceScope.exclusion``)
+        or opted out yields ``excluded`` for every container, whatever its
+        references. An
         invalid reference yields ``invalid`` for that container only; the
         other containers are still planned.
     """
-    opted_out = skip_reason(workload, namespace)
+    opted_out = scope.exclusion(workload.namespace) if scope is not None else None
+    opted_out = opted_out or skip_reason(workload, namespace)
     if opted_out:  # left alone entirely: not even its references are judged
         return [ContainerPlan(c, Decision.EXCLUDED, reason=opted_out) for c in workload.containers]
     plans = []

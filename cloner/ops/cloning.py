@@ -59,8 +59,8 @@ from cloner.config import BackoffSettings, CopySettings
 from cloner.errors import FailureReason, RegistryError
 from cloner.model.artifacts import SignatureMode
 from cloner.model.backoff import Backoff, RegistryPauses
-from cloner.model.identity import Action, Copied, Descriptor, decide, refresh_due
-from cloner.model.reference import Reference
+from cloner.model.identity import Action, Copied, Descriptor, decide
+from cloner.model.reference import Reference, patched_image
 from cloner.model.state import Failure, Record, StateBook
 from cloner.ops.artifacts import ArtifactCopier, ArtifactSync, Synced
 from cloner.ops.copycheck import CopyCheck, Expected, ManifestAPI, check_for
@@ -135,21 +135,6 @@ class ImageResult:
     moved: tuple[str, str] | None = None
     platforms: tuple[str, ...] = ()
     artifacts: Synced | None = None
-
-
-def patched_image(source: Reference, owned: Reference, digest: str, pin: bool) -> str:
-    """The reference a workload is patched to.
-
-    A source pinned by digest stays pinned: ``owned@digest`` (and the tag too
-    when the source had one). A tagged source points to ``owned:tag``, or to
-    ``owned:tag@digest`` with ``pin`` (``pinDigest``), so that a later move of
-    the owned tag cannot change what runs.
-    """
-    if source.digest is None:
-        return str(owned.with_digest(digest)) if pin else str(owned)
-    if source.tag is None:
-        return str(owned.with_tag(None).with_digest(digest))
-    return str(owned.with_digest(digest))
 
 
 class ImageCloner:
@@ -371,13 +356,8 @@ class ImageCloner:
         key = str(source)
         with self.state.locked() as book:
             record = book.records.get(key)
-        fresh = (
-            record is not None
-            and record.backend == self._backend_name
-            and record.owned == str(owned)
-            and not refresh_due(
-                key, record.verified, self._wall(), self._refresh, source.digest is not None
-            )
+        fresh = record is not None and record.answers(
+            str(owned), self._backend_name, self._wall(), self._refresh, source.digest is not None
         )
         if fresh:
             assert record is not None

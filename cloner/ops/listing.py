@@ -41,7 +41,7 @@ class WorkloadLister(Protocol):
 
 
 def list_in_scope(
-    kube: WorkloadLister, settings: Settings
+    kube: WorkloadLister, settings: Settings, out_of_scope: bool = False
 ) -> tuple[list[Workload], list[tuple[str, str]]]:
     """List the workloads of every kind in the namespaces in scope.
 
@@ -49,21 +49,29 @@ def list_in_scope(
     not send what would be dropped; ``Settings.namespace_scope`` decides the
     rest, as for ``unpatchable_public`` and ``plan``.
 
+    Args:
+        kube: the list calls.
+        settings: the namespace scope.
+        out_of_scope: keep the workloads of every namespace too (``plan
+            --all``, which asks ``NamespaceScope.exclusion`` why each is left
+            out); nothing is left out of the list calls then.
+
     Returns:
         ``(workloads, failures)``; a kind whose list failed is left out and
         named in ``failures`` as ``(kind, message)``.
     """
     scope = settings.namespace_scope
+    excluded = () if out_of_scope else scope.exact_exclusions
     workloads: list[Workload] = []
     failures: list[tuple[str, str]] = []
     for kind in KINDS:
         try:
-            found = list(kube.list_workloads(kind, scope.exact_exclusions))
+            found = list(kube.list_workloads(kind, excluded))
         except KubeError as exc:
             failures.append((kind, str(exc)))
             log.error("listing %s failed, skipping them this cycle: %s", kind, exc)
             continue
-        workloads += [w for w in found if scope.contains(w.namespace)]
+        workloads += [w for w in found if out_of_scope or scope.contains(w.namespace)]
     return workloads, failures
 
 

@@ -4,7 +4,9 @@ Called by ``controller.py``. It lists namespaces and workloads, plans every
 container with the same pure functions a cycle uses, and asks the owned
 registry (manifest lookup through the engine, no layers pulled) whether each
 owned copy exists. It never pulls, pushes or patches. The model is skopeo
-sync's dry run ("Would have copied"), with from/to fields.
+sync's dry run ("Would have copied"), with from/to fields: the "to" is the
+reference the cycle would write, built by the cycle's own rule
+(``reference.patched_image``; ``_switched_to``).
 
 A separate process has none of the running controller's memory, so the
 backoff of an image comes from the running controller's metrics port
@@ -32,7 +34,7 @@ from cloner.errors import KubeError, RegistryError
 from cloner.model.artifacts import SignatureMode
 from cloner.model.events import rfc3339
 from cloner.model.identity import Descriptor
-from cloner.model.reference import Reference
+from cloner.model.reference import Reference, planned_image
 from cloner.model.rollout import Hold, namespace_key
 from cloner.model.state import Record, StateBook, shard_names
 from cloner.model.workloads import (
@@ -62,7 +64,14 @@ class PlanRow:
     Attributes:
         namespace, kind, name, container: where the image is.
         image: the current reference.
-        owned: the owned reference it would be switched to (None when none).
+        owned: the reference a cycle would switch the container to (None
+            when none), computed as the cycle computes it
+            (``reference.patched_image``): with a digest when the source
+            has one or ``pinDigest`` is on. A digest that only the copy will
+            give (the Docker engine's new digest, or a tag pinned with
+            ``pinDigest`` before anything was copied) is written
+            ``<digest after copy>`` (``reference.DIGEST_AFTER_COPY``); a
+            verified record or an owned copy that exists makes it exact.
         decision: ``clone``, ``patch (copy exists)``, ``backing off until
             <time> (<reason>)``, ``already owned``,
             ``excluded by <rule>``, ``held: managed by <owner> (gitops: report)``,
@@ -156,6 +165,7 @@ def build_plan(
     now: float | None = None,
     records: Mapping[str, Record] | None = None,
     artifacts: ArtifactCopier | None = None,
+    out_of_scope: bool = False,
 ) -> list[PlanRow]:
     """Plan every container in scope, checking the owned registry for each owned name once.
 
@@ -172,44 +182,61 @@ def build_plan(
         artifacts: looks for the artifacts of a source without a synced
             record (``ops.artifacts.ArtifactCopier.discover``); None, or
             ``signatures: off``, looks for none.
+        out_of_scope: also list the workloads of the namespaces out of scope
+            (``plan --all``), each container ``excluded by <rule>`` with the
+            rule ``NamespaceScope.exclusion`` names, such as
+            ``namespaces.exclude (kube-system)``. Jobs and bare Pods there
+            are not listed.
 
     Raises:
         KubeError: namespaces or workloads could not be listed.
     """
     now = time.time() if now is None else now
     namespaces = {ns.name: ns for ns in kube.list_namespaces()}
-    workloads, failures = list_in_scope(kube, settings)
+    workloads, failures = list_in_scope(kube, settings, out_of_scope)
     if failures:
         kind, message = failures[0]
         raise KubeError(0, f"listing {kind} failed: {message}")
-    exists: dict[str, str] = {}
+    exists: dict[str, tuple[str, str | None]] = {}
     counts = _ArtifactCounts(records, artifacts, registry, settings)
     keeps_digests = settings.copy.backend.keeps_digests
     rows = []
     for workload in workloads:
         plans = plan_workload(
-            workload, settings.policy, namespaces.get(workload.namespace), settings.gitops
+            workload,
+            settings.policy,
+            namespaces.get(workload.namespace),
+            settings.gitops,
+            settings.namespace_scope,
         )
         for plan in plans:
             owned = None
             waiting = (backoff or {}).get(str(plan.source)) if plan.source else None
             hold = _hold_of(workload, holds or {}, now)
-            if plan.decision == "clone" and plan.owned is not None and hold is not None:
-                owned = str(plan.owned)
-                decision = (
-                    f"held after a failed switch ({hold.reason}) until "
-                    f"{rfc3339(hold.until)}: {hold.message}"
+            if plan.decision == "clone" and plan.source is not None and plan.owned is not None:
+                owned_digest = None
+                if hold is not None:
+                    decision = (
+                        f"held after a failed switch ({hold.reason}) until "
+                        f"{rfc3339(hold.until)}: {hold.message}"
+                    )
+                elif waiting:
+                    decision = f"backing off until {waiting.get('until')} ({waiting.get('reason')})"
+                else:
+                    key = str(plan.owned)
+                    if key not in exists:
+                        exists[key] = _lookup(registry, plan.owned)
+                    decision, owned_digest = exists[key]
+                    if not keeps_digests and plan.source.digest:
+                        decision += DIGEST_CHANGES
+                owned = _switched_to(
+                    plan.source,
+                    plan.owned,
+                    (records or {}).get(str(plan.source)),
+                    owned_digest,
+                    settings,
+                    now,
                 )
-            elif plan.decision == "clone" and plan.owned is not None and waiting:
-                owned = str(plan.owned)
-                decision = f"backing off until {waiting.get('until')} ({waiting.get('reason')})"
-            elif plan.decision == "clone" and plan.owned is not None:
-                owned = str(plan.owned)
-                if owned not in exists:
-                    exists[owned] = _lookup(registry, plan.owned)
-                decision = exists[owned]
-                if not keeps_digests and plan.source and plan.source.digest:
-                    decision += DIGEST_CHANGES
             else:
                 decision = describe(plan)
             found = counts.of(plan.source, owned)
@@ -323,12 +350,50 @@ def _unpatchable_rows(
 DIGEST_CHANGES = "; new digest with the docker backend (copyBackend: skopeo keeps it)"
 
 
-def _lookup(registry: ManifestLookup, owned: Reference) -> str:
+def _lookup(registry: ManifestLookup, owned: Reference) -> tuple[str, str | None]:
+    """The decision for an owned name and the digest the owned registry serves for it.
+
+    Returns:
+        ``("clone", None)``, ``("patch (copy exists)", digest)`` or
+        ``("clone (owned registry: <reason>)", None)`` when it cannot be asked.
+    """
     try:
         found = registry.head(owned)
     except RegistryError as exc:
-        return f"clone (owned registry: {exc.reason})"
-    return "clone" if found is None else "patch (copy exists)"
+        return f"clone (owned registry: {exc.reason})", None
+    return ("clone", None) if found is None else ("patch (copy exists)", found.digest)
+
+
+def _switched_to(
+    source: Reference,
+    owned: Reference,
+    record: Record | None,
+    owned_digest: str | None,
+    settings: Settings,
+    now: float,
+) -> str:
+    """The owned column: the reference a cycle would patch the container to.
+
+    A cycle answers from a verified record that is not due for a refresh
+    (``Record.answers``) with the reference recorded; otherwise it patches
+    to ``reference.patched_image`` of the digest it verifies, which
+    ``reference.planned_image`` knows or marks as known only after the copy.
+
+    Args:
+        source, owned: the image and its owned name.
+        record: the verified copy of ``source`` in the durable state, if any.
+        owned_digest: the digest the owned registry serves under ``owned``
+            now (a copy the cycle would reuse), None when absent or not asked.
+        settings: ``copyBackend``, ``pinDigest``, ``refreshInterval``.
+        now: epoch seconds.
+    """
+    backend = settings.copy.backend
+    pinned = source.digest is not None
+    if record is not None and record.answers(
+        str(owned), backend, now, settings.refresh.interval, pinned
+    ):
+        return record.image
+    return planned_image(source, owned, settings.pin_digest, backend.keeps_digests, owned_digest)
 
 
 def format_table(rows: list[PlanRow]) -> str:

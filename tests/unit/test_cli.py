@@ -37,8 +37,14 @@ def test_common_options_go_before_or_after_the_command() -> None:
     assert controller.parse_args(["plan"]).config == controller.DEFAULT_CONFIG
 
 
+def test_plan_all_lists_out_of_scope_namespaces_only_when_asked() -> None:
+    assert controller.parse_args(["plan", "--all"]).out_of_scope is True
+    assert controller.parse_args(["plan", "--output", "json"]).out_of_scope is False
+
+
 @pytest.mark.parametrize(
-    "argv", [["plan", "--once"], ["revert", "--output", "json"], ["run", "--dry-run"]]
+    "argv",
+    [["plan", "--once"], ["revert", "--output", "json"], ["run", "--dry-run"], ["run", "--all"]],
 )
 def test_an_option_of_another_command_is_refused(
     argv: list[str], capsys: pytest.CaptureFixture[str]

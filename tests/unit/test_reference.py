@@ -31,12 +31,15 @@ from hypothesis import strategies as st
 from cloner.errors import InvalidReference
 from cloner.model.artifacts import is_reserved_tag
 from cloner.model.reference import (
+    DIGEST_AFTER_COPY,
     Reference,
     Target,
     digest_tag,
     image_matches,
     parse_reference,
     parse_target,
+    patched_image,
+    planned_image,
     registry_path_component,
     validate_digest,
 )
@@ -1335,3 +1338,80 @@ def test_property_flat_owned_name_is_valid_and_one_component(
 )
 def test_image_glob(pattern: str, reference: str, matches: bool) -> None:
     assert image_matches(pattern, parse_reference(reference)) is matches
+
+
+# --- the reference a workload is patched to (cycle) and shows in plan ------------------
+
+SOURCE_DIGEST = "sha256:" + "d" * 64
+COPY_DIGEST = "sha256:" + "e" * 64  # the owned copy's own digest (Docker engine copy)
+MIRROR = Target.parse("reg.example.com/m")
+REPO_OWNED = "reg.example.com/m/quay.io/x/y"
+AFTER = "<digest after copy>"
+
+
+@pytest.mark.parametrize(
+    ("source", "pin", "expected"),
+    [
+        ("quay.io/x/y:1", False, f"{REPO_OWNED}:1"),
+        ("quay.io/x/y:1", True, f"{REPO_OWNED}:1@{COPY_DIGEST}"),
+        # digest only: the owned tag sha256_<hex> is dropped, the digest names the content
+        (f"quay.io/x/y@{SOURCE_DIGEST}", False, f"{REPO_OWNED}@{COPY_DIGEST}"),
+        (f"quay.io/x/y@{SOURCE_DIGEST}", True, f"{REPO_OWNED}@{COPY_DIGEST}"),
+        (f"quay.io/x/y:1@{SOURCE_DIGEST}", False, f"{REPO_OWNED}:1@{COPY_DIGEST}"),
+        (f"quay.io/x/y:1@{SOURCE_DIGEST}", True, f"{REPO_OWNED}:1@{COPY_DIGEST}"),
+    ],
+)
+def test_patched_image_keeps_a_pin_and_pins_a_tag_with_pin_digest(
+    source: str, pin: bool, expected: str
+) -> None:
+    ref = parse_reference(source)
+    assert patched_image(ref, MIRROR.owned_name(ref), COPY_DIGEST, pin) == expected
+
+
+TAG, BY_DIGEST, BOTH = (
+    "quay.io/x/y:1",
+    f"quay.io/x/y@{SOURCE_DIGEST}",
+    f"quay.io/x/y:1@{SOURCE_DIGEST}",
+)
+SKOPEO_KEEPS, DOCKER_NEW = True, False  # keeps_digests of the backend
+
+
+@pytest.mark.parametrize(
+    ("source", "pin", "keeps_digests", "owned_digest", "expected"),
+    [
+        # by tag: no digest in the reference unless pinDigest
+        (TAG, False, SKOPEO_KEEPS, None, f"{REPO_OWNED}:1"),
+        (TAG, False, DOCKER_NEW, None, f"{REPO_OWNED}:1"),
+        (TAG, False, DOCKER_NEW, COPY_DIGEST, f"{REPO_OWNED}:1"),
+        # pinDigest pins to what the copy holds: known once an owned copy exists
+        (TAG, True, SKOPEO_KEEPS, None, f"{REPO_OWNED}:1@{AFTER}"),
+        (TAG, True, SKOPEO_KEEPS, SOURCE_DIGEST, f"{REPO_OWNED}:1@{SOURCE_DIGEST}"),
+        (TAG, True, DOCKER_NEW, None, f"{REPO_OWNED}:1@{AFTER}"),
+        (TAG, True, DOCKER_NEW, COPY_DIGEST, f"{REPO_OWNED}:1@{COPY_DIGEST}"),
+        # by digest: skopeo keeps it, whatever the owned tag holds now
+        (BY_DIGEST, False, SKOPEO_KEEPS, None, f"{REPO_OWNED}@{SOURCE_DIGEST}"),
+        (BY_DIGEST, True, SKOPEO_KEEPS, None, f"{REPO_OWNED}@{SOURCE_DIGEST}"),
+        (BY_DIGEST, False, SKOPEO_KEEPS, COPY_DIGEST, f"{REPO_OWNED}@{SOURCE_DIGEST}"),
+        # ... the Docker engine gives the copy a digest of its own
+        (BY_DIGEST, False, DOCKER_NEW, None, f"{REPO_OWNED}@{AFTER}"),
+        (BY_DIGEST, True, DOCKER_NEW, None, f"{REPO_OWNED}@{AFTER}"),
+        (BY_DIGEST, False, DOCKER_NEW, COPY_DIGEST, f"{REPO_OWNED}@{COPY_DIGEST}"),
+        # tag and digest: the tag stays, the digest as above
+        (BOTH, False, SKOPEO_KEEPS, None, f"{REPO_OWNED}:1@{SOURCE_DIGEST}"),
+        (BOTH, True, SKOPEO_KEEPS, None, f"{REPO_OWNED}:1@{SOURCE_DIGEST}"),
+        (BOTH, False, DOCKER_NEW, None, f"{REPO_OWNED}:1@{AFTER}"),
+        (BOTH, True, DOCKER_NEW, None, f"{REPO_OWNED}:1@{AFTER}"),
+        (BOTH, True, DOCKER_NEW, COPY_DIGEST, f"{REPO_OWNED}:1@{COPY_DIGEST}"),
+    ],
+)
+def test_planned_image_is_the_patched_image_or_says_the_digest_comes_with_the_copy(
+    source: str, pin: bool, keeps_digests: bool, owned_digest: str | None, expected: str
+) -> None:
+    ref = parse_reference(source)
+    owned = MIRROR.owned_name(ref)
+    assert DIGEST_AFTER_COPY == AFTER
+    assert planned_image(ref, owned, pin, keeps_digests, owned_digest) == expected
+    if AFTER not in expected:  # exact: what the cycle writes with the copy's digest
+        digest = SOURCE_DIGEST if keeps_digests and ref.digest else owned_digest
+        assert digest is not None or not pin
+        assert expected == patched_image(ref, owned, digest or "unused", pin)
