@@ -301,17 +301,27 @@ class RolloutGuard:
             seen.replica_sets = self._kube.list_namespaced("replicasets", namespace)
         return seen
 
-    def _follow(self, switch: PendingSwitch, seen: _Namespace, report: RolloutReport) -> None:
+    def _followed(
+        self, switch: PendingSwitch, seen: _Namespace
+    ) -> tuple[dict[str, Any], Workload] | None:
+        """The workload of a switch still to follow, or None (the switch is ended)."""
         obj = seen.objects.get(switch.kind, {}).get(switch.name)
         meta = (obj or {}).get("metadata") or {}
         if obj is None or (switch.uid and meta.get("uid") != switch.uid):
             self._end(switch, "the workload is gone")
-            return
+            return None
         workload = Workload.from_api(switch.kind, obj)
         images = {c.name: c.image for c in workload.containers}
         if any(images.get(c.name) != c.owned for c in switch.containers):
             self._end(switch, "its images were changed since (not followed further)")
+            return None
+        return obj, workload
+
+    def _follow(self, switch: PendingSwitch, seen: _Namespace, report: RolloutReport) -> None:
+        followed = self._followed(switch, seen)
+        if followed is None:
             return
+        obj, workload = followed
         now = self._wall()
         status = rollout_status(switch.kind, obj, switch.generation)
         selector = None if switch.kind == "CronJob" else (obj.get("spec") or {}).get("selector")
@@ -347,22 +357,30 @@ class RolloutGuard:
                 report,
             )
         elif verdict.slow and not switch.slow_reported:
-            report.slow += 1
-            log.warning(
-                "%s: rollout not complete %.0fs after the switch, for reasons that are not "
-                "the owned copy's (not undone): %s",
-                switch.key,
-                now - switch.started,
-                verdict.message,
-            )
-            self._events.record(
-                workload,
-                WARNING,
-                SWITCH_SLOW,
-                switch_slow_message(now - switch.started, verdict.message),
-            )
-            with self._store.locked() as book:
-                book.switch_started(_slow_reported(switch))
+            self._report_slow(switch, workload, now, verdict.message, report)
+
+    def _report_slow(
+        self,
+        switch: PendingSwitch,
+        workload: Workload,
+        now: float,
+        message: str,
+        report: RolloutReport,
+    ) -> None:
+        """Report a slow rollout once: a log line, a ``SwitchSlow`` Event, the state's flag."""
+        report.slow += 1
+        log.warning(
+            "%s: rollout not complete %.0fs after the switch, for reasons that are not "
+            "the owned copy's (not undone): %s",
+            switch.key,
+            now - switch.started,
+            message,
+        )
+        self._events.record(
+            workload, WARNING, SWITCH_SLOW, switch_slow_message(now - switch.started, message)
+        )
+        with self._store.locked() as book:
+            book.switch_started(_slow_reported(switch))
 
     def _completed(
         self, switch: PendingSwitch, workload: Workload, report: RolloutReport, healthy: bool
