@@ -1,6 +1,6 @@
 """Copy benchmark: the controller's two copy backends against plain skopeo and docker loops.
 
-Runs on real components: one ``tests/e2e/harness.Environment`` (etcd,
+Runs on real components: one ``devenv.harness.Environment`` (etcd,
 kube-apiserver, dockerd, an anonymous "public" and an htpasswd "owned"
 distribution registry, all on 127.0.0.1), a corpus of images sharing base
 layers pushed into the public registry (``bench/corpus.py``), and these
@@ -20,7 +20,7 @@ backward, ...):
 
 Every skopeo contender (the controller with ``copyBackend: skopeo`` and the
 loop) runs as uid 10001, the shipped image's user
-(``tests.e2e.support.SHIPPED_USER``), so skopeo's blob info cache is the one
+(``devenv.support.SHIPPED_USER``), so skopeo's blob info cache is the one
 the contender keeps, empty at the start of each run, not root's, which every
 earlier run would have filled.
 
@@ -44,7 +44,7 @@ using the same sources: the public registry should see no request. The same
 again without ``controllerNamespace`` shows what the state saves.
 
 ``--signed`` (issue 28) signs every corpus image in the public registry
-after it is pushed (``tests/e2e/signing.sign_image``, ``referrers="fallback"``:
+after it is pushed (``devenv.signing.sign_image``, ``referrers="fallback"``:
 distribution 2.8 has no referrers API; see ``sign_corpus``): ``.sig``, ``.att``,
 ``.sbom`` and its ``.sig``, and two OCI referrers per image; 8 artifact
 manifests for an index, 6 for a single-platform image. It adds two contenders,
@@ -70,10 +70,10 @@ overlay2`` gives it the driver the docker-in-docker sidecar uses on a node
 (on this project's test machine the figures barely moved: the engine's time
 is pull, decompress and gzip on push, not the storage driver).
 
-    .venv/bin/python bench/copies.py              # full size: 20 images, 222 MB unique, 3 reps
-    .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
-    .venv/bin/python bench/copies.py --only skopeo --warm   # the skopeo contenders, no warm cycle
-    .venv/bin/python bench/copies.py --signed --only skopeo   # plus signatures off / copy
+    .venv/bin/python -m bench.copies              # full size: 20 images, 222 MB unique, 3 reps
+    .venv/bin/python -m bench.copies --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
+    .venv/bin/python -m bench.copies --only skopeo --warm   # the skopeo contenders, no warm cycle
+    .venv/bin/python -m bench.copies --signed --only skopeo   # plus signatures off / copy
 
 Targets checked: skopeo backend wall time (median) at most 1.1x the plain
 skopeo loop's with the same parallelism; docker backend at most 0.6x the
@@ -84,38 +84,31 @@ failed, 2 for bad arguments.
 
 from __future__ import annotations
 
+import argparse
+import base64
+import contextlib
+import json
 import os
+import re
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-# Running ``python bench/copies.py`` puts bench/ first on sys.path, where this
-# file would shadow the standard library's ``copy`` (imported by dataclasses).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
+import docker.errors
+import kubernetes.client
 
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from contextlib import closing  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import docker.errors  # noqa: E402
-import kubernetes.client  # noqa: E402
-
-from bench import measure  # noqa: E402
-from bench.corpus import Corpus, build_corpus, corpus_spec  # noqa: E402
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
-from tests.e2e.support import (  # noqa: E402
+from bench import measure
+from bench.corpus import Corpus, build_corpus, corpus_spec
+from devenv.harness import Environment, ensure_components
+from devenv.support import (
     SHIPPED_USER,
     create,
     create_namespace,
@@ -274,7 +267,7 @@ class SignedSet:
 
 
 def sign_corpus(env: Environment, corpus: Corpus) -> SignedSet:
-    """Sign every corpus image in the public registry as ``tests/e2e/signing.sign_image`` does.
+    """Sign every corpus image in the public registry as ``devenv.signing.sign_image`` does.
 
     An index gets ``.sig`` on it and on each platform manifest (``cosign sign
     --recursive``), ``.att``, ``.sbom`` and a ``.sig`` of the ``.sbom`` on it,
@@ -286,8 +279,8 @@ def sign_corpus(env: Environment, corpus: Corpus) -> SignedSet:
     Distribution 2.8 has no referrers API: ``referrers="fallback"`` (the
     ``sha256-<hex>`` tag index).
     """
-    from tests.e2e import images as img
-    from tests.e2e import signing
+    from devenv import images as img
+    from devenv import signing
 
     started = time.time()
     signer = signing.Signer()

@@ -1,7 +1,7 @@
 """image-cloner at cluster scale: cold, restart and warm cycles over 10,000 workloads.
 
 Issue 11's second benchmark run, on the real components of the end-to-end
-harness (``tests/e2e/harness.py``: etcd, kube-apiserver with RBAC, dockerd
+harness (``devenv/harness.py``: etcd, kube-apiserver with RBAC, dockerd
 and two CNCF distribution registries, all on 127.0.0.1):
 
 1. a corpus of ``--images`` small images (a few KB, sharing base layers) in
@@ -46,9 +46,9 @@ Every figure is printed next to issue 11's target, written as JSON to
 ``--results-dir`` (default ``bench/results``) as ``scale-<UTC time>.json``,
 and the patch timelines are drawn by ``bench/plot.py`` into a PNG beside it.
 
-    .venv/bin/python bench/scale.py                    # 10,000 workloads, skopeo backend
-    .venv/bin/python bench/scale.py --backend docker
-    .venv/bin/python bench/scale.py --smoke            # ~50 workloads, for the e2e smoke test
+    .venv/bin/python -m bench.scale                    # 10,000 workloads, skopeo backend
+    .venv/bin/python -m bench.scale --backend docker
+    .venv/bin/python -m bench.scale --smoke            # ~50 workloads, for the e2e smoke test
 
 Exit status: 0 when every phase ran (a missed target is shown as ``MISS``
 in the table, not as a failure); 1 when a phase could not run (a component
@@ -80,16 +80,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import requests
 
-import requests  # noqa: E402
-
-from bench import measure  # noqa: E402
-from tests.e2e import images  # noqa: E402
-from tests.e2e.harness import Environment, Registry, ensure_components, free_port  # noqa: E402
-from tests.e2e.support import (  # noqa: E402
+from bench import measure
+from devenv import images
+from devenv.harness import Environment, Registry, ensure_components, free_port
+from devenv.support import (
     controller_command,
     create_namespace,
     install_controller_rbac,
@@ -97,6 +93,8 @@ from tests.e2e.support import (  # noqa: E402
     scrape,
     write_config,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: issue 11 "Targets" (and "Build" item 4 for patches/s, item 5 for the restart).
 COLD_WALL_TARGET = 30.0  # seconds, 10,000 workloads with owned copies present
@@ -1577,7 +1575,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print(f"\njson: {result['json']}")
     if not args.no_plot:
-        from plot import plot_result
+        from bench.plot import plot_result
 
         print(f"plot: {plot_result(Path(result['json']))}")
     missed = [row.figure for row in rows if row.ok is False]

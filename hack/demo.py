@@ -23,11 +23,9 @@ from typing import Any
 import kubernetes.client
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
-from tests.e2e.support import (  # noqa: E402
+from devenv.harness import Environment, ensure_components
+from devenv.support import (
+    REPO,
     controller_command,
     create_namespace,
     install_controller_rbac,

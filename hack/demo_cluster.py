@@ -1,6 +1,6 @@
 """`make demo-cluster`: image-cloner on a real single-node cluster, deployed by `make deploy`.
 
-Starts the end-to-end environment with a node (tests/e2e/cluster.py:
+Starts the end-to-end environment with a node (devenv/cluster.py:
 containerd, kubelet, controller-manager, scheduler; hostNetwork pods, all on
 127.0.0.1), builds the controller image with `make image` from an offline
 base (cached after the first run), deploys the shipped manifests with `make
@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.cluster import Cluster, make, write_overlay  # noqa: E402
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
+from devenv.cluster import Cluster, make, write_overlay
+from devenv.harness import Environment, ensure_components
 
 NAMESPACE = "demo"
 WORKLOADS = (("deployment", "web"), ("statefulset", "db"), ("daemonset", "agent"))

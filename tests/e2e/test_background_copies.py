@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import images as img
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment, free_port
+from devenv.support import (
     RegistryProxy,
     Scope,
     controller_loop,

@@ -30,8 +30,8 @@ import yaml
 
 import cloner
 from cloner.config import KEYS_BY_YAML, Settings, load_settings
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster
-from tests.e2e.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster
+from devenv.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
 from tests.e2e.test_cluster import (
     all_ready,
     apply,

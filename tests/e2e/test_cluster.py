@@ -1,6 +1,6 @@
 """The controller on a real node: ``make deploy``, patched pods running from owned copies.
 
-One cluster per session (the ``cluster`` fixture, tests/e2e/cluster.py); the
+One cluster per session (the ``cluster`` fixture, devenv/cluster.py); the
 scenarios build on each other in file order, like a user's first day:
 deploy, watch workloads switch and run, lose the public registry, revert one
 namespace, undeploy. First of all, the backend without Docker
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.harness import REPO_ROOT, free_ports
-from tests.e2e.images import platforms_served
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
+from devenv.harness import REPO_ROOT, free_ports
+from devenv.images import platforms_served
 
 NS_SECRET = "apps-with-secret"  # the default ServiceAccount already has a pull secret
 NS_SA = "apps-with-sa"  # every workload runs as a custom ServiceAccount

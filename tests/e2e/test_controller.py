@@ -19,8 +19,8 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment, free_port
+from devenv.support import (
     REPO,
     Scope,
     controller_loop,

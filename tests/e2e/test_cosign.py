@@ -43,10 +43,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import images, signing
-from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, create, read, write_config
-from tests.e2e.support import images as workload_images
+from devenv import images, signing
+from devenv.harness import Environment
+from devenv.support import REPO, Scope, create, read, write_config
+from devenv.support import images as workload_images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cosign]
 

@@ -1,6 +1,6 @@
 """Issue 13 on real components: docker credential helpers (``credHelpers``).
 
-A real helper executable written for the test (tests/credhelper.py, a shell
+A real helper executable written for the test (devenv/credhelper.py, a shell
 script implementing ``get``) serves the owned registry's credentials; the
 docker ``config.json`` names it in ``credHelpers`` and has no ``auths`` entry
 for the owned registry. The controller runs as a real process with the
@@ -21,9 +21,9 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from tests.credhelper import FakeHelper
-from tests.e2e.harness import Environment, Registry, free_port
-from tests.e2e.support import (
+from devenv.credhelper import FakeHelper
+from devenv.harness import Environment, Registry, free_port
+from devenv.support import (
     REPO,
     Scope,
     controller_command,

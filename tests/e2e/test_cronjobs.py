@@ -15,8 +15,8 @@ from typing import Any
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, controller_command, pod_spec
+from devenv.harness import Environment
+from devenv.support import REPO, Scope, controller_command, pod_spec
 
 
 def cron_job(name: str, image: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.e2e.support import REPO
+from devenv.support import REPO
 
 
 def test_demo_switches_the_sample_workloads() -> None:

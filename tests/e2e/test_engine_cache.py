@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, blob_gets, create, images, log_size, read, write_config
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import Scope, blob_gets, create, images, log_size, read, write_config
 
 
 @pytest.mark.parametrize(("budget", "base_pulls"), [(None, 1), (0, 3)])

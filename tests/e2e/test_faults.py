@@ -37,8 +37,8 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from tests.e2e.harness import ComponentError, Environment
-from tests.e2e.support import (
+from devenv.harness import ComponentError, Environment
+from devenv.support import (
     REPO,
     Scope,
     controller_command,

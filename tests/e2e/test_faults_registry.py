@@ -17,8 +17,8 @@ from pathlib import Path
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment, free_port
+from devenv.support import (
     Fault,
     RegistryProxy,
     Scope,

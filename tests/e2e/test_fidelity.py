@@ -29,9 +29,9 @@ import kubernetes.client
 import pytest
 
 from cloner.model.reference import parse_reference
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     controller_loop,
     create,

@@ -18,7 +18,7 @@ import kubernetes.watch
 import pytest
 import yaml
 
-from tests.e2e.harness import Environment
+from devenv.harness import Environment
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, images, log_size, read, request_lines, write_config
+from devenv.harness import Environment
+from devenv.support import Scope, create, images, log_size, read, request_lines, write_config
 
 
 def test_unlisted_loopback_registries_are_refused_then_listed_ones_work(

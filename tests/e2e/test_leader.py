@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from cloner.adapters.kube import load_api_client
 from cloner.adapters.leader import LeaderElector
 from cloner.config import LeaderElectionSettings
-from tests.e2e.harness import Environment
+from devenv.harness import Environment
 
 pytestmark = pytest.mark.e2e
 

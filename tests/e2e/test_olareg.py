@@ -1,6 +1,6 @@
 """olareg as the tests use it: referrers API on and off, uploads, mounts, request log.
 
-Pins the olareg v0.2.1 behaviours tests/e2e/olareg.py documents, so that a
+Pins the olareg v0.2.1 behaviours devenv/olareg.py documents, so that a
 version bump that changes one of them fails here first. Needs only Go (olareg
 is built once per machine by hack/build-olareg.sh); a few seconds once built.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.olareg import Olareg, olareg_bin
+from devenv.olareg import Olareg, olareg_bin
 
 pytestmark = pytest.mark.e2e
 

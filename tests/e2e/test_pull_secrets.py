@@ -32,8 +32,8 @@ from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import PullSecretSettings
 from cloner.model.credentials import DockerConfig
 from cloner.ops.provisioning import ADMISSION_SETTLE, PullSecrets
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment, free_port
+from devenv.support import (
     WRITE_METHODS,
     RegistryProxy,
     Scope,

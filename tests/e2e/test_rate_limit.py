@@ -26,8 +26,8 @@ from pathlib import Path
 import kubernetes.client
 import pytest
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     MANIFEST_PATH,
     ProxiedRequest,
     RegistryProxy,

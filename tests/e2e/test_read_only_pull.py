@@ -2,7 +2,7 @@
 
 The owned registry of the session's cluster gets two htpasswd accounts of
 this module's own: a push account and ``reader``. A loopback
-:class:`~tests.e2e.support.RegistryProxy` in front of it refuses every write
+:class:`~devenv.support.RegistryProxy` in front of it refuses every write
 of ``reader`` and records the user of each request. The controller is
 deployed by ``make deploy`` of an overlay of manifests/ with the component
 manifests/read-only-pull/ (``docker-configuration`` holds the push account,
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.support import (
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
+from devenv.support import (
     WRITE_METHODS,
     RegistryProxy,
     scrape,

@@ -24,8 +24,8 @@ from cloner.config import load_settings
 from cloner.model.revert import owned_predicate
 from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload
 from cloner.ops.revert import revert_all
-from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, create, images, read, write_config
+from devenv.harness import Environment
+from devenv.support import REPO, Scope, create, images, read, write_config
 
 SECRET = "image-cloner-pull-secret"
 MARKS = (ORIGINAL_IMAGES, ADDED_PULL_SECRET)

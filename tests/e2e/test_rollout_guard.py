@@ -51,8 +51,8 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.support import scrape
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
+from devenv.support import scrape
 from tests.e2e.test_cluster import (
     all_ready,
     apply,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     create,
     create_namespace,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     blob_gets,
     blob_uploads,

@@ -24,10 +24,10 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.e2e import images, signing
-from tests.e2e.harness import Environment
-from tests.e2e.olareg import Olareg
-from tests.e2e.support import (
+from devenv import images, signing
+from devenv.harness import Environment
+from devenv.olareg import Olareg
+from devenv.support import (
     Fault,
     RegistryProxy,
     Scope,
@@ -41,7 +41,7 @@ from tests.e2e.support import (
     wait_for,
     write_config,
 )
-from tests.e2e.support import images as workload_images
+from devenv.support import images as workload_images
 
 pytestmark = pytest.mark.e2e
 

@@ -6,27 +6,23 @@ Timings are not asserted (they mean nothing at this size); this only keeps
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import run
+
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "run.py"
 
 
 def _rows() -> tuple[str, ...]:
-    """``bench/run.py``'s ``ROWS``, loaded from the file (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_run", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ROWS
+    """``bench.run``'s ``ROWS``."""
+    return run.ROWS
 
 
 def test_bench_smoke_run_prints_every_row_of_its_table() -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke"],
+        [sys.executable, "-m", "bench.run", "--smoke"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -45,7 +41,7 @@ def test_bench_smoke_run_prints_every_row_of_its_table() -> None:
 
 def test_bench_rejects_a_size_of_zero() -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--workloads", "0"],
+        [sys.executable, "-m", "bench.run", "--workloads", "0"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,10 +6,15 @@ left alone). The same behaviour is proven against real components in tests/e2e.
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any
+
+import pytest
 
 from cloner.config import (
     BackoffSettings,
@@ -19,10 +24,12 @@ from cloner.config import (
     RolloutSettings,
     Settings,
 )
-from cloner.errors import RegistryError
+from cloner.errors import KubeError, RegistryError
+from cloner.model.credentials import DockerConfig
 from cloner.model.identity import OCI_MANIFEST, Copied, Descriptor
 from cloner.model.reference import Reference, parse_reference
 from cloner.model.workloads import NamespaceInfo, Workload
+from cloner.ops.provisioning import ADMISSION_SETTLE
 from cloner.ops.reconcile import Reconciler
 from tests.unit.fakes import FakeKube, Registries, Repo
 
@@ -297,16 +304,6 @@ def test_invalid_reference_counts_as_failure_reason() -> None:
 
 
 # --- pull secrets ----------------------------------------------------------------
-
-import base64  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-
-from cloner.errors import KubeError  # noqa: E402
-from cloner.model.credentials import DockerConfig  # noqa: E402
-from cloner.ops.provisioning import ADMISSION_SETTLE  # noqa: E402
 
 
 class Creds:

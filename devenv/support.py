@@ -22,9 +22,9 @@ from typing import Any
 import kubernetes.client
 import yaml
 
-from tests.e2e.harness import Environment, Registry
+from devenv.harness import Environment, Registry
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # Runs the command after it as the shipped image's user (the Dockerfile's
 # USER 10001), in a user namespace mapped to this process's user: files stay
 # readable and writable, while skopeo sees an euid other than 0 and keeps its

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tests.e2e.harness import MANIFEST_ACCEPT, Registry
+from devenv.harness import MANIFEST_ACCEPT, Registry
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -281,7 +281,7 @@ def _config(platform: Platform, layers: Sequence[bytes], label: str) -> bytes:
         "os": os_name,
         "config": {"Labels": {"org.opencontainers.image.description": label}},
         "rootfs": {"type": "layers", "diff_ids": [diff_id(data) for data in layers]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "tests/e2e/images.py"}]
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "devenv/images.py"}]
         * len(layers),
     }
     if len(platform) == 3:
