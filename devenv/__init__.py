@@ -13,7 +13,8 @@ nothing the controller needs at run time (the image holds ``cloner/`` only;
   through the registry HTTP API, and a registry with the referrers API;
 - ``support``: a test's :class:`~devenv.support.Scope`, controller runs,
   workload and registry-log helpers, a fault-injecting registry proxy;
-- ``credhelper``: a real docker credential helper.
+- ``credhelper``: a real docker credential helper;
+- ``waiting``: ``wait_for``, the one polling helper (standard library only).
 
 Installed into the dev venv with ``pip install -e .`` (``make
 .venv/.installed``), so tests, ``python -m bench.NAME`` and ``hack/*.py`` import

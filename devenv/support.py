@@ -302,20 +302,6 @@ def secrets_holding(env: Environment, *needles: str) -> list[str]:
     return found
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check()`` every 0.2 s until it is true; returns the seconds it took.
-
-    Raises:
-        AssertionError: not true within ``timeout`` seconds (names ``what``).
-    """
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} within {timeout}s")
-
-
 @contextmanager
 def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list[str]]:
     """Run the controller loop as a process; yields its output lines (filled as they come).

@@ -27,9 +27,9 @@ from devenv.support import (
     read,
     scrape,
     serving,
-    wait_for,
     write_config,
 )
+from devenv.waiting import wait_for
 
 CYCLES = "image_cloner_reconcile_duration_seconds_count"
 

@@ -32,6 +32,7 @@ import cloner
 from cloner.config import KEYS_BY_YAML, Settings, load_settings
 from devenv.cluster import CONTROLLER_NAMESPACE, Cluster
 from devenv.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
+from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     all_ready,
     apply,
@@ -42,7 +43,6 @@ from tests.e2e.test_cluster import (
     pulled_messages,
     sample_workloads,
     template_images,
-    wait_for,
     workload_pods,
 )
 
@@ -688,9 +688,10 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
             "--timeout=240s",
         )
         wait_for(
-            "controller pod 2/2 Ready",
             lambda: any(all_ready(p, 2) for p in controller_pods(cluster)),
             120,
+            "controller pod 2/2 Ready",
+            interval=1.0,
         )
         print(f"\nhelm install -> controller 2/2 Ready in {time.monotonic() - started:.1f}s")
         status = json.loads(
@@ -722,20 +723,22 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
         )
         prefix = target + "/"
         wait_for(
-            "the Deployment patched to the owned copy",
             lambda: all(
                 i.startswith(prefix)
                 for i in template_images(cluster, NS_HELM_APPS, "deployment", "web")
             ),
             120,
+            "the Deployment patched to the owned copy",
+            interval=1.0,
         )
         kubectl(
             cluster, "-n", NS_HELM_APPS, "rollout", "status", "deployment/web", "--timeout=180s"
         )
         wait_for(
-            "the web pods Running on the owned copy",
             lambda: pods_running_on(cluster, NS_HELM_APPS, "web", prefix, 2),
             120,
+            "the web pods Running on the owned copy",
+            interval=1.0,
         )
         # The kubelet pulled from the owned registry, which answers only
         # authenticated requests: with the pull Secret the controller made.
@@ -750,11 +753,12 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
         )
     assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
     wait_for(
-        "namespace image-cloner gone",
         lambda: (
             kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
         ),
         120,
+        "namespace image-cloner gone",
+        interval=1.0,
     )
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl(cluster, "get", kind, "image-cloner", check=False).returncode != 0

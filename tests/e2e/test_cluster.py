@@ -32,6 +32,7 @@ import yaml
 from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
 from devenv.harness import REPO_ROOT, free_ports
 from devenv.images import platforms_served
+from devenv.waiting import wait_for
 
 NS_SECRET = "apps-with-secret"  # the default ServiceAccount already has a pull secret
 NS_SA = "apps-with-sa"  # every workload runs as a custom ServiceAccount
@@ -68,18 +69,6 @@ def apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def wait_for(what: str, condition: Any, timeout: float, interval: float = 1.0) -> Any:
-    """Poll ``condition()`` until it returns a truthy value; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass
@@ -280,9 +269,10 @@ def controller_ready(cluster: Cluster, containers: int, rollout_timeout: int = 2
         f"--timeout={rollout_timeout}s",
     )
     wait_for(
-        f"controller pod {containers}/{containers} Ready",
         lambda: any(all_ready(p, containers) for p in controller_pods(cluster)),
         120,
+        f"controller pod {containers}/{containers} Ready",
+        interval=1.0,
     )
 
 
@@ -386,12 +376,13 @@ def skopeo_deployed(cluster: Cluster) -> Iterator[Deployment]:
         kubectl(cluster, "delete", "namespace", NS_SKOPEO, "--wait=false", check=False)
         result = make(cluster, "undeploy", deployment)
         wait_for(
-            f"namespaces {CONTROLLER_NAMESPACE} and {NS_SKOPEO} gone",
             lambda: all(
                 kubectl(cluster, "get", "namespace", ns, check=False).returncode != 0
                 for ns in (CONTROLLER_NAMESPACE, NS_SKOPEO)
             ),
             120,
+            f"namespaces {CONTROLLER_NAMESPACE} and {NS_SKOPEO} gone",
+            interval=1.0,
         )
         print(f"\nmake undeploy (skopeo) -> namespaces gone in {time.monotonic() - started:.1f}s")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -518,12 +509,13 @@ class TestBackendWithoutDocker:
         prefix = skopeo_deployed.target + "/"
         started = time.monotonic()
         wait_for(
-            "the Deployment patched to owned images",
             lambda: all(
                 i.startswith(prefix)
                 for i in template_images(cluster, NS_SKOPEO, "deployment", "app")
             ),
             120,
+            "the Deployment patched to owned images",
+            interval=1.0,
         )
         print(f"\nskopeo: workload patched {time.monotonic() - started:.1f}s after apply")
         owned_path = f"{skopeo_deployed.target.split('/', 1)[1]}/{public.replace(':', '-')}"
@@ -544,9 +536,10 @@ class TestBackendWithoutDocker:
         assert platforms_served(owned, repository["pinned"], pinned) == {"linux/amd64": pinned}
         rollout(cluster, NS_SKOPEO, "deployment", "app")
         wait_for(
-            "the new pod Running on owned images",
             lambda: pods_running_on(cluster, NS_SKOPEO, "app", prefix, 1),
             120,
+            "the new pod Running on owned images",
+            interval=1.0,
         )
         print(f"skopeo: new pod Running {time.monotonic() - started:.1f}s after apply")
         # The first pod pulled the public images (created before the patch),
@@ -563,9 +556,10 @@ class TestBackendWithoutDocker:
         deleted_at = time.time()
         kubectl(cluster, "-n", NS_SKOPEO, "delete", "pods", "-l", "app=app", "--wait=false")
         wait_for(
-            "a new pod Running from owned copies",
             lambda: recreated_and_running(cluster, NS_SKOPEO, "app", prefix, deleted_at),
             120,
+            "a new pod Running from owned copies",
+            interval=1.0,
         )
         print(f"skopeo: replacement pod Running {time.time() - deleted_at:.1f}s after the delete")
         (pod,) = workload_pods(cluster, NS_SKOPEO, "app")
@@ -634,20 +628,22 @@ def test_workloads_roll_out_on_owned_copies_pulled_with_the_provisioned_secret(
     prefix = deployed.target + "/"
     for namespace, kind, name in workloads.kinds:
         wait_for(
-            f"{namespace}/{kind}/{name} patched to owned images",
             lambda namespace=namespace, kind=kind, name=name: all(
                 i.startswith(prefix) for i in template_images(cluster, namespace, kind, name)
             ),
             120,
+            f"{namespace}/{kind}/{name} patched to owned images",
+            interval=1.0,
         )
     for namespace, kind, name in workloads.kinds:
         rollout(cluster, namespace, kind, name)
         wait_for(
-            f"{namespace}/{name} pods Running on owned images",
             lambda namespace=namespace, name=name: pods_running_on(
                 cluster, namespace, name, prefix, counts(name)
             ),
             120,
+            f"{namespace}/{name} pods Running on owned images",
+            interval=1.0,
         )
     # The provisioned secret: next to the team's on the default SA, on the custom SA.
     default = get_json(cluster, "-n", NS_SECRET, "serviceaccount", "default")
@@ -714,11 +710,12 @@ def test_template_with_its_own_pull_secret_gets_the_managed_one_and_runs(
     )
     prefix = deployed.target + "/"
     wait_for(
-        "the Deployment patched to owned images",
         lambda: all(
             i.startswith(prefix) for i in template_images(cluster, NS_TEMPLATE, "deployment", "web")
         ),
         120,
+        "the Deployment patched to owned images",
+        interval=1.0,
     )
 
     def settled() -> str:
@@ -737,7 +734,7 @@ def test_template_with_its_own_pull_secret_gets_the_managed_one_and_runs(
                     return reason
         return ""
 
-    assert wait_for("the new pods to run or fail to pull", settled, 120) == "running"
+    assert wait_for(settled, 120, "the new pods to run or fail to pull", interval=1.0) == "running"
 
 
 NS_CRON = "apps-cron"  # a CronJob that runs every minute
@@ -792,9 +789,10 @@ def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
         return str(spec["containers"][0]["image"])
 
     owned = wait_for(
-        "the CronJob patched to the owned image",
         lambda: job_template_image() if job_template_image().startswith(prefix) else "",
         120,
+        "the CronJob patched to the owned image",
+        interval=1.0,
     )
     patched_at = time.time()
 
@@ -817,7 +815,9 @@ def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
                 return pod
         return None
 
-    pod = wait_for("a Job started after the patch to run from the owned copy", next_job_pod, 150)
+    pod = wait_for(
+        next_job_pod, 150, "a Job started after the patch to run from the owned copy", interval=1.0
+    )
     assert [c["image"] for c in pod["spec"]["containers"]] == [owned]
     pulled = pulled_messages(cluster, NS_CRON, pod["metadata"]["name"])
     assert any(owned.split("@")[0] in message for message in pulled), pulled
@@ -848,11 +848,12 @@ def test_pods_come_back_from_owned_copies_without_the_public_registry(
             kubectl(cluster, "-n", namespace, "delete", "pods", "--all", "--wait=false")
         for namespace, _kind, name in workloads.kinds:
             wait_for(
-                f"{namespace}/{name} back Running from owned copies",
                 lambda namespace=namespace, name=name: recreated_and_running(
                     cluster, namespace, name, prefix, deleted_at
                 ),
                 180,
+                f"{namespace}/{name} back Running from owned copies",
+                interval=1.0,
             )
         for namespace in (NS_SECRET, NS_SA):
             for pod in get_json(cluster, "-n", namespace, "pods")["items"]:
@@ -919,11 +920,12 @@ def test_leader_election_the_standby_takes_over_when_the_leader_pod_is_deleted(
         pods = {p["metadata"]["name"]: p for p in controller_pods(cluster)}
         assert len(pods) == 2 and all(all_ready(p, 2) for p in pods.values()), list(pods)
         identities = wait_for(
-            "both pods to log their identity",
             lambda: (ids := {pod_identity(cluster, n): n for n in pods}) and "" not in ids and ids,
             60,
+            "both pods to log their identity",
+            interval=1.0,
         )
-        holder = wait_for("a leader", lambda: lease_holder(cluster), 60)
+        holder = wait_for(lambda: lease_holder(cluster), 60, "a leader", interval=1.0)
         leader_pod = identities[holder]
         standby_identity = next(i for i in identities if i != holder)
         started = time.monotonic()
@@ -940,12 +942,13 @@ def test_leader_election_the_standby_takes_over_when_the_leader_pod_is_deleted(
         apply(cluster, [late])
         prefix = deployed.target + "/"
         wait_for(
-            "the late Deployment patched by the new leader",
             lambda: all(
                 i.startswith(prefix)
                 for i in template_images(cluster, NS_SECRET, "deployment", "late")
             ),
             LEASE_DURATION + POLL_INTERVAL + 30,
+            "the late Deployment patched by the new leader",
+            interval=1.0,
         )
         took = time.monotonic() - started
         print(f"\nleader pod deleted -> new workload patched by the standby in {took:.1f}s")
@@ -1008,7 +1011,9 @@ def test_revert_in_the_pod_with_the_loop_paused_rolls_back_to_public_images(
         ).stdout
         return "pollInterval=86400" in logs and ("became leader" in logs or "reconcile:" in logs)
 
-    wait_for("the restarted controller to hold the lease with its loop paused", paused, 90)
+    wait_for(
+        paused, 90, "the restarted controller to hold the lease with its loop paused", interval=1.0
+    )
     result = kubectl(
         cluster,
         "-n",
@@ -1036,11 +1041,12 @@ def test_revert_in_the_pod_with_the_loop_paused_rolls_back_to_public_images(
         )
         rollout(cluster, namespace, kind, name)
         wait_for(
-            f"{namespace}/{name} pods Running on public images again",
             lambda namespace=namespace, name=name: pods_running_on(
                 cluster, namespace, name, public_prefix, counts(name)
             ),
             120,
+            f"{namespace}/{name} pods Running on public images again",
+            interval=1.0,
         )
     runner = get_json(cluster, "-n", NS_SA, "serviceaccount", "runner")
     assert "image-cloner-pull-secret" not in [
@@ -1060,11 +1066,12 @@ def test_make_undeploy_removes_the_controller_and_workloads_keep_running(
     result = make(cluster, "undeploy", deployed)
     assert result.returncode == 0, result.stdout + result.stderr
     wait_for(
-        "namespace image-cloner gone",
         lambda: (
             kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
         ),
         120,
+        "namespace image-cloner gone",
+        interval=1.0,
     )
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl(cluster, "get", kind, "image-cloner", check=False).returncode != 0

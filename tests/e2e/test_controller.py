@@ -35,6 +35,7 @@ from devenv.support import (
     scrape,
     write_config,
 )
+from devenv.waiting import wait_for
 
 
 def test_once_clones_every_kind_and_patches_only_verified_images(
@@ -187,11 +188,12 @@ def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
     with controller_loop(scope.kubeconfig, config) as lines:  # exits 0 on SIGTERM
         time.sleep(2)  # the loop is running with nothing to do
         create(api, "Deployment", ns, "late", {"svc": scope.source("svc:2")})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2":
-                break
-            time.sleep(0.5)
+        wait_for(
+            lambda: images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2",
+            60,
+            "the late Deployment patched",
+            interval=0.5,
+        )
         assert images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2"
         time.sleep(2.5)  # more cycles over unchanged workloads
         metrics = scrape(port)

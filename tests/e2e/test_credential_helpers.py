@@ -32,9 +32,9 @@ from devenv.support import (
     create_namespace,
     images,
     read,
-    wait_for,
     write_config,
 )
+from devenv.waiting import seconds_until, wait_for
 from tests.e2e.test_pull_secrets import auths, pull_as_kubelet, secret_of
 
 pytestmark = pytest.mark.e2e
@@ -138,7 +138,7 @@ def test_helper_serves_the_owned_registry_and_a_changed_answer_reaches_every_sec
                 for n in (ns, ns_b, ns_c)
             )
 
-        took = wait_for(rotated, 10, "rotated in every namespace")
+        took = seconds_until(rotated, 10, "rotated in every namespace")
         print(f"\nmanaged secrets follow the helper's new answer {took:.1f}s after it changed")
         assert took < 5, f"{took:.1f}s is more than a cycle or two of pollInterval 1"
         rotated_secret = secret_of(api, ns_c)

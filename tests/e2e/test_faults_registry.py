@@ -29,9 +29,9 @@ from devenv.support import (
     request_lines,
     scrape,
     serving,
-    wait_for,
     write_config,
 )
+from devenv.waiting import seconds_until, wait_for
 
 
 class FailingProxy(RegistryProxy):
@@ -152,7 +152,7 @@ def test_gitops_reverter_fight_is_detected_and_patching_stops(
     thread.start()
     try:
         with controller_loop(scope.kubeconfig, config) as output:
-            took = wait_for(
+            took = seconds_until(
                 lambda: any("fight detected on Deployment" in line for line in output),
                 40,
                 "fight detected",
@@ -199,7 +199,7 @@ def test_deleted_owned_copy_is_cloned_again_within_verify_interval(
             assert response.status == 202
         assert env.owned.manifest_digest(repository, "1") is None
         deleted = time.monotonic()
-        took = wait_for(lambda: _served(env, repository, "1"), 15, "restored")
+        took = seconds_until(lambda: _served(env, repository, "1"), 15, "restored")
     print(f"\nowned copy restored {took:.1f}s after deletion (verifyInterval 3 s)")
     assert took <= 3 + 5
     assert time.monotonic() - deleted >= took

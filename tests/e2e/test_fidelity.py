@@ -40,9 +40,9 @@ from devenv.support import (
     push_to_owned,
     read,
     request_lines,
-    wait_for,
     write_config,
 )
+from devenv.waiting import wait_for
 
 KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 

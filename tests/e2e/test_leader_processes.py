@@ -18,9 +18,9 @@ from devenv.support import (
     create,
     images,
     read,
-    wait_for,
     write_config,
 )
+from devenv.waiting import seconds_until, wait_for
 
 
 def identity(lines: list[str]) -> str:
@@ -95,7 +95,7 @@ def test_only_the_leader_patches_and_a_standby_takes_over(
         a.wait(timeout=10)
         killed = time.monotonic()
         create(api, "Deployment", ns, "second", {"main": scope.source("two:1")})
-        took = wait_for(
+        took = seconds_until(
             lambda: (
                 images(read(api, "Deployment", ns, "second"))["main"] == f"{scope.owned('two')}:1"
             ),

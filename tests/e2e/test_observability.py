@@ -21,9 +21,9 @@ from devenv.support import (
     request_lines,
     run_controller,
     scrape,
-    wait_for,
     write_config,
 )
+from devenv.waiting import wait_for
 
 
 def writes(lines: list[str]) -> list[str]:

@@ -45,9 +45,9 @@ from devenv.support import (
     scrape,
     secrets_holding,
     serving,
-    wait_for,
     write_config,
 )
+from devenv.waiting import seconds_until, wait_for
 
 SECRET = "image-cloner-pull-secret"
 READER = "reader"
@@ -200,7 +200,7 @@ def test_three_namespaces_get_the_secret_rotation_updates_all(
                     return False
             return True
 
-        took = wait_for(rotated, 10, "rotated in every namespace")
+        took = seconds_until(rotated, 10, "rotated in every namespace")
         print(f"\nmanaged secrets rotated {took:.1f}s after the config.json change")
         rotated_secret = secret_of(api, ns_c)
         assert rotated_secret is not None
@@ -468,7 +468,7 @@ def test_read_only_credentials_reach_every_secret_and_the_push_account_none(
                     for n in (ns, ns_b)
                 )
 
-            took = wait_for(rotated, 10, "reader's new password in every managed Secret")
+            took = seconds_until(rotated, 10, "reader's new password in every managed Secret")
             print(f"\nread-only credentials rotated {took:.1f}s after the pull config.json change")
             rotated_secret = secret_of(api, ns)
             assert rotated_secret is not None

@@ -38,9 +38,9 @@ from devenv.support import (
     read,
     serving,
     too_many_requests,
-    wait_for,
     write_config,
 )
+from devenv.waiting import wait_for
 
 RETRY_AFTER = 6  # seconds, in the 429's Retry-After and as rateLimitPause
 RATE_LIMITED = 2  # manifest requests answered 429: one engine pull asks HEAD, then GET

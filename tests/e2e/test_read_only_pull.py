@@ -36,6 +36,7 @@ from devenv.support import (
     secrets_holding,
     serving,
 )
+from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     apply,
     controller_ready,
@@ -45,7 +46,6 @@ from tests.e2e.test_cluster import (
     rollout,
     sample_workloads,
     template_images,
-    wait_for,
 )
 from tests.e2e.test_pull_secrets import READER, auths, secret_of
 from tests.e2e.test_rollout_guard import controller_gone
@@ -87,7 +87,12 @@ def read_only(cluster: Cluster) -> Iterator[ReadOnly]:
         )
         if not controller_gone(cluster):
             make(cluster, "undeploy", deployment)  # left by a module that failed before its own
-        wait_for(f"namespace {CONTROLLER_NAMESPACE} gone", lambda: controller_gone(cluster), 120)
+        wait_for(
+            lambda: controller_gone(cluster),
+            120,
+            f"namespace {CONTROLLER_NAMESPACE} gone",
+            interval=1.0,
+        )
         started = time.monotonic()
         result = make(cluster, "deploy", deployment)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -100,7 +105,10 @@ def read_only(cluster: Cluster) -> Iterator[ReadOnly]:
         finally:
             undeploy = make(cluster, "undeploy", deployment)
             wait_for(
-                f"namespace {CONTROLLER_NAMESPACE} gone", lambda: controller_gone(cluster), 120
+                lambda: controller_gone(cluster),
+                120,
+                f"namespace {CONTROLLER_NAMESPACE} gone",
+                interval=1.0,
             )
             kubectl(cluster, "delete", "namespace", NS_APPS, "--ignore-not-found", "--wait=true")
             assert undeploy.returncode == 0, undeploy.stdout + undeploy.stderr
@@ -122,18 +130,20 @@ def test_the_kubelet_pulls_the_owned_copy_as_reader_and_no_secret_holds_the_push
     apply(cluster, [web])
     prefix = read_only.deployment.target + "/"
     wait_for(
-        "the Deployment patched to the owned copy",
         lambda: all(
             i.startswith(prefix) for i in template_images(cluster, NS_APPS, "deployment", "web")
         ),
         120,
+        "the Deployment patched to the owned copy",
+        interval=1.0,
     )
     kubectl(cluster, "-n", NS_APPS, "scale", "deployment/web", "--replicas=2")
     rollout(cluster, NS_APPS, "deployment", "web")
     wait_for(
-        "the web pods Running on the owned copy",
         lambda: pods_running_on(cluster, NS_APPS, "web", prefix, 2),
         120,
+        "the web pods Running on the owned copy",
+        interval=1.0,
     )
 
     # The kubelet (containerd) fetched the owned manifest through the proxy

@@ -38,10 +38,10 @@ from devenv.support import (
     request_lines,
     run_controller,
     serving,
-    wait_for,
     write_config,
 )
 from devenv.support import images as workload_images
+from devenv.waiting import seconds_until, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -228,7 +228,7 @@ def test_a_signature_added_upstream_reaches_the_owned_copy_after_refresh_interva
         ]
         second = signing.Signer()
         signing.add_signature(env.public, f"{ns}/later", index.digest, second)
-        waited = wait_for(
+        waited = seconds_until(
             lambda: _verifies(env.owned, owned_repository, index.digest, second.public_pem()) == 1,
             60,
             "the new signature in the owned registry",

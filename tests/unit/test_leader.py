@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -30,6 +29,7 @@ from cloner.model.lease import (
     released_record,
     validate_timing,
 )
+from devenv.waiting import wait_for
 
 ME = "pod-a_1"
 OTHER = "pod-b_2"
@@ -276,13 +276,6 @@ def elector(fake: FakeCoordination, identity: str, changes: list[bool]) -> Leade
     return instance
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_elector_creates_renews_loses_after_the_deadline_and_recovers() -> None:
     fake, changes = FakeCoordination(), list[bool]()
     a = elector(fake, ME, changes)
@@ -293,20 +286,20 @@ def test_elector_creates_renews_loses_after_the_deadline_and_recovers() -> None:
         assert fake.lease is not None
         assert fake.lease["spec"]["holderIdentity"] == ME
         assert fake.lease["spec"]["leaseDurationSeconds"] == 3
-        wait_for(lambda: len(fake.writes) >= 3)  # renewals
+        wait_for(lambda: len(fake.writes) >= 3, 5.0, interval=0.02)  # renewals
         assert {w["spec"]["acquireTime"] for w in fake.writes} == {
             fake.writes[0]["spec"]["acquireTime"]
         }
         # The API server becomes unreachable: leader no longer after 1 s, reported once.
         fake.failure = urllib3.exceptions.MaxRetryError(None, "/", "connection refused")  # type: ignore[arg-type]
         failed_at = time.monotonic()
-        wait_for(lambda: not a.is_leader())
+        wait_for(lambda: not a.is_leader(), 5.0, interval=0.02)
         assert 0.6 < time.monotonic() - failed_at < 1.3
-        wait_for(lambda: changes == [True, False])
+        wait_for(lambda: changes == [True, False], 5.0, interval=0.02)
         assert a._thread is not None and a._thread.is_alive()
         # Back again, still the holder in the Lease: leads again.
         fake.failure = None
-        wait_for(a.is_leader)
+        wait_for(a.is_leader, 5.0, interval=0.02)
         assert changes == [True, False, True]
     finally:
         a.stop()
@@ -340,7 +333,7 @@ def test_elector_survives_api_errors_and_a_candidate_waits_for_expiry() -> None:
         time.sleep(0.3)
         fake.failure = None
         assert b._thread is not None and b._thread.is_alive()
-        wait_for(b.is_leader)
+        wait_for(b.is_leader, 5.0, interval=0.02)
     finally:
         b.stop()
     assert changes_a == [True, False]
@@ -358,7 +351,7 @@ def test_a_leader_that_sees_another_holder_stops_leading_at_once() -> None:
             fake.lease = json.loads(json.dumps(fake.lease))
             fake.lease["spec"]["holderIdentity"] = OTHER
             fake.lease["metadata"]["resourceVersion"] = "999"
-        wait_for(lambda: not a.is_leader(), timeout=0.6)
+        wait_for(lambda: not a.is_leader(), 0.6, interval=0.02)
         assert changes == [True, False]
     finally:
         a.stop()
