@@ -46,6 +46,7 @@ from cloner.model.events import event_body
 from cloner.model.workloads import Workload
 from devenv.harness import Environment, ensure_components
 from devenv.support import create_namespace
+from devenv.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench-writes"
@@ -53,18 +54,14 @@ NAMESPACE = "bench-writes"
 
 def deployment(name: str) -> dict[str, Any]:
     """A minimal Deployment (no controller runs: 0 replicas)."""
-    labels = {"app": name}
-    return {
-        "metadata": {"name": name, "annotations": {"bench/round": "0"}},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "c", "image": "127.0.0.1:1/x:1"}]},
-            },
-        },
-    }
+    return workload(
+        "Deployment",
+        name,
+        {"c": "127.0.0.1:1/x:1"},
+        labels={"app": name},
+        spec={"replicas": 0},
+        metadata={"annotations": {"bench/round": "0"}},
+    )
 
 
 def timed(count: int, write: Callable[[int], None]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from cloner.model.reference import Policy, Target, parse_reference
 from cloner.model.workloads import ContainerPlan, Workload, image_patch, plan_workload
+from devenv.workloads import workload
 
 IMAGES = [
     "nginx",
@@ -60,17 +61,14 @@ def synthetic(count: int) -> list[dict]:
     for i in range(count):
         containers = [{"name": f"c{j}", "image": IMAGES[(i + j) % len(IMAGES)]} for j in range(3)]
         items.append(
-            {
-                "metadata": {"name": f"w{i}", "namespace": f"ns{i % 200}", "uid": str(i)},
-                "spec": {
-                    "template": {
-                        "spec": {
-                            "containers": containers,
-                            "initContainers": [{"name": "init", "image": IMAGES[i % 3]}],
-                        }
-                    }
-                },
-            }
+            workload(
+                "Deployment",
+                f"w{i}",
+                containers,
+                init={"init": IMAGES[i % 3]},
+                namespace=f"ns{i % 200}",
+                metadata={"uid": str(i)},
+            )
         )
     return items
 

@@ -93,6 +93,7 @@ from devenv.support import (
     scrape,
     write_config,
 )
+from devenv.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -507,24 +508,15 @@ def create_deployments(env: Environment, specs: Sequence[tuple[str, str, list[st
 
     def create(spec: tuple[str, str, list[str]]) -> None:
         namespace, name, chosen = spec
-        labels = {"app": name}
-        body = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {"name": f"c{j}", "image": image} for j, image in enumerate(chosen)
-                        ]
-                    },
-                },
-            },
-        }
+        containers = {f"c{j}": image for j, image in enumerate(chosen)}
+        body = workload(
+            "Deployment",
+            name,
+            containers,
+            namespace=namespace,
+            labels={"app": name},
+            spec={"replicas": 1},
+        )
         url = f"{env.apiserver_url}/apis/apps/v1/namespaces/{namespace}/deployments"
         response = session().post(url, json=body, timeout=60)
         if response.status_code != 201:

@@ -14,6 +14,8 @@ nothing the controller needs at run time (the image holds ``cloner/`` only;
 - ``support``: a test's :class:`~devenv.support.Scope`, controller runs,
   workload and registry-log helpers, a fault-injecting registry proxy;
 - ``credhelper``: a real docker credential helper;
+- ``workloads``: workload objects of every kind, built from the controller's
+  kind table (also the unit tests' stand-in objects);
 - ``waiting``: ``wait_for``, the one polling helper (standard library only).
 
 Installed into the dev venv with ``pip install -e .`` (``make

@@ -69,6 +69,7 @@ from devenv.harness import (
     _run,
     free_ports,
 )
+from devenv.workloads import workload
 
 CACHE = Path(os.environ.get("IMAGE_CLONER_CACHE", Path.home() / ".cache" / "image-cloner"))
 #: The sandbox image; fully qualified, a short name would resolve to docker.io.
@@ -844,6 +845,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--timeout=30s",
             check=False,
         )
+
+
+def host_workload(
+    kind: str, namespace: str, name: str, main: str, init: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A workload of ``kind`` whose pods this cluster runs on the host network, labelled app=NAME.
+
+    Container ``main`` runs ``main`` and waits; with ``init``, an init
+    container of that image exits at once (the images of
+    :meth:`Cluster.build_runnable_image`). ``fields`` go to
+    :func:`devenv.workloads.workload`: ``spec`` (``replicas``, a strategy...),
+    ``pod`` (``serviceAccountName``...).
+    """
+    pod = {"hostNetwork": True, "terminationGracePeriodSeconds": 2, **fields.pop("pod", {})}
+    pull = {"imagePullPolicy": "IfNotPresent"}
+    return workload(
+        kind,
+        name,
+        [{"name": "main", "image": main, **pull}],
+        init=None if init is None else [{"name": "init", "image": init, "args": ["exit"], **pull}],
+        namespace=namespace,
+        labels={"app": name},
+        pod=pod,
+        **fields,
+    )
 
 
 @dataclass

@@ -22,7 +22,9 @@ from typing import Any
 import kubernetes.client
 import yaml
 
+from cloner.model.workloads import kind_info, pod_spec_of
 from devenv.harness import Environment, Registry
+from devenv.workloads import Containers, workload
 
 REPO = Path(__file__).resolve().parents[1]
 # Runs the command after it as the shipped image's user (the Dockerfile's
@@ -167,11 +169,18 @@ def run_controller(
     )
 
 
-def pod_spec(containers: dict[str, str], init: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "containers": [{"name": n, "image": i} for n, i in containers.items()],
-        "initContainers": [{"name": n, "image": i} for n, i in (init or {}).items()],
-    }
+#: The generated client's API class of each group version in ``KIND_INFO``.
+_GROUP_APIS: Mapping[str, Callable[[kubernetes.client.ApiClient], Any]] = {
+    "apps/v1": kubernetes.client.AppsV1Api,
+    "batch/v1": kubernetes.client.BatchV1Api,
+    "v1": kubernetes.client.CoreV1Api,
+}
+
+
+def _call(api: kubernetes.client.ApiClient, verb: str, kind: str) -> Callable[..., Any]:
+    """The generated client's ``<verb>_namespaced_<kind>`` method (the kind table names it)."""
+    info = kind_info(kind)
+    return getattr(_GROUP_APIS[info.group_version](api), f"{verb}_namespaced_{info.snake}")
 
 
 def create(
@@ -179,41 +188,30 @@ def create(
     kind: str,
     namespace: str,
     name: str,
-    containers: dict[str, str],
-    init: dict[str, str] | None = None,
+    containers: Containers,
+    init: Containers | None = None,
+    **fields: Any,
 ) -> None:
-    """Create a Deployment, DaemonSet or StatefulSet with the given images."""
-    labels = {"app": name}
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec(containers, init)},
-    }
-    apps = kubernetes.client.AppsV1Api(api)
-    body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
-    if kind == "Deployment":
-        apps.create_namespaced_deployment(namespace, body)
-    elif kind == "DaemonSet":
-        apps.create_namespaced_daemon_set(namespace, body)
-    else:
-        spec["serviceName"] = name
-        apps.create_namespaced_stateful_set(namespace, body)
+    """Create a workload of any kind with the given images, labelled ``app=NAME``.
+
+    ``fields`` go to :func:`devenv.workloads.workload` (``pod=``, ``spec=``...).
+    """
+    body = workload(kind, name, containers, init=init, labels={"app": name}, **fields)
+    _call(api, "create", kind)(namespace, body)
 
 
 def read(api: kubernetes.client.ApiClient, kind: str, namespace: str, name: str) -> dict[str, Any]:
     """The workload as the API server holds it (raw JSON)."""
-    apps = kubernetes.client.AppsV1Api(api)
-    method = {
-        "Deployment": apps.read_namespaced_deployment,
-        "DaemonSet": apps.read_namespaced_daemon_set,
-        "StatefulSet": apps.read_namespaced_stateful_set,
-    }[kind]
-    return json.loads(method(name, namespace, _preload_content=False).data)
+    return json.loads(_call(api, "read", kind)(name, namespace, _preload_content=False).data)
 
 
-def images(obj: dict[str, Any]) -> dict[str, str]:
-    """Container name -> image, init containers included."""
-    spec = obj["spec"]["template"]["spec"]
-    return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+def images(obj: Mapping[str, Any], kind: str | None = None) -> dict[str, str]:
+    """Container name -> image, init containers included.
+
+    ``kind`` for the items of a list, which carry none of their own.
+    """
+    spec = pod_spec_of(kind or obj["kind"], obj)
+    return {c["name"]: c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]}
 
 
 def push_to_owned(env: Environment, source: str, owned: str) -> str:

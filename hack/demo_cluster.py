@@ -18,9 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from devenv.cluster import Cluster, make, write_overlay
+from devenv.cluster import Cluster, host_workload, make, write_overlay
 from devenv.harness import Environment, ensure_components
 
 NAMESPACE = "demo"
@@ -33,30 +32,6 @@ def kubectl(env: Environment, *args: str) -> str:
     if result.returncode != 0:
         raise SystemExit(f"demo: kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def manifest(kind: str, name: str, image: str, init: str | None) -> dict[str, Any]:
-    """A hostNetwork workload of ``kind`` running ``image`` (and ``init`` as init container)."""
-    labels = {"app": name}
-    pod: dict[str, Any] = {
-        "hostNetwork": True,
-        "terminationGracePeriodSeconds": 2,
-        "containers": [{"name": "main", "image": image}],
-    }
-    if init:
-        pod["initContainers"] = [{"name": "init", "image": init, "args": ["exit"]}]
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": pod},
-    }
-    if kind == "StatefulSet":
-        spec["serviceName"] = name
-    return {
-        "apiVersion": "apps/v1",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    }
 
 
 def template_images(env: Environment, kind: str, name: str) -> list[str]:
@@ -89,9 +64,9 @@ def create_workloads(cluster: Cluster, env: Environment, workdir: Path) -> dict[
     kubectl(env, "create", "namespace", NAMESPACE)
     cluster.wait_namespace_ready(NAMESPACE)
     objects = [
-        manifest("Deployment", "web", images["web"], images["migrate"]),
-        manifest("StatefulSet", "db", images["db"], None),
-        manifest("DaemonSet", "agent", images["agent"], None),
+        host_workload("Deployment", NAMESPACE, "web", images["web"], images["migrate"]),
+        host_workload("StatefulSet", NAMESPACE, "db", images["db"]),
+        host_workload("DaemonSet", NAMESPACE, "agent", images["agent"]),
     ]
     path = workdir / "demo-workloads.json"
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))

@@ -29,10 +29,18 @@ from typing import Any
 import pytest
 import yaml
 
-from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
+from devenv.cluster import (
+    CONTROLLER_NAMESPACE,
+    Cluster,
+    Deployment,
+    host_workload,
+    make,
+    write_overlay,
+)
 from devenv.harness import REPO_ROOT, free_ports
 from devenv.images import platforms_served
 from devenv.waiting import wait_for
+from devenv.workloads import workload
 
 NS_SECRET = "apps-with-secret"  # the default ServiceAccount already has a pull secret
 NS_SA = "apps-with-sa"  # every workload runs as a custom ServiceAccount
@@ -79,74 +87,24 @@ class Workloads:
     kinds: list[tuple[str, str, str]] = field(default_factory=list)  # (namespace, kind, name)
 
 
-def pod_template(
-    images: dict[str, str], labels: dict[str, str], service_account: str | None, secret: str | None
-) -> dict[str, Any]:
-    """A hostNetwork pod template: an optional init container that exits, one that waits."""
-    spec: dict[str, Any] = {
-        "hostNetwork": True,
-        "terminationGracePeriodSeconds": 2,
-        "containers": [
-            {"name": "main", "image": images["main"], "imagePullPolicy": "IfNotPresent"}
-        ],
-    }
-    if "init" in images:
-        spec["initContainers"] = [
-            {
-                "name": "init",
-                "image": images["init"],
-                "args": ["exit"],
-                "imagePullPolicy": "IfNotPresent",
-            }
-        ]
-    if service_account:
-        spec["serviceAccountName"] = service_account
-    if secret:
-        spec["imagePullSecrets"] = [{"name": secret}]
-    return {"metadata": {"labels": labels}, "spec": spec}
-
-
 def sample_workloads(
     namespace: str, public: dict[str, str], sa: str | None, secret: str | None
 ) -> list[dict[str, Any]]:
     """A Deployment (with an init container), a StatefulSet and a DaemonSet in ``namespace``."""
-
-    def labels(name: str) -> dict[str, str]:
-        return {"app": name}
-
+    pod = {"serviceAccountName": sa} if sa else {}
+    web_pod = {**pod, "imagePullSecrets": [{"name": secret}]} if secret else pod
     return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": namespace},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels("web")},
-                "template": pod_template(
-                    {"main": public["web"], "init": public["init"]}, labels("web"), sa, secret
-                ),
-            },
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {"name": "db", "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "serviceName": "db",
-                "selector": {"matchLabels": labels("db")},
-                "template": pod_template({"main": public["db"]}, labels("db"), sa, None),
-            },
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "agent", "namespace": namespace},
-            "spec": {
-                "selector": {"matchLabels": labels("agent")},
-                "template": pod_template({"main": public["agent"]}, labels("agent"), sa, None),
-            },
-        },
+        host_workload(
+            "Deployment",
+            namespace,
+            "web",
+            public["web"],
+            public["init"],
+            pod=web_pod,
+            spec={"replicas": 2},
+        ),
+        host_workload("StatefulSet", namespace, "db", public["db"], pod=pod, spec={"replicas": 1}),
+        host_workload("DaemonSet", namespace, "agent", public["agent"], pod=pod),
     ]
 
 
@@ -473,39 +431,20 @@ class TestBackendWithoutDocker:
         pinned = cluster.build_runnable_image(f"{public}/{NS_SKOPEO}/pinned:1", seed="pinned")
         kubectl(cluster, "create", "namespace", NS_SKOPEO)
         cluster.wait_namespace_ready(NS_SKOPEO)
-        template = {
-            "metadata": {"labels": {"app": "app"}},
-            "spec": {
-                "hostNetwork": True,
-                "terminationGracePeriodSeconds": 2,
-                "initContainers": [
-                    {"name": "init", "image": f"{public}/{NS_SKOPEO}/single:1", "args": ["exit"]}
-                ],
-                "containers": [
-                    {
-                        "name": "multi",
-                        "image": f"{public}/{NS_SKOPEO}/multi:1",
-                        "command": ["/pause"],
-                    },
-                    {"name": "pinned", "image": f"{public}/{NS_SKOPEO}/pinned@{pinned}"},
-                ],
-            },
-        }
-        apply(
-            cluster,
+        app = workload(
+            "Deployment",
+            "app",
             [
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": "app", "namespace": NS_SKOPEO},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": {"app": "app"}},
-                        "template": template,
-                    },
-                }
+                {"name": "multi", "image": f"{public}/{NS_SKOPEO}/multi:1", "command": ["/pause"]},
+                {"name": "pinned", "image": f"{public}/{NS_SKOPEO}/pinned@{pinned}"},
             ],
+            init=[{"name": "init", "image": f"{public}/{NS_SKOPEO}/single:1", "args": ["exit"]}],
+            namespace=NS_SKOPEO,
+            labels={"app": "app"},
+            pod={"hostNetwork": True, "terminationGracePeriodSeconds": 2},
+            spec={"replicas": 1},
         )
+        apply(cluster, [app])
         prefix = skopeo_deployed.target + "/"
         started = time.monotonic()
         wait_for(
@@ -747,40 +686,19 @@ def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
     cluster.build_runnable_image(image, seed=image)
     kubectl(cluster, "create", "namespace", NS_CRON)
     cluster.wait_namespace_ready(NS_CRON)
-    apply(
-        cluster,
-        [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "CronJob",
-                "metadata": {"name": "minutely", "namespace": NS_CRON},
-                "spec": {
-                    "schedule": "* * * * *",
-                    "concurrencyPolicy": "Forbid",
-                    "jobTemplate": {
-                        "spec": {
-                            "backoffLimit": 0,
-                            "template": {
-                                "spec": {
-                                    "hostNetwork": True,
-                                    "restartPolicy": "Never",
-                                    "terminationGracePeriodSeconds": 2,
-                                    "containers": [
-                                        {
-                                            "name": "task",
-                                            "image": image,
-                                            "args": ["exit"],
-                                            "imagePullPolicy": "IfNotPresent",
-                                        }
-                                    ],
-                                }
-                            },
-                        }
-                    },
-                },
-            }
-        ],
+    minutely = workload(
+        "CronJob",
+        "minutely",
+        [{"name": "task", "image": image, "args": ["exit"], "imagePullPolicy": "IfNotPresent"}],
+        namespace=NS_CRON,
+        pod={"hostNetwork": True, "terminationGracePeriodSeconds": 2},
+        spec={
+            "schedule": "* * * * *",
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"spec": {"backoffLimit": 0}},
+        },
     )
+    apply(cluster, [minutely])
     prefix = deployed.target + "/"
 
     def job_template_image() -> str:
@@ -933,12 +851,7 @@ def test_leader_election_the_standby_takes_over_when_the_leader_pod_is_deleted(
         # A new workload only a working leader can patch.
         image = f"{cluster.env.public.host}/{NS_SECRET}/late:1"
         cluster.build_runnable_image(image, seed=image)
-        late = sample_workloads(
-            NS_SECRET, {"web": image, "init": image, "db": image, "agent": image}, None, None
-        )[0]
-        late["metadata"]["name"] = "late"
-        late["spec"]["selector"] = {"matchLabels": {"app": "late"}}
-        late["spec"]["template"]["metadata"]["labels"] = {"app": "late"}
+        late = host_workload("Deployment", NS_SECRET, "late", image, image, spec={"replicas": 2})
         apply(cluster, [late])
         prefix = deployed.target + "/"
         wait_for(

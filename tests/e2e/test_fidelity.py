@@ -59,7 +59,7 @@ def workloads(env: Environment, namespace: str) -> dict[str, dict[str, str]]:
         ):
             response = call(namespace, _preload_content=False)
             for item in json.loads(response.data)["items"]:
-                out[f"{kind}/{item['metadata']['name']}"] = images(item)
+                out[f"{kind}/{item['metadata']['name']}"] = images(item, kind)
     return out
 
 

@@ -48,6 +48,7 @@ from devenv.support import (
     write_config,
 )
 from devenv.waiting import seconds_until, wait_for
+from devenv.workloads import workload
 
 SECRET = "image-cloner-pull-secret"
 READER = "reader"
@@ -319,11 +320,7 @@ def test_pods_made_right_after_the_service_account_change_get_the_secret(
             waits.append(wait)
             time.sleep(wait)
             pod = core.create_namespaced_pod(
-                name,
-                {
-                    "metadata": {"name": "first"},
-                    "spec": {"containers": [{"name": "c", "image": f"{env.owned.host}/x:1"}]},
-                },
+                name, workload("Pod", "first", {"c": f"{env.owned.host}/x:1"})
             )
             assert [s.name for s in pod.spec.image_pull_secrets or []] == [SECRET], name
         # Every ServiceAccount was changed now, so each had its settle to wait.

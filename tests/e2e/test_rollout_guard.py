@@ -60,8 +60,8 @@ from tests.e2e.test_cluster import (
     controller_pods,
     controller_ready,
     get_json,
+    host_workload,
     kubectl,
-    pod_template,
 )
 
 NS_PULL = "guard-pull"  # six Deployments, no pull secret: the canary cannot pull
@@ -108,39 +108,19 @@ Key = tuple[str, str, str]  # (namespace, kind, name)
 
 def deployment(namespace: str, name: str, image: str, replicas: int = 2) -> dict[str, Any]:
     """A Deployment of one waiting container; RollingUpdate with ``maxUnavailable: 0``."""
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": pod_template({"main": image}, labels, None, None),
-        },
-    }
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    spec = {"replicas": replicas, "strategy": strategy}
+    return host_workload("Deployment", namespace, name, image, spec=spec)
 
 
 def statefulset(namespace: str, name: str, image: str, replicas: int = 2) -> dict[str, Any]:
     """An ``OrderedReady`` StatefulSet with the RollingUpdate strategy (no partition)."""
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "podManagementPolicy": "OrderedReady",
-            "updateStrategy": {"type": "RollingUpdate"},
-            "selector": {"matchLabels": labels},
-            "template": pod_template({"main": image}, labels, None, None),
-        },
+    spec = {
+        "replicas": replicas,
+        "podManagementPolicy": "OrderedReady",
+        "updateStrategy": {"type": "RollingUpdate"},
     }
+    return host_workload("StatefulSet", namespace, name, image, spec=spec)
 
 
 def deny_owned_policy(owned_host: str) -> list[dict[str, Any]]:

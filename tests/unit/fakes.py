@@ -4,7 +4,8 @@
 dicts and applies JSON patches with ``apply_patch`` (RFC 6902, through the
 ``jsonpatch`` library), refusing a failed ``test`` with 422 as the API
 server does; it serves the reconcile cycle (``reconcile.KubeAPI``), pull
-secret provisioning and revert (``revert.RevertAPI``).
+secret provisioning and revert (``revert.RevertAPI``). ``workload`` builds
+the objects it stores (``devenv.workloads``, with these tests' conventions).
 
 
 ``Registries`` holds manifests by repository, answers ``head``/``get`` like
@@ -37,6 +38,30 @@ from cloner.model.identity import (
 )
 from cloner.model.reference import Reference
 from cloner.model.workloads import KINDS, NamespaceInfo, Workload, kind_info, pod_spec_of
+from devenv import workloads
+
+
+def workload(
+    kind: str, ns: str, name: str, *images: str, init: Iterable[str] = (), **fields: Any
+) -> dict[str, Any]:
+    """A workload object of ``kind`` (``devenv.workloads``) as ``FakeKube`` stores it.
+
+    Containers ``c0``, ``c1``... run ``images``, init containers ``i0``...
+    run ``init``; its uid is ``ns/name`` and its resourceVersion ``1``.
+    ``fields`` go to the builder (``labels``, ``spec``, ``status``, and
+    ``metadata``, which adds to those two).
+    """
+    initial = {f"i{i}": image for i, image in enumerate(init)}
+    metadata = {"uid": f"{ns}/{name}", "resourceVersion": "1", **fields.pop("metadata", {})}
+    return workloads.workload(
+        kind,
+        name,
+        {f"c{i}": image for i, image in enumerate(images)},
+        init=initial or None,
+        namespace=ns,
+        metadata=metadata,
+        **fields,
+    )
 
 
 def sha(data: bytes) -> str:
