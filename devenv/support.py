@@ -23,7 +23,7 @@ import kubernetes.client
 import yaml
 
 from cloner.model.workloads import kind_info, pod_spec_of
-from devenv.harness import Environment, Registry
+from devenv.harness import LOOPBACK, Environment, Registry, free_port
 from devenv.workloads import Containers, workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +70,22 @@ class Scope:
 
     def owned(self, source_name: str, host: str | None = None) -> str:
         return f"{self.env.owned.host}/{self.owned_repository(source_name, host)}"
+
+    def write_config(self, name: str, **extra: Any) -> Path:
+        """A controller config file ``name`` beside the test's own (:func:`write_config`).
+
+        Its ``target`` is the test's and it covers only the test's namespace,
+        unless ``extra`` (keys of the config file, added as given) says otherwise.
+        """
+        target = extra.pop("target", self.target)
+        extra.setdefault("namespaces", {"include": [self.namespace]})
+        return write_config(self.config.with_name(name), self.env, target, **extra)
+
+    def metrics_config(self, name: str, **extra: Any) -> tuple[Path, int]:
+        """:meth:`write_config` with /metrics served on 127.0.0.1 at a free port; and the port."""
+        port = free_port()
+        config = self.write_config(name, metricsPort=port, metricsAddress=LOOPBACK, **extra)
+        return config, port
 
 
 def create_namespace(env: Environment, name: str, **metadata: Any) -> None:

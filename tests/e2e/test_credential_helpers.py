@@ -32,7 +32,6 @@ from devenv.support import (
     create_namespace,
     images,
     read,
-    write_config,
 )
 from devenv.waiting import seconds_until, wait_for
 from tests.e2e.test_pull_secrets import auths, pull_as_kubelet, secret_of
@@ -102,12 +101,8 @@ def test_helper_serves_the_owned_registry_and_a_changed_answer_reaches_every_sec
             }
         )
     )
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [f"{ns}*"]},
-        dockerConfig=str(credentials),
+    config = scope.write_config(
+        "c.yaml", namespaces={"include": [f"{ns}*"]}, dockerConfig=str(credentials)
     )
     file_before = credentials.read_text()
     monkeypatch.setenv("PATH", helper.path_with())  # the controller process inherits it
@@ -215,13 +210,7 @@ def test_a_failing_helper_fails_its_registry_with_auth_and_nothing_else(
     credentials.write_text(
         json.dumps({"credHelpers": {env.owned.host: owned.name, private.host: broken.name}})
     )
-    config = write_config(
-        tmp_path / "f.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        dockerConfig=str(credentials),
-    )
+    config = scope.write_config("f.yaml", dockerConfig=str(credentials))
     owned_public = f"{scope.owned('pub')}:1"
     outputs = []
     for mode, message in (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import kubernetes.client
 
@@ -23,7 +22,7 @@ def job_image(batch: kubernetes.client.BatchV1Api, ns: str, name: str) -> str:
 
 
 def test_cron_job_is_patched_reverted_and_jobs_and_pods_are_only_reported(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()

@@ -45,7 +45,6 @@ from devenv.support import (
     create,
     images,
     read,
-    write_config,
 )
 from devenv.waiting import wait_for
 
@@ -679,10 +678,8 @@ def test_credentials_never_appear_in_output(
         "namespaces": {"include": [ns]},
         "images": {"exclude": [f"{env.public.host}/{ns}/skipped"]},
     }
-    wrong_settings = write_config(
-        tmp_path / "wrong.yaml", env, scope.target, dockerConfig=str(wrong_config), **settings
-    )
-    right_settings = write_config(tmp_path / "right.yaml", env, scope.target, **settings)
+    wrong_settings = scope.write_config("wrong.yaml", dockerConfig=str(wrong_config), **settings)
+    right_settings = scope.write_config("right.yaml", **settings)
     failed = scope.run(wrong_settings, "--log-level", "DEBUG")
     (tmp_path / "controller-wrong.log").write_text(failed.stdout + failed.stderr)
     assert failed.returncode == 1, failed.stderr

@@ -18,7 +18,6 @@ from devenv.support import (
     create,
     images,
     read,
-    write_config,
 )
 from devenv.waiting import seconds_until, wait_for
 
@@ -46,17 +45,12 @@ def start(scope: Scope, config: Path) -> tuple[subprocess.Popen[str], list[str]]
     return process, lines
 
 
-def test_only_the_leader_patches_and_a_standby_takes_over(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_only_the_leader_patches_and_a_standby_takes_over(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     lease_name = f"cloner-{ns}"
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
+    config = scope.write_config(
+        "c.yaml",
         controllerNamespace="image-cloner",
         leaderElection={
             "enabled": True,

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import kubernetes.client
 import pytest
@@ -38,7 +37,6 @@ from devenv.support import (
     read,
     serving,
     too_many_requests,
-    write_config,
 )
 from devenv.waiting import wait_for
 
@@ -103,7 +101,7 @@ def repository(request: ProxiedRequest) -> str:
 
 @pytest.mark.parametrize("backend", ["docker", "skopeo"])
 def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_on(
-    scope: Scope, env: Environment, tmp_path: Path, backend: str
+    scope: Scope, env: Environment, backend: str
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -115,11 +113,8 @@ def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_
         create(api, "Deployment", ns, "first", {"main": f"{proxy.host}/{ns}/first:1"})
         create(api, "Deployment", ns, "second", {"main": f"{proxy.host}/{ns}/second:1"})
         create(api, "Deployment", ns, "other", {"main": scope.source("other:1")})
-        config = write_config(
-            tmp_path / "c.yaml",
-            env,
-            scope.target,
-            namespaces={"include": [ns]},
+        config = scope.write_config(
+            "c.yaml",
             pollInterval=1,
             copyBackend=backend,
             rateLimitPause=RETRY_AFTER,
