@@ -13,8 +13,10 @@ backward, ...):
   Deployment per image in a namespace of its own, ``namespaces.include``
   scoped to it, as the image-cloner ServiceAccount (shipped RBAC);
 - a plain ``skopeo copy --all --preserve-digests`` loop: a thread pool of N
-  skopeo processes (N = 1, 2, 4), auth file 0600 as ``cloner/adapters/skopeo.py``
-  writes it, one blob info cache per run (``XDG_DATA_HOME``);
+  skopeo processes (N = 1, 2, 4), each with the command line and the 0600
+  auth file the skopeo backend makes (``cloner/adapters/skopeo.py``:
+  ``copy_argv``, ``auth_document``), one blob info cache per run
+  (``XDG_DATA_HOME``);
 - a sequential ``docker pull; docker tag; docker push`` loop through the same
   engine (the docker CLI).
 
@@ -85,7 +87,6 @@ failed, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -98,7 +99,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,9 @@ import kubernetes.client
 
 from bench import measure
 from bench.corpus import Corpus, build_corpus, corpus_spec
+from cloner.adapters.skopeo import auth_document, copy_argv
+from cloner.model.credentials import Credential
+from cloner.model.reference import parse_reference
 from devenv.harness import Environment, ensure_components
 from devenv.support import (
     SHIPPED_USER,
@@ -124,6 +128,7 @@ DEFAULT_REGISTRY_CONCURRENCY = 3  # registryConcurrency's default (docs/configur
 TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
 DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
+INSECURE_REGISTRIES = ("127.0.0.1:*",)  # the loopback registries, as devenv.support.write_config
 MB = 1_000_000
 _SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
 SIGNATURE_MODES = ("off", "copy")  # the --signed contenders, in this order
@@ -372,33 +377,29 @@ def artifact_figures(
     }
 
 
+@dataclass
 class Bench:
     """The environment, the corpus and the runs of one benchmark invocation.
 
-    Args:
+    Attributes:
         env: a started ``Environment``.
         corpus: the pushed corpus (in ``env.public``).
         kubeconfig: the image-cloner ServiceAccount's kubeconfig.
         workdir: where configs and controller logs of each run are kept.
         signed: the signed corpus (``--signed``); every run's figures then
             hold ``artifacts`` (``artifact_figures``).
+        runs: the runs so far.
     """
 
-    def __init__(
-        self,
-        env: Environment,
-        corpus: Corpus,
-        kubeconfig: Path,
-        workdir: Path,
-        signed: SignedSet | None = None,
-    ) -> None:
-        self.env = env
-        self.corpus = corpus
-        self.kubeconfig = kubeconfig
-        self.workdir = workdir
-        self.signed = signed
-        self.runs = 0
-        (workdir / "runs").mkdir(parents=True, exist_ok=True)
+    env: Environment
+    corpus: Corpus
+    kubeconfig: Path
+    workdir: Path
+    signed: SignedSet | None = None
+    runs: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        (self.workdir / "runs").mkdir(parents=True, exist_ok=True)
 
     # --- isolation -----------------------------------------------------------------
 
@@ -622,17 +623,17 @@ class Bench:
         return figures
 
     def _skopeo_loop(self, parallelism: int, run_id: str) -> dict[str, Any]:
-        """A thread pool of ``parallelism`` ``skopeo copy --all --preserve-digests`` processes."""
+        """``parallelism`` ``skopeo copy`` processes at once, as the skopeo backend runs each."""
         owned = self.env.owned
         assert owned.username is not None and owned.password is not None
         workdir = Path(tempfile.mkdtemp(prefix="skopeo-loop-", dir=self.workdir))
         home = workdir / "home"
         home.mkdir(mode=0o700)
         auth_file = workdir / "auth.json"
-        pair = base64.b64encode(f"{owned.username}:{owned.password}".encode()).decode()
+        credential = Credential(owned.host, owned.username, owned.password)
         descriptor = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump({"auths": {owned.host: {"auth": pair}}}, handle)
+            json.dump(auth_document({owned.host: credential}), handle)
         # One blob info cache for the run's copies, empty at its start, as the
         # controller's skopeo backend keeps one per process.
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_DATA_HOME": str(workdir / "data")}
@@ -642,23 +643,17 @@ class Bench:
             image = self.corpus.images[index]
             began = time.time()
             destination = self.owned_name(run_id, image.repository, image.spec.tag)
+            argv = copy_argv(
+                skopeo,
+                parse_reference(image.reference),
+                parse_reference(destination),
+                digest_file=workdir / f"digest-{index}",
+                auth_file=auth_file,
+                command_timeout=RUN_TIMEOUT,
+                insecure_registries=INSECURE_REGISTRIES,
+            )
             result = subprocess.run(
-                [
-                    *SHIPPED_USER,
-                    skopeo,
-                    "copy",
-                    "-q",
-                    "--all",
-                    "--preserve-digests",
-                    "--retry-times",
-                    "0",
-                    "--authfile",
-                    str(auth_file),
-                    "--src-tls-verify=false",
-                    "--dest-tls-verify=false",
-                    f"docker://{image.reference}",
-                    f"docker://{destination}",
-                ],
+                [*SHIPPED_USER, *argv],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

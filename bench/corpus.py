@@ -25,11 +25,8 @@ was measured with: 54 unique blobs (the issue: 53), 222 MB unique (221 MB) and
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import random
-import tarfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,15 +129,7 @@ def layer_bytes(spec: LayerSpec) -> bytes:
     and gzip header are fixed (mtime 0), so the digest is reproducible.
     """
     content = random.Random(spec.seed).randbytes(spec.size)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(spec.seed.replace("/", "-") + ".bin")
-        info.size = len(content)
-        info.mode = 0o644
-        info.mtime = 0
-        info.uname = info.gname = "root"
-        tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+    return img.file_layer(spec.seed.replace("/", "-") + ".bin", content, compresslevel=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,16 +38,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -1040,16 +1037,7 @@ def _merge_settings(settings: dict[str, Any], changes: dict[str, Any]) -> None:
 
 def _pause_layer() -> bytes:
     """A deterministic gzip'd tar layer holding the static pause binary as ``/pause`` (0755)."""
-    content = pause_binary().read_bytes()
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("pause")
-        info.size = len(content)
-        info.mode = 0o755
-        info.mtime = 0
-        info.uname = info.gname = "root"
-        tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return images.file_layer("pause", pause_binary().read_bytes(), mode=0o755)
 
 
 def _b64(text: str) -> str:
