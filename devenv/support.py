@@ -152,6 +152,18 @@ def controller_command(kubeconfig: Path, config: Path, *args: str) -> list[str]:
     ]
 
 
+def run_python(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with this Python, from the repository; output captured, not checked."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def run_controller(
     env: Environment,
     config: Path,
@@ -316,11 +328,14 @@ def secrets_holding(env: Environment, *needles: str) -> list[str]:
     return found
 
 
-@contextmanager
-def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list[str]]:
-    """Run the controller loop as a process; yields its output lines (filled as they come).
+def start_controller(
+    kubeconfig: Path, config: Path, *args: str
+) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """Start the controller loop as a process; its output lines are collected as they come.
 
-    On exit it sends SIGTERM and asserts the process exited 0 within 30 s.
+    Returns:
+        The process, its output lines so far, and the thread reading them
+        (it ends with the process's output). The caller stops the process.
     """
     process = subprocess.Popen(
         controller_command(kubeconfig, config, *args),
@@ -334,6 +349,16 @@ def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list
     stream = process.stdout
     reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
     reader.start()
+    return process, lines, reader
+
+
+@contextmanager
+def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list[str]]:
+    """Run the controller loop as a process; yields its output lines (filled as they come).
+
+    On exit it sends SIGTERM and asserts the process exited 0 within 30 s.
+    """
+    process, lines, reader = start_controller(kubeconfig, config, *args)
     try:
         yield lines
     finally:

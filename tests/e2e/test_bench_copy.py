@@ -11,11 +11,10 @@ that the timelines were written and drawn.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from devenv.support import run_python
+
 CONTENDERS = (
     "controller-docker-c2",
     "controller-skopeo-c2",
@@ -25,13 +24,8 @@ CONTENDERS = (
 
 
 def test_bench_copy_smoke_prints_its_table_and_writes_valid_json(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.copies", "--smoke", "--results-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
+    result = run_python(
+        "-m", "bench.copies", "--smoke", "--results-dir", str(tmp_path), timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()

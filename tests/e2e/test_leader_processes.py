@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import kubernetes.client
 
 from devenv.harness import Environment
-from devenv.support import (
-    REPO,
-    Scope,
-    controller_command,
-    create,
-    images,
-    read,
-)
+from devenv.support import Scope, create, images, read, start_controller
 from devenv.waiting import seconds_until, wait_for
 
 
@@ -31,17 +23,7 @@ def identity(lines: list[str]) -> str:
 
 
 def start(scope: Scope, config: Path) -> tuple[subprocess.Popen[str], list[str]]:
-    process = subprocess.Popen(
-        controller_command(scope.kubeconfig, config),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    stream = process.stdout
-    threading.Thread(target=lambda: lines.extend(stream), daemon=True).start()
+    process, lines, _reader = start_controller(scope.kubeconfig, config)
     return process, lines
 
 
