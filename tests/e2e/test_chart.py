@@ -43,6 +43,8 @@ from tests.e2e.test_cluster import (
     pulled_messages,
     sample_workloads,
     template_images,
+    wait_controller_gone,
+    wait_pods_running,
     workload_pods,
 )
 
@@ -734,11 +736,8 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
         kubectl(
             cluster, "-n", NS_HELM_APPS, "rollout", "status", "deployment/web", "--timeout=180s"
         )
-        wait_for(
-            lambda: pods_running_on(cluster, NS_HELM_APPS, "web", prefix, 2),
-            120,
-            "the web pods Running on the owned copy",
-            interval=1.0,
+        wait_pods_running(
+            cluster, NS_HELM_APPS, "web", prefix, 2, "the web pods Running on the owned copy"
         )
         # The kubelet pulled from the owned registry, which answers only
         # authenticated requests: with the pull Secret the controller made.
@@ -752,14 +751,7 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
             "uninstall", "image-cloner", "--namespace", "default", kubeconfig=env.kubeconfig
         )
     assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
-    wait_for(
-        lambda: (
-            kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
-        ),
-        120,
-        "namespace image-cloner gone",
-        interval=1.0,
-    )
+    wait_controller_gone(cluster)
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl(cluster, "get", kind, "image-cloner", check=False).returncode != 0
     listed = helm.run("list", "--all-namespaces", "-q", kubeconfig=env.kubeconfig)

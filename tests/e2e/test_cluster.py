@@ -138,6 +138,30 @@ def pods_running_on(cluster: Cluster, namespace: str, name: str, prefix: str, co
     return True
 
 
+def controller_gone(cluster: Cluster) -> bool:
+    """Whether the controller's namespace is gone (``make undeploy``, ``helm uninstall``)."""
+    return kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
+
+
+def wait_controller_gone(cluster: Cluster) -> None:
+    """Poll once a second, for up to 120 s, until :func:`controller_gone`."""
+    wait_for(
+        lambda: controller_gone(cluster),
+        120,
+        f"namespace {CONTROLLER_NAMESPACE} gone",
+        interval=1.0,
+    )
+
+
+def wait_pods_running(
+    cluster: Cluster, namespace: str, name: str, prefix: str, count: int, what: str
+) -> None:
+    """Poll once a second, for up to 120 s, until :func:`pods_running_on` holds."""
+    wait_for(
+        lambda: pods_running_on(cluster, namespace, name, prefix, count), 120, what, interval=1.0
+    )
+
+
 def recreated_and_running(
     cluster: Cluster, namespace: str, name: str, prefix: str, since: float
 ) -> bool:
@@ -474,11 +498,8 @@ class TestBackendWithoutDocker:
         assert owned.manifest_digest(repository["single"], "1") == single
         assert platforms_served(owned, repository["pinned"], pinned) == {"linux/amd64": pinned}
         rollout(cluster, NS_SKOPEO, "deployment", "app")
-        wait_for(
-            lambda: pods_running_on(cluster, NS_SKOPEO, "app", prefix, 1),
-            120,
-            "the new pod Running on owned images",
-            interval=1.0,
+        wait_pods_running(
+            cluster, NS_SKOPEO, "app", prefix, 1, "the new pod Running on owned images"
         )
         print(f"skopeo: new pod Running {time.monotonic() - started:.1f}s after apply")
         # The first pod pulled the public images (created before the patch),
@@ -576,14 +597,8 @@ def test_workloads_roll_out_on_owned_copies_pulled_with_the_provisioned_secret(
         )
     for namespace, kind, name in workloads.kinds:
         rollout(cluster, namespace, kind, name)
-        wait_for(
-            lambda namespace=namespace, name=name: pods_running_on(
-                cluster, namespace, name, prefix, counts(name)
-            ),
-            120,
-            f"{namespace}/{name} pods Running on owned images",
-            interval=1.0,
-        )
+        what = f"{namespace}/{name} pods Running on owned images"
+        wait_pods_running(cluster, namespace, name, prefix, counts(name), what)
     # The provisioned secret: next to the team's on the default SA, on the custom SA.
     default = get_json(cluster, "-n", NS_SECRET, "serviceaccount", "default")
     secrets = [s["name"] for s in default.get("imagePullSecrets", [])]
@@ -953,14 +968,8 @@ def test_revert_in_the_pod_with_the_loop_paused_rolls_back_to_public_images(
             i.startswith(public_prefix) for i in template_images(cluster, namespace, kind, name)
         )
         rollout(cluster, namespace, kind, name)
-        wait_for(
-            lambda namespace=namespace, name=name: pods_running_on(
-                cluster, namespace, name, public_prefix, counts(name)
-            ),
-            120,
-            f"{namespace}/{name} pods Running on public images again",
-            interval=1.0,
-        )
+        what = f"{namespace}/{name} pods Running on public images again"
+        wait_pods_running(cluster, namespace, name, public_prefix, counts(name), what)
     runner = get_json(cluster, "-n", NS_SA, "serviceaccount", "runner")
     assert "image-cloner-pull-secret" not in [
         s["name"] for s in runner.get("imagePullSecrets") or []
@@ -978,14 +987,7 @@ def test_make_undeploy_removes_the_controller_and_workloads_keep_running(
 ) -> None:
     result = make(cluster, "undeploy", deployed)
     assert result.returncode == 0, result.stdout + result.stderr
-    wait_for(
-        lambda: (
-            kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
-        ),
-        120,
-        "namespace image-cloner gone",
-        interval=1.0,
-    )
+    wait_controller_gone(cluster)
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl(cluster, "get", kind, "image-cloner", check=False).returncode != 0
     for namespace, _kind, name in workloads.kinds:

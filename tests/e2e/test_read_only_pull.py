@@ -39,16 +39,17 @@ from devenv.support import (
 from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     apply,
+    controller_gone,
     controller_ready,
     get_json,
     kubectl,
-    pods_running_on,
     rollout,
     sample_workloads,
     template_images,
+    wait_controller_gone,
+    wait_pods_running,
 )
 from tests.e2e.test_pull_secrets import READER, auths, secret_of
-from tests.e2e.test_rollout_guard import controller_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -87,12 +88,7 @@ def read_only(cluster: Cluster) -> Iterator[ReadOnly]:
         )
         if not controller_gone(cluster):
             make(cluster, "undeploy", deployment)  # left by a module that failed before its own
-        wait_for(
-            lambda: controller_gone(cluster),
-            120,
-            f"namespace {CONTROLLER_NAMESPACE} gone",
-            interval=1.0,
-        )
+        wait_controller_gone(cluster)
         started = time.monotonic()
         result = make(cluster, "deploy", deployment)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -104,12 +100,7 @@ def read_only(cluster: Cluster) -> Iterator[ReadOnly]:
             yield ReadOnly(deployment, proxy, pusher, push_password, read_password)
         finally:
             undeploy = make(cluster, "undeploy", deployment)
-            wait_for(
-                lambda: controller_gone(cluster),
-                120,
-                f"namespace {CONTROLLER_NAMESPACE} gone",
-                interval=1.0,
-            )
+            wait_controller_gone(cluster)
             kubectl(cluster, "delete", "namespace", NS_APPS, "--ignore-not-found", "--wait=true")
             assert undeploy.returncode == 0, undeploy.stdout + undeploy.stderr
 
@@ -139,12 +130,7 @@ def test_the_kubelet_pulls_the_owned_copy_as_reader_and_no_secret_holds_the_push
     )
     kubectl(cluster, "-n", NS_APPS, "scale", "deployment/web", "--replicas=2")
     rollout(cluster, NS_APPS, "deployment", "web")
-    wait_for(
-        lambda: pods_running_on(cluster, NS_APPS, "web", prefix, 2),
-        120,
-        "the web pods Running on the owned copy",
-        interval=1.0,
-    )
+    wait_pods_running(cluster, NS_APPS, "web", prefix, 2, "the web pods Running on the owned copy")
 
     # The kubelet (containerd) fetched the owned manifest through the proxy
     # as reader, never as the push account.

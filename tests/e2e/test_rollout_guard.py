@@ -57,11 +57,13 @@ from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     all_ready,
     apply,
+    controller_gone,
     controller_pods,
     controller_ready,
     get_json,
     host_workload,
     kubectl,
+    wait_controller_gone,
 )
 
 NS_PULL = "guard-pull"  # six Deployments, no pull secret: the canary cannot pull
@@ -399,10 +401,6 @@ class Guard:
         return self.deployment.target + "/"
 
 
-def controller_gone(cluster: Cluster) -> bool:
-    return kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
-
-
 def build_images(cluster: Cluster, references: list[str]) -> None:
     """Build and push a runnable image per reference (seeded by it), four at a time."""
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -484,12 +482,7 @@ def guard(cluster: Cluster) -> Iterator[Guard]:
     if not controller_gone(cluster):
         # Left by a module that failed before its undeploy (same names).
         make(cluster, "undeploy", deployment_)
-    wait_for(
-        lambda: controller_gone(cluster),
-        120,
-        f"namespace {CONTROLLER_NAMESPACE} gone",
-        interval=1.0,
-    )
+    wait_controller_gone(cluster)
     env = cluster.env
     workloads = scenario_workloads(env.public.host)
     public = {key_of(o): template_images_of(o)[0] for ws in workloads.values() for o in ws}
@@ -554,12 +547,7 @@ def guard(cluster: Cluster) -> Iterator[Guard]:
         watcher.stop()
         mark = time.monotonic()
         undeploy = make(cluster, "undeploy", deployment_)
-        wait_for(
-            lambda: controller_gone(cluster),
-            120,
-            f"namespace {CONTROLLER_NAMESPACE} gone",
-            interval=1.0,
-        )
+        wait_controller_gone(cluster)
         kubectl(cluster, "delete", "validatingadmissionpolicybinding", POLICY, check=False)
         kubectl(cluster, "delete", "validatingadmissionpolicy", POLICY, check=False)
         kubectl(
