@@ -25,9 +25,13 @@ help:
 	@echo "make image     build the controller image IMAGE (default image-cloner:latest)"
 	@echo "make deploy    apply manifests/ (DEPLOY_DIR) with IMAGE to the current kubectl context; make undeploy removes them"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The project itself goes in editable and without its own build environment
+# (setuptools is pinned in requirements-dev.txt): cloner, devenv and bench are
+# then importable by tests, `python -m bench.NAME` and hack/*.py.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 deps: $(VENV)/.installed
@@ -75,9 +79,9 @@ demo-cluster: deps
 # about 20 minutes in all at full size on a 2-core machine). Figures and JSON
 # in bench/results/.
 bench: deps
-	$(PY) bench/run.py
-	$(PY) bench/copies.py
-	$(PY) bench/scale.py
+	$(PY) -m bench.run
+	$(PY) -m bench.copies
+	$(PY) -m bench.scale
 
 # docs/deploy.md: configure manifests/base first (target, credentials).
 deploy:

@@ -1,6 +1,6 @@
 """Copy benchmark: the controller's two copy backends against plain skopeo and docker loops.
 
-Runs on real components: one ``tests/e2e/harness.Environment`` (etcd,
+Runs on real components: one ``devenv.harness.Environment`` (etcd,
 kube-apiserver, dockerd, an anonymous "public" and an htpasswd "owned"
 distribution registry, all on 127.0.0.1), a corpus of images sharing base
 layers pushed into the public registry (``bench/corpus.py``), and these
@@ -13,14 +13,16 @@ backward, ...):
   Deployment per image in a namespace of its own, ``namespaces.include``
   scoped to it, as the image-cloner ServiceAccount (shipped RBAC);
 - a plain ``skopeo copy --all --preserve-digests`` loop: a thread pool of N
-  skopeo processes (N = 1, 2, 4), auth file 0600 as ``cloner/adapters/skopeo.py``
-  writes it, one blob info cache per run (``XDG_DATA_HOME``);
+  skopeo processes (N = 1, 2, 4), each with the command line and the 0600
+  auth file the skopeo backend makes (``cloner/adapters/skopeo.py``:
+  ``copy_argv``, ``auth_document``), one blob info cache per run
+  (``XDG_DATA_HOME``);
 - a sequential ``docker pull; docker tag; docker push`` loop through the same
   engine (the docker CLI).
 
 Every skopeo contender (the controller with ``copyBackend: skopeo`` and the
 loop) runs as uid 10001, the shipped image's user
-(``tests.e2e.support.SHIPPED_USER``), so skopeo's blob info cache is the one
+(``devenv.support.SHIPPED_USER``), so skopeo's blob info cache is the one
 the contender keeps, empty at the start of each run, not root's, which every
 earlier run would have filled.
 
@@ -44,7 +46,7 @@ using the same sources: the public registry should see no request. The same
 again without ``controllerNamespace`` shows what the state saves.
 
 ``--signed`` (issue 28) signs every corpus image in the public registry
-after it is pushed (``tests/e2e/signing.sign_image``, ``referrers="fallback"``:
+after it is pushed (``devenv.signing.sign_image``, ``referrers="fallback"``:
 distribution 2.8 has no referrers API; see ``sign_corpus``): ``.sig``, ``.att``,
 ``.sbom`` and its ``.sig``, and two OCI referrers per image; 8 artifact
 manifests for an index, 6 for a single-platform image. It adds two contenders,
@@ -70,10 +72,10 @@ overlay2`` gives it the driver the docker-in-docker sidecar uses on a node
 (on this project's test machine the figures barely moved: the engine's time
 is pull, decompress and gzip on push, not the storage driver).
 
-    .venv/bin/python bench/copies.py              # full size: 20 images, 222 MB unique, 3 reps
-    .venv/bin/python bench/copies.py --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
-    .venv/bin/python bench/copies.py --only skopeo --warm   # the skopeo contenders, no warm cycle
-    .venv/bin/python bench/copies.py --signed --only skopeo   # plus signatures off / copy
+    .venv/bin/python -m bench.copies              # full size: 20 images, 222 MB unique, 3 reps
+    .venv/bin/python -m bench.copies --smoke      # 4 tiny images, 1 rep (the e2e smoke test)
+    .venv/bin/python -m bench.copies --only skopeo --warm   # the skopeo contenders, no warm cycle
+    .venv/bin/python -m bench.copies --signed --only skopeo   # plus signatures off / copy
 
 Targets checked: skopeo backend wall time (median) at most 1.1x the plain
 skopeo loop's with the same parallelism; docker backend at most 0.6x the
@@ -84,38 +86,33 @@ failed, 2 for bad arguments.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
+import re
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-# Running ``python bench/copies.py`` puts bench/ first on sys.path, where this
-# file would shadow the standard library's ``copy`` (imported by dataclasses).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
+import docker.errors
+import kubernetes.client
 
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from contextlib import closing  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import docker.errors  # noqa: E402
-import kubernetes.client  # noqa: E402
-
-from bench import measure  # noqa: E402
-from bench.corpus import Corpus, build_corpus, corpus_spec  # noqa: E402
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
-from tests.e2e.support import (  # noqa: E402
+from bench import measure
+from bench.corpus import Corpus, build_corpus, corpus_spec
+from cloner.adapters.skopeo import auth_document, copy_argv
+from cloner.model.credentials import Credential
+from cloner.model.reference import parse_reference
+from devenv.harness import Environment, ensure_components
+from devenv.support import (
     SHIPPED_USER,
     create,
     create_namespace,
@@ -131,6 +128,7 @@ DEFAULT_REGISTRY_CONCURRENCY = 3  # registryConcurrency's default (docs/configur
 TARGET_RATIO = 1.10  # skopeo backend / plain skopeo loop, same parallelism (issue 9)
 DOCKER_TARGET_RATIO = 0.60  # docker backend / sequential docker loop (issue 11)
 RUN_TIMEOUT = 1800.0  # seconds one contender run may take
+INSECURE_REGISTRIES = ("127.0.0.1:*",)  # the loopback registries, as devenv.support.write_config
 MB = 1_000_000
 _SUMMARY_DURATION_RE = re.compile(r"reconcile: .* duration=(?P<seconds>[0-9.]+)s")
 SIGNATURE_MODES = ("off", "copy")  # the --signed contenders, in this order
@@ -274,7 +272,7 @@ class SignedSet:
 
 
 def sign_corpus(env: Environment, corpus: Corpus) -> SignedSet:
-    """Sign every corpus image in the public registry as ``tests/e2e/signing.sign_image`` does.
+    """Sign every corpus image in the public registry as ``devenv.signing.sign_image`` does.
 
     An index gets ``.sig`` on it and on each platform manifest (``cosign sign
     --recursive``), ``.att``, ``.sbom`` and a ``.sig`` of the ``.sbom`` on it,
@@ -286,8 +284,8 @@ def sign_corpus(env: Environment, corpus: Corpus) -> SignedSet:
     Distribution 2.8 has no referrers API: ``referrers="fallback"`` (the
     ``sha256-<hex>`` tag index).
     """
-    from tests.e2e import images as img
-    from tests.e2e import signing
+    from devenv import images as img
+    from devenv import signing
 
     started = time.time()
     signer = signing.Signer()
@@ -379,33 +377,29 @@ def artifact_figures(
     }
 
 
+@dataclass
 class Bench:
     """The environment, the corpus and the runs of one benchmark invocation.
 
-    Args:
+    Attributes:
         env: a started ``Environment``.
         corpus: the pushed corpus (in ``env.public``).
         kubeconfig: the image-cloner ServiceAccount's kubeconfig.
         workdir: where configs and controller logs of each run are kept.
         signed: the signed corpus (``--signed``); every run's figures then
             hold ``artifacts`` (``artifact_figures``).
+        runs: the runs so far.
     """
 
-    def __init__(
-        self,
-        env: Environment,
-        corpus: Corpus,
-        kubeconfig: Path,
-        workdir: Path,
-        signed: SignedSet | None = None,
-    ) -> None:
-        self.env = env
-        self.corpus = corpus
-        self.kubeconfig = kubeconfig
-        self.workdir = workdir
-        self.signed = signed
-        self.runs = 0
-        (workdir / "runs").mkdir(parents=True, exist_ok=True)
+    env: Environment
+    corpus: Corpus
+    kubeconfig: Path
+    workdir: Path
+    signed: SignedSet | None = None
+    runs: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        (self.workdir / "runs").mkdir(parents=True, exist_ok=True)
 
     # --- isolation -----------------------------------------------------------------
 
@@ -629,17 +623,17 @@ class Bench:
         return figures
 
     def _skopeo_loop(self, parallelism: int, run_id: str) -> dict[str, Any]:
-        """A thread pool of ``parallelism`` ``skopeo copy --all --preserve-digests`` processes."""
+        """``parallelism`` ``skopeo copy`` processes at once, as the skopeo backend runs each."""
         owned = self.env.owned
         assert owned.username is not None and owned.password is not None
         workdir = Path(tempfile.mkdtemp(prefix="skopeo-loop-", dir=self.workdir))
         home = workdir / "home"
         home.mkdir(mode=0o700)
         auth_file = workdir / "auth.json"
-        pair = base64.b64encode(f"{owned.username}:{owned.password}".encode()).decode()
+        credential = Credential(owned.host, owned.username, owned.password)
         descriptor = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump({"auths": {owned.host: {"auth": pair}}}, handle)
+            json.dump(auth_document({owned.host: credential}), handle)
         # One blob info cache for the run's copies, empty at its start, as the
         # controller's skopeo backend keeps one per process.
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_DATA_HOME": str(workdir / "data")}
@@ -649,23 +643,17 @@ class Bench:
             image = self.corpus.images[index]
             began = time.time()
             destination = self.owned_name(run_id, image.repository, image.spec.tag)
+            argv = copy_argv(
+                skopeo,
+                parse_reference(image.reference),
+                parse_reference(destination),
+                digest_file=workdir / f"digest-{index}",
+                auth_file=auth_file,
+                command_timeout=RUN_TIMEOUT,
+                insecure_registries=INSECURE_REGISTRIES,
+            )
             result = subprocess.run(
-                [
-                    *SHIPPED_USER,
-                    skopeo,
-                    "copy",
-                    "-q",
-                    "--all",
-                    "--preserve-digests",
-                    "--retry-times",
-                    "0",
-                    "--authfile",
-                    str(auth_file),
-                    "--src-tls-verify=false",
-                    "--dest-tls-verify=false",
-                    f"docker://{image.reference}",
-                    f"docker://{destination}",
-                ],
+                [*SHIPPED_USER, *argv],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

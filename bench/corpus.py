@@ -11,7 +11,7 @@ have); the others are single-platform OCI images for ``linux/amd64``, so a
 Docker engine on amd64 can pull every image (an index has an amd64 child).
 
 :func:`build_corpus` pushes the corpus into a harness ``Registry`` through the
-registry HTTP API v2 (``tests/e2e/images.py``): each distinct blob is uploaded
+registry HTTP API v2 (``devenv/images.py``): each distinct blob is uploaded
 once and mounted into the other repositories that need it (distribution spec
 ``spec.md`` "Mounting a blob from another repository"), so building is fast
 and the registry holds each blob once.
@@ -25,17 +25,14 @@ was measured with: 54 unique blobs (the issue: 53), 222 MB unique (221 MB) and
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import random
-import tarfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tests.e2e import images as img
-from tests.e2e.harness import Registry
+from devenv import images as img
+from devenv.harness import Registry
 
 MIB = 1024 * 1024
 AMD64 = "linux/amd64"
@@ -132,15 +129,7 @@ def layer_bytes(spec: LayerSpec) -> bytes:
     and gzip header are fixed (mtime 0), so the digest is reproducible.
     """
     content = random.Random(spec.seed).randbytes(spec.size)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(spec.seed.replace("/", "-") + ".bin")
-        info.size = len(content)
-        info.mode = 0o644
-        info.mtime = 0
-        info.uname = info.gname = "root"
-        tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+    return img.file_layer(spec.seed.replace("/", "-") + ".bin", content, compresslevel=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +226,7 @@ def build_corpus(registry: Registry, specs: list[ImageSpec], prefix: str = "corp
         The :class:`Corpus`, with every blob's size.
 
     Raises:
-        tests.e2e.images.ImageBuildError: the registry refused a blob or manifest.
+        devenv.images.ImageBuildError: the registry refused a blob or manifest.
     """
     pusher = _BlobPusher(registry)
     cache: dict[str, bytes] = {}

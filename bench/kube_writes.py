@@ -4,7 +4,7 @@ A cold cycle of 10,000 workloads is one JSON patch and one Event create per
 workload, and on a 2-core machine the controller's CPU per request competes
 with the API server and etcd (issue 11). This measures that CPU alone, so a
 loaded machine changes the wall time but hardly the figure: on the real API
-server of the end-to-end harness (``tests/e2e/harness.py``), ``--writes``
+server of the end-to-end harness (``devenv/harness.py``), ``--writes``
 Deployments in one namespace are patched (an annotation replaced, a real
 write each) and as many Events created, from one thread, first through the
 generated ``kubernetes`` methods as ``cloner/adapters/kube.py`` called them
@@ -19,8 +19,8 @@ Figures per path and round: CPU seconds of the calling thread per write
 the API server excluded) and wall milliseconds per write. Printed as a table
 (medians over the rounds) and written as JSON to ``--results-dir``.
 
-    .venv/bin/python bench/kube_writes.py               # 2000 writes per path, 3 rounds
-    .venv/bin/python bench/kube_writes.py --writes 200 --rounds 1
+    .venv/bin/python -m bench.kube_writes               # 2000 writes per path, 3 rounds
+    .venv/bin/python -m bench.kube_writes --writes 200 --rounds 1
 """
 
 from __future__ import annotations
@@ -39,34 +39,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kubernetes
+
+from cloner.adapters.kube import KubeClient, PoolTransport, read_body
+from cloner.model.events import event_body
+from cloner.model.workloads import Workload
+from devenv.harness import Environment, ensure_components
+from devenv.support import create_namespace
+from devenv.workloads import workload
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import kubernetes  # noqa: E402
-
-from cloner.adapters.kube import KubeClient, PoolTransport, read_body  # noqa: E402
-from cloner.model.events import event_body  # noqa: E402
-from cloner.model.workloads import Workload  # noqa: E402
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
-from tests.e2e.support import create_namespace  # noqa: E402
-
 NAMESPACE = "bench-writes"
 
 
 def deployment(name: str) -> dict[str, Any]:
     """A minimal Deployment (no controller runs: 0 replicas)."""
-    labels = {"app": name}
-    return {
-        "metadata": {"name": name, "annotations": {"bench/round": "0"}},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "c", "image": "127.0.0.1:1/x:1"}]},
-            },
-        },
-    }
+    return workload(
+        "Deployment",
+        name,
+        {"c": "127.0.0.1:1/x:1"},
+        labels={"app": name},
+        spec={"replicas": 0},
+        metadata={"annotations": {"bench/round": "0"}},
+    )
 
 
 def timed(count: int, write: Callable[[int], None]) -> dict[str, float]:

@@ -18,7 +18,7 @@ a legend. ``xlabel`` (optional) says what the zero is.
 far against seconds), one panel per entry, so a change that slows the first
 or the last event down shows as a curve moved to the right.
 
-    .venv/bin/python bench/plot.py bench/results/scale-20260101T120000.json [--out PNG]
+    .venv/bin/python -m bench.plot bench/results/scale-20260101T120000.json [--out PNG]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def plot_result(path: Path, out: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``bench/plot.py RESULT.json [--out PNG]``; prints the PNG path, exit 0."""
+    """``python -m bench.plot RESULT.json [--out PNG]``; prints the PNG path, exit 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="a bench/results/*.json file")
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default: next to it)")

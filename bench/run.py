@@ -4,8 +4,8 @@ Prints one table of figures; asserts nothing. A reconcile pass over a large
 cluster spends its non-I/O time here (every workload is read and planned every
 cycle), so these numbers bound how often a big cluster can be polled.
 
-    .venv/bin/python bench/run.py [--workloads N] [--refs N]
-    .venv/bin/python bench/run.py --smoke     # tiny sizes, for make test
+    .venv/bin/python -m bench.run [--workloads N] [--refs N]
+    .venv/bin/python -m bench.run --smoke     # tiny sizes, for make test
 
 ``--smoke`` runs every benchmark at a tiny size (seconds are meaningless
 then); ``tests/unit/test_bench_smoke.py`` runs it so the benchmark cannot
@@ -20,12 +20,10 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloner.model.reference import Policy, Target, parse_reference
 from cloner.model.workloads import ContainerPlan, Workload, image_patch, plan_workload
+from devenv.workloads import workload
 
 IMAGES = [
     "nginx",
@@ -63,17 +61,14 @@ def synthetic(count: int) -> list[dict]:
     for i in range(count):
         containers = [{"name": f"c{j}", "image": IMAGES[(i + j) % len(IMAGES)]} for j in range(3)]
         items.append(
-            {
-                "metadata": {"name": f"w{i}", "namespace": f"ns{i % 200}", "uid": str(i)},
-                "spec": {
-                    "template": {
-                        "spec": {
-                            "containers": containers,
-                            "initContainers": [{"name": "init", "image": IMAGES[i % 3]}],
-                        }
-                    }
-                },
-            }
+            workload(
+                "Deployment",
+                f"w{i}",
+                containers,
+                init={"init": IMAGES[i % 3]},
+                namespace=f"ns{i % 200}",
+                metadata={"uid": str(i)},
+            )
         )
     return items
 

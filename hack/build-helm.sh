@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the helm v3 CLI from its Go module (helm.sh/helm/v3, through the Go
 # module proxy), once per machine and version, into a cache outside the
-# repository, beside the kube binaries of hack/build-kube.sh. The chart tests
+# repository, beside the kube binaries of hack/build-kube.sh
+# (hack/lib/cached-build.sh). The chart tests
 # (tests/unit/test_chart.py, tests/e2e/test_chart.py) call it, so a fresh
 # machine needs only Go.
 #
@@ -9,27 +10,11 @@
 # Env:   HELM_VERSION                  module version (default below)
 #        IMAGE_CLONER_CACHE            cache root (default ~/.cache/image-cloner)
 set -euo pipefail
+source "$(dirname "$0")/lib/cached-build.sh"
 version=${HELM_VERSION:-v3.22.0}
-cache=${IMAGE_CLONER_CACHE:-$HOME/.cache/image-cloner}
-# The cache key includes a hash of this recipe, so a changed recipe rebuilds.
-recipe=$(sha256sum "$0" | cut -c1-12)
-bin="$cache/helm-$version-$recipe/bin"
-if [[ -x "$bin/helm" ]]; then
-  echo "$bin/helm"
-  exit 0
-fi
-command -v go >/dev/null || { echo "build-helm: Go is required to build helm" >&2; exit 1; }
-mkdir -p "$bin"
-# One build at a time (parallel test runs).
-exec 9>"$bin/.lock"
-flock 9
-if [[ -x "$bin/helm" ]]; then
-  echo "$bin/helm"
-  exit 0
-fi
+cache_dir helm "$version"
+start_build helm "$bin/helm"
 echo "build-helm: building helm $version (first run on this machine only; a few minutes on 2 cores)" >&2
-tmp="$bin/.partial"
-mkdir -p "$tmp"
 # The ldflags of helm's own Makefile: `helm version` reports the version, and
 # `helm template`/`helm lint` assume the Kubernetes version of the client-go
 # helm is built with (unstamped they assume v1.20, which charts with a
@@ -43,6 +28,4 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 done
 GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags "$ldflags" \
   "helm.sh/helm/v3/cmd/helm@$version" >&2
-mv "$tmp/helm" "$bin/helm"
-rmdir "$tmp"
-echo "$bin/helm"
+finish_build helm "$bin/helm"

@@ -9,7 +9,6 @@ loop for a few cycles, prints a before/after table and shuts everything down.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -18,49 +17,27 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import kubernetes.client
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
-from tests.e2e.support import (  # noqa: E402
+from devenv.harness import Environment, ensure_components
+from devenv.support import (
+    REPO,
     controller_command,
+    create,
     create_namespace,
+    images,
     install_controller_rbac,
+    read,
 )
 
-KINDS = {
-    "Deployment": ("create_namespaced_deployment", "read_namespaced_deployment"),
-    "DaemonSet": ("create_namespaced_daemon_set", "read_namespaced_daemon_set"),
-    "StatefulSet": ("create_namespaced_stateful_set", "read_namespaced_stateful_set"),
-}
 
-
-def workload(kind: str, name: str, containers: dict[str, str], init: dict[str, str]) -> dict:
-    labels = {"app": name}
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": labels},
-        "template": {
-            "metadata": {"labels": labels},
-            "spec": {
-                "containers": [{"name": n, "image": i} for n, i in containers.items()],
-                "initContainers": [{"name": n, "image": i} for n, i in init.items()],
-            },
-        },
-    }
-    if kind == "StatefulSet":
-        spec["serviceName"] = name
-    return {"metadata": {"name": name}, "spec": spec}
-
-
-def images(apps: kubernetes.client.AppsV1Api, kind: str, ns: str, name: str) -> dict[str, str]:
-    raw = getattr(apps, KINDS[kind][1])(name, ns, _preload_content=False).data
-    spec = json.loads(raw)["spec"]["template"]["spec"]
-    return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+def workload_images(
+    api: kubernetes.client.ApiClient, kind: str, ns: str, name: str
+) -> dict[str, str]:
+    """Container name -> image of a workload as the API server holds it."""
+    return images(read(api, kind, ns, name))
 
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -85,13 +62,13 @@ def create_samples(env: Environment) -> dict[Key, dict[str, str]]:
         ("DaemonSet", "ops", "agent", {"agent": f"{public}/acme/agent@{agent_digest}"}, {}),
         ("Deployment", "kube-system", "dns", {"dns": f"{public}/library/web:1.25"}, {}),
     ]
-    apps = kubernetes.client.AppsV1Api(env.api_client())
+    api = env.api_client()
     for ns in ("shop", "ops"):
         create_namespace(env, ns)
     before = {}
     for kind, ns, name, containers, init in samples:
-        getattr(apps, KINDS[kind][0])(ns, workload(kind, name, containers, init))
-        before[(kind, ns, name)] = images(apps, kind, ns, name)
+        create(api, kind, ns, name, containers, init)
+        before[(kind, ns, name)] = workload_images(api, kind, ns, name)
     return before
 
 
@@ -127,7 +104,7 @@ def run_controller(env: Environment, config: Path, before: dict[Key, dict[str, s
         "demo: running the controller loop (pollInterval 2s) as the image-cloner "
         "ServiceAccount with the RBAC of manifests/base/rbac.yaml; its log follows\n"
     )
-    apps = kubernetes.client.AppsV1Api(env.api_client())
+    api = env.api_client()
     controller = subprocess.Popen(
         controller_command(install_controller_rbac(env), config),
         stdout=subprocess.PIPE,
@@ -144,7 +121,7 @@ def run_controller(env: Environment, config: Path, before: dict[Key, dict[str, s
         expected = [k for k in before if k[1] != "kube-system"]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if all(images(apps, *k) != before[k] for k in expected):
+            if all(workload_images(api, *k) != before[k] for k in expected):
                 break
             time.sleep(1)
         time.sleep(4.5)  # two more cycles: they find nothing to do
@@ -158,11 +135,11 @@ def run_controller(env: Environment, config: Path, before: dict[Key, dict[str, s
 def report(env: Environment, before: dict[Key, dict[str, str]]) -> int:
     """Print the before/after table, the owned catalog and the pull secrets; returns the count."""
     api = env.api_client()
-    core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
+    core = kubernetes.client.CoreV1Api(api)
     rows = [("WORKLOAD", "CONTAINER", "BEFORE", "AFTER")]
     changed = 0
     for key, old in before.items():
-        new = images(apps, *key)
+        new = workload_images(api, *key)
         for container, image in old.items():
             after = new[container]
             changed += after != image

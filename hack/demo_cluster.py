@@ -1,6 +1,6 @@
 """`make demo-cluster`: image-cloner on a real single-node cluster, deployed by `make deploy`.
 
-Starts the end-to-end environment with a node (tests/e2e/cluster.py:
+Starts the end-to-end environment with a node (devenv/cluster.py:
 containerd, kubelet, controller-manager, scheduler; hostNetwork pods, all on
 127.0.0.1), builds the controller image with `make image` from an offline
 base (cached after the first run), deploys the shipped manifests with `make
@@ -18,13 +18,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.cluster import Cluster, make, write_overlay  # noqa: E402
-from tests.e2e.harness import Environment, ensure_components  # noqa: E402
+from devenv.cluster import Cluster, host_workload, make, write_overlay
+from devenv.harness import Environment, ensure_components
 
 NAMESPACE = "demo"
 WORKLOADS = (("deployment", "web"), ("statefulset", "db"), ("daemonset", "agent"))
@@ -36,30 +32,6 @@ def kubectl(env: Environment, *args: str) -> str:
     if result.returncode != 0:
         raise SystemExit(f"demo: kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def manifest(kind: str, name: str, image: str, init: str | None) -> dict[str, Any]:
-    """A hostNetwork workload of ``kind`` running ``image`` (and ``init`` as init container)."""
-    labels = {"app": name}
-    pod: dict[str, Any] = {
-        "hostNetwork": True,
-        "terminationGracePeriodSeconds": 2,
-        "containers": [{"name": "main", "image": image}],
-    }
-    if init:
-        pod["initContainers"] = [{"name": "init", "image": init, "args": ["exit"]}]
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": pod},
-    }
-    if kind == "StatefulSet":
-        spec["serviceName"] = name
-    return {
-        "apiVersion": "apps/v1",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    }
 
 
 def template_images(env: Environment, kind: str, name: str) -> list[str]:
@@ -92,9 +64,9 @@ def create_workloads(cluster: Cluster, env: Environment, workdir: Path) -> dict[
     kubectl(env, "create", "namespace", NAMESPACE)
     cluster.wait_namespace_ready(NAMESPACE)
     objects = [
-        manifest("Deployment", "web", images["web"], images["migrate"]),
-        manifest("StatefulSet", "db", images["db"], None),
-        manifest("DaemonSet", "agent", images["agent"], None),
+        host_workload("Deployment", NAMESPACE, "web", images["web"], images["migrate"]),
+        host_workload("StatefulSet", NAMESPACE, "db", images["db"]),
+        host_workload("DaemonSet", NAMESPACE, "agent", images["agent"]),
     ]
     path = workdir / "demo-workloads.json"
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))

@@ -2,7 +2,7 @@
 # Install what `make demo` and `make test` need on a fresh Debian machine:
 # the real components the end-to-end environment starts (dockerd, two
 # distribution registries, etcd, htpasswd) and the single-node cluster of
-# tests/e2e/cluster.py (containerd with its CRI plugin, runc, the loopback CNI
+# devenv/cluster.py (containerd with its CRI plugin, runc, the loopback CNI
 # plugin, debootstrap for the offline base image, skopeo, ip) from Debian
 # packages. Idempotent:
 # does nothing when everything is already there. kube-apiserver is built from

@@ -2,7 +2,7 @@
 // entrypoint of its sample workload images: a static binary that waits for
 // SIGTERM or SIGINT and exits 0. With the argument "exit" it exits 0 at once
 // (an init container that completes). Built with CGO_ENABLED=0 by
-// tests/e2e/cluster.py, so the images need nothing but this file.
+// devenv/cluster.py, so the images need nothing but this file.
 package main
 
 import (

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Environment, ensure_components
-from tests.e2e.support import Scope, create_namespace, install_controller_rbac, write_config
+from devenv.cluster import Cluster
+from devenv.harness import Environment, ensure_components
+from devenv.support import Scope, create_namespace, install_controller_rbac, write_config
 
 
 @pytest.fixture(scope="session")
@@ -73,12 +74,9 @@ def scope(env: Environment, namespace: str, tmp_path: Path, controller_kubeconfi
     return Scope(env, namespace, target, config, controller_kubeconfig)
 
 
-from tests.e2e.cluster import Cluster  # noqa: E402  (appended with the cluster fixture)
-
-
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A real single-node cluster (tests/e2e/cluster.py) on its own Environment, once per session.
+    """A real single-node cluster (devenv/cluster.py) on its own Environment, once per session.
 
     Its own etcd, API server (Node,RBAC), dockerd and registries, so the
     other tests' workloads never get pods. Binaries, the debootstrap base and

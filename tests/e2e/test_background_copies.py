@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import images as img
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import (
     RegistryProxy,
     Scope,
     controller_loop,
@@ -27,9 +27,8 @@ from tests.e2e.support import (
     read,
     scrape,
     serving,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import wait_for
 
 CYCLES = "image_cloner_reconcile_duration_seconds_count"
 
@@ -41,7 +40,7 @@ def blob_path(namespace: str, name: str) -> str:
 
 @pytest.mark.parametrize("backend", ["docker", "skopeo"])
 def test_a_long_copy_goes_on_in_the_background_and_shutdown_abandons_it_at_once(
-    scope: Scope, env: Environment, tmp_path: Path, backend: str
+    scope: Scope, env: Environment, backend: str
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -64,21 +63,13 @@ def test_a_long_copy_goes_on_in_the_background_and_shutdown_abandons_it_at_once(
         return f"{scope.owned(name, proxy.host)}:1"
 
     def config(name: str, **extra: object) -> Path:
-        return write_config(
-            tmp_path / name,
-            env,
-            scope.target,
-            namespaces={"include": [ns]},
-            copyBackend=backend,
-            **extra,
-        )
+        return scope.write_config(name, copyBackend=backend, **extra)
 
-    port = free_port()
     with serving(proxy):
         create(api, "Deployment", ns, "fast", {"main": source("fast")})
         create(api, "Deployment", ns, "both", {"a": source("fast"), "b": source("slow")})
         create(api, "Deployment", ns, "slow", {"main": source("slow")})
-        loop = config("c.yaml", pollInterval=2, metricsPort=port, metricsAddress="127.0.0.1")
+        loop, port = scope.metrics_config("c.yaml", copyBackend=backend, pollInterval=2)
         with controller_loop(scope.kubeconfig, loop) as output:
             # The image of the same registry that answers is copied and its
             # workload patched while the slow copy is held mid-way.

@@ -1,6 +1,6 @@
 """The copy benchmark runs end to end at a tiny size, prints its table and writes its JSON.
 
-``bench/copies.py --smoke`` starts its own real environment (etcd,
+``python -m bench.copies --smoke`` starts its own real environment (etcd,
 kube-apiserver, dockerd, two registries), copies a 4-image corpus with every
 contender once and runs the warm cycle. Timings are not asserted (they mean
 nothing at this size); what is asserted is that every run copied every image,
@@ -11,12 +11,10 @@ that the timelines were written and drawn.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "copies.py"
+from devenv.support import run_python
+
 CONTENDERS = (
     "controller-docker-c2",
     "controller-skopeo-c2",
@@ -26,13 +24,8 @@ CONTENDERS = (
 
 
 def test_bench_copy_smoke_prints_its_table_and_writes_valid_json(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--results-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
+    result = run_python(
+        "-m", "bench.copies", "--smoke", "--results-dir", str(tmp_path), timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()

@@ -1,4 +1,4 @@
-"""``bench/scale.py --smoke`` runs end to end on the real components and reports every figure.
+"""``python -m bench.scale --smoke`` runs end to end on the real components, reporting each figure.
 
 The benchmark starts its own Environment (etcd, kube-apiserver, dockerd,
 registries on 127.0.0.1), so this test does not use the session's ``env``
@@ -14,12 +14,9 @@ registry, the table printed with each row, the JSON and the PNG written.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SCALE = ROOT / "bench" / "scale.py"
+from devenv.support import run_python
 
 #: figures the table must show (the targets of issue 11 among them)
 FIGURES = (
@@ -45,14 +42,7 @@ FIGURES = (
 
 
 def test_scale_smoke_patches_everything_and_reports_each_figure(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCALE), "--smoke", "--results-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-        check=False,
-    )
+    result = run_python("-m", "bench.scale", "--smoke", "--results-dir", str(tmp_path), timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("phase "))

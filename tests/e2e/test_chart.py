@@ -30,8 +30,9 @@ import yaml
 
 import cloner
 from cloner.config import KEYS_BY_YAML, Settings, load_settings
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster
-from tests.e2e.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster
+from devenv.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
+from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     all_ready,
     apply,
@@ -42,7 +43,8 @@ from tests.e2e.test_cluster import (
     pulled_messages,
     sample_workloads,
     template_images,
-    wait_for,
+    wait_controller_gone,
+    wait_pods_running,
     workload_pods,
 )
 
@@ -716,9 +718,10 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
             "--timeout=240s",
         )
         wait_for(
-            "controller pod 2/2 Ready",
             lambda: any(all_ready(p, 2) for p in controller_pods(cluster)),
             120,
+            "controller pod 2/2 Ready",
+            interval=1.0,
         )
         print(f"\nhelm install -> controller 2/2 Ready in {time.monotonic() - started:.1f}s")
         status = json.loads(
@@ -750,20 +753,19 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
         )
         prefix = target + "/"
         wait_for(
-            "the Deployment patched to the owned copy",
             lambda: all(
                 i.startswith(prefix)
                 for i in template_images(cluster, NS_HELM_APPS, "deployment", "web")
             ),
             120,
+            "the Deployment patched to the owned copy",
+            interval=1.0,
         )
         kubectl(
             cluster, "-n", NS_HELM_APPS, "rollout", "status", "deployment/web", "--timeout=180s"
         )
-        wait_for(
-            "the web pods Running on the owned copy",
-            lambda: pods_running_on(cluster, NS_HELM_APPS, "web", prefix, 2),
-            120,
+        wait_pods_running(
+            cluster, NS_HELM_APPS, "web", prefix, 2, "the web pods Running on the owned copy"
         )
         # The kubelet pulled from the owned registry, which answers only
         # authenticated requests: with the pull Secret the controller made.
@@ -777,13 +779,7 @@ def test_helm_install_patches_a_workload_that_runs_from_the_owned_copy_then_unin
             "uninstall", "image-cloner", "--namespace", "default", kubeconfig=env.kubeconfig
         )
     assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
-    wait_for(
-        "namespace image-cloner gone",
-        lambda: (
-            kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
-        ),
-        120,
-    )
+    wait_controller_gone(cluster)
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl(cluster, "get", kind, "image-cloner", check=False).returncode != 0
     listed = helm.run("list", "--all-namespaces", "-q", kubeconfig=env.kubeconfig)

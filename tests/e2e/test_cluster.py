@@ -1,6 +1,6 @@
 """The controller on a real node: ``make deploy``, patched pods running from owned copies.
 
-One cluster per session (the ``cluster`` fixture, tests/e2e/cluster.py); the
+One cluster per session (the ``cluster`` fixture, devenv/cluster.py); the
 scenarios build on each other in file order, like a user's first day:
 deploy, watch workloads switch and run, lose the public registry, revert one
 namespace, undeploy. First of all, the backend without Docker
@@ -29,9 +29,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.harness import REPO_ROOT, free_ports
-from tests.e2e.images import platforms_served
+from devenv.cluster import (
+    CONTROLLER_NAMESPACE,
+    Cluster,
+    Deployment,
+    host_workload,
+    make,
+    write_overlay,
+)
+from devenv.harness import REPO_ROOT, free_ports
+from devenv.images import platforms_served
+from devenv.waiting import wait_for
+from devenv.workloads import workload
 
 NS_SECRET = "apps-with-secret"  # the default ServiceAccount already has a pull secret
 NS_SA = "apps-with-sa"  # every workload runs as a custom ServiceAccount
@@ -70,18 +79,6 @@ def apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def wait_for(what: str, condition: Any, timeout: float, interval: float = 1.0) -> Any:
-    """Poll ``condition()`` until it returns a truthy value; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 @dataclass
 class Workloads:
     """The sample workloads and the public images they started with."""
@@ -90,74 +87,24 @@ class Workloads:
     kinds: list[tuple[str, str, str]] = field(default_factory=list)  # (namespace, kind, name)
 
 
-def pod_template(
-    images: dict[str, str], labels: dict[str, str], service_account: str | None, secret: str | None
-) -> dict[str, Any]:
-    """A hostNetwork pod template: an optional init container that exits, one that waits."""
-    spec: dict[str, Any] = {
-        "hostNetwork": True,
-        "terminationGracePeriodSeconds": 2,
-        "containers": [
-            {"name": "main", "image": images["main"], "imagePullPolicy": "IfNotPresent"}
-        ],
-    }
-    if "init" in images:
-        spec["initContainers"] = [
-            {
-                "name": "init",
-                "image": images["init"],
-                "args": ["exit"],
-                "imagePullPolicy": "IfNotPresent",
-            }
-        ]
-    if service_account:
-        spec["serviceAccountName"] = service_account
-    if secret:
-        spec["imagePullSecrets"] = [{"name": secret}]
-    return {"metadata": {"labels": labels}, "spec": spec}
-
-
 def sample_workloads(
     namespace: str, public: dict[str, str], sa: str | None, secret: str | None
 ) -> list[dict[str, Any]]:
     """A Deployment (with an init container), a StatefulSet and a DaemonSet in ``namespace``."""
-
-    def labels(name: str) -> dict[str, str]:
-        return {"app": name}
-
+    pod = {"serviceAccountName": sa} if sa else {}
+    web_pod = {**pod, "imagePullSecrets": [{"name": secret}]} if secret else pod
     return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": namespace},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels("web")},
-                "template": pod_template(
-                    {"main": public["web"], "init": public["init"]}, labels("web"), sa, secret
-                ),
-            },
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {"name": "db", "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "serviceName": "db",
-                "selector": {"matchLabels": labels("db")},
-                "template": pod_template({"main": public["db"]}, labels("db"), sa, None),
-            },
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "agent", "namespace": namespace},
-            "spec": {
-                "selector": {"matchLabels": labels("agent")},
-                "template": pod_template({"main": public["agent"]}, labels("agent"), sa, None),
-            },
-        },
+        host_workload(
+            "Deployment",
+            namespace,
+            "web",
+            public["web"],
+            public["init"],
+            pod=web_pod,
+            spec={"replicas": 2},
+        ),
+        host_workload("StatefulSet", namespace, "db", public["db"], pod=pod, spec={"replicas": 1}),
+        host_workload("DaemonSet", namespace, "agent", public["agent"], pod=pod),
     ]
 
 
@@ -189,6 +136,30 @@ def pods_running_on(cluster: Cluster, namespace: str, name: str, prefix: str, co
         if not all(i.startswith(prefix) for i in images):
             return False
     return True
+
+
+def controller_gone(cluster: Cluster) -> bool:
+    """Whether the controller's namespace is gone (``make undeploy``, ``helm uninstall``)."""
+    return kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
+
+
+def wait_controller_gone(cluster: Cluster) -> None:
+    """Poll once a second, for up to 120 s, until :func:`controller_gone`."""
+    wait_for(
+        lambda: controller_gone(cluster),
+        120,
+        f"namespace {CONTROLLER_NAMESPACE} gone",
+        interval=1.0,
+    )
+
+
+def wait_pods_running(
+    cluster: Cluster, namespace: str, name: str, prefix: str, count: int, what: str
+) -> None:
+    """Poll once a second, for up to 120 s, until :func:`pods_running_on` holds."""
+    wait_for(
+        lambda: pods_running_on(cluster, namespace, name, prefix, count), 120, what, interval=1.0
+    )
 
 
 def recreated_and_running(
@@ -280,9 +251,10 @@ def controller_ready(cluster: Cluster, containers: int, rollout_timeout: int = 2
         f"--timeout={rollout_timeout}s",
     )
     wait_for(
-        f"controller pod {containers}/{containers} Ready",
         lambda: any(all_ready(p, containers) for p in controller_pods(cluster)),
         120,
+        f"controller pod {containers}/{containers} Ready",
+        interval=1.0,
     )
 
 
@@ -386,12 +358,13 @@ def skopeo_deployed(cluster: Cluster) -> Iterator[Deployment]:
         kubectl(cluster, "delete", "namespace", NS_SKOPEO, "--wait=false", check=False)
         result = make(cluster, "undeploy", deployment)
         wait_for(
-            f"namespaces {CONTROLLER_NAMESPACE} and {NS_SKOPEO} gone",
             lambda: all(
                 kubectl(cluster, "get", "namespace", ns, check=False).returncode != 0
                 for ns in (CONTROLLER_NAMESPACE, NS_SKOPEO)
             ),
             120,
+            f"namespaces {CONTROLLER_NAMESPACE} and {NS_SKOPEO} gone",
+            interval=1.0,
         )
         print(f"\nmake undeploy (skopeo) -> namespaces gone in {time.monotonic() - started:.1f}s")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -482,48 +455,30 @@ class TestBackendWithoutDocker:
         pinned = cluster.build_runnable_image(f"{public}/{NS_SKOPEO}/pinned:1", seed="pinned")
         kubectl(cluster, "create", "namespace", NS_SKOPEO)
         cluster.wait_namespace_ready(NS_SKOPEO)
-        template = {
-            "metadata": {"labels": {"app": "app"}},
-            "spec": {
-                "hostNetwork": True,
-                "terminationGracePeriodSeconds": 2,
-                "initContainers": [
-                    {"name": "init", "image": f"{public}/{NS_SKOPEO}/single:1", "args": ["exit"]}
-                ],
-                "containers": [
-                    {
-                        "name": "multi",
-                        "image": f"{public}/{NS_SKOPEO}/multi:1",
-                        "command": ["/pause"],
-                    },
-                    {"name": "pinned", "image": f"{public}/{NS_SKOPEO}/pinned@{pinned}"},
-                ],
-            },
-        }
-        apply(
-            cluster,
+        app = workload(
+            "Deployment",
+            "app",
             [
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": "app", "namespace": NS_SKOPEO},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": {"app": "app"}},
-                        "template": template,
-                    },
-                }
+                {"name": "multi", "image": f"{public}/{NS_SKOPEO}/multi:1", "command": ["/pause"]},
+                {"name": "pinned", "image": f"{public}/{NS_SKOPEO}/pinned@{pinned}"},
             ],
+            init=[{"name": "init", "image": f"{public}/{NS_SKOPEO}/single:1", "args": ["exit"]}],
+            namespace=NS_SKOPEO,
+            labels={"app": "app"},
+            pod={"hostNetwork": True, "terminationGracePeriodSeconds": 2},
+            spec={"replicas": 1},
         )
+        apply(cluster, [app])
         prefix = skopeo_deployed.target + "/"
         started = time.monotonic()
         wait_for(
-            "the Deployment patched to owned images",
             lambda: all(
                 i.startswith(prefix)
                 for i in template_images(cluster, NS_SKOPEO, "deployment", "app")
             ),
             120,
+            "the Deployment patched to owned images",
+            interval=1.0,
         )
         print(f"\nskopeo: workload patched {time.monotonic() - started:.1f}s after apply")
         owned_path = f"{skopeo_deployed.target.split('/', 1)[1]}/{public.replace(':', '-')}"
@@ -543,10 +498,8 @@ class TestBackendWithoutDocker:
         assert owned.manifest_digest(repository["single"], "1") == single
         assert platforms_served(owned, repository["pinned"], pinned) == {"linux/amd64": pinned}
         rollout(cluster, NS_SKOPEO, "deployment", "app")
-        wait_for(
-            "the new pod Running on owned images",
-            lambda: pods_running_on(cluster, NS_SKOPEO, "app", prefix, 1),
-            120,
+        wait_pods_running(
+            cluster, NS_SKOPEO, "app", prefix, 1, "the new pod Running on owned images"
         )
         print(f"skopeo: new pod Running {time.monotonic() - started:.1f}s after apply")
         # The first pod pulled the public images (created before the patch),
@@ -563,9 +516,10 @@ class TestBackendWithoutDocker:
         deleted_at = time.time()
         kubectl(cluster, "-n", NS_SKOPEO, "delete", "pods", "-l", "app=app", "--wait=false")
         wait_for(
-            "a new pod Running from owned copies",
             lambda: recreated_and_running(cluster, NS_SKOPEO, "app", prefix, deleted_at),
             120,
+            "a new pod Running from owned copies",
+            interval=1.0,
         )
         print(f"skopeo: replacement pod Running {time.time() - deleted_at:.1f}s after the delete")
         (pod,) = workload_pods(cluster, NS_SKOPEO, "app")
@@ -634,21 +588,17 @@ def test_workloads_roll_out_on_owned_copies_pulled_with_the_provisioned_secret(
     prefix = deployed.target + "/"
     for namespace, kind, name in workloads.kinds:
         wait_for(
-            f"{namespace}/{kind}/{name} patched to owned images",
             lambda namespace=namespace, kind=kind, name=name: all(
                 i.startswith(prefix) for i in template_images(cluster, namespace, kind, name)
             ),
             120,
+            f"{namespace}/{kind}/{name} patched to owned images",
+            interval=1.0,
         )
     for namespace, kind, name in workloads.kinds:
         rollout(cluster, namespace, kind, name)
-        wait_for(
-            f"{namespace}/{name} pods Running on owned images",
-            lambda namespace=namespace, name=name: pods_running_on(
-                cluster, namespace, name, prefix, counts(name)
-            ),
-            120,
-        )
+        what = f"{namespace}/{name} pods Running on owned images"
+        wait_pods_running(cluster, namespace, name, prefix, counts(name), what)
     # The provisioned secret: next to the team's on the default SA, on the custom SA.
     default = get_json(cluster, "-n", NS_SECRET, "serviceaccount", "default")
     secrets = [s["name"] for s in default.get("imagePullSecrets", [])]
@@ -714,11 +664,12 @@ def test_template_with_its_own_pull_secret_gets_the_managed_one_and_runs(
     )
     prefix = deployed.target + "/"
     wait_for(
-        "the Deployment patched to owned images",
         lambda: all(
             i.startswith(prefix) for i in template_images(cluster, NS_TEMPLATE, "deployment", "web")
         ),
         120,
+        "the Deployment patched to owned images",
+        interval=1.0,
     )
 
     def settled() -> str:
@@ -737,7 +688,7 @@ def test_template_with_its_own_pull_secret_gets_the_managed_one_and_runs(
                     return reason
         return ""
 
-    assert wait_for("the new pods to run or fail to pull", settled, 120) == "running"
+    assert wait_for(settled, 120, "the new pods to run or fail to pull", interval=1.0) == "running"
 
 
 NS_CRON = "apps-cron"  # a CronJob that runs every minute
@@ -750,40 +701,19 @@ def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
     cluster.build_runnable_image(image, seed=image)
     kubectl(cluster, "create", "namespace", NS_CRON)
     cluster.wait_namespace_ready(NS_CRON)
-    apply(
-        cluster,
-        [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "CronJob",
-                "metadata": {"name": "minutely", "namespace": NS_CRON},
-                "spec": {
-                    "schedule": "* * * * *",
-                    "concurrencyPolicy": "Forbid",
-                    "jobTemplate": {
-                        "spec": {
-                            "backoffLimit": 0,
-                            "template": {
-                                "spec": {
-                                    "hostNetwork": True,
-                                    "restartPolicy": "Never",
-                                    "terminationGracePeriodSeconds": 2,
-                                    "containers": [
-                                        {
-                                            "name": "task",
-                                            "image": image,
-                                            "args": ["exit"],
-                                            "imagePullPolicy": "IfNotPresent",
-                                        }
-                                    ],
-                                }
-                            },
-                        }
-                    },
-                },
-            }
-        ],
+    minutely = workload(
+        "CronJob",
+        "minutely",
+        [{"name": "task", "image": image, "args": ["exit"], "imagePullPolicy": "IfNotPresent"}],
+        namespace=NS_CRON,
+        pod={"hostNetwork": True, "terminationGracePeriodSeconds": 2},
+        spec={
+            "schedule": "* * * * *",
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"spec": {"backoffLimit": 0}},
+        },
     )
+    apply(cluster, [minutely])
     prefix = deployed.target + "/"
 
     def job_template_image() -> str:
@@ -792,9 +722,10 @@ def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
         return str(spec["containers"][0]["image"])
 
     owned = wait_for(
-        "the CronJob patched to the owned image",
         lambda: job_template_image() if job_template_image().startswith(prefix) else "",
         120,
+        "the CronJob patched to the owned image",
+        interval=1.0,
     )
     patched_at = time.time()
 
@@ -817,7 +748,9 @@ def test_cron_job_is_patched_and_its_next_job_pulls_the_owned_copy(
                 return pod
         return None
 
-    pod = wait_for("a Job started after the patch to run from the owned copy", next_job_pod, 150)
+    pod = wait_for(
+        next_job_pod, 150, "a Job started after the patch to run from the owned copy", interval=1.0
+    )
     assert [c["image"] for c in pod["spec"]["containers"]] == [owned]
     pulled = pulled_messages(cluster, NS_CRON, pod["metadata"]["name"])
     assert any(owned.split("@")[0] in message for message in pulled), pulled
@@ -848,11 +781,12 @@ def test_pods_come_back_from_owned_copies_without_the_public_registry(
             kubectl(cluster, "-n", namespace, "delete", "pods", "--all", "--wait=false")
         for namespace, _kind, name in workloads.kinds:
             wait_for(
-                f"{namespace}/{name} back Running from owned copies",
                 lambda namespace=namespace, name=name: recreated_and_running(
                     cluster, namespace, name, prefix, deleted_at
                 ),
                 180,
+                f"{namespace}/{name} back Running from owned copies",
+                interval=1.0,
             )
         for namespace in (NS_SECRET, NS_SA):
             for pod in get_json(cluster, "-n", namespace, "pods")["items"]:
@@ -919,11 +853,12 @@ def test_leader_election_the_standby_takes_over_when_the_leader_pod_is_deleted(
         pods = {p["metadata"]["name"]: p for p in controller_pods(cluster)}
         assert len(pods) == 2 and all(all_ready(p, 2) for p in pods.values()), list(pods)
         identities = wait_for(
-            "both pods to log their identity",
             lambda: (ids := {pod_identity(cluster, n): n for n in pods}) and "" not in ids and ids,
             60,
+            "both pods to log their identity",
+            interval=1.0,
         )
-        holder = wait_for("a leader", lambda: lease_holder(cluster), 60)
+        holder = wait_for(lambda: lease_holder(cluster), 60, "a leader", interval=1.0)
         leader_pod = identities[holder]
         standby_identity = next(i for i in identities if i != holder)
         started = time.monotonic()
@@ -931,21 +866,17 @@ def test_leader_election_the_standby_takes_over_when_the_leader_pod_is_deleted(
         # A new workload only a working leader can patch.
         image = f"{cluster.env.public.host}/{NS_SECRET}/late:1"
         cluster.build_runnable_image(image, seed=image)
-        late = sample_workloads(
-            NS_SECRET, {"web": image, "init": image, "db": image, "agent": image}, None, None
-        )[0]
-        late["metadata"]["name"] = "late"
-        late["spec"]["selector"] = {"matchLabels": {"app": "late"}}
-        late["spec"]["template"]["metadata"]["labels"] = {"app": "late"}
+        late = host_workload("Deployment", NS_SECRET, "late", image, image, spec={"replicas": 2})
         apply(cluster, [late])
         prefix = deployed.target + "/"
         wait_for(
-            "the late Deployment patched by the new leader",
             lambda: all(
                 i.startswith(prefix)
                 for i in template_images(cluster, NS_SECRET, "deployment", "late")
             ),
             LEASE_DURATION + POLL_INTERVAL + 30,
+            "the late Deployment patched by the new leader",
+            interval=1.0,
         )
         took = time.monotonic() - started
         print(f"\nleader pod deleted -> new workload patched by the standby in {took:.1f}s")
@@ -1008,7 +939,9 @@ def test_revert_in_the_pod_with_the_loop_paused_rolls_back_to_public_images(
         ).stdout
         return "pollInterval=86400" in logs and ("became leader" in logs or "reconcile:" in logs)
 
-    wait_for("the restarted controller to hold the lease with its loop paused", paused, 90)
+    wait_for(
+        paused, 90, "the restarted controller to hold the lease with its loop paused", interval=1.0
+    )
     result = kubectl(
         cluster,
         "-n",
@@ -1035,13 +968,8 @@ def test_revert_in_the_pod_with_the_loop_paused_rolls_back_to_public_images(
             i.startswith(public_prefix) for i in template_images(cluster, namespace, kind, name)
         )
         rollout(cluster, namespace, kind, name)
-        wait_for(
-            f"{namespace}/{name} pods Running on public images again",
-            lambda namespace=namespace, name=name: pods_running_on(
-                cluster, namespace, name, public_prefix, counts(name)
-            ),
-            120,
-        )
+        what = f"{namespace}/{name} pods Running on public images again"
+        wait_pods_running(cluster, namespace, name, public_prefix, counts(name), what)
     runner = get_json(cluster, "-n", NS_SA, "serviceaccount", "runner")
     assert "image-cloner-pull-secret" not in [
         s["name"] for s in runner.get("imagePullSecrets") or []
@@ -1059,13 +987,7 @@ def test_make_undeploy_removes_the_controller_and_workloads_keep_running(
 ) -> None:
     result = make(cluster, "undeploy", deployed)
     assert result.returncode == 0, result.stdout + result.stderr
-    wait_for(
-        "namespace image-cloner gone",
-        lambda: (
-            kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
-        ),
-        120,
-    )
+    wait_controller_gone(cluster)
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl(cluster, "get", kind, "image-cloner", check=False).returncode != 0
     for namespace, _kind, name in workloads.kinds:

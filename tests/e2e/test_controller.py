@@ -19,8 +19,8 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     REPO,
     Scope,
     controller_loop,
@@ -35,19 +35,18 @@ from tests.e2e.support import (
     scrape,
     write_config,
 )
+from devenv.waiting import wait_for
 
 
 def test_once_clones_every_kind_and_patches_only_verified_images(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
     excluded_ns = f"{ns}-excluded"
     create_namespace(env, excluded_ns)
-    config = write_config(
-        tmp_path / "scoped.yaml",
-        env,
-        scope.target,
+    config = scope.write_config(
+        "scoped.yaml",
         namespaces={"include": [f"{ns}*"], "exclude": [excluded_ns]},
         listPageSize=2,  # several pages per kind: exercises limit/continue for real
     )
@@ -170,28 +169,21 @@ def test_once_clones_every_kind_and_patches_only_verified_images(
 
 
 def test_loop_patches_new_workloads_serves_metrics_and_stops_on_sigterm(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("svc:2"), layers=2, seed=f"{ns}-svc")
-    port = free_port()
-    config = write_config(
-        tmp_path / "loop.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        metricsPort=port,
-        metricsAddress="127.0.0.1",
-    )
+    config, port = scope.metrics_config("loop.yaml")
     with controller_loop(scope.kubeconfig, config) as lines:  # exits 0 on SIGTERM
         time.sleep(2)  # the loop is running with nothing to do
         create(api, "Deployment", ns, "late", {"svc": scope.source("svc:2")})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2":
-                break
-            time.sleep(0.5)
+        wait_for(
+            lambda: images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2",
+            60,
+            "the late Deployment patched",
+            interval=0.5,
+        )
         assert images(read(api, "Deployment", ns, "late"))["svc"] == f"{scope.owned('svc')}:2"
         time.sleep(2.5)  # more cycles over unchanged workloads
         metrics = scrape(port)
@@ -213,13 +205,7 @@ def test_wrong_owned_password_fails_with_auth_and_patches_nothing(
     wrong = tmp_path / "docker-config.json"
     token = base64.b64encode(f"{env.owned.username}:not-the-password".encode()).decode()
     wrong.write_text(json.dumps({"auths": {env.owned.host: {"auth": token}}}))
-    config = write_config(
-        tmp_path / "wrong.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        dockerConfig=str(wrong),
-    )
+    config = scope.write_config("wrong.yaml", dockerConfig=str(wrong))
     owned_log = log_size(env.owned)
     result = scope.run(config)
     assert result.returncode == 1
@@ -304,9 +290,7 @@ def test_manifests_pass_server_side_dry_run(env: Environment) -> None:
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_controller_works_with_only_the_manifests_rbac(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_controller_works_with_only_the_manifests_rbac(scope: Scope, env: Environment) -> None:
     """Run as the image-cloner ServiceAccount, bound by manifests/rbac.yaml alone."""
     kubeconfig = scope.kubeconfig  # manifests/ RBAC applied by the fixture
     ns = scope.namespace
@@ -360,13 +344,7 @@ def test_once_exits_leaving_no_temporary_file_behind(
     api = env.api_client()
     env.build_image(scope.source("app:1"), layers=2, seed=f"{ns}-app")
     create(api, "Deployment", ns, "web", {"main": scope.source("app:1")})
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        copyBackend="skopeo",
-    )
+    config = scope.write_config("c.yaml", copyBackend="skopeo")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     result = run_controller(env, config, extra_env={"TMPDIR": str(tmp)})

@@ -43,10 +43,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import images, signing
-from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, create, read, write_config
-from tests.e2e.support import images as workload_images
+from devenv import images, signing
+from devenv.harness import Environment
+from devenv.support import REPO, Scope, create, read
+from devenv.support import images as workload_images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cosign]
 
@@ -272,16 +272,9 @@ def cosign(cosign_binary: Path, env: Environment, tmp_path: Path) -> Iterator[Co
     print(tool.summary())
 
 
-def controller_config(scope: Scope, tmp_path: Path, name: str, **extra: Any) -> Path:
+def controller_config(scope: Scope, name: str, **extra: Any) -> Path:
     """The test's controller config with the skopeo backend (and ``extra`` keys)."""
-    return write_config(
-        tmp_path / f"{name}.yaml",
-        scope.env,
-        scope.target,
-        namespaces={"include": [scope.namespace]},
-        copyBackend="skopeo",
-        **extra,
-    )
+    return scope.write_config(f"{name}.yaml", copyBackend="skopeo", **extra)
 
 
 def run_controller(scope: Scope, path: Path) -> None:
@@ -333,7 +326,7 @@ def assert_statements(statements: Sequence[dict[str, Any]], digest: str) -> None
 
 @pytest.mark.parametrize("bundle", [False, True], ids=["sig-tag", "bundle"])
 def test_cosign_verifies_the_owned_copy_of_an_image_cosign_signed(
-    scope: Scope, env: Environment, tmp_path: Path, cosign: Cosign, bundle: bool
+    scope: Scope, env: Environment, cosign: Cosign, bundle: bool
 ) -> None:
     """cosign's signatures and attestation verify on the owned copy only once copied."""
     ns = scope.namespace
@@ -368,14 +361,14 @@ def test_cosign_verifies_the_owned_copy_of_an_image_cosign_signed(
 
     # The image alone (signatures: off): the copy exists, its signatures do not.
     deploy(scope, "signed")
-    run_controller(scope, controller_config(scope, tmp_path, "off", signatures="off"))
+    run_controller(scope, controller_config(scope, "off", signatures="off"))
     assert deployed_image(scope, "signed") == f"{scope.owned('signed')}:1.0"
     assert env.owned.manifest_digest(owned_repository, index.digest) == index.digest
     cosign.fails("no signatures found", *cosign.verify_args(right, owned))
     cosign.fails(NONE_FOUND, *cosign.verify_attestation_args(right, owned, "slsaprovenance"))
 
     # signatures: copy brings them beside the copy, byte for byte.
-    run_controller(scope, controller_config(scope, tmp_path, "copy", signatures="copy"))
+    run_controller(scope, controller_config(scope, "copy", signatures="copy"))
     assert deployed_image(scope, "signed") == f"{scope.owned('signed')}:1.0"
     for digest in digests:  # cosign sign --recursive signed the index and each platform
         reference = f"{scope.owned('signed')}@{digest}"
@@ -396,7 +389,7 @@ def test_cosign_verifies_the_owned_copy_of_an_image_cosign_signed(
 
 
 def test_cosign_verifies_the_fixture_signatures_in_the_owned_copy(
-    scope: Scope, env: Environment, tmp_path: Path, cosign: Cosign
+    scope: Scope, env: Environment, cosign: Cosign
 ) -> None:
     """``signing.sign_image``'s ``.sig``, ``.att`` and SBOM ``.sig`` verify with cosign.
 
@@ -417,7 +410,7 @@ def test_cosign_verifies_the_fixture_signatures_in_the_owned_copy(
     assert key.read_bytes() == signer.public_pem()
     other = cosign.generate_key_pair("other")
     deploy(scope, "fixture")
-    run_controller(scope, controller_config(scope, tmp_path, "fixture"))
+    run_controller(scope, controller_config(scope, "fixture"))
     assert deployed_image(scope, "fixture") == f"{scope.owned('fixture')}:1.0"
 
     owned = f"{scope.owned('fixture')}@{index.digest}"

@@ -1,6 +1,6 @@
 """Issue 13 on real components: docker credential helpers (``credHelpers``).
 
-A real helper executable written for the test (tests/credhelper.py, a shell
+A real helper executable written for the test (devenv/credhelper.py, a shell
 script implementing ``get``) serves the owned registry's credentials; the
 docker ``config.json`` names it in ``credHelpers`` and has no ``auths`` entry
 for the owned registry. The controller runs as a real process with the
@@ -21,9 +21,9 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from tests.credhelper import FakeHelper
-from tests.e2e.harness import Environment, Registry, free_port
-from tests.e2e.support import (
+from devenv.credhelper import FakeHelper
+from devenv.harness import Environment, Registry, free_port
+from devenv.support import (
     REPO,
     Scope,
     controller_command,
@@ -32,9 +32,8 @@ from tests.e2e.support import (
     create_namespace,
     images,
     read,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import seconds_until, wait_for
 from tests.e2e.test_pull_secrets import auths, pull_as_kubelet, secret_of
 
 pytestmark = pytest.mark.e2e
@@ -102,12 +101,8 @@ def test_helper_serves_the_owned_registry_and_a_changed_answer_reaches_every_sec
             }
         )
     )
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [f"{ns}*"]},
-        dockerConfig=str(credentials),
+    config = scope.write_config(
+        "c.yaml", namespaces={"include": [f"{ns}*"]}, dockerConfig=str(credentials)
     )
     file_before = credentials.read_text()
     monkeypatch.setenv("PATH", helper.path_with())  # the controller process inherits it
@@ -138,7 +133,7 @@ def test_helper_serves_the_owned_registry_and_a_changed_answer_reaches_every_sec
                 for n in (ns, ns_b, ns_c)
             )
 
-        took = wait_for(rotated, 10, "rotated in every namespace")
+        took = seconds_until(rotated, 10, "rotated in every namespace")
         print(f"\nmanaged secrets follow the helper's new answer {took:.1f}s after it changed")
         assert took < 5, f"{took:.1f}s is more than a cycle or two of pollInterval 1"
         rotated_secret = secret_of(api, ns_c)
@@ -215,13 +210,7 @@ def test_a_failing_helper_fails_its_registry_with_auth_and_nothing_else(
     credentials.write_text(
         json.dumps({"credHelpers": {env.owned.host: owned.name, private.host: broken.name}})
     )
-    config = write_config(
-        tmp_path / "f.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        dockerConfig=str(credentials),
-    )
+    config = scope.write_config("f.yaml", dockerConfig=str(credentials))
     owned_public = f"{scope.owned('pub')}:1"
     outputs = []
     for mode, message in (

@@ -10,38 +10,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
-from typing import Any
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, controller_command, pod_spec
-
-
-def cron_job(name: str, image: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "schedule": "*/1 * * * *",
-            "jobTemplate": {
-                "spec": {
-                    "template": {
-                        "spec": {**pod_spec({"task": image}), "restartPolicy": "Never"},
-                    }
-                }
-            },
-        },
-    }
+from devenv.harness import Environment
+from devenv.support import REPO, Scope, controller_command, create, images, read
 
 
 def job_image(batch: kubernetes.client.BatchV1Api, ns: str, name: str) -> str:
-    obj = json.loads(batch.read_namespaced_cron_job(name, ns, _preload_content=False).data)
-    return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    return images(read(batch.api_client, "CronJob", ns, name))["task"]
 
 
 def test_cron_job_is_patched_reverted_and_jobs_and_pods_are_only_reported(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -49,21 +30,9 @@ def test_cron_job_is_patched_reverted_and_jobs_and_pods_are_only_reported(
     core = kubernetes.client.CoreV1Api(api)
     env.build_image(scope.source("task:1"), layers=1, seed=f"{ns}-task")
     env.build_image(scope.source("once:1"), layers=1, seed=f"{ns}-once")
-    batch.create_namespaced_cron_job(ns, cron_job("nightly", scope.source("task:1")))
-    batch.create_namespaced_job(
-        ns,
-        {
-            "metadata": {"name": "once"},
-            "spec": {
-                "template": {
-                    "spec": {**pod_spec({"task": scope.source("once:1")}), "restartPolicy": "Never"}
-                }
-            },
-        },
-    )
-    core.create_namespaced_pod(
-        ns, {"metadata": {"name": "bare"}, "spec": pod_spec({"main": scope.source("once:1")})}
-    )
+    create(api, "CronJob", ns, "nightly", {"task": scope.source("task:1")})
+    create(api, "Job", ns, "once", {"task": scope.source("once:1")})
+    create(api, "Pod", ns, "bare", {"main": scope.source("once:1")})
 
     plan = subprocess.run(
         controller_command(scope.kubeconfig, scope.config, "plan", "--output", "json"),

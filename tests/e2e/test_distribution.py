@@ -19,8 +19,8 @@ from cloner.adapters.credential_store import CredentialStore
 from cloner.adapters.distribution import MANIFEST_MEDIA_TYPES, DistributionClient
 from cloner.errors import RegistryError
 from cloner.model.reference import parse_reference
-from tests.e2e.harness import Environment
-from tests.e2e.support import log_size, push_to_owned, request_lines
+from devenv.harness import Environment
+from devenv.support import log_size, push_to_owned, request_lines
 
 INSECURE = ("127.0.0.1:*",)
 

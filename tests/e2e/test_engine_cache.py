@@ -9,18 +9,16 @@ budget the engine pulls the base blob once for all three; with
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, blob_gets, create, images, log_size, read, write_config
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import Scope, blob_gets, create, images, log_size, read
 
 
 @pytest.mark.parametrize(("budget", "base_pulls"), [(None, 1), (0, 3)])
 def test_shared_base_layer_is_pulled_once_while_it_fits_the_cache(
-    scope: Scope, env: Environment, tmp_path: Path, budget: int | None, base_pulls: int
+    scope: Scope, env: Environment, budget: int | None, base_pulls: int
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -34,9 +32,7 @@ def test_shared_base_layer_is_pulled_once_while_it_fits_the_cache(
     extra: dict[str, int] = {"cloneConcurrency": 1}
     if budget is not None:
         extra["engineCacheBytes"] = budget
-    config = write_config(
-        tmp_path / "c.yaml", env, scope.target, namespaces={"include": [ns]}, **extra
-    )
+    config = scope.write_config("c.yaml", **extra)
     offset = log_size(env.public)
     result = scope.run(config)
     assert result.returncode == 0, result.stderr

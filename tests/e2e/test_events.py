@@ -27,8 +27,8 @@ from cloner.model.events import (
 )
 from cloner.model.workloads import Workload
 from cloner.ops.events import EventRecorder
-from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, read
+from devenv.harness import Environment
+from devenv.support import Scope, create, read
 
 pytestmark = pytest.mark.e2e
 

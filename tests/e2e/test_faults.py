@@ -37,16 +37,16 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from tests.e2e.harness import ComponentError, Environment
-from tests.e2e.support import (
+from devenv.harness import ComponentError, Environment
+from devenv.support import (
     REPO,
     Scope,
     controller_command,
     create,
     images,
     read,
-    write_config,
 )
+from devenv.waiting import wait_for
 
 #: The line that ends every reconcile cycle.
 SUMMARY = "reconcile: workloads="
@@ -62,25 +62,6 @@ MEDIUM_MB = 24
 
 
 # --- helpers ------------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, describe: Callable[[], str] | str
-) -> Any:
-    """Poll ``predicate`` every 0.2 s until it returns something truthy; return that.
-
-    Raises AssertionError with ``describe`` (a string, or a callable evaluated at
-    the time of failure) when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            message = describe() if callable(describe) else describe
-            raise AssertionError(f"after {timeout:.0f}s: {message}")
-        time.sleep(0.2)
 
 
 def build_large_image(env: Environment, reference: str, size_mb: int) -> str:
@@ -135,11 +116,7 @@ def wait_for_upload(env: Environment, repository: str, timeout: float = 30) -> N
                     return True
         return False
 
-    deadline = time.monotonic() + timeout
-    while not receiving():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no blob upload to {repository} began within {timeout:.0f}s")
-        time.sleep(0.01)
+    wait_for(receiving, timeout, f"a blob upload to {repository} to begin", interval=0.01)
 
 
 def missing_owned_copy(env: Environment, image: str) -> str | None:
@@ -433,11 +410,11 @@ def test_owned_registry_down_during_push_then_back(
                 controller.assert_alive()
                 time.sleep(0.2)
             restore()
-        wait_until(
+        wait_for(
             lambda: image_of(api, ns, "web", "app") == owned_image,
             60,
             lambda: (
-                f"web not patched after the owned registry came back; "
+                f"web patched after the owned registry came back; "
                 f"it holds {image_of(api, ns, 'web', 'app')}; output:\n{controller.tail()}"
             ),
         )
@@ -476,11 +453,11 @@ def test_apiserver_restart_mid_cycle(
             controller.assert_alive()
             restore()
         create(api, "Deployment", ns, "late", {"app": late_source})
-        wait_until(
+        wait_for(
             lambda: {n: image_of(api, ns, n, "app") for n in expected} == expected,
             60,
             lambda: (
-                "not converged after the API server restart: "
+                "convergence after the API server restart: "
                 f"{ {n: image_of(api, ns, n, 'app') for n in expected} }; output:\n"
                 f"{controller.tail()}"
             ),
@@ -529,11 +506,11 @@ def test_dockerd_restart_while_loop_runs(
             assert env.owned.tags(late_repo) == []
             restore()
         expected = {"early": f"{scope.owned('early')}:1", "late": f"{scope.owned('late')}:1"}
-        wait_until(
+        wait_for(
             lambda: {n: image_of(api, ns, n, "app") for n in expected} == expected,
             60,
             lambda: (
-                "not converged after dockerd came back: "
+                "convergence after dockerd came back: "
                 f"{ {n: image_of(api, ns, n, 'app') for n in expected} }; output:\n"
                 f"{controller.tail()}"
             ),
@@ -596,11 +573,11 @@ def test_user_edit_between_read_and_patch_wins(
             f"after the cycle the container holds {after_cycle}, not the user's "
             f"{user_source} (or its owned copy {user_owned})"
         )
-        wait_until(
+        wait_for(
             lambda: image_of(api, ns, "web", "app") == user_owned,
             60,
             lambda: (
-                f"the user's image was not cloned and patched in a later cycle: "
+                f"the user's image cloned and patched in a later cycle: "
                 f"{image_of(api, ns, 'web', 'app')}; output:\n{controller.tail()}"
             ),
         )
@@ -634,11 +611,11 @@ def test_sigkill_during_push_then_restart_converges(
         assert image_of(api, ns, "web", "app") == source
 
         with controller_loop(scope) as second:
-            wait_until(
+            wait_for(
                 lambda: image_of(api, ns, "web", "app") == owned_image,
                 60,
                 lambda: (
-                    f"web not patched by the restarted controller: "
+                    f"web patched by the restarted controller: "
                     f"{image_of(api, ns, 'web', 'app')}; output:\n{second.tail()}"
                 ),
             )
@@ -701,10 +678,8 @@ def test_credentials_never_appear_in_output(
         "namespaces": {"include": [ns]},
         "images": {"exclude": [f"{env.public.host}/{ns}/skipped"]},
     }
-    wrong_settings = write_config(
-        tmp_path / "wrong.yaml", env, scope.target, dockerConfig=str(wrong_config), **settings
-    )
-    right_settings = write_config(tmp_path / "right.yaml", env, scope.target, **settings)
+    wrong_settings = scope.write_config("wrong.yaml", dockerConfig=str(wrong_config), **settings)
+    right_settings = scope.write_config("right.yaml", **settings)
     failed = scope.run(wrong_settings, "--log-level", "DEBUG")
     (tmp_path / "controller-wrong.log").write_text(failed.stdout + failed.stderr)
     assert failed.returncode == 1, failed.stderr

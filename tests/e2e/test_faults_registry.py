@@ -13,12 +13,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     Fault,
     RegistryProxy,
     Scope,
@@ -29,9 +28,8 @@ from tests.e2e.support import (
     request_lines,
     scrape,
     serving,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import seconds_until, wait_for
 
 
 class FailingProxy(RegistryProxy):
@@ -55,9 +53,7 @@ def failing_proxy(upstream: str, fail_marker: str) -> Iterator[FailingProxy]:
         yield proxy
 
 
-def test_source_404_and_500_back_off_without_a_retry_storm(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_source_404_and_500_back_off_without_a_retry_storm(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("broken:1"), layers=1, seed=f"{ns}-broken")
@@ -65,16 +61,8 @@ def test_source_404_and_500_back_off_without_a_retry_storm(
         missing = scope.source("missing:1")
         broken = f"{proxy.host}/{ns}/broken:1"
         create(api, "Deployment", ns, "web", {"missing": missing, "broken": broken})
-        port = free_port()
-        config = write_config(
-            tmp_path / "c.yaml",
-            env,
-            scope.target,
-            namespaces={"include": [ns]},
-            pollInterval=0.5,
-            backoff={"initial": 2, "max": 8, "jitter": 0},
-            metricsPort=port,
-            metricsAddress="127.0.0.1",
+        config, port = scope.metrics_config(
+            "c.yaml", pollInterval=0.5, backoff={"initial": 2, "max": 8, "jitter": 0}
         )
         log_start = env.public.log_path.stat().st_size
         with controller_loop(scope.kubeconfig, config) as output:
@@ -112,7 +100,7 @@ def test_source_404_and_500_back_off_without_a_retry_storm(
 
 
 def test_gitops_reverter_fight_is_detected_and_patching_stops(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -126,9 +114,7 @@ def test_gitops_reverter_fight_is_detected_and_patching_stops(
         ns,
         {"metadata": {"annotations": {"argocd.argoproj.io/tracking-id": "shop:apps/Deployment"}}},
     )
-    config = write_config(
-        tmp_path / "c.yaml", env, scope.target, namespaces={"include": [ns]}, fightLimit=3
-    )
+    config = scope.write_config("c.yaml", fightLimit=3)
     stop = threading.Event()
     resets = []
 
@@ -152,7 +138,7 @@ def test_gitops_reverter_fight_is_detected_and_patching_stops(
     thread.start()
     try:
         with controller_loop(scope.kubeconfig, config) as output:
-            took = wait_for(
+            took = seconds_until(
                 lambda: any("fight detected on Deployment" in line for line in output),
                 40,
                 "fight detected",
@@ -174,15 +160,13 @@ def test_gitops_reverter_fight_is_detected_and_patching_stops(
 
 
 def test_deleted_owned_copy_is_cloned_again_within_verify_interval(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("keep:1"), layers=2, seed=f"{ns}-keep")
     create(api, "Deployment", ns, "web", {"main": scope.source("keep:1")})
-    config = write_config(
-        tmp_path / "c.yaml", env, scope.target, namespaces={"include": [ns]}, verifyInterval=3
-    )
+    config = scope.write_config("c.yaml", verifyInterval=3)
     repository = scope.owned_repository("keep")
     with controller_loop(scope.kubeconfig, config) as output:
         wait_for(
@@ -199,7 +183,7 @@ def test_deleted_owned_copy_is_cloned_again_within_verify_interval(
             assert response.status == 202
         assert env.owned.manifest_digest(repository, "1") is None
         deleted = time.monotonic()
-        took = wait_for(lambda: _served(env, repository, "1"), 15, "restored")
+        took = seconds_until(lambda: _served(env, repository, "1"), 15, "restored")
     print(f"\nowned copy restored {took:.1f}s after deletion (verifyInterval 3 s)")
     assert took <= 3 + 5
     assert time.monotonic() - deleted >= took

@@ -22,16 +22,15 @@ from __future__ import annotations
 import json
 import time
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import kubernetes.client
 import pytest
 
 from cloner.model.reference import parse_reference
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     controller_loop,
     create,
@@ -40,9 +39,8 @@ from tests.e2e.support import (
     push_to_owned,
     read,
     request_lines,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import wait_for
 
 KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 
@@ -59,7 +57,7 @@ def workloads(env: Environment, namespace: str) -> dict[str, dict[str, str]]:
         ):
             response = call(namespace, _preload_content=False)
             for item in json.loads(response.data)["items"]:
-                out[f"{kind}/{item['metadata']['name']}"] = images(item)
+                out[f"{kind}/{item['metadata']['name']}"] = images(item, kind)
     return out
 
 
@@ -87,22 +85,10 @@ def events(env: Environment, namespace: str, reason: str) -> list[str]:
     return [e["message"] for e in json.loads(response.data)["items"] if e["reason"] == reason]
 
 
-def config(scope: Scope, tmp_path: Path, name: str, **extra: Any) -> Path:
-    return write_config(
-        tmp_path / f"{name}.yaml",
-        scope.env,
-        scope.target,
-        namespaces={"include": [scope.namespace]},
-        **extra,
-    )
-
-
 # --- skopeo: every platform, the same digests --------------------------------------
 
 
-def test_skopeo_backend_keeps_digests_and_every_platform(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_skopeo_backend_keeps_digests_and_every_platform(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     built = {
@@ -129,7 +115,7 @@ def test_skopeo_backend_keeps_digests_and_every_platform(
                 "both": f"{scope.source(name)}:1@{digest}",
             },
         )
-    result = scope.run(config(scope, tmp_path, "skopeo", copyBackend="skopeo"))
+    result = scope.run(scope.write_config("skopeo.yaml", copyBackend="skopeo"))
     assert result.returncode == 0, result.stderr
     for name, digest in digests.items():
         owned = scope.owned(name)
@@ -174,7 +160,7 @@ def _node(name: str, arch: str) -> dict[str, Any]:
 
 
 def test_docker_backend_waits_for_a_multi_platform_source_while_arm64_nodes_exist(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -186,7 +172,7 @@ def test_docker_backend_waits_for_a_multi_platform_source_while_arm64_nodes_exis
         core.create_node(_node(name, arch))
         core.patch_node_status(name, {"status": _node(name, arch)["status"]})
     try:
-        settings = config(scope, tmp_path, "docker")
+        settings = scope.write_config("docker.yaml")
         refused = scope.run(settings)
         assert refused.returncode == 1
         assert "multi_platform" in refused.stderr and "copyBackend: skopeo" in refused.stderr
@@ -219,7 +205,7 @@ def test_docker_backend_waits_for_a_multi_platform_source_while_arm64_nodes_exis
 
 @pytest.mark.parametrize("backend", ["docker", "skopeo"])
 def test_owned_name_holding_other_content_is_replaced_before_any_patch(
-    scope: Scope, env: Environment, tmp_path: Path, backend: str
+    scope: Scope, env: Environment, backend: str
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -241,7 +227,7 @@ def test_owned_name_holding_other_content_is_replaced_before_any_patch(
         "web",
         {"tagged": scope.source("tagged:1"), "pinned": f"{scope.source('pinned')}@{pinned}"},
     )
-    result = scope.run(config(scope, tmp_path, backend, copyBackend=backend))
+    result = scope.run(scope.write_config(f"{backend}.yaml", copyBackend=backend))
     assert result.returncode == 0, result.stderr
     patched = images(read(api, "Deployment", ns, "web"))
     assert patched["tagged"] == f"{scope.owned('tagged')}:1"
@@ -262,14 +248,14 @@ def test_owned_name_holding_other_content_is_replaced_before_any_patch(
 
 
 def test_restart_uses_the_durable_record_and_never_an_unverified_owned_name(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("kept:1"), layers=2, seed=f"{ns}-k")
     env.build_image(scope.source("stranger:1"), layers=2, seed=f"{ns}-s")
     push_to_owned(env, scope.source("stranger:1"), scope.owned("stranger:1"))
-    stateful = config(scope, tmp_path, "state", controllerNamespace="image-cloner")
+    stateful = scope.write_config("state.yaml", controllerNamespace="image-cloner")
     create(api, "Deployment", ns, "first", {"main": scope.source("kept:1")})
     first = scope.run(stateful)
     assert first.returncode == 0, first.stderr
@@ -285,7 +271,7 @@ def test_restart_uses_the_durable_record_and_never_an_unverified_owned_name(
     assert [line for line in request_lines(env.public, offset) if f"/v2/{ns}/" in line] == []
 
     # The source goes away (deleted upstream, offline): what was verified is still used.
-    due = config(scope, tmp_path, "due", controllerNamespace="image-cloner", refreshInterval=0.5)
+    due = scope.write_config("due.yaml", controllerNamespace="image-cloner", refreshInterval=0.5)
     create(api, "Deployment", ns, "third", {"main": scope.source("kept:1")})
     create(api, "Deployment", ns, "fourth", {"main": scope.source("stranger:1")})
     time.sleep(1.0)  # the refresh is due: the source is asked, and does not answer
@@ -303,9 +289,7 @@ def test_restart_uses_the_durable_record_and_never_an_unverified_owned_name(
 # --- tag refresh --------------------------------------------------------------------
 
 
-def test_moved_source_tag_is_copied_again_and_pins_are_kept(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_moved_source_tag_is_copied_again_and_pins_are_kept(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     layers = [img.layer(f"{ns}-base")]
@@ -313,10 +297,8 @@ def test_moved_source_tag_is_copied_again_and_pins_are_kept(
     create(api, "Deployment", ns, "pinned", {"main": scope.source("moving:1")})
     owned = scope.owned("moving")
     repository = scope.owned_repository("moving")
-    refreshing = config(
-        scope,
-        tmp_path,
-        "refresh",
+    refreshing = scope.write_config(
+        "refresh.yaml",
         copyBackend="skopeo",
         pinDigest=True,
         refreshInterval=2,

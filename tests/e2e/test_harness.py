@@ -18,7 +18,8 @@ import kubernetes.watch
 import pytest
 import yaml
 
-from tests.e2e.harness import Environment
+from devenv.harness import Environment
+from devenv.workloads import workload
 
 pytestmark = pytest.mark.e2e
 
@@ -27,19 +28,15 @@ def _deployment(name: str, privileged: bool = False) -> dict[str, object]:
     container: dict[str, object] = {"name": "app", "image": "example.invalid/app:1"}
     if privileged:
         container["securityContext"] = {"privileged": True}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [container]},
-            },
-        },
-    }
+    labels = {"app": name}
+    return workload(
+        "Deployment",
+        name,
+        [container],
+        labels=labels,
+        spec={"replicas": 1},
+        metadata={"labels": labels},
+    )
 
 
 def test_apiserver_answers_and_rbac_is_on(env: Environment, namespace: str) -> None:

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.e2e import images
-from tests.e2e.harness import Environment
+from devenv import images
+from devenv.harness import Environment
 
 pytestmark = pytest.mark.e2e
 

@@ -9,26 +9,18 @@ registries before talking to them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, images, log_size, read, request_lines, write_config
+from devenv.harness import Environment
+from devenv.support import Scope, create, images, log_size, read, request_lines
 
 
 def test_unlisted_loopback_registries_are_refused_then_listed_ones_work(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("plain:1"), layers=2, seed=f"{ns}-plain")
     create(api, "Deployment", ns, "web", {"main": scope.source("plain:1")})
-    unlisted = write_config(
-        tmp_path / "unlisted.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        insecureRegistries=[],
-    )
+    unlisted = scope.write_config("unlisted.yaml", insecureRegistries=[])
     public_log, owned_log = log_size(env.public), log_size(env.owned)
 
     result = scope.run(unlisted)
@@ -46,13 +38,7 @@ def test_unlisted_loopback_registries_are_refused_then_listed_ones_work(
     assert env.owned.tags(scope.owned_repository("plain")) == []
 
     # Listing only the owned registry is not enough: the source is refused before the pull.
-    owned_only = write_config(
-        tmp_path / "owned-only.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        insecureRegistries=[env.owned.host],
-    )
+    owned_only = scope.write_config("owned-only.yaml", insecureRegistries=[env.owned.host])
     public_log = log_size(env.public)
     result = scope.run(owned_only)
     assert result.returncode == 1, result.stderr

@@ -22,8 +22,8 @@ from cloner.adapters.kube import KubeClient, PoolTransport, load_api_client
 from cloner.errors import KubeError
 from cloner.model.events import event_body
 from cloner.model.workloads import Workload
-from tests.e2e.harness import Environment
-from tests.e2e.support import Scope, create, images, read
+from devenv.harness import Environment
+from devenv.support import Scope, create, images, read
 
 IMAGE_PATH = "/spec/template/spec/containers/0/image"
 

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,8 @@ from kubernetes.client.exceptions import ApiException
 from cloner.adapters.kube import load_api_client
 from cloner.adapters.leader import LeaderElector
 from cloner.config import LeaderElectionSettings
-from tests.e2e.harness import Environment
+from devenv.harness import Environment
+from devenv.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -103,15 +104,6 @@ def read_lease(env: Environment, namespace: str, name: str) -> dict[str, Any]:
         return dict(json.loads(response.data))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float) -> float:
-    """Poll ``condition`` every 10 ms; return the seconds it took. Fails after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"not true within {timeout}s"
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
 def leaders(group: list[Candidate]) -> list[str]:
     return [c.elector.identity for c in group if c.elector.is_leader()]
 
@@ -120,7 +112,7 @@ def test_one_leader_and_takeover_within_the_lease_duration_when_it_dies(
     env: Environment, namespace: str
 ) -> None:
     with candidates(env, namespace, "image-cloner", "replica-a", "replica-b") as group:
-        wait_for(lambda: len(leaders(group)) == 1, timeout=5)
+        wait_for(lambda: len(leaders(group)) == 1, 5, "one leader", interval=0.01)
         # Exactly one leader, for several renewals.
         for _ in range(30):
             assert len(leaders(group)) == 1, leaders(group)
@@ -162,7 +154,7 @@ def test_one_leader_and_takeover_within_the_lease_duration_when_it_dies(
 
 def test_a_released_lease_is_taken_over_at_once(env: Environment, namespace: str) -> None:
     with candidates(env, namespace, "released", "replica-a", "replica-b") as group:
-        wait_for(lambda: len(leaders(group)) == 1, timeout=5)
+        wait_for(lambda: len(leaders(group)) == 1, 5, "one leader", interval=0.01)
         time.sleep(1.0)  # the other has observed the holder renew
         leader = next(c for c in group if c.elector.is_leader())
         other = next(c for c in group if c is not leader)

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
-    REPO,
-    Scope,
-    controller_command,
-    create,
-    images,
-    read,
-    wait_for,
-    write_config,
-)
+from devenv.harness import Environment
+from devenv.support import Scope, create, images, read, start_controller
+from devenv.waiting import seconds_until, wait_for
 
 
 def identity(lines: list[str]) -> str:
@@ -32,31 +23,16 @@ def identity(lines: list[str]) -> str:
 
 
 def start(scope: Scope, config: Path) -> tuple[subprocess.Popen[str], list[str]]:
-    process = subprocess.Popen(
-        controller_command(scope.kubeconfig, config),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    stream = process.stdout
-    threading.Thread(target=lambda: lines.extend(stream), daemon=True).start()
+    process, lines, _reader = start_controller(scope.kubeconfig, config)
     return process, lines
 
 
-def test_only_the_leader_patches_and_a_standby_takes_over(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_only_the_leader_patches_and_a_standby_takes_over(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     lease_name = f"cloner-{ns}"
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
+    config = scope.write_config(
+        "c.yaml",
         controllerNamespace="image-cloner",
         leaderElection={
             "enabled": True,
@@ -95,7 +71,7 @@ def test_only_the_leader_patches_and_a_standby_takes_over(
         a.wait(timeout=10)
         killed = time.monotonic()
         create(api, "Deployment", ns, "second", {"main": scope.source("two:1")})
-        took = wait_for(
+        took = seconds_until(
             lambda: (
                 images(read(api, "Deployment", ns, "second"))["main"] == f"{scope.owned('two')}:1"
             ),

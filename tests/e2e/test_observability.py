@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import kubernetes.client
 
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     controller_loop,
     create,
@@ -21,18 +20,15 @@ from tests.e2e.support import (
     request_lines,
     run_controller,
     scrape,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import wait_for
 
 
 def writes(lines: list[str]) -> list[str]:
     return [line for line in lines if any(f'"{m} ' in line for m in ("PUT", "POST", "PATCH"))]
 
 
-def test_plan_prints_exact_decisions_and_writes_nothing(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_plan_prints_exact_decisions_and_writes_nothing(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("new:1"), layers=1, seed=f"{ns}-new")
@@ -53,13 +49,7 @@ def test_plan_prints_exact_decisions_and_writes_nothing(
         },
     )
     create(api, "StatefulSet", ns, "db", {"main": scope.source("new:1")})
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        images={"exclude": ["**/vendor/**"]},
-    )
+    config = scope.write_config("c.yaml", images={"exclude": ["**/vendor/**"]})
     versions = {
         (k, n): read(api, k, ns, n)["metadata"]["resourceVersion"]
         for k, n in (("Deployment", "web"), ("StatefulSet", "db"))
@@ -113,7 +103,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -122,16 +112,7 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
     create(api, "Deployment", ns, "web", {"a": scope.source("a:1"), "b": scope.source("b:1")})
     create(api, "DaemonSet", ns, "agent", {"a": scope.source("a:1")})
     create(api, "Deployment", ns, "ghost", {"g": scope.source("ghost:1")})
-    port = free_port()
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        metricsPort=port,
-        metricsAddress="127.0.0.1",
-        backoff={"initial": 60, "max": 60, "jitter": 0},
-    )
+    config, port = scope.metrics_config("c.yaml", backoff={"initial": 60, "max": 60, "jitter": 0})
     with controller_loop(scope.kubeconfig, config, "--log-format", "json") as lines:
         wait_for(
             lambda: images(read(api, "DaemonSet", ns, "agent"))["a"] == f"{scope.owned('a')}:1",
@@ -193,22 +174,11 @@ def test_metrics_after_a_known_cycle_health_endpoints_and_json_logs(
     assert any(r["message"].startswith("patched DaemonSet") for r in records)
 
 
-def test_plan_shows_the_running_controllers_backoff(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_plan_shows_the_running_controllers_backoff(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     create(api, "Deployment", ns, "ghost", {"g": scope.source("ghost:1")})
-    port = free_port()
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        metricsPort=port,
-        metricsAddress="127.0.0.1",
-        backoff={"initial": 120, "max": 120, "jitter": 0},
-    )
+    config, port = scope.metrics_config("c.yaml", backoff={"initial": 120, "max": 120, "jitter": 0})
 
     def backing_off() -> bool:
         try:

@@ -1,6 +1,6 @@
 """olareg as the tests use it: referrers API on and off, uploads, mounts, request log.
 
-Pins the olareg v0.2.1 behaviours tests/e2e/olareg.py documents, so that a
+Pins the olareg v0.2.1 behaviours devenv/olareg.py documents, so that a
 version bump that changes one of them fails here first. Needs only Go (olareg
 is built once per machine by hack/build-olareg.sh); a few seconds once built.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.olareg import Olareg, olareg_bin
+from devenv.olareg import LoggedRequest, Olareg, olareg_bin
+from devenv.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -208,13 +208,11 @@ def test_mount_single_post_and_request_log(registry: Olareg) -> None:
     assert single.status_code == 201
 
     # The line is written just after the response: poll briefly.
-    deadline = time.monotonic() + 5
-    while True:
+    def single_post_logged() -> list[LoggedRequest]:
         logged = registry.request_log()
-        if any(entry.method == "POST" and "digest=" in entry.url for entry in logged):
-            break
-        assert time.monotonic() < deadline, logged
-        time.sleep(0.05)
+        return logged if any(e.method == "POST" and "digest=" in e.url for e in logged) else []
+
+    logged = wait_for(single_post_logged, 5, "the single POST logged", interval=0.05)
     manifest_puts = [
         entry
         for entry in logged

@@ -24,16 +24,15 @@ from typing import Any
 import pytest
 
 from cloner.model.reference import DIGEST_AFTER_COPY
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     create,
     create_namespace,
     images,
     read,
     run_controller,
-    write_config,
 )
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +86,7 @@ def assert_cycle_wrote_the_plan(env: Environment, rows: list[dict[str, Any]]) ->
 @pytest.mark.parametrize("pin", [False, True], ids=["tags", "pinDigest"])
 @pytest.mark.parametrize("backend", ["skopeo", "docker"])
 def test_plan_shows_the_reference_the_cycle_writes(
-    scope: Scope, env: Environment, tmp_path: Path, backend: str, pin: bool
+    scope: Scope, env: Environment, backend: str, pin: bool
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -103,11 +102,8 @@ def test_plan_shows_the_reference_the_cycle_writes(
         "both": f"{scope.source('both')}:1@{built['both']}",
     }
     create(api, "Deployment", ns, "first", sources)
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
+    config = scope.write_config(
+        "c.yaml",
         copyBackend=backend,
         pinDigest=pin,
         controllerNamespace="image-cloner",  # the durable record, which plan reads
@@ -153,7 +149,7 @@ def test_plan_shows_the_reference_the_cycle_writes(
 
 
 def test_plan_all_lists_the_workloads_of_excluded_namespaces_with_the_rule(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -164,10 +160,8 @@ def test_plan_all_lists_the_workloads_of_excluded_namespaces_with_the_rule(
     create(api, "Deployment", ns, "web", {"main": scope.source("app:1")})
     create(api, "DaemonSet", by_name, "agent", {"a": scope.source("app:1"), "b": "busybox:1"})
     create(api, "Deployment", by_glob, "tool", {"main": scope.source("app:1")})
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
+    config = scope.write_config(
+        "c.yaml",
         namespaces={
             "include": [ns, f"{ns}-*"],  # an exclusion wins over an inclusion
             "exclude": ["kube-system", "kube-public", "kube-node-lease", by_name, f"{ns}-g*"],

@@ -33,20 +33,11 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e import images
-from tests.e2e.forward_proxy import ForwardProxy
-from tests.e2e.harness import Environment, Process, Registry, free_port
-from tests.e2e.support import (
-    Scope,
-    create,
-    read,
-    request_lines,
-    run_controller,
-    write_config,
-)
-from tests.e2e.support import (
-    images as images_of,
-)
+from devenv import images
+from devenv.forward_proxy import ForwardProxy
+from devenv.harness import Environment, Process, Registry, free_port
+from devenv.support import Scope, create, read, request_lines, run_controller
+from devenv.support import images as images_of
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +150,6 @@ def setup(
     env: Environment,
     scope: Scope,
     world: ProxiedWorld,
-    tmp_path: Path,
 ) -> Iterator[Setup]:
     """The image is pushed straight to the registry (by its address); the
     Deployment names it by the name only the proxy resolves."""
@@ -169,11 +159,8 @@ def setup(
         world.registry, repository, "1", layers=[images.layer(repository)], label=repository
     )
     source = f"{world.public_host}/{repository}:1"
-    config = write_config(
-        tmp_path / f"config-{backend}.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [scope.namespace]},
+    config = scope.write_config(
+        f"config-{backend}.yaml",
         copyBackend=backend,
         dockerHost=world.docker_host,
         insecureRegistries=["127.0.0.1:*", f"{PUBLIC_NAME}:*"],

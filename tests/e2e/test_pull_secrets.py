@@ -32,8 +32,8 @@ from cloner.adapters.kube import KubeClient, load_api_client
 from cloner.config import PullSecretSettings
 from cloner.model.credentials import DockerConfig
 from cloner.ops.provisioning import ADMISSION_SETTLE, PullSecrets
-from tests.e2e.harness import Environment, free_port
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     WRITE_METHODS,
     RegistryProxy,
     Scope,
@@ -45,9 +45,9 @@ from tests.e2e.support import (
     scrape,
     secrets_holding,
     serving,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import seconds_until, wait_for
+from devenv.workloads import workload
 
 SECRET = "image-cloner-pull-secret"
 READER = "reader"
@@ -142,12 +142,8 @@ def test_three_namespaces_get_the_secret_rotation_updates_all(
 
     credentials = tmp_path / "config.json"
     credentials.write_text(docker_config(env, env.owned.password or ""))
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [f"{ns}*"]},
-        dockerConfig=str(credentials),
+    config = scope.write_config(
+        "c.yaml", namespaces={"include": [f"{ns}*"]}, dockerConfig=str(credentials)
     )
     with controller_loop(scope.kubeconfig, config) as lines:  # exits 0 on SIGTERM
         owned_image = f"{scope.owned('svc')}:1"
@@ -200,7 +196,7 @@ def test_three_namespaces_get_the_secret_rotation_updates_all(
                     return False
             return True
 
-        took = wait_for(rotated, 10, "rotated in every namespace")
+        took = seconds_until(rotated, 10, "rotated in every namespace")
         print(f"\nmanaged secrets rotated {took:.1f}s after the config.json change")
         rotated_secret = secret_of(api, ns_c)
         assert rotated_secret is not None
@@ -238,21 +234,13 @@ def test_unmanaged_secret_is_left_byte_for_byte(scope: Scope, env: Environment) 
     assert pull_secrets_of_account(api, ns, "default") == []
 
 
-def test_workload_mode_adds_the_secret_in_the_same_patch(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_workload_mode_adds_the_secret_in_the_same_patch(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("w:1"), layers=1, seed=f"{ns}-w")
     create(api, "Deployment", ns, "web", {"main": scope.source("w:1")})
     generation = read(api, "Deployment", ns, "web")["metadata"]["generation"]
-    config = write_config(
-        tmp_path / "w.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        pullSecret={"attach": "workload"},
-    )
+    config = scope.write_config("w.yaml", pullSecret={"attach": "workload"})
     assert scope.run(config).returncode == 0
     web = read(api, "Deployment", ns, "web")
     assert web["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": SECRET}]
@@ -262,18 +250,12 @@ def test_workload_mode_adds_the_secret_in_the_same_patch(
     assert pull_secrets_of_account(api, ns, "default") == []
 
 
-def test_provision_false_creates_no_secret(scope: Scope, env: Environment, tmp_path: Path) -> None:
+def test_provision_false_creates_no_secret(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("n:1"), layers=1, seed=f"{ns}-n")
     create(api, "Deployment", ns, "web", {"main": scope.source("n:1")})
-    config = write_config(
-        tmp_path / "n.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        pullSecret={"provision": False},
-    )
+    config = scope.write_config("n.yaml", pullSecret={"provision": False})
     assert scope.run(config).returncode == 0
     assert images(read(api, "Deployment", ns, "web")) == {"main": f"{scope.owned('n')}:1"}
     assert secret_of(api, ns) is None
@@ -319,11 +301,7 @@ def test_pods_made_right_after_the_service_account_change_get_the_secret(
             waits.append(wait)
             time.sleep(wait)
             pod = core.create_namespaced_pod(
-                name,
-                {
-                    "metadata": {"name": "first"},
-                    "spec": {"containers": [{"name": "c", "image": f"{env.owned.host}/x:1"}]},
-                },
+                name, workload("Pod", "first", {"c": f"{env.owned.host}/x:1"})
             )
             assert [s.name for s in pod.spec.image_pull_secrets or []] == [SECRET], name
         # Every ServiceAccount was changed now, so each had its settle to wait.
@@ -412,16 +390,12 @@ def test_read_only_credentials_reach_every_secret_and_the_push_account_none(
         push_config, pull_config = tmp_path / "push.json", tmp_path / "pull.json"
         push_config.write_text(auth_config(proxy.host, pusher, push_password))
         pull_config.write_text(auth_config(proxy.host, READER, read_password))
-        port = free_port()
-        config = write_config(
-            tmp_path / "c.yaml",
-            env,
-            target,
+        config, port = scope.metrics_config(
+            "c.yaml",
+            target=target,
             namespaces={"include": [f"{ns}*"]},
             dockerConfig=str(push_config),
             pullSecret={"dockerConfig": str(pull_config)},
-            metricsPort=port,
-            metricsAddress="127.0.0.1",
         )
         with controller_loop(scope.kubeconfig, config) as lines:
             workloads = [("Deployment", ns, "a"), ("StatefulSet", ns_b, "b")]
@@ -468,7 +442,7 @@ def test_read_only_credentials_reach_every_secret_and_the_push_account_none(
                     for n in (ns, ns_b)
                 )
 
-            took = wait_for(rotated, 10, "reader's new password in every managed Secret")
+            took = seconds_until(rotated, 10, "reader's new password in every managed Secret")
             print(f"\nread-only credentials rotated {took:.1f}s after the pull config.json change")
             rotated_secret = secret_of(api, ns)
             assert rotated_secret is not None
@@ -500,17 +474,9 @@ def test_read_only_credentials_reach_every_secret_and_the_push_account_none(
 
 
 def test_without_read_only_credentials_the_gauge_is_1_and_one_warning_says_so(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
-    port = free_port()
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [scope.namespace]},
-        metricsPort=port,
-        metricsAddress="127.0.0.1",
-    )
+    config, port = scope.metrics_config("c.yaml")
     with controller_loop(scope.kubeconfig, config) as lines:
         wait_for(lambda: _cycles(port) >= 3, 30, "three cycles")
         assert scrape(port)[GAUGE] == 1.0

@@ -21,13 +21,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import kubernetes.client
 import pytest
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     MANIFEST_PATH,
     ProxiedRequest,
     RegistryProxy,
@@ -38,9 +37,8 @@ from tests.e2e.support import (
     read,
     serving,
     too_many_requests,
-    wait_for,
-    write_config,
 )
+from devenv.waiting import wait_for
 
 RETRY_AFTER = 6  # seconds, in the 429's Retry-After and as rateLimitPause
 RATE_LIMITED = 2  # manifest requests answered 429: one engine pull asks HEAD, then GET
@@ -103,7 +101,7 @@ def repository(request: ProxiedRequest) -> str:
 
 @pytest.mark.parametrize("backend", ["docker", "skopeo"])
 def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_on(
-    scope: Scope, env: Environment, tmp_path: Path, backend: str
+    scope: Scope, env: Environment, backend: str
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -115,11 +113,8 @@ def test_rate_limited_registry_is_paused_as_a_whole_while_another_registry_goes_
         create(api, "Deployment", ns, "first", {"main": f"{proxy.host}/{ns}/first:1"})
         create(api, "Deployment", ns, "second", {"main": f"{proxy.host}/{ns}/second:1"})
         create(api, "Deployment", ns, "other", {"main": scope.source("other:1")})
-        config = write_config(
-            tmp_path / "c.yaml",
-            env,
-            scope.target,
-            namespaces={"include": [ns]},
+        config = scope.write_config(
+            "c.yaml",
             pollInterval=1,
             copyBackend=backend,
             rateLimitPause=RETRY_AFTER,

@@ -2,7 +2,7 @@
 
 The owned registry of the session's cluster gets two htpasswd accounts of
 this module's own: a push account and ``reader``. A loopback
-:class:`~tests.e2e.support.RegistryProxy` in front of it refuses every write
+:class:`~devenv.support.RegistryProxy` in front of it refuses every write
 of ``reader`` and records the user of each request. The controller is
 deployed by ``make deploy`` of an overlay of manifests/ with the component
 manifests/read-only-pull/ (``docker-configuration`` holds the push account,
@@ -28,27 +28,28 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.support import (
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
+from devenv.support import (
     WRITE_METHODS,
     RegistryProxy,
     scrape,
     secrets_holding,
     serving,
 )
+from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     apply,
+    controller_gone,
     controller_ready,
     get_json,
     kubectl,
-    pods_running_on,
     rollout,
     sample_workloads,
     template_images,
-    wait_for,
+    wait_controller_gone,
+    wait_pods_running,
 )
 from tests.e2e.test_pull_secrets import READER, auths, secret_of
-from tests.e2e.test_rollout_guard import controller_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -87,7 +88,7 @@ def read_only(cluster: Cluster) -> Iterator[ReadOnly]:
         )
         if not controller_gone(cluster):
             make(cluster, "undeploy", deployment)  # left by a module that failed before its own
-        wait_for(f"namespace {CONTROLLER_NAMESPACE} gone", lambda: controller_gone(cluster), 120)
+        wait_controller_gone(cluster)
         started = time.monotonic()
         result = make(cluster, "deploy", deployment)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -99,9 +100,7 @@ def read_only(cluster: Cluster) -> Iterator[ReadOnly]:
             yield ReadOnly(deployment, proxy, pusher, push_password, read_password)
         finally:
             undeploy = make(cluster, "undeploy", deployment)
-            wait_for(
-                f"namespace {CONTROLLER_NAMESPACE} gone", lambda: controller_gone(cluster), 120
-            )
+            wait_controller_gone(cluster)
             kubectl(cluster, "delete", "namespace", NS_APPS, "--ignore-not-found", "--wait=true")
             assert undeploy.returncode == 0, undeploy.stdout + undeploy.stderr
 
@@ -122,19 +121,16 @@ def test_the_kubelet_pulls_the_owned_copy_as_reader_and_no_secret_holds_the_push
     apply(cluster, [web])
     prefix = read_only.deployment.target + "/"
     wait_for(
-        "the Deployment patched to the owned copy",
         lambda: all(
             i.startswith(prefix) for i in template_images(cluster, NS_APPS, "deployment", "web")
         ),
         120,
+        "the Deployment patched to the owned copy",
+        interval=1.0,
     )
     kubectl(cluster, "-n", NS_APPS, "scale", "deployment/web", "--replicas=2")
     rollout(cluster, NS_APPS, "deployment", "web")
-    wait_for(
-        "the web pods Running on the owned copy",
-        lambda: pods_running_on(cluster, NS_APPS, "web", prefix, 2),
-        120,
-    )
+    wait_pods_running(cluster, NS_APPS, "web", prefix, 2, "the web pods Running on the owned copy")
 
     # The kubelet (containerd) fetched the owned manifest through the proxy
     # as reader, never as the push account.

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import kubernetes.client
@@ -24,8 +23,8 @@ from cloner.config import load_settings
 from cloner.model.revert import owned_predicate
 from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload
 from cloner.ops.revert import revert_all
-from tests.e2e.harness import Environment
-from tests.e2e.support import REPO, Scope, create, images, read, write_config
+from devenv.harness import Environment
+from devenv.support import REPO, Scope, create, images, read
 
 SECRET = "image-cloner-pull-secret"
 MARKS = (ORIGINAL_IMAGES, ADDED_PULL_SECRET)
@@ -77,7 +76,7 @@ def version(obj: dict[str, Any]) -> str:
 
 
 def test_revert_restores_every_pod_template_and_service_account_exactly(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -151,13 +150,7 @@ def test_revert_restores_every_pod_template_and_service_account_exactly(
         workload = ("Deployment", ns, name)
         workloads.append(workload)
         templates[workload] = read(api, *workload)["spec"]["template"]
-    workload_mode = write_config(
-        tmp_path / "workload.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        pullSecret={"attach": "workload"},
-    )
+    workload_mode = scope.write_config("workload.yaml", pullSecret={"attach": "workload"})
     result = scope.run(workload_mode)
     assert result.returncode == 0, result.stderr
     wnew, wown = read(api, "Deployment", ns, "wnew"), read(api, "Deployment", ns, "wown")

@@ -51,17 +51,19 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from tests.e2e.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
-from tests.e2e.support import scrape
+from devenv.cluster import CONTROLLER_NAMESPACE, Cluster, Deployment, make, write_overlay
+from devenv.support import scrape
+from devenv.waiting import wait_for
 from tests.e2e.test_cluster import (
     all_ready,
     apply,
+    controller_gone,
     controller_pods,
     controller_ready,
     get_json,
+    host_workload,
     kubectl,
-    pod_template,
-    wait_for,
+    wait_controller_gone,
 )
 
 NS_PULL = "guard-pull"  # six Deployments, no pull secret: the canary cannot pull
@@ -108,39 +110,19 @@ Key = tuple[str, str, str]  # (namespace, kind, name)
 
 def deployment(namespace: str, name: str, image: str, replicas: int = 2) -> dict[str, Any]:
     """A Deployment of one waiting container; RollingUpdate with ``maxUnavailable: 0``."""
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": pod_template({"main": image}, labels, None, None),
-        },
-    }
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    spec = {"replicas": replicas, "strategy": strategy}
+    return host_workload("Deployment", namespace, name, image, spec=spec)
 
 
 def statefulset(namespace: str, name: str, image: str, replicas: int = 2) -> dict[str, Any]:
     """An ``OrderedReady`` StatefulSet with the RollingUpdate strategy (no partition)."""
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "podManagementPolicy": "OrderedReady",
-            "updateStrategy": {"type": "RollingUpdate"},
-            "selector": {"matchLabels": labels},
-            "template": pod_template({"main": image}, labels, None, None),
-        },
+    spec = {
+        "replicas": replicas,
+        "podManagementPolicy": "OrderedReady",
+        "updateStrategy": {"type": "RollingUpdate"},
     }
+    return host_workload("StatefulSet", namespace, name, image, spec=spec)
 
 
 def deny_owned_policy(owned_host: str) -> list[dict[str, Any]]:
@@ -419,10 +401,6 @@ class Guard:
         return self.deployment.target + "/"
 
 
-def controller_gone(cluster: Cluster) -> bool:
-    return kubectl(cluster, "get", "namespace", CONTROLLER_NAMESPACE, check=False).returncode != 0
-
-
 def build_images(cluster: Cluster, references: list[str]) -> None:
     """Build and push a runnable image per reference (seeded by it), four at a time."""
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -465,7 +443,7 @@ def verify_policy_in_force(cluster: Cluster, owned_image: str, public_image: str
         result = dry_run_pod(cluster, NS_DENIED, owned_image)
         return result.stderr if result.returncode != 0 else ""
 
-    message = wait_for("the admission policy in force", refused, 60, interval=0.5)
+    message = wait_for(refused, 60, "the admission policy in force", interval=0.5)
     assert POLICY in message and "denied request" in message, message
     assert dry_run_pod(cluster, NS_DENIED, public_image).returncode == 0
     allowed = dry_run_pod(cluster, NS_HEALTHY, owned_image)
@@ -504,7 +482,7 @@ def guard(cluster: Cluster) -> Iterator[Guard]:
     if not controller_gone(cluster):
         # Left by a module that failed before its undeploy (same names).
         make(cluster, "undeploy", deployment_)
-    wait_for(f"namespace {CONTROLLER_NAMESPACE} gone", lambda: controller_gone(cluster), 120)
+    wait_controller_gone(cluster)
     env = cluster.env
     workloads = scenario_workloads(env.public.host)
     public = {key_of(o): template_images_of(o)[0] for ws in workloads.values() for o in ws}
@@ -549,9 +527,10 @@ def guard(cluster: Cluster) -> Iterator[Guard]:
         )
         mark = time.monotonic()
         wait_for(
-            "the guard's workloads rolled out on public images",
             lambda: workloads_rolled_out(cluster, len(public)),
             180,
+            "the guard's workloads rolled out on public images",
+            interval=1.0,
         )
         timings["public rollouts"] = time.monotonic() - mark
         uids = pod_uids(cluster)
@@ -568,7 +547,7 @@ def guard(cluster: Cluster) -> Iterator[Guard]:
         watcher.stop()
         mark = time.monotonic()
         undeploy = make(cluster, "undeploy", deployment_)
-        wait_for(f"namespace {CONTROLLER_NAMESPACE} gone", lambda: controller_gone(cluster), 120)
+        wait_controller_gone(cluster)
         kubectl(cluster, "delete", "validatingadmissionpolicybinding", POLICY, check=False)
         kubectl(cluster, "delete", "validatingadmissionpolicy", POLICY, check=False)
         kubectl(
@@ -679,11 +658,11 @@ def wait_metric(
             return None
         return samples if check(samples) else None
 
-    return wait_for(what, scraped, timeout)
+    return wait_for(scraped, timeout, what, interval=1.0)
 
 
 def wait_undone(guard: Guard, key: Key, timeout: float = 150) -> Seen:
-    return wait_for(f"{key} undone", lambda: guard.watcher.undone(key), timeout)
+    return wait_for(lambda: guard.watcher.undone(key), timeout, f"{key} undone", interval=1.0)
 
 
 def assert_undone(cluster: Cluster, guard: Guard, key: Key, reason: str) -> dict[str, Any]:
@@ -719,7 +698,7 @@ def assert_switch_events(
             return events
         return None
 
-    events = wait_for(f"SwitchFailed ({reason}) and SwitchUndone on {key}", found, 30)
+    events = wait_for(found, 30, f"SwitchFailed ({reason}) and SwitchUndone on {key}", interval=1.0)
     for event in with_reason(events, "SwitchFailed"):
         assert event["type"] == "Warning", event
     for event in with_reason(events, "SwitchUndone"):
@@ -766,7 +745,10 @@ def test_pull_failure_undoes_the_canary_and_the_other_five_deployments_are_never
 ) -> None:
     watcher = guard.watcher
     canary_keys = wait_for(
-        f"a Deployment of {NS_PULL} patched", lambda: watcher.patched_keys(NS_PULL), 120
+        lambda: watcher.patched_keys(NS_PULL),
+        120,
+        f"a Deployment of {NS_PULL} patched",
+        interval=1.0,
     )
     assert len(canary_keys) == 1, f"more than one canary: {canary_keys}"
     (canary,) = canary_keys
@@ -781,9 +763,10 @@ def test_pull_failure_undoes_the_canary_and_the_other_five_deployments_are_never
     assert any("401 Unauthorized" in e["message"] for e in failed), failed
     public_prefix = guard.public_prefix
     wait_for(
-        f"every pod of {NS_PULL} Running and Ready on public images",
         lambda: pods_healthy_on(cluster, NS_PULL, public_prefix, 2 * len(PULL_DEPLOYMENTS)),
         60,
+        f"every pod of {NS_PULL} Running and Ready on public images",
+        interval=1.0,
     )
     # The old pods stayed (maxUnavailable 0): none of the canary's was replaced.
     uids = {p["metadata"]["uid"] for p in namespace_pods(cluster, NS_PULL)}
@@ -822,16 +805,18 @@ def test_pull_failure_rolls_the_ordered_ready_statefulset_back(
     assert_undone(cluster, guard, key, "owned_pull_failed")
     public_prefix = guard.public_prefix
     wait_for(
-        f"both pods of {NS_PULL_STS} Running and Ready on public images",
         lambda: pods_healthy_on(cluster, NS_PULL_STS, public_prefix, 2),
         90,
+        f"both pods of {NS_PULL_STS} Running and Ready on public images",
+        interval=1.0,
     )
     healed = time.time()
     obj = get_json(cluster, "-n", NS_PULL_STS, "statefulset", "db")
     wait_for(
-        "the StatefulSet's rollout complete",
         lambda: rollout_complete(get_json(cluster, "-n", NS_PULL_STS, "statefulset", "db")),
         60,
+        "the StatefulSet's rollout complete",
+        interval=1.0,
     )
     # Forced rollback: only the broken pod (the highest ordinal, updated
     # first) was replaced; db-0 stayed Ready on its public image throughout.
@@ -892,9 +877,10 @@ def test_admission_denial_is_undone(cluster: Cluster, guard: Guard) -> None:
     ]
     assert refused, [e.get("message") for e in events]
     wait_for(
-        f"both pods of {NS_DENIED} Running and Ready on public images",
         lambda: pods_healthy_on(cluster, NS_DENIED, guard.public_prefix, 2),
         60,
+        f"both pods of {NS_DENIED} Running and Ready on public images",
+        interval=1.0,
     )
     uids = {p["metadata"]["uid"] for p in namespace_pods(cluster, NS_DENIED)}
     assert uids == set(guard.pod_uids[NS_DENIED].values())
@@ -925,9 +911,10 @@ def test_healthy_switches_go_canary_first_then_the_rest_and_complete(
     watcher = guard.watcher
     keys = [(NS_HEALTHY, "Deployment", n) for n in HEALTHY_DEPLOYMENTS]
     wait_for(
-        f"every Deployment of {NS_HEALTHY} rolled out on owned images",
         lambda: all(watcher.completed_at(k) for k in keys),
         150,
+        f"every Deployment of {NS_HEALTHY} rolled out on owned images",
+        interval=1.0,
     )
     patched = {k: watcher.patched_at(k) for k in keys}
     completed = {k: watcher.completed_at(k) for k in keys}
@@ -941,16 +928,17 @@ def test_healthy_switches_go_canary_first_then_the_rest_and_complete(
         at = patched[key]
         assert at is not None and at >= canary_done, (key, at, canary_done)
     wait_for(
-        f"every pod of {NS_HEALTHY} Running and Ready on owned images",
         lambda: pods_healthy_on(cluster, NS_HEALTHY, guard.owned_prefix, len(keys)),
         60,
+        f"every pod of {NS_HEALTHY} Running and Ready on owned images",
+        interval=1.0,
     )
 
     def completed_events() -> dict[Key, list[dict[str, Any]]] | None:
         found = {k: with_reason(events_of(cluster, *k), "SwitchCompleted") for k in keys}
         return found if all(found.values()) else None
 
-    events = wait_for("SwitchCompleted on each Deployment", completed_events, 30)
+    events = wait_for(completed_events, 30, "SwitchCompleted on each Deployment", interval=1.0)
     for key in keys:
         assert all(e["type"] == "Normal" for e in events[key]), events[key]
         assert not with_reason(events_of(cluster, *key), "SwitchUndone")
@@ -1015,9 +1003,10 @@ def test_restart_with_a_switch_pending_the_new_pod_completes_it(
     kubectl(cluster, "annotate", "namespace", NS_RESTART, f"{SKIP}-")
     opened = time.monotonic()
     patched = wait_for(
-        f"the canary of {NS_RESTART} patched",
         lambda: watcher.patched_keys(NS_RESTART),
         3 * POLL_INTERVAL + 30,
+        f"the canary of {NS_RESTART} patched",
+        interval=1.0,
     )
     assert len(patched) == 1, f"more than one canary: {patched}"
     (canary,) = patched
@@ -1031,7 +1020,6 @@ def test_restart_with_a_switch_pending_the_new_pod_completes_it(
     assert not with_reason(events_of(cluster, *canary), "SwitchCompleted")
     assert watcher.patched_at(other) is None
     wait_for(
-        "the old controller pod gone",
         lambda: (
             kubectl(
                 cluster, "-n", CONTROLLER_NAMESPACE, "get", "pod", old_name, check=False
@@ -1039,10 +1027,11 @@ def test_restart_with_a_switch_pending_the_new_pod_completes_it(
             != 0
         ),
         90,
+        "the old controller pod gone",
+        interval=1.0,
     )
     gone = time.time()
     new = wait_for(
-        "a new controller pod 2/2 Ready",
         lambda: next(
             (
                 p
@@ -1052,15 +1041,18 @@ def test_restart_with_a_switch_pending_the_new_pod_completes_it(
             None,
         ),
         150,
+        "a new controller pod 2/2 Ready",
+        interval=1.0,
     )
     ready = time.time()
     started = controller_started_at(new)
     guard.timings["restart: delete -> old pod gone"] = gone - deleted
     guard.timings["restart: delete -> new pod Ready"] = ready - deleted
     events = wait_for(
-        f"SwitchCompleted on {canary}",
         lambda: with_reason(events_of(cluster, *canary), "SwitchCompleted"),
         ROLLOUT_TIMEOUT,
+        f"SwitchCompleted on {canary}",
+        interval=1.0,
     )
     completed_event = min(event_time(e) for e in events)
     # Written by the new pod: its controller started before it.
@@ -1069,9 +1061,10 @@ def test_restart_with_a_switch_pending_the_new_pod_completes_it(
     # The canary gate goes on with the new pod: the other is patched only
     # after the canary's rollout completed, and completes too.
     wait_for(
-        f"{other} rolled out on owned images",
         lambda: watcher.completed_at(other),
         ROLLOUT_TIMEOUT,
+        f"{other} rolled out on owned images",
+        interval=1.0,
     )
     canary_done = watcher.completed_at(canary)
     other_patched = watcher.patched_at(other)
@@ -1080,14 +1073,16 @@ def test_restart_with_a_switch_pending_the_new_pod_completes_it(
     patched_events = with_reason(events_of(cluster, *other), "Patched")
     assert patched_events and min(event_time(e) for e in patched_events) >= completed_event
     wait_for(
-        f"SwitchCompleted on {other}",
         lambda: with_reason(events_of(cluster, *other), "SwitchCompleted"),
         30,
+        f"SwitchCompleted on {other}",
+        interval=1.0,
     )
     wait_for(
-        f"both pods of {NS_RESTART} Running and Ready on owned images",
         lambda: pods_healthy_on(cluster, NS_RESTART, guard.owned_prefix, 2),
         60,
+        f"both pods of {NS_RESTART} Running and Ready on owned images",
+        interval=1.0,
     )
     wait_metric(
         guard,

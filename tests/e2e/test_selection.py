@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import kubernetes.client
 
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     create,
     create_namespace,
@@ -15,13 +13,10 @@ from tests.e2e.support import (
     log_size,
     read,
     request_lines,
-    write_config,
 )
 
 
-def test_invalid_references_opt_outs_and_image_globs(
-    scope: Scope, env: Environment, tmp_path: Path
-) -> None:
+def test_invalid_references_opt_outs_and_image_globs(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     quiet_ns = f"{ns}-quiet"
@@ -52,10 +47,8 @@ def test_invalid_references_opt_outs_and_image_globs(
             "other": f"{env.public.host}/{ns}-vendor/tool:1",
         },
     )
-    config = write_config(
-        tmp_path / "sel.yaml",
-        env,
-        scope.target,
+    config = scope.write_config(
+        "sel.yaml",
         namespaces={"include": [f"{ns}*"]},
         images={
             "include": [f"{env.public.host}/{ns}*/**"],
@@ -98,17 +91,15 @@ def test_invalid_references_opt_outs_and_image_globs(
     assert "clone_failures=2 (invalid_reference=2)" in metrics.stderr
 
 
-def test_flat_naming_with_pin_digest(scope: Scope, env: Environment, tmp_path: Path) -> None:
+def test_flat_naming_with_pin_digest(scope: Scope, env: Environment) -> None:
     ns = scope.namespace
     api = env.api_client()
     env.build_image(scope.source("app:1.2"), layers=2, seed=f"{ns}-flat")
     create(api, "Deployment", ns, "web", {"app": scope.source("app:1.2")})
     target = f"{env.owned.host}/flat-{ns}"
-    config = write_config(
-        tmp_path / "flat.yaml",
-        env,
-        target,
-        namespaces={"include": [ns]},
+    config = scope.write_config(
+        "flat.yaml",
+        target=target,
         naming="flat",
         flatSeparator="_",
         pinDigest=True,

@@ -18,13 +18,11 @@ completed blob uploads (``PUT .../blobs/uploads/...``) at the owned registry.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.e2e import images as img
-from tests.e2e.harness import Environment
-from tests.e2e.support import (
+from devenv import images as img
+from devenv.harness import Environment
+from devenv.support import (
     Scope,
     blob_gets,
     blob_uploads,
@@ -32,7 +30,6 @@ from tests.e2e.support import (
     images,
     log_size,
     read,
-    write_config,
 )
 
 NAMES = ("one", "two", "three")
@@ -40,7 +37,7 @@ NAMES = ("one", "two", "three")
 
 @pytest.mark.parametrize("backend", ["skopeo", "docker"])
 def test_copies_at_once_pull_and_upload_a_shared_base_layer_once(
-    scope: Scope, env: Environment, tmp_path: Path, backend: str
+    scope: Scope, env: Environment, backend: str
 ) -> None:
     ns = scope.namespace
     api = env.api_client()
@@ -49,14 +46,8 @@ def test_copies_at_once_pull_and_upload_a_shared_base_layer_once(
     for name in NAMES:
         img.build_image(env.public, f"{ns}/{name}", "1", layers=[base, img.layer(f"{ns}-{name}")])
         create(api, "Deployment", ns, name, {"main": scope.source(f"{name}:1")})
-    config = write_config(
-        tmp_path / "c.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        copyBackend=backend,
-        cloneConcurrency=3,
-        registryConcurrency=3,
+    config = scope.write_config(
+        "c.yaml", copyBackend=backend, cloneConcurrency=3, registryConcurrency=3
     )
     public_offset, owned_offset = log_size(env.public), log_size(env.owned)
     result = scope.run(config)

@@ -24,10 +24,10 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.e2e import images, signing
-from tests.e2e.harness import Environment
-from tests.e2e.olareg import Olareg
-from tests.e2e.support import (
+from devenv import images, signing
+from devenv.harness import Environment
+from devenv.olareg import Olareg
+from devenv.support import (
     Fault,
     RegistryProxy,
     Scope,
@@ -38,10 +38,9 @@ from tests.e2e.support import (
     request_lines,
     run_controller,
     serving,
-    wait_for,
-    write_config,
 )
-from tests.e2e.support import images as workload_images
+from devenv.support import images as workload_images
+from devenv.waiting import seconds_until, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -50,18 +49,9 @@ PLATFORMS = (("linux", "amd64"), ("linux", "arm64", "v8"))
 ARTIFACT_TAG = re.compile(r"/manifests/sha256-[0-9a-f]{64}(\.sig|\.att|\.sbom)?\b")
 
 
-def config(
-    scope: Scope, tmp_path: Path, name: str, target: str | None = None, **extra: Any
-) -> Path:
+def config(scope: Scope, name: str, **extra: Any) -> Path:
     """The test's controller config with the skopeo backend (and ``extra`` keys)."""
-    return write_config(
-        tmp_path / f"{name}.yaml",
-        scope.env,
-        target or scope.target,
-        namespaces={"include": [scope.namespace]},
-        copyBackend="skopeo",
-        **extra,
-    )
+    return scope.write_config(f"{name}.yaml", copyBackend="skopeo", **extra)
 
 
 def events(env: Environment, namespace: str, reason: str) -> list[str]:
@@ -144,7 +134,7 @@ def assert_owned_copy_is_signed(
 
 
 def test_signatures_attestations_sboms_and_referrers_travel_with_the_copy(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     signer = signing.Signer()
@@ -156,7 +146,7 @@ def test_signatures_attestations_sboms_and_referrers_travel_with_the_copy(
     with closing(env.api_client()) as api:
         create(api, "Deployment", ns, "web", {"app": scope.source("signed:1.0")})
 
-    result = scope.run(config(scope, tmp_path, "copy"))
+    result = scope.run(config(scope, "copy"))
     assert result.returncode == 0, result.stderr
 
     with closing(env.api_client()) as api:
@@ -172,7 +162,7 @@ def test_signatures_attestations_sboms_and_referrers_travel_with_the_copy(
 
 
 def test_a_source_without_artifacts_costs_at_most_four_requests_per_manifest(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     index = images.build_index(
@@ -182,7 +172,7 @@ def test_a_source_without_artifacts_costs_at_most_four_requests_per_manifest(
         create(api, "Deployment", ns, "web", {"app": scope.source("plain:1.0")})
     start = log_size(env.public)
 
-    result = scope.run(config(scope, tmp_path, "plain"))
+    result = scope.run(config(scope, "plain"))
     assert result.returncode == 0, result.stderr
 
     lines = [line for line in request_lines(env.public, start) if f"/v2/{ns}/plain/" in line]
@@ -201,7 +191,7 @@ def test_a_source_without_artifacts_costs_at_most_four_requests_per_manifest(
 
 
 def test_a_signature_added_upstream_reaches_the_owned_copy_after_refresh_interval(
-    scope: Scope, env: Environment, tmp_path: Path
+    scope: Scope, env: Environment
 ) -> None:
     ns = scope.namespace
     signer = signing.Signer()
@@ -209,7 +199,7 @@ def test_a_signature_added_upstream_reaches_the_owned_copy_after_refresh_interva
     owned_repository = scope.owned_repository("later")
     with closing(env.api_client()) as api:
         create(api, "Deployment", ns, "web", {"app": scope.source("later:1.0")})
-    path = config(scope, tmp_path, "refresh", pollInterval=1, refreshInterval=8)
+    path = config(scope, "refresh", pollInterval=1, refreshInterval=8)
     key = signer.public_pem()
     with controller_loop(scope.kubeconfig, path) as output:
         wait_for(
@@ -228,7 +218,7 @@ def test_a_signature_added_upstream_reaches_the_owned_copy_after_refresh_interva
         ]
         second = signing.Signer()
         signing.add_signature(env.public, f"{ns}/later", index.digest, second)
-        waited = wait_for(
+        waited = seconds_until(
             lambda: _verifies(env.owned, owned_repository, index.digest, second.public_pem()) == 1,
             60,
             "the new signature in the owned registry",
@@ -272,7 +262,6 @@ def olaregs(tmp_path: Path) -> Iterator[dict[str, Olareg]]:
 def test_referrers_api_on_either_side(
     scope: Scope,
     env: Environment,
-    tmp_path: Path,
     olaregs: dict[str, Olareg],
     source: str,
     owned: str,
@@ -293,7 +282,7 @@ def test_referrers_api_on_either_side(
     with closing(env.api_client()) as api:
         create(api, "Deployment", ns, "web", {"app": f"{source_host}/{ns}/app:1.0"})
 
-    result = scope.run(config(scope, tmp_path, "olareg", target=target))
+    result = scope.run(config(scope, "olareg", target=target))
     assert result.returncode == 0, result.stderr
 
     with closing(env.api_client()) as api:
@@ -345,7 +334,6 @@ def test_signatures_that_cannot_be_copied_hold_the_switch_only_under_require(
             create(api, "Deployment", ns, "web", {"app": scope.source("held:1.0")})
         path = config(
             scope,
-            tmp_path,
             mode,
             target=f"{proxy.host}/t-{ns}",
             signatures=mode,
@@ -373,19 +361,13 @@ def test_signatures_that_cannot_be_copied_hold_the_switch_only_under_require(
 
 @pytest.mark.parametrize("mode", ["copy", "require"])
 def test_the_docker_backend_reports_signatures_lost(
-    scope: Scope, env: Environment, tmp_path: Path, mode: str
+    scope: Scope, env: Environment, mode: str
 ) -> None:
     ns = scope.namespace
     _, corpus = signed_index(env.public, f"{ns}/lost", signing.Signer(), "fallback")
     with closing(env.api_client()) as api:
         create(api, "Deployment", ns, "web", {"app": scope.source("lost:1.0")})
-    path = write_config(
-        tmp_path / f"docker-{mode}.yaml",
-        env,
-        scope.target,
-        namespaces={"include": [ns]},
-        signatures=mode,
-    )
+    path = scope.write_config(f"docker-{mode}.yaml", signatures=mode)
     plan = run_controller(
         env, path, "plan", "--output", "json", kubeconfig=scope.kubeconfig, once=False
     )

@@ -19,9 +19,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.e2e import images, signing
-from tests.e2e.harness import LOOPBACK, Registry, free_port
-from tests.e2e.signing import Signer, VerificationError
+from devenv import images, signing
+from devenv.harness import LOOPBACK, Registry, free_port
+from devenv.signing import Signer, VerificationError
 
 pytestmark = pytest.mark.e2e
 
@@ -282,8 +282,8 @@ def test_signer_key_files(tmp_path: Path, signer: Signer) -> None:
 
 
 def test_on_a_registry_with_the_referrers_api(tmp_path: Path, signer: Signer) -> None:
-    """olareg (tests/e2e/olareg.py) answers OCI-Subject: auto pushes no fallback tag."""
-    from tests.e2e.olareg import Olareg
+    """olareg (devenv/olareg.py) answers OCI-Subject: auto pushes no fallback tag."""
+    from devenv.olareg import Olareg
 
     with Olareg(tmp_path, log_requests=False) as olareg:
         target = signing.endpoint(olareg)

@@ -16,8 +16,8 @@ from cloner.adapters.credential_store import CredentialStore
 from cloner.adapters.skopeo import SkopeoBackend
 from cloner.errors import RegistryError
 from cloner.model.reference import digest_tag, parse_reference
-from tests.e2e import images, support
-from tests.e2e.harness import Environment
+from devenv import images, support
+from devenv.harness import Environment
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,10 @@
 dicts and applies JSON patches with ``apply_patch`` (RFC 6902, through the
 ``jsonpatch`` library), refusing a failed ``test`` with 422 as the API
 server does; it serves the reconcile cycle (``reconcile.KubeAPI``), pull
-secret provisioning and revert (``revert.RevertAPI``).
+secret provisioning and revert (``revert.RevertAPI``), the Event recorder
+(``events.EventAPI``) and the leader elector (one Lease, through the
+``CoordinationV1Api`` methods it calls). ``workload`` builds the objects it
+stores (``devenv.workloads``, with these tests' conventions).
 
 
 ``Registries`` holds manifests by repository, answers ``head``/``get`` like
@@ -19,12 +22,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
+from kubernetes.client.exceptions import ApiException
 
 from cloner.errors import KubeError, RegistryError
 from cloner.model.identity import (
@@ -38,6 +43,30 @@ from cloner.model.identity import (
 from cloner.model.pullsecrets import SecretInfo, ServiceAccount
 from cloner.model.reference import Reference
 from cloner.model.workloads import KINDS, NamespaceInfo, Workload, kind_info, pod_spec_of
+from devenv import workloads
+
+
+def workload(
+    kind: str, ns: str, name: str, *images: str, init: Iterable[str] = (), **fields: Any
+) -> dict[str, Any]:
+    """A workload object of ``kind`` (``devenv.workloads``) as ``FakeKube`` stores it.
+
+    Containers ``c0``, ``c1``... run ``images``, init containers ``i0``...
+    run ``init``; its uid is ``ns/name`` and its resourceVersion ``1``.
+    ``fields`` go to the builder (``labels``, ``spec``, ``status``, and
+    ``metadata``, which adds to those two).
+    """
+    initial = {f"i{i}": image for i, image in enumerate(init)}
+    metadata = {"uid": f"{ns}/{name}", "resourceVersion": "1", **fields.pop("metadata", {})}
+    return workloads.workload(
+        kind,
+        name,
+        {f"c{i}": image for i, image in enumerate(images)},
+        init=initial or None,
+        namespace=ns,
+        metadata=metadata,
+        **fields,
+    )
 
 
 def sha(data: bytes) -> str:
@@ -197,11 +226,18 @@ def apply_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[s
         raise PatchFailed(str(exc)) from None
 
 
+class _LeaseResponse:
+    """What ``CoordinationV1Api`` returns with ``_preload_content=False``: the body in ``data``."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data = json.dumps(body).encode()
+
+
 class FakeKube:
-    """Workloads, namespaces, Secrets, ServiceAccounts and ConfigMaps in memory.
+    """Workloads, namespaces, Secrets, ServiceAccounts, ConfigMaps, Events and a Lease in memory.
 
     Args:
-        objects: workload objects as JSON dicts, each with its ``kind``.
+        objects: workload objects as JSON dicts, each with its ``kind`` (kept, not copied).
 
     Attributes:
         calls: the writes in order: ``patch <Kind ns/name>``, ``patch sa ns/name``,
@@ -210,12 +246,22 @@ class FakeKube:
         fail_list: kinds (or ``Namespace``) whose list call fails.
         fail_patch: workload names whose patches fail with 422.
         gets: ``(namespace, name)`` of every ServiceAccount read.
+        events: the Events written, by ``(namespace, name)``, as the API server
+            stores them (a name made from ``generateName``).
+        event_calls: ``("create", namespace)`` and ``("patch", name)`` of every
+            Event write tried.
+        event_failure: raised by every Event write while set.
+        lease: the one Lease (any name, any namespace), None before it is created;
+            its ``resourceVersion`` is checked on replace (409), as the API server does.
+        lease_writes: every Lease stored, in order.
+        lease_failure: raised by every Lease call while set.
+        lock: held by the Lease calls (the elector runs on its own thread).
     """
 
     def __init__(
-        self, objects: list[dict[str, Any]], accounts: Iterable[dict[str, Any]] = ()
+        self, objects: list[dict[str, Any]] | None = None, accounts: Iterable[dict[str, Any]] = ()
     ) -> None:
-        self.objects = objects
+        self.objects = [] if objects is None else objects
         self.patches: list[tuple[str, list[dict[str, Any]]]] = []
         self.calls: list[str] = []
         self.gets: list[tuple[str, str]] = []
@@ -235,6 +281,13 @@ class FakeKube:
         self.namespaced: dict[str, list[dict[str, Any]]] = {}
         self.deleted_pods: list[tuple[str, str, str]] = []
         self.namespaced_reads: list[tuple[str, str]] = []
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.event_calls: list[tuple[str, str]] = []
+        self.event_failure: Exception | None = None
+        self.lease: dict[str, Any] | None = None
+        self.lease_writes: list[dict[str, Any]] = []
+        self.lease_failure: Exception | None = None
+        self.lock = threading.Lock()
 
     # Workloads ---------------------------------------------------------------
 
@@ -369,3 +422,63 @@ class FakeKube:
         if held < int(resource_version):
             raise KubeError(504, "Too large resource version")
         return ServiceAccount.from_api(account)
+
+    # Events ------------------------------------------------------------------
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> str:
+        self.event_calls.append(("create", namespace))
+        if self.event_failure is not None:
+            raise self.event_failure
+        name = f"{body['metadata']['generateName']}{len(self.event_calls):05d}"
+        self.events[(namespace, name)] = {**body, "metadata": {**body["metadata"], "name": name}}
+        return name
+
+    def patch_event(
+        self, namespace: str, name: str, patch: list[dict[str, Any]] | dict[str, Any]
+    ) -> None:
+        self.event_calls.append(("patch", name))
+        if self.event_failure is not None:
+            raise self.event_failure
+        if (namespace, name) not in self.events:
+            raise KubeError(404, f"patch event {namespace}/{name}: 404 not found")
+        assert isinstance(patch, dict)
+        self.events[(namespace, name)].update(patch)
+
+    # The Lease, as CoordinationV1Api -------------------------------------------
+
+    def _lease_check(self) -> None:
+        if self.lease_failure is not None:
+            raise self.lease_failure
+
+    def _store_lease(self, body: dict[str, Any]) -> _LeaseResponse:
+        body = json.loads(json.dumps(body))
+        body["metadata"]["resourceVersion"] = str(len(self.lease_writes) + 1)
+        self.lease = body
+        self.lease_writes.append(body)
+        return _LeaseResponse(body)
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> _LeaseResponse:
+        with self.lock:
+            self._lease_check()
+            if self.lease is None:
+                raise ApiException(status=404, reason="Not Found")
+            return _LeaseResponse(self.lease)
+
+    def create_namespaced_lease(
+        self, namespace: str, body: dict[str, Any], **_: Any
+    ) -> _LeaseResponse:
+        with self.lock:
+            self._lease_check()
+            if self.lease is not None:
+                raise ApiException(status=409, reason="AlreadyExists")
+            return self._store_lease(body)
+
+    def replace_namespaced_lease(
+        self, name: str, namespace: str, body: dict[str, Any], **_: Any
+    ) -> _LeaseResponse:
+        with self.lock:
+            self._lease_check()
+            assert self.lease is not None
+            if body["metadata"].get("resourceVersion") != self.lease["metadata"]["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
+            return self._store_lease(body)

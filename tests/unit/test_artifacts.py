@@ -35,8 +35,7 @@ from cloner.model.reference import Reference, digest_tag, parse_reference
 from cloner.model.state import Record
 from cloner.ops.artifacts import ArtifactCopier
 from cloner.ops.plan import build_plan
-from tests.unit.fakes import FakeKube
-from tests.unit.test_reconcile import workload
+from tests.unit.fakes import FakeKube, workload
 
 IMAGE = "sha256:" + "a" * 64
 CHILD = "sha256:" + "b" * 64

@@ -6,33 +6,17 @@ Timings are not asserted (they mean nothing at this size); this only keeps
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "run.py"
+from bench import run
+from devenv.support import run_python
 
 
 def _rows() -> tuple[str, ...]:
-    """``bench/run.py``'s ``ROWS``, loaded from the file (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_run", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ROWS
+    """``bench.run``'s ``ROWS``."""
+    return run.ROWS
 
 
 def test_bench_smoke_run_prints_every_row_of_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
+    result = run_python("-m", "bench.run", "--smoke", timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:2] == ["benchmark", "figure"], result.stdout
@@ -44,13 +28,6 @@ def test_bench_smoke_run_prints_every_row_of_its_table() -> None:
 
 
 def test_bench_rejects_a_size_of_zero() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--workloads", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    result = run_python("-m", "bench.run", "--workloads", "0", timeout=60)
     assert result.returncode == 2
     assert "--workloads and --refs must be at least 1" in result.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +19,7 @@ from cloner.model.reference import Reference, Target, parse_reference
 from cloner.model.state import StateBook
 from cloner.ops.cloning import ImageCloner
 from cloner.ops.state import StateStore
+from devenv.waiting import wait_for
 from tests.unit.fakes import Registries
 
 SRC = "src.example"
@@ -314,10 +314,8 @@ def test_the_next_images_are_asked_while_every_copy_slot_is_busy() -> None:
     regs = gated(names)
     c = cloner(regs, concurrency=2, registry_concurrency=3)
     futures = c.submit(pairs_of(*(f"{n}:1" for n in names)))
-    deadline = time.monotonic() + 5
     # Two copies hold both slots; the third image's source is asked meanwhile.
-    while regs.requests["registry-2.example.com"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: regs.requests["registry-2.example.com"], 5, interval=0.01)
     assert regs.requests["registry-2.example.com"] >= 1
     assert regs.max_active == 2 and len(regs.clones) == 0
     for gate in regs.gates.values():
@@ -383,15 +381,6 @@ def test_copy_slots_go_to_the_waiting_images_in_submission_order() -> None:
     assert order == [1, 2, 3]
 
 
-def _wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 @pytest.mark.parametrize("ramp", [True, False])
 def test_with_the_ramp_a_registry_starts_with_one_copy_and_adds_one_per_copy_ended(
     ramp: bool,
@@ -418,18 +407,18 @@ def test_with_the_ramp_a_registry_starts_with_one_copy_and_adds_one_per_copy_end
         thread.start()
         time.sleep(0.02)
     if not ramp:
-        assert _wait_for(lambda: running == {"r0", "r1", "r2", "r3"})  # 4 slots in all
+        wait_for(lambda: running == {"r0", "r1", "r2", "r3"}, 5.0, interval=0.01)  # 4 slots in all
     else:
         # the first copy of each registry runs alone; other registries do not wait
-        assert _wait_for(lambda: running == {"r0", "o0"})
+        wait_for(lambda: running == {"r0", "o0"}, 5.0, interval=0.01)
         time.sleep(0.1)
         assert running == {"r0", "o0"}
         gates["r0"].set()  # one copy ended: two may run at once
-        assert _wait_for(lambda: running == {"r1", "r2", "o0"})
+        wait_for(lambda: running == {"r1", "r2", "o0"}, 5.0, interval=0.01)
         time.sleep(0.1)
         assert running == {"r1", "r2", "o0"}
         gates["r1"].set()  # two ended: three may, and r3 is the only one left
-        assert _wait_for(lambda: running == {"r2", "r3", "o0"})
+        wait_for(lambda: running == {"r2", "r3", "o0"}, 5.0, interval=0.01)
     for gate in gates.values():
         gate.set()
     for thread in threads:
@@ -453,7 +442,7 @@ def test_the_ramp_also_lets_one_more_copy_start_per_step_while_a_long_copy_runs(
     began = time.monotonic()
     for thread in threads:
         thread.start()
-    assert _wait_for(lambda: len(started) == 3)
+    wait_for(lambda: len(started) == 3, 5.0, interval=0.01)
     release.set()
     for thread in threads:
         thread.join(5)
@@ -471,12 +460,12 @@ def test_only_the_skopeo_backend_ramps_up_a_registrys_first_copies(
     regs = gated(names, backend)
     c = cloner(regs, concurrency=4, registry_concurrency=3)
     futures = c.submit(pairs_of(*(f"{n}:1" for n in names)))
-    assert _wait_for(lambda: len(regs.active) >= 1)
+    wait_for(lambda: len(regs.active) >= 1, 5.0, interval=0.01)
     time.sleep(0.2)  # time for the others to start too, if they may
     assert len(regs.active) == (1 if first_alone else 3)
     regs.gates[names[0]].set()
     if first_alone:
-        assert _wait_for(lambda: regs.active == {f"{SRC}/app1", f"{SRC}/app2"})
+        wait_for(lambda: regs.active == {f"{SRC}/app1", f"{SRC}/app2"}, 5.0, interval=0.01)
     for gate in regs.gates.values():
         gate.set()
     results = {key: c.collect(key, f) for key, f in futures.items()}

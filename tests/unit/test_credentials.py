@@ -1,6 +1,6 @@
 """docker config.json and credential helpers: registries normalized, errors clear, secrets hidden.
 
-The helper tests run a real ``docker-credential-test`` script (tests/credhelper.py) from PATH.
+The helper tests run a real ``docker-credential-test`` script (devenv/credhelper.py) from PATH.
 """
 
 import base64
@@ -16,7 +16,7 @@ from cloner.adapters.credential_store import CredentialStore, HelperFailed, run_
 from cloner.errors import ConfigError
 from cloner.model.credentials import Credential, DockerConfig, HelperRef, normalize_registry_key
 from cloner.model.pullsecrets import dockerconfigjson
-from tests.credhelper import FakeHelper
+from devenv.credhelper import FakeHelper
 
 
 def auth(user: str, password: str) -> str:

@@ -5,6 +5,7 @@ import json
 from cloner.model.cycle import index_cycle
 from cloner.model.reference import Policy, Target
 from cloner.model.workloads import ORIGINAL_IMAGES, Decision, NamespaceInfo, Workload
+from devenv.workloads import workload as build
 
 TARGET = Target("owned.example.com", "mirror")
 POLICY = Policy(TARGET, exclude_images=("**/vendor/**",))
@@ -14,17 +15,9 @@ OWNED_NGINX = "owned.example.com/mirror/docker.io/library/nginx:1"
 def workload(
     name: str, images: dict[str, str], annotations: dict[str, str] | None = None
 ) -> Workload:
-    return Workload.from_api(
-        "Deployment",
-        {
-            "metadata": {"name": name, "namespace": "shop", "annotations": annotations or {}},
-            "spec": {
-                "template": {
-                    "spec": {"containers": [{"name": n, "image": i} for n, i in images.items()]}
-                }
-            },
-        },
-    )
+    metadata = {"annotations": annotations or {}}
+    obj = build("Deployment", name, images, namespace="shop", metadata=metadata)
+    return Workload.from_api("Deployment", obj)
 
 
 def test_one_pass_gives_copies_waiters_users_and_notes() -> None:

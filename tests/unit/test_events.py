@@ -25,6 +25,7 @@ from cloner.model.events import (
 )
 from cloner.model.workloads import Workload
 from cloner.ops.events import EventRecorder, NullRecorder
+from tests.unit.fakes import FakeKube
 
 WEB = Workload("Deployment", "shop", "web", uid="uid-web", resource_version="7")
 API = Workload("Deployment", "shop", "api", uid="uid-api", resource_version="3")
@@ -166,34 +167,6 @@ def test_message_builders() -> None:
 # Recorder --------------------------------------------------------------------
 
 
-class FakeEvents:
-    """Stores Events by name like the API server; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.events: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[str, str]] = []
-        self.fail: KubeError | Exception | None = None
-
-    def create_event(self, namespace: str, body: dict[str, Any]) -> str:
-        self.calls.append(("create", namespace))
-        if self.fail is not None:
-            raise self.fail
-        name = f"{body['metadata']['generateName']}{len(self.calls):05d}"
-        self.events[(namespace, name)] = {**body, "metadata": {**body["metadata"], "name": name}}
-        return name
-
-    def patch_event(
-        self, namespace: str, name: str, patch: list[dict[str, Any]] | dict[str, Any]
-    ) -> None:
-        self.calls.append(("patch", name))
-        if self.fail is not None:
-            raise self.fail
-        if (namespace, name) not in self.events:
-            raise KubeError(404, f"patch event {namespace}/{name}: 404 not found")
-        assert isinstance(patch, dict)
-        self.events[(namespace, name)].update(patch)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = T0
@@ -202,12 +175,12 @@ class Clock:
         return self.now
 
 
-def recorder(api: FakeEvents, clock: Clock | None = None, **kwargs: Any) -> EventRecorder:
+def recorder(api: FakeKube, clock: Clock | None = None, **kwargs: Any) -> EventRecorder:
     return EventRecorder(api, EventAggregator(**kwargs), instance="pod-1", clock=clock or Clock())
 
 
 def test_recorder_writes_a_core_v1_event_about_the_workload() -> None:
-    api = FakeEvents()
+    api = FakeKube()
     recorder(api).record(WEB, NORMAL, CLONED, "Cloned nginx:1.25 to o/n:1.25")
     ((_, event),) = api.events.items()
     assert event["metadata"]["generateName"] == "web."
@@ -232,13 +205,20 @@ def test_recorder_writes_a_core_v1_event_about_the_workload() -> None:
 
 
 def test_recorder_patches_count_and_last_timestamp_of_a_repeated_event() -> None:
-    api, clock = FakeEvents(), Clock()
+    api, clock = FakeKube(), Clock()
     rec = recorder(api, clock)
     for _ in range(5):
         rec.record(WEB, WARNING, CLONE_FAILED, "Cannot clone nginx:1.25 (auth)")
         clock.now += 61
     rec.record(WEB, NORMAL, PATCHED, "Patched container web: a -> b")
-    assert [c[0] for c in api.calls] == ["create", "patch", "patch", "patch", "patch", "create"]
+    assert [c[0] for c in api.event_calls] == [
+        "create",
+        "patch",
+        "patch",
+        "patch",
+        "patch",
+        "create",
+    ]
     failed = next(e for e in api.events.values() if e["reason"] == CLONE_FAILED)
     assert failed["count"] == 5
     assert failed["firstTimestamp"] == "2023-11-14T22:13:20Z"
@@ -247,13 +227,13 @@ def test_recorder_patches_count_and_last_timestamp_of_a_repeated_event() -> None
 
 
 def test_recorder_creates_again_when_the_event_is_gone() -> None:
-    api, clock = FakeEvents(), Clock()
+    api, clock = FakeKube(), Clock()
     rec = recorder(api, clock)
     rec.record(WEB, WARNING, CLONE_FAILED, "m")
     api.events.clear()  # expired (--event-ttl) or deleted
     clock.now += 10
     rec.record(WEB, WARNING, CLONE_FAILED, "m")
-    assert [c[0] for c in api.calls] == ["create", "patch", "create"]
+    assert [c[0] for c in api.event_calls] == ["create", "patch", "create"]
     ((_, event),) = api.events.items()
     assert (event["count"], event["firstTimestamp"]) == (2, "2023-11-14T22:13:20Z")
     clock.now += 10
@@ -262,11 +242,11 @@ def test_recorder_creates_again_when_the_event_is_gone() -> None:
 
 
 def test_recorder_drops_rate_limited_events() -> None:
-    api = FakeEvents()
+    api = FakeKube()
     rec = recorder(api, burst=2)
     for i in range(5):
         rec.record(WEB, NORMAL, CLONED, f"Cloned image{i}")
-    assert len(api.calls) == 2
+    assert len(api.event_calls) == 2
 
 
 @pytest.mark.parametrize(
@@ -278,8 +258,8 @@ def test_recorder_drops_rate_limited_events() -> None:
     ],
 )
 def test_recorder_never_raises(failure: Exception, caplog: pytest.LogCaptureFixture) -> None:
-    api = FakeEvents()
-    api.fail = failure
+    api = FakeKube()
+    api.event_failure = failure
     rec = recorder(api)
     with caplog.at_level(logging.DEBUG, logger="cloner.model.events"):
         rec.record(WEB, WARNING, CLONE_FAILED, "m")
@@ -288,22 +268,22 @@ def test_recorder_never_raises(failure: Exception, caplog: pytest.LogCaptureFixt
     assert warnings and "CloneFailed" in warnings[0].getMessage()
     if isinstance(failure, KubeError):  # the same failure again is logged at DEBUG only
         assert len(warnings) == 1
-    api.fail = None
+    api.event_failure = None
     rec.record(WEB, WARNING, CLONE_FAILED, "m")  # never created: created now, count 3
     ((_, event),) = api.events.items()
     assert event["count"] == 3
 
 
 def test_recorder_refuses_an_unknown_type_without_raising(caplog: pytest.LogCaptureFixture) -> None:
-    api = FakeEvents()
+    api = FakeKube()
     with caplog.at_level(logging.WARNING, logger="cloner.model.events"):
         recorder(api).record(WEB, "Error", CLONE_FAILED, "m")
-    assert not api.calls
+    assert not api.event_calls
     assert "unknown type" in caplog.text
 
 
 def test_recorder_truncates_and_masks_the_message() -> None:
-    api = FakeEvents()
+    api = FakeKube()
     recorder(api).record(WEB, WARNING, CLONE_FAILED, "https://u:p@h/ " + "y" * 2000)
     ((_, event),) = api.events.items()
     assert len(event["message"]) == 1024
@@ -311,7 +291,7 @@ def test_recorder_truncates_and_masks_the_message() -> None:
 
 
 def test_a_workload_without_uid_or_resource_version_leaves_them_out() -> None:
-    api = FakeEvents()
+    api = FakeKube()
     recorder(api).record(Workload("DaemonSet", "shop", "agent"), NORMAL, CLONED, "m")
     ((_, event),) = api.events.items()
     assert event["involvedObject"] == {
@@ -323,7 +303,7 @@ def test_a_workload_without_uid_or_resource_version_leaves_them_out() -> None:
 
 
 def test_default_instance_is_the_host_name_cut_to_128() -> None:
-    api = FakeEvents()
+    api = FakeKube()
     EventRecorder(api, instance="h" * 300).record(WEB, NORMAL, CLONED, "m")
     ((_, event),) = api.events.items()
     assert event["reportingInstance"] == "h" * 128

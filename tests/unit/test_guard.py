@@ -37,7 +37,7 @@ from cloner.model.rollout import namespace_key
 from cloner.model.state import HOLDS_KEY, SWITCHES_KEY
 from cloner.model.workloads import ORIGINAL_IMAGES, UNDONE, Workload, pod_spec_of
 from cloner.ops.reconcile import Reconciler, Summary
-from tests.unit.fakes import FakeKube
+from tests.unit.fakes import FakeKube, workload
 from tests.unit.test_reconcile import Creds, FakeRegistry
 
 OWNED = "owned.example.com"
@@ -93,44 +93,30 @@ class ApiKube(FakeKube):
 # --- objects ---------------------------------------------------------------------
 
 
-def _meta(ns: str, name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": ns,
-        "uid": f"{ns}/{name}",
-        "resourceVersion": "1",
-        "generation": 1,
-    }
+def _generation_1(
+    kind: str, ns: str, name: str, image: str, status: dict[str, Any], **spec: Any
+) -> dict[str, Any]:
+    """One container of ``image``, labelled app=NAME, at generation 1 with ``status``."""
+    labels = {"app": name}
+    return workload(
+        kind, ns, name, image, labels=labels, spec=spec, status=status, metadata={"generation": 1}
+    )
 
 
 def deployment(ns: str, name: str, image: str = SOURCE, replicas: int = 2) -> dict[str, Any]:
     """A Deployment rolled out at generation 1."""
-    return {
-        "kind": "Deployment",
-        "metadata": _meta(ns, name),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c0", "image": image}]},
-            },
-        },
-        "status": {
-            "observedGeneration": 1,
-            "replicas": replicas,
-            "updatedReplicas": replicas,
-            "readyReplicas": replicas,
-            "availableReplicas": replicas,
-        },
+    status = {
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
     }
+    return _generation_1("Deployment", ns, name, image, status, replicas=replicas)
 
 
 def stateful_set(ns: str, name: str, image: str = SOURCE, replicas: int = 3) -> dict[str, Any]:
-    obj = deployment(ns, name, image, replicas)
-    obj["kind"] = "StatefulSet"
-    obj["spec"]["serviceName"] = name
-    obj["status"] = {
+    status = {
         "observedGeneration": 1,
         "replicas": replicas,
         "readyReplicas": replicas,
@@ -138,33 +124,23 @@ def stateful_set(ns: str, name: str, image: str = SOURCE, replicas: int = 3) -> 
         "currentRevision": f"{name}-1",
         "updateRevision": f"{name}-1",
     }
-    return obj
+    return _generation_1("StatefulSet", ns, name, image, status, replicas=replicas)
 
 
 def daemon_set(ns: str, name: str, image: str = SOURCE) -> dict[str, Any]:
-    obj = deployment(ns, name, image)
-    obj["kind"] = "DaemonSet"
-    del obj["spec"]["replicas"]
-    obj["status"] = {
+    status = {
         "observedGeneration": 1,
         "desiredNumberScheduled": 1,
         "updatedNumberScheduled": 1,
         "numberAvailable": 1,
     }
-    return obj
+    return _generation_1("DaemonSet", ns, name, image, status)
 
 
 def cron_job(ns: str, name: str, image: str = SOURCE) -> dict[str, Any]:
-    return {
-        "kind": "CronJob",
-        "metadata": _meta(ns, name),
-        "spec": {
-            "schedule": "0 3 * * *",
-            "jobTemplate": {
-                "spec": {"template": {"spec": {"containers": [{"name": "c0", "image": image}]}}}
-            },
-        },
-    }
+    return workload(
+        "CronJob", ns, name, image, spec={"schedule": "0 3 * * *"}, metadata={"generation": 1}
+    )
 
 
 def rolled_out(obj: dict[str, Any]) -> None:

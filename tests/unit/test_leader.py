@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -30,6 +29,8 @@ from cloner.model.lease import (
     released_record,
     validate_timing,
 )
+from devenv.waiting import wait_for
+from tests.unit.fakes import FakeKube
 
 ME = "pod-a_1"
 OTHER = "pod-b_2"
@@ -212,59 +213,7 @@ def test_default_identity_is_hostname_and_a_random_suffix() -> None:
 # The elector on an in-memory CoordinationV1Api --------------------------------------
 
 
-class _Response:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.data = json.dumps(body).encode()
-
-
-class FakeCoordination:
-    """One Lease with resourceVersion checks, like the API server; can be made to fail."""
-
-    def __init__(self) -> None:
-        self.lease: dict[str, Any] | None = None
-        self.version = 0
-        self.failure: Exception | None = None
-        self.writes: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def _check(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def _store(self, body: dict[str, Any]) -> _Response:
-        self.version += 1
-        body = json.loads(json.dumps(body))
-        body["metadata"]["resourceVersion"] = str(self.version)
-        self.lease = body
-        self.writes.append(body)
-        return _Response(body)
-
-    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> _Response:
-        with self.lock:
-            self._check()
-            if self.lease is None:
-                raise ApiException(status=404, reason="Not Found")
-            return _Response(self.lease)
-
-    def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> _Response:
-        with self.lock:
-            self._check()
-            if self.lease is not None:
-                raise ApiException(status=409, reason="AlreadyExists")
-            return self._store(body)
-
-    def replace_namespaced_lease(
-        self, name: str, namespace: str, body: dict[str, Any], **_: Any
-    ) -> _Response:
-        with self.lock:
-            self._check()
-            assert self.lease is not None
-            if body["metadata"].get("resourceVersion") != self.lease["metadata"]["resourceVersion"]:
-                raise ApiException(status=409, reason="Conflict")
-            return self._store(body)
-
-
-def elector(fake: FakeCoordination, identity: str, changes: list[bool]) -> LeaderElector:
+def elector(fake: FakeKube, identity: str, changes: list[bool]) -> LeaderElector:
     instance = LeaderElector(
         None,  # type: ignore[arg-type]  # the API object is replaced below
         LeaderElectionSettings(lease_duration=3, renew_deadline=1, retry_period=0.2),
@@ -276,15 +225,8 @@ def elector(fake: FakeCoordination, identity: str, changes: list[bool]) -> Leade
     return instance
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_elector_creates_renews_loses_after_the_deadline_and_recovers() -> None:
-    fake, changes = FakeCoordination(), list[bool]()
+    fake, changes = FakeKube(), list[bool]()
     a = elector(fake, ME, changes)
     a.start()
     try:
@@ -293,20 +235,20 @@ def test_elector_creates_renews_loses_after_the_deadline_and_recovers() -> None:
         assert fake.lease is not None
         assert fake.lease["spec"]["holderIdentity"] == ME
         assert fake.lease["spec"]["leaseDurationSeconds"] == 3
-        wait_for(lambda: len(fake.writes) >= 3)  # renewals
-        assert {w["spec"]["acquireTime"] for w in fake.writes} == {
-            fake.writes[0]["spec"]["acquireTime"]
+        wait_for(lambda: len(fake.lease_writes) >= 3, 5.0, interval=0.02)  # renewals
+        assert {w["spec"]["acquireTime"] for w in fake.lease_writes} == {
+            fake.lease_writes[0]["spec"]["acquireTime"]
         }
         # The API server becomes unreachable: leader no longer after 1 s, reported once.
-        fake.failure = urllib3.exceptions.MaxRetryError(None, "/", "connection refused")  # type: ignore[arg-type]
+        fake.lease_failure = urllib3.exceptions.MaxRetryError(None, "/", "connection refused")  # type: ignore[arg-type]
         failed_at = time.monotonic()
-        wait_for(lambda: not a.is_leader())
+        wait_for(lambda: not a.is_leader(), 5.0, interval=0.02)
         assert 0.6 < time.monotonic() - failed_at < 1.3
-        wait_for(lambda: changes == [True, False])
+        wait_for(lambda: changes == [True, False], 5.0, interval=0.02)
         assert a._thread is not None and a._thread.is_alive()
         # Back again, still the holder in the Lease: leads again.
-        fake.failure = None
-        wait_for(a.is_leader)
+        fake.lease_failure = None
+        wait_for(a.is_leader, 5.0, interval=0.02)
         assert changes == [True, False, True]
     finally:
         a.stop()
@@ -318,7 +260,7 @@ def test_elector_creates_renews_loses_after_the_deadline_and_recovers() -> None:
 
 
 def test_elector_survives_api_errors_and_a_candidate_waits_for_expiry() -> None:
-    fake, changes_a, changes_b = FakeCoordination(), list[bool](), list[bool]()
+    fake, changes_a, changes_b = FakeKube(), list[bool](), list[bool]()
     a, b = elector(fake, ME, changes_a), elector(fake, OTHER, changes_b)
     a.start()
     assert a.wait_until_leader(threading.Event())
@@ -334,13 +276,13 @@ def test_elector_survives_api_errors_and_a_candidate_waits_for_expiry() -> None:
         assert fake.lease["spec"]["holderIdentity"] == OTHER
         assert fake.lease["spec"]["leaseTransitions"] == 1
         # A 500 and a forbidden do not end the thread.
-        fake.failure = ApiException(status=500, reason="Internal Server Error")
+        fake.lease_failure = ApiException(status=500, reason="Internal Server Error")
         time.sleep(0.5)
-        fake.failure = ApiException(status=403, reason="Forbidden")
+        fake.lease_failure = ApiException(status=403, reason="Forbidden")
         time.sleep(0.3)
-        fake.failure = None
+        fake.lease_failure = None
         assert b._thread is not None and b._thread.is_alive()
-        wait_for(b.is_leader)
+        wait_for(b.is_leader, 5.0, interval=0.02)
     finally:
         b.stop()
     assert changes_a == [True, False]
@@ -348,7 +290,7 @@ def test_elector_survives_api_errors_and_a_candidate_waits_for_expiry() -> None:
 
 
 def test_a_leader_that_sees_another_holder_stops_leading_at_once() -> None:
-    fake, changes = FakeCoordination(), list[bool]()
+    fake, changes = FakeKube(), list[bool]()
     a = elector(fake, ME, changes)
     a.start()
     try:
@@ -358,7 +300,7 @@ def test_a_leader_that_sees_another_holder_stops_leading_at_once() -> None:
             fake.lease = json.loads(json.dumps(fake.lease))
             fake.lease["spec"]["holderIdentity"] = OTHER
             fake.lease["metadata"]["resourceVersion"] = "999"
-        wait_for(lambda: not a.is_leader(), timeout=0.6)
+        wait_for(lambda: not a.is_leader(), 0.6, interval=0.02)
         assert changes == [True, False]
     finally:
         a.stop()
@@ -373,8 +315,8 @@ def test_elector_rejects_inconsistent_durations() -> None:
 
 
 def test_wait_until_leader_returns_false_when_stopped() -> None:
-    fake, changes = FakeCoordination(), list[bool]()
-    fake.failure = ApiException(status=403, reason="Forbidden")
+    fake, changes = FakeKube(), list[bool]()
+    fake.lease_failure = ApiException(status=403, reason="Forbidden")
     a = elector(fake, ME, changes)
     a.start()
     stop = threading.Event()

@@ -12,8 +12,8 @@ from cloner.model.rollout import Hold, namespace_key
 from cloner.model.state import StateBook
 from cloner.ops.plan import build_plan, read_holds
 from cloner.ops.state import StateStore
-from tests.unit.fakes import FakeKube
-from tests.unit.test_reconcile import OWNED, workload
+from tests.unit.fakes import FakeKube, workload
+from tests.unit.test_reconcile import OWNED
 
 SETTINGS = Settings(target=f"{OWNED}/m", controller_namespace="image-cloner")
 NOW = 1_800_000_000.0

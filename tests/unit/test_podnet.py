@@ -1,8 +1,8 @@
-"""The pure parts of the test cluster's pod network (tests/e2e/podnet.py)."""
+"""The pure parts of the test cluster's pod network (devenv/podnet.py)."""
 
 from __future__ import annotations
 
-from tests.e2e.podnet import cni_result, container_ports, parse_cni_args
+from devenv.podnet import cni_result, container_ports, parse_cni_args
 
 
 def test_cni_args_are_split_into_pairs() -> None:

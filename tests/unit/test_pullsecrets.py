@@ -21,6 +21,7 @@ from cloner.model.pullsecrets import (
     updated_secret,
 )
 from cloner.model.workloads import Container, Workload, image_patch
+from devenv.workloads import workload
 
 CONFIG = DockerConfig.parse(
     json.dumps(
@@ -114,16 +115,11 @@ def test_service_account_patch_appends_and_keeps_existing_entries() -> None:
 
 
 def _workload(pull_secrets: list[dict] | None) -> Workload:
-    spec: dict = {"containers": [{"name": "a", "image": "nginx"}]}
-    if pull_secrets is not None:
-        spec["imagePullSecrets"] = pull_secrets
-    return Workload.from_api(
-        "Deployment",
-        {
-            "metadata": {"name": "w", "namespace": "n", "resourceVersion": "9"},
-            "spec": {"template": {"spec": spec}},
-        },
+    pod = {} if pull_secrets is None else {"imagePullSecrets": pull_secrets}
+    obj = workload(
+        "Deployment", "w", {"a": "nginx"}, namespace="n", pod=pod, metadata={"resourceVersion": "9"}
     )
+    return Workload.from_api("Deployment", obj)
 
 
 def test_workload_mode_adds_secret_in_the_image_patch() -> None:

@@ -6,10 +6,15 @@ left alone). The same behaviour is proven against real components in tests/e2e.
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any
+
+import pytest
 
 from cloner.config import (
     BackoffSettings,
@@ -19,12 +24,14 @@ from cloner.config import (
     RolloutSettings,
     Settings,
 )
-from cloner.errors import RegistryError
+from cloner.errors import KubeError, RegistryError
+from cloner.model.credentials import DockerConfig
 from cloner.model.identity import OCI_MANIFEST, Copied, Descriptor
 from cloner.model.reference import Reference, parse_reference
 from cloner.model.workloads import NamespaceInfo, Workload
+from cloner.ops.provisioning import ADMISSION_SETTLE
 from cloner.ops.reconcile import Reconciler
-from tests.unit.fakes import FakeKube, Registries, Repo
+from tests.unit.fakes import FakeKube, Registries, Repo, workload
 
 OWNED = "owned.example.com"
 # FakeKube has no controller-manager: no rollout ever completes, so the canary
@@ -40,23 +47,6 @@ SETTINGS = Settings(
     controller_namespace="image-cloner",
     backoff=BackoffSettings(jitter=0.0),
 )
-
-
-def workload(
-    kind: str, ns: str, name: str, *images: str, init: Iterable[str] = ()
-) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "resourceVersion": "1"},
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)],
-                    "initContainers": [{"name": f"i{i}", "image": im} for i, im in enumerate(init)],
-                }
-            }
-        },
-    }
 
 
 class FakeRegistry(Registries):
@@ -297,16 +287,6 @@ def test_invalid_reference_counts_as_failure_reason() -> None:
 
 
 # --- pull secrets ----------------------------------------------------------------
-
-import base64  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-
-from cloner.errors import KubeError  # noqa: E402
-from cloner.model.credentials import DockerConfig  # noqa: E402
-from cloner.ops.provisioning import ADMISSION_SETTLE  # noqa: E402
 
 
 class Creds:
@@ -903,25 +883,8 @@ def test_a_helper_giving_no_owned_credential_holds_the_namespace_back() -> None:
 # --- CronJobs, Jobs and bare Pods ---------------------------------------------------
 
 
-def cron_job(ns: str, name: str, image: str) -> dict[str, Any]:
-    return {
-        "kind": "CronJob",
-        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "resourceVersion": "1"},
-        "spec": {
-            "schedule": "* * * * *",
-            "jobTemplate": {
-                "spec": {
-                    "template": {
-                        "spec": {"containers": [{"name": "c0", "image": image}]},
-                    }
-                }
-            },
-        },
-    }
-
-
 def test_a_cron_job_is_patched_in_its_job_template() -> None:
-    kube = FakeKube([cron_job("a", "nightly", "busybox:1.36")])
+    kube = FakeKube([workload("CronJob", "a", "nightly", "busybox:1.36")])
     summary = make(kube, FakeRegistry(), SETTINGS).reconcile_once()
     assert summary.patched["CronJob"] == 1
     spec = kube.objects[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]

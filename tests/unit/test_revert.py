@@ -24,6 +24,7 @@ from cloner.model.revert import (
 )
 from cloner.model.workloads import ADDED_PULL_SECRET, ORIGINAL_IMAGES, Workload, image_patch
 from cloner.ops.revert import revert_all
+from devenv.workloads import workload
 from tests.unit.fakes import FakeKube, PatchFailed, apply_patch
 
 POLICY = Policy(Target("owned.example.com", "mirror"), (Target("inhouse.example.com"),))
@@ -44,22 +45,18 @@ def deployment(
     annotations: dict[str, str] | None = None,
     service_account: str | None = None,
     name: str = "web",
+    kind: str = "Deployment",
 ) -> dict[str, Any]:
-    pod: dict[str, Any] = {
-        "containers": [
-            {"name": n, "image": i, "imagePullPolicy": "Always"} for n, i in containers.items()
-        ],
-        "initContainers": [{"name": n, "image": i} for n, i in (init or {}).items()],
-    }
+    pod: dict[str, Any] = {}
     if pull_secrets is not None:
         pod["imagePullSecrets"] = [{"name": s} for s in pull_secrets]
     if service_account:
         pod["serviceAccountName"] = service_account
-    meta: dict[str, Any] = {"name": name, "namespace": "shop", "uid": f"u-{name}"}
-    meta["resourceVersion"] = "7"
+    meta: dict[str, Any] = {"uid": f"u-{name}", "resourceVersion": "7"}
     if annotations is not None:
         meta["annotations"] = annotations
-    return {"metadata": meta, "spec": {"template": {"spec": pod}}}
+    always = [{"name": n, "image": i, "imagePullPolicy": "Always"} for n, i in containers.items()]
+    return workload(kind, name, always, init=init, namespace="shop", pod=pod, metadata=meta)
 
 
 def patched(obj: dict[str, Any], new: dict[str, str], pull_secret: str | None = None) -> dict:
@@ -71,7 +68,7 @@ def patched(obj: dict[str, Any], new: dict[str, str], pull_secret: str | None = 
 
 def without_empty_annotations(obj: dict[str, Any]) -> dict[str, Any]:
     """As the API server stores it: an empty annotation map is omitted."""
-    obj = {key: value for key, value in copy.deepcopy(obj).items() if key != "kind"}
+    obj = copy.deepcopy(obj)
     if obj["metadata"].get("annotations") == {}:
         del obj["metadata"]["annotations"]
     return obj
@@ -370,19 +367,14 @@ def test_service_account_not_annotated_has_no_plan() -> None:
 # The run, against an in-memory API ------------------------------------------
 
 
-def stored(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` as ``FakeKube`` keeps it: with its ``kind``."""
-    return {"kind": kind, **obj}
-
-
 def scenario() -> tuple[FakeKube, dict[str, Any], dict[str, Any]]:
     web = deployment({"app": "nginx:1.25"}, service_account="runner")
-    db = deployment({"db": "postgres:16"}, name="db", service_account="runner")
+    db = deployment({"db": "postgres:16"}, name="db", service_account="runner", kind="StatefulSet")
     runner = account(["existing"])
     api = FakeKube(
         [
-            stored("Deployment", patched(web, {"app": f"{OWNED}/nginx:1.25"})),
-            stored("StatefulSet", patched(db, {"db": f"{OWNED}/postgres:16"})),
+            patched(web, {"app": f"{OWNED}/nginx:1.25"}),
+            patched(db, {"db": f"{OWNED}/postgres:16"}),
         ],
         [controller_attached(runner), {"metadata": {"name": "default", "namespace": "shop"}}],
     )
@@ -436,11 +428,11 @@ def test_a_failed_patch_is_reported_and_keeps_the_service_account() -> None:
 def test_an_unpatched_workload_on_owned_images_keeps_the_service_account() -> None:
     api, _, _ = scenario()
     api.objects.append(
-        stored(
-            "DaemonSet",
-            deployment(
-                {"tool": "inhouse.example.com/tool:3"}, name="house", service_account="runner"
-            ),
+        deployment(
+            {"tool": "inhouse.example.com/tool:3"},
+            name="house",
+            service_account="runner",
+            kind="DaemonSet",
         )
     )
     report = revert_all(api, IS_OWNED, out=lambda _: None)

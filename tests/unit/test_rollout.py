@@ -48,6 +48,7 @@ from cloner.model.rollout import (
     timestamp,
 )
 from cloner.model.workloads import ORIGINAL_IMAGES, UNDONE, Workload, image_patch, undo_patch
+from devenv.workloads import workload
 
 NS = "shop"
 NODE = "kind-control-plane"
@@ -88,34 +89,31 @@ def deployment_obj(
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "replicas": replicas,
-        "selector": {"matchLabels": {"app": "web"}},
         "strategy": {
             "type": "RollingUpdate",
             "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
         },
         "progressDeadlineSeconds": 600,
         "revisionHistoryLimit": 10,
-        "template": {
-            "metadata": {"labels": {"app": "web"}},
-            "spec": {"containers": [{"name": "app", "image": OWNED}]},
-        },
     }
     if paused:
         spec["paused"] = True
     deadline = progressing == "ProgressDeadlineExceeded"
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": "web",
-            "namespace": NS,
-            "uid": "d-web",
-            "resourceVersion": "4712",
-            "generation": generation,
-            "annotations": {"deployment.kubernetes.io/revision": "2"},
-        },
-        "spec": spec,
-        "status": {
+    metadata = {
+        "uid": "d-web",
+        "resourceVersion": "4712",
+        "generation": generation,
+        "annotations": {"deployment.kubernetes.io/revision": "2"},
+    }
+    return workload(
+        "Deployment",
+        "web",
+        {"app": OWNED},
+        namespace=NS,
+        labels={"app": "web"},
+        spec=spec,
+        metadata=metadata,
+        status={
             **drop_zero(
                 {
                     "observedGeneration": observed,
@@ -149,7 +147,7 @@ def deployment_obj(
                 },
             ],
         },
-    }
+    )
 
 
 def daemon_set_obj(
@@ -164,16 +162,14 @@ def daemon_set_obj(
     update: dict[str, Any] = {"type": strategy}
     if strategy == "RollingUpdate":
         update["rollingUpdate"] = {"maxUnavailable": 1, "maxSurge": 0}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": "agent", "namespace": NS, "generation": generation},
-        "spec": {
-            "selector": {"matchLabels": {"app": "agent"}},
-            "updateStrategy": update,
-            "template": {"spec": {"containers": [{"name": "app", "image": OWNED}]}},
-        },
-        "status": drop_zero(
+    return workload(
+        "DaemonSet",
+        "agent",
+        {"app": OWNED},
+        namespace=NS,
+        spec={"selector": {"matchLabels": {"app": "agent"}}, "updateStrategy": update},
+        metadata={"generation": generation},
+        status=drop_zero(
             {
                 "observedGeneration": observed,
                 "currentNumberScheduled": desired,
@@ -185,7 +181,7 @@ def daemon_set_obj(
                 "updatedNumberScheduled": updated,
             }
         ),
-    }
+    )
 
 
 def stateful_set_obj(
@@ -222,41 +218,33 @@ def stateful_set_obj(
             "collisionCount": 0,
         }
     )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": "db", "namespace": NS, "generation": generation},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": "db",
-            "podManagementPolicy": "OrderedReady",
-            "selector": {"matchLabels": {"app": "db"}},
-            "updateStrategy": update,
-            "template": {"spec": {"containers": [{"name": "app", "image": OWNED}]}},
-        },
-        "status": status,
+    spec = {
+        "replicas": replicas,
+        "podManagementPolicy": "OrderedReady",
+        "selector": {"matchLabels": {"app": "db"}},
+        "updateStrategy": update,
     }
+    return workload(
+        "StatefulSet",
+        "db",
+        {"app": OWNED},
+        namespace=NS,
+        spec=spec,
+        metadata={"generation": generation},
+        status=status,
+    )
 
 
-CRONJOB_OBJ: dict[str, Any] = {
-    "apiVersion": "batch/v1",
-    "kind": "CronJob",
-    "metadata": {"name": "report", "namespace": NS, "generation": 2},
-    "spec": {
-        "schedule": "*/5 * * * *",
-        "jobTemplate": {
-            "spec": {
-                "template": {
-                    "spec": {
-                        "restartPolicy": "OnFailure",
-                        "containers": [{"name": "app", "image": OWNED}],
-                    }
-                }
-            }
-        },
-    },
-    "status": {"lastScheduleTime": at(-300)},
-}
+CRONJOB_OBJ: dict[str, Any] = workload(
+    "CronJob",
+    "report",
+    {"app": OWNED},
+    namespace=NS,
+    pod={"restartPolicy": "OnFailure"},
+    spec={"schedule": "*/5 * * * *"},
+    metadata={"generation": 2},
+    status={"lastScheduleTime": at(-300)},
+)
 
 WAITING, DONE, NONE = Progress.WAITING, Progress.DONE, Progress.NONE_NEEDED
 
@@ -1887,32 +1875,28 @@ RECORD = {
 def original_workload(
     kind: str = "Deployment", annotations: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    pod_spec = {
-        "initContainers": [{"name": "migrate", "image": ORIG_INIT}],
-        "containers": [
-            {"name": "app", "image": ORIGINAL, "ports": [{"containerPort": 80}]},
-            {"name": "side", "image": SIDE},
-        ],
-    }
-    template = {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec}
-    if kind == "CronJob":
-        spec: dict[str, Any] = {
-            "schedule": "*/5 * * * *",
-            "jobTemplate": {"spec": {"template": template}},
-        }
-    else:
-        spec = {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template}
+    labels = {"app": "web"}
     metadata: dict[str, Any] = {
-        "name": "web",
-        "namespace": NS,
         "uid": "d-web",
         "resourceVersion": "4711",
         "generation": 1,
-        "labels": {"app": "web"},
+        "labels": labels,
     }
     if annotations is not None:
         metadata["annotations"] = annotations
-    return {"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec}
+    return workload(
+        kind,
+        "web",
+        [
+            {"name": "app", "image": ORIGINAL, "ports": [{"containerPort": 80}]},
+            {"name": "side", "image": SIDE},
+        ],
+        init={"migrate": ORIG_INIT},
+        namespace=NS,
+        labels=labels,
+        spec={"schedule": "*/5 * * * *"} if kind == "CronJob" else {"replicas": 2},
+        metadata=metadata,
+    )
 
 
 def switched(obj: dict[str, Any], kind: str, changes: dict[str, str]) -> dict[str, Any]:

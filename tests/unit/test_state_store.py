@@ -21,8 +21,8 @@ import pytest
 from cloner.errors import KubeError
 from cloner.model.state import Failure, Record, StateBook, shard_names, shard_of
 from cloner.ops.state import StateStore
-from tests.unit.fakes import FakeKube
-from tests.unit.test_reconcile import SETTINGS, FakeRegistry, make, workload
+from tests.unit.fakes import FakeKube, workload
+from tests.unit.test_reconcile import SETTINGS, FakeRegistry, make
 
 NS = "image-cloner"
 DIGEST = "sha256:" + "a" * 64

@@ -10,22 +10,15 @@ from cloner.model.workloads import (
     plan_workload,
     skip_reason,
 )
+from devenv.workloads import workload
 
 TARGET = Target("owned.example.com", "mirror")
 POLICY = Policy(TARGET)
 
 
 def deployment(containers: list[dict], init: list[dict] | None = None, **meta: object) -> dict:
-    return {
-        "metadata": {
-            "name": "web",
-            "namespace": "shop",
-            "uid": "u1",
-            "resourceVersion": "7",
-            **meta,
-        },
-        "spec": {"template": {"spec": {"containers": containers, "initContainers": init or []}}},
-    }
+    metadata = {"uid": "u1", "resourceVersion": "7", **meta}
+    return workload("Deployment", "web", containers, init=init, namespace="shop", metadata=metadata)
 
 
 def test_snapshot_collects_init_containers_and_containers_with_indexes() -> None:

@@ -11,7 +11,8 @@ import pytest
 from cloner.model.events import NORMAL, PATCHED, EventAggregator
 from cloner.ops.events import EventRecorder
 from cloner.ops.writes import WritePool
-from tests.unit.test_events import WEB, Clock, FakeEvents
+from tests.unit.fakes import FakeKube
+from tests.unit.test_events import WEB, Clock
 
 
 def blocked_pool(workers: int, **kwargs: Any) -> tuple[WritePool, threading.Event]:
@@ -130,12 +131,12 @@ def test_limits_below_one_are_refused() -> None:
 
 
 def test_a_deferred_recorder_returns_at_once_and_writes_with_the_time_of_the_occurrence() -> None:
-    api, clock = FakeEvents(), Clock()
+    api, clock = FakeKube(), Clock()
     pool, gate = blocked_pool(1)
     rec = EventRecorder(api, EventAggregator(), instance="pod-1", clock=clock, dispatch=pool.defer)
     occurred = clock.now
     rec.record(WEB, NORMAL, PATCHED, "Patched container web: a -> b")
-    assert api.calls == []  # nothing written while every thread is busy with a patch
+    assert api.event_calls == []  # nothing written while every thread is busy with a patch
     clock.now += 3600  # written much later: the Event still says when it happened
     gate.set()
     pool.close(timeout=5)
@@ -147,7 +148,7 @@ def test_a_deferred_recorder_returns_at_once_and_writes_with_the_time_of_the_occ
 
 
 def test_a_deferred_recorder_counts_what_the_pool_dropped() -> None:
-    api = FakeEvents()
+    api = FakeKube()
     pool, gate = blocked_pool(1, max_deferred=1)
     rec = EventRecorder(api, instance="pod-1", clock=Clock(), dispatch=pool.defer)
     rec.record(WEB, NORMAL, PATCHED, "Patched container web: a -> b")

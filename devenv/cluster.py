@@ -1,6 +1,6 @@
 """A real single-node Kubernetes cluster on loopback, for the e2e tests and ``make demo-cluster``.
 
-On top of an :class:`~tests.e2e.harness.Environment` started with
+On top of an :class:`~devenv.harness.Environment` started with
 ``node=True`` (etcd, kube-apiserver with Node,RBAC, dockerd, the "public" and
 "owned" registries) this starts, each as a child process whose pid is kept:
 
@@ -15,7 +15,7 @@ Network variant (a) of /work/shared/TESTBED.md: pods use ``hostNetwork``,
 so no bridge, route or address is ever created; all traffic is to 127.0.0.1.
 A pod that may not use the host network (a namespace enforcing the
 ``restricted`` Pod Security Standard) gets its own network namespace from
-the ``ic-podnet`` CNI plugin (tests/e2e/podnet.py, a daemon of this cluster):
+the ``ic-podnet`` CNI plugin (devenv/podnet.py, a daemon of this cluster):
 it reaches the API server and the registries on 127.0.0.1 as usual, and the
 kubelet probes it on a 127.0.10.N address, through relayed sockets only.
 
@@ -38,16 +38,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -57,8 +54,8 @@ from typing import Any
 
 import yaml
 
-from tests.e2e import images
-from tests.e2e.harness import (
+from devenv import images
+from devenv.harness import (
     HACK,
     LOOPBACK,
     REPO_ROOT,
@@ -69,6 +66,7 @@ from tests.e2e.harness import (
     _run,
     free_ports,
 )
+from devenv.workloads import workload
 
 CACHE = Path(os.environ.get("IMAGE_CLONER_CACHE", Path.home() / ".cache" / "image-cloner"))
 #: The sandbox image; fully qualified, a short name would resolve to docker.io.
@@ -76,7 +74,7 @@ PAUSE_IMAGE = "localhost/pause:3.10"
 NODE_NAME = LOOPBACK
 CONTROLLER_NAMESPACE = "image-cloner"
 CGROUP_V1 = Path("/sys/fs/cgroup")
-#: Pods with a network namespace of their own get 127.0.10.N (tests/e2e/podnet.py).
+#: Pods with a network namespace of their own get 127.0.10.N (devenv/podnet.py).
 POD_ADDRESS_PREFIX = "127.0.10"
 PODNET = Path(__file__).with_name("podnet.py")
 #: Files whose content decides the controller image (Dockerfile COPY lines).
@@ -324,7 +322,7 @@ class Cluster:
             timeout=timeout,
         )
 
-    # --- pod network (tests/e2e/podnet.py) ------------------------------------
+    # --- pod network (devenv/podnet.py) ------------------------------------
 
     @property
     def podnet_control(self) -> Path:
@@ -762,7 +760,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     ) -> images.Index:
         """Push a multi-platform OCI image index whose children run ``/pause``; return it.
 
-        Built through the registry API like :func:`tests.e2e.images.build_index`
+        Built through the registry API like :func:`devenv.images.build_index`
         (children by digest, then the index under the tag), but every child
         has the static pause binary as its base layer (shared blob) plus a
         layer of its own, so the node's child (amd64) can run. The configs
@@ -846,6 +844,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
 
 
+def host_workload(
+    kind: str, namespace: str, name: str, main: str, init: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A workload of ``kind`` whose pods this cluster runs on the host network, labelled app=NAME.
+
+    Container ``main`` runs ``main`` and waits; with ``init``, an init
+    container of that image exits at once (the images of
+    :meth:`Cluster.build_runnable_image`). ``fields`` go to
+    :func:`devenv.workloads.workload`: ``spec`` (``replicas``, a strategy...),
+    ``pod`` (``serviceAccountName``...).
+    """
+    pod = {"hostNetwork": True, "terminationGracePeriodSeconds": 2, **fields.pop("pod", {})}
+    pull = {"imagePullPolicy": "IfNotPresent"}
+    return workload(
+        kind,
+        name,
+        [{"name": "main", "image": main, **pull}],
+        init=None if init is None else [{"name": "init", "image": init, "args": ["exit"], **pull}],
+        namespace=namespace,
+        labels={"app": name},
+        pod=pod,
+        **fields,
+    )
+
+
 @dataclass
 class Deployment:
     """The controller as deployed by ``make deploy`` from an overlay of the shipped manifests."""
@@ -885,7 +908,7 @@ def write_overlay(
     container, a namespace that enforces the ``restricted`` Pod Security
     Standard). That standard refuses ``hostNetwork`` and probe ``host``
     fields, so the pod keeps its own network namespace and reaches
-    127.0.0.1 through the cluster's pod network (tests/e2e/podnet.py): of
+    127.0.0.1 through the cluster's pod network (devenv/podnet.py): of
     the host-network settings only the metrics address/port and the API
     server's address remain.
 
@@ -1014,16 +1037,7 @@ def _merge_settings(settings: dict[str, Any], changes: dict[str, Any]) -> None:
 
 def _pause_layer() -> bytes:
     """A deterministic gzip'd tar layer holding the static pause binary as ``/pause`` (0755)."""
-    content = pause_binary().read_bytes()
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("pause")
-        info.size = len(content)
-        info.mode = 0o755
-        info.mtime = 0
-        info.uname = info.gname = "root"
-        tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return images.file_layer("pause", pause_binary().read_bytes(), mode=0o755)
 
 
 def _b64(text: str) -> str:

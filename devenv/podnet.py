@@ -1,6 +1,6 @@
 """Pod networking without hostNetwork and without touching the machine's network namespace.
 
-The single-node test cluster (tests/e2e/cluster.py) runs every pod on the
+The single-node test cluster (devenv/cluster.py) runs every pod on the
 host network (TESTBED variant a). A namespace that enforces the
 ``restricted`` (or ``baseline``) Pod Security Standard refuses that:
 ``spec.hostNetwork`` must be unset, and since Kubernetes 1.34 so must the

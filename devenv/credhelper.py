@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SCRIPT = """#!/bin/sh
-# docker-credential-{name}: test credential helper (tests/credhelper.py).
+# docker-credential-{name}: test credential helper (devenv/credhelper.py).
 state='{state}'
 [ "$1" = get ] || {{ echo "unsupported command: $1" >&2; exit 1; }}
 server=$(cat)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from tests.e2e.harness import HACK, LOOPBACK, ComponentError, Process, free_port
+from devenv.harness import HACK, LOOPBACK, ComponentError, Process, free_port
 
 _REQUEST_LINE = re.compile(
     r'\bmsg=ServeHTTP\b.*?\bmethod=(?P<method>\S+) url=(?P<url>"(?:[^"\\]|\\.)*"|\S+)'

@@ -42,7 +42,7 @@ import kubernetes.client
 import kubernetes.config
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HACK = REPO_ROOT / "hack"
 LOOPBACK = "127.0.0.1"
 ADMIN_USER = "admin"
@@ -535,7 +535,7 @@ class Environment:
         ``kube_bin`` is the directory with kube-apiserver and kubectl; by
         default ``hack/build-kube.sh`` is asked for it (building if needed).
         ``node=True`` prepares the API server for a kubelet and the other
-        control-plane components (tests/e2e/cluster.py): Node,RBAC
+        control-plane components (devenv/cluster.py): Node,RBAC
         authorization, the NodeRestriction admission plugin, kubelet client
         certificates and client certificates for the controller-manager,
         scheduler and kubelet (:meth:`client_cert`). ``storage_driver`` is

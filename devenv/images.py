@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tests.e2e.harness import MANIFEST_ACCEPT, Registry
+from devenv.harness import MANIFEST_ACCEPT, Registry
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -200,17 +200,25 @@ def layer(seed: str, size: int = 2048) -> bytes:
         same arguments (fixed mtime, owner and gzip header).
     """
     name = "layer-" + hashlib.sha256(seed.encode()).hexdigest()[:12] + ".bin"
-    content = _content(seed, size)
+    return file_layer(name, _content(seed, size))
+
+
+def file_layer(name: str, content: bytes, mode: int = 0o644, compresslevel: int = 6) -> bytes:
+    """A gzip'd tar holding one regular file ``name`` (owned by root) with ``content``.
+
+    Byte-for-byte the same for the same arguments: the file's mtime, the tar
+    format and the gzip header (mtime 0) are fixed.
+    """
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(name)
         info.size = len(content)
-        info.mode = 0o644
+        info.mode = mode
         info.mtime = 0
         info.uid = info.gid = 0
         info.uname = info.gname = "root"
         tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return gzip.compress(raw.getvalue(), compresslevel=compresslevel, mtime=0)
 
 
 def diff_id(compressed: bytes) -> str:
@@ -281,7 +289,7 @@ def _config(platform: Platform, layers: Sequence[bytes], label: str) -> bytes:
         "os": os_name,
         "config": {"Labels": {"org.opencontainers.image.description": label}},
         "rootfs": {"type": "layers", "diff_ids": [diff_id(data) for data in layers]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "tests/e2e/images.py"}]
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "devenv/images.py"}]
         * len(layers),
     }
     if len(platform) == 3:

@@ -3,7 +3,7 @@
 Test-only code: it makes a signed *source* image for the end-to-end tests
 and verifies a copy independently of the controller (nothing here imports
 ``cloner``, and nothing in ``cloner`` may import this). Everything goes
-through the registry HTTP API v2, with the helpers of ``tests/e2e/images.py``
+through the registry HTTP API v2, with the helpers of ``devenv/images.py``
 for blobs and manifests, so it runs against the harness's CNCF distribution
 2.8 registry (no referrers API) and against any registry with the OCI 1.1
 referrers API alike.
@@ -80,8 +80,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from tests.e2e import images
-from tests.e2e.harness import Registry
+from devenv import images
+from devenv.harness import Registry
 
 # --- media types and names (sources in the module docstring) -------------------------
 
@@ -315,7 +315,7 @@ def _predicate(predicate_type: str, name: str) -> dict[str, Any]:
             "metadata": {"buildStartedOn": CREATED, "reproducible": True},
             "materials": [],
         }
-    return {"test": "tests/e2e/signing.py", "name": name}
+    return {"test": "devenv/signing.py", "name": name}
 
 
 def spdx_document(name: str, digest: str) -> bytes:
@@ -327,7 +327,7 @@ def spdx_document(name: str, digest: str) -> bytes:
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": name,
         "documentNamespace": f"https://example.com/image-cloner/spdx/{encoded}",
-        "creationInfo": {"created": CREATED, "creators": ["Tool: tests/e2e/signing.py"]},
+        "creationInfo": {"created": CREATED, "creators": ["Tool: devenv/signing.py"]},
         "packages": [
             {
                 "name": name.rsplit("/", 1)[-1],
@@ -535,11 +535,11 @@ def _credentials(registry: RegistryRef, auth: Auth | None) -> Auth | None:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Any registry by base URL, usable wherever ``tests/e2e/images.py`` wants a ``Registry``.
+    """Any registry by base URL, usable wherever ``devenv/images.py`` wants a ``Registry``.
 
     ``images.push_blob`` / ``push_manifest`` / ``build_index`` only use
     ``url``, ``host`` and ``_request``; this gives them to a registry that is
-    not a harness ``Registry`` (for example ``tests/e2e/olareg.py``'s
+    not a harness ``Registry`` (for example ``devenv/olareg.py``'s
     ``Olareg``, which has only ``url``), with optional basic-auth credentials.
 
     Attributes:
@@ -577,7 +577,7 @@ class Endpoint:
 
 
 def endpoint(registry: RegistryRef, auth: Auth | None = None) -> Registry:
-    """``registry`` as something ``tests/e2e/images.py`` can push to and read from.
+    """``registry`` as something ``devenv/images.py`` can push to and read from.
 
     Args:
         registry: a harness ``Registry`` (returned as it is when ``auth`` is

@@ -22,9 +22,11 @@ from typing import Any
 import kubernetes.client
 import yaml
 
-from tests.e2e.harness import Environment, Registry
+from cloner.model.workloads import kind_info, pod_spec_of
+from devenv.harness import LOOPBACK, Environment, Registry, free_port
+from devenv.workloads import Containers, workload
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # Runs the command after it as the shipped image's user (the Dockerfile's
 # USER 10001), in a user namespace mapped to this process's user: files stay
 # readable and writable, while skopeo sees an euid other than 0 and keeps its
@@ -68,6 +70,22 @@ class Scope:
 
     def owned(self, source_name: str, host: str | None = None) -> str:
         return f"{self.env.owned.host}/{self.owned_repository(source_name, host)}"
+
+    def write_config(self, name: str, **extra: Any) -> Path:
+        """A controller config file ``name`` beside the test's own (:func:`write_config`).
+
+        Its ``target`` is the test's and it covers only the test's namespace,
+        unless ``extra`` (keys of the config file, added as given) says otherwise.
+        """
+        target = extra.pop("target", self.target)
+        extra.setdefault("namespaces", {"include": [self.namespace]})
+        return write_config(self.config.with_name(name), self.env, target, **extra)
+
+    def metrics_config(self, name: str, **extra: Any) -> tuple[Path, int]:
+        """:meth:`write_config` with /metrics served on 127.0.0.1 at a free port; and the port."""
+        port = free_port()
+        config = self.write_config(name, metricsPort=port, metricsAddress=LOOPBACK, **extra)
+        return config, port
 
 
 def create_namespace(env: Environment, name: str, **metadata: Any) -> None:
@@ -134,6 +152,18 @@ def controller_command(kubeconfig: Path, config: Path, *args: str) -> list[str]:
     ]
 
 
+def run_python(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with this Python, from the repository; output captured, not checked."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def run_controller(
     env: Environment,
     config: Path,
@@ -167,11 +197,18 @@ def run_controller(
     )
 
 
-def pod_spec(containers: dict[str, str], init: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "containers": [{"name": n, "image": i} for n, i in containers.items()],
-        "initContainers": [{"name": n, "image": i} for n, i in (init or {}).items()],
-    }
+#: The generated client's API class of each group version in ``KIND_INFO``.
+_GROUP_APIS: Mapping[str, Callable[[kubernetes.client.ApiClient], Any]] = {
+    "apps/v1": kubernetes.client.AppsV1Api,
+    "batch/v1": kubernetes.client.BatchV1Api,
+    "v1": kubernetes.client.CoreV1Api,
+}
+
+
+def _call(api: kubernetes.client.ApiClient, verb: str, kind: str) -> Callable[..., Any]:
+    """The generated client's ``<verb>_namespaced_<kind>`` method (the kind table names it)."""
+    info = kind_info(kind)
+    return getattr(_GROUP_APIS[info.group_version](api), f"{verb}_namespaced_{info.snake}")
 
 
 def create(
@@ -179,41 +216,30 @@ def create(
     kind: str,
     namespace: str,
     name: str,
-    containers: dict[str, str],
-    init: dict[str, str] | None = None,
+    containers: Containers,
+    init: Containers | None = None,
+    **fields: Any,
 ) -> None:
-    """Create a Deployment, DaemonSet or StatefulSet with the given images."""
-    labels = {"app": name}
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec(containers, init)},
-    }
-    apps = kubernetes.client.AppsV1Api(api)
-    body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
-    if kind == "Deployment":
-        apps.create_namespaced_deployment(namespace, body)
-    elif kind == "DaemonSet":
-        apps.create_namespaced_daemon_set(namespace, body)
-    else:
-        spec["serviceName"] = name
-        apps.create_namespaced_stateful_set(namespace, body)
+    """Create a workload of any kind with the given images, labelled ``app=NAME``.
+
+    ``fields`` go to :func:`devenv.workloads.workload` (``pod=``, ``spec=``...).
+    """
+    body = workload(kind, name, containers, init=init, labels={"app": name}, **fields)
+    _call(api, "create", kind)(namespace, body)
 
 
 def read(api: kubernetes.client.ApiClient, kind: str, namespace: str, name: str) -> dict[str, Any]:
     """The workload as the API server holds it (raw JSON)."""
-    apps = kubernetes.client.AppsV1Api(api)
-    method = {
-        "Deployment": apps.read_namespaced_deployment,
-        "DaemonSet": apps.read_namespaced_daemon_set,
-        "StatefulSet": apps.read_namespaced_stateful_set,
-    }[kind]
-    return json.loads(method(name, namespace, _preload_content=False).data)
+    return json.loads(_call(api, "read", kind)(name, namespace, _preload_content=False).data)
 
 
-def images(obj: dict[str, Any]) -> dict[str, str]:
-    """Container name -> image, init containers included."""
-    spec = obj["spec"]["template"]["spec"]
-    return {c["name"]: c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+def images(obj: Mapping[str, Any], kind: str | None = None) -> dict[str, str]:
+    """Container name -> image, init containers included.
+
+    ``kind`` for the items of a list, which carry none of their own.
+    """
+    spec = pod_spec_of(kind or obj["kind"], obj)
+    return {c["name"]: c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]}
 
 
 def push_to_owned(env: Environment, source: str, owned: str) -> str:
@@ -302,25 +328,14 @@ def secrets_holding(env: Environment, *needles: str) -> list[str]:
     return found
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check()`` every 0.2 s until it is true; returns the seconds it took.
+def start_controller(
+    kubeconfig: Path, config: Path, *args: str
+) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """Start the controller loop as a process; its output lines are collected as they come.
 
-    Raises:
-        AssertionError: not true within ``timeout`` seconds (names ``what``).
-    """
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} within {timeout}s")
-
-
-@contextmanager
-def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list[str]]:
-    """Run the controller loop as a process; yields its output lines (filled as they come).
-
-    On exit it sends SIGTERM and asserts the process exited 0 within 30 s.
+    Returns:
+        The process, its output lines so far, and the thread reading them
+        (it ends with the process's output). The caller stops the process.
     """
     process = subprocess.Popen(
         controller_command(kubeconfig, config, *args),
@@ -334,6 +349,16 @@ def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list
     stream = process.stdout
     reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
     reader.start()
+    return process, lines, reader
+
+
+@contextmanager
+def controller_loop(kubeconfig: Path, config: Path, *args: str) -> Iterator[list[str]]:
+    """Run the controller loop as a process; yields its output lines (filled as they come).
+
+    On exit it sends SIGTERM and asserts the process exited 0 within 30 s.
+    """
+    process, lines, reader = start_controller(kubeconfig, config, *args)
     try:
         yield lines
     finally:
