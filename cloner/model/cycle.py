@@ -37,11 +37,10 @@ class CycleIndex:
             order (duplicates kept; ``ImageCloner.submit`` starts each source once).
         switched: ``(source, owned)`` traced back from the original-images
             annotation of containers already on an owned copy of a public source.
-        traced: ``(workload key, container name)`` of those containers.
         in_use: ``(workload key, container name)`` -> ``(current, source)``
             of those containers: the parsed owned reference the container
             runs and the parsed public original it was switched from, so the
-            verify step does not parse them again.
+            verify step does not parse them again (``traced``: its keys).
         needed: workload key -> canonical sources its ``clone`` decisions wait
             on (workloads with none are absent).
         awaiting_clone: canonical source -> the workloads whose ``clone`` decisions
@@ -57,13 +56,17 @@ class CycleIndex:
     plans: dict[str, list[ContainerPlan]] = field(default_factory=dict)
     to_copy: list[tuple[Reference, Reference]] = field(default_factory=list)
     switched: list[tuple[Reference, Reference]] = field(default_factory=list)
-    traced: set[tuple[str, str]] = field(default_factory=set)
     in_use: dict[tuple[str, str], tuple[Reference, Reference]] = field(default_factory=dict)
     needed: dict[str, set[str]] = field(default_factory=dict)
     awaiting_clone: dict[str, list[Workload]] = field(default_factory=dict)
     users: dict[str, list[Workload]] = field(default_factory=dict)
     notes: list[tuple[Workload, ContainerPlan]] = field(default_factory=list)
     owned_sources: set[str] = field(default_factory=set)
+
+    @property
+    def traced(self) -> set[tuple[str, str]]:
+        """``(workload key, container name)`` of the containers in ``in_use``."""
+        return set(self.in_use)
 
     @property
     def pairs(self) -> list[tuple[Reference, Reference]]:
@@ -105,7 +108,7 @@ def index_cycle(
             for plan in plans
             if plan.decision == Decision.OWNED
             and plan.source is not None
-            and (workload.key, plan.container.name) not in index.traced
+            and (workload.key, plan.container.name) not in index.in_use
         )
     return index
 
@@ -150,7 +153,6 @@ def _trace(
             source = parse_reference(original)
             if target.owns(current) and not target.owns(source):
                 index.switched.append((source, target.owned_name(source)))
-                index.traced.add((workload.key, container.name))
                 index.in_use[(workload.key, container.name)] = (current, source)
         except InvalidReference:
             continue

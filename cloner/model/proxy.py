@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-#: ``NO_PROXY`` entries written for a child process: every form this module
-#: reads is also understood by Go's ``httpproxy``, which the child applies.
+#: The two spellings of each variable, uppercase first (it wins when both are
+#: set); ``child_environ`` writes both.
 _NAMES = {
     "https": ("HTTPS_PROXY", "https_proxy"),
     "http": ("HTTP_PROXY", "http_proxy"),
@@ -188,11 +188,6 @@ class ProxyConfig:
     def enabled(self) -> bool:
         """True when any proxy is set."""
         return bool(self.https or self.http)
-
-    def bypassing(self, *hosts: str) -> ProxyConfig:
-        """These settings with ``hosts`` (NO_PROXY entries) reached directly as well."""
-        extra = tuple(entry for host in hosts for entry in parse_no_proxy(host))
-        return ProxyConfig(self.https, self.http, self.no_proxy + extra)
 
     def proxy_for(self, url: str) -> str | None:
         """The proxy a request to ``url`` goes through, or None for a direct connection.

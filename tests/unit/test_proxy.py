@@ -87,13 +87,6 @@ def test_no_proxy_without_a_proxy_changes_nothing() -> None:
     assert settings.child_environ() == {}
 
 
-def test_bypassing_adds_entries() -> None:
-    settings = config(".svc").bypassing("10.96.0.1")
-    assert settings.proxy_for("https://10.96.0.1:443/api") is None
-    assert settings.proxy_for("https://kubernetes.default.svc/api") is None
-    assert settings.proxy_for("https://quay.io/v2/") == PROXY
-
-
 def test_child_environ_writes_both_spellings_with_one_value() -> None:
     settings = ProxyConfig.from_environ(
         {"HTTPS_PROXY": PROXY, "no_proxy": "10.0.0.0/8, .svc,registry.corp:5000"}
