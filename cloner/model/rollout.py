@@ -31,6 +31,7 @@ API's JSON dicts.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -270,12 +271,20 @@ def _stateful_set(
 def _to_json(record: Any, **values: Any) -> dict[str, Any]:
     """A record's fields as a JSON object: names in lowerCamelCase (Kubernetes API
     conventions), with ``values`` given for the fields that need converting."""
-    out = {}
-    for item in fields(record):
+    return {
+        json_name: values.get(name, getattr(record, name))
+        for name, json_name in _json_names(type(record))
+    }
+
+
+@functools.cache
+def _json_names(cls: type) -> tuple[tuple[str, str], ...]:
+    """``(field, lowerCamelCase name)`` of each field of the dataclass ``cls``."""
+    out = []
+    for item in fields(cls):
         head, *rest = item.name.split("_")
-        name = head + "".join(part.title() for part in rest)
-        out[name] = values.get(item.name, getattr(record, item.name))
-    return out
+        out.append((item.name, head + "".join(part.title() for part in rest)))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,11 @@ shard at start and writes the changed ones once per cycle (through the
 Kubernetes adapter); ``cloning.ImageCloner`` (verifications and failures)
 and ``reconcile`` read and change it through that store. The records
 live in ConfigMaps in the controller's namespace, ``SHARDS`` of them named
-``<prefix>-<n>``; a source's shard is fixed by a hash of its canonical name,
-so a change rewrites one small object, not the whole state.
+``<prefix>-<n>`` at first; an entry's shard is fixed by a hash of its key
+(``shard_of``), so a change rewrites one small object, not the whole state.
+When a shard would pass ``SHARD_BYTES`` the count doubles, up to
+``MAX_SHARDS`` (shard 0 records it), so the state of 50,000 switched
+workloads still fits under the API server's 1 MiB object limit.
 
 Bounds (documented in docs and README): at most ``MAX_RECORDS`` verified
 copies in all (least recently used dropped first), about 500 bytes each, so a
@@ -17,22 +20,34 @@ workload has used for ``ttl`` seconds (``stateTtl``, default 7 days) expires.
 "Used" is kept with a resolution of ``USE_RESOLUTION`` seconds, so a warm
 cycle writes nothing. Pending switches and holds of the rollout guard
 (``ops.guard``) are kept in the shard of their workload key; there are only
-as many as switches still rolling out and workloads held back.
+as many as switches still rolling out and workloads held back, which after a
+first cycle over a large cluster is every switched workload until its rollout
+completes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cloner.model.identity import refresh_due, spread
+from cloner.model.identity import refresh_due
 from cloner.model.rollout import Hold, PendingSwitch
 
-#: ConfigMaps the state is spread over (``<configMap>-<n>``), each under the
-#: API server's 1 MiB object limit; a source always lands in the same one.
+#: ConfigMaps the state is spread over at first (``<configMap>-<n>``); the
+#: count doubles while a shard would pass ``SHARD_BYTES`` (``StateBook.dirty_shards``).
 SHARDS = 16
+#: The most shards the state may grow to: the RBAC Role names each one
+#: (``manifests/base/state-rbac.yaml``, the chart's ``state-rbac.yaml``). A
+#: shard past ``SHARD_BYTES`` at this count is written as it is (the API
+#: server refuses one past 1 MiB, and the refusal is logged).
+MAX_SHARDS = 128
+#: Bytes of ``data`` a shard may hold before the count doubles: half of the
+#: API server's 1 MiB (1,048,576 bytes) object limit, so the entries added
+#: until the next save cannot push a shard past it.
+SHARD_BYTES = 512 * 1024
 #: Verified copies remembered at most; the least recently used go first.
 MAX_RECORDS = 16000
 #: Seconds: a record's ``used`` time is rewritten at most this often, so a
@@ -44,12 +59,14 @@ USE_RESOLUTION = 86400.0
 #: whose rollout is still followed (``rollout.PendingSwitch``) and the
 #: workloads and namespaces held back after a failed switch (``rollout.Hold``),
 #: by workload key.
-RECORDS_KEY, BACKOFF_KEY, VERIFIED_KEY, SWITCHES_KEY, HOLDS_KEY = (
+#: In shard 0 only, once the state has grown past ``SHARDS``: ``{"shards": n}``.
+RECORDS_KEY, BACKOFF_KEY, VERIFIED_KEY, SWITCHES_KEY, HOLDS_KEY, LAYOUT_KEY = (
     "records.json",
     "backoff.json",
     "verified.json",
     "switches.json",
     "holds.json",
+    "layout.json",
 )
 
 
@@ -130,14 +147,36 @@ class Failure:
     inputs: str | None = None
 
 
-def shard_of(key: str) -> int:
-    """The shard (0..SHARDS-1) of a canonical source reference."""
-    return int(spread(key) * SHARDS)
+def shard_of(key: str, count: int = SHARDS) -> int:
+    """The shard (0..count-1) of a key: a canonical source, or a workload key.
+
+    ``blake2b(key) mod count``: with a power-of-two ``count``, doubling it
+    moves an entry of shard ``n`` only to ``n`` or ``n + count`` (a new
+    shard), which is what makes growing safe to interrupt
+    (``StateBook.dirty_shards``).
+    """
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
 
 
-def shard_names(prefix: str) -> list[str]:
-    """ConfigMap names of every shard: ``<prefix>-0`` .. ``<prefix>-15``."""
-    return [f"{prefix}-{n}" for n in range(SHARDS)]
+def shard_names(prefix: str, count: int = SHARDS) -> list[str]:
+    """ConfigMap names of every shard: ``<prefix>-0`` .. ``<prefix>-<count - 1>``."""
+    return [f"{prefix}-{n}" for n in range(count)]
+
+
+def shard_count(data: Mapping[str, str] | None) -> int:
+    """How many shards the state has, from shard 0's ``data`` (``SHARDS`` when it does not say).
+
+    A damaged or out-of-range layout reads as ``SHARDS``: the shards past it
+    are then not read, and their entries are verified or followed again.
+    """
+    try:
+        count = json.loads((data or {}).get(LAYOUT_KEY) or "{}").get("shards", SHARDS)
+    except (json.JSONDecodeError, AttributeError):
+        return SHARDS
+    if not isinstance(count, int) or not SHARDS <= count <= MAX_SHARDS or count & (count - 1):
+        return SHARDS
+    return count
 
 
 class StateBook:
@@ -163,6 +202,12 @@ class StateBook:
         self.switches: dict[str, PendingSwitch] = {}
         #: workload key or ``Namespace <name>`` -> its hold after a failed switch
         self.holds: dict[str, Hold] = {}
+        #: shards the entries are spread over now (a power of two, ``SHARDS`` or more)
+        self.shards = SHARDS
+        #: the count shard 0 says in the API server (as read, or last marked written)
+        self._stored_shards = SHARDS
+        #: (count in the shard 0 last handed out, the stored count before it)
+        self._layout_out: tuple[int, int] | None = None
         self._dirty: set[int] = set()
 
     # Reading and writing shards -------------------------------------------
@@ -170,52 +215,126 @@ class StateBook:
     def load(self, shards: Mapping[str, Mapping[str, str] | None]) -> list[str]:
         """Fill the book from ConfigMap ``data`` by name; returns problems found (entries dropped).
 
-        A shard that is absent (None) is empty; an entry that cannot be read
-        is dropped and named in the result, never raised: a damaged record
-        costs one re-verification, not the controller.
+        ``shards`` holds ``shard_names(prefix, shard_count(data of shard 0))``
+        (``ops.state.read_shards`` reads them). A shard that is absent (None)
+        is empty; an entry that cannot be read is dropped and named in the
+        result, never raised: a damaged record costs one re-verification,
+        not the controller. An entry found outside its own shard (written
+        by an older layout, or left by a save that stopped half way) loses
+        to the one in its own shard, and both shards are written again.
         """
         problems: list[str] = []
+        self.shards = self._stored_shards = shard_count(shards.get(f"{self.prefix}-0"))
+        tables: list[tuple[str, str, dict[str, Any], Callable[[str, Mapping[str, Any]], Any]]] = [
+            (RECORDS_KEY, "record", self.records, _record_of),
+            (SWITCHES_KEY, "switch", self.switches, _switch_of),
+            (HOLDS_KEY, "hold", self.holds, _hold_of),
+            (BACKOFF_KEY, "backoff", self.failures, _failure_of),
+        ]
+        strays: list[tuple[dict[str, Any], str, Any]] = []
         for name, data in shards.items():
             if not data:
                 continue
-            _read(data, RECORDS_KEY, "record", name, problems, self.records, _record_of)
-            verified = _json_object(data.get(VERIFIED_KEY), name, problems, flat=True)
-            if isinstance(verified.get("at"), (int, float)):
-                self.last_verify = float(verified["at"])
-            _read(data, SWITCHES_KEY, "switch", name, problems, self.switches, _switch_of)
-            _read(data, HOLDS_KEY, "hold", name, problems, self.holds, _hold_of)
-            _read(data, BACKOFF_KEY, "backoff", name, problems, self.failures, _failure_of)
+            n = self._index(name)
+            for data_key, what, into, parse in tables:
+                entries: dict[str, Any] = {}
+                _read(data, data_key, what, name, problems, entries, parse)
+                for key, value in entries.items():
+                    home = shard_of(key, self.shards)
+                    if home == n:
+                        into[key] = value
+                    else:  # rewrite both shards: the stray goes, the entry is at home
+                        strays.append((into, key, value))
+                        self._dirty.update((n, home))
+            if n == 0:
+                verified = _json_object(data.get(VERIFIED_KEY), name, problems, flat=True)
+                if isinstance(verified.get("at"), (int, float)):
+                    self.last_verify = float(verified["at"])
+        for into, key, value in strays:
+            into.setdefault(key, value)
+        self._dirty = {n for n in self._dirty if n < self.shards}
         return problems
 
     def dirty_shards(self) -> dict[str, dict[str, str]]:
-        """ConfigMap ``data`` of every shard changed since the last ``written()``."""
+        """ConfigMap ``data`` of every shard changed since the last ``written()``, in write order.
+
+        While a shard's ``data`` would pass ``SHARD_BYTES``, the count
+        doubles, as often as the largest shard needs (up to ``MAX_SHARDS``),
+        and every shard is changed; shard 0 then records the count
+        (``LAYOUT_KEY``). The order makes a save
+        that stops half way lose nothing: the new shards first, then shard
+        0 (the count), then the others. Until shard 0 is written a restart
+        reads the old shards, still whole; after it, every entry is in its
+        new shard or still in its old one (``load`` keeps the first).
+        """
+        while True:
+            out = self._shard_data(sorted(self._dirty))
+            largest = max(
+                (sum(len(k) + len(v) for k, v in data.items()) for data in out.values()),
+                default=0,
+            )
+            if largest <= SHARD_BYTES or self.shards >= MAX_SHARDS:
+                break
+            # Doubling about halves a shard: grow as many times as the largest needs.
+            while largest > SHARD_BYTES and self.shards < MAX_SHARDS:
+                self.shards *= 2
+                largest //= 2
+            self._dirty = set(range(self.shards))
+        stored = self._stored_shards
+        order = sorted(out, key=lambda name: _write_rank(self._index(name), stored))
+        return {name: out[name] for name in order}
+
+    def _shard_data(self, numbers: list[int]) -> dict[str, dict[str, str]]:
+        """The ``data`` of the shards ``numbers``: each table read once, not once per shard."""
+        wanted = set(numbers)
+        buckets: dict[int, list[dict[str, Any]]] = {n: [{}, {}, {}, {}] for n in numbers}
+        tables = (self.records, self.failures, self.switches, self.holds)
+        writers: tuple[Callable[[Any], Any], ...] = (
+            _record_json,
+            asdict,
+            PendingSwitch.to_json,
+            Hold.to_json,
+        )
+        for position, (table, write) in enumerate(zip(tables, writers, strict=True)):
+            for key, value in table.items():
+                n = shard_of(key, self.shards)
+                if n in wanted:
+                    buckets[n][position][key] = write(value)
         out: dict[str, dict[str, str]] = {}
-        for n in sorted(self._dirty):
-            records = {k: _record_json(r) for k, r in self.records.items() if shard_of(k) == n}
-            failures = {k: asdict(f) for k, f in self.failures.items() if shard_of(k) == n}
-            out[f"{self.prefix}-{n}"] = {
-                RECORDS_KEY: json.dumps(records, sort_keys=True, separators=(",", ":")),
-                BACKOFF_KEY: json.dumps(failures, sort_keys=True, separators=(",", ":")),
-            }
-            switches = {k: w.to_json() for k, w in self.switches.items() if shard_of(k) == n}
-            holds = {k: h.to_json() for k, h in self.holds.items() if shard_of(k) == n}
+        for n in numbers:
+            records, failures, switches, holds = buckets[n]
+            data = {RECORDS_KEY: _compact(records), BACKOFF_KEY: _compact(failures)}
             if switches:
-                out[f"{self.prefix}-{n}"][SWITCHES_KEY] = _compact(switches)
+                data[SWITCHES_KEY] = _compact(switches)
             if holds:
-                out[f"{self.prefix}-{n}"][HOLDS_KEY] = _compact(holds)
-            if n == 0 and self.last_verify is not None:
-                out[f"{self.prefix}-0"][VERIFIED_KEY] = json.dumps({"at": self.last_verify})
+                data[HOLDS_KEY] = _compact(holds)
+            if n == 0:
+                if self.last_verify is not None:
+                    data[VERIFIED_KEY] = json.dumps({"at": self.last_verify})
+                if self.shards != SHARDS:
+                    data[LAYOUT_KEY] = json.dumps({"shards": self.shards})
+                self._layout_out = (self.shards, self._stored_shards)
+            out[f"{self.prefix}-{n}"] = data
         return out
 
     def written(self, names: Iterable[str]) -> None:
         """Mark shards (ConfigMap names) as stored; a later change marks them again."""
         for name in names:
-            self._dirty.discard(int(name.rsplit("-", 1)[1]))
+            n = self._index(name)
+            self._dirty.discard(n)
+            if n == 0 and self._layout_out is not None:
+                self._stored_shards = self._layout_out[0]
 
     def unwritten(self, names: Iterable[str]) -> None:
         """Mark shards (ConfigMap names) as changed again: their write failed after ``written``."""
         for name in names:
-            self._dirty.add(int(name.rsplit("-", 1)[1]))
+            n = self._index(name)
+            self._dirty.add(n)
+            if n == 0 and self._layout_out is not None:
+                self._stored_shards = self._layout_out[1]
+
+    def _index(self, name: str) -> int:
+        return int(name.rsplit("-", 1)[1])
 
     # Changes ---------------------------------------------------------------
 
@@ -286,7 +405,14 @@ class StateBook:
             self._touch(key)
 
     def _touch(self, key: str) -> None:
-        self._dirty.add(shard_of(key))
+        self._dirty.add(shard_of(key, self.shards))
+
+
+def _write_rank(n: int, stored: int) -> tuple[int, int]:
+    """Write order of shard ``n`` (``dirty_shards``): shards past ``stored`` first, then 0."""
+    if n >= stored:
+        return (0, n)
+    return (1, 0) if n == 0 else (2, n)
 
 
 def _record_json(record: Record) -> dict[str, Any]:

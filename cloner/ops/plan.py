@@ -36,7 +36,7 @@ from cloner.model.events import rfc3339
 from cloner.model.identity import Descriptor
 from cloner.model.reference import Reference, planned_image
 from cloner.model.rollout import Hold, namespace_key
-from cloner.model.state import Record, StateBook, shard_names
+from cloner.model.state import Record, StateBook
 from cloner.model.workloads import (
     ContainerPlan,
     NamespaceInfo,
@@ -47,6 +47,7 @@ from cloner.model.workloads import (
 from cloner.ops.artifacts import ArtifactCopier
 from cloner.ops.listing import list_in_scope, unpatchable_public
 from cloner.ops.reconcile import KubeAPI
+from cloner.ops.state import read_shards
 
 
 class ManifestLookup(Protocol):
@@ -132,10 +133,7 @@ def read_state(kube: KubeAPI, settings: Settings) -> StateBook:
     if namespace is None:
         return book
     try:
-        shards = {
-            name: (kube.get_config_map(namespace, name) or {}).get("data")
-            for name in shard_names(book.prefix)
-        }
+        shards = read_shards(kube, namespace, book.prefix)
     except KubeError:
         return book
     book.load(shards)

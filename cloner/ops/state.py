@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
 from cloner.errors import KubeError
-from cloner.model.state import shard_names
+from cloner.model.state import shard_count, shard_names
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,33 @@ class ShardedBook(Protocol):
 
 
 B = TypeVar("B", bound=ShardedBook)
+
+
+def read_shards(kube: StateAPI, namespace: str, prefix: str) -> dict[str, Mapping[str, str] | None]:
+    """Every state ConfigMap's ``data`` by name: shard 0 first, then as many as it says.
+
+    Args:
+        kube: the API server.
+        namespace: the controller's namespace.
+        prefix: ``stateConfigMap``; the names are ``state.shard_names``.
+
+    Returns:
+        ConfigMap name -> its ``data`` ({} when it has none), None when it
+        does not exist.
+
+    Raises:
+        KubeError: a shard could not be read.
+    """
+
+    def data(name: str) -> Mapping[str, str] | None:
+        obj = kube.get_config_map(namespace, name)
+        return None if obj is None else (obj.get("data") or {})
+
+    first = data(f"{prefix}-0")
+    shards: dict[str, Mapping[str, str] | None] = {f"{prefix}-0": first}
+    for name in shard_names(prefix, shard_count(first))[1:]:
+        shards[name] = data(name)
+    return shards
 
 
 class StateStore(Generic[B]):
@@ -143,16 +170,12 @@ class StateStore(Generic[B]):
             return False
         with self._lock:
             prefix = self._book.prefix
-        shards: dict[str, Mapping[str, str] | None] = {}
         try:
-            for name in shard_names(prefix):
-                obj = self._kube.get_config_map(self._namespace, name)
-                if obj is not None:
-                    self._exists.add(name)
-                shards[name] = (obj or {}).get("data")
+            shards = read_shards(self._kube, self._namespace, prefix)
         except KubeError as exc:
             log.warning("cannot read the state ConfigMaps yet (%s); trying next cycle", exc)
             return False
+        self._exists.update(name for name, data in shards.items() if data is not None)
         with self._lock:
             problems = self._book.load(shards)
         for problem in problems:

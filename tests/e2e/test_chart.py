@@ -30,6 +30,7 @@ import yaml
 
 import cloner
 from cloner.config import KEYS_BY_YAML, Settings, load_settings
+from cloner.model.state import MAX_SHARDS
 from devenv.cluster import CONTROLLER_NAMESPACE, Cluster
 from devenv.harness import HACK, LOOPBACK, REPO_ROOT, Environment, free_ports, kube_bin_dir
 from devenv.waiting import wait_for
@@ -397,7 +398,7 @@ def test_a_changed_setting_reaches_the_config_file_the_port_and_the_state_role(
     ports = by_kind[("Deployment", "image-cloner")]["spec"]["template"]["spec"]["containers"][0]
     assert ports["ports"][0]["containerPort"] == 9400
     role = by_kind[("Role", "image-cloner-state")]
-    assert role["rules"][0]["resourceNames"] == [f"cloner-state-{i}" for i in range(16)]
+    assert role["rules"][0]["resourceNames"] == [f"cloner-state-{i}" for i in range(MAX_SHARDS)]
     # get and update of Secrets only on the managed pull Secret's name
     secret_rules = [
         r

@@ -19,14 +19,26 @@ from typing import Any
 import pytest
 
 from cloner.errors import KubeError
-from cloner.model.state import Failure, Record, StateBook, shard_names, shard_of
-from cloner.ops.state import StateStore
+from cloner.model import state
+from cloner.model.rollout import PendingSwitch, SwitchedContainer
+from cloner.model.state import (
+    SHARD_BYTES,
+    Failure,
+    Record,
+    StateBook,
+    shard_count,
+    shard_names,
+    shard_of,
+)
+from cloner.ops.state import StateStore, read_shards
 from tests.unit.fakes import FakeKube, workload
 from tests.unit.test_reconcile import SETTINGS, FakeRegistry, make
 
 NS = "image-cloner"
 DIGEST = "sha256:" + "a" * 64
 FIRST = "docker.io/library/app0:1"
+#: Bytes of ``data`` the API server accepts in one ConfigMap (etcd's object limit).
+OBJECT_LIMIT = 1024 * 1024
 #: Seconds a barrier waits before it breaks: a broken interleaving fails, never hangs.
 STUCK = 10.0
 
@@ -104,6 +116,9 @@ class StateKube:
         error = self.fail_write.pop(name, None)
         if error is not None:
             raise error
+        size = sum(len(k) + len(v) for k, v in body["data"].items())
+        if size > OBJECT_LIMIT:  # as the API server: an object's data stays under 1 MiB
+            raise KubeError(422, f"ConfigMap {name!r} is invalid: Too long: {size} bytes")
         if self.pause is not None and self.pause[0] == name:
             barrier = self.pause[1]
             self.pause = None
@@ -114,7 +129,7 @@ class StateKube:
     def stored(self) -> StateBook:
         """What a restarted controller would read."""
         book = StateBook()
-        assert book.load({n: b["data"] for n, b in self.config_maps.items()}) == []
+        assert book.load(read_shards(self, NS, book.prefix)) == []
         return book
 
 
@@ -389,3 +404,101 @@ def test_the_cycle_and_its_clones_share_one_store_and_a_restart_reads_it() -> No
     restarted = make(kube, registry, SETTINGS)
     summary = restarted.reconcile_once()
     assert summary.cloned == 0 and registry.lookups == 0  # answered from the record read back
+
+
+# --- past the 1 MiB object limit: the shards grow ---------------------------------------
+
+
+def switch(i: int) -> PendingSwitch:
+    """A pending switch of one of many Deployments, the size a real one has."""
+    original = f"docker.io/library/app{i % 400}:1.{i % 7}"
+    owned = f"registry.example.com/mirror/library/app{i % 400}:1.{i % 7}@{DIGEST}"
+    return PendingSwitch(
+        kind="Deployment",
+        namespace=f"team-{i % 100:03d}",
+        name=f"service-{i:06d}",
+        uid=f"{i:08x}-1111-2222-3333-444455556666",
+        generation=2,
+        containers=(
+            SwitchedContainer("app", original, owned),
+            SwitchedContainer("sidecar", original, owned),
+        ),
+        started=1_700_000_000.0 + i,
+    )
+
+
+def test_fifty_thousand_pending_switches_are_saved_and_read_back() -> None:
+    """At 50,000 switched Deployments 16 shards would each pass 1 MiB (422 Too long)."""
+    kube = StateKube()
+    store = loaded_store(kube)
+    with store.locked() as book:
+        for i in range(50_000):
+            book.switch_started(switch(i))
+        for i in range(300):
+            book.verified(record(f"docker.io/library/app{i}:1"))
+    written = store.save()
+    assert kube.refused == [] and len(written) == len(kube.config_maps) > 16
+    assert all(
+        sum(len(k) + len(v) for k, v in body["data"].items()) <= SHARD_BYTES
+        for body in kube.config_maps.values()
+    )
+    again = kube.stored()
+    assert again.shards == len(written)
+    assert len(again.switches) == 50_000 and len(again.records) == 300
+    assert again.switches["Deployment team-007/service-012307"] == switch(12307)
+    assert store.save() == []  # nothing changed: nothing written
+
+
+def test_a_growth_cut_short_at_any_write_loses_no_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doubling rewrites every shard; a restart after any prefix of those writes has it all."""
+    monkeypatch.setattr(state, "SHARD_BYTES", 6000)
+    book = StateBook()
+    for i in range(60):
+        book.switch_started(switch(i))
+    before = book._shard_data(list(range(16)))
+    book.written(before)
+    assert book.shards == 16
+    for i in range(60, 400):
+        book.switch_started(switch(i))
+    writes = book.dirty_shards()
+    assert book.shards > 16 and len(writes) == book.shards
+    names = list(writes)
+    assert names.index(f"{book.prefix}-0") == book.shards - 16  # the new shards, then 0
+    assert all(int(name.rsplit("-", 1)[1]) >= 16 for name in names[: book.shards - 16])
+    for cut in range(len(names) + 1):
+        kube = StateKube()
+        kube.config_maps = {
+            name: {"data": data}
+            for name, data in {**before, **{n: writes[n] for n in names[:cut]}}.items()
+        }
+        restarted = kube.stored()
+        saved = {switch(i).key for i in range(60)}
+        assert saved <= set(restarted.switches), f"entries lost after {cut} writes"
+    assert len(restarted.switches) == 400 and restarted.shards == book.shards
+
+
+def test_an_entry_outside_its_shard_is_read_and_moved_home() -> None:
+    """An entry written by the old layout (or a cut-short growth) is kept and rewritten home."""
+    source = FIRST
+    home = shard_of(source)
+    away = (home + 1) % 16
+    stray = StateBook()
+    stray.verified(record(source))
+    data = stray._shard_data([home])[f"image-cloner-state-{home}"]
+    kube = StateKube()
+    kube.config_maps[f"image-cloner-state-{away}"] = {"data": data}
+    store = loaded_store(kube)
+    with store.locked() as book:
+        assert book.records == {source: record(source)}
+    written = store.save()
+    assert sorted(written) == sorted([f"image-cloner-state-{home}", f"image-cloner-state-{away}"])
+    assert source in kube.config_maps[f"image-cloner-state-{home}"]["data"]["records.json"]
+    assert source not in kube.config_maps[f"image-cloner-state-{away}"]["data"]["records.json"]
+
+
+@pytest.mark.parametrize(
+    "layout", ['{"shards": 24}', '{"shards": 8}', "[]", "x", '{"shards": "64"}']
+)
+def test_a_damaged_layout_reads_as_sixteen_shards(layout: str) -> None:
+    assert shard_count({"layout.json": layout}) == 16
+    assert shard_count({"layout.json": '{"shards": 64}'}) == 64
