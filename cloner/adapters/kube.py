@@ -15,15 +15,15 @@ module.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import certifi
@@ -33,8 +33,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from cloner import collector
 from cloner.adapters.curl import Answer, CurlSettings, CurlTransport
 from cloner.errors import ConfigError, KubeError
+from cloner.model import wire
 from cloner.model.proxy import ProxyConfig
 from cloner.model.pullsecrets import SecretInfo, ServiceAccount
 from cloner.model.workloads import (
@@ -428,8 +430,9 @@ class KubeClient:
             raise ValueError(f"{kind} is not a reconciled workload kind")
         only = [f"metadata.namespace={namespace}"] if namespace else []
         selector = ",".join([*only, *_excluding(excluded_namespaces)]) or None
-        for item in self._paginate(self._lister(info), f"list {info.plural}", selector):
-            yield Workload.from_api(kind, item)
+        pages = self._paginate(self._lister(info), f"list {info.plural}", selector, _workload_page)
+        for item in pages:
+            yield Workload.from_item(kind, item)
 
     def list_unpatchable(self, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
         """Jobs and bare Pods (no controller owner), to report the public images they use.
@@ -444,8 +447,11 @@ class KubeClient:
         selector = ",".join(_excluding(excluded_namespaces)) or None
         for kind in UNPATCHABLE_KINDS:
             info = kind_info(kind)
-            for item in self._paginate(self._lister(info), f"list {info.plural}", selector):
-                workload = Workload.from_api(kind, item)
+            pages = self._paginate(
+                self._lister(info), f"list {info.plural}", selector, _workload_page
+            )
+            for item in pages:
+                workload = Workload.from_item(kind, item)
                 if kind == WorkloadKind.POD and workload.controller_owner is not None:
                     continue
                 yield workload
@@ -472,16 +478,26 @@ class KubeClient:
         Raises:
             KubeError: a list call failed.
         """
-        for item in self._paginate(self._core.list_namespace, "list namespaces", None):
+        pages = self._paginate(self._core.list_namespace, "list namespaces", None, _json_page)
+        for item in pages:
             yield NamespaceInfo.from_api(item)
 
     def _paginate(
-        self, call: Callable[..., Any], what: str, field_selector: str | None
-    ) -> Iterator[dict[str, Any]]:
+        self,
+        call: Callable[..., Any],
+        what: str,
+        field_selector: str | None,
+        decode: Callable[[bytes], _Page[T]],
+    ) -> Iterator[T]:
         """Items of a list call, page by page (``limit``/``continue``).
 
-        If the continue token expires (410 Gone) mid-list, the list starts
-        again once; items already yielded (by uid) are not yielded twice.
+        Each page's body is decoded by ``decode`` (``_json_page``: dicts;
+        ``_workload_page``: ``wire.WorkloadItem``). If the continue token
+        expires (410 Gone) mid-list, the list starts again once; items
+        already yielded (by uid) are not yielded twice.
+
+        Raises:
+            KubeError: a call failed, or a page could not be decoded.
         """
         restarted = False
         token: str | None = None
@@ -495,9 +511,7 @@ class KubeClient:
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 )
-                page = decode_large(read_body(response))
-                if not isinstance(page, dict):
-                    raise ValueError(f"a list answer is a JSON object, not {type(page).__name__}")
+                page = decode(read_body(response))
                 self.requests["success"] += 1
             except ApiException as exc:
                 if exc.status == 410 and token and not restarted:
@@ -507,13 +521,12 @@ class KubeClient:
                 raise self._failed(exc, what) from None
             except (*_TRANSPORT_ERRORS, ValueError) as exc:
                 raise self._failed(exc, what) from None
-            for item in page.get("items") or ():
-                uid = (item.get("metadata") or {}).get("uid", "")
+            for uid, item in page.items:
                 if uid in seen:  # a restarted list repeats items
                     continue
                 seen.add(uid)
                 yield item
-            token = (page.get("metadata") or {}).get("continue") or None
+            token = page.token
             if not token:
                 return
 
@@ -830,21 +843,14 @@ def _retry_after(exc: ApiException) -> float | None:
         return None
 
 
-_gc_lock = threading.Lock()
-#: ``pauses``: decode_large calls in progress that paused the collector.
-_gc_state = {"pauses": 0}
-
-
 def decode_large(body: bytes) -> Any:
     """``orjson.loads`` of a large body (a list page) with the cyclic garbage collector paused.
 
-    Decoding a page of 500 Deployments creates some 10^5 dicts and lists;
-    with the collector on, each few hundred of them start a collection that
-    also walks the objects already alive (the workloads listed so far), so
-    the decode took 16-23 ms instead of 8-9 ms per page (bench: a 950 KB
-    page, 300,000 live objects). The decoded objects hold no reference
-    cycles, so nothing is left for the collector; it is switched on again
-    when the last concurrent decode ends, and left alone if it was off.
+    Decoding a page of 500 objects creates some 10^5 dicts and lists; with
+    the collector on, each few hundred of them start a collection that also
+    walks the objects already alive, so the decode took 16-23 ms instead of
+    8-9 ms per page (bench: a 950 KB page, 300,000 live objects). The
+    decoded objects hold no reference cycles (``collector.paused``).
 
     Args:
         body: the JSON bytes.
@@ -855,19 +861,47 @@ def decode_large(body: bytes) -> Any:
     Raises:
         orjson.JSONDecodeError: not JSON (a ``ValueError``).
     """
-    with _gc_lock:
-        paused = _gc_state["pauses"] > 0 or gc.isenabled()
-        if paused:
-            _gc_state["pauses"] += 1
-            gc.disable()
-    try:
+    with collector.paused():
         return orjson.loads(body)
-    finally:
-        if paused:
-            with _gc_lock:
-                _gc_state["pauses"] -= 1
-                if _gc_state["pauses"] == 0:
-                    gc.enable()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Page(Generic[T]):
+    """A decoded list page: ``(uid, item)`` of each item, and the continue token (None: last)."""
+
+    items: list[tuple[str, T]]
+    token: str | None
+
+
+def _json_page(body: bytes) -> _Page[dict[str, Any]]:
+    """A list page as JSON dicts (``decode_large``).
+
+    Raises:
+        ValueError: not JSON, or not a JSON object.
+    """
+    page = decode_large(body)
+    if not isinstance(page, dict):
+        raise ValueError(f"a list answer is a JSON object, not {type(page).__name__}")
+    items = [
+        ((item.get("metadata") or {}).get("uid", ""), item)
+        for item in page.get("items") or ()
+        if isinstance(item, dict)
+    ]
+    return _Page(items, (page.get("metadata") or {}).get("continue") or None)
+
+
+def _workload_page(body: bytes) -> _Page[wire.WorkloadItem]:
+    """A workload list page as the fields a snapshot reads (``wire.decode_page``).
+
+    Raises:
+        ValueError: not JSON, or a field of the wrong type (``msgspec.DecodeError``).
+    """
+    with collector.paused():
+        page = wire.decode_page(body)
+        return _Page([(item.uid, item) for item in page.items or ()], page.token)
 
 
 def read_body(response: Any) -> bytes:

@@ -20,7 +20,10 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any
 
+import msgspec
+
 from cloner.errors import InvalidReference
+from cloner.model import wire
 from cloner.model.reference import Policy, Reference, parse_reference
 from cloner.model.rollout import exemption
 
@@ -135,6 +138,10 @@ def pod_spec_of(kind: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
+#: What a snapshot reads of an object without ``metadata`` or without a pod spec.
+_NO_META = wire.ObjectMeta()
+_NO_POD = wire.PodSpec()
+
 #: A JSON patch (RFC 6902): the list of its operations, as sent with
 #: ``application/json-patch+json``.
 JsonPatch = list[dict[str, Any]]
@@ -221,54 +228,74 @@ class Workload:
     def from_api(cls, kind: str, obj: Mapping[str, Any]) -> Workload:
         """Build a snapshot from an object as the API returns it (JSON dict).
 
+        The same mapping as ``from_item`` (the dict is converted to a
+        ``wire.WorkloadItem`` first).
+
         Args:
             kind: a ``WorkloadKind`` value.
             obj: the object (``metadata``, ``spec.template.spec``...).
 
+        Raises:
+            ValueError: unknown kind, or a field of the wrong type.
+        """
+        return cls.from_item(kind, wire.item_of(obj))
+
+    @classmethod
+    def from_item(cls, kind: str, item: wire.WorkloadItem) -> Workload:
+        """Build a snapshot from the fields of a workload object (``wire``).
+
+        Args:
+            kind: a ``WorkloadKind`` value.
+            item: the object's fields a snapshot reads.
+
         Returns:
             The snapshot; a container without an image is left out (it has
             nothing to clone and the API server would reject it anyway).
+            ``pull_secrets`` is None only when the pod spec has no
+            ``imagePullSecrets`` field; ``exempt`` is ``rollout.exemption``'s
+            answer.
 
         Raises:
             ValueError: unknown kind.
         """
         kind = WorkloadKind(kind)
-        meta = obj.get("metadata") or {}
-        pod_spec = pod_spec_of(kind, obj)
-        spec_path = pod_spec_pointer(kind)
+        info = kind_info(kind)
+        meta = item.metadata or _NO_META
+        pod = wire.pod_spec(item, info.pod_spec) or _NO_POD
+        spec_path = info.pod_spec_pointer
         containers = []
-        for list_name in CONTAINER_LISTS:
-            for index, container in enumerate(pod_spec.get(list_name) or ()):
-                image = container.get("image")
-                if image:
+        for list_name, listed in zip(
+            CONTAINER_LISTS, (pod.initContainers, pod.containers), strict=True
+        ):
+            for index, container in enumerate(listed or ()):
+                if container.image:
                     containers.append(
-                        Container(container.get("name", ""), image, list_name, index, spec_path)
+                        Container(
+                            container.name or "", container.image, list_name, index, spec_path
+                        )
                     )
+        secrets = pod.imagePullSecrets
         return cls(
             kind=kind,
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
-            uid=meta.get("uid", ""),
-            resource_version=meta.get("resourceVersion", ""),
+            namespace=meta.namespace or "",
+            name=meta.name or "",
+            uid=meta.uid or "",
+            resource_version=meta.resourceVersion or "",
             containers=tuple(containers),
-            labels=dict(meta.get("labels") or {}),
-            annotations=dict(meta.get("annotations") or {}),
-            service_account=pod_spec.get("serviceAccountName") or "default",
+            labels=meta.labels or {},
+            annotations=meta.annotations or {},
+            service_account=pod.serviceAccountName or "default",
             pull_secrets=(
-                tuple((e or {}).get("name", "") for e in pod_spec["imagePullSecrets"] or ())
-                if "imagePullSecrets" in pod_spec
-                else None
+                None
+                if isinstance(secrets, msgspec.UnsetType)
+                else tuple((entry.name or "") if entry else "" for entry in secrets or ())
             ),
             controller_owner=next(
-                (
-                    f"{ref.get('kind')}/{ref.get('name')}"
-                    for ref in meta.get("ownerReferences") or ()
-                    if ref.get("controller")
-                ),
+                (f"{ref.kind}/{ref.name}" for ref in meta.ownerReferences or () if ref.controller),
                 None,
             ),
-            generation=meta.get("generation") or 0,
-            exempt=exemption(kind, obj),
+            generation=meta.generation or 0,
+            exempt=exemption(kind, {"spec": item.spec.rollout_fields() if item.spec else {}}),
         )
 
     @property

@@ -43,10 +43,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloner import collector
 from cloner.config import Settings
 from cloner.errors import FailureReason, KubeError, RegistryError
 from cloner.model.credentials import DockerConfig
-from cloner.model.cycle import CycleIndex, index_cycle
+from cloner.model.cycle import CycleIndex, PlanCache, index_cycle
 from cloner.model.events import (
     CLONE_FAILED,
     CLONED,
@@ -341,6 +342,8 @@ class Reconciler:
         # What a permanent failure depends on: the settings and the credentials.
         self._settings_digest = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
         self._credentials: Credentials = credentials or _NoCredentials()
+        #: each workload's plan, kept while its uid, resourceVersion, namespace and inputs hold
+        self._plans = PlanCache()
         self._images = ImageCloner(
             manifests,
             backend,
@@ -459,8 +462,18 @@ class Reconciler:
             log.error("listing namespaces failed, skipping this cycle: %s", exc)
             summary.duration = time.monotonic() - clock
             return summary
-        workloads = self._list(summary)
-        index = index_cycle(workloads, self._settings.policy, namespaces, self._settings.gitops)
+        # Listing and planning make no reference cycles: the collector would
+        # only walk the live snapshots again and again (collector.paused).
+        with collector.paused():
+            workloads = self._list(summary)
+            index = index_cycle(
+                workloads,
+                self._settings.policy,
+                namespaces,
+                self._settings.gitops,
+                self._plans,
+                self._inputs(),
+            )
         for workload, plan in index.notes:
             self._note(workload, plan, summary)
         self._clone_and_patch(index, summary, clock)

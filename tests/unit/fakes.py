@@ -333,9 +333,13 @@ class FakeKube:
         position = self._position(w.kind, w.namespace, w.name)
         assert position is not None, w.key
         try:
-            self.objects[position] = apply_patch(self.objects[position], patch)
+            patched = apply_patch(self.objects[position], patch)
         except PatchFailed:
             raise KubeError(422, "test failed") from None
+        # As the API server: every accepted write gives the object a new resourceVersion.
+        meta = patched.setdefault("metadata", {})
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion") or 0) + 1)
+        self.objects[position] = patched
 
     def list_namespaced(self, resource: str, namespace: str) -> list[dict[str, Any]]:
         self.namespaced_reads.append((resource, namespace))

@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cloner.adapters import kube as kube_module
-from cloner.adapters.kube import KubeClient, decode_large
+from cloner.adapters.kube import KubeClient, _json_page, decode_large
 from cloner.errors import KubeError
 
 
@@ -73,7 +73,9 @@ def test_every_item_of_every_page_once_in_order_and_connections_given_back() -> 
         {None: page(["a", "b"], "t1"), "t1": page(["c"], "t2"), "t2": page(["d"], None)}
     )
     kube = KubeClient(client.ApiClient(), page_size=2)
-    names = [item["metadata"]["name"] for item in kube._paginate(lister, "list x", None)]
+    names = [
+        item["metadata"]["name"] for item in kube._paginate(lister, "list x", None, _json_page)
+    ]
     assert names == ["a", "b", "c", "d"]
     assert lister.asked == [None, "t1", "t2"]
     assert all(body.released for body in lister.answers)
@@ -88,7 +90,7 @@ def test_an_expired_token_lists_again_once_without_repeating_items() -> None:
         }
     )
     kube = KubeClient(client.ApiClient())
-    items = kube._paginate(lister, "list x", None)
+    items = kube._paginate(lister, "list x", None, _json_page)
     assert [next(items)["metadata"]["uid"], next(items)["metadata"]["uid"]] == ["a", "b"]
     # The restart asks for page 1 again (now the last page, with one more item).
     lister.pages[None] = page(["a", "b", "c"], None)
@@ -99,7 +101,7 @@ def test_an_expired_token_lists_again_once_without_repeating_items() -> None:
 def test_a_second_expired_token_is_an_error() -> None:
     lister = Lister({None: page(["a"], "t1"), "t1": ApiException(http_resp=Gone())})
     kube = KubeClient(client.ApiClient())
-    items = kube._paginate(lister, "list x", None)
+    items = kube._paginate(lister, "list x", None, _json_page)
     assert next(items)["metadata"]["uid"] == "a"
     lister.pages[None] = page(["a"], "t1")  # expires again after the restart
     with pytest.raises(KubeError) as caught:
@@ -112,7 +114,7 @@ def test_a_second_expired_token_is_an_error() -> None:
 def test_an_unreadable_page_is_a_kube_error(body: bytes) -> None:
     kube = KubeClient(client.ApiClient())
     with pytest.raises(KubeError, match="unreadable response"):
-        list(kube._paginate(Lister({None: body}), "list x", None))
+        list(kube._paginate(Lister({None: body}), "list x", None, _json_page))
 
 
 def test_a_page_is_decoded_with_the_collector_paused_and_it_is_on_again_after() -> None:
@@ -127,7 +129,9 @@ def test_a_page_is_decoded_with_the_collector_paused_and_it_is_on_again_after() 
 
     assert gc.isenabled()
     with mock.patch.object(kube_module.orjson, "loads", loads):
-        items = list(KubeClient(client.ApiClient())._paginate(Lister({None: body}), "x", None))
+        items = list(
+            KubeClient(client.ApiClient())._paginate(Lister({None: body}), "x", None, _json_page)
+        )
     assert [i["metadata"]["uid"] for i in items] == ["a"]
     assert seen == [False]
     assert gc.isenabled()
