@@ -224,3 +224,47 @@ def test_a_protobuf_error_answer_gives_its_message_and_status() -> None:
 )
 def test_status_message_reads_json_and_protobuf_and_nothing_else(body: Any, message: str) -> None:
     assert status_message(body) == message
+
+
+def deployment_page(names: list[str], token: str) -> dict[str, Any]:
+    items = [
+        {
+            "metadata": {"name": n, "namespace": "team-a", "uid": f"u-{n}", "resourceVersion": "3"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:1"}]}}},
+            "status": {"replicas": 1},
+        }
+        for n in names
+    ]
+    return {"metadata": {"continue": token}, "items": items}
+
+
+def test_a_workload_list_is_paged_through_the_transport_with_the_clients_auth() -> None:
+    pool = Pool(
+        Response(200, deployment_page(["web", "api"], "next/page=")),
+        Response(200, deployment_page(["db"], "")),
+    )
+    kube = KubeClient(kube_with(pool)._api_client, page_size=2, transport=PoolTransport(pool))
+
+    listed = list(kube.list_workloads("Deployment", ["kube-system", "ops"]))
+
+    assert [w.name for w in listed] == ["web", "api", "db"]
+    assert listed[0].containers[0].image == "nginx:1" and listed[0].resource_version == "3"
+    first, second = pool.sent
+    selector = "fieldSelector=metadata.namespace%21%3Dkube-system%2Cmetadata.namespace%21%3Dops"
+    assert first["method"] == "GET"
+    assert first["url"] == f"https://127.0.0.1:6443/apis/apps/v1/deployments?limit=2&{selector}"
+    assert second["url"] == (
+        "https://127.0.0.1:6443/apis/apps/v1/deployments"
+        f"?limit=2&continue=next%2Fpage%3D&{selector}"
+    )
+    assert first["headers"]["authorization"] == "Bearer t0k3n"
+    assert all(answer.released for answer in pool.given)
+
+
+def test_a_list_answer_outside_2xx_is_a_kube_error_with_its_status() -> None:
+    pool = Pool(Response(403, {"kind": "Status", "message": "forbidden"}))
+    kube = kube_with(pool)
+    with pytest.raises(KubeError) as raised:
+        list(kube.list_workloads("StatefulSet"))
+    assert raised.value.status == 403
+    assert pool.sent[0]["url"] == "https://127.0.0.1:6443/apis/apps/v1/statefulsets?limit=500"
