@@ -59,12 +59,23 @@ with kube-apiserver on the same cores, controller CPU per warm cycle <= 1.5 s,
 RSS and peak RSS <= 250 MiB). Both: no write and no registry request in a
 warm cycle, RSS growth over the warm cycles <= 5 MiB.
 
+``--profile`` records the cold cycle with py-spy (every thread, idle
+included) and ``--profile-warm`` the measured warm cycles (on-CPU samples,
+``--nonblocking``, from the first counters' reading to the last: py-spy's
+own CPU, at 100 samples a second, then loads the machine, though not the
+controller's CPU figure). The raw stacks are kept beside the JSON
+(``scale-<time>-cold.pyspy.txt``, ``-warm.pyspy.txt``); the top 15
+functions by own and by cumulative samples, as ``function (file)``, go into
+the JSON (``cold.profile``, ``warm.profile``) and are printed before the
+table. py-spy comes from PyPI (``pip install py-spy``), found on PATH or
+next to this Python.
+
     .venv/bin/python -m bench.scale                    # 10,000 workloads, skopeo backend
     .venv/bin/python -m bench.scale --backend docker
     .venv/bin/python -m bench.scale --smoke            # ~50 workloads, for the e2e smoke test
-    # issue 31: 50,000 workloads, RSS over 10 warm cycles
+    # issue 31: 50,000 workloads, RSS over 10 warm cycles, the warm profile
     .venv/bin/python -m bench.scale --workloads 50000 --namespaces 100 --images 400 \\
-        --warm-cycles 10
+        --warm-cycles 10 --profile-warm
 
 Exit status: 0 when every phase ran (a missed target is shown as ``MISS``
 in the table, not as a failure); 1 when a phase could not run (a component
@@ -716,6 +727,147 @@ def write_rollouts(env: Environment, keys: Iterable[str]) -> dict[str, Any]:
     }
 
 
+# --- profiles --------------------------------------------------------------------------
+
+#: functions each profile table lists (issue 31's "top 15 functions")
+PROFILE_TOP = 15
+#: a frame of py-spy's raw output: ``function (file:line)``, or ``function (file)``
+_FRAME = re.compile(r"^(?P<function>.+) \((?P<file>[^()]+?)(?::\d+)?\)$")
+
+
+def py_spy() -> str:
+    """The py-spy executable: on PATH, or next to this Python (a venv's ``bin``).
+
+    Raises:
+        RuntimeError: there is none (``pip install py-spy``).
+    """
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        raise RuntimeError("profiling needs py-spy (pip install py-spy)")
+    return spy
+
+
+def short_path(path: str) -> str:
+    """A source file as a profile names it: after ``site-packages/``, or relative to the repo."""
+    _, marker, inside = path.rpartition("site-packages/")
+    if marker:
+        return inside
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(ROOT))
+    return path
+
+
+def frame_key(frame: str) -> str | None:
+    """``function (file)`` of a raw py-spy frame, the line left out; None for a thread or process.
+
+    ``--threads`` puts a ``thread (TID): NAME`` frame at the root of each
+    stack, ``--subprocesses`` a ``process PID:"..."`` one: they are no function.
+    """
+    if frame.startswith(("thread (", "process ")):
+        return None
+    match = _FRAME.match(frame)
+    if match is None:
+        return frame
+    return f"{match['function']} ({short_path(match['file'])})"
+
+
+def profile_top(raw: str, top: int = PROFILE_TOP) -> dict[str, Any]:
+    """The functions with the most samples in py-spy's ``--format raw`` output.
+
+    Each line of the output is a stack, root first, frames joined by ``;``,
+    then a space and its sample count. A function's own samples are those of
+    the stacks it is the leaf of; its cumulative samples those of the stacks
+    it is on (once per stack, however deep it recurses).
+
+    Args:
+        raw: the text py-spy wrote.
+        top: how many functions each list holds.
+
+    Returns:
+        ``samples`` (all stacks' counts), ``own`` and ``cumulative``: the
+        ``top`` functions by each, most first, as ``{"function": "name
+        (file)", "samples": n, "percent": of all samples}``.
+    """
+    own: Counter[str] = Counter()
+    cumulative: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        keys = [key for frame in stack.split(";") if (key := frame_key(frame)) is not None]
+        if keys:
+            own[keys[-1]] += samples
+        for key in set(keys):
+            cumulative[key] += samples
+
+    def ranked(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"function": key, "samples": n, "percent": 100.0 * n / total}
+            for key, n in sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:top]
+        ]
+
+    return {"samples": total, "own": ranked(own), "cumulative": ranked(cumulative)}
+
+
+def read_profile(path: Path) -> dict[str, Any]:
+    """``profile_top`` of a raw py-spy file, with its path as ``raw``."""
+    return {"raw": str(path), **profile_top(path.read_text(errors="replace"))}
+
+
+def format_profile(title: str, profile: dict[str, Any]) -> str:
+    """The two tables of a ``read_profile`` (or the ``error`` of a profile that failed)."""
+    if "error" in profile:
+        return f"{title}: no profile: {profile['error']}"
+    lines = [f"{title}: {profile['samples']} samples, {profile['raw']}"]
+    for kind, label in (("own", "own samples"), ("cumulative", "cumulative samples")):
+        lines.append(f"  top {len(profile[kind])} functions by {label}:")
+        lines.append(f"  {'samples':>8} {'%':>6}  function")
+        lines.extend(
+            f"  {entry['samples']:>8} {entry['percent']:>6.1f}  {entry['function']}"
+            for entry in profile[kind]
+        )
+    return "\n".join(lines)
+
+
+def start_profiler(pid: int, output: Path, seconds: float, log: Path) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of a running process (``--nonblocking``: never paused) into ``output``.
+
+    ``seconds`` bounds it; ``stop_profiler`` ends it earlier, when the
+    measured window ends. Raw stacks at 100 samples a second, idle ones
+    (a thread waiting) left out, so the samples are the CPU's.
+
+    Raises:
+        RuntimeError: no py-spy (``py_spy``).
+    """
+    argv = [py_spy(), "record", "--format", "raw", "--rate", "100", "--nonblocking"]
+    argv += ["--pid", str(pid), "--duration", str(max(1, round(seconds))), "-o", str(output)]
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes], output: Path, log: Path) -> dict[str, Any]:
+    """End ``start_profiler``'s process with SIGINT (it writes its output then); its profile.
+
+    Returns:
+        ``read_profile`` of ``output``, or ``{"error": ...}`` when py-spy
+        failed (e.g. it may not read the process's memory) or wrote nothing.
+    """
+    if profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)
+    try:
+        profiler.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait(timeout=10)
+    if profiler.returncode != 0 or not output.exists():
+        said = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return {"error": f"py-spy exited {profiler.returncode}: {' / '.join(said)}"}
+    return read_profile(output)
+
+
 # --- controller runs -------------------------------------------------------------------
 
 
@@ -749,19 +901,14 @@ def run_once(
     Args:
         profile: write a ``py-spy record --format raw --threads --idle``
             profile of the run there (collapsed stacks, every thread, waiting
-            included); py-spy must be on PATH or next to this Python.
+            included); py-spy must be on PATH or next to this Python (``py_spy``).
 
     Raises:
         RuntimeError: no summary line (the controller crashed), or py-spy missing.
     """
     argv = controller_command(kubeconfig, config, "--once")
     if profile is not None:
-        spy = shutil.which("py-spy") or shutil.which(
-            "py-spy", path=str(Path(sys.executable).parent)
-        )
-        if spy is None:
-            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
-        argv = [spy, "record", "--format", "raw", "--threads", "--idle", "--rate", "100"]
+        argv = [py_spy(), "record", "--format", "raw", "--threads", "--idle", "--rate", "100"]
         argv += ["--output", str(profile), "--", *controller_command(kubeconfig, config, "--once")]
     offsets = counters.registry_offsets()
     cpu_before = counters.cpu()
@@ -988,6 +1135,7 @@ def run_warm(
     metrics_port: int,
     cycles: int,
     sample: Sequence[tuple[str, str]],
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """The controller loop over workloads that are all patched: ``cycles`` warm cycles.
 
@@ -999,6 +1147,10 @@ def run_warm(
     process's RSS after each of those cycles' summary lines. The loop is
     stopped with SIGTERM (exactly this process) and must exit 0.
 
+    Args:
+        profile: record the measured cycles with py-spy (``start_profiler``)
+            into this file, from the first counters' reading to the last.
+
     Returns:
         The warm figures: ``summaries`` (of the measured cycles), ``registry``,
         ``api`` (the API server's delta), ``controller_api`` (the delta of
@@ -1006,6 +1158,7 @@ def run_warm(
         (sampled workloads whose resourceVersion changed), ``memory`` (MiB),
         ``rss_per_cycle`` (VmRSS in MiB after each measured cycle), ``cpu``
         (``cpu_delta`` of the measured cycles, the controller's too),
+        ``profile`` (``stop_profiler``'s, with ``profile`` only),
         ``returncode``, ``first_cycle`` (the restart cycle's summary and its
         registry requests), ``switches`` (the first cycle's completions, see
         ``completion_figures``, the wait for their Events, the cycles left
@@ -1021,6 +1174,8 @@ def run_warm(
     offsets_start = counters.registry_offsets()
     api_start = counters.apiserver_requests()
     process = start_controller(argv, log)
+    profiler = None
+    spy_log = log.with_name(log.stem + "-py-spy.log")
     try:
 
         def alive() -> bool:
@@ -1036,6 +1191,8 @@ def run_warm(
         # Measure from the end of a cycle, as after the first one.
         skip = len(parse_log(log.read_text(errors="replace"))[0]) + 1
         wait_for_summaries(log, skip, alive, 120)
+        if profile is not None:
+            profiler = start_profiler(process.pid, profile, 180 + 30 * cycles, spy_log)
         offsets = counters.registry_offsets()
         api_before = counters.apiserver_requests()
         own_before = scrape_after(metrics_port, skip, alive)
@@ -1048,12 +1205,16 @@ def run_warm(
             {**counters.cpu(), "controller": proc_cpu(process.pid)},
             time.monotonic() - window,
         )
+        spied = None if profiler is None else stop_profiler(profiler, profile, spy_log)
         memory = proc_memory(process.pid)
         own_after = scrape_after(metrics_port, skip + cycles, alive)
         api_after = counters.apiserver_requests()
         registry = counters.registry_requests(offsets)
         versions_after = counters.resource_versions(sample)
     finally:
+        if profiler is not None and profiler.poll() is None:
+            profiler.kill()
+            profiler.wait(timeout=10)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
@@ -1091,6 +1252,7 @@ def run_warm(
         "memory": memory,
         "rss_per_cycle": rss_per_cycle,
         "cpu": cpu,
+        **({} if spied is None else {"profile": spied}),
         "returncode": process.returncode,
         "first_cycle": {"summary": first[0], "registry": first_registry},
         "switches": switches,
@@ -1484,8 +1646,15 @@ def run(
     results_dir: Path,
     keep: bool,
     profile: bool = False,
+    profile_warm: bool = False,
 ) -> dict[str, Any]:
     """Start an Environment, run every phase, stop it; return the result (also written).
+
+    Args:
+        profile: py-spy profile of the cold cycle (``run_once``), its top
+            functions in ``cold["profile"]``.
+        profile_warm: py-spy profile of the measured warm cycles
+            (``run_warm``), its top functions in ``warm["profile"]``.
 
     Raises:
         RuntimeError, ComponentError, images.ImageBuildError: a phase could
@@ -1526,7 +1695,8 @@ def run(
 
         api_before = counters.apiserver_requests()
         spy = results_dir / f"scale-{stamp}-cold.pyspy.txt" if profile else None
-        if spy is not None:
+        warm_spy = results_dir / f"scale-{stamp}-warm.pyspy.txt" if profile_warm else None
+        if profile or profile_warm:
             results_dir.mkdir(parents=True, exist_ok=True)
         cold_run = run_once(
             env, counters, once_config, kubeconfig, logs / "controller-cold.log", profile=spy
@@ -1534,6 +1704,7 @@ def run(
         cold = {
             **cycle_figures(cold_run),
             "api": api_delta(api_before, counters.apiserver_requests()),
+            **({} if spy is None else {"profile": read_profile(spy)}),
         }
         print(
             f"cold: wall {cold['wall']:.1f}s, cycle {cold['duration']:.1f}s, "
@@ -1560,6 +1731,7 @@ def run(
             metrics_port,
             size.warm_cycles,
             sample,
+            profile=warm_spy,
         )
         print_warm(warm)
         targets = targets_for(size.workloads)
@@ -1635,6 +1807,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy profile of the cold cycle (raw stacks)"
     )
+    parser.add_argument(
+        "--profile-warm",
+        action="store_true",
+        help=f"py-spy profile of the measured warm cycles (top {PROFILE_TOP} functions)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     base = SMOKE if args.smoke else FULL
     size = Size(
@@ -1647,14 +1824,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     if min(size.workloads, size.restart_workloads, size.images, size.namespaces) < 1:
         parser.error("sizes must be at least 1")
+    if args.profile or args.profile_warm:
+        try:
+            py_spy()
+        except RuntimeError as error:
+            parser.error(str(error))
     result = run(
         size,
         args.backend,
         args.results_dir,
         args.keep_workdir,
         profile=args.profile,
+        profile_warm=args.profile_warm,
     )
     rows = [Row(**row) for row in result["rows"]]
+    for phase in ("cold", "warm"):
+        if "profile" in result[phase]:
+            print(f"\n{format_profile(f'{phase} profile (py-spy)', result[phase]['profile'])}")
     print()
     print(format_table(rows))
     print(f"\njson: {result['json']}")

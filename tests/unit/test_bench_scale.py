@@ -212,3 +212,53 @@ def test_follow_cycles_reads_the_rss_after_each_new_summary_line(tmp_path: Path)
     summaries, rss = scale.follow_cycles(log, os.getpid(), 1, 3, lambda: True)
     assert [s["duration"] for s in summaries] == [0.1, 0.2, 0.3, 0.4]
     assert len(rss) == 3 and all(value is not None and value > 0 for value in rss)
+
+
+# --- profiles --------------------------------------------------------------------------
+
+
+def test_profile_top_counts_own_and_cumulative_samples_by_function_and_file() -> None:
+    site = "/work/main/.venv/lib/python3.11/site-packages"
+    repo = scale.ROOT / "cloner" / "model" / "cycle.py"
+    raw = "\n".join(
+        [
+            f"thread (12): MainThread;run (controller.py:10);plan ({repo}:40);"
+            f"decode ({site}/msgspec/json.py:7) 60",
+            f"thread (12): MainThread;run (controller.py:10);plan ({repo}:41) 30",
+            # recursion: counted once per stack in the cumulative list
+            f"thread (12): MainThread;run (controller.py:10);plan ({repo}:40);plan ({repo}:44) 10",
+            "py-spy's note without a count",
+            "",
+        ]
+    )
+    profile = scale.profile_top(raw, top=2)
+    assert profile["samples"] == 100
+    assert profile["own"] == [
+        {"function": "decode (msgspec/json.py)", "samples": 60, "percent": 60.0},
+        {"function": "plan (cloner/model/cycle.py)", "samples": 40, "percent": 40.0},
+    ]
+    assert [(e["function"], e["samples"]) for e in profile["cumulative"]] == [
+        ("plan (cloner/model/cycle.py)", 100),
+        ("run (controller.py)", 100),
+    ]
+
+
+def test_frame_key_drops_thread_and_process_frames_and_line_numbers() -> None:
+    assert scale.frame_key("thread (0x7f01): MainThread") is None
+    assert scale.frame_key('process 42:"python controller.py"') is None
+    assert scale.frame_key("<module> (<frozen runpy>:88)") == "<module> (<frozen runpy>)"
+    assert scale.frame_key("Thread.run (/usr/lib/python3.11/threading.py)") == (
+        "Thread.run (/usr/lib/python3.11/threading.py)"
+    )
+    assert scale.frame_key("odd frame") == "odd frame"
+
+
+def test_format_profile_prints_both_lists_or_the_error() -> None:
+    profile = {"raw": "x.txt", **scale.profile_top("main (a.py:1);work (b.py:2) 3\n")}
+    text = scale.format_profile("warm profile", profile)
+    assert text.splitlines()[0] == "warm profile: 3 samples, x.txt"
+    assert "  top 1 functions by own samples:" in text
+    assert "  top 2 functions by cumulative samples:" in text
+    assert "         3  100.0  work (b.py)" in text
+    failed = scale.format_profile("warm profile", {"error": "py-spy exited 1: denied"})
+    assert failed == "warm profile: no profile: py-spy exited 1: denied"
