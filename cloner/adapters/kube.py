@@ -611,7 +611,7 @@ class KubeClient:
         def namespaced(**kwargs: Any) -> Any:
             return call(namespace, **kwargs)
 
-        return list(self._paginate(namespaced, f"list {resource} in {namespace}", None))
+        return list(self._paginate(namespaced, f"list {resource} in {namespace}", None, _json_page))
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Delete one pod, only if it is still the one read (``preconditions.uid``).
@@ -740,7 +740,7 @@ class KubeClient:
             KubeError: the list failed.
         """
         platforms = []
-        for item in self._paginate(self._core.list_node, "list nodes", None):
+        for item in self._paginate(self._core.list_node, "list nodes", None, _json_page):
             info = (item.get("status") or {}).get("nodeInfo") or {}
             os, arch = info.get("operatingSystem"), info.get("architecture")
             if os and arch:

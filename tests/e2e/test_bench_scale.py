@@ -31,8 +31,12 @@ FIGURES = (
     "cycle duration, max",
     "writes (API server)",
     "registry requests",
+    "CPU: controller per cycle",
+    "CPU: kube-apiserver per cycle",
+    "CPU: etcd per cycle",
     "RSS (VmRSS)",
     "peak RSS (VmHWM)",
+    "RSS growth, first to last warm cycle",
     "statuses written as rolled out (bench)",
     "switches completed: cycle",
     "switches completed in that cycle",
@@ -92,5 +96,9 @@ def test_scale_smoke_patches_everything_and_reports_each_figure(tmp_path: Path) 
     assert warm["resource_versions_sampled"] == size["sample"]
     assert warm["registry"]["public"]["total"] == 0 and warm["registry"]["owned"]["total"] == 0
     assert warm["memory"]["VmRSS"] > 0 and warm["returncode"] == 0
+    # The RSS after each measured cycle, and each component's CPU over them.
+    assert len(warm["rss_per_cycle"]) == size["warm_cycles"]
+    assert all(rss > 0 for rss in warm["rss_per_cycle"])
+    assert {"controller", "kube-apiserver", "etcd"} <= set(warm["cpu"])
     # Each row of the JSON is in the printed table.
     assert {row["figure"] for row in data["rows"]} == figures

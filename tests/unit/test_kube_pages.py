@@ -110,6 +110,31 @@ def test_a_second_expired_token_is_an_error() -> None:
     assert "list x" in str(caught.value)
 
 
+def test_namespaced_and_node_lists_read_their_pages_as_dicts() -> None:
+    # The rollout guard's reads (list_namespaced) and node_platforms page as
+    # the workload lists do, each page decoded by _json_page.
+    kube = KubeClient(client.ApiClient(), page_size=2)
+    pods = Lister({None: page(["a", "b"], "t1"), "t1": page(["c"], None)})
+    asked: list[str] = []
+
+    def list_pods(namespace: str, **kwargs: Any) -> Body:
+        asked.append(namespace)
+        return pods(**kwargs)
+
+    info = {"operatingSystem": "linux", "architecture": "arm64"}
+    node = {"metadata": {"uid": "n1"}, "status": {"nodeInfo": info}}
+    nodes = Lister({None: json.dumps({"metadata": {}, "items": [node]}).encode()})
+    with (
+        mock.patch.object(kube._core, "list_namespaced_pod", list_pods),
+        mock.patch.object(kube._core, "list_node", nodes),
+    ):
+        listed = kube.list_namespaced("pods", "team-a")
+        platforms = kube.node_platforms()
+    assert [item["metadata"]["name"] for item in listed] == ["a", "b", "c"]
+    assert asked == ["team-a", "team-a"] and pods.asked == [None, "t1"]
+    assert platforms == ["linux/arm64"]
+
+
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
 def test_an_unreadable_page_is_a_kube_error(body: bytes) -> None:
     kube = KubeClient(client.ApiClient())
