@@ -301,6 +301,8 @@ class KubeClient:
         self._paused_until = 0.0  # monotonic: writes wait after a 429 (shared by threads)
         self._pause_lock = threading.Lock()
         self._page_size = page_size
+        #: (kind, field selector) -> uid -> snapshot, from the last complete list of each
+        self._snapshots: dict[tuple[str, str | None], dict[str, Workload]] = {}
         # The generated client's API object of each group/version (KindInfo).
         self._groups: dict[str, Any] = {
             "apps/v1": self._apps,
@@ -431,8 +433,21 @@ class KubeClient:
         only = [f"metadata.namespace={namespace}"] if namespace else []
         selector = ",".join([*only, *_excluding(excluded_namespaces)]) or None
         pages = self._paginate(self._lister(info), f"list {info.plural}", selector, _workload_page)
+        # An object whose uid and resourceVersion are those of the last
+        # complete list is the same object (the API server gives every change
+        # a new resourceVersion): its snapshot is used again, not rebuilt.
+        known = self._snapshots.get((info.kind, selector), {})
+        listed: dict[str, Workload] = {}
         for item in pages:
-            yield Workload.from_item(kind, item)
+            version = item.metadata.resourceVersion if item.metadata else None
+            snapshot = known.get(item.uid)
+            if snapshot is None or not version or snapshot.resource_version != version:
+                snapshot = Workload.from_item(kind, item)
+            if snapshot.uid:
+                listed[snapshot.uid] = snapshot
+            yield snapshot
+        # Complete: what it did not return is gone (or out of the selector).
+        self._snapshots[(info.kind, selector)] = listed
 
     def list_unpatchable(self, excluded_namespaces: Iterable[str]) -> Iterator[Workload]:
         """Jobs and bare Pods (no controller owner), to report the public images they use.

@@ -64,6 +64,7 @@ def list_in_scope(
     excluded = () if out_of_scope else scope.exact_exclusions
     workloads: list[Workload] = []
     failures: list[tuple[str, str]] = []
+    decided: dict[str, bool] = {}
     for kind in KINDS:
         try:
             found = list(kube.list_workloads(kind, excluded))
@@ -71,7 +72,15 @@ def list_in_scope(
             failures.append((kind, str(exc)))
             log.error("listing %s failed, skipping them this cycle: %s", kind, exc)
             continue
-        workloads += [w for w in found if out_of_scope or scope.contains(w.namespace)]
+        if out_of_scope:
+            workloads += found
+            continue
+        for workload in found:
+            inside = decided.get(workload.namespace)
+            if inside is None:  # one decision per namespace, not one per workload
+                inside = decided[workload.namespace] = scope.contains(workload.namespace)
+            if inside:
+                workloads.append(workload)
     return workloads, failures
 
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 import schedule
 
-from cloner import metrics
+from cloner import collector, metrics
 from cloner.ops.reconcile import Summary
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def run_cycle(reconcile: Callable[[], Summary]) -> Summary | None:
         return None
     log.info(summary.line())
     metrics.record_cycle(summary)
+    collector.give_back()
     return summary
 
 

@@ -268,3 +268,42 @@ def test_a_list_answer_outside_2xx_is_a_kube_error_with_its_status() -> None:
         list(kube.list_workloads("StatefulSet"))
     assert raised.value.status == 403
     assert pool.sent[0]["url"] == "https://127.0.0.1:6443/apis/apps/v1/statefulsets?limit=500"
+
+
+def listing(kube: KubeClient) -> dict[str, Workload]:
+    return {w.name: w for w in kube.list_workloads("Deployment")}
+
+
+def test_an_unchanged_object_keeps_its_snapshot_and_a_changed_one_gets_a_new_one() -> None:
+    first = deployment_page(["web", "api", "db"], "")
+    second = deployment_page(["web", "api"], "")  # db deleted
+    second["items"][1]["metadata"]["resourceVersion"] = "4"  # api changed...
+    second["items"][1]["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:2"
+    third = deployment_page(["web", "api", "db"], "")  # db recreated (same uid here)
+    pool = Pool(Response(200, first), Response(200, second), Response(200, third))
+    kube = KubeClient(kube_with(pool)._api_client, transport=PoolTransport(pool))
+
+    before = listing(kube)
+    after = listing(kube)
+
+    assert after["web"] is before["web"]  # same uid and resourceVersion: the same snapshot
+    assert after["api"] is not before["api"]
+    assert after["api"].containers[0].image == "nginx:2" and after["api"].resource_version == "4"
+    assert set(after) == {"web", "api"}
+    again = listing(kube)
+    assert again["db"] is not before["db"]  # dropped with the list that did not return it
+    assert again["api"].resource_version == "3"  # the object's own version, not a kept one
+
+
+def test_a_list_that_fails_midway_keeps_the_last_complete_lists_snapshots() -> None:
+    pool = Pool(
+        Response(200, deployment_page(["web"], "")),
+        Response(200, deployment_page(["web"], "more")),
+        Response(403, {"kind": "Status", "message": "forbidden"}),
+        Response(200, deployment_page(["web"], "")),
+    )
+    kube = KubeClient(kube_with(pool)._api_client, transport=PoolTransport(pool))
+    before = listing(kube)
+    with pytest.raises(KubeError):
+        listing(kube)
+    assert listing(kube)["web"] is before["web"]
