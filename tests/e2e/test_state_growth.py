@@ -18,30 +18,14 @@ import kubernetes
 import pytest
 
 from cloner.adapters.kube import KubeClient, load_api_client
-from cloner.model.rollout import PendingSwitch, SwitchedContainer
 from cloner.model.state import MAX_SHARDS, SHARDS, StateBook, shard_names
 from cloner.ops.state import StateStore
 from devenv.cluster import CONTROLLER_NAMESPACE
 from devenv.harness import Environment
+from tests.unit.test_state_store import switch
 
-DIGEST = "sha256:" + "b" * 64
 PREFIX = "image-cloner-state"
 SWITCHES = 50_000
-
-
-def switch(i: int) -> PendingSwitch:
-    """A pending switch of one of many Deployments, the size a real one has."""
-    original = f"docker.io/library/app{i % 400}:1.{i % 7}"
-    owned = f"registry.example.com/mirror/library/app{i % 400}:1.{i % 7}@{DIGEST}"
-    return PendingSwitch(
-        kind="Deployment",
-        namespace=f"team-{i % 100:03d}",
-        name=f"service-{i:06d}",
-        uid=f"{i:08x}-1111-2222-3333-444455556666",
-        generation=2,
-        containers=(SwitchedContainer("app", original, owned),),
-        started=1_700_000_000.0 + i,
-    )
 
 
 def drop_state(env: Environment) -> None:
