@@ -848,6 +848,17 @@ def start_profiler(pid: int, output: Path, seconds: float, log: Path) -> subproc
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
+def end_process(process: subprocess.Popen[Any], signum: int, timeout: float = 60.0) -> None:
+    """Send ``signum`` to a process of ours if it still runs; wait ``timeout`` s, then kill it."""
+    if process.poll() is None:
+        process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def stop_profiler(profiler: subprocess.Popen[bytes], output: Path, log: Path) -> dict[str, Any]:
     """End ``start_profiler``'s process with SIGINT (it writes its output then); its profile.
 
@@ -855,13 +866,7 @@ def stop_profiler(profiler: subprocess.Popen[bytes], output: Path, log: Path) ->
         ``read_profile`` of ``output``, or ``{"error": ...}`` when py-spy
         failed (e.g. it may not read the process's memory) or wrote nothing.
     """
-    if profiler.poll() is None:
-        profiler.send_signal(signal.SIGINT)
-    try:
-        profiler.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        profiler.kill()
-        profiler.wait(timeout=10)
+    end_process(profiler, signal.SIGINT)
     if profiler.returncode != 0 or not output.exists():
         said = log.read_text(errors="replace").strip().splitlines()[-3:]
         return {"error": f"py-spy exited {profiler.returncode}: {' / '.join(said)}"}
@@ -1215,13 +1220,7 @@ def run_warm(
         if profiler is not None and profiler.poll() is None:
             profiler.kill()
             profiler.wait(timeout=10)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        end_process(process, signal.SIGTERM)
     switches = {
         **completion_figures(log, first[0]),
         "completed_first": completed_first,
